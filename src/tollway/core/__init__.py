@@ -1,0 +1,1 @@
+"""Core: config, storage, ids, money, errors, clock."""

@@ -1,0 +1,162 @@
+"""``tollway.toml``: one file, validated with pydantic, overridable from the environment.
+
+Every key can be overridden by ``TOLLWAY_<SECTION>__<KEY>`` (for example
+``TOLLWAY_SERVER__PORT=9000``).  A bad file or variable raises
+:class:`ConfigError` naming the source, the key and the reason.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+ENV_PREFIX = "TOLLWAY_"
+DEFAULT_PATH = "tollway.toml"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ServerConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8787, ge=1, le=65535)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class DatabaseConfig(_Section):
+    url: str = "sqlite:///.tollway/tollway.db"
+    sqlite_synchronous: Literal["OFF", "NORMAL", "FULL", "EXTRA"] = "FULL"
+    pool_size: int = Field(10, ge=1, le=1000)
+    migrate_on_start: bool = True
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, v: str) -> str:
+        scheme = v.split("://", 1)[0]
+        if not (scheme.startswith("sqlite") or scheme.startswith("postgres")):
+            raise ValueError("must be a sqlite:/// or postgresql:// URL")
+        return v
+
+
+class LedgerConfig(_Section):
+    batch_max: int = Field(2048, ge=1, le=100_000)
+    pending_timeout_seconds: int = Field(300, ge=1)
+    expiry_interval_seconds: float = Field(1.0, gt=0)
+
+
+class AdminConfig(_Section):
+    token: str = ""
+
+    @field_validator("token")
+    @classmethod
+    def _long_enough(cls, v: str) -> str:
+        if v and len(v) < 16:
+            raise ValueError("must be at least 16 characters (or empty to disable /admin)")
+        return v
+
+
+class Settings(_Section):
+    server: ServerConfig = ServerConfig()
+    database: DatabaseConfig = DatabaseConfig()
+    ledger: LedgerConfig = LedgerConfig()
+    admin: AdminConfig = AdminConfig()
+
+
+class ConfigError(Exception):
+    """A bad config: which file or variable, which key, and why."""
+
+    def __init__(self, source: str, key: str, reason: str) -> None:
+        super().__init__(f"{source}: {key}: {reason}" if key else f"{source}: {reason}")
+        self.source = source
+        self.key = key
+        self.reason = reason
+
+
+def default_config_text() -> str:
+    return (resources.files("tollway.core") / "default_config.toml").read_text()
+
+
+def _env_value(raw: str) -> Any:
+    text = raw.strip()
+    if text[:1] in "[{":
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            return raw
+    return raw
+
+
+def _env_overrides(env: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
+    data: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    for name, raw in env.items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        parts = [p.lower() for p in name[len(ENV_PREFIX) :].split("__")]
+        if any(not p for p in parts):
+            continue
+        node = data
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                break
+        else:
+            node[parts[-1]] = _env_value(raw)
+            origin[".".join(parts)] = name
+    return data, origin
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def load_settings(
+    path: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Settings:
+    """Load ``tollway.toml`` (if present) and apply ``TOLLWAY_*`` overrides.
+
+    ``path`` defaults to ``$TOLLWAY_CONFIG`` or ``./tollway.toml``; a missing
+    default file means built-in defaults, a missing explicit file is an error.
+    """
+    env = os.environ if env is None else env
+    explicit = path is not None or "TOLLWAY_CONFIG" in env
+    file = Path(path if path is not None else env.get("TOLLWAY_CONFIG", DEFAULT_PATH))
+    data: dict[str, Any] = {}
+    if file.exists():
+        try:
+            data = tomllib.loads(file.read_text())
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(str(file), "", f"not valid TOML: {e}") from None
+        except OSError as e:
+            raise ConfigError(str(file), "", f"cannot read: {e.strerror}") from None
+    elif explicit:
+        raise ConfigError(str(file), "", "file not found (run `tollway init` to write one)")
+    overrides, origin = _env_overrides({k: v for k, v in env.items() if k != "TOLLWAY_CONFIG"})
+    merged = _merge(data, overrides)
+    try:
+        return Settings.model_validate(merged)
+    except ValidationError as e:
+        err = e.errors()[0]
+        key = ".".join(str(p) for p in err["loc"])
+        source = origin.get(key, str(file))
+        reason = err["msg"]
+        if err["type"] == "extra_forbidden":
+            reason = "unknown key"
+        elif "input" in err and not isinstance(err["input"], dict):
+            reason = f"{reason} (got {err['input']!r})"
+        raise ConfigError(source, key, reason) from None

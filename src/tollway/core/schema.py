@@ -1,0 +1,128 @@
+"""Table definitions (SQLAlchemy Core). Alembic migrations create them; the
+test suite checks the migrated database matches this metadata exactly."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+metadata = MetaData()
+
+# Account flags (TigerBeetle's names).
+DEBITS_MUST_NOT_EXCEED_CREDITS = 1
+CREDITS_MUST_NOT_EXCEED_DEBITS = 2
+
+ledger_accounts = Table(
+    "ledger_accounts",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("kind", String(32), nullable=False),
+    Column("flags", Integer, nullable=False),
+    Column("debits_pending", BigInteger, nullable=False),
+    Column("debits_posted", BigInteger, nullable=False),
+    Column("credits_pending", BigInteger, nullable=False),
+    Column("credits_posted", BigInteger, nullable=False),
+    Column("customer_id", String(64), nullable=True, index=True),
+    Column("name", String(200), nullable=False),
+    Column("created_at_us", BigInteger, nullable=False),
+    CheckConstraint(
+        "debits_pending >= 0 AND debits_posted >= 0 AND credits_pending >= 0 AND credits_posted >= 0",
+        name="ck_ledger_accounts_nonnegative",
+    ),
+    CheckConstraint(
+        "(flags & 1) = 0 OR debits_pending + debits_posted <= credits_posted",
+        name="ck_ledger_accounts_debits_bound",
+    ),
+    CheckConstraint(
+        "(flags & 2) = 0 OR credits_pending + credits_posted <= debits_posted",
+        name="ck_ledger_accounts_credits_bound",
+    ),
+)
+
+# Transfer flags.
+PENDING = 1
+POST_PENDING = 2
+VOID_PENDING = 4
+EXPIRED = 8
+
+ledger_transfers = Table(
+    "ledger_transfers",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("debit_account_id", String(64), ForeignKey("ledger_accounts.id"), nullable=False),
+    Column("credit_account_id", String(64), ForeignKey("ledger_accounts.id"), nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    Column("flags", Integer, nullable=False),
+    # For a post/void: the pending transfer it resolves. Unique: a pending resolves once.
+    Column("pending_id", String(64), nullable=True, unique=True),
+    Column("expires_at_us", BigInteger, nullable=True),
+    Column("idempotency_key", String(255), nullable=True, unique=True),
+    Column("request_hash", String(64), nullable=True),
+    Column("description", String(500), nullable=False),
+    Column("created_at_us", BigInteger, nullable=False),
+    CheckConstraint("amount >= 0", name="ck_ledger_transfers_amount"),
+    Index("ix_ledger_transfers_debit", "debit_account_id", "id"),
+    Index("ix_ledger_transfers_credit", "credit_account_id", "id"),
+)
+
+# Pending transfers not yet posted, voided or expired. Deleted when resolved.
+ledger_pending = Table(
+    "ledger_pending",
+    metadata,
+    Column("transfer_id", String(64), ForeignKey("ledger_transfers.id"), primary_key=True),
+    Column("expires_at_us", BigInteger, nullable=False, index=True),
+)
+
+usage_events = Table(
+    "usage_events",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("transfer_id", String(64), ForeignKey("ledger_transfers.id"), nullable=True),
+    Column("account_id", String(64), nullable=False),
+    Column("customer_id", String(64), nullable=True, index=True),
+    Column("meter", String(100), nullable=False),
+    Column("quantity", BigInteger, nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    Column("metadata", Text, nullable=False),
+    Column("created_at_us", BigInteger, nullable=False, index=True),
+)
+
+customers = Table(
+    "customers",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("email", String(320), nullable=True),
+    Column("account_id", String(64), ForeignKey("ledger_accounts.id"), nullable=False),
+    Column("created_at_us", BigInteger, nullable=False),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("customer_id", String(64), ForeignKey("customers.id"), nullable=False, index=True),
+    Column("prefix", String(32), nullable=False, unique=True),
+    Column("secret_hash", String(64), nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("scopes", Text, nullable=False),
+    Column("created_at_us", BigInteger, nullable=False),
+    Column("revoked_at_us", BigInteger, nullable=True),
+)
+
+SYSTEM_ACCOUNTS = {
+    "sys_funding": ("funding", "Money entering tollway (top-ups, grants)"),
+    "sys_revenue": ("revenue", "Earned revenue"),
+    "sys_fees": ("fees", "Fees"),
+    "sys_settlement": ("settlement", "Settlement in transit"),
+}

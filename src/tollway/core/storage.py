@@ -1,0 +1,75 @@
+"""Database engines: SQLite (WAL) by default, PostgreSQL (asyncpg) by URL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event, text
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
+
+from tollway.core.config import DatabaseConfig
+
+IMMEDIATE = "tollway_immediate"
+
+
+def async_url(url: str) -> URL:
+    """Normalize a user URL to its async driver: aiosqlite or asyncpg."""
+    u = make_url(url)
+    backend = u.get_backend_name()
+    if backend == "sqlite":
+        return u.set(drivername="sqlite+aiosqlite")
+    if backend in ("postgresql", "postgres"):
+        return u.set(drivername="postgresql+asyncpg")
+    raise ValueError(f"unsupported database URL {url!r}: use sqlite:/// or postgresql://")
+
+
+def is_sqlite(engine: AsyncEngine) -> bool:
+    return engine.dialect.name == "sqlite"
+
+
+def sqlite_path(engine: AsyncEngine) -> str | None:
+    return engine.url.database if is_sqlite(engine) else None
+
+
+def make_engine(cfg: DatabaseConfig, **kwargs: Any) -> AsyncEngine:
+    url = async_url(cfg.url)
+    if url.get_backend_name() == "sqlite":
+        db = url.database or ""
+        if db and db != ":memory:":
+            Path(db).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_async_engine(url, poolclass=NullPool if not db else None, **kwargs)
+        sync = cfg.sqlite_synchronous
+
+        @event.listens_for(engine.sync_engine, "connect")
+        def _pragmas(dbapi_conn: Any, _rec: Any) -> None:
+            # Let SQLAlchemy (not the driver) decide where transactions begin.
+            dbapi_conn.isolation_level = None
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute(f"PRAGMA synchronous={sync}")
+            cur.execute("PRAGMA busy_timeout=60000")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        @event.listens_for(engine.sync_engine, "begin")
+        def _begin(conn: Any) -> None:
+            # Writers take the lock up front so a batch never fails half-way
+            # on a stale snapshot; readers start a plain deferred transaction.
+            immediate = conn.get_execution_options().get(IMMEDIATE, False)
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+        return engine
+    return create_async_engine(
+        url,
+        pool_size=cfg.pool_size,
+        max_overflow=cfg.pool_size,
+        pool_pre_ping=True,
+        **kwargs,
+    )
+
+
+async def ping(conn: AsyncConnection) -> None:
+    await conn.execute(text("SELECT 1"))

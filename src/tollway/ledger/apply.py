@@ -1,0 +1,239 @@
+"""Apply a batch of ledger requests to in-memory state: pure, no I/O.
+
+The writer loads the rows a batch touches (locked), calls :func:`apply_batch`,
+then writes back exactly what it returns in the same transaction.  Every check
+here mirrors a database constraint, which stays in place as a second line.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from tollway.core.errors import TollwayError
+from tollway.core.ids import new_id
+from tollway.core.money import MAX_AMOUNT
+from tollway.core.schema import (
+    CREDITS_MUST_NOT_EXCEED_DEBITS,
+    DEBITS_MUST_NOT_EXCEED_CREDITS,
+    EXPIRED,
+    PENDING,
+    POST_PENDING,
+    VOID_PENDING,
+)
+from tollway.ledger import errors
+from tollway.ledger.ops import CreateTransfer, Op, ResolvePending, Usage
+from tollway.ledger.types import Transfer, kind_of
+
+
+class AccountState:
+    __slots__ = ("credits_pending", "credits_posted", "debits_pending", "debits_posted", "flags")
+
+    def __init__(self, flags: int, dp: int, dpo: int, cp: int, cpo: int) -> None:
+        self.flags = flags
+        self.debits_pending = dp
+        self.debits_posted = dpo
+        self.credits_pending = cp
+        self.credits_posted = cpo
+
+
+@dataclass(slots=True)
+class PendingState:
+    transfer: Transfer
+    open: bool
+    resolved_as: str | None = None  # post_pending | void_pending | expired
+
+
+@dataclass(slots=True)
+class BatchState:
+    now_us: int
+    default_timeout_s: int
+    accounts: dict[str, AccountState]
+    pendings: dict[str, PendingState]
+    # idempotency key -> (request hash, the transfer it produced)
+    seen_keys: dict[str, tuple[str | None, Transfer]]
+
+
+@dataclass(slots=True)
+class BatchWrites:
+    transfers: list[dict[str, Any]] = field(default_factory=list)
+    new_pending: list[dict[str, Any]] = field(default_factory=list)
+    resolved_pending: list[str] = field(default_factory=list)
+    dirty_accounts: set[str] = field(default_factory=set)
+    usage: list[dict[str, Any]] = field(default_factory=list)
+
+
+Result = Transfer | TollwayError
+
+
+def apply_batch(ops: list[Op], st: BatchState) -> tuple[list[Result], BatchWrites]:
+    w = BatchWrites()
+    results: list[Result] = []
+    for op in ops:
+        key = op.idempotency_key
+        h = op.request_hash() if key is not None else None
+        if key is not None and key in st.seen_keys:
+            prev_hash, prev = st.seen_keys[key]
+            results.append(prev if prev_hash == h else errors.idempotency_conflict(key))
+            continue
+        if isinstance(op, CreateTransfer):
+            r = _create(op, st, w, h)
+        else:
+            r = _resolve(op, st, w, h)
+        if isinstance(r, Transfer) and key is not None:
+            st.seen_keys[key] = (h, r)
+        results.append(r)
+    return results, w
+
+
+def _record(
+    t: Transfer, h: str | None, w: BatchWrites, usage: Usage | None, customer: str | None
+) -> None:
+    w.transfers.append(
+        {
+            "id": t.id,
+            "debit_account_id": t.debit_account_id,
+            "credit_account_id": t.credit_account_id,
+            "amount": t.amount,
+            "flags": t.flags,
+            "pending_id": t.pending_id,
+            "expires_at_us": t.expires_at_us,
+            "idempotency_key": t.idempotency_key,
+            "request_hash": h,
+            "description": t.description,
+            "created_at_us": t.created_at_us,
+        }
+    )
+    if usage is not None:
+        w.usage.append(
+            {
+                "id": new_id("ue"),
+                "transfer_id": t.id,
+                "account_id": t.debit_account_id,
+                "customer_id": usage.customer_id if usage.customer_id is not None else customer,
+                "meter": usage.meter,
+                "quantity": usage.quantity,
+                "amount": t.amount,
+                "metadata": json.dumps(usage.metadata, separators=(",", ":")),
+                "created_at_us": t.created_at_us,
+            }
+        )
+
+
+def _create(op: CreateTransfer, st: BatchState, w: BatchWrites, h: str | None) -> Result:
+    dr = st.accounts.get(op.debit_account_id)
+    if dr is None:
+        return errors.account_not_found(op.debit_account_id, "debit_account_id")
+    cr = st.accounts.get(op.credit_account_id)
+    if cr is None:
+        return errors.account_not_found(op.credit_account_id, "credit_account_id")
+    if op.debit_account_id == op.credit_account_id:
+        return errors.accounts_must_differ()
+    amount = op.amount
+    if dr.flags & DEBITS_MUST_NOT_EXCEED_CREDITS:
+        available = dr.credits_posted - dr.debits_posted - dr.debits_pending
+        if amount > available:
+            return errors.exceeds_credits(op.debit_account_id, max(available, 0), amount)
+    if cr.flags & CREDITS_MUST_NOT_EXCEED_DEBITS:
+        if cr.credits_pending + cr.credits_posted + amount > cr.debits_posted:
+            return errors.exceeds_debits(op.credit_account_id)
+    if (
+        dr.debits_pending + dr.debits_posted + amount > MAX_AMOUNT
+        or cr.credits_pending + cr.credits_posted + amount > MAX_AMOUNT
+    ):
+        return errors.overflow()
+    expires = None
+    if op.pending:
+        timeout = op.timeout_s if op.timeout_s is not None else st.default_timeout_s
+        expires = st.now_us + timeout * 1_000_000
+        dr.debits_pending += amount
+        cr.credits_pending += amount
+    else:
+        dr.debits_posted += amount
+        cr.credits_posted += amount
+    t = Transfer(
+        new_id("tr"),
+        op.debit_account_id,
+        op.credit_account_id,
+        amount,
+        PENDING if op.pending else 0,
+        None,
+        expires,
+        op.idempotency_key,
+        op.description,
+        st.now_us,
+    )
+    w.dirty_accounts.add(op.debit_account_id)
+    w.dirty_accounts.add(op.credit_account_id)
+    if op.pending:
+        assert expires is not None
+        st.pendings[t.id] = PendingState(t, open=True)
+        w.new_pending.append({"transfer_id": t.id, "expires_at_us": expires})
+    _record(t, h, w, op.usage, None)
+    return t
+
+
+def _resolve(op: ResolvePending, st: BatchState, w: BatchWrites, h: str | None) -> Result:
+    ps = st.pendings.get(op.pending_id)
+    if ps is None:
+        return errors.transfer_not_found(op.pending_id)
+    p = ps.transfer
+    if not p.flags & PENDING:
+        return errors.not_pending(op.pending_id)
+    if not ps.open:
+        return errors.already_resolved(op.pending_id, ps.resolved_as or "resolved")
+    expired = op.expired
+    if not expired and p.expires_at_us is not None and st.now_us >= p.expires_at_us:
+        # Due: the timeout wins over a late post or void.
+        _close(ps, st, w, None, None, None, expired=True)
+        return errors.already_resolved(op.pending_id, "expired")
+    if op.post:
+        amount = p.amount if op.amount is None else op.amount
+        if amount > p.amount:
+            return errors.exceeds_pending(p.amount, amount)
+        return _close(ps, st, w, op.idempotency_key, h, op.usage, expired=False, amount=amount)
+    return _close(ps, st, w, op.idempotency_key, h, op.usage, expired=expired)
+
+
+def _close(
+    ps: PendingState,
+    st: BatchState,
+    w: BatchWrites,
+    key: str | None,
+    h: str | None,
+    usage: Usage | None,
+    *,
+    expired: bool,
+    amount: int | None = None,
+) -> Transfer:
+    p = ps.transfer
+    dr = st.accounts[p.debit_account_id]
+    cr = st.accounts[p.credit_account_id]
+    dr.debits_pending -= p.amount
+    cr.credits_pending -= p.amount
+    if amount is not None:
+        dr.debits_posted += amount
+        cr.credits_posted += amount
+        flags = POST_PENDING
+    else:
+        flags = VOID_PENDING | (EXPIRED if expired else 0)
+    t = Transfer(
+        new_id("tr"),
+        p.debit_account_id,
+        p.credit_account_id,
+        amount if amount is not None else p.amount,
+        flags,
+        p.id,
+        None,
+        key,
+        p.description,
+        st.now_us,
+    )
+    ps.open = False
+    ps.resolved_as = kind_of(flags).value
+    w.dirty_accounts.add(p.debit_account_id)
+    w.dirty_accounts.add(p.credit_account_id)
+    w.resolved_pending.append(p.id)
+    _record(t, h, w, usage, None)
+    return t

@@ -1,0 +1,345 @@
+"""The ledger facade: a group-commit writer in front of the database.
+
+Every request is queued; one writer task per process takes everything queued
+(up to ``batch_max``), applies it in one transaction — rows locked with
+``BEGIN IMMEDIATE`` on SQLite and ``SELECT … FOR UPDATE`` in id order on
+PostgreSQL, so several processes can share one database — and acknowledges
+each request only after the commit.  A batch that the database refuses is
+retried one request at a time, so one bad request never sinks its neighbours.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sqlite3
+import time
+from typing import Any
+
+from sqlalchemy import and_, insert, or_, select
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tollway.core.clock import Clock, SystemClock
+from tollway.core.errors import ErrorType, TollwayError, invalid
+from tollway.core.ids import new_id
+from tollway.core.money import check_amount
+from tollway.core.schema import ledger_accounts as A
+from tollway.core.schema import ledger_pending as P
+from tollway.core.schema import ledger_transfers as T
+from tollway.core.storage import IMMEDIATE, is_sqlite, sqlite_path
+from tollway.ledger import errors
+from tollway.ledger.apply import Result, apply_batch
+from tollway.ledger.ops import CreateTransfer, Op, ResolvePending, Usage
+from tollway.ledger.store import (
+    ACCOUNT_COLUMNS,
+    account_from_row,
+    load_batch,
+    select_accounts,
+    transfer_from_row,
+    write_batch,
+)
+from tollway.ledger.types import Account, AccountKind, Transfer, default_flags
+from tollway.observe import metrics
+
+log = logging.getLogger("tollway.ledger")
+
+_MAX_KEY = 255
+
+
+def _db_unavailable(e: Exception) -> TollwayError:
+    return TollwayError(
+        ErrorType.API, "database_unavailable", f"the ledger could not commit: {e}", status=503
+    )
+
+
+def _check_key(key: str | None) -> None:
+    if key is not None and (not isinstance(key, str) or not 1 <= len(key) <= _MAX_KEY):
+        raise invalid(
+            "invalid_idempotency_key", "idempotency key must be 1-255 characters", "idempotency_key"
+        )
+
+
+class Ledger:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        clock: Clock | None = None,
+        batch_max: int = 2048,
+        default_timeout_s: int = 300,
+    ) -> None:
+        self.engine = engine
+        self.clock = clock or SystemClock()
+        self.batch_max = batch_max
+        self.default_timeout_s = default_timeout_s
+        self._sqlite = is_sqlite(engine)
+        self._writer_engine = engine.execution_options(**{IMMEDIATE: True})
+        self._queue: list[tuple[Op, asyncio.Future[Result]]] = []
+        self._wake: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._reader: sqlite3.Connection | None = None
+
+    # ----------------------------------------------------------------- lifecycle
+
+    async def close(self) -> None:
+        if self._task is not None:
+            while self._queue:
+                await asyncio.sleep(0.001)
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+
+    # ------------------------------------------------------------------ accounts
+
+    async def create_account(
+        self,
+        kind: AccountKind | str,
+        *,
+        name: str = "",
+        customer_id: str | None = None,
+        flags: int | None = None,
+        id: str | None = None,
+    ) -> Account:
+        try:
+            k = AccountKind(kind)
+        except ValueError:
+            raise invalid(
+                "invalid_account_kind",
+                f"kind must be one of {', '.join(x.value for x in AccountKind)}",
+                "kind",
+            ) from None
+        acct = Account(
+            id or new_id("acct"),
+            k.value,
+            default_flags(k) if flags is None else flags,
+            0,
+            0,
+            0,
+            0,
+            customer_id,
+            name,
+            self.clock.now_us(),
+        )
+        row = {c.name: getattr(acct, c.name) for c in ACCOUNT_COLUMNS}
+        try:
+            async with self.engine.begin() as conn:
+                await conn.execute(insert(A), [row])
+        except IntegrityError:
+            raise errors.account_exists(acct.id) from None
+        return acct
+
+    async def get_account(self, account_id: str) -> Account:
+        if self._sqlite:
+            row = self._read_sqlite(account_id)
+        else:
+            async with self.engine.connect() as conn:
+                q = select(*ACCOUNT_COLUMNS).where(A.c.id == account_id)
+                row = (await conn.execute(q)).first()
+        if row is None:
+            raise errors.account_not_found(account_id, "account_id")
+        return account_from_row(row)
+
+    def _read_sqlite(self, account_id: str) -> Any:
+        """Point read on a plain in-process SQLite connection: WAL readers never
+        wait for the writer, and a committed batch is visible at once."""
+        if self._reader is None:
+            path = sqlite_path(self.engine)
+            self._reader = sqlite3.connect(path or ":memory:", isolation_level=None)
+            self._reader.execute("PRAGMA busy_timeout=60000")
+            self._reader.execute("PRAGMA query_only=1")
+        cols = ", ".join(c.name for c in ACCOUNT_COLUMNS)
+        cur = self._reader.execute(f"SELECT {cols} FROM ledger_accounts WHERE id = ?", (account_id,))
+        return cur.fetchone()
+
+    async def accounts(self, ids: list[str] | None = None) -> list[Account]:
+        async with self.engine.connect() as conn:
+            return await select_accounts(conn, ids)
+
+    # ----------------------------------------------------------------- transfers
+
+    async def transfer(
+        self,
+        debit_account_id: str,
+        credit_account_id: str,
+        amount: int,
+        *,
+        pending: bool = False,
+        timeout_s: int | None = None,
+        description: str = "",
+        idempotency_key: str | None = None,
+        usage: Usage | None = None,
+    ) -> Transfer:
+        check_amount(amount)
+        _check_key(idempotency_key)
+        if timeout_s is not None and (
+            isinstance(timeout_s, bool) or not isinstance(timeout_s, int) or timeout_s <= 0
+        ):
+            raise invalid("invalid_timeout", "timeout must be a positive integer of seconds", "timeout")
+        if timeout_s is not None and not pending:
+            raise invalid("invalid_timeout", "timeout applies only to pending transfers", "timeout")
+        if len(description) > 500:
+            raise invalid("invalid_description", "description is at most 500 characters", "description")
+        op = CreateTransfer(
+            debit_account_id,
+            credit_account_id,
+            amount,
+            pending,
+            timeout_s,
+            description,
+            idempotency_key,
+            usage,
+        )
+        return await self._submit(op)
+
+    async def reserve(
+        self, debit_account_id: str, credit_account_id: str, amount: int, **kw: Any
+    ) -> Transfer:
+        """A pending transfer: the amount is held until posted, voided or expired."""
+        return await self.transfer(debit_account_id, credit_account_id, amount, pending=True, **kw)
+
+    async def post(
+        self,
+        pending_id: str,
+        amount: int | None = None,
+        *,
+        idempotency_key: str | None = None,
+        usage: Usage | None = None,
+    ) -> Transfer:
+        """Take ``amount`` (default: all) of a pending transfer; release the rest."""
+        if amount is not None:
+            check_amount(amount)
+        _check_key(idempotency_key)
+        return await self._submit(
+            ResolvePending(pending_id, True, amount, False, idempotency_key, usage)
+        )
+
+    async def void(self, pending_id: str, *, idempotency_key: str | None = None) -> Transfer:
+        _check_key(idempotency_key)
+        return await self._submit(ResolvePending(pending_id, False, None, False, idempotency_key))
+
+    async def get_transfer(self, transfer_id: str) -> Transfer:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(T).where(T.c.id == transfer_id))).first()
+        if row is None:
+            raise errors.transfer_not_found(transfer_id, "transfer_id")
+        return transfer_from_row(row)
+
+    async def history(
+        self, account_id: str, *, limit: int = 100, before: str | None = None
+    ) -> list[Transfer]:
+        """Transfers touching an account, newest first."""
+        await self.get_account(account_id)
+        cond = or_(T.c.debit_account_id == account_id, T.c.credit_account_id == account_id)
+        if before is not None:
+            cond = and_(cond, T.c.id < before)
+        q = select(T).where(cond).order_by(T.c.id.desc()).limit(limit)
+        async with self.engine.connect() as conn:
+            return [transfer_from_row(r) for r in await conn.execute(q)]
+
+    async def expire_due(self, limit: int = 1000) -> int:
+        """Void every pending transfer whose timeout has passed. Returns how many."""
+        now = self.clock.now_us()
+        q = (
+            select(P.c.transfer_id)
+            .where(P.c.expires_at_us <= now)
+            .order_by(P.c.expires_at_us)
+            .limit(limit)
+        )
+        async with self.engine.connect() as conn:
+            due = list((await conn.execute(q)).scalars())
+        if not due:
+            return 0
+        results = await asyncio.gather(
+            *(self._submit(ResolvePending(i, False, None, True), raise_=False) for i in due)
+        )
+        n = sum(1 for r in results if isinstance(r, Transfer))
+        metrics.LEDGER_EXPIRED.inc(n)
+        return n
+
+    async def run_expiry(self, interval_s: float) -> None:
+        """Sweep expired reservations forever (the server runs this as a task)."""
+        while True:
+            try:
+                await self.expire_due()
+            except Exception:  # keep sweeping through a database blip
+                log.exception("expiry sweep failed")
+            await asyncio.sleep(interval_s)
+
+    # -------------------------------------------------------------- group commit
+
+    async def _submit(self, op: Op, raise_: bool = True) -> Any:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Result] = loop.create_future()
+        self._queue.append((op, fut))
+        if self._task is None or self._task.done():
+            self._wake = asyncio.Event()
+            self._task = loop.create_task(self._writer(), name="tollway-ledger-writer")
+        assert self._wake is not None
+        self._wake.set()
+        result = await fut
+        if isinstance(result, TollwayError) and raise_:
+            raise result
+        return result
+
+    async def _writer(self) -> None:
+        assert self._wake is not None
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._queue:
+                batch = self._queue[: self.batch_max]
+                del self._queue[: self.batch_max]
+                await self._commit_batch(batch)
+
+    async def _commit_batch(self, batch: list[tuple[Op, asyncio.Future[Result]]]) -> None:
+        ops = [op for op, _ in batch]
+        t0 = time.perf_counter()
+        try:
+            results = await self._apply(ops)
+        except (IntegrityError, OperationalError, DBAPIError) as e:
+            if len(batch) > 1:
+                # Isolate the request the database refused; the rest still commit.
+                for item in batch:
+                    await self._commit_batch([item])
+                return
+            results = [await self._retry_single(ops[0], e)]
+        except Exception as e:  # never leave a caller waiting forever
+            log.exception("ledger batch failed")
+            results = [_db_unavailable(e)] * len(batch)
+        metrics.LEDGER_COMMIT_SECONDS.observe(time.perf_counter() - t0)
+        metrics.LEDGER_BATCH_SIZE.observe(len(batch))
+        ok = 0
+        for (_, fut), r in zip(batch, results, strict=True):
+            if isinstance(r, Transfer):
+                ok += 1
+            if not fut.done():
+                fut.set_result(r)
+        metrics.LEDGER_OPS.labels("ok").inc(ok)
+        if len(batch) - ok:
+            metrics.LEDGER_OPS.labels("rejected").inc(len(batch) - ok)
+
+    async def _retry_single(self, op: Op, first: Exception) -> Result:
+        err: Exception = first
+        for attempt in range(5):
+            await asyncio.sleep(0.001 * 2**attempt)
+            try:
+                return (await self._apply([op]))[0]
+            except (IntegrityError, OperationalError, DBAPIError) as e:
+                err = e
+        log.error("ledger request failed after retries: %s", err)
+        return _db_unavailable(err)
+
+    async def _apply(self, ops: list[Op]) -> list[Result]:
+        async with self._writer_engine.begin() as conn:
+            st = await load_batch(
+                conn, ops, self.clock.now_us(), self.default_timeout_s, lock=not self._sqlite
+            )
+            results, writes = apply_batch(ops, st)
+            await write_batch(conn, st, writes)
+        return results

@@ -1,0 +1,63 @@
+"""Requests to the ledger writer. Each becomes at most one immutable transfer."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(slots=True)
+class Usage:
+    """A usage event recorded atomically with the transfer that pays for it."""
+
+    meter: str
+    quantity: int
+    customer_id: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class CreateTransfer:
+    debit_account_id: str
+    credit_account_id: str
+    amount: int
+    pending: bool = False
+    timeout_s: int | None = None
+    description: str = ""
+    idempotency_key: str | None = None
+    usage: Usage | None = None
+
+    def request_hash(self) -> str:
+        return _hash(
+            "create",
+            self.debit_account_id,
+            self.credit_account_id,
+            self.amount,
+            self.pending,
+            self.timeout_s,
+            self.description,
+        )
+
+
+@dataclass(slots=True)
+class ResolvePending:
+    """Post (amount=None means the full amount) or void a pending transfer."""
+
+    pending_id: str
+    post: bool
+    amount: int | None = None
+    expired: bool = False
+    idempotency_key: str | None = None
+    usage: Usage | None = None
+
+    def request_hash(self) -> str:
+        return _hash("post" if self.post else "void", self.pending_id, self.amount)
+
+
+Op = CreateTransfer | ResolvePending
+
+
+def _hash(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, separators=(",", ":")).encode()).hexdigest()
