@@ -1,26 +1,28 @@
-"""Identifiers: a short prefix plus a time-ordered, random, URL-safe body."""
+"""Identifiers: a short prefix, then 11 hex digits of milliseconds and 20 of randomness.
+
+Ids sort by creation time (B-tree inserts stay append-mostly) and carry 80
+random bits, so processes never coordinate to make them.  ``random`` is
+seeded from the OS and reseeded after ``fork``; ids are not secrets (API key
+secrets come from :mod:`secrets`).
+"""
 
 from __future__ import annotations
 
-import os
+import random
 import time
 
-_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"  # Crockford base32, lower case
+_bits = random.SystemRandom().getrandbits(64)
+_rng = random.Random(_bits ^ time.time_ns())
 
 
-def _b32(n: int, length: int) -> str:
-    out = []
-    for _ in range(length):
-        n, r = divmod(n, 32)
-        out.append(_ALPHABET[r])
-    return "".join(reversed(out))
+def _reseed() -> None:
+    _rng.seed(random.SystemRandom().getrandbits(64) ^ time.time_ns())
+
+
+import os  # noqa: E402
+
+os.register_at_fork(after_in_child=_reseed)
 
 
 def new_id(prefix: str) -> str:
-    """``prefix_`` + 10 chars of milliseconds + 16 chars (80 bits) of randomness.
-
-    Ids sort by creation time, which keeps B-tree inserts append-mostly.
-    """
-    ms = time.time_ns() // 1_000_000
-    rand = int.from_bytes(os.urandom(10), "big")
-    return f"{prefix}_{_b32(ms, 10)}{_b32(rand, 16)}"
+    return f"{prefix}_{time.time_ns() // 1_000_000:011x}{_rng.getrandbits(80):020x}"

@@ -14,6 +14,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    text,
 )
 
 metadata = MetaData()
@@ -36,7 +37,8 @@ ledger_accounts = Table(
     Column("name", String(200), nullable=False),
     Column("created_at_us", BigInteger, nullable=False),
     CheckConstraint(
-        "debits_pending >= 0 AND debits_posted >= 0 AND credits_pending >= 0 AND credits_posted >= 0",
+        "debits_pending >= 0 AND debits_posted >= 0 AND credits_pending >= 0"
+        " AND credits_posted >= 0",
         name="ck_ledger_accounts_nonnegative",
     ),
     CheckConstraint(
@@ -64,14 +66,29 @@ ledger_transfers = Table(
     Column("amount", BigInteger, nullable=False),
     Column("flags", Integer, nullable=False),
     # For a post/void: the pending transfer it resolves. Unique: a pending resolves once.
-    Column("pending_id", String(64), nullable=True, unique=True),
+    Column("pending_id", String(64), nullable=True),
     Column("expires_at_us", BigInteger, nullable=True),
-    Column("idempotency_key", String(255), nullable=True, unique=True),
+    Column("idempotency_key", String(255), nullable=True),
     Column("request_hash", String(64), nullable=True),
     Column("description", String(500), nullable=False),
     Column("created_at_us", BigInteger, nullable=False),
     CheckConstraint("amount >= 0", name="ck_ledger_transfers_amount"),
     Index("ix_ledger_transfers_debit", "debit_account_id", "id"),
+    # Partial unique indexes: most rows have neither, so they cost nothing there.
+    Index(
+        "ux_ledger_transfers_pending_id",
+        "pending_id",
+        unique=True,
+        sqlite_where=text("pending_id IS NOT NULL"),
+        postgresql_where=text("pending_id IS NOT NULL"),
+    ),
+    Index(
+        "ux_ledger_transfers_idempotency_key",
+        "idempotency_key",
+        unique=True,
+        sqlite_where=text("idempotency_key IS NOT NULL"),
+        postgresql_where=text("idempotency_key IS NOT NULL"),
+    ),
     Index("ix_ledger_transfers_credit", "credit_account_id", "id"),
 )
 

@@ -7,7 +7,6 @@ here mirrors a database constraint, which stays in place as a second line.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,11 +56,12 @@ class BatchState:
 
 @dataclass(slots=True)
 class BatchWrites:
-    transfers: list[dict[str, Any]] = field(default_factory=list)
-    new_pending: list[dict[str, Any]] = field(default_factory=list)
+    # Rows in table column order (see tollway.core.schema).
+    transfers: list[tuple[Any, ...]] = field(default_factory=list)
+    new_pending: list[tuple[str, int]] = field(default_factory=list)
     resolved_pending: list[str] = field(default_factory=list)
     dirty_accounts: set[str] = field(default_factory=set)
-    usage: list[dict[str, Any]] = field(default_factory=list)
+    usage: list[tuple[Any, ...]] = field(default_factory=list)
 
 
 Result = Transfer | TollwayError
@@ -87,37 +87,35 @@ def apply_batch(ops: list[Op], st: BatchState) -> tuple[list[Result], BatchWrite
     return results, w
 
 
-def _record(
-    t: Transfer, h: str | None, w: BatchWrites, usage: Usage | None, customer: str | None
-) -> None:
+def _record(t: Transfer, h: str | None, w: BatchWrites, usage: Usage | None) -> None:
     w.transfers.append(
-        {
-            "id": t.id,
-            "debit_account_id": t.debit_account_id,
-            "credit_account_id": t.credit_account_id,
-            "amount": t.amount,
-            "flags": t.flags,
-            "pending_id": t.pending_id,
-            "expires_at_us": t.expires_at_us,
-            "idempotency_key": t.idempotency_key,
-            "request_hash": h,
-            "description": t.description,
-            "created_at_us": t.created_at_us,
-        }
+        (
+            t.id,
+            t.debit_account_id,
+            t.credit_account_id,
+            t.amount,
+            t.flags,
+            t.pending_id,
+            t.expires_at_us,
+            t.idempotency_key,
+            h,
+            t.description,
+            t.created_at_us,
+        )
     )
     if usage is not None:
         w.usage.append(
-            {
-                "id": new_id("ue"),
-                "transfer_id": t.id,
-                "account_id": t.debit_account_id,
-                "customer_id": usage.customer_id if usage.customer_id is not None else customer,
-                "meter": usage.meter,
-                "quantity": usage.quantity,
-                "amount": t.amount,
-                "metadata": json.dumps(usage.metadata, separators=(",", ":")),
-                "created_at_us": t.created_at_us,
-            }
+            (
+                new_id("ue"),
+                t.id,
+                t.debit_account_id,
+                usage.customer_id,
+                usage.meter,
+                usage.quantity,
+                t.amount,
+                usage.metadata,
+                t.created_at_us,
+            )
         )
 
 
@@ -169,8 +167,8 @@ def _create(op: CreateTransfer, st: BatchState, w: BatchWrites, h: str | None) -
     if op.pending:
         assert expires is not None
         st.pendings[t.id] = PendingState(t, open=True)
-        w.new_pending.append({"transfer_id": t.id, "expires_at_us": expires})
-    _record(t, h, w, op.usage, None)
+        w.new_pending.append((t.id, expires))
+    _record(t, h, w, op.usage)
     return t
 
 
@@ -235,5 +233,5 @@ def _close(
     w.dirty_accounts.add(p.debit_account_id)
     w.dirty_accounts.add(p.credit_account_id)
     w.resolved_pending.append(p.id)
-    _record(t, h, w, usage, None)
+    _record(t, h, w, usage)
     return t

@@ -18,7 +18,7 @@ import time
 from typing import Any
 
 from sqlalchemy import and_, insert, or_, select
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tollway.core.clock import Clock, SystemClock
@@ -28,10 +28,11 @@ from tollway.core.money import check_amount
 from tollway.core.schema import ledger_accounts as A
 from tollway.core.schema import ledger_pending as P
 from tollway.core.schema import ledger_transfers as T
-from tollway.core.storage import IMMEDIATE, is_sqlite, sqlite_path
+from tollway.core.storage import is_sqlite, sqlite_path
 from tollway.ledger import errors
 from tollway.ledger.apply import Result, apply_batch
 from tollway.ledger.ops import CreateTransfer, Op, ResolvePending, Usage
+from tollway.ledger.rawsql import DRIVER_ERRORS, raw_transaction
 from tollway.ledger.store import (
     ACCOUNT_COLUMNS,
     account_from_row,
@@ -75,7 +76,6 @@ class Ledger:
         self.batch_max = batch_max
         self.default_timeout_s = default_timeout_s
         self._sqlite = is_sqlite(engine)
-        self._writer_engine = engine.execution_options(**{IMMEDIATE: True})
         self._queue: list[tuple[Op, asyncio.Future[Result]]] = []
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
@@ -85,8 +85,8 @@ class Ledger:
 
     async def close(self) -> None:
         if self._task is not None:
-            while self._queue:
-                await asyncio.sleep(0.001)
+            if self._queue:  # let queued requests commit before stopping
+                await asyncio.gather(*(f for _, f in self._queue), return_exceptions=True)
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
@@ -154,7 +154,9 @@ class Ledger:
             self._reader.execute("PRAGMA busy_timeout=60000")
             self._reader.execute("PRAGMA query_only=1")
         cols = ", ".join(c.name for c in ACCOUNT_COLUMNS)
-        cur = self._reader.execute(f"SELECT {cols} FROM ledger_accounts WHERE id = ?", (account_id,))
+        cur = self._reader.execute(
+            f"SELECT {cols} FROM ledger_accounts WHERE id = ?", (account_id,)
+        )
         return cur.fetchone()
 
     async def accounts(self, ids: list[str] | None = None) -> list[Account]:
@@ -180,11 +182,15 @@ class Ledger:
         if timeout_s is not None and (
             isinstance(timeout_s, bool) or not isinstance(timeout_s, int) or timeout_s <= 0
         ):
-            raise invalid("invalid_timeout", "timeout must be a positive integer of seconds", "timeout")
+            raise invalid(
+                "invalid_timeout", "timeout must be a positive integer of seconds", "timeout"
+            )
         if timeout_s is not None and not pending:
             raise invalid("invalid_timeout", "timeout applies only to pending transfers", "timeout")
         if len(description) > 500:
-            raise invalid("invalid_description", "description is at most 500 characters", "description")
+            raise invalid(
+                "invalid_description", "description is at most 500 characters", "description"
+            )
         op = CreateTransfer(
             debit_account_id,
             credit_account_id,
@@ -225,7 +231,7 @@ class Ledger:
 
     async def get_transfer(self, transfer_id: str) -> Transfer:
         async with self.engine.connect() as conn:
-            row = (await conn.execute(select(T).where(T.c.id == transfer_id))).first()
+            row = (await conn.execute(select(*T.columns).where(T.c.id == transfer_id))).first()
         if row is None:
             raise errors.transfer_not_found(transfer_id, "transfer_id")
         return transfer_from_row(row)
@@ -238,7 +244,7 @@ class Ledger:
         cond = or_(T.c.debit_account_id == account_id, T.c.credit_account_id == account_id)
         if before is not None:
             cond = and_(cond, T.c.id < before)
-        q = select(T).where(cond).order_by(T.c.id.desc()).limit(limit)
+        q = select(*T.columns).where(cond).order_by(T.c.id.desc()).limit(limit)
         async with self.engine.connect() as conn:
             return [transfer_from_row(r) for r in await conn.execute(q)]
 
@@ -302,7 +308,7 @@ class Ledger:
         t0 = time.perf_counter()
         try:
             results = await self._apply(ops)
-        except (IntegrityError, OperationalError, DBAPIError) as e:
+        except DRIVER_ERRORS as e:
             if len(batch) > 1:
                 # Isolate the request the database refused; the rest still commit.
                 for item in batch:
@@ -330,16 +336,14 @@ class Ledger:
             await asyncio.sleep(0.001 * 2**attempt)
             try:
                 return (await self._apply([op]))[0]
-            except (IntegrityError, OperationalError, DBAPIError) as e:
+            except DRIVER_ERRORS as e:
                 err = e
         log.error("ledger request failed after retries: %s", err)
         return _db_unavailable(err)
 
     async def _apply(self, ops: list[Op]) -> list[Result]:
-        async with self._writer_engine.begin() as conn:
-            st = await load_batch(
-                conn, ops, self.clock.now_us(), self.default_timeout_s, lock=not self._sqlite
-            )
+        async with raw_transaction(self.engine) as tx:
+            st = await load_batch(tx, ops, self.clock.now_us(), self.default_timeout_s)
             results, writes = apply_batch(ops, st)
-            await write_batch(conn, st, writes)
+            await write_batch(tx, st, writes)
         return results

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import bindparam, delete, insert, select, update
-from sqlalchemy.engine import Row
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tollway.core.schema import ledger_accounts as A
@@ -15,41 +15,13 @@ from tollway.core.schema import ledger_transfers as T
 from tollway.core.schema import usage_events as U
 from tollway.ledger.apply import AccountState, BatchState, BatchWrites, PendingState
 from tollway.ledger.ops import CreateTransfer, Op
+from tollway.ledger.rawsql import RawTx
 from tollway.ledger.types import Account, Transfer, kind_of
 
-_UPDATE_ACCOUNT = (
-    update(A)
-    .where(A.c.id == bindparam("_id"))
-    .values(
-        debits_pending=bindparam("_dp"),
-        debits_posted=bindparam("_dpo"),
-        credits_pending=bindparam("_cp"),
-        credits_posted=bindparam("_cpo"),
-    )
-)
-
-
-def transfer_from_row(r: Row[Any] | Sequence[Any]) -> Transfer:
-    m = r._mapping if isinstance(r, Row) else None
-    if m is not None:
-        return Transfer(
-            m["id"],
-            m["debit_account_id"],
-            m["credit_account_id"],
-            m["amount"],
-            m["flags"],
-            m["pending_id"],
-            m["expires_at_us"],
-            m["idempotency_key"],
-            m["description"],
-            m["created_at_us"],
-        )
-    raise TypeError("expected a row")
-
-
-def account_from_row(r: Row[Any] | Sequence[Any]) -> Account:
-    return Account(*(r[i] for i in range(10)))
-
+TRANSFER_COLUMNS = [c.name for c in T.columns]
+_TCOLS = ", ".join(TRANSFER_COLUMNS)
+_HASH_AT = TRANSFER_COLUMNS.index("request_hash")
+_KEY_AT = TRANSFER_COLUMNS.index("idempotency_key")
 
 ACCOUNT_COLUMNS = (
     A.c.id,
@@ -65,28 +37,38 @@ ACCOUNT_COLUMNS = (
 )
 
 
-async def load_batch(
-    conn: AsyncConnection, ops: list[Op], now_us: int, default_timeout_s: int, lock: bool
-) -> BatchState:
+def transfer_from_row(r: Sequence[Any]) -> Transfer:
+    """A row of ``ledger_transfers`` in table column order."""
+    return Transfer(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[9], r[10])
+
+
+def account_from_row(r: Sequence[Any]) -> Account:
+    return Account._make(r)
+
+
+async def load_batch(tx: RawTx, ops: list[Op], now_us: int, default_timeout_s: int) -> BatchState:
+    lock = "" if tx.sqlite else " FOR UPDATE"
     keys = [op.idempotency_key for op in ops if op.idempotency_key is not None]
     seen: dict[str, tuple[str | None, Transfer]] = {}
     if keys:
-        rows = await conn.execute(select(T).where(T.c.idempotency_key.in_(keys)))
-        for r in rows:
-            t = transfer_from_row(r)
-            seen[r.idempotency_key] = (r.request_hash, t)
+        cond, args = tx.in_clause("idempotency_key", keys)
+        for r in await tx.fetch(f"SELECT {_TCOLS} FROM ledger_transfers WHERE {cond}", args):
+            seen[r[_KEY_AT]] = (r[_HASH_AT], transfer_from_row(r))
 
     pending_ids = sorted({op.pending_id for op in ops if not isinstance(op, CreateTransfer)})
     pendings: dict[str, PendingState] = {}
     if pending_ids:
-        q = select(P.c.transfer_id).where(P.c.transfer_id.in_(pending_ids)).order_by(P.c.transfer_id)
-        open_ids = set((await conn.execute(q.with_for_update() if lock else q)).scalars())
-        for r in await conn.execute(select(T).where(T.c.id.in_(pending_ids))):
-            pendings[r.id] = PendingState(transfer_from_row(r), open=r.id in open_ids)
+        cond, args = tx.in_clause("transfer_id", pending_ids)
+        q = f"SELECT transfer_id FROM ledger_pending WHERE {cond} ORDER BY transfer_id{lock}"
+        open_ids = {r[0] for r in await tx.fetch(q, args)}
+        cond, args = tx.in_clause("id", pending_ids)
+        for r in await tx.fetch(f"SELECT {_TCOLS} FROM ledger_transfers WHERE {cond}", args):
+            pendings[r[0]] = PendingState(transfer_from_row(r), open=r[0] in open_ids)
         closed = [i for i, ps in pendings.items() if not ps.open]
         if closed:
-            q2 = select(T.c.pending_id, T.c.flags).where(T.c.pending_id.in_(closed))
-            for pid, flags in await conn.execute(q2):
+            cond, args = tx.in_clause("pending_id", closed)
+            q = f"SELECT pending_id, flags FROM ledger_transfers WHERE {cond}"
+            for pid, flags in await tx.fetch(q, args):
                 pendings[pid].resolved_as = kind_of(flags).value
 
     account_ids: set[str] = set()
@@ -99,46 +81,42 @@ async def load_batch(
         account_ids.add(ps.transfer.credit_account_id)
     accounts: dict[str, AccountState] = {}
     if account_ids:
-        q3 = (
-            select(
-                A.c.id,
-                A.c.flags,
-                A.c.debits_pending,
-                A.c.debits_posted,
-                A.c.credits_pending,
-                A.c.credits_posted,
-            )
-            .where(A.c.id.in_(sorted(account_ids)))
-            .order_by(A.c.id)
+        cond, args = tx.in_clause("id", sorted(account_ids))
+        q = (
+            "SELECT id, flags, debits_pending, debits_posted, credits_pending, credits_posted"
+            f" FROM ledger_accounts WHERE {cond} ORDER BY id{lock}"
         )
-        for r in await conn.execute(q3.with_for_update() if lock else q3):
+        for r in await tx.fetch(q, args):
             accounts[r[0]] = AccountState(r[1], r[2], r[3], r[4], r[5])
     return BatchState(now_us, default_timeout_s, accounts, pendings, seen)
 
 
-async def write_batch(conn: AsyncConnection, st: BatchState, w: BatchWrites) -> None:
+async def write_batch(tx: RawTx, st: BatchState, w: BatchWrites) -> None:
     if w.transfers:
-        await conn.execute(insert(T), w.transfers)
+        await tx.executemany(tx.insert_sql(T), w.transfers)
     if w.new_pending:
-        await conn.execute(insert(P), w.new_pending)
+        await tx.executemany(tx.insert_sql(P), w.new_pending)
     if w.resolved_pending:
-        await conn.execute(delete(P).where(P.c.transfer_id.in_(w.resolved_pending)))
+        cond, args = tx.in_clause("transfer_id", w.resolved_pending)
+        await tx.execute(f"DELETE FROM ledger_pending WHERE {cond}", args)
     if w.dirty_accounts:
-        params = []
+        p = tx.ph(5)
+        sql = (
+            f"UPDATE ledger_accounts SET debits_pending = {p[0]}, debits_posted = {p[1]},"
+            f" credits_pending = {p[2]}, credits_posted = {p[3]} WHERE id = {p[4]}"
+        )
+        rows = []
         for aid in w.dirty_accounts:
             a = st.accounts[aid]
-            params.append(
-                {
-                    "_id": aid,
-                    "_dp": a.debits_pending,
-                    "_dpo": a.debits_posted,
-                    "_cp": a.credits_pending,
-                    "_cpo": a.credits_posted,
-                }
+            rows.append(
+                (a.debits_pending, a.debits_posted, a.credits_pending, a.credits_posted, aid)
             )
-        await conn.execute(_UPDATE_ACCOUNT, params)
+        await tx.executemany(sql, rows)
     if w.usage:
-        await conn.execute(insert(U), w.usage)
+        await tx.executemany(
+            tx.insert_sql(U),
+            [(*u[:7], json.dumps(u[7], separators=(",", ":")), u[8]) for u in w.usage],
+        )
 
 
 async def select_accounts(conn: AsyncConnection, ids: Iterable[str] | None) -> list[Account]:

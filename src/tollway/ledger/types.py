@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 from tollway.core.schema import (
     CREDITS_MUST_NOT_EXCEED_DEBITS,
@@ -34,8 +33,9 @@ def default_flags(kind: AccountKind) -> int:
     return DEBITS_MUST_NOT_EXCEED_CREDITS if kind in BOUNDED_KINDS else 0
 
 
-@dataclass(frozen=True, slots=True)
-class Account:
+class Account(NamedTuple):
+    """A ledger account (immutable snapshot)."""
+
     id: str
     kind: str
     flags: int
@@ -65,7 +65,7 @@ class Account:
     def credits_must_not_exceed_debits(self) -> bool:
         return bool(self.flags & CREDITS_MUST_NOT_EXCEED_DEBITS)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:  # type: ignore[override]
         return {
             "id": self.id,
             "object": "account",
@@ -104,8 +104,9 @@ def kind_of(flags: int) -> TransferKind:
     return TransferKind.POSTED
 
 
-@dataclass(frozen=True, slots=True)
-class Transfer:
+class Transfer(NamedTuple):
+    """An immutable transfer. Post, void and expiry are transfers too."""
+
     id: str
     debit_account_id: str
     credit_account_id: str
@@ -121,7 +122,7 @@ class Transfer:
     def kind(self) -> TransferKind:
         return kind_of(self.flags)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:  # type: ignore[override]
         return {
             "id": self.id,
             "object": "transfer",

@@ -56,9 +56,9 @@ def upgrade() -> None:
         ),
         sa.Column("amount", sa.BigInteger, nullable=False),
         sa.Column("flags", sa.Integer, nullable=False),
-        sa.Column("pending_id", sa.String(64), nullable=True, unique=True),
+        sa.Column("pending_id", sa.String(64), nullable=True),
         sa.Column("expires_at_us", sa.BigInteger, nullable=True),
-        sa.Column("idempotency_key", sa.String(255), nullable=True, unique=True),
+        sa.Column("idempotency_key", sa.String(255), nullable=True),
         sa.Column("request_hash", sa.String(64), nullable=True),
         sa.Column("description", sa.String(500), nullable=False),
         sa.Column("created_at_us", sa.BigInteger, nullable=False),
@@ -66,6 +66,16 @@ def upgrade() -> None:
     )
     op.create_index("ix_ledger_transfers_debit", "ledger_transfers", ["debit_account_id", "id"])
     op.create_index("ix_ledger_transfers_credit", "ledger_transfers", ["credit_account_id", "id"])
+    for col in ("pending_id", "idempotency_key"):
+        where = sa.text(f"{col} IS NOT NULL")
+        op.create_index(
+            f"ux_ledger_transfers_{col}",
+            "ledger_transfers",
+            [col],
+            unique=True,
+            sqlite_where=where,
+            postgresql_where=where,
+        )
     op.create_table(
         "ledger_pending",
         sa.Column(

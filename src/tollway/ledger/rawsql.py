@@ -1,0 +1,76 @@
+"""A thin transaction on the raw driver connection (aiosqlite or asyncpg).
+
+The ledger's hot path sends a handful of statements per batch of thousands
+of requests; going straight to the driver skips SQLAlchemy's per-row
+parameter processing, which was most of the cost.  SQL text is generated
+from the same SQLAlchemy ``Table`` objects the migrations build.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
+from sqlalchemy import Table
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+# Errors worth retrying one request at a time (constraint races, deadlocks, locks).
+DRIVER_ERRORS: tuple[type[BaseException], ...] = (sqlite3.Error, asyncpg.PostgresError)
+
+
+class RawTx:
+    def __init__(self, driver: Any, sqlite: bool) -> None:
+        self.driver = driver
+        self.sqlite = sqlite
+
+    def ph(self, n: int, start: int = 1) -> list[str]:
+        """``n`` placeholders in the driver's style."""
+        return ["?"] * n if self.sqlite else [f"${i}" for i in range(start, start + n)]
+
+    def in_clause(self, column: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
+        if self.sqlite:
+            return f"{column} IN ({','.join('?' * len(values))})", list(values)
+        return f"{column} = ANY($1::text[])", [list(values)]
+
+    async def fetch(self, sql: str, args: Sequence[Any] = ()) -> list[Sequence[Any]]:
+        if self.sqlite:
+            return list(await self.driver.execute_fetchall(sql, args))
+        return list(await self.driver.fetch(sql, *args))
+
+    async def execute(self, sql: str, args: Sequence[Any] = ()) -> None:
+        if self.sqlite:
+            await self.driver.execute(sql, args)
+        else:
+            await self.driver.execute(sql, *args)
+
+    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        await self.driver.executemany(sql, rows)
+
+    def insert_sql(self, table: Table) -> str:
+        cols = [c.name for c in table.columns]
+        return (
+            f"INSERT INTO {table.name} ({', '.join(cols)}) VALUES ({', '.join(self.ph(len(cols)))})"
+        )
+
+
+@asynccontextmanager
+async def raw_transaction(engine: AsyncEngine, *, immediate: bool = True) -> AsyncIterator[RawTx]:
+    """One transaction on a pooled connection's driver; commit on success."""
+    sqlite = engine.dialect.name == "sqlite"
+    async with engine.connect() as conn:
+        raw = await conn.get_raw_connection()
+        driver = raw.driver_connection
+        if sqlite:
+            await driver.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
+            try:
+                yield RawTx(driver, True)
+            except BaseException:
+                await driver.rollback()
+                raise
+            await driver.commit()
+        else:
+            async with driver.transaction():
+                yield RawTx(driver, False)
