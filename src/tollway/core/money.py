@@ -19,9 +19,7 @@ def parse_amount(value: object, param: str = "amount") -> int:
     values are refused with ``invalid_amount``: money never passes through a float.
     """
     if isinstance(value, bool) or isinstance(value, float):
-        raise invalid(
-            "invalid_amount", f"{param} must be an integer of micro-USD, not {value!r}", param
-        )
+        raise invalid("invalid_amount", f"{param} must be an integer of micro-USD, not {value!r}", param)
     if isinstance(value, int):
         amount = value
     elif isinstance(value, str):

@@ -37,8 +37,7 @@ ledger_accounts = Table(
     Column("name", String(200), nullable=False),
     Column("created_at_us", BigInteger, nullable=False),
     CheckConstraint(
-        "debits_pending >= 0 AND debits_posted >= 0 AND credits_pending >= 0"
-        " AND credits_posted >= 0",
+        "debits_pending >= 0 AND debits_posted >= 0 AND credits_pending >= 0 AND credits_posted >= 0",
         name="ck_ledger_accounts_nonnegative",
     ),
     CheckConstraint(

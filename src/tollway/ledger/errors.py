@@ -14,9 +14,7 @@ def transfer_not_found(transfer_id: str, param: str = "pending_id") -> TollwayEr
 
 
 def accounts_must_differ() -> TollwayError:
-    return invalid(
-        "accounts_must_differ", "debit and credit account must differ", "credit_account_id"
-    )
+    return invalid("accounts_must_differ", "debit and credit account must differ", "credit_account_id")
 
 
 def exceeds_credits(account_id: str, available: int, amount: int) -> TollwayError:
@@ -44,12 +42,12 @@ def not_pending(transfer_id: str) -> TollwayError:
 
 
 def already_resolved(transfer_id: str, how: str) -> TollwayError:
-    code = {
-        "post_pending": "pending_transfer_already_posted",
-        "void_pending": "pending_transfer_already_voided",
-        "expired": "pending_transfer_expired",
-    }.get(how, "pending_transfer_already_resolved")
-    return conflict(code, f"pending transfer {transfer_id!r} is already {how}", "pending_id")
+    code, word = {
+        "post_pending": ("pending_transfer_already_posted", "posted"),
+        "void_pending": ("pending_transfer_already_voided", "voided"),
+        "expired": ("pending_transfer_expired", "expired"),
+    }.get(how, ("pending_transfer_already_resolved", "resolved"))
+    return conflict(code, f"pending transfer {transfer_id!r} is already {word}", "pending_id")
 
 
 def exceeds_pending(pending_amount: int, amount: int) -> TollwayError:

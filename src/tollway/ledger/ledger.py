@@ -154,9 +154,7 @@ class Ledger:
             self._reader.execute("PRAGMA busy_timeout=60000")
             self._reader.execute("PRAGMA query_only=1")
         cols = ", ".join(c.name for c in ACCOUNT_COLUMNS)
-        cur = self._reader.execute(
-            f"SELECT {cols} FROM ledger_accounts WHERE id = ?", (account_id,)
-        )
+        cur = self._reader.execute(f"SELECT {cols} FROM ledger_accounts WHERE id = ?", (account_id,))
         return cur.fetchone()
 
     async def accounts(self, ids: list[str] | None = None) -> list[Account]:
@@ -182,15 +180,11 @@ class Ledger:
         if timeout_s is not None and (
             isinstance(timeout_s, bool) or not isinstance(timeout_s, int) or timeout_s <= 0
         ):
-            raise invalid(
-                "invalid_timeout", "timeout must be a positive integer of seconds", "timeout"
-            )
+            raise invalid("invalid_timeout", "timeout must be a positive integer of seconds", "timeout")
         if timeout_s is not None and not pending:
             raise invalid("invalid_timeout", "timeout applies only to pending transfers", "timeout")
         if len(description) > 500:
-            raise invalid(
-                "invalid_description", "description is at most 500 characters", "description"
-            )
+            raise invalid("invalid_description", "description is at most 500 characters", "description")
         op = CreateTransfer(
             debit_account_id,
             credit_account_id,
@@ -221,13 +215,18 @@ class Ledger:
         if amount is not None:
             check_amount(amount)
         _check_key(idempotency_key)
-        return await self._submit(
-            ResolvePending(pending_id, True, amount, False, idempotency_key, usage)
-        )
+        return await self._submit(ResolvePending(pending_id, True, amount, False, idempotency_key, usage))
 
-    async def void(self, pending_id: str, *, idempotency_key: str | None = None) -> Transfer:
+    async def void(
+        self,
+        pending_id: str,
+        *,
+        idempotency_key: str | None = None,
+        usage: Usage | None = None,
+    ) -> Transfer:
+        """Release a pending transfer: nothing is taken."""
         _check_key(idempotency_key)
-        return await self._submit(ResolvePending(pending_id, False, None, False, idempotency_key))
+        return await self._submit(ResolvePending(pending_id, False, None, False, idempotency_key, usage))
 
     async def get_transfer(self, transfer_id: str) -> Transfer:
         async with self.engine.connect() as conn:
@@ -251,19 +250,12 @@ class Ledger:
     async def expire_due(self, limit: int = 1000) -> int:
         """Void every pending transfer whose timeout has passed. Returns how many."""
         now = self.clock.now_us()
-        q = (
-            select(P.c.transfer_id)
-            .where(P.c.expires_at_us <= now)
-            .order_by(P.c.expires_at_us)
-            .limit(limit)
-        )
+        q = select(P.c.transfer_id).where(P.c.expires_at_us <= now).order_by(P.c.expires_at_us).limit(limit)
         async with self.engine.connect() as conn:
             due = list((await conn.execute(q)).scalars())
         if not due:
             return 0
-        results = await asyncio.gather(
-            *(self._submit(ResolvePending(i, False, None, True), raise_=False) for i in due)
-        )
+        results = await asyncio.gather(*(self._enqueue(ResolvePending(i, False, None, True)) for i in due))
         n = sum(1 for r in results if isinstance(r, Transfer))
         metrics.LEDGER_EXPIRED.inc(n)
         return n
@@ -279,7 +271,9 @@ class Ledger:
 
     # -------------------------------------------------------------- group commit
 
-    async def _submit(self, op: Op, raise_: bool = True) -> Any:
+    def _enqueue(self, op: Op) -> asyncio.Future[Result]:
+        """Queue a request for the next batch. Once queued it will be committed
+        (or refused) even if the caller stops waiting."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Result] = loop.create_future()
         self._queue.append((op, fut))
@@ -288,8 +282,11 @@ class Ledger:
             self._task = loop.create_task(self._writer(), name="tollway-ledger-writer")
         assert self._wake is not None
         self._wake.set()
-        result = await fut
-        if isinstance(result, TollwayError) and raise_:
+        return fut
+
+    async def _submit(self, op: Op) -> Transfer:
+        result = await self._enqueue(op)
+        if isinstance(result, TollwayError):
             raise result
         return result
 

@@ -18,7 +18,7 @@ from sqlalchemy import Table
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 # Errors worth retrying one request at a time (constraint races, deadlocks, locks).
-DRIVER_ERRORS: tuple[type[BaseException], ...] = (sqlite3.Error, asyncpg.PostgresError)
+DRIVER_ERRORS: tuple[type[Exception], ...] = (sqlite3.Error, asyncpg.PostgresError)
 
 
 class RawTx:
@@ -51,9 +51,7 @@ class RawTx:
 
     def insert_sql(self, table: Table) -> str:
         cols = [c.name for c in table.columns]
-        return (
-            f"INSERT INTO {table.name} ({', '.join(cols)}) VALUES ({', '.join(self.ph(len(cols)))})"
-        )
+        return f"INSERT INTO {table.name} ({', '.join(cols)}) VALUES ({', '.join(self.ph(len(cols)))})"
 
 
 @asynccontextmanager
@@ -62,7 +60,8 @@ async def raw_transaction(engine: AsyncEngine, *, immediate: bool = True) -> Asy
     sqlite = engine.dialect.name == "sqlite"
     async with engine.connect() as conn:
         raw = await conn.get_raw_connection()
-        driver = raw.driver_connection
+        driver: Any = raw.driver_connection
+        assert driver is not None
         if sqlite:
             await driver.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
             try:

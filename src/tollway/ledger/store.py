@@ -108,9 +108,7 @@ async def write_batch(tx: RawTx, st: BatchState, w: BatchWrites) -> None:
         rows = []
         for aid in w.dirty_accounts:
             a = st.accounts[aid]
-            rows.append(
-                (a.debits_pending, a.debits_posted, a.credits_pending, a.credits_posted, aid)
-            )
+            rows.append((a.debits_pending, a.debits_posted, a.credits_pending, a.credits_posted, aid))
         await tx.executemany(sql, rows)
     if w.usage:
         await tx.executemany(

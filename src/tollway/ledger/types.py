@@ -65,7 +65,7 @@ class Account(NamedTuple):
     def credits_must_not_exceed_debits(self) -> bool:
         return bool(self.flags & CREDITS_MUST_NOT_EXCEED_DEBITS)
 
-    def to_dict(self) -> dict[str, Any]:  # type: ignore[override]
+    def to_dict(self) -> dict[str, Any]:
         return {
             "id": self.id,
             "object": "account",
@@ -122,7 +122,7 @@ class Transfer(NamedTuple):
     def kind(self) -> TransferKind:
         return kind_of(self.flags)
 
-    def to_dict(self) -> dict[str, Any]:  # type: ignore[override]
+    def to_dict(self) -> dict[str, Any]:
         return {
             "id": self.id,
             "object": "transfer",

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
+
+disable_created_metrics()
 
 LEDGER_BATCH_SIZE = Histogram(
     "tollway_ledger_batch_size",
@@ -19,12 +21,8 @@ LEDGER_OPS = Counter(
     "Ledger requests by outcome",
     ["outcome"],
 )
-LEDGER_EXPIRED = Counter(
-    "tollway_ledger_expired_total", "Pending transfers voided by their timeout"
-)
-HTTP_REQUESTS = Counter(
-    "tollway_http_requests_total", "HTTP requests", ["method", "route", "status"]
-)
+LEDGER_EXPIRED = Counter("tollway_ledger_expired_total", "Pending transfers voided by their timeout")
+HTTP_REQUESTS = Counter("tollway_http_requests_total", "HTTP requests", ["method", "route", "status"])
 HTTP_SECONDS = Histogram(
     "tollway_http_request_seconds",
     "HTTP request latency",

@@ -31,8 +31,7 @@ def upgrade() -> None:
         sa.Column("name", sa.String(200), nullable=False),
         sa.Column("created_at_us", sa.BigInteger, nullable=False),
         sa.CheckConstraint(
-            "debits_pending >= 0 AND debits_posted >= 0 AND credits_pending >= 0 "
-            "AND credits_posted >= 0",
+            "debits_pending >= 0 AND debits_posted >= 0 AND credits_pending >= 0 AND credits_posted >= 0",
             name="ck_ledger_accounts_nonnegative",
         ),
         sa.CheckConstraint(
@@ -48,12 +47,8 @@ def upgrade() -> None:
     op.create_table(
         "ledger_transfers",
         sa.Column("id", sa.String(64), primary_key=True),
-        sa.Column(
-            "debit_account_id", sa.String(64), sa.ForeignKey("ledger_accounts.id"), nullable=False
-        ),
-        sa.Column(
-            "credit_account_id", sa.String(64), sa.ForeignKey("ledger_accounts.id"), nullable=False
-        ),
+        sa.Column("debit_account_id", sa.String(64), sa.ForeignKey("ledger_accounts.id"), nullable=False),
+        sa.Column("credit_account_id", sa.String(64), sa.ForeignKey("ledger_accounts.id"), nullable=False),
         sa.Column("amount", sa.BigInteger, nullable=False),
         sa.Column("flags", sa.Integer, nullable=False),
         sa.Column("pending_id", sa.String(64), nullable=True),
@@ -78,18 +73,14 @@ def upgrade() -> None:
         )
     op.create_table(
         "ledger_pending",
-        sa.Column(
-            "transfer_id", sa.String(64), sa.ForeignKey("ledger_transfers.id"), primary_key=True
-        ),
+        sa.Column("transfer_id", sa.String(64), sa.ForeignKey("ledger_transfers.id"), primary_key=True),
         sa.Column("expires_at_us", sa.BigInteger, nullable=False),
     )
     op.create_index("ix_ledger_pending_expires_at_us", "ledger_pending", ["expires_at_us"])
     op.create_table(
         "usage_events",
         sa.Column("id", sa.String(64), primary_key=True),
-        sa.Column(
-            "transfer_id", sa.String(64), sa.ForeignKey("ledger_transfers.id"), nullable=True
-        ),
+        sa.Column("transfer_id", sa.String(64), sa.ForeignKey("ledger_transfers.id"), nullable=True),
         sa.Column("account_id", sa.String(64), nullable=False),
         sa.Column("customer_id", sa.String(64), nullable=True),
         sa.Column("meter", sa.String(100), nullable=False),

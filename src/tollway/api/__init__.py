@@ -1,0 +1,1 @@
+"""The HTTP API: one ASGI app, routers per face, one error shape."""

@@ -1,0 +1,110 @@
+"""ASGI app assembly."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from tollway import __version__
+from tollway.api import admin, errors, system, v1
+from tollway.core.config import Settings
+from tollway.observe import metrics
+from tollway.runtime import Runtime
+
+log = logging.getLogger("tollway")
+
+
+_BODY_METHODS = {"POST", "PUT", "PATCH"}
+_FORM = b"application/x-www-form-urlencoded"
+
+
+def _json_by_default(scope: Any) -> Any:
+    """Every body tollway accepts is JSON: read one sent with no content type, or
+    with curl -d's form type, as JSON rather than refusing it."""
+    headers = [(k, v) for k, v in scope["headers"] if k != b"content-type" or v != _FORM]
+    if any(k == b"content-type" for k, _ in headers):
+        return scope
+    return {**scope, "headers": [*headers, (b"content-type", b"application/json")]}
+
+
+class MetricsMiddleware:
+    """Counts and times every request by route template (pure ASGI, no copying)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        t0 = time.perf_counter()
+        status = [500]
+        if scope["method"] in _BODY_METHODS:
+            scope = _json_by_default(scope)
+
+        async def _send(msg: Any) -> None:
+            if msg["type"] == "http.response.start":
+                status[0] = msg["status"]
+            await send(msg)
+
+        try:
+            await self.app(scope, receive, _send)
+        finally:
+            route = scope.get("route")
+            path = getattr(route, "path", "unmatched")
+            method = scope["method"]
+            metrics.HTTP_REQUESTS.labels(method, path, str(status[0])).inc()
+            metrics.HTTP_SECONDS.labels(method, path).observe(time.perf_counter() - t0)
+
+
+def create_app(settings: Settings | None = None, *, rt: Runtime | None = None) -> FastAPI:
+    if rt is None:
+        rt = Runtime.build(settings or Settings())
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if rt.settings.database.migrate_on_start:
+            before, after = await rt.migrate()
+            if before != after:
+                log.info("database migrated %s -> %s", before, after)
+        sweeper = asyncio.create_task(rt.ledger.run_expiry(rt.settings.ledger.expiry_interval_seconds))
+        try:
+            yield
+        finally:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
+            await rt.close()
+
+    app = FastAPI(
+        title="tollway",
+        version=__version__,
+        summary="Serve AI, sell it, and let agents spend safely.",
+        lifespan=lifespan,
+    )
+    app.state.runtime = rt
+    errors.install(app)
+    app.include_router(system.router)
+    app.include_router(admin.router)
+    app.include_router(v1.router)
+    app.add_middleware(MetricsMiddleware)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+        schema.setdefault("components", {}).setdefault("schemas", {})["Error"] = errors.ERROR_SCHEMA
+        schema["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+        schema["security"] = [{"bearer": []}]
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app

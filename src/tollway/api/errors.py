@@ -1,0 +1,88 @@
+"""Every error leaves as ``{"error": {"type", "code", "message", "param"}}``."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from tollway.core.errors import ErrorType, TollwayError
+
+log = logging.getLogger("tollway.api")
+
+ERROR_SCHEMA = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["type", "code", "message", "param"],
+            "properties": {
+                "type": {"type": "string"},
+                "code": {"type": "string"},
+                "message": {"type": "string"},
+                "param": {"type": ["string", "null"]},
+            },
+        }
+    },
+}
+
+_HTTP_CODES = {
+    404: (ErrorType.NOT_FOUND, "route_not_found", "no such route"),
+    405: (ErrorType.INVALID_REQUEST, "method_not_allowed", "method not allowed on this route"),
+}
+
+# Fields whose bad values get their own stable code rather than the generic one.
+_FIELD_CODES = {
+    "amount": ("invalid_amount", "must be a positive integer of micro-USD (1 USD = 1000000)"),
+    "timeout": ("invalid_timeout", "must be a positive integer of seconds"),
+}
+
+
+def error_response(err: TollwayError, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(err.to_dict(), status_code=err.status, headers=headers)
+
+
+def _validation(exc: RequestValidationError) -> TollwayError:
+    e = exc.errors()[0]
+    loc = [str(p) for p in e.get("loc", ()) if p not in ("body", "query", "path", "header")]
+    if e.get("type") == "json_invalid":
+        return TollwayError(ErrorType.INVALID_REQUEST, "invalid_json", "request body is not valid JSON")
+    if e.get("type") == "missing" and not loc:
+        return TollwayError(ErrorType.INVALID_REQUEST, "missing_body", "request body is required")
+    if e.get("type") in ("model_type", "model_attributes_type", "dict_type") and not loc:
+        return TollwayError(ErrorType.INVALID_REQUEST, "invalid_json", "request body must be a JSON object")
+    param = ".".join(loc) or None
+    field = loc[-1] if loc else ""
+    code, why = _FIELD_CODES.get(field, ("invalid_parameter", str(e.get("msg"))))
+    if e.get("type") == "missing":
+        code, why = "missing_parameter", "is required"
+    elif e.get("type") == "extra_forbidden":
+        code, why = "unknown_parameter", "is not a known parameter"
+    msg = f"{param} {why}" if param else why
+    return TollwayError(ErrorType.INVALID_REQUEST, code, msg, param)
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(TollwayError)
+    async def _tollway(_: Request, exc: TollwayError) -> JSONResponse:
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(_validation(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        etype, code, msg = _HTTP_CODES.get(
+            exc.status_code, (ErrorType.INVALID_REQUEST, "http_error", str(exc.detail))
+        )
+        return error_response(TollwayError(etype, code, msg, status=exc.status_code))
+
+    @app.exception_handler(Exception)
+    async def _crash(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        return error_response(TollwayError(ErrorType.API, "internal_error", "internal server error"))

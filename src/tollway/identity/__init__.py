@@ -1,0 +1,1 @@
+"""Customers, API keys and the admin token."""

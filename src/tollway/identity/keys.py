@@ -1,0 +1,154 @@
+"""API keys: shown once, stored as a SHA-256 hash under a plain lookup prefix.
+
+A key looks like ``tw_<12-char prefix>_<32-char secret>``.  Only the prefix
+(to find the row) and ``sha256(key)`` are stored; verification compares
+hashes in constant time.  Keys carry scopes and can be revoked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tollway.core.clock import Clock, SystemClock
+from tollway.core.errors import conflict, invalid, not_found, unauthenticated
+from tollway.core.ids import new_id
+from tollway.core.schema import api_keys as K
+from tollway.core.schema import customers as C
+
+_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
+_SCOPE = re.compile(r"^[a-z0-9_.-]+(:[a-z0-9_.*-]+)*$|^\*$")
+_KEY = re.compile(r"^tw_([a-z0-9]{12})_([a-z0-9]{32})$")
+
+
+def _rand(n: int) -> str:
+    return "".join(secrets.choice(_ALPHABET) for _ in range(n))
+
+
+def _hash(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def has_scope(granted: list[str], needed: str) -> bool:
+    """``*`` grants everything; ``ledger:*`` grants ``ledger:read``."""
+    for g in granted:
+        if g == "*" or g == needed:
+            return True
+        if g.endswith(":*") and needed.startswith(g[:-1]):
+            return True
+    return False
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    id: str
+    customer_id: str
+    prefix: str
+    name: str
+    scopes: list[str]
+    created_at_us: int
+    revoked_at_us: int | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": "api_key",
+            "customer_id": self.customer_id,
+            "prefix": self.prefix,
+            "name": self.name,
+            "scopes": self.scopes,
+            "created_at_us": self.created_at_us,
+            "revoked": self.revoked_at_us is not None,
+            "revoked_at_us": self.revoked_at_us,
+        }
+
+
+_COLS = (K.c.id, K.c.customer_id, K.c.prefix, K.c.name, K.c.scopes, K.c.created_at_us)
+
+
+def _from_row(r: Any) -> ApiKey:
+    return ApiKey(r[0], r[1], r[2], r[3], json.loads(r[4]), r[5], r[6])
+
+
+class ApiKeys:
+    def __init__(self, engine: AsyncEngine, clock: Clock | None = None) -> None:
+        self.engine = engine
+        self.clock = clock or SystemClock()
+
+    async def create(
+        self, customer_id: str, *, name: str = "", scopes: list[str] | None = None
+    ) -> tuple[ApiKey, str]:
+        """Create a key; returns the record and the secret key (shown once)."""
+        scopes = ["*"] if scopes is None else scopes
+        if (
+            not isinstance(scopes, list)
+            or not scopes
+            or not all(isinstance(s, str) and _SCOPE.match(s) for s in scopes)
+        ):
+            raise invalid(
+                "invalid_scopes",
+                "scopes is a non-empty list like ['*'] or ['ledger:read']",
+                "scopes",
+            )
+        if not isinstance(name, str) or len(name) > 200:
+            raise invalid("invalid_name", "name is at most 200 characters", "name")
+        prefix = _rand(12)
+        secret = f"tw_{prefix}_{_rand(32)}"
+        now = self.clock.now_us()
+        row = {
+            "id": new_id("key"),
+            "customer_id": customer_id,
+            "prefix": prefix,
+            "secret_hash": _hash(secret),
+            "name": name,
+            "scopes": json.dumps(scopes),
+            "created_at_us": now,
+            "revoked_at_us": None,
+        }
+        async with self.engine.begin() as conn:
+            found = await conn.execute(select(C.c.id).where(C.c.id == customer_id))
+            if found.first() is None:
+                raise not_found("customer_not_found", f"no customer {customer_id!r}", "customer_id")
+            await conn.execute(insert(K), [row])
+        key = ApiKey(str(row["id"]), customer_id, prefix, name, scopes, now, None)
+        return key, secret
+
+    async def list(self, customer_id: str | None = None) -> list[ApiKey]:
+        q = select(*_COLS, K.c.revoked_at_us).order_by(K.c.id)
+        if customer_id is not None:
+            q = q.where(K.c.customer_id == customer_id)
+        async with self.engine.connect() as conn:
+            return [_from_row(r) for r in await conn.execute(q)]
+
+    async def revoke(self, key_id: str) -> ApiKey:
+        now = self.clock.now_us()
+        async with self.engine.begin() as conn:
+            r = (await conn.execute(select(*_COLS, K.c.revoked_at_us).where(K.c.id == key_id))).first()
+            if r is None:
+                raise not_found("api_key_not_found", f"no API key {key_id!r}", "key_id")
+            if r[6] is not None:
+                raise conflict("api_key_revoked", f"API key {key_id!r} is already revoked", "key_id")
+            await conn.execute(update(K).where(K.c.id == key_id).values(revoked_at_us=now))
+        return _from_row((*r[:6], now))
+
+    async def verify(self, presented: str) -> ApiKey:
+        """The key's record, or 401 ``invalid_api_key`` / ``api_key_revoked``."""
+        m = _KEY.match(presented or "")
+        if m is None:
+            raise unauthenticated("invalid_api_key", "invalid API key")
+        q = select(*_COLS, K.c.revoked_at_us, K.c.secret_hash).where(K.c.prefix == m.group(1))
+        async with self.engine.connect() as conn:
+            r = (await conn.execute(q)).first()
+        if r is None or not hmac.compare_digest(r[7], _hash(presented)):
+            raise unauthenticated("invalid_api_key", "invalid API key")
+        if r[6] is not None:
+            raise unauthenticated("api_key_revoked", "this API key was revoked")
+        return _from_row(r[:7])

@@ -1,0 +1,55 @@
+"""Everything a process needs, built once from the settings: used by the
+server and the CLI alike, so both act on the same objects."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tollway.charge import Charger
+from tollway.core import migrate
+from tollway.core.clock import Clock, SystemClock
+from tollway.core.config import Settings
+from tollway.core.storage import make_engine
+from tollway.identity.customers import Customers
+from tollway.identity.keys import ApiKeys
+from tollway.ledger import Ledger
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    engine: AsyncEngine
+    clock: Clock
+    ledger: Ledger
+    charger: Charger
+    customers: Customers
+    keys: ApiKeys
+
+    @classmethod
+    def build(cls, settings: Settings, *, clock: Clock | None = None) -> Runtime:
+        clock = clock or SystemClock()
+        engine = make_engine(settings.database)
+        ledger = Ledger(
+            engine,
+            clock=clock,
+            batch_max=settings.ledger.batch_max,
+            default_timeout_s=settings.ledger.pending_timeout_seconds,
+        )
+        return cls(
+            settings=settings,
+            engine=engine,
+            clock=clock,
+            ledger=ledger,
+            charger=Charger(ledger),
+            customers=Customers(engine, clock),
+            keys=ApiKeys(engine, clock),
+        )
+
+    async def migrate(self) -> tuple[str | None, str | None]:
+        return await migrate.upgrade(self.engine)
+
+    async def close(self) -> None:
+        await self.ledger.close()
+        await self.engine.dispose()
