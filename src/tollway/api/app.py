@@ -91,17 +91,18 @@ def create_app(settings: Settings | None = None, *, rt: Runtime | None = None) -
     )
     app.state.runtime = rt
     errors.install(app)
-    app.include_router(system.router)
-    app.include_router(admin.router)
-    app.include_router(v1.router)
+    app.include_router(system.router, responses=errors.error_responses(503))
+    app.include_router(admin.router, responses=errors.error_responses(400, 401, 402, 404, 409))
+    app.include_router(v1.router, responses=errors.error_responses(401, 403, 404))
     app.add_middleware(MetricsMiddleware)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema:
             return app.openapi_schema
         schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
-        schema.setdefault("components", {}).setdefault("schemas", {})["Error"] = errors.ERROR_SCHEMA
-        schema["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+        schema.setdefault("components", {})["securitySchemes"] = {
+            "bearer": {"type": "http", "scheme": "bearer"}
+        }
         schema["security"] = [{"bearer": []}]
         app.openapi_schema = schema
         return schema

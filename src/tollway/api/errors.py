@@ -3,31 +3,45 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tollway.core.errors import ErrorType, TollwayError
 
 log = logging.getLogger("tollway.api")
 
-ERROR_SCHEMA = {
-    "type": "object",
-    "required": ["error"],
-    "properties": {
-        "error": {
-            "type": "object",
-            "required": ["type", "code", "message", "param"],
-            "properties": {
-                "type": {"type": "string"},
-                "code": {"type": "string"},
-                "message": {"type": "string"},
-                "param": {"type": ["string", "null"]},
-            },
-        }
-    },
+
+class ErrorDetail(BaseModel):
+    type: str = Field(description="Error family, e.g. invalid_request_error")
+    code: str = Field(description="Stable machine-readable code, e.g. insufficient_funds")
+    message: str
+    param: str | None = Field(description="The request field at fault, if any")
+
+
+class ErrorBody(BaseModel):
+    """The one error shape every endpoint uses."""
+
+    error: ErrorDetail
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries documenting the error shape."""
+    return {s: {"model": ErrorBody, "description": _DESCRIPTIONS.get(s, "Error")} for s in statuses}
+
+
+_DESCRIPTIONS = {
+    400: "Invalid request",
+    401: "Missing or bad credentials",
+    402: "Insufficient funds",
+    403: "Missing scope",
+    404: "Not found",
+    409: "Conflict (already resolved, idempotency key reused, exists)",
+    503: "Not ready",
 }
 
 _HTTP_CODES = {

@@ -7,7 +7,7 @@ import re
 from tollway.core.errors import invalid
 
 MICRO = 1_000_000
-_DOLLARS = re.compile(r"^\$?(?P<int>\d{1,12})(?:\.(?P<frac>\d{1,6}))?$")
+_DOLLARS = re.compile(r"^\$?(?P<int>\d{1,13})(?:\.(?P<frac>\d{1,6}))?$")
 MAX_AMOUNT = 2**63 - 1
 
 

@@ -1,0 +1,172 @@
+"""The charge path on its own, with faults injected at every step."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from sqlalchemy import select
+
+from tollway.charge import Charger, Payer
+from tollway.core.clock import ManualClock
+from tollway.core.config import Settings
+from tollway.core.errors import TollwayError
+from tollway.core.schema import usage_events
+from tollway.runtime import Runtime
+
+
+async def payer(rt: Runtime, amount: int = 1_000) -> Payer:
+    c = await rt.customers.create("Ada")
+    if amount:
+        await rt.ledger.transfer("sys_funding", c.account_id, amount)
+    return Payer(c.account_id, c.id)
+
+
+async def state(rt: Runtime, p: Payer) -> tuple[int, int, int]:
+    a = await rt.ledger.get_account(p.account_id)
+    rev = await rt.ledger.get_account("sys_revenue")
+    return a.balance, a.debits_pending, rev.balance
+
+
+async def usage_rows(rt: Runtime) -> list[dict[str, object]]:
+    async with rt.engine.connect() as conn:
+        return [dict(r) for r in (await conn.execute(select(usage_events))).mappings()]
+
+
+async def test_post_actual_releases_the_rest_and_records_usage(rt: Runtime) -> None:
+    p = await payer(rt)
+    async with rt.charger.hold(p, 300, meter="tokens") as h:
+        assert await state(rt, p) == (1_000, 300, 0)
+        h.post(120, quantity=42, model="smollm2")
+    assert await state(rt, p) == (880, 0, 120)
+    assert h.receipt is not None and h.receipt.charged == 120
+    assert h.receipt.headers()["x-tollway-charged"] == "120"
+    [u] = await usage_rows(rt)
+    assert (u["meter"], u["quantity"], u["amount"], u["customer_id"]) == ("tokens", 42, 120, p.customer_id)
+
+
+async def test_exception_voids_and_propagates(rt: Runtime) -> None:
+    p = await payer(rt)
+    with pytest.raises(RuntimeError, match="model crashed"):
+        async with rt.charger.hold(p, 300, meter="tokens") as h:
+            h.post(100)
+            raise RuntimeError("model crashed")
+    assert await state(rt, p) == (1_000, 0, 0)
+    assert await usage_rows(rt) == []
+
+
+async def test_cancellation_voids(rt: Runtime) -> None:
+    p = await payer(rt)
+    entered = asyncio.Event()
+
+    async def work() -> None:
+        async with rt.charger.hold(p, 300, meter="tokens"):
+            entered.set()
+            await asyncio.sleep(3600)
+
+    task = asyncio.create_task(work())
+    await entered.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await state(rt, p) == (1_000, 0, 0)
+
+
+async def test_insufficient_funds_refuses_before_work(rt: Runtime) -> None:
+    p = await payer(rt, 100)
+    ran = False
+    with pytest.raises(TollwayError) as e:
+        async with rt.charger.hold(p, 300, meter="tokens"):
+            ran = True
+    assert e.value.code == "insufficient_funds" and e.value.status == 402 and not ran
+    assert await state(rt, p) == (100, 0, 0)
+
+
+async def test_zero_or_no_post_charges_nothing_but_records_usage(rt: Runtime) -> None:
+    p = await payer(rt)
+    async with rt.charger.hold(p, 300, meter="cache") as h:
+        h.post(0, quantity=1)
+    async with rt.charger.hold(p, 300, meter="cache"):
+        pass
+    assert await state(rt, p) == (1_000, 0, 0)
+    assert [u["amount"] for u in await usage_rows(rt)] == [0, 0]
+
+
+async def test_post_more_than_reserved_is_refused_and_voids(rt: Runtime) -> None:
+    p = await payer(rt)
+    with pytest.raises(TollwayError) as e:
+        async with rt.charger.hold(p, 300, meter="tokens") as h:
+            h.post(301)
+    assert e.value.code == "amount_exceeds_pending"
+    assert await state(rt, p) == (1_000, 0, 0)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5])
+async def test_bad_max_amount(rt: Runtime, bad: object) -> None:
+    p = await payer(rt)
+    with pytest.raises(TollwayError) as e:
+        rt.charger.hold(p, bad, meter="x")  # type: ignore[arg-type]
+    assert e.value.code == "invalid_amount"
+
+
+async def test_retry_with_same_key_never_charges_twice(rt: Runtime) -> None:
+    p = await payer(rt)
+    for _ in range(3):
+        async with rt.charger.hold(p, 300, meter="tokens", idempotency_key="req-1") as h:
+            h.post(100)
+    assert await state(rt, p) == (900, 0, 100)
+
+
+async def test_crash_between_reserve_and_post_expires(settings: Settings) -> None:
+    """If the process dies mid-request, the hold is released by its timeout."""
+    clock = ManualClock()
+    rt = Runtime.build(settings, clock=clock)
+    try:
+        p = await payer(rt)
+        charger = Charger(rt.ledger, timeout_s=30)
+        hold = charger.hold(p, 300, meter="tokens")
+        await hold.__aenter__()  # reserved; then the process "dies": no exit runs
+        assert await state(rt, p) == (1_000, 300, 0)
+        clock.advance(seconds=30)
+        assert await rt.ledger.expire_due() == 1
+        assert await state(rt, p) == (1_000, 0, 0)
+    finally:
+        await rt.close()
+
+
+async def test_post_failure_surfaces_and_hold_expires(settings: Settings) -> None:
+    """A ledger failure at post time is raised to the caller, never swallowed;
+    the reservation is then released by its timeout."""
+    clock = ManualClock()
+    rt = Runtime.build(settings, clock=clock)
+    try:
+        p = await payer(rt)
+
+        async def broken_post(*a: object, **k: object) -> object:
+            raise TollwayError("api_error", "database_unavailable", "injected", status=503)
+
+        with pytest.raises(TollwayError, match="injected"):
+            async with rt.charger.hold(p, 300, meter="tokens", timeout_s=5) as h:
+                h.post(100)
+                rt.ledger.post = broken_post  # type: ignore[method-assign]
+        assert await state(rt, p) == (1_000, 300, 0)
+        clock.advance(seconds=5)
+        await rt.ledger.expire_due()
+        assert await state(rt, p) == (1_000, 0, 0)
+    finally:
+        await rt.close()
+
+
+async def test_many_concurrent_holds_never_overspend(rt: Runtime) -> None:
+    p = await payer(rt, 1_000)
+
+    async def one() -> int:
+        async with rt.charger.hold(p, 100, meter="tokens") as h:
+            await asyncio.sleep(0)
+            h.post(60)
+        return 60
+
+    rs = await asyncio.gather(*[one() for _ in range(40)], return_exceptions=True)
+    charged = sum(r for r in rs if isinstance(r, int))
+    bal, pending, rev = await state(rt, p)
+    assert pending == 0 and bal == 1_000 - charged and rev == charged and bal >= 0

@@ -1,0 +1,116 @@
+"""The CLI: every command, with --json, and clear errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from tollway.cli.main import app
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def cfg(tmp_path: Path, db_url: str) -> str:
+    path = tmp_path / "tollway.toml"
+    r = runner.invoke(app, ["init", "--path", str(path), "--json"])
+    assert r.exit_code == 0, r.output
+    text = path.read_text().replace('url = "sqlite:///.tollway/tollway.db"', f'url = "{db_url}"')
+    path.write_text(text)
+    return str(path)
+
+
+def run(cfg: str, *args: str, code: int = 0) -> Any:
+    r = runner.invoke(app, ["--config", cfg, *args, "--json"])
+    assert r.exit_code == code, r.output
+    return json.loads(r.stdout)
+
+
+def test_init_writes_token_and_refuses_to_overwrite(tmp_path: Path) -> None:
+    path = tmp_path / "t.toml"
+    first = json.loads(runner.invoke(app, ["init", "--path", str(path), "--json"]).stdout)
+    assert first["created"] and len(first["admin_token"]) >= 32
+    assert first["admin_token"] in path.read_text()
+    assert oct(path.stat().st_mode)[-3:] == "600"
+    again = json.loads(runner.invoke(app, ["init", "--path", str(path), "--json"]).stdout)
+    assert again == {"path": str(path), "created": False}
+
+
+def test_full_flow(cfg: str) -> None:
+    assert run(cfg, "migrate")["to"] is not None
+    c = run(cfg, "customers", "create", "--name", "Ada", "--credit", "$2.50")
+    assert c["balance"] == 2_500_000
+    assert [x["id"] for x in run(cfg, "customers", "list")["data"]] == [c["id"]]
+
+    k = run(cfg, "keys", "create", "--customer", c["id"], "--scope", "balance:read", "--scope", "inference")
+    assert k["key"].startswith("tw_") and k["scopes"] == ["balance:read", "inference"]
+    listed = run(cfg, "keys", "list", "--customer", c["id"])["data"]
+    assert [x["id"] for x in listed] == [k["id"]] and "key" not in listed[0]
+    assert run(cfg, "keys", "revoke", k["id"])["revoked"] is True
+
+    p = run(
+        cfg,
+        "ledger",
+        "transfer",
+        "--from",
+        c["account_id"],
+        "--to",
+        "sys_revenue",
+        "--amount",
+        "$1",
+        "--pending",
+    )
+    assert p["kind"] == "pending" and p["amount"] == 1_000_000
+    post = run(cfg, "ledger", "post", p["id"], "--amount", "400000")
+    assert post["amount"] == 400_000
+    q = run(
+        cfg,
+        "ledger",
+        "transfer",
+        "--from",
+        c["account_id"],
+        "--to",
+        "sys_revenue",
+        "--amount",
+        "5",
+        "--pending",
+    )
+    assert run(cfg, "ledger", "void", q["id"])["kind"] == "void_pending"
+
+    bal = run(cfg, "ledger", "balances")
+    assert bal["sum_of_balances"] == 0
+    mine = run(cfg, "ledger", "balances", "--account", c["account_id"])["data"][0]
+    assert mine["balance"] == 2_100_000
+    hist = run(cfg, "ledger", "history", c["account_id"])["data"]
+    assert [t["kind"] for t in hist] == ["void_pending", "pending", "post_pending", "pending", "posted"]
+
+
+def test_errors_are_typed_and_exit_nonzero(cfg: str) -> None:
+    e = run(cfg, "ledger", "transfer", "--from", "nope", "--to", "sys_revenue", "--amount", "5", code=1)
+    assert e["error"]["code"] == "account_not_found"
+    e = run(
+        cfg, "ledger", "transfer", "--from", "sys_funding", "--to", "sys_revenue", "--amount", "1.5", code=1
+    )
+    assert e["error"]["code"] == "invalid_amount"
+    e = run(cfg, "keys", "revoke", "key_nope", code=1)
+    assert e["error"]["code"] == "api_key_not_found"
+    assert run(cfg, "ledger", "balances")["sum_of_balances"] == 0
+
+
+def test_bad_config_exits_2_with_file_key_reason(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text("[server]\nport = 'x'\n")
+    r = runner.invoke(app, ["--config", str(path), "migrate"])
+    assert r.exit_code == 2
+    assert str(path) in r.output and "server.port" in r.output and "Traceback" not in r.output
+    r = runner.invoke(app, ["--config", str(path), "migrate", "--json"])
+    assert json.loads(r.stdout)["error"]["param"] == "server.port"
+
+
+def test_human_output_has_tables(cfg: str) -> None:
+    r = runner.invoke(app, ["--config", cfg, "ledger", "balances"])
+    assert r.exit_code == 0 and "sys_revenue" in r.output and "sum of balances: $0.000000 (ok)" in r.output
