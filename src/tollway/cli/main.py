@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -119,6 +120,9 @@ def serve(
     from tollway.api.app import create_app
 
     settings = _settings(False)
+    logging.basicConfig(
+        level=settings.server.log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s"
+    )
     if host is not None:
         settings.server.host = host
     if port is not None:

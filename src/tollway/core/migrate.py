@@ -9,7 +9,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tollway.core.storage import IMMEDIATE
+from tollway.core.storage import writer
 
 
 def _config() -> Config:
@@ -43,7 +43,7 @@ async def upgrade(engine: AsyncEngine, target: str = "head") -> tuple[str | None
 
     # Serialize concurrent starters: SQLite takes the write lock up front,
     # PostgreSQL an advisory lock held to the end of the transaction.
-    async with engine.execution_options(**{IMMEDIATE: True}).begin() as conn:
+    async with writer(engine).begin() as conn:
         if conn.dialect.name == "postgresql":
             await conn.execute(text("SELECT pg_advisory_xact_lock(7243091)"))
         return await conn.run_sync(run)

@@ -71,5 +71,12 @@ def make_engine(cfg: DatabaseConfig, **kwargs: Any) -> AsyncEngine:
     )
 
 
+def writer(engine: AsyncEngine) -> AsyncEngine:
+    """The same engine, but its transactions take SQLite's write lock at BEGIN:
+    a transaction that reads before it writes can then never fail on a stale
+    snapshot when another connection commits in between."""
+    return engine.execution_options(**{IMMEDIATE: True})
+
+
 async def ping(conn: AsyncConnection) -> None:
     await conn.execute(text("SELECT 1"))

@@ -13,6 +13,7 @@ from tollway.core.errors import invalid, not_found
 from tollway.core.ids import new_id
 from tollway.core.schema import customers as C
 from tollway.core.schema import ledger_accounts as A
+from tollway.core.storage import writer
 from tollway.ledger.types import AccountKind, default_flags
 
 
@@ -53,7 +54,7 @@ class Customers:
         cid = new_id("cus")
         aid = new_id("acct")
         kind = AccountKind.CUSTOMER
-        async with self.engine.begin() as conn:
+        async with writer(self.engine).begin() as conn:
             await conn.execute(
                 insert(A),
                 [

@@ -23,6 +23,7 @@ from tollway.core.errors import conflict, invalid, not_found, unauthenticated
 from tollway.core.ids import new_id
 from tollway.core.schema import api_keys as K
 from tollway.core.schema import customers as C
+from tollway.core.storage import writer
 
 _ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
 _SCOPE = re.compile(r"^[a-z0-9_.-]+(:[a-z0-9_.*-]+)*$|^\*$")
@@ -113,7 +114,7 @@ class ApiKeys:
             "created_at_us": now,
             "revoked_at_us": None,
         }
-        async with self.engine.begin() as conn:
+        async with writer(self.engine).begin() as conn:
             found = await conn.execute(select(C.c.id).where(C.c.id == customer_id))
             if found.first() is None:
                 raise not_found("customer_not_found", f"no customer {customer_id!r}", "customer_id")
@@ -130,7 +131,7 @@ class ApiKeys:
 
     async def revoke(self, key_id: str) -> ApiKey:
         now = self.clock.now_us()
-        async with self.engine.begin() as conn:
+        async with writer(self.engine).begin() as conn:
             r = (await conn.execute(select(*_COLS, K.c.revoked_at_us).where(K.c.id == key_id))).first()
             if r is None:
                 raise not_found("api_key_not_found", f"no API key {key_id!r}", "key_id")

@@ -28,7 +28,7 @@ from tollway.core.money import check_amount
 from tollway.core.schema import ledger_accounts as A
 from tollway.core.schema import ledger_pending as P
 from tollway.core.schema import ledger_transfers as T
-from tollway.core.storage import is_sqlite, sqlite_path
+from tollway.core.storage import is_sqlite, sqlite_path, writer
 from tollway.ledger import errors
 from tollway.ledger.apply import Result, apply_batch
 from tollway.ledger.ops import CreateTransfer, Op, ResolvePending, Usage
@@ -128,7 +128,7 @@ class Ledger:
         )
         row = {c.name: getattr(acct, c.name) for c in ACCOUNT_COLUMNS}
         try:
-            async with self.engine.begin() as conn:
+            async with writer(self.engine).begin() as conn:
                 await conn.execute(insert(A), [row])
         except IntegrityError:
             raise errors.account_exists(acct.id) from None
