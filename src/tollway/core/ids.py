@@ -1,28 +1,44 @@
 """Identifiers: a short prefix, then 11 hex digits of milliseconds and 20 of randomness.
 
-Ids sort by creation time (B-tree inserts stay append-mostly) and carry 80
-random bits, so processes never coordinate to make them.  ``random`` is
-seeded from the OS and reseeded after ``fork``; ids are not secrets (API key
-secrets come from :mod:`secrets`).
+Ids sort by creation time (B-tree inserts stay append-mostly, and "newest
+first" is ``ORDER BY id DESC``).  Within one process they are strictly
+increasing, like monotonic ULIDs: an id made in the same millisecond as the
+previous one takes the previous random part plus one.  Across processes the
+80 random bits keep them unique without coordination.  ``random`` is seeded
+from the OS and reseeded after ``fork``; ids are not secrets (API keys use
+:mod:`secrets`).
 """
 
 from __future__ import annotations
 
+import os
 import random
+import threading
 import time
 
-_bits = random.SystemRandom().getrandbits(64)
-_rng = random.Random(_bits ^ time.time_ns())
+_rng = random.Random(random.SystemRandom().getrandbits(64))
+_lock = threading.Lock()
+_last_ms = 0
+_last_rand = 0
+_RAND_MAX = (1 << 80) - 1
 
 
 def _reseed() -> None:
-    _rng.seed(random.SystemRandom().getrandbits(64) ^ time.time_ns())
+    _rng.seed(random.SystemRandom().getrandbits(64))
 
-
-import os  # noqa: E402
 
 os.register_at_fork(after_in_child=_reseed)
 
 
 def new_id(prefix: str) -> str:
-    return f"{prefix}_{time.time_ns() // 1_000_000:011x}{_rng.getrandbits(80):020x}"
+    global _last_ms, _last_rand
+    ms = time.time_ns() // 1_000_000
+    with _lock:
+        if ms > _last_ms:
+            rand = _rng.getrandbits(79)  # headroom to count up within one millisecond
+        elif _last_rand < _RAND_MAX:
+            ms, rand = _last_ms, _last_rand + 1
+        else:
+            ms, rand = _last_ms + 1, _rng.getrandbits(79)
+        _last_ms, _last_rand = ms, rand
+    return f"{prefix}_{ms:011x}{rand:020x}"

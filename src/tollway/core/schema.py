@@ -91,11 +91,17 @@ ledger_transfers = Table(
     Index("ix_ledger_transfers_credit", "credit_account_id", "id"),
 )
 
-# Pending transfers not yet posted, voided or expired. Deleted when resolved.
+# Pending transfers not yet posted, voided or expired, with what resolving them
+# needs, so the hot path never reads the (large) transfers table. Deleted when
+# resolved: this table holds only what is open.
 ledger_pending = Table(
     "ledger_pending",
     metadata,
     Column("transfer_id", String(64), ForeignKey("ledger_transfers.id"), primary_key=True),
+    Column("debit_account_id", String(64), nullable=False),
+    Column("credit_account_id", String(64), nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    Column("description", String(500), nullable=False),
     Column("expires_at_us", BigInteger, nullable=False, index=True),
 )
 

@@ -58,7 +58,7 @@ class BatchState:
 class BatchWrites:
     # Rows in table column order (see tollway.core.schema).
     transfers: list[tuple[Any, ...]] = field(default_factory=list)
-    new_pending: list[tuple[str, int]] = field(default_factory=list)
+    new_pending: list[tuple[str, str, str, int, str, int]] = field(default_factory=list)
     resolved_pending: list[str] = field(default_factory=list)
     dirty_accounts: set[str] = field(default_factory=set)
     usage: list[tuple[Any, ...]] = field(default_factory=list)
@@ -167,7 +167,7 @@ def _create(op: CreateTransfer, st: BatchState, w: BatchWrites, h: str | None) -
     if op.pending:
         assert expires is not None
         st.pendings[t.id] = PendingState(t, open=True)
-        w.new_pending.append((t.id, expires))
+        w.new_pending.append((t.id, t.debit_account_id, t.credit_account_id, amount, t.description, expires))
     _record(t, h, w, op.usage)
     return t
 

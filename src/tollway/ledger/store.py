@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from tollway.core.schema import PENDING
 from tollway.core.schema import ledger_accounts as A
 from tollway.core.schema import ledger_pending as P
 from tollway.core.schema import ledger_transfers as T
@@ -22,6 +23,7 @@ TRANSFER_COLUMNS = [c.name for c in T.columns]
 _TCOLS = ", ".join(TRANSFER_COLUMNS)
 _HASH_AT = TRANSFER_COLUMNS.index("request_hash")
 _KEY_AT = TRANSFER_COLUMNS.index("idempotency_key")
+_PCOLS = "transfer_id, debit_account_id, credit_account_id, amount, description, expires_at_us"
 
 ACCOUNT_COLUMNS = (
     A.c.id,
@@ -58,15 +60,19 @@ async def load_batch(tx: RawTx, ops: list[Op], now_us: int, default_timeout_s: i
     pending_ids = sorted({op.pending_id for op in ops if not isinstance(op, CreateTransfer)})
     pendings: dict[str, PendingState] = {}
     if pending_ids:
+        # Open reservations: everything a resolution needs is in ledger_pending.
         cond, args = tx.in_clause("transfer_id", pending_ids)
-        q = f"SELECT transfer_id FROM ledger_pending WHERE {cond} ORDER BY transfer_id{lock}"
-        open_ids = {r[0] for r in await tx.fetch(q, args)}
-        cond, args = tx.in_clause("id", pending_ids)
-        for r in await tx.fetch(f"SELECT {_TCOLS} FROM ledger_transfers WHERE {cond}", args):
-            pendings[r[0]] = PendingState(transfer_from_row(r), open=r[0] in open_ids)
-        closed = [i for i, ps in pendings.items() if not ps.open]
-        if closed:
-            cond, args = tx.in_clause("pending_id", closed)
+        q = f"SELECT {_PCOLS} FROM ledger_pending WHERE {cond} ORDER BY transfer_id{lock}"
+        for tid, dr, cr, amount, desc, exp in await tx.fetch(q, args):
+            t = Transfer(tid, dr, cr, amount, PENDING, None, exp, None, desc, 0)
+            pendings[tid] = PendingState(t, open=True)
+        # The rest are unknown, not pending, or already resolved (the error paths).
+        others = [i for i in pending_ids if i not in pendings]
+        if others:
+            cond, args = tx.in_clause("id", others)
+            for r in await tx.fetch(f"SELECT {_TCOLS} FROM ledger_transfers WHERE {cond}", args):
+                pendings[r[0]] = PendingState(transfer_from_row(r), open=False)
+            cond, args = tx.in_clause("pending_id", others)
             q = f"SELECT pending_id, flags FROM ledger_transfers WHERE {cond}"
             for pid, flags in await tx.fetch(q, args):
                 pendings[pid].resolved_as = kind_of(flags).value

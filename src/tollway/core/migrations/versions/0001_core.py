@@ -74,6 +74,10 @@ def upgrade() -> None:
     op.create_table(
         "ledger_pending",
         sa.Column("transfer_id", sa.String(64), sa.ForeignKey("ledger_transfers.id"), primary_key=True),
+        sa.Column("debit_account_id", sa.String(64), nullable=False),
+        sa.Column("credit_account_id", sa.String(64), nullable=False),
+        sa.Column("amount", sa.BigInteger, nullable=False),
+        sa.Column("description", sa.String(500), nullable=False),
         sa.Column("expires_at_us", sa.BigInteger, nullable=False),
     )
     op.create_index("ix_ledger_pending_expires_at_us", "ledger_pending", ["expires_at_us"])
