@@ -13,6 +13,7 @@ from sqlalchemy.pool import NullPool
 from tollway.core.config import DatabaseConfig
 
 IMMEDIATE = "tollway_immediate"
+WAL_AUTOCHECKPOINT_PAGES = 100_000
 
 
 def async_url(url: str) -> URL:
@@ -52,6 +53,9 @@ def make_engine(cfg: DatabaseConfig, **kwargs: Any) -> AsyncEngine:
             cur.execute(f"PRAGMA synchronous={sync}")
             cur.execute("PRAGMA busy_timeout=60000")
             cur.execute("PRAGMA foreign_keys=ON")
+            # Checkpoints run off the commit path (Ledger's checkpointer); this
+            # only bounds the WAL (~400 MB) if no checkpointer is running.
+            cur.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
             cur.close()
 
         @event.listens_for(engine.sync_engine, "begin")
@@ -66,7 +70,10 @@ def make_engine(cfg: DatabaseConfig, **kwargs: Any) -> AsyncEngine:
         url,
         pool_size=cfg.pool_size,
         max_overflow=cfg.pool_size,
-        pool_pre_ping=True,
+        # No pre-ping: it costs a round trip per checkout. A connection the
+        # server dropped raises once, is invalidated, and the pool replaces it
+        # (the ledger writer retries such a failure).
+        pool_pre_ping=False,
         **kwargs,
     )
 

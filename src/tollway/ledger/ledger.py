@@ -32,7 +32,7 @@ from tollway.core.storage import is_sqlite, sqlite_path, writer
 from tollway.ledger import errors
 from tollway.ledger.apply import Result, apply_batch
 from tollway.ledger.ops import CreateTransfer, Op, ResolvePending, Usage
-from tollway.ledger.rawsql import DRIVER_ERRORS, raw_transaction
+from tollway.ledger.rawsql import DRIVER_ERRORS, raw_fetch_one, raw_transaction
 from tollway.ledger.store import (
     ACCOUNT_COLUMNS,
     account_from_row,
@@ -80,10 +80,18 @@ class Ledger:
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._reader: sqlite3.Connection | None = None
+        self._checkpointer: asyncio.Task[None] | None = None
+        cols = ", ".join(c.name for c in ACCOUNT_COLUMNS)
+        self._select_account = f"SELECT {cols} FROM ledger_accounts"
 
     # ----------------------------------------------------------------- lifecycle
 
     async def close(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._checkpointer
+            self._checkpointer = None
         if self._task is not None:
             if self._queue:  # let queued requests commit before stopping
                 await asyncio.gather(*(f for _, f in self._queue), return_exceptions=True)
@@ -138,9 +146,7 @@ class Ledger:
         if self._sqlite:
             row = self._read_sqlite(account_id)
         else:
-            async with self.engine.connect() as conn:
-                q = select(*ACCOUNT_COLUMNS).where(A.c.id == account_id)
-                row = (await conn.execute(q)).first()
+            row = await raw_fetch_one(self.engine, self._select_account + " WHERE id = $1", account_id)
         if row is None:
             raise errors.account_not_found(account_id, "account_id")
         return account_from_row(row)
@@ -153,9 +159,7 @@ class Ledger:
             self._reader = sqlite3.connect(path or ":memory:", isolation_level=None)
             self._reader.execute("PRAGMA busy_timeout=60000")
             self._reader.execute("PRAGMA query_only=1")
-        cols = ", ".join(c.name for c in ACCOUNT_COLUMNS)
-        cur = self._reader.execute(f"SELECT {cols} FROM ledger_accounts WHERE id = ?", (account_id,))
-        return cur.fetchone()
+        return self._reader.execute(self._select_account + " WHERE id = ?", (account_id,)).fetchone()
 
     async def accounts(self, ids: list[str] | None = None) -> list[Account]:
         async with self.engine.connect() as conn:
@@ -280,6 +284,8 @@ class Ledger:
         if self._task is None or self._task.done():
             self._wake = asyncio.Event()
             self._task = loop.create_task(self._writer(), name="tollway-ledger-writer")
+            if self._sqlite and self._checkpointer is None:
+                self._checkpointer = loop.create_task(self._checkpoint_loop(), name="tollway-wal")
         assert self._wake is not None
         self._wake.set()
         return fut
@@ -289,6 +295,23 @@ class Ledger:
         if isinstance(result, TollwayError):
             raise result
         return result
+
+    async def _checkpoint_loop(self, interval_s: float = 0.25) -> None:
+        """Copy the SQLite WAL into the database on the other core, off the commit
+        path. PASSIVE never blocks the writer or readers."""
+        path = sqlite_path(self.engine)
+        if not path:
+            return
+        conn = await asyncio.to_thread(sqlite3.connect, path, check_same_thread=False)
+        try:
+            while True:
+                await asyncio.sleep(interval_s)
+                try:
+                    await asyncio.to_thread(conn.execute, "PRAGMA wal_checkpoint(PASSIVE)")
+                except sqlite3.Error:
+                    log.warning("WAL checkpoint failed", exc_info=True)
+        finally:
+            conn.close()
 
     async def _writer(self) -> None:
         assert self._wake is not None
