@@ -170,3 +170,66 @@ async def test_many_concurrent_holds_never_overspend(rt: Runtime) -> None:
     charged = sum(r for r in rs if isinstance(r, int))
     bal, pending, rev = await state(rt, p)
     assert pending == 0 and bal == 1_000 - charged and rev == charged and bal >= 0
+
+
+async def two_sources(rt: Runtime, free: int, prepaid: int) -> Payer:
+    from tollway.charge import Source
+
+    c = await rt.customers.create("Grace")
+    allowance = await rt.ledger.create_account("free_allowance", customer_id=c.id)
+    if free:
+        await rt.ledger.transfer("sys_funding", allowance.id, free)
+    if prepaid:
+        await rt.ledger.transfer("sys_funding", c.account_id, prepaid)
+    return Payer(
+        c.account_id,
+        c.id,
+        sources=(Source(allowance.id, payee="sys_fees"), Source(c.account_id)),
+    )
+
+
+async def test_sources_are_drawn_in_order(rt: Runtime) -> None:
+    p = await two_sources(rt, free=100, prepaid=1_000)
+    free_id = p.sources[0].account_id
+    async with rt.charger.hold(p, 300, meter="neurons") as h:
+        assert [leg.pending.amount for leg in h.legs] == [100, 200]
+        h.post(150, quantity=7)
+    free = await rt.ledger.get_account(free_id)
+    prepaid = await rt.ledger.get_account(p.account_id)
+    assert (free.balance, free.debits_pending) == (0, 0)
+    assert (prepaid.balance, prepaid.debits_pending) == (950, 0)
+    assert (await rt.ledger.get_account("sys_fees")).balance == 100
+    assert (await rt.ledger.get_account("sys_revenue")).balance == 50
+    [u] = await usage_rows(rt)
+    assert (u["amount"], u["quantity"]) == (150, 7)
+
+
+async def test_small_charge_only_touches_the_first_source(rt: Runtime) -> None:
+    p = await two_sources(rt, free=100, prepaid=1_000)
+    async with rt.charger.hold(p, 80, meter="neurons") as h:
+        assert len(h.legs) == 1
+        h.post(30)
+    assert (await rt.ledger.get_account(p.sources[0].account_id)).balance == 70
+    assert (await rt.ledger.get_account(p.account_id)).balance == 1_000
+
+
+async def test_sources_together_too_small_refuse_and_reserve_nothing(rt: Runtime) -> None:
+    p = await two_sources(rt, free=100, prepaid=150)
+    with pytest.raises(TollwayError) as e:
+        async with rt.charger.hold(p, 300, meter="neurons"):
+            pytest.fail("work must not run")
+    assert e.value.code == "insufficient_funds"
+    for s in p.sources:
+        a = await rt.ledger.get_account(s.account_id)
+        assert a.debits_pending == 0
+
+
+async def test_settle_charges_partial_work_explicitly(rt: Runtime) -> None:
+    """A stream cut short: the caller settles what was produced, not the max."""
+    p = await two_sources(rt, free=100, prepaid=1_000)
+    hold = rt.charger.hold(p, 500, meter="neurons")
+    await hold.reserve()
+    receipt = await hold.settle(120, quantity=3, disconnected=True)
+    assert receipt.charged == 120
+    assert await hold.settle(120) is receipt  # settling twice is a no-op
+    assert (await rt.ledger.get_account(p.account_id)).balance == 980

@@ -1,16 +1,22 @@
 """``async with charger.hold(payer, max_amount, meter=...) as h: ...; h.post(actual)``
 
-1. **reserve** — a pending transfer of ``max_amount`` from the payer to the
-   payee; an overdraft is refused here (``insufficient_funds``, HTTP 402),
-   before any work runs.
+1. **reserve** — pending transfers totalling ``max_amount``, drawn from the
+   payer's funding sources in order (e.g. today's free allowance, then prepaid
+   credit); if they cannot cover it together, ``insufficient_funds`` (HTTP 402)
+   is raised before any work runs and nothing stays reserved.
 2. **serve** — the body of the ``async with``.
 3. **post** — on a clean exit, the amount given to :meth:`Hold.post` is taken
-   and the rest released, atomically with a usage event.  ``post(0)`` (or no
-   call at all) voids the hold but still records the usage.
+   (from the sources in the same order) and the rest released, with one usage
+   event recorded atomically with the first leg.  ``post(0)`` (or no call)
+   voids the hold but still records the usage.
 4. **void** — on any exception, cancellation included, the hold is voided
    and the exception propagates.  If the process dies in between, the hold
    expires after its timeout: a caller is never charged for work that did
    not finish, and never more than the maximum.
+
+Streaming callers that must charge for partial work (a client that hangs up
+mid-generation) call :meth:`Hold.settle` themselves instead of relying on the
+context manager.
 """
 
 from __future__ import annotations
@@ -21,21 +27,36 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
-from tollway.core.errors import invalid
+from tollway.core.errors import TollwayError, invalid
 from tollway.core.money import check_amount
 from tollway.ledger import Ledger, Transfer
+from tollway.ledger import errors as ledger_errors
 from tollway.ledger.ops import Usage
 from tollway.observe import metrics
 
 log = logging.getLogger("tollway.charge")
 
+_RESERVE_ATTEMPTS = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """One funding source: an account to debit and the account its money goes to."""
+
+    account_id: str
+    payee: str | None = None  # None: the charger's default payee
+
 
 @dataclass(frozen=True, slots=True)
 class Payer:
-    """Who pays: a ledger account, and the customer it belongs to (if any)."""
+    """Who pays: a ledger account (or several sources, in order) and the customer."""
 
     account_id: str
     customer_id: str | None = None
+    sources: tuple[Source, ...] = ()
+
+    def funding(self) -> tuple[Source, ...]:
+        return self.sources or (Source(self.account_id),)
 
 
 @dataclass(slots=True)
@@ -83,6 +104,12 @@ class Charger:
 
 
 @dataclass(slots=True)
+class Leg:
+    source: Source
+    pending: Transfer
+
+
+@dataclass(slots=True)
 class Hold:
     ledger: Ledger
     payer: Payer
@@ -92,14 +119,26 @@ class Hold:
     description: str = ""
     idempotency_key: str | None = None
     timeout_s: int | None = None
-    pending: Transfer | None = None
+    legs: list[Leg] = field(default_factory=list)
     receipt: Receipt | None = None
     _actual: int | None = None
     _quantity: int = 0
     _metadata: dict[str, Any] = field(default_factory=dict)
+    _settled: bool = False
+
+    @property
+    def pending(self) -> Transfer | None:
+        """The first reservation (its id names the hold)."""
+        return self.legs[0].pending if self.legs else None
 
     def post(self, actual: int, *, quantity: int | None = None, **metadata: Any) -> None:
         """Set what to take when the block exits cleanly (0 ≤ actual ≤ max)."""
+        self._check_actual(actual)
+        self._actual = actual
+        self._quantity = actual if quantity is None else quantity
+        self._metadata = metadata
+
+    def _check_actual(self, actual: int) -> None:
         if isinstance(actual, bool) or not isinstance(actual, int) or actual < 0:
             raise invalid("invalid_amount", "actual must be a non-negative integer", "amount")
         if actual > self.max_amount:
@@ -108,26 +147,120 @@ class Hold:
                 f"cannot charge {actual}: only {self.max_amount} was reserved",
                 "amount",
             )
-        self._actual = actual
-        self._quantity = actual if quantity is None else quantity
-        self._metadata = metadata
 
-    def _key(self, step: str) -> str | None:
-        return f"{self.idempotency_key}:{step}" if self.idempotency_key else None
+    def _key(self, step: str, i: int) -> str | None:
+        return f"{self.idempotency_key}:{step}:{i}" if self.idempotency_key else None
+
+    # ------------------------------------------------------------------ reserve
+
+    async def reserve(self) -> None:
+        sources = self.payer.funding()
+        for attempt in range(_RESERVE_ATTEMPTS):
+            plan = await self._plan(sources)
+            try:
+                await self._reserve_legs(plan)
+                return
+            except TollwayError as e:
+                # Another request took the money between the plan and the reserve.
+                if e.code != "insufficient_funds" or attempt == _RESERVE_ATTEMPTS - 1:
+                    metrics.CHARGES.labels("refused").inc()
+                    raise
+
+    async def _plan(self, sources: tuple[Source, ...]) -> list[tuple[Source, int]]:
+        if len(sources) == 1:
+            return [(sources[0], self.max_amount)]
+        need = self.max_amount
+        plan: list[tuple[Source, int]] = []
+        for s in sources:
+            available = max((await self.ledger.get_account(s.account_id)).available, 0)
+            take = min(need, available)
+            if take:
+                plan.append((s, take))
+                need -= take
+            if not need:
+                return plan
+        metrics.CHARGES.labels("refused").inc()
+        raise ledger_errors.exceeds_credits(sources[-1].account_id, self.max_amount - need, self.max_amount)
+
+    async def _reserve_legs(self, plan: list[tuple[Source, int]]) -> None:
+        results = await asyncio.gather(
+            *(
+                self.ledger.reserve(
+                    s.account_id,
+                    s.payee or self.payee,
+                    amount,
+                    timeout_s=self.timeout_s,
+                    description=self.description or self.meter,
+                    idempotency_key=self._key("reserve", i),
+                )
+                for i, (s, amount) in enumerate(plan)
+            ),
+            return_exceptions=True,
+        )
+        legs = [Leg(s, r) for (s, _), r in zip(plan, results, strict=True) if isinstance(r, Transfer)]
+        failed = [r for r in results if isinstance(r, BaseException)]
+        if failed:
+            await asyncio.gather(*(self.ledger.void(leg.pending.id) for leg in legs))
+            raise failed[0]
+        self.legs = legs
+
+    # ------------------------------------------------------------------- settle
+
+    async def settle(self, actual: int, *, quantity: int | None = None, **metadata: Any) -> Receipt:
+        """Take ``actual`` now (0 voids) and release the rest; record one usage event.
+        Once queued, the ledger requests commit even if this coroutine is cancelled."""
+        self._check_actual(actual)
+        if self._settled:
+            assert self.receipt is not None
+            return self.receipt
+        self._settled = True
+        usage = Usage(
+            self.meter,
+            actual if quantity is None else quantity,
+            self.payer.customer_id,
+            metadata,
+            amount=actual,
+        )
+        remaining = actual
+        ops = []
+        for i, leg in enumerate(self.legs):
+            take = min(remaining, leg.pending.amount)
+            remaining -= take
+            u = usage if i == 0 else None
+            if take:
+                ops.append(
+                    self.ledger.post(leg.pending.id, take, idempotency_key=self._key("post", i), usage=u)
+                )
+            else:
+                ops.append(self.ledger.void(leg.pending.id, idempotency_key=self._key("void", i), usage=u))
+        transfers = await asyncio.shield(asyncio.gather(*ops))
+        metrics.CHARGES.labels("posted" if actual else "free").inc()
+        metrics.CHARGED_MICROS.inc(actual)
+        assert self.pending is not None
+        self.receipt = Receipt(self.max_amount, actual, self.pending.id, transfers[0].id)
+        return self.receipt
+
+    async def release(self) -> None:
+        """Void every leg: nothing is taken, no usage recorded."""
+        if self._settled:
+            return
+        self._settled = True
+        await asyncio.shield(
+            asyncio.gather(
+                *(
+                    self.ledger.void(leg.pending.id, idempotency_key=self._key("void", i))
+                    for i, leg in enumerate(self.legs)
+                )
+            )
+        )
+        metrics.CHARGES.labels("voided").inc()
+        assert self.pending is not None
+        self.receipt = Receipt(self.max_amount, 0, self.pending.id, None)
+
+    # ---------------------------------------------------------- context manager
 
     async def __aenter__(self) -> Hold:
-        try:
-            self.pending = await self.ledger.reserve(
-                self.payer.account_id,
-                self.payee,
-                self.max_amount,
-                timeout_s=self.timeout_s,
-                description=self.description or self.meter,
-                idempotency_key=self._key("reserve"),
-            )
-        except Exception:
-            metrics.CHARGES.labels("refused").inc()
-            raise
+        await self.reserve()
         return self
 
     async def __aexit__(
@@ -136,23 +269,7 @@ class Hold:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        assert self.pending is not None
         if exc_type is not None:
-            # The request is already queued when the coroutine starts, so even a
-            # second cancellation here cannot stop the void from committing.
-            await asyncio.shield(self.ledger.void(self.pending.id, idempotency_key=self._key("void")))
-            metrics.CHARGES.labels("voided").inc()
-            self.receipt = Receipt(self.max_amount, 0, self.pending.id, None)
+            await self.release()
             return
-        actual = self._actual or 0
-        usage = Usage(self.meter, self._quantity, self.payer.customer_id, self._metadata)
-        if actual > 0:
-            t = await self.ledger.post(
-                self.pending.id, actual, idempotency_key=self._key("post"), usage=usage
-            )
-            metrics.CHARGES.labels("posted").inc()
-            metrics.CHARGED_MICROS.inc(actual)
-        else:
-            t = await self.ledger.void(self.pending.id, idempotency_key=self._key("void"), usage=usage)
-            metrics.CHARGES.labels("free").inc()
-        self.receipt = Receipt(self.max_amount, actual, self.pending.id, t.id)
+        await self.settle(self._actual or 0, quantity=self._quantity, **self._metadata)

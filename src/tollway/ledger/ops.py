@@ -16,6 +16,9 @@ class Usage:
     quantity: int
     customer_id: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    # The total charged for this usage when it spans several transfers;
+    # None means the amount of the transfer it is recorded with.
+    amount: int | None = None
 
 
 @dataclass(slots=True)
