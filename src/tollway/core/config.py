@@ -15,7 +15,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 ENV_PREFIX = "TOLLWAY_"
 DEFAULT_PATH = "tollway.toml"
@@ -63,11 +63,104 @@ class AdminConfig(_Section):
         return v
 
 
+class InferenceConfig(_Section):
+    # Workers AI's published defaults: 10,000 free neurons a day, $0.011 per 1,000 after.
+    free_neurons_per_day: int = Field(10_000, ge=0)
+    usd_per_1000_neurons: str = "$0.011"
+    # A reservation for a call is released after this if the process dies mid-call.
+    hold_timeout_seconds: int = Field(600, ge=1)
+
+    @field_validator("usd_per_1000_neurons")
+    @classmethod
+    def _price(cls, v: str) -> str:
+        from tollway.core.errors import TollwayError
+        from tollway.core.money import parse_amount
+
+        try:
+            parse_amount(v)
+        except TollwayError as e:
+            raise ValueError(e.message) from None
+        return v
+
+
+_MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,99}$"
+
+
+class ModelConfig(_Section):
+    """One entry of the model registry (``[[models]]``)."""
+
+    name: str = Field(pattern=_MODEL_NAME)
+    task: Literal["chat", "embeddings"]
+    backend: Literal["llama_cpp", "sentence_transformers", "openai"]
+    # Local backends: a GGUF file (llama_cpp) or model directory (sentence_transformers);
+    # empty means the embedded default shipped in a PyPI package.
+    path: str = ""
+    n_ctx: int = Field(2048, ge=128, le=1_048_576)
+    n_threads: int = Field(0, ge=0, description="0 = one per core")
+    instances: int = Field(1, ge=1, le=64)
+    queue_max: int = Field(32, ge=0, le=100_000)
+    max_tokens: int = Field(512, ge=1)
+    batch_size: int = Field(32, ge=1, le=4096)
+    # openai backend: any OpenAI-compatible server (vLLM, Ollama, llama.cpp, OpenAI).
+    base_url: str = ""
+    api_key_env: str = ""
+    upstream_model: str = ""
+    timeout_seconds: float = Field(120, gt=0)
+    # Rates, in neurons per million tokens (embeddings: input only).
+    neurons_per_m_input: int = Field(ge=0)
+    neurons_per_m_output: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelConfig:
+        if self.backend == "llama_cpp" and self.task != "chat":
+            raise ValueError("backend llama_cpp serves task 'chat'")
+        if self.backend == "sentence_transformers" and self.task != "embeddings":
+            raise ValueError("backend sentence_transformers serves task 'embeddings'")
+        if self.backend == "openai" and not self.base_url.startswith(("http://", "https://")):
+            raise ValueError("backend openai needs base_url = 'http(s)://…/v1'")
+        return self
+
+
+def default_models() -> list[ModelConfig]:
+    """The embedded defaults: both ship inside PyPI packages, nothing is downloaded.
+    Rates are Workers AI's for the nearest published models (llama-3.2-1b-instruct:
+    2,457 / 18,252 neurons per M in/out tokens; bge-small-en-v1.5: 1,841 per M)."""
+    return [
+        ModelConfig(
+            name="smollm2-135m-instruct",
+            task="chat",
+            backend="llama_cpp",
+            n_ctx=2048,
+            max_tokens=512,
+            neurons_per_m_input=2457,
+            neurons_per_m_output=18252,
+        ),
+        ModelConfig(
+            name="all-minilm-l6-v2",
+            task="embeddings",
+            backend="sentence_transformers",
+            n_ctx=256,
+            neurons_per_m_input=1841,
+        ),
+    ]
+
+
 class Settings(_Section):
     server: ServerConfig = ServerConfig()
     database: DatabaseConfig = DatabaseConfig()
     ledger: LedgerConfig = LedgerConfig()
     admin: AdminConfig = AdminConfig()
+    inference: InferenceConfig = InferenceConfig()
+    models: list[ModelConfig] = Field(default_factory=default_models)
+
+    @field_validator("models")
+    @classmethod
+    def _unique_names(cls, v: list[ModelConfig]) -> list[ModelConfig]:
+        names = [m.name for m in v]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"duplicate model name {sorted(dup)[0]!r}")
+        return v
 
 
 class ConfigError(Exception):

@@ -147,4 +147,5 @@ SYSTEM_ACCOUNTS = {
     "sys_revenue": ("revenue", "Earned revenue"),
     "sys_fees": ("fees", "Fees"),
     "sys_settlement": ("settlement", "Settlement in transit"),
+    "sys_grants": ("funding", "Free allocations granted (and used back)"),
 }

@@ -1,0 +1,64 @@
+"""A daily free allocation as a ledger funding source.
+
+Each customer gets one ``free_allowance`` account per UTC day, created on
+first use and granted ``amount`` micro-USD from ``sys_grants`` (the grant is
+idempotent, so concurrent first requests grant once).  Usage drawn from it is
+paid back to ``sys_grants``, so it never counts as revenue; what is left at
+00:00 UTC simply stays in yesterday's account — the new day starts fresh.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from tollway.charge.hold import Payer, Source
+from tollway.core.clock import Clock
+from tollway.core.errors import TollwayError
+from tollway.ledger import Ledger
+
+GRANTS = "sys_grants"
+
+
+def utc_day(now_us: int) -> str:
+    return dt.datetime.fromtimestamp(now_us / 1_000_000, dt.UTC).strftime("%Y%m%d")
+
+
+class DailyAllowance:
+    def __init__(self, ledger: Ledger, clock: Clock, amount: int) -> None:
+        self.ledger = ledger
+        self.clock = clock
+        self.amount = amount
+        self._granted: set[str] = set()
+
+    def account_id(self, customer_id: str, day: str | None = None) -> str:
+        return f"free_{customer_id}_{day or utc_day(self.clock.now_us())}"
+
+    async def ensure(self, customer_id: str) -> str:
+        """Today's allowance account, created and granted on first use."""
+        acct = self.account_id(customer_id)
+        if acct in self._granted:
+            return acct
+        try:
+            await self.ledger.create_account(
+                "free_allowance", id=acct, customer_id=customer_id, name="daily free allocation"
+            )
+        except TollwayError as e:
+            if e.code != "account_exists":
+                raise
+        await self.ledger.transfer(
+            GRANTS, acct, self.amount, description="daily free allocation", idempotency_key=f"grant:{acct}"
+        )
+        self._granted.add(acct)
+        return acct
+
+    async def remaining(self, customer_id: str) -> int:
+        if not self.amount:
+            return 0
+        return (await self.ledger.get_account(await self.ensure(customer_id))).available
+
+    async def payer(self, customer_id: str, prepaid_account_id: str) -> Payer:
+        """Free allocation first, then prepaid credit."""
+        sources = [Source(prepaid_account_id)]
+        if self.amount:
+            sources.insert(0, Source(await self.ensure(customer_id), payee=GRANTS))
+        return Payer(prepaid_account_id, customer_id, tuple(sources))

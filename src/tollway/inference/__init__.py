@@ -1,0 +1,1 @@
+"""Inference: OpenAI-compatible serving of local and upstream models, metered in neurons."""
