@@ -14,6 +14,7 @@ from tollway.core.config import Settings
 from tollway.core.storage import make_engine
 from tollway.identity.customers import Customers
 from tollway.identity.keys import ApiKeys
+from tollway.inference.service import Inference
 from tollway.ledger import Ledger
 
 
@@ -26,6 +27,7 @@ class Runtime:
     charger: Charger
     customers: Customers
     keys: ApiKeys
+    inference: Inference
 
     @classmethod
     def build(cls, settings: Settings, *, clock: Clock | None = None) -> Runtime:
@@ -37,19 +39,22 @@ class Runtime:
             batch_max=settings.ledger.batch_max,
             default_timeout_s=settings.ledger.pending_timeout_seconds,
         )
+        charger = Charger(ledger)
         return cls(
             settings=settings,
             engine=engine,
             clock=clock,
             ledger=ledger,
-            charger=Charger(ledger),
+            charger=charger,
             customers=Customers(engine, clock),
             keys=ApiKeys(engine, clock),
+            inference=Inference(settings, charger, clock),
         )
 
     async def migrate(self) -> tuple[str | None, str | None]:
         return await migrate.upgrade(self.engine)
 
     async def close(self) -> None:
+        await self.inference.aclose()
         await self.ledger.close()
         await self.engine.dispose()

@@ -41,6 +41,7 @@ _DESCRIPTIONS = {
     403: "Missing scope",
     404: "Not found",
     409: "Conflict (already resolved, idempotency key reused, exists)",
+    502: "Upstream provider failed",
     503: "Not ready",
 }
 
@@ -56,8 +57,8 @@ _FIELD_CODES = {
 }
 
 
-def error_response(err: TollwayError, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse(err.to_dict(), status_code=err.status, headers=headers)
+def error_response(err: TollwayError) -> JSONResponse:
+    return JSONResponse(err.to_dict(), status_code=err.status, headers=err.headers or None)
 
 
 def _validation(exc: RequestValidationError) -> TollwayError:

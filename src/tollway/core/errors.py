@@ -45,6 +45,7 @@ class TollwayError(Exception):
         message: str,
         param: str | None = None,
         status: int | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.type = type
@@ -52,6 +53,7 @@ class TollwayError(Exception):
         self.message = message
         self.param = param
         self.status = status if status is not None else _STATUS.get(type, 400)
+        self.headers = headers or {}
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -1,0 +1,92 @@
+"""What every backend provides, in one vocabulary."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from tollway.core.errors import ErrorType, TollwayError, invalid
+
+
+@dataclass(slots=True)
+class ChatParams:
+    messages: list[dict[str, str]]
+    max_tokens: int
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+    json_schema: dict[str, Any] | None = None  # enforce this JSON Schema
+    json_object: bool = False  # any JSON object
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+
+
+@dataclass(slots=True)
+class Delta:
+    """A piece of generated text (one or more tokens)."""
+
+    text: str
+
+
+@dataclass(slots=True)
+class Finish:
+    reason: str  # stop | length | cancelled
+    prompt_tokens: int
+    completion_tokens: int
+
+
+ChatEvent = Delta | Finish
+
+
+@dataclass(slots=True)
+class Progress:
+    """Tokens so far, updated as they are produced: what a cut-short call is charged."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class ChatBackend(Protocol):
+    provider: str
+
+    def prompt_tokens(self, messages: list[dict[str, str]]) -> int:
+        """Exact prompt tokens, or a safe upper bound when the backend cannot count."""
+        ...
+
+    def stream(
+        self, params: ChatParams, cancel: threading.Event, progress: Progress
+    ) -> AsyncIterator[ChatEvent]:
+        """Generate; ends with one :class:`Finish`. Stops early once ``cancel`` is set."""
+        ...
+
+
+class EmbeddingBackend(Protocol):
+    provider: str
+    dimensions: int
+
+    def token_counts(self, texts: list[str]) -> list[int]: ...
+
+    async def embed(self, texts: list[str]) -> list[list[float]]: ...
+
+
+def context_exceeded(tokens: int, n_ctx: int, param: str) -> TollwayError:
+    return invalid(
+        "context_length_exceeded",
+        f"the input is {tokens} tokens; this model's context is {n_ctx} tokens",
+        param,
+    )
+
+
+def load_failed(model: str, why: str) -> TollwayError:
+    return TollwayError(
+        ErrorType.API, "model_load_failed", f"model {model!r} could not be loaded: {why}", status=500
+    )
+
+
+def upstream_failed(provider: str, why: str) -> TollwayError:
+    return TollwayError(
+        ErrorType.API, "upstream_error", f"upstream provider {provider!r} failed: {why}", status=502
+    )

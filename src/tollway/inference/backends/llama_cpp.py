@@ -1,0 +1,230 @@
+"""GGUF chat models with llama-cpp-python.
+
+Generation runs token by token (``Llama.generate``) in a worker thread, so
+tollway counts prompt and completion tokens exactly, stops within one token
+when the client goes away, and applies stop sequences and JSON-Schema
+grammars itself.  Each instance serves one generation at a time
+(:class:`~tollway.inference.pool.InstancePool` hands them out).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import threading
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+from tollway.core.config import ModelConfig
+from tollway.inference.backends.base import (
+    ChatEvent,
+    ChatParams,
+    Delta,
+    Finish,
+    Progress,
+    load_failed,
+)
+from tollway.inference.backends.embedded import default_gguf
+from tollway.inference.pool import InstancePool
+
+_DEFAULT_TEMPERATURE = 0.7
+_DEFAULT_TOP_P = 0.95
+
+
+class LlamaInstance:
+    """One loaded model (not thread-safe: one generation at a time)."""
+
+    def __init__(self, cfg: ModelConfig, path: Path) -> None:
+        from llama_cpp import Llama
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        threads = cfg.n_threads or (os.cpu_count() or 1)
+        self.llm = Llama(
+            model_path=str(path),
+            n_ctx=cfg.n_ctx,
+            n_threads=threads,
+            n_threads_batch=threads,
+            verbose=False,
+        )
+        template = self.llm.metadata.get("tokenizer.chat_template")
+        if not template:
+            raise ValueError(f"{path} has no chat template (tokenizer.chat_template)")
+        eos_id = self.llm.token_eos()
+        bos_id = self.llm.token_bos()
+        self.formatter = Jinja2ChatFormatter(
+            template=template,
+            eos_token=self.llm.detokenize([eos_id], special=True).decode("utf-8", "ignore"),
+            bos_token=self.llm.detokenize([bos_id], special=True).decode("utf-8", "ignore")
+            if bos_id >= 0
+            else "",
+            stop_token_ids=[eos_id],
+        )
+
+    def prompt(self, messages: list[dict[str, str]]) -> tuple[list[int], list[str]]:
+        r = self.formatter(messages=messages)  # type: ignore[arg-type]
+        tokens = self.llm.tokenize(r.prompt.encode("utf-8"), add_bos=True, special=True)
+        stops = [r.stop] if isinstance(r.stop, str) else list(r.stop or [])
+        return tokens, stops
+
+    def generate(
+        self, params: ChatParams, cancel: threading.Event, progress: Progress
+    ) -> Iterator[ChatEvent]:
+        """Blocking generator: yields Deltas then exactly one Finish."""
+        from llama_cpp import llama_vocab_is_eog
+        from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
+
+        vocab = self.llm._model.vocab
+        tokens, template_stops = self.prompt(params.messages)
+        progress.prompt_tokens = len(tokens)
+        stops = [s for s in params.stop + template_stops if s]
+        grammar = None
+        if params.json_schema is not None:
+            grammar = LlamaGrammar.from_json_schema(json.dumps(params.json_schema), verbose=False)
+        elif params.json_object:
+            grammar = LlamaGrammar.from_string(JSON_GBNF, verbose=False)
+        if params.seed is not None:
+            self.llm.set_seed(params.seed)
+        temperature = _DEFAULT_TEMPERATURE if params.temperature is None else params.temperature
+        gen = self.llm.generate(
+            tokens,
+            temp=temperature,
+            top_p=_DEFAULT_TOP_P if params.top_p is None else params.top_p,
+            presence_penalty=params.presence_penalty or 0.0,
+            frequency_penalty=params.frequency_penalty or 0.0,
+            grammar=grammar,
+        )
+        text = TextAssembler(stops)
+        produced = 0
+        reason = "length"
+        try:
+            for tok in gen:
+                if cancel.is_set():
+                    reason = "cancelled"
+                    break
+                if llama_vocab_is_eog(vocab, tok):
+                    reason = "stop"
+                    break
+                produced += 1
+                progress.completion_tokens = produced
+                piece, stopped = text.feed(self.llm.detokenize([tok], special=False))
+                if piece:
+                    yield Delta(piece)
+                if stopped:
+                    reason = "stop"
+                    break
+                if produced >= params.max_tokens:
+                    break
+        finally:
+            gen.close()
+        rest = text.flush() if reason != "stop" or not text.stopped else ""
+        if rest:
+            yield Delta(rest)
+        yield Finish(reason, len(tokens), produced)
+
+
+class TextAssembler:
+    """Turns token bytes into text: holds back incomplete UTF-8 and any tail
+    that could still become a stop sequence; cuts at the first stop."""
+
+    def __init__(self, stops: list[str]) -> None:
+        self.stops = stops
+        self.hold = max((len(s) for s in stops), default=1) - 1
+        self.raw = b""
+        self.pending = ""
+        self.stopped = False
+
+    def feed(self, data: bytes) -> tuple[str, bool]:
+        self.raw += data
+        try:
+            decoded = self.raw.decode("utf-8")
+            self.raw = b""
+        except UnicodeDecodeError as e:
+            if e.reason != "unexpected end of data":
+                decoded = self.raw.decode("utf-8", "replace")
+                self.raw = b""
+            else:
+                decoded = self.raw[: e.start].decode("utf-8")
+                self.raw = self.raw[e.start :]
+        self.pending += decoded
+        for s in self.stops:
+            i = self.pending.find(s)
+            if i >= 0:
+                out, self.pending = self.pending[:i], ""
+                self.stopped = True
+                return out, True
+        if self.hold and len(self.pending) > self.hold:
+            out, self.pending = self.pending[: -self.hold], self.pending[-self.hold :]
+            return out, False
+        if not self.hold:
+            out, self.pending = self.pending, ""
+            return out, False
+        return "", False
+
+    def flush(self) -> str:
+        out = self.pending + self.raw.decode("utf-8", "replace")
+        self.pending, self.raw = "", b""
+        return out
+
+
+class LlamaCppBackend:
+    provider = "llama_cpp"
+
+    def __init__(self, cfg: ModelConfig, instances: list[LlamaInstance]) -> None:
+        self.cfg = cfg
+        self.instances = instances
+        self.pool: InstancePool[LlamaInstance] = InstancePool(cfg.name, instances, cfg.queue_max)
+
+    @staticmethod
+    def load(cfg: ModelConfig) -> list[LlamaInstance]:
+        """Load the model's instances. Blocking: call from a worker thread."""
+        try:
+            path = Path(cfg.path) if cfg.path else default_gguf()
+            if not path.is_file():
+                raise FileNotFoundError(f"{path} does not exist")
+            with path.open("rb") as f:
+                if f.read(4) != b"GGUF":
+                    raise ValueError(f"{path} is not a GGUF file")
+            return [LlamaInstance(cfg, path) for _ in range(cfg.instances)]
+        except Exception as e:
+            raise load_failed(cfg.name, f"{type(e).__name__}: {e}") from e
+
+    def prompt_tokens(self, messages: list[dict[str, str]]) -> int:
+        return len(self.instances[0].prompt(messages)[0])
+
+    async def stream(
+        self, params: ChatParams, cancel: threading.Event, progress: Progress
+    ) -> AsyncIterator[ChatEvent]:
+        async with self.pool.acquire() as inst:
+            async for ev in _in_thread(inst.generate(params, cancel, progress), cancel):
+                yield ev
+
+
+async def _in_thread(gen: Iterator[Any], cancel: threading.Event) -> AsyncIterator[Any]:
+    """Drive a blocking generator in a worker thread, handing items to the loop."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[Any] = asyncio.Queue()
+    done = object()
+
+    def run() -> None:
+        try:
+            for item in gen:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+        except BaseException as e:  # handed to the consumer
+            loop.call_soon_threadsafe(queue.put_nowait, e)
+        finally:
+            loop.call_soon_threadsafe(queue.put_nowait, done)
+
+    worker = loop.run_in_executor(None, run)
+    try:
+        while True:
+            item = await queue.get()
+            if item is done:
+                break
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        cancel.set()  # a consumer that stops early stops the generation
+        await asyncio.shield(worker)

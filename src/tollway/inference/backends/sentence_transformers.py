@@ -1,0 +1,61 @@
+"""Embeddings with sentence-transformers, loaded from a local directory only."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import Any
+
+from tollway.core.config import ModelConfig
+from tollway.inference.backends.base import load_failed
+from tollway.inference.backends.embedded import default_sentence_transformer
+
+
+class SentenceTransformersBackend:
+    provider = "sentence_transformers"
+
+    def __init__(self, cfg: ModelConfig, model: Any) -> None:
+        self.cfg = cfg
+        self.model = model
+        self.tokenizer = model.tokenizer
+        dim = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+        self.dimensions = int(dim())
+        self._lock = asyncio.Lock()  # one batch at a time per loaded model
+
+    @staticmethod
+    def load(cfg: ModelConfig) -> Any:
+        """Load the model. Blocking: call from a worker thread."""
+        # Never reach for a model hub: the weights are on disk or the load fails.
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        try:
+            path = Path(cfg.path) if cfg.path else default_sentence_transformer()
+            if not path.is_dir():
+                raise FileNotFoundError(f"{path} is not a model directory")
+            from sentence_transformers import SentenceTransformer
+
+            if cfg.n_threads:
+                import torch
+
+                torch.set_num_threads(cfg.n_threads)
+            model = SentenceTransformer(str(path), device="cpu", local_files_only=True)
+        except Exception as e:
+            raise load_failed(cfg.name, f"{type(e).__name__}: {e}") from e
+        return model
+
+    def token_counts(self, texts: list[str]) -> list[int]:
+        ids = self.tokenizer(texts, add_special_tokens=True, truncation=False)["input_ids"]
+        return [len(x) for x in ids]
+
+    async def embed(self, texts: list[str]) -> list[list[float]]:
+        async with self._lock:
+            vectors = await asyncio.to_thread(
+                self.model.encode,
+                texts,
+                batch_size=self.cfg.batch_size,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
+        out: list[list[float]] = vectors.tolist()
+        return out

@@ -1,0 +1,277 @@
+"""Inference on the charge path: identify → price the maximum → reserve →
+generate → count tokens → post the actual → usage event.
+
+Model weights load lazily, once per process (a failed load is reported to
+that model's callers; other models keep serving).  Pools and locks belong to
+a :class:`Inference` (one per runtime, so per event loop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from tollway.charge import Charger, Hold
+from tollway.charge.allowance import DailyAllowance
+from tollway.core.clock import Clock
+from tollway.core.config import ModelConfig, Settings
+from tollway.core.errors import TollwayError, invalid, not_found
+from tollway.core.money import parse_amount
+from tollway.inference.backends.base import (
+    ChatBackend,
+    ChatParams,
+    Delta,
+    Finish,
+    Progress,
+    context_exceeded,
+)
+from tollway.inference.backends.llama_cpp import LlamaCppBackend
+from tollway.inference.backends.openai_upstream import OpenAIUpstream
+from tollway.inference.backends.sentence_transformers import SentenceTransformersBackend
+from tollway.inference.metering import milli_neurons, price_micros
+
+log = logging.getLogger("tollway.inference")
+
+_LOAD_LOCK = threading.Lock()
+_LOADED: dict[str, Any] = {}
+
+
+def _load_weights(cfg: ModelConfig) -> Any:
+    """Blocking and cached per process: a model's weights load once."""
+    key = cfg.model_dump_json()
+    with _LOAD_LOCK:
+        if key not in _LOADED:
+            t0 = time.perf_counter()
+            loader = LlamaCppBackend.load if cfg.backend == "llama_cpp" else SentenceTransformersBackend.load
+            _LOADED[key] = loader(cfg)
+            log.info("loaded model %s in %.2fs", cfg.name, time.perf_counter() - t0)
+        return _LOADED[key]
+
+
+@dataclass(slots=True)
+class Caller:
+    customer_id: str
+    account_id: str
+    key_id: str | None = None
+
+
+@dataclass(slots=True)
+class Metered:
+    input_tokens: int
+    output_tokens: int
+    mneurons: int
+    charged: int
+    latency_ms: float
+    ttft_ms: float | None = None
+    finish_reason: str = "stop"
+
+    def headers(self) -> dict[str, str]:
+        return {
+            "x-tollway-neurons": f"{self.mneurons / 1000:.3f}",
+            "x-tollway-charged": str(self.charged),
+        }
+
+
+class Inference:
+    def __init__(self, settings: Settings, charger: Charger, clock: Clock) -> None:
+        self.configs = {m.name: m for m in settings.models}
+        self.charger = charger
+        self.clock = clock
+        self.micros_per_1000_neurons = parse_amount(settings.inference.usd_per_1000_neurons)
+        self.free_neurons_per_day = settings.inference.free_neurons_per_day
+        self.allowance = DailyAllowance(
+            charger.ledger,
+            clock,
+            price_micros(self.free_neurons_per_day * 1000, self.micros_per_1000_neurons),
+        )
+        self.hold_timeout_s = settings.inference.hold_timeout_seconds
+        self._backends: dict[str, Any] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    # ------------------------------------------------------------------ models
+
+    def model(self, name: str, task: str | None = None) -> ModelConfig:
+        cfg = self.configs.get(name)
+        if cfg is None:
+            raise not_found("model_not_found", f"no model {name!r}; GET /v1/models lists them", "model")
+        if task is not None and cfg.task != task:
+            raise invalid("model_wrong_task", f"model {name!r} serves {cfg.task}, not {task}", "model")
+        return cfg
+
+    async def backend(self, cfg: ModelConfig) -> Any:
+        b = self._backends.get(cfg.name)
+        if b is not None:
+            return b
+        lock = self._locks.setdefault(cfg.name, asyncio.Lock())
+        async with lock:
+            b = self._backends.get(cfg.name)
+            if b is None:
+                if cfg.backend == "openai":
+                    b = OpenAIUpstream(cfg)
+                else:
+                    weights = await asyncio.to_thread(_load_weights, cfg)
+                    b = (
+                        LlamaCppBackend(cfg, weights)
+                        if cfg.backend == "llama_cpp"
+                        else SentenceTransformersBackend(cfg, weights)
+                    )
+                self._backends[cfg.name] = b
+        return b
+
+    async def aclose(self) -> None:
+        for b in self._backends.values():
+            if isinstance(b, OpenAIUpstream):
+                await b.aclose()
+        self._backends.clear()
+
+    def price(self, cfg: ModelConfig, input_tokens: int, output_tokens: int = 0) -> tuple[int, int]:
+        """(milli-neurons, micro-USD) for a call."""
+        mn = milli_neurons(cfg, input_tokens, output_tokens)
+        return mn, price_micros(mn, self.micros_per_1000_neurons)
+
+    async def _hold(self, caller: Caller, cfg: ModelConfig, max_cost: int) -> Hold | None:
+        if max_cost <= 0:
+            return None
+        payer = await self.allowance.payer(caller.customer_id, caller.account_id)
+        hold = self.charger.hold(
+            payer, max_cost, meter="neurons", description=cfg.name, timeout_s=self.hold_timeout_s
+        )
+        await hold.reserve()
+        return hold
+
+    # -------------------------------------------------------------------- chat
+
+    async def start_chat(
+        self, caller: Caller, cfg: ModelConfig, params: ChatParams, requested_max: int | None
+    ) -> ChatCall:
+        backend: ChatBackend = await self.backend(cfg)
+        pool = getattr(backend, "pool", None)
+        if pool is not None:
+            pool.check_capacity()  # 503 before any money moves
+        prompt_tokens = backend.prompt_tokens(params.messages)
+        if prompt_tokens >= cfg.n_ctx:
+            raise context_exceeded(prompt_tokens, cfg.n_ctx, "messages")
+        cap = min(cfg.max_tokens, cfg.n_ctx - prompt_tokens)
+        params.max_tokens = min(requested_max or cfg.max_tokens, cap)
+        _, max_cost = self.price(cfg, prompt_tokens, params.max_tokens)
+        hold = await self._hold(caller, cfg, max_cost)
+        return ChatCall(self, caller, cfg, backend, params, hold)
+
+    # -------------------------------------------------------------- embeddings
+
+    async def embed(
+        self, caller: Caller, cfg: ModelConfig, texts: list[str]
+    ) -> tuple[list[list[float]], Metered]:
+        backend = await self.backend(cfg)
+        t0 = time.perf_counter()
+        counts = backend.token_counts(texts)
+        for i, n in enumerate(counts):
+            if n > cfg.n_ctx:
+                raise context_exceeded(n, cfg.n_ctx, f"input[{i}]" if len(texts) > 1 else "input")
+        _, max_cost = self.price(cfg, sum(counts))
+        hold = await self._hold(caller, cfg, max_cost)
+        try:
+            if isinstance(backend, OpenAIUpstream):
+                vectors, tokens = await backend.embed_with_usage(texts)
+            else:
+                vectors, tokens = await backend.embed(texts), sum(counts)
+        except BaseException:
+            if hold is not None:
+                await hold.release()
+            raise
+        mn, cost = self.price(cfg, tokens)
+        m = Metered(tokens, 0, mn, min(cost, max_cost), (time.perf_counter() - t0) * 1000)
+        if hold is not None:
+            await hold.settle(m.charged, quantity=mn, **self._usage(caller, cfg, m, stream=False))
+        return vectors, m
+
+    @staticmethod
+    def _usage(caller: Caller, cfg: ModelConfig, m: Metered, **extra: Any) -> dict[str, Any]:
+        return {
+            "model": cfg.name,
+            "key_id": caller.key_id,
+            "input_tokens": m.input_tokens,
+            "output_tokens": m.output_tokens,
+            "mneurons": m.mneurons,
+            "latency_ms": round(m.latency_ms, 3),
+            "ttft_ms": None if m.ttft_ms is None else round(m.ttft_ms, 3),
+            "finish_reason": m.finish_reason,
+            **extra,
+        }
+
+
+@dataclass
+class ChatCall:
+    """One chat generation with its money held; iterate :meth:`events` once."""
+
+    svc: Inference
+    caller: Caller
+    cfg: ModelConfig
+    backend: ChatBackend
+    params: ChatParams
+    hold: Hold | None
+    progress: Progress = field(default_factory=Progress)
+    metered: Metered | None = None
+
+    async def events(self, *, stream: bool) -> AsyncIterator[Delta | Finish]:
+        """Yields deltas, then the Finish; settles the charge exactly once, also
+        when the consumer goes away mid-stream (only produced tokens are charged)."""
+        cancel = threading.Event()
+        t0 = time.perf_counter()
+        ttft: float | None = None
+        finish: Finish | None = None
+        settled = False
+        try:
+            async for ev in self.backend.stream(self.params, cancel, self.progress):
+                if isinstance(ev, Finish):
+                    finish = ev
+                    break
+                if ttft is None:
+                    ttft = (time.perf_counter() - t0) * 1000
+                yield ev
+            assert finish is not None
+            await self._settle(
+                finish.prompt_tokens, finish.completion_tokens, finish.reason, t0, ttft, stream
+            )
+            settled = True
+            yield finish
+        except BaseException as e:
+            cancel.set()
+            if not settled:
+                if self.progress.completion_tokens and not isinstance(e, TollwayError):
+                    # The client went away (or the stream broke) after output: charge what was made.
+                    reason = "cancelled"
+                    await self._settle(
+                        self.progress.prompt_tokens, self.progress.completion_tokens, reason, t0, ttft, stream
+                    )
+                elif self.hold is not None:
+                    await self.hold.release()
+            raise
+
+    async def _settle(
+        self, prompt: int, completion: int, reason: str, t0: float, ttft: float | None, stream: bool
+    ) -> None:
+        mn, cost = self.svc.price(self.cfg, prompt, completion)
+        charged = cost
+        if self.hold is not None and cost > self.hold.max_amount:
+            log.error("call cost %d over its reservation %d; capped", cost, self.hold.max_amount)
+            charged = self.hold.max_amount
+        m = Metered(
+            prompt,
+            completion,
+            mn,
+            charged if self.hold else 0,
+            (time.perf_counter() - t0) * 1000,
+            ttft,
+            reason,
+        )
+        self.metered = m
+        if self.hold is not None:
+            await self.hold.settle(
+                m.charged, quantity=mn, **Inference._usage(self.caller, self.cfg, m, stream=stream)
+            )
