@@ -61,9 +61,19 @@ def error_response(err: TollwayError) -> JSONResponse:
     return JSONResponse(err.to_dict(), status_code=err.status, headers=err.headers or None)
 
 
+_TYPE_NAMES = {"str", "int", "float", "bool", "list", "dict", "none", "literal"}
+
+
+def _branch(part: object) -> bool:
+    """A union-branch label pydantic puts in error locations ('str', 'list[str]', ...)."""
+    return isinstance(part, str) and (part in _TYPE_NAMES or "[" in part or part.startswith("function-"))
+
+
 def _validation(exc: RequestValidationError) -> TollwayError:
     e = exc.errors()[0]
-    loc = [str(p) for p in e.get("loc", ()) if p not in ("body", "query", "path", "header")]
+    loc = [
+        str(p) for p in e.get("loc", ()) if p not in ("body", "query", "path", "header") and not _branch(p)
+    ]
     if e.get("type") == "json_invalid":
         return TollwayError(ErrorType.INVALID_REQUEST, "invalid_json", "request body is not valid JSON")
     if e.get("type") == "missing" and not loc:
