@@ -4,6 +4,7 @@ and bad input that charges nothing. Models load once per test session."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import struct
@@ -339,3 +340,26 @@ async def test_queue_full_is_503_with_retry_after(db_url: str) -> None:
         assert r.status_code == 503 and r.headers["retry-after"] == "1"
         assert r.json()["error"]["code"] == "model_overloaded"
         assert await env.events() == []
+
+
+async def test_usage_cli(db_url: str, tmp_path: Any) -> None:
+    from typer.testing import CliRunner
+
+    from tollway.cli.main import app
+
+    async for env in make_env(db_url):
+        await env.sdk.embeddings.create(model=EMBED, input="for the operator")
+    cfg = tmp_path / "t.toml"
+    cfg.write_text(f'[database]\nurl = "{db_url}"\n')
+
+    def cli(*args: str) -> Any:  # the CLI runs its own event loop
+        return CliRunner().invoke(app, ["--config", str(cfg), *args])
+
+    r = await asyncio.to_thread(cli, "usage", "--json")
+    assert r.exit_code == 0, r.output
+    [row] = json.loads(r.stdout)["data"]
+    assert row["model"] == EMBED and row["requests"] == 1 and row["charged"] > 0
+    r = await asyncio.to_thread(cli, "usage", "--day", "2020-13-01", "--json")
+    assert r.exit_code == 1 and json.loads(r.stdout)["error"]["code"] == "invalid_day"
+    r = await asyncio.to_thread(cli, "usage")
+    assert r.exit_code == 0 and EMBED in r.output

@@ -369,6 +369,51 @@ def ledger_history(
     )
 
 
+# --------------------------------------------------------------------------- usage
+
+
+@app.command()
+def usage(
+    customer: str | None = typer.Option(None, "--customer", help="Only this customer."),
+    day: str | None = typer.Option(None, help="UTC day, YYYY-MM-DD (default: today)."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Inference usage per customer and model for one UTC day: requests, tokens, neurons, charges."""
+    import datetime as dt
+
+    from tollway.inference.usage import rollup
+
+    try:
+        when = dt.date.fromisoformat(day) if day else dt.datetime.now(dt.UTC).date()
+    except ValueError:
+        fail(
+            TollwayError(
+                "invalid_request_error", "invalid_day", f"day must be YYYY-MM-DD, not {day!r}", "day"
+            ),
+            as_json,
+        )
+    rows = _with_runtime(as_json, lambda rt: rollup(rt.engine, when, customer))
+    if as_json:
+        emit_json({"object": "list", "date": when.isoformat(), "data": rows})
+        return
+    table(
+        f"usage on {when.isoformat()} (UTC)",
+        ["customer", "model", "requests", "input tokens", "output tokens", "neurons", "charged"],
+        [
+            [
+                r["customer_id"],
+                r["model"],
+                r["requests"],
+                r["input_tokens"],
+                r["output_tokens"],
+                f"{r['neurons']:.3f}",
+                usd(r["charged"]),
+            ]
+            for r in rows
+        ],
+    )
+
+
 def _print_transfer(t: Any, as_json: bool) -> None:
     if as_json:
         emit_json(t.to_dict())
