@@ -1,0 +1,115 @@
+"""Helpers shared by the benchmarks: percentiles, the machine, a real `tollway serve`."""
+
+from __future__ import annotations
+
+import os
+import platform
+import shlex
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+def dist(ns: list[int], unit: float) -> dict[str, float]:
+    """p50/p99/max (nearest rank) of nanosecond samples, in ``unit`` nanoseconds."""
+    xs = sorted(ns)
+
+    def at(q: float) -> float:
+        return round(xs[min(len(xs) - 1, max(0, round(q * len(xs)) - 1))] / unit, 3)
+
+    return {"p50": at(0.5), "p99": at(0.99), "max": at(1.0)}
+
+
+def healthy(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
+            return bool(r.status == 200)
+    except OSError:
+        return False
+
+
+def rss_mb(pid: int) -> dict[str, float]:
+    status = dict(ln.split(":", 1) for ln in Path(f"/proc/{pid}/status").read_text().splitlines())
+    return {k: round(int(status[k].split()[0]) / 1024, 1) for k in ("VmRSS", "VmHWM")}
+
+
+@dataclass
+class Server:
+    port: int
+    pid: int
+    cmd: str
+    ready_s: float
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+def cli() -> list[str]:
+    exe = Path(sys.executable).with_name("tollway")
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "tollway.cli.main"]
+
+
+@contextmanager
+def serve(tmp: Path, extra_toml: str = "") -> Iterator[Server]:
+    """`tollway init` + `tollway serve` on a free port (SQLite under ``tmp``), until healthy."""
+    cfg, env = tmp / "tollway.toml", {k: v for k, v in os.environ.items() if not k.startswith("TOLLWAY_")}
+    subprocess.run([*cli(), "init", "--path", str(cfg)], cwd=tmp, env=env, check=True, capture_output=True)
+    if extra_toml:
+        cfg.write_text(cfg.read_text() + "\n" + extra_toml)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [*cli(), "--config", str(cfg), "serve", "--port", str(port)]
+    t0 = time.monotonic()
+    with (tmp / "serve.log").open("w") as log:
+        proc = subprocess.Popen(cmd, cwd=tmp, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        while not healthy(port):
+            if proc.poll() is not None or time.monotonic() - t0 > 60:
+                raise RuntimeError(f"tollway serve never became healthy:\n{(tmp / 'serve.log').read_text()}")
+            time.sleep(0.02)
+        yield Server(port, proc.pid, shlex.join(cmd), round(time.monotonic() - t0, 3))
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def admin_token(tmp: Path) -> str:
+    for line in (tmp / "tollway.toml").read_text().splitlines():
+        if line.startswith("token = "):
+            return line.split('"')[1]
+    raise RuntimeError("no admin token in tollway.toml")
+
+
+def git(*args: str) -> str:
+    root = Path(__file__).resolve().parent.parent
+    return subprocess.run(["git", "-C", root, *args], capture_output=True, text=True).stdout.strip()
+
+
+def machine(**extra: Any) -> dict[str, Any]:
+    info = dict(ln.split(":", 1) for ln in Path("/proc/cpuinfo").read_text().splitlines() if ":" in ln)
+    mem = dict(ln.split(":", 1) for ln in Path("/proc/meminfo").read_text().splitlines())
+    dirty = "+dirty" if git("status", "--porcelain", "src") else ""  # uncommitted changes under src/
+    return {
+        "cpu": info.get("model name\t", "?").strip(),
+        "cores": os.cpu_count(),
+        "memory_gb": round(int(mem["MemTotal"].split()[0]) / 1024**2, 1),
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "sqlite": sqlite3.sqlite_version,
+        "revision": git("rev-parse", "--short", "HEAD") + dirty,
+        **extra,
+    }
