@@ -306,8 +306,15 @@ class Ledger:
         try:
             while True:
                 await asyncio.sleep(interval_s)
+                job = asyncio.ensure_future(asyncio.to_thread(conn.execute, "PRAGMA wal_checkpoint(PASSIVE)"))
                 try:
-                    await asyncio.to_thread(conn.execute, "PRAGMA wal_checkpoint(PASSIVE)")
+                    await asyncio.shield(job)
+                except asyncio.CancelledError:
+                    # Cancelling stops the wait, not the thread: let the running
+                    # checkpoint finish before its connection is closed.
+                    with contextlib.suppress(Exception):
+                        await job
+                    raise
                 except sqlite3.Error:
                     log.warning("WAL checkpoint failed", exc_info=True)
         finally:
