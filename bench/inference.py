@@ -157,6 +157,7 @@ async def run(a: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                 for p in PROMPTS:
                     order = ("raw", "api") if rnd % 2 == 0 else ("api", "raw")
                     for side in order:
+                        time.sleep(a.settle)  # let the other side's spinning compute threads go idle
                         if side == "raw":
                             n, s, ttft = raw_generate(llm, p, a.max_tokens)
                         else:
@@ -169,6 +170,7 @@ async def run(a: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             h = {"Authorization": f"Bearer {key}"}
             for i in range(a.embed_rounds):
                 for side in ("raw", "api") if i % 2 == 0 else ("api", "raw"):
+                    time.sleep(a.settle)
                     t0 = time.perf_counter()
                     if side == "raw":
                         st.encode(TEXTS, batch_size=32)
@@ -239,6 +241,7 @@ def main() -> None:
     p.add_argument("--max-tokens", type=int, default=128)
     p.add_argument("--embed-rounds", type=int, default=20)
     p.add_argument("--requests", type=int, default=10_000)
+    p.add_argument("--settle", type=float, default=0.3, help="pause (s) before each measurement")
     p.add_argument("--out", type=Path, default=RESULTS)
     a = p.parse_args()
     if a.quick:

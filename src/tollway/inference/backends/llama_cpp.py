@@ -13,7 +13,10 @@ import asyncio
 import json
 import os
 import threading
+import time
+from collections import deque
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +44,10 @@ class LlamaInstance:
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
         threads = cfg.n_threads or (os.cpu_count() or 1)
+        # Every llama.cpp call for this instance runs on one persistent thread:
+        # OpenMP keeps a team of spinning workers per calling thread, and teams
+        # left behind by other threads would compete for the same cores.
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"llama-{cfg.name}")
         self.llm = Llama(
             model_path=str(path),
             n_ctx=cfg.n_ctx,
@@ -197,34 +204,63 @@ class LlamaCppBackend:
         self, params: ChatParams, cancel: threading.Event, progress: Progress
     ) -> AsyncIterator[ChatEvent]:
         async with self.pool.acquire() as inst:
-            async for ev in _in_thread(inst.generate(params, cancel, progress), cancel):
+            async for ev in _in_thread(inst.generate(params, cancel, progress), cancel, inst.executor):
                 yield ev
 
 
-async def _in_thread(gen: Iterator[Any], cancel: threading.Event) -> AsyncIterator[Any]:
-    """Drive a blocking generator in a worker thread, handing items to the loop."""
+async def _in_thread(
+    gen: Iterator[Any], cancel: threading.Event, executor: ThreadPoolExecutor, flush_s: float = 0.03
+) -> AsyncIterator[Any]:
+    """Drive a blocking generator on ``executor``'s thread, handing items to the loop.
+
+    Wake-ups are coalesced: the producer schedules one only when none is
+    pending, and after the first item at most every ``flush_s``.  On a small
+    machine every extra runnable thread (the event loop, the client reading the
+    stream) steals a core from llama.cpp's spinning workers, so tokens travel
+    in small bursts instead of one wake-up each; the first is never delayed.
+    """
     loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[Any] = asyncio.Queue()
+    buf: deque[Any] = deque()
+    ready = asyncio.Event()
+    scheduled = threading.Event()
     done = object()
+
+    def wake() -> None:
+        scheduled.clear()
+        ready.set()
+
+    last = [0.0]
+
+    def push(item: Any, final: bool = False) -> None:
+        buf.append(item)
+        now = time.monotonic()
+        # The first token goes out at once; later ones at most every flush_s.
+        if not scheduled.is_set() and (final or now - last[0] >= flush_s):
+            last[0] = now
+            scheduled.set()
+            loop.call_soon_threadsafe(wake)
 
     def run() -> None:
         try:
             for item in gen:
-                loop.call_soon_threadsafe(queue.put_nowait, item)
+                push(item)
         except BaseException as e:  # handed to the consumer
-            loop.call_soon_threadsafe(queue.put_nowait, e)
+            push(e, final=True)
         finally:
-            loop.call_soon_threadsafe(queue.put_nowait, done)
+            push(done, final=True)
 
-    worker = loop.run_in_executor(None, run)
+    worker = loop.run_in_executor(executor, run)
     try:
         while True:
-            item = await queue.get()
-            if item is done:
-                break
-            if isinstance(item, BaseException):
-                raise item
-            yield item
+            await ready.wait()
+            ready.clear()
+            while buf:
+                item = buf.popleft()
+                if item is done:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
     finally:
         cancel.set()  # a consumer that stops early stops the generation
         await asyncio.shield(worker)
