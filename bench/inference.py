@@ -42,8 +42,12 @@ TEXTS = [f"sentence number {i} about tollways, ledgers and small language models
 
 
 def raw_models(threads: int) -> tuple[Any, Any]:
+    import torch
     from llama_cpp import Llama
     from sentence_transformers import SentenceTransformer
+
+    if EMBED.n_threads:  # the same torch threads as tollway's embeddings model
+        torch.set_num_threads(EMBED.n_threads)
 
     llm = Llama(
         model_path=str(default_gguf()),
@@ -144,20 +148,20 @@ async def run(a: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             # Warm both sides (load models, fill caches) before measuring.
             raw_generate(llm, "hello", 4)
             await api_generate(http, key, "hello", 4)
-            st.encode(TEXTS, batch_size=32)
-            await http.post(
-                "/v1/embeddings",
-                json={"model": EMBED.name, "input": TEXTS},
-                headers={"Authorization": f"Bearer {key}"},
-            )
-            rss_loaded = rss_mb(srv.pid)
+            if not a.generation_first:
+                st.encode(TEXTS, batch_size=32)
+                await http.post(
+                    "/v1/embeddings",
+                    json={"model": EMBED.name, "input": TEXTS},
+                    headers={"Authorization": f"Bearer {key}"},
+                )
 
             gen: dict[str, list[float]] = {"raw_tps": [], "api_tps": [], "raw_ttft": [], "api_ttft": []}
             for rnd in range(a.rounds):
                 for p in PROMPTS:
                     order = ("raw", "api") if rnd % 2 == 0 else ("api", "raw")
                     for side in order:
-                        time.sleep(a.settle)  # let the other side's spinning compute threads go idle
+                        await asyncio.sleep(a.settle)  # let the other side's compute threads go idle
                         if side == "raw":
                             n, s, ttft = raw_generate(llm, p, a.max_tokens)
                         else:
@@ -166,11 +170,18 @@ async def run(a: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                         gen[f"{side}_ttft"].append(ttft)
             overhead_ns = [int((x - y) * 1e9) for x, y in zip(gen["api_ttft"], gen["raw_ttft"], strict=True)]
 
+            st.encode(TEXTS, batch_size=32)
+            await http.post(
+                "/v1/embeddings",
+                json={"model": EMBED.name, "input": TEXTS},
+                headers={"Authorization": f"Bearer {key}"},
+            )
+            rss_loaded = rss_mb(srv.pid)
             emb: dict[str, list[float]] = {"raw": [], "api": []}
             h = {"Authorization": f"Bearer {key}"}
             for i in range(a.embed_rounds):
                 for side in ("raw", "api") if i % 2 == 0 else ("api", "raw"):
-                    time.sleep(a.settle)
+                    await asyncio.sleep(a.settle)
                     t0 = time.perf_counter()
                     if side == "raw":
                         st.encode(TEXTS, batch_size=32)
@@ -187,7 +198,7 @@ async def run(a: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     return {
         "command": "python bench/inference.py" + (" --quick" if a.quick else ""),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": machine(threads=threads),
+        "machine": machine(llama_threads=threads, torch_threads=EMBED.n_threads or "default"),
         "model": {
             "chat": CHAT.name,
             "embeddings": EMBED.name,
@@ -242,6 +253,11 @@ def main() -> None:
     p.add_argument("--embed-rounds", type=int, default=20)
     p.add_argument("--requests", type=int, default=10_000)
     p.add_argument("--settle", type=float, default=0.3, help="pause (s) before each measurement")
+    p.add_argument(
+        "--generation-first",
+        action="store_true",
+        help="measure generation before either process has run torch (embeddings) at all",
+    )
     p.add_argument("--out", type=Path, default=RESULTS)
     a = p.parse_args()
     if a.quick:
@@ -252,15 +268,13 @@ def main() -> None:
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(res, indent=2) + "\n")
     g, e, m = res["generation"], res["embeddings"], res["memory"]
-    print(
-        f"generation: raw {g['raw_tokens_per_s']} tok/s, API {g['api_tokens_per_s']} tok/s, ratio {g['ratio']}"
-    )
-    print(
-        f"ttft p50: raw {res['ttft_ms']['raw_p50']} ms, API {res['ttft_ms']['api_p50']} ms, overhead {res['ttft_ms']['overhead']}"
-    )
+    print(f"generation: raw {g['raw_tokens_per_s']} tok/s, API {g['api_tokens_per_s']}, ratio {g['ratio']}")
+    t = res["ttft_ms"]
+    print(f"ttft p50: raw {t['raw_p50']} ms, API {t['api_p50']} ms, overhead {t['overhead']}")
     print(f"embeddings: raw {e['raw_per_s']}/s, API {e['api_per_s']}/s, ratio {e['ratio']}")
     print(
-        f"memory: loaded {m['rss_both_models_loaded_mb']} MB; {m['requests']} requests: {m['rss_before_mb']} -> {m['rss_after_mb']} MB"
+        f"memory: loaded {m['rss_both_models_loaded_mb']} MB; "
+        f"{m['requests']} requests: {m['rss_before_mb']} -> {m['rss_after_mb']} MB"
     )
     for t in res["targets"]:
         print(f"[{'PASS' if t['pass'] else 'MISS'}] {t['name']}: {t['measured']} (target {t['target']})")

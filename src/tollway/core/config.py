@@ -96,7 +96,7 @@ class ModelConfig(_Section):
     # empty means the embedded default shipped in a PyPI package.
     path: str = ""
     n_ctx: int = Field(2048, ge=128, le=1_048_576)
-    n_threads: int = Field(0, ge=0, description="0 = one per core")
+    n_threads: int = Field(0, ge=0, description="0 = one per core (llama_cpp), torch's default (embeddings)")
     instances: int = Field(1, ge=1, le=64)
     queue_max: int = Field(32, ge=0, le=100_000)
     max_tokens: int = Field(512, ge=1)
@@ -140,6 +140,9 @@ def default_models() -> list[ModelConfig]:
             task="embeddings",
             backend="sentence_transformers",
             n_ctx=256,
+            # One torch thread: on a small machine torch's OpenMP pool otherwise
+            # slows llama.cpp for the life of the process (docs/benchmarks.md).
+            n_threads=1,
             neurons_per_m_input=1841,
         ),
     ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,9 @@ class SentenceTransformersBackend:
         self.tokenizer = model.tokenizer
         dim = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
         self.dimensions = int(dim())
-        self._lock = asyncio.Lock()  # one batch at a time per loaded model
+        # One persistent thread runs every batch: torch's OpenMP keeps a team of
+        # workers per calling thread, and stray teams would compete for the cores.
+        self.executor = _executor(model)
 
     @staticmethod
     def load(cfg: ModelConfig) -> Any:
@@ -49,13 +52,20 @@ class SentenceTransformersBackend:
         return [len(x) for x in ids]
 
     async def embed(self, texts: list[str]) -> list[list[float]]:
-        async with self._lock:
-            vectors = await asyncio.to_thread(
-                self.model.encode,
-                texts,
-                batch_size=self.cfg.batch_size,
-                convert_to_numpy=True,
-                show_progress_bar=False,
-            )
+        loop = asyncio.get_running_loop()
+        vectors = await loop.run_in_executor(self.executor, self._encode, texts)
         out: list[list[float]] = vectors.tolist()
         return out
+
+    def _encode(self, texts: list[str]) -> Any:
+        return self.model.encode(
+            texts, batch_size=self.cfg.batch_size, convert_to_numpy=True, show_progress_bar=False
+        )
+
+
+_EXECUTORS: dict[int, ThreadPoolExecutor] = {}
+
+
+def _executor(model: Any) -> ThreadPoolExecutor:
+    """One thread per loaded model for the life of the process (models are cached too)."""
+    return _EXECUTORS.setdefault(id(model), ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed"))
