@@ -9,6 +9,7 @@ a :class:`Inference` (one per runtime, so per event loop).
 from __future__ import annotations
 
 import asyncio
+import atexit
 import logging
 import threading
 import time
@@ -39,6 +40,17 @@ log = logging.getLogger("tollway.inference")
 
 _LOAD_LOCK = threading.Lock()
 _LOADED: dict[str, Any] = {}
+
+
+@atexit.register
+def _free_weights() -> None:
+    """Close llama.cpp models before interpreter teardown (their finalizers
+    otherwise run after the C bindings are gone and print tracebacks)."""
+    with _LOAD_LOCK:
+        for weights in _LOADED.values():
+            for inst in weights if isinstance(weights, list) else ():
+                inst.llm.close()
+        _LOADED.clear()
 
 
 def _load_weights(cfg: ModelConfig) -> Any:
