@@ -120,6 +120,34 @@ def test_client_disconnect_stops_generation_and_charges_only_produced(
             assert conn.execute("SELECT COUNT(*) FROM ledger_pending").fetchone()[0] == 0
 
 
+def test_non_streaming_client_that_hangs_up_is_charged_only_for_produced_tokens(
+    tollway_server: tuple[str, Path],
+) -> None:
+    base, db = tollway_server
+    with httpx.Client(base_url=base, timeout=60) as http:
+        c = http.post("/admin/customers", json={"name": "Bo"}, headers=ADMIN).json()
+        key = http.post("/admin/keys", json={"customer_id": c["id"]}, headers=ADMIN).json()["key"]
+    body = {
+        "model": CHAT,
+        "messages": [{"role": "user", "content": "Write a very long story about a lighthouse keeper."}],
+        "max_tokens": 500,
+        "temperature": 0,
+    }
+    with pytest.raises(httpx.ReadTimeout), httpx.Client(base_url=base, timeout=1.5) as http:
+        http.post("/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"})
+    deadline = time.time() + 30
+    meta: dict[str, Any] = {}
+    while time.time() < deadline and not meta:
+        with sqlite3.connect(db) as conn:
+            rows = conn.execute(
+                "SELECT metadata FROM usage_events WHERE customer_id = ?", (c["id"],)
+            ).fetchall()
+        meta = json.loads(rows[0][0]) if rows else {}
+        time.sleep(0.2)
+    assert meta["finish_reason"] == "cancelled" and meta["stream"] is False
+    assert 0 < meta["output_tokens"] < 500
+
+
 @pytest.fixture(scope="module")
 def upstream() -> Iterator[str]:
     port = free_port()

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime as dt
 import json
@@ -118,7 +119,7 @@ async def chat_completions(body: ChatRequest, request: Request, who: Caller = De
             media_type="text/event-stream",
             headers={"cache-control": "no-cache", "x-tollway-model": cfg.name},
         )
-    text, m = await _collect(call)
+    text, m = await _collect_unless_gone(request, call)
     return JSONResponse(
         {
             "id": cid,
@@ -138,6 +139,24 @@ async def chat_completions(body: ChatRequest, request: Request, who: Caller = De
         },
         headers=m.headers(),
     )
+
+
+async def _collect_unless_gone(request: Request, call: ChatCall) -> tuple[str, Metered]:
+    """Collect a whole generation, but stop (charging only what was produced) if
+    the client disconnects first: Starlette does not cancel handlers itself."""
+    work = asyncio.ensure_future(_collect(call))
+
+    async def watch() -> None:
+        while True:
+            if (await request.receive())["type"] == "http.disconnect":
+                work.cancel()
+                return
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        return await work
+    finally:
+        watcher.cancel()
 
 
 async def _collect(call: ChatCall) -> tuple[str, Metered]:
@@ -242,7 +261,7 @@ async def run(model: str, body: RunRequest, request: Request, who: Caller = Depe
     call = await svc.start_chat(who, cfg, _params(messages, body), body.max_tokens)
     if body.stream:
         return StreamingResponse(_workers_stream(call), media_type="text/event-stream")
-    text, m = await _collect(call)
+    text, m = await _collect_unless_gone(request, call)
     return _workers({"response": text, "usage": _usage(m)}, m)
 
 
