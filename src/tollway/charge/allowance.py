@@ -28,14 +28,18 @@ class DailyAllowance:
         self.ledger = ledger
         self.clock = clock
         self.amount = amount
-        self._granted: set[str] = set()
+        self._granted: set[str] = set()  # today's accounts known to be granted
+        self._day = ""
 
     def account_id(self, customer_id: str, day: str | None = None) -> str:
         return f"free_{customer_id}_{day or utc_day(self.clock.now_us())}"
 
     async def ensure(self, customer_id: str) -> str:
         """Today's allowance account, created and granted on first use."""
-        acct = self.account_id(customer_id)
+        day = utc_day(self.clock.now_us())
+        if day != self._day:  # a new UTC day: forget yesterday's accounts
+            self._day, self._granted = day, set()
+        acct = self.account_id(customer_id, day)
         if acct in self._granted:
             return acct
         try:
