@@ -191,7 +191,14 @@ async def run(a: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                     emb[side].append(len(TEXTS) / (time.perf_counter() - t0))
 
             rss_before = rss_mb(srv.pid)
-            churn_s = await churn(http, key, a.requests)
+            series = [{"requests": 0, "rss_mb": rss_before["VmRSS"]}]
+            churn_s = 0.0
+            done = 0
+            while done < a.requests:
+                step = min(a.rss_every or a.requests, a.requests - done)
+                churn_s += await churn(http, key, step)
+                done += step
+                series.append({"requests": done, "rss_mb": rss_mb(srv.pid)["VmRSS"]})
             rss_after = rss_mb(srv.pid)
 
     med = statistics.median
@@ -230,6 +237,7 @@ async def run(a: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             "rss_before_mb": rss_before["VmRSS"],
             "rss_after_mb": rss_after["VmRSS"],
             "peak_mb": rss_after["VmHWM"],
+            "series": series,
         },
     }
 
@@ -252,6 +260,7 @@ def main() -> None:
     p.add_argument("--max-tokens", type=int, default=128)
     p.add_argument("--embed-rounds", type=int, default=20)
     p.add_argument("--requests", type=int, default=10_000)
+    p.add_argument("--rss-every", type=int, default=2_500, help="sample the server's RSS every N requests")
     p.add_argument("--settle", type=float, default=0.3, help="pause (s) before each measurement")
     p.add_argument(
         "--generation-first",
