@@ -79,20 +79,27 @@ def tollway_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[s
         stop(proc)
 
 
+def customer_with_key(base: str, name: str) -> tuple[dict[str, Any], str]:
+    with httpx.Client(base_url=base, timeout=60) as http:
+        c = http.post("/admin/customers", json={"name": name}, headers=ADMIN).json()
+        key = http.post("/admin/keys", json={"customer_id": c["id"]}, headers=ADMIN).json()["key"]
+    return c, key
+
+
+LONG_STORY = {
+    "model": CHAT,
+    "messages": [{"role": "user", "content": "Write a very long story about a lighthouse keeper."}],
+    "temperature": 0,
+}
+
+
 def test_client_disconnect_stops_generation_and_charges_only_produced(
     tollway_server: tuple[str, Path],
 ) -> None:
     base, db = tollway_server
+    _, key = customer_with_key(base, "Ada")
+    body = {**LONG_STORY, "max_tokens": 400, "stream": True}
     with httpx.Client(base_url=base, timeout=60) as http:
-        c = http.post("/admin/customers", json={"name": "Ada"}, headers=ADMIN).json()
-        key = http.post("/admin/keys", json={"customer_id": c["id"]}, headers=ADMIN).json()["key"]
-        body = {
-            "model": CHAT,
-            "messages": [{"role": "user", "content": "Write a very long story about a lighthouse keeper."}],
-            "max_tokens": 400,
-            "temperature": 0,
-            "stream": True,
-        }
         got = 0
         with http.stream(
             "POST", "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"}
@@ -124,15 +131,8 @@ def test_non_streaming_client_that_hangs_up_is_charged_only_for_produced_tokens(
     tollway_server: tuple[str, Path],
 ) -> None:
     base, db = tollway_server
-    with httpx.Client(base_url=base, timeout=60) as http:
-        c = http.post("/admin/customers", json={"name": "Bo"}, headers=ADMIN).json()
-        key = http.post("/admin/keys", json={"customer_id": c["id"]}, headers=ADMIN).json()["key"]
-    body = {
-        "model": CHAT,
-        "messages": [{"role": "user", "content": "Write a very long story about a lighthouse keeper."}],
-        "max_tokens": 500,
-        "temperature": 0,
-    }
+    c, key = customer_with_key(base, "Bo")
+    body = {**LONG_STORY, "max_tokens": 500}
     with pytest.raises(httpx.ReadTimeout), httpx.Client(base_url=base, timeout=1.5) as http:
         http.post("/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"})
     deadline = time.time() + 30
