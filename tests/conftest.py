@@ -20,7 +20,7 @@ import pytest
 from sqlalchemy import text
 
 from tollway.core.config import Settings
-from tollway.core.schema import SYSTEM_ACCOUNTS
+from tollway.core.schema import SYSTEM_ACCOUNTS, metadata
 from tollway.core.storage import make_engine
 from tollway.runtime import Runtime
 
@@ -34,7 +34,8 @@ BACKENDS = [
     pytest.param("postgres", id="postgres", marks=pytest.mark.skipif(not PG_URL, reason=PG_SKIP)),
 ]
 
-TABLES = ["api_keys", "customers", "usage_events", "ledger_pending", "ledger_transfers", "ledger_accounts"]
+# Every table the migrations create (so a new one is emptied between tests too).
+TABLES = [t.name for t in reversed(metadata.sorted_tables)]
 
 
 def pytest_report_header(config: pytest.Config) -> str:

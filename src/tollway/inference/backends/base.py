@@ -63,15 +63,6 @@ class ChatBackend(Protocol):
         ...
 
 
-class EmbeddingBackend(Protocol):
-    provider: str
-    dimensions: int
-
-    def token_counts(self, texts: list[str]) -> list[int]: ...
-
-    async def embed(self, texts: list[str]) -> list[list[float]]: ...
-
-
 def context_exceeded(tokens: int, n_ctx: int, param: str) -> TollwayError:
     return invalid(
         "context_length_exceeded",

@@ -32,8 +32,6 @@ _TEMPLATE_TOKENS = 16
 
 
 class OpenAIUpstream:
-    provider = "openai"
-
     def __init__(self, cfg: ModelConfig) -> None:
         self.cfg = cfg
         self.provider = f"openai:{httpx.URL(cfg.base_url).host}"
@@ -48,7 +46,6 @@ class OpenAIUpstream:
             timeout=httpx.Timeout(cfg.timeout_seconds, connect=5.0),
         )
         self.model = cfg.upstream_model or cfg.name
-        self.dimensions = 0
 
     async def aclose(self) -> None:
         await self.client.aclose()

@@ -20,8 +20,6 @@ class SentenceTransformersBackend:
         self.cfg = cfg
         self.model = model
         self.tokenizer = model.tokenizer
-        dim = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
-        self.dimensions = int(dim())
         # One persistent thread runs every batch: torch's OpenMP keeps a team of
         # workers per calling thread, and stray teams would compete for the cores.
         self.executor = _executor(model)
