@@ -12,6 +12,8 @@ from tollway.core import migrate
 from tollway.core.clock import Clock, SystemClock
 from tollway.core.config import Settings
 from tollway.core.storage import make_engine
+from tollway.gateway.gate import Gateway
+from tollway.gateway.requestlog import RequestLog
 from tollway.identity.customers import Customers
 from tollway.identity.keys import ApiKeys
 from tollway.inference.service import Inference
@@ -28,6 +30,7 @@ class Runtime:
     customers: Customers
     keys: ApiKeys
     inference: Inference
+    gateway: Gateway
 
     @classmethod
     def build(cls, settings: Settings, *, clock: Clock | None = None) -> Runtime:
@@ -40,6 +43,9 @@ class Runtime:
             default_timeout_s=settings.ledger.pending_timeout_seconds,
         )
         charger = Charger(ledger)
+        request_log = RequestLog(
+            engine, clock, settings.gateway.log_flush_ms, settings.gateway.log_retention_days
+        )
         return cls(
             settings=settings,
             engine=engine,
@@ -47,14 +53,16 @@ class Runtime:
             ledger=ledger,
             charger=charger,
             customers=Customers(engine, clock),
-            keys=ApiKeys(engine, clock),
+            keys=ApiKeys(engine, clock, ledger.reads),
             inference=Inference(settings, charger, clock),
+            gateway=Gateway(settings.gateway, ledger, clock, request_log),
         )
 
     async def migrate(self) -> tuple[str | None, str | None]:
         return await migrate.upgrade(self.engine)
 
     async def close(self) -> None:
+        await self.gateway.aclose()
         await self.inference.aclose()
         await self.ledger.close()
         await self.engine.dispose()

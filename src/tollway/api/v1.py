@@ -16,11 +16,10 @@ router = APIRouter(prefix="/v1", tags=["customer"])
 async def balance(request: Request, key: ApiKey = Depends(require_key)) -> dict[str, Any]:
     require_scope(key, "balance:read")
     rt = runtime(request)
-    customer = await rt.customers.get(key.customer_id)
-    account = await rt.ledger.get_account(customer.account_id)
+    account = await rt.ledger.get_account(key.account_id)
     return {
         "object": "balance",
-        "customer_id": customer.id,
+        "customer_id": key.customer_id,
         "account_id": account.id,
         "balance": account.balance,
         "available": account.available,

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
-from tollway.core.errors import TollwayError, invalid
+from tollway.core.errors import ErrorType, TollwayError, invalid
 from tollway.core.money import check_amount
 from tollway.ledger import Ledger, Transfer
 from tollway.ledger import errors as ledger_errors
@@ -39,6 +39,15 @@ log = logging.getLogger("tollway.charge")
 _RESERVE_ATTEMPTS = 3
 
 
+def budget_exceeded(label: str, amount: int) -> TollwayError:
+    return TollwayError(
+        ErrorType.PAYMENT,
+        "budget_exceeded",
+        f"the {label} cannot cover this request (up to {amount} micro-USD); nothing was charged",
+        status=402,
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Source:
     """One funding source: an account to debit and the account its money goes to."""
@@ -48,12 +57,23 @@ class Source:
 
 
 @dataclass(frozen=True, slots=True)
+class Cap:
+    """A spend limit: a budget account that must cover the whole amount as well
+    (it is reserved and posted alongside the payment, never instead of it)."""
+
+    account_id: str
+    label: str  # what to name in a refusal, e.g. "key daily budget"
+    payee: str = "sys_budgets"
+
+
+@dataclass(frozen=True, slots=True)
 class Payer:
     """Who pays: a ledger account (or several sources, in order) and the customer."""
 
     account_id: str
     customer_id: str | None = None
     sources: tuple[Source, ...] = ()
+    caps: tuple[Cap, ...] = ()
 
     def funding(self) -> tuple[Source, ...]:
         return self.sources or (Source(self.account_id),)
@@ -105,7 +125,7 @@ class Charger:
 
 @dataclass(slots=True)
 class Leg:
-    source: Source
+    source: Source | Cap
     pending: Transfer
 
 
@@ -183,6 +203,8 @@ class Hold:
         raise ledger_errors.exceeds_credits(sources[-1].account_id, self.max_amount - need, self.max_amount)
 
     async def _reserve_legs(self, plan: list[tuple[Source, int]]) -> None:
+        caps: list[tuple[Source | Cap, int]] = [(c, self.max_amount) for c in self.payer.caps]
+        plan_all: list[tuple[Source | Cap, int]] = [*plan, *caps]
         results = await asyncio.gather(
             *(
                 self.ledger.reserve(
@@ -193,15 +215,19 @@ class Hold:
                     description=self.description or self.meter,
                     idempotency_key=self._key("reserve", i),
                 )
-                for i, (s, amount) in enumerate(plan)
+                for i, (s, amount) in enumerate(plan_all)
             ),
             return_exceptions=True,
         )
-        legs = [Leg(s, r) for (s, _), r in zip(plan, results, strict=True) if isinstance(r, Transfer)]
-        failed = [r for r in results if isinstance(r, BaseException)]
+        legs = [Leg(s, r) for (s, _), r in zip(plan_all, results, strict=True) if isinstance(r, Transfer)]
+        failed = [(s, r) for (s, _), r in zip(plan_all, results, strict=True) if isinstance(r, BaseException)]
         if failed:
             await asyncio.gather(*(self.ledger.void(leg.pending.id) for leg in legs))
-            raise failed[0]
+            src, err = failed[0]
+            if isinstance(src, Cap) and isinstance(err, TollwayError) and err.code == "insufficient_funds":
+                # Not a retry case: the budget, not the balance, is what ran out.
+                raise budget_exceeded(src.label, self.max_amount) from None
+            raise err
         self.legs = legs
 
     # ------------------------------------------------------------------- settle
@@ -224,8 +250,11 @@ class Hold:
         remaining = actual
         ops = []
         for i, leg in enumerate(self.legs):
-            take = min(remaining, leg.pending.amount)
-            remaining -= take
+            if isinstance(leg.source, Cap):
+                take = actual  # a budget is spent by the whole amount
+            else:
+                take = min(remaining, leg.pending.amount)
+                remaining -= take
             u = usage if i == 0 else None
             if take:
                 ops.append(

@@ -73,17 +73,27 @@ class InferenceConfig(_Section):
     @field_validator("usd_per_1000_neurons")
     @classmethod
     def _price(cls, v: str) -> str:
-        from tollway.core.errors import TollwayError
-        from tollway.core.money import parse_amount
-
-        try:
-            parse_amount(v)
-        except TollwayError as e:
-            raise ValueError(e.message) from None
-        return v
+        return _valid_amount(v)
 
 
 _MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,99}$"
+
+
+class RetryConfig(_Section):
+    """How a deployment is retried before the router falls back to the next one."""
+
+    max_attempts: int = Field(2, ge=1, le=20)
+    backoff: Literal["constant", "linear", "exponential"] = "exponential"
+    backoff_ms: int = Field(100, ge=0, le=60_000)  # first wait; linear adds it, exponential doubles it
+    max_backoff_ms: int = Field(5_000, ge=0, le=600_000)
+    attempt_timeout_seconds: float = Field(60, gt=0)
+
+
+class DeploymentConfig(_Section):
+    """One place a routed model runs: a registry model (local or upstream) and its weight."""
+
+    model: str = Field(pattern=_MODEL_NAME)
+    weight: int = Field(1, ge=0, le=1_000_000)
 
 
 class ModelConfig(_Section):
@@ -91,7 +101,7 @@ class ModelConfig(_Section):
 
     name: str = Field(pattern=_MODEL_NAME)
     task: Literal["chat", "embeddings"]
-    backend: Literal["llama_cpp", "sentence_transformers", "openai"]
+    backend: Literal["llama_cpp", "sentence_transformers", "openai", "router"]
     # Local backends: a GGUF file (llama_cpp) or model directory (sentence_transformers);
     # empty means the embedded default shipped in a PyPI package.
     path: str = ""
@@ -106,9 +116,13 @@ class ModelConfig(_Section):
     api_key_env: str = ""
     upstream_model: str = ""
     timeout_seconds: float = Field(120, gt=0)
-    # Rates, in neurons per million tokens (embeddings: input only).
-    neurons_per_m_input: int = Field(ge=0)
+    # Rates, in neurons per million tokens (embeddings: input only). A router
+    # has none of its own: each call is priced by the deployment that served it.
+    neurons_per_m_input: int = Field(0, ge=0)
     neurons_per_m_output: int = Field(0, ge=0)
+    # backend = "router": the deployments, tried by weight, each with ``retry``.
+    deployments: list[DeploymentConfig] = Field(default_factory=list)
+    retry: RetryConfig = RetryConfig()
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelConfig:
@@ -118,6 +132,10 @@ class ModelConfig(_Section):
             raise ValueError("backend sentence_transformers serves task 'embeddings'")
         if self.backend == "openai" and not self.base_url.startswith(("http://", "https://")):
             raise ValueError("backend openai needs base_url = 'http(s)://…/v1'")
+        if (self.backend == "router") != bool(self.deployments):
+            raise ValueError("deployments = [...] is for backend 'router', which needs at least one")
+        if self.backend == "router" and not any(d.weight for d in self.deployments):
+            raise ValueError("a router needs a deployment with weight > 0")
         return self
 
 
@@ -148,12 +166,61 @@ def default_models() -> list[ModelConfig]:
     ]
 
 
+class LimitsConfig(_Section):
+    """Default rate limits and budgets (0 = none); keys and customers can override them."""
+
+    rpm: int = Field(0, ge=0)  # requests per minute
+    tpm: int = Field(0, ge=0)  # tokens (prompt + completion) per minute
+    daily_budget: str = ""  # USD, e.g. "$5"; empty = no budget
+    monthly_budget: str = ""
+    on_budget: Literal["block", "downgrade"] = "block"
+    downgrade_model: str = ""  # the cheaper model served when a budget is reached
+
+    @field_validator("daily_budget", "monthly_budget")
+    @classmethod
+    def _budget(cls, v: str) -> str:
+        return _valid_amount(v) if v else v
+
+
+class GatewayConfig(_Section):
+    # Empty: counters and cache live in this process. Set to share them across
+    # processes and hosts, e.g. "redis://127.0.0.1:6379/0".
+    redis_url: str = ""
+    redis_timeout_ms: int = Field(250, ge=1, le=60_000)
+    key_limits: LimitsConfig = LimitsConfig()
+    customer_limits: LimitsConfig = LimitsConfig()
+    # Response cache: off unless a TTL is set here or per request (x-tollway-cache-ttl).
+    cache_ttl_seconds: int = Field(0, ge=0, le=31_536_000)
+    cache_max_entries: int = Field(10_000, ge=0)
+    cache_hit_price: str = "$0"  # charged per cache hit
+    # Request log: batched writes, pruned after this many days (0 = keep forever).
+    log_retention_days: int = Field(30, ge=0)
+    log_flush_ms: int = Field(200, ge=1, le=60_000)
+
+    @field_validator("cache_hit_price")
+    @classmethod
+    def _price(cls, v: str) -> str:
+        return _valid_amount(v) if v.strip().lstrip("$").strip("0.") else v  # "$0" is free
+
+
+def _valid_amount(v: str) -> str:
+    from tollway.core.errors import TollwayError
+    from tollway.core.money import parse_amount
+
+    try:
+        parse_amount(v)
+    except TollwayError as e:
+        raise ValueError(e.message) from None
+    return v
+
+
 class Settings(_Section):
     server: ServerConfig = ServerConfig()
     database: DatabaseConfig = DatabaseConfig()
     ledger: LedgerConfig = LedgerConfig()
     admin: AdminConfig = AdminConfig()
     inference: InferenceConfig = InferenceConfig()
+    gateway: GatewayConfig = GatewayConfig()
     models: list[ModelConfig] = Field(default_factory=default_models)
 
     @field_validator("models")
@@ -163,7 +230,23 @@ class Settings(_Section):
         dup = {n for n in names if names.count(n) > 1}
         if dup:
             raise ValueError(f"duplicate model name {sorted(dup)[0]!r}")
+        by_name = {m.name: m for m in v}
+        for m in v:
+            for d in m.deployments:
+                target = by_name.get(d.model)
+                if target is None or target.backend == "router":
+                    raise ValueError(f"model {m.name!r}: deployment {d.model!r} is not a non-router model")
+                if target.task != m.task:
+                    raise ValueError(f"model {m.name!r}: deployment {d.model!r} serves {target.task}")
         return v
+
+    @model_validator(mode="after")
+    def _downgrades(self) -> Settings:
+        names = {m.name for m in self.models}
+        for lim in (self.gateway.key_limits, self.gateway.customer_limits):
+            if lim.on_budget == "downgrade" and lim.downgrade_model not in names:
+                raise ValueError(f"downgrade_model {lim.downgrade_model!r} is not in the model registry")
+        return self
 
 
 class ConfigError(Exception):

@@ -127,6 +127,7 @@ customers = Table(
     Column("email", String(320), nullable=True),
     Column("account_id", String(64), ForeignKey("ledger_accounts.id"), nullable=False),
     Column("created_at_us", BigInteger, nullable=False),
+    Column("limits", Text, nullable=True),  # JSON: rate limits and budgets over the defaults
 )
 
 api_keys = Table(
@@ -140,6 +141,32 @@ api_keys = Table(
     Column("scopes", Text, nullable=False),
     Column("created_at_us", BigInteger, nullable=False),
     Column("revoked_at_us", BigInteger, nullable=True),
+    Column("limits", Text, nullable=True),
+)
+
+# One row per AI request that got past authentication (the gateway's log).
+request_log = Table(
+    "request_log",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("created_at_us", BigInteger, nullable=False, index=True),
+    Column("key_id", String(64), nullable=True, index=True),
+    Column("customer_id", String(64), nullable=True, index=True),
+    Column("endpoint", String(64), nullable=False),
+    Column("model", String(100), nullable=True),
+    Column("deployment", String(100), nullable=True),
+    Column("status", Integer, nullable=False),
+    Column("error_code", String(64), nullable=True),
+    Column("stream", Integer, nullable=False),
+    Column("cache", String(8), nullable=True),  # HIT | MISS | BYPASS
+    Column("attempts", Integer, nullable=False),
+    Column("input_tokens", BigInteger, nullable=False),
+    Column("output_tokens", BigInteger, nullable=False),
+    Column("mneurons", BigInteger, nullable=False),
+    Column("cost", BigInteger, nullable=False),
+    Column("latency_ms", BigInteger, nullable=False),  # microseconds would be overkill; see ttft
+    Column("ttft_ms", BigInteger, nullable=True),
+    Column("downgraded_from", String(100), nullable=True),
 )
 
 SYSTEM_ACCOUNTS = {
@@ -148,4 +175,5 @@ SYSTEM_ACCOUNTS = {
     "sys_fees": ("fees", "Fees"),
     "sys_settlement": ("settlement", "Settlement in transit"),
     "sys_grants": ("funding", "Free allocations granted (and used back)"),
+    "sys_budgets": ("funding", "Spend-limit budgets granted (and spent back)"),
 }

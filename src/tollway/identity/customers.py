@@ -43,6 +43,9 @@ def _validate(name: str, email: str | None) -> None:
         raise invalid("invalid_email", "email must look like name@host", "email")
 
 
+_COLS = (C.c.id, C.c.name, C.c.email, C.c.account_id, C.c.created_at_us)
+
+
 class Customers:
     def __init__(self, engine: AsyncEngine, clock: Clock | None = None) -> None:
         self.engine = engine
@@ -78,13 +81,19 @@ class Customers:
 
     async def get(self, customer_id: str) -> Customer:
         async with self.engine.connect() as conn:
-            r = (await conn.execute(select(*C.columns).where(C.c.id == customer_id))).first()
+            r = (await conn.execute(select(*_COLS).where(C.c.id == customer_id))).first()
         if r is None:
             raise not_found("customer_not_found", f"no customer {customer_id!r}", "customer_id")
         return Customer(*r)
 
+    async def set_limits(self, customer_id: str, changes: dict[str, Any]) -> dict[str, Any]:
+        """Merge ``changes`` into the customer's stored overrides (null removes one)."""
+        from tollway.identity.keys import set_limits
+
+        return await set_limits(self.engine, C, customer_id, changes, "customer_not_found", "customer_id")
+
     async def list(self, *, limit: int = 100, after: str | None = None) -> list[Customer]:
-        q = select(*C.columns).order_by(C.c.id).limit(limit)
+        q = select(*_COLS).order_by(C.c.id).limit(limit)
         if after is not None:
             q = q.where(C.c.id > after)
         async with self.engine.connect() as conn:

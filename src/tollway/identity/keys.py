@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from tollway.core.clock import Clock, SystemClock
 from tollway.core.errors import conflict, invalid, not_found, unauthenticated
 from tollway.core.ids import new_id
+from tollway.core.pointread import PointReader
 from tollway.core.schema import api_keys as K
 from tollway.core.schema import customers as C
 from tollway.core.storage import writer
@@ -57,6 +58,11 @@ class ApiKey:
     scopes: list[str]
     created_at_us: int
     revoked_at_us: int | None
+    # Set by verify, for the request path: the customer's prepaid account and
+    # the stored limit overrides (JSON) of the key and of its customer.
+    account_id: str = ""
+    limits: str | None = None
+    customer_limits: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -76,13 +82,25 @@ _COLS = (K.c.id, K.c.customer_id, K.c.prefix, K.c.name, K.c.scopes, K.c.created_
 
 
 def _from_row(r: Any) -> ApiKey:
-    return ApiKey(r[0], r[1], r[2], r[3], json.loads(r[4]), r[5], r[6])
+    return ApiKey(r[0], r[1], r[2], r[3], json.loads(r[4]), r[5], r[6], *r[7:])
+
+
+# Verification is on every request: one point read, joined to the customer.
+_VERIFY = (
+    "SELECT k.id, k.customer_id, k.prefix, k.name, k.scopes, k.created_at_us, k.revoked_at_us,"
+    " c.account_id, k.limits, c.limits, k.secret_hash"
+    " FROM api_keys k JOIN customers c ON c.id = k.customer_id"
+    " WHERE k.prefix = ?"
+)
 
 
 class ApiKeys:
-    def __init__(self, engine: AsyncEngine, clock: Clock | None = None) -> None:
+    def __init__(
+        self, engine: AsyncEngine, clock: Clock | None = None, reads: PointReader | None = None
+    ) -> None:
         self.engine = engine
         self.clock = clock or SystemClock()
+        self.reads = reads or PointReader(engine)
 
     async def create(
         self, customer_id: str, *, name: str = "", scopes: list[str] | None = None
@@ -140,16 +158,34 @@ class ApiKeys:
             await conn.execute(update(K).where(K.c.id == key_id).values(revoked_at_us=now))
         return _from_row((*r[:6], now))
 
+    async def set_limits(self, key_id: str, changes: dict[str, Any]) -> dict[str, Any]:
+        """Merge ``changes`` into the key's stored overrides (null removes one)."""
+        return await set_limits(self.engine, K, key_id, changes, "api_key_not_found", "key_id")
+
     async def verify(self, presented: str) -> ApiKey:
         """The key's record, or 401 ``invalid_api_key`` / ``api_key_revoked``."""
         m = _KEY.match(presented or "")
         if m is None:
             raise unauthenticated("invalid_api_key", "invalid API key")
-        q = select(*_COLS, K.c.revoked_at_us, K.c.secret_hash).where(K.c.prefix == m.group(1))
-        async with self.engine.connect() as conn:
-            r = (await conn.execute(q)).first()
-        if r is None or not hmac.compare_digest(r[7], _hash(presented)):
+        r = await self.reads.one(_VERIFY, m.group(1))
+        if r is None or not hmac.compare_digest(r[10], _hash(presented)):
             raise unauthenticated("invalid_api_key", "invalid API key")
         if r[6] is not None:
             raise unauthenticated("api_key_revoked", "this API key was revoked")
-        return _from_row(r[:7])
+        return _from_row(r[:10])
+
+
+async def set_limits(
+    engine: AsyncEngine, table: Any, row_id: str, changes: dict[str, Any], missing: str, param: str
+) -> dict[str, Any]:
+    """Read-merge-write a row's ``limits`` JSON in one write transaction."""
+    async with writer(engine).begin() as conn:
+        r = (await conn.execute(select(table.c.limits).where(table.c.id == row_id))).first()
+        if r is None:
+            raise not_found(missing, f"no {param.removesuffix('_id')} {row_id!r}", param)
+        merged = {**json.loads(r[0] or "{}"), **changes}
+        merged = {k: v for k, v in merged.items() if v is not None}
+        await conn.execute(
+            update(table).where(table.c.id == row_id).values(limits=json.dumps(merged) if merged else None)
+        )
+    return merged

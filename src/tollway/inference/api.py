@@ -9,30 +9,35 @@ import datetime as dt
 import json
 import struct
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from tollway.api.auth import require_key, require_scope, runtime
+from tollway.core.config import ModelConfig
 from tollway.core.errors import TollwayError, invalid
 from tollway.core.ids import new_id
+from tollway.gateway.cache import Entry as CacheEntry
+from tollway.gateway.cache import cache_key
+from tollway.gateway.gate import Gateway, Pass
 from tollway.identity.keys import ApiKey
 from tollway.inference.backends.base import ChatParams, Delta, Finish
 from tollway.inference.schemas import ChatRequest, EmbeddingsRequest, Message, RunRequest
 from tollway.inference.service import Caller, ChatCall, Inference, Metered
 from tollway.inference.usage import rollup
+from tollway.runtime import Runtime
 
 router = APIRouter(tags=["inference"])
 
+Lead = asyncio.Future[CacheEntry | None]  # a cache leader's promise to its followers
 _FINISH = {"stop": "stop", "length": "length", "cancelled": "stop"}
 
 
 async def caller(request: Request, key: ApiKey = Depends(require_key)) -> Caller:
     require_scope(key, "inference")
-    customer = await runtime(request).customers.get(key.customer_id)
-    return Caller(customer.id, customer.account_id, key.id)
+    return Caller(key.customer_id, key.account_id, key.id)
 
 
 def inference(request: Request) -> Inference:
@@ -106,45 +111,237 @@ async def models(request: Request, _: ApiKey = Depends(require_key)) -> dict[str
 
 
 @router.post("/v1/chat/completions", summary="OpenAI-compatible chat completions (and SSE streaming)")
-async def chat_completions(body: ChatRequest, request: Request, who: Caller = Depends(caller)) -> Any:
-    svc = inference(request)
-    cfg = svc.model(body.model, "chat")
-    call = await svc.start_chat(who, cfg, _params(body.messages, body), body.requested_max_tokens())
-    cid = "chatcmpl-" + new_id("c")[2:]
-    created = int(time.time())
-    if body.stream:
-        usage = body.stream_options is not None and body.stream_options.include_usage
-        return StreamingResponse(
-            _openai_stream(call, cid, created, cfg.name, usage),
-            media_type="text/event-stream",
-            headers={"cache-control": "no-cache", "x-tollway-model": cfg.name},
-        )
-    text, m = await _collect_unless_gone(request, call)
-    return JSONResponse(
-        {
-            "id": cid,
-            "object": "chat.completion",
-            "created": created,
-            "model": cfg.name,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": text},
-                    "finish_reason": _FINISH.get(m.finish_reason, "stop"),
-                    "logprobs": None,
-                }
-            ],
-            "usage": _usage(m),
-            "x_tollway": _tollway(m),
-        },
-        headers=m.headers(),
+async def chat_completions(body: ChatRequest, request: Request, key: ApiKey = Depends(require_key)) -> Any:
+    require_scope(key, "inference")
+    rt = runtime(request)
+    p = await rt.gateway.admit(key, "chat.completions", request.headers, body.model, body.stream)
+    usage = body.stream_options is not None and body.stream_options.include_usage
+    norm = body.model_dump(mode="json", exclude_none=True)
+    return await _chat(
+        request, p, body.model, body.messages, body, body.requested_max_tokens(), "openai", usage, norm
     )
 
 
-async def _collect_unless_gone(request: Request, call: ChatCall) -> tuple[str, Metered]:
+async def _chat(
+    request: Request,
+    p: Pass,
+    model: str,
+    messages: list[Message],
+    body: ChatRequest | RunRequest,
+    requested_max: int | None,
+    shape: str,
+    usage: bool,
+    norm: dict[str, Any],
+) -> Any:
+    """One chat call through the gateway: cache, budgets (or a downgrade), the
+    call with its retries and fallbacks, then the log; ``shape`` is ``openai``
+    or ``workers``."""
+    rt = runtime(request)
+    gw, svc = rt.gateway, rt.inference
+    stream = body.stream
+    ck: str | None = None
+    lead: Lead | None = None
+    try:
+        cfg = svc.model(model, "chat")
+        if p.cache.active:
+            ck = cache_key(p.key.customer_id, "chat", cfg.name, norm, p.cache.key)
+            hit, lead = await gw.cache.lookup(ck)
+            if hit is not None:
+                return await _replay(request, p, hit, shape, stream, usage)
+        p.entry.cache = "MISS"
+        who = Caller(p.key.customer_id, p.key.account_id, p.key.id, await gw.caps(p))
+        try:
+            call = await svc.start_chat(who, cfg, _params(messages, body), requested_max)
+        except TollwayError as e:
+            down = p.downgrade_model
+            if e.code != "budget_exceeded" or down is None or down == cfg.name:
+                raise
+            p.entry.downgraded_from = cfg.name
+            cfg = svc.model(down, "chat")
+            call = await svc.start_chat(who, cfg, _params(messages, body), requested_max)
+    except BaseException as e:
+        if ck is not None and lead is not None:
+            await _unlead(gw, ck, lead)
+        if isinstance(e, TollwayError):
+            gw.fail(p.entry, e)
+        raise
+    p.headers.update(
+        {
+            "x-tollway-model": cfg.name,
+            "x-tollway-provider": call.provider,
+            "x-tollway-attempts": str(call.attempts),
+            "x-tollway-cache": "MISS",
+        }
+    )
+    if p.entry.downgraded_from:
+        p.headers["x-tollway-downgraded-from"] = p.entry.downgraded_from
+    end = _End(gw, p, call, ck, lead)
+    cid = "chatcmpl-" + new_id("c")[2:]
+    created = int(time.time())
+    if stream:
+        events = end.track(call.events(stream=True))
+        gen = (
+            _openai_stream(events, lambda: call.metered, cid, created, cfg.name, usage)
+            if shape == "openai"
+            else _workers_stream(events, lambda: call.metered)
+        )
+        return StreamingResponse(
+            end.guard(gen), media_type="text/event-stream", headers={"cache-control": "no-cache", **p.headers}
+        )
+    try:
+        text, m = await _collect_unless_gone(request, call, end)
+    except BaseException as e:
+        await end.done(e)
+        raise
+    await end.done(None)
+    headers = {**p.headers, **m.headers()}
+    if shape == "openai":
+        return JSONResponse(_openai_json(cid, created, cfg.name, text, m), headers=headers)
+    return _workers({"response": text, "usage": _usage(m)}, m, headers)
+
+
+class _End:
+    """What happens when a call ends, however it ends: log it, book its tokens
+    against the rate limits, and (as the cache leader) store or give up its entry."""
+
+    def __init__(
+        self,
+        gw: Gateway,
+        p: Pass,
+        call: ChatCall,
+        ck: str | None,
+        lead: Lead | None,
+    ) -> None:
+        self.gw, self.p, self.call, self.ck, self.lead = gw, p, call, ck, lead
+        self.pieces: list[str] = []
+        self.ended = False
+
+    async def track(self, events: AsyncIterator[Delta | Finish]) -> AsyncIterator[Delta | Finish]:
+        async for ev in events:
+            if isinstance(ev, Delta):
+                self.pieces.append(ev.text)
+            yield ev
+
+    async def guard(self, gen: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        err: BaseException | None = None
+        try:
+            async for chunk in gen:
+                yield chunk
+        except BaseException as e:
+            err = e
+            raise
+        finally:
+            await self.done(err)
+
+    async def done(self, err: BaseException | None) -> None:
+        if self.ended:
+            return
+        self.ended = True
+        e, m, call = self.p.entry, self.call.metered, self.call
+        e.attempts, e.deployment = call.attempts, call.provider
+        if m is not None:
+            e.input_tokens, e.output_tokens, e.mneurons, e.cost = (
+                m.input_tokens,
+                m.output_tokens,
+                m.mneurons,
+                m.charged,
+            )
+            e.ttft_ms = None if m.ttft_ms is None else round(m.ttft_ms)
+            await self.gw.book_tokens(self.p, m.input_tokens + m.output_tokens)
+        if isinstance(err, TollwayError):
+            e.status, e.error_code = err.status, err.code
+        elif err is not None or (m is not None and m.finish_reason == "cancelled"):
+            e.status, e.error_code = 499, "client_closed_request"
+        self.gw.log.record(e)
+        if self.ck is None or self.lead is None:
+            return
+        if e.status == 200 and m is not None:
+            entry = CacheEntry(
+                self.pieces, {}, m.input_tokens, m.output_tokens, m.finish_reason, m.deployment
+            )
+            await self.gw.cache.put(self.ck, entry, self.p.cache.ttl_s)
+            self.gw.cache.finish(self.ck, self.lead, entry)
+            await self.gw.cache.release_remote(self.ck)
+        else:
+            await _unlead(self.gw, self.ck, self.lead)
+
+
+async def _unlead(gw: Gateway, ck: str, lead: Lead) -> None:
+    gw.cache.finish(ck, lead, None)
+    await gw.cache.release_remote(ck)
+
+
+async def _replay(request: Request, p: Pass, hit: CacheEntry, shape: str, stream: bool, usage: bool) -> Any:
+    """Answer from the cache: charged the cache price (free by default), logged as a HIT."""
+    rt = runtime(request)
+    gw = rt.gateway
+    charged = 0
+    if gw.cache_hit_price:
+        who = Caller(p.key.customer_id, p.key.account_id, p.key.id, await gw.caps(p))
+        charged = await rt.inference.charge_flat(who, gw.cache_hit_price, "cache_hit", p.entry.model or "")
+    e = p.entry
+    e.cache, e.deployment, e.attempts, e.cost = "HIT", hit.deployment, 0, charged
+    e.input_tokens, e.output_tokens = hit.prompt_tokens, hit.completion_tokens
+    e.ttft_ms = 0
+    gw.log.record(e)
+    m = Metered(
+        hit.prompt_tokens, hit.completion_tokens, 0, charged, 0.0, 0.0, hit.finish_reason, hit.deployment
+    )
+    headers = {
+        **p.headers,
+        "x-tollway-model": e.model or "",
+        "x-tollway-provider": hit.deployment,
+        "x-tollway-attempts": "0",
+        "x-tollway-cache": "HIT",
+        **m.headers(),
+    }
+    model = e.model or ""
+    cid = "chatcmpl-" + new_id("c")[2:]
+    created = int(time.time())
+    text = "".join(hit.pieces)
+    if stream:
+
+        async def events() -> AsyncIterator[Delta | Finish]:
+            for piece in hit.pieces:
+                yield Delta(piece)
+            yield Finish(hit.finish_reason, hit.prompt_tokens, hit.completion_tokens)
+
+        gen = (
+            _openai_stream(events(), lambda: m, cid, created, model, usage)
+            if shape == "openai"
+            else _workers_stream(events(), lambda: m)
+        )
+        return StreamingResponse(
+            gen, media_type="text/event-stream", headers={"cache-control": "no-cache", **headers}
+        )
+    if shape == "openai":
+        return JSONResponse(_openai_json(cid, created, model, text, m), headers=headers)
+    return _workers({"response": text, "usage": _usage(m)}, m, headers)
+
+
+def _openai_json(cid: str, created: int, model: str, text: str, m: Metered) -> dict[str, Any]:
+    return {
+        "id": cid,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "finish_reason": _FINISH.get(m.finish_reason, "stop"),
+                "logprobs": None,
+            }
+        ],
+        "usage": _usage(m),
+        "x_tollway": _tollway(m),
+    }
+
+
+async def _collect_unless_gone(request: Request, call: ChatCall, end: _End) -> tuple[str, Metered]:
     """Collect a whole generation, but stop (charging only what was produced) if
     the client disconnects first: Starlette does not cancel handlers itself."""
-    work = asyncio.ensure_future(_collect(call))
+    work = asyncio.ensure_future(_collect(call, end))
 
     async def watch() -> None:
         while True:
@@ -159,17 +356,20 @@ async def _collect_unless_gone(request: Request, call: ChatCall) -> tuple[str, M
         watcher.cancel()
 
 
-async def _collect(call: ChatCall) -> tuple[str, Metered]:
-    parts: list[str] = []
-    async for ev in call.events(stream=False):
-        if isinstance(ev, Delta):
-            parts.append(ev.text)
+async def _collect(call: ChatCall, end: _End) -> tuple[str, Metered]:
+    async for _ in end.track(call.events(stream=False)):
+        pass
     assert call.metered is not None
-    return "".join(parts), call.metered
+    return "".join(end.pieces), call.metered
 
 
 async def _openai_stream(
-    call: ChatCall, cid: str, created: int, model: str, usage: bool
+    events: AsyncIterator[Delta | Finish],
+    metered: Callable[[], Metered | None],
+    cid: str,
+    created: int,
+    model: str,
+    usage: bool,
 ) -> AsyncIterator[bytes]:
     def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
         return _sse(
@@ -184,7 +384,7 @@ async def _openai_stream(
 
     yield chunk({"role": "assistant", "content": ""})
     try:
-        async for ev in call.events(stream=True):
+        async for ev in events:
             if isinstance(ev, Delta):
                 yield chunk({"content": ev.text})
             elif isinstance(ev, Finish):
@@ -192,8 +392,8 @@ async def _openai_stream(
     except TollwayError as e:  # headers are gone: report in-band, then end
         yield _sse(e.to_dict())
         yield b"data: [DONE]\n\n"
-        return
-    m = call.metered
+        raise
+    m = metered()
     if usage and m is not None:
         yield _sse(
             {
@@ -210,12 +410,18 @@ async def _openai_stream(
 
 
 @router.post("/v1/embeddings", summary="OpenAI-compatible embeddings")
-async def embeddings(body: EmbeddingsRequest, request: Request, who: Caller = Depends(caller)) -> Any:
-    svc = inference(request)
-    cfg = svc.model(body.model, "embeddings")
-    if body.dimensions is not None:
-        raise invalid("unsupported_parameter", "dimensions is not supported by this model", "dimensions")
-    vectors, m = await svc.embed(who, cfg, body.texts())
+async def embeddings(body: EmbeddingsRequest, request: Request, key: ApiKey = Depends(require_key)) -> Any:
+    require_scope(key, "inference")
+    rt = runtime(request)
+    p = await rt.gateway.admit(key, "embeddings", request.headers, body.model, False)
+    try:
+        cfg = rt.inference.model(body.model, "embeddings")
+        if body.dimensions is not None:
+            raise invalid("unsupported_parameter", "dimensions is not supported by this model", "dimensions")
+        vectors, m = await _embed(rt, p, cfg, body.texts())
+    except TollwayError as e:
+        rt.gateway.fail(p.entry, e)
+        raise
     data = [
         {"object": "embedding", "index": i, "embedding": _encode(v, body.encoding_format)}
         for i, v in enumerate(vectors)
@@ -228,8 +434,22 @@ async def embeddings(body: EmbeddingsRequest, request: Request, who: Caller = De
             "usage": {"prompt_tokens": m.input_tokens, "total_tokens": m.input_tokens},
             "x_tollway": _tollway(m),
         },
-        headers=m.headers(),
+        headers={**p.headers, **m.headers()},
     )
+
+
+async def _embed(
+    rt: Runtime, p: Pass, cfg: ModelConfig, texts: list[str]
+) -> tuple[list[list[float]], Metered]:
+    who = Caller(p.key.customer_id, p.key.account_id, p.key.id, await rt.gateway.caps(p))
+    vectors, m = await rt.inference.embed(who, cfg, texts)
+    e = p.entry
+    e.deployment, e.attempts = m.deployment, 1
+    e.input_tokens, e.mneurons, e.cost = m.input_tokens, m.mneurons, m.charged
+    p.headers.update({"x-tollway-model": cfg.name, "x-tollway-provider": m.deployment})
+    await rt.gateway.book_tokens(p, m.input_tokens)
+    rt.gateway.log.record(e)
+    return vectors, m
 
 
 def _encode(v: list[float], fmt: str) -> list[float] | str:
@@ -241,46 +461,54 @@ def _encode(v: list[float], fmt: str) -> list[float] | str:
 @router.post(
     "/ai/run/{model:path}", summary="Workers AI-style: {prompt} or {messages} for chat, {text} for embeddings"
 )
-async def run(model: str, body: RunRequest, request: Request, who: Caller = Depends(caller)) -> Any:
-    svc = inference(request)
-    cfg = svc.model(model)
-    if cfg.task == "embeddings":
-        if body.text is None or body.prompt is not None or body.messages is not None:
-            raise invalid("invalid_input", f"model {model!r} takes {{text}}: a string or a list", "text")
-        texts = [body.text] if isinstance(body.text, str) else body.text
-        if not texts or any(not t for t in texts):
-            raise invalid("invalid_input", "text must be a non-empty string or list of them", "text")
-        vectors, m = await svc.embed(who, cfg, texts)
-        dims = len(vectors[0]) if vectors else 0
-        return _workers({"shape": [len(vectors), dims], "data": vectors}, m)
-    if (body.prompt is None) == (body.messages is None) or body.text is not None:
-        raise invalid(
-            "invalid_input", f"model {model!r} takes exactly one of {{prompt}} or {{messages}}", "prompt"
-        )
+async def run(model: str, body: RunRequest, request: Request, key: ApiKey = Depends(require_key)) -> Any:
+    require_scope(key, "inference")
+    rt = runtime(request)
+    p = await rt.gateway.admit(key, "ai.run", request.headers, model, body.stream)
+    try:
+        cfg = rt.inference.model(model)
+        if cfg.task == "embeddings":
+            if body.text is None or body.prompt is not None or body.messages is not None:
+                raise invalid("invalid_input", f"model {model!r} takes {{text}}: a string or a list", "text")
+            texts = [body.text] if isinstance(body.text, str) else body.text
+            if not texts or any(not t for t in texts):
+                raise invalid("invalid_input", "text must be a non-empty string or list of them", "text")
+            vectors, m = await _embed(rt, p, cfg, texts)
+            dims = len(vectors[0]) if vectors else 0
+            return _workers({"shape": [len(vectors), dims], "data": vectors}, m, p.headers)
+        if (body.prompt is None) == (body.messages is None) or body.text is not None:
+            raise invalid(
+                "invalid_input", f"model {model!r} takes exactly one of {{prompt}} or {{messages}}", "prompt"
+            )
+    except TollwayError as e:
+        rt.gateway.fail(p.entry, e)
+        raise
     messages = body.messages or [Message(role="user", content=body.prompt or "")]
-    call = await svc.start_chat(who, cfg, _params(messages, body), body.max_tokens)
-    if body.stream:
-        return StreamingResponse(_workers_stream(call), media_type="text/event-stream")
-    text, m = await _collect_unless_gone(request, call)
-    return _workers({"response": text, "usage": _usage(m)}, m)
+    norm = body.model_dump(mode="json", exclude_none=True)
+    return await _chat(request, p, model, messages, body, body.max_tokens, "workers", False, norm)
 
 
-def _workers(result: dict[str, Any], m: Metered) -> JSONResponse:
+def _workers(result: dict[str, Any], m: Metered, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse(
         {"result": result, "success": True, "errors": [], "messages": [], "x_tollway": _tollway(m)},
-        headers=m.headers(),
+        headers={**(headers or {}), **m.headers()},
     )
 
 
-async def _workers_stream(call: ChatCall) -> AsyncIterator[bytes]:
+async def _workers_stream(
+    events: AsyncIterator[Delta | Finish], metered: Callable[[], Metered | None]
+) -> AsyncIterator[bytes]:
     try:
-        async for ev in call.events(stream=True):
+        async for ev in events:
             if isinstance(ev, Delta):
                 yield _sse({"response": ev.text})
     except TollwayError as e:
         yield _sse(e.to_dict())
-    if call.metered is not None:
-        yield _sse({"response": "", "usage": _usage(call.metered)})
+        yield b"data: [DONE]\n\n"
+        raise
+    m = metered()
+    if m is not None:
+        yield _sse({"response": "", "usage": _usage(m)})
     yield b"data: [DONE]\n\n"
 
 

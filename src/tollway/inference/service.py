@@ -10,19 +10,22 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import logging
 import threading
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from tollway.charge import Charger, Hold
 from tollway.charge.allowance import DailyAllowance
+from tollway.charge.hold import Cap
 from tollway.core.clock import Clock
 from tollway.core.config import ModelConfig, Settings
 from tollway.core.errors import TollwayError, invalid, not_found
 from tollway.core.money import parse_amount
+from tollway.inference import routing
 from tollway.inference.backends.base import (
     ChatBackend,
     ChatParams,
@@ -30,6 +33,7 @@ from tollway.inference.backends.base import (
     Finish,
     Progress,
     context_exceeded,
+    upstream_failed,
 )
 from tollway.inference.backends.llama_cpp import LlamaCppBackend
 from tollway.inference.backends.openai_upstream import OpenAIUpstream
@@ -70,6 +74,7 @@ class Caller:
     customer_id: str
     account_id: str
     key_id: str | None = None
+    caps: tuple[Cap, ...] = ()  # spend limits every charge must also fit (the gateway sets them)
 
 
 @dataclass(slots=True)
@@ -81,6 +86,7 @@ class Metered:
     latency_ms: float
     ttft_ms: float | None = None
     finish_reason: str = "stop"
+    deployment: str = ""
 
     def headers(self) -> dict[str, str]:
         return {
@@ -150,57 +156,117 @@ class Inference:
         if max_cost <= 0:
             return None
         payer = await self.allowance.payer(caller.customer_id, caller.account_id)
+        if caller.caps:
+            payer = replace(payer, caps=caller.caps)
         hold = self.charger.hold(
             payer, max_cost, meter="neurons", description=cfg.name, timeout_s=self.hold_timeout_s
         )
         await hold.reserve()
         return hold
 
+    async def charge_flat(self, caller: Caller, amount: int, meter: str, description: str) -> int:
+        """Charge a fixed amount through the same charge path (e.g. a cache hit)."""
+        payer = await self.allowance.payer(caller.customer_id, caller.account_id)
+        if caller.caps:
+            payer = replace(payer, caps=caller.caps)
+        hold = self.charger.hold(payer, amount, meter=meter, description=description)
+        await hold.reserve()
+        await hold.settle(amount, quantity=1, key_id=caller.key_id, model=description)
+        return amount
+
     # -------------------------------------------------------------------- chat
 
     async def start_chat(
         self, caller: Caller, cfg: ModelConfig, params: ChatParams, requested_max: int | None
     ) -> ChatCall:
-        backend: ChatBackend = await self.backend(cfg)
-        pool = getattr(backend, "pool", None)
-        if pool is not None:
-            pool.check_capacity()  # 503 before any money moves
-        prompt_tokens = backend.prompt_tokens(params.messages)
-        if prompt_tokens >= cfg.n_ctx:
-            raise context_exceeded(prompt_tokens, cfg.n_ctx, "messages")
-        cap = min(cfg.max_tokens, cfg.n_ctx - prompt_tokens)
-        params.max_tokens = min(requested_max or cfg.max_tokens, cap)
-        _, max_cost = self.price(cfg, prompt_tokens, params.max_tokens)
+        """Price the call on every deployment it may use, reserve the most it can
+        cost, and start it (retries and fallbacks happen here, before any output)."""
+        targets = routing.order(cfg, self.configs)
+        plan: list[Deployment] = []
+        refusal: TollwayError | None = None
+        for t in targets:
+            backend: ChatBackend = await self.backend(t)
+            pool = getattr(backend, "pool", None)
+            p = replace(params)
+            try:
+                if pool is not None:
+                    pool.check_capacity()  # 503 before any money moves
+                n = backend.prompt_tokens(p)
+                if n >= t.n_ctx:
+                    raise context_exceeded(n, t.n_ctx, "messages")
+            except TollwayError as e:
+                refusal = refusal or e
+                continue
+            p.max_tokens = min(requested_max or t.max_tokens, t.max_tokens, t.n_ctx - n)
+            plan.append(Deployment(t, backend, p, n))
+        if not plan:
+            assert refusal is not None
+            raise refusal
+        max_cost = max(self.price(d.cfg, d.prompt_tokens, d.params.max_tokens)[1] for d in plan)
         hold = await self._hold(caller, cfg, max_cost)
-        return ChatCall(self, caller, cfg, backend, params, hold)
+        call = ChatCall(self, caller, cfg, plan, hold)
+        try:
+            await call.open()
+        except BaseException:
+            if hold is not None:
+                await hold.release()
+            raise
+        return call
 
     # -------------------------------------------------------------- embeddings
 
     async def embed(
         self, caller: Caller, cfg: ModelConfig, texts: list[str]
     ) -> tuple[list[list[float]], Metered]:
-        backend = await self.backend(cfg)
         t0 = time.perf_counter()
-        counts = backend.token_counts(texts)
-        for i, n in enumerate(counts):
-            if n > cfg.n_ctx:
-                raise context_exceeded(n, cfg.n_ctx, f"input[{i}]" if len(texts) > 1 else "input")
-        _, max_cost = self.price(cfg, sum(counts))
+        plan = []
+        for t in routing.order(cfg, self.configs):
+            backend = await self.backend(t)
+            counts = backend.token_counts(texts)
+            for i, n in enumerate(counts):
+                if n > t.n_ctx:
+                    raise context_exceeded(n, t.n_ctx, f"input[{i}]" if len(texts) > 1 else "input")
+            plan.append((t, backend, sum(counts)))
+        max_cost = max(self.price(t, n)[1] for t, _, n in plan)
         hold = await self._hold(caller, cfg, max_cost)
+        retry = cfg.retry
+        attempts = 0
+        last: BaseException | None = None
         try:
-            if isinstance(backend, OpenAIUpstream):
-                vectors, tokens = await backend.embed_with_usage(texts)
-            else:
-                vectors, tokens = await backend.embed(texts), sum(counts)
+            for t, backend, counted in plan:
+                for n in range(1, retry.max_attempts + 1):
+                    attempts += 1
+                    try:
+                        async with asyncio.timeout(retry.attempt_timeout_seconds):
+                            if isinstance(backend, OpenAIUpstream):
+                                vectors, tokens = await backend.embed_with_usage(texts)
+                            else:
+                                vectors, tokens = await backend.embed(texts), counted
+                    except Exception as e:
+                        if isinstance(e, TimeoutError):
+                            e = upstream_failed(t.name, f"no answer within {retry.attempt_timeout_seconds}s")
+                        if not routing.retryable(e):
+                            raise
+                        last = e
+                        if n < retry.max_attempts:
+                            await asyncio.sleep(routing.backoff_s(retry, n))
+                        continue
+                    mn, cost = self.price(t, tokens)
+                    m = Metered(tokens, 0, mn, min(cost, max_cost), (time.perf_counter() - t0) * 1000)
+                    m.deployment = t.name
+                    if hold is not None:
+                        await hold.settle(
+                            m.charged,
+                            quantity=mn,
+                            **self._usage(caller, cfg, m, stream=False, attempts=attempts),
+                        )
+                    return vectors, m
+            why = last.message if isinstance(last, TollwayError) else repr(last)
+            raise upstream_failed(plan[-1][0].name, f"{attempts} attempts failed; last: {why}")
         except BaseException:
             if hold is not None:
                 await hold.release()
             raise
-        mn, cost = self.price(cfg, tokens)
-        m = Metered(tokens, 0, mn, min(cost, max_cost), (time.perf_counter() - t0) * 1000)
-        if hold is not None:
-            await hold.settle(m.charged, quantity=mn, **self._usage(caller, cfg, m, stream=False))
-        return vectors, m
 
     @staticmethod
     def _usage(caller: Caller, cfg: ModelConfig, m: Metered, **extra: Any) -> dict[str, Any]:
@@ -213,33 +279,91 @@ class Inference:
             "latency_ms": round(m.latency_ms, 3),
             "ttft_ms": None if m.ttft_ms is None else round(m.ttft_ms, 3),
             "finish_reason": m.finish_reason,
+            "deployment": m.deployment or cfg.name,
             **extra,
         }
 
 
+@dataclass(slots=True)
+class Deployment:
+    cfg: ModelConfig
+    backend: ChatBackend
+    params: ChatParams
+    prompt_tokens: int
+
+
 @dataclass
 class ChatCall:
-    """One chat generation with its money held; iterate :meth:`events` once."""
+    """One chat generation with its money held: :meth:`open` finds a deployment
+    that answers (retrying and falling back), then iterate :meth:`events` once."""
 
     svc: Inference
     caller: Caller
     cfg: ModelConfig
-    backend: ChatBackend
-    params: ChatParams
+    plan: list[Deployment]
     hold: Hold | None
     progress: Progress = field(default_factory=Progress)
     metered: Metered | None = None
+    served: Deployment | None = None
+    attempts: int = 0
+    t0: float = field(default_factory=time.perf_counter)
+    _cancel: threading.Event = field(default_factory=threading.Event)
+    _it: AsyncIterator[Delta | Finish] | None = None
+    _first: Delta | Finish | None = None
+
+    @property
+    def provider(self) -> str:
+        return self.served.cfg.name if self.served else self.plan[0].cfg.name
+
+    async def open(self) -> None:
+        retry = self.cfg.retry
+        last: BaseException | None = None
+        for d in self.plan:
+            for n in range(1, retry.max_attempts + 1):
+                self.attempts += 1
+                self._cancel = threading.Event()
+                self.progress = Progress()
+                it = d.backend.stream(d.params, self._cancel, self.progress).__aiter__()
+                try:
+                    async with asyncio.timeout(retry.attempt_timeout_seconds):
+                        first = await anext(it)
+                except BaseException as e:
+                    self._cancel.set()
+                    await _aclose(it)
+                    if isinstance(e, TimeoutError):
+                        e = upstream_failed(d.cfg.name, f"no answer within {retry.attempt_timeout_seconds}s")
+                    if not routing.retryable(e):
+                        raise e from None
+                    last = e
+                    log.warning("%s attempt %d on %s failed: %s", self.cfg.name, self.attempts, d.cfg.name, e)
+                    if n < retry.max_attempts:
+                        await asyncio.sleep(routing.backoff_s(retry, n))
+                    continue
+                self.served, self._it, self._first = d, it, first
+                return
+        why = last.message if isinstance(last, TollwayError) else repr(last)
+        err = upstream_failed(self.plan[-1].cfg.name, f"{self.attempts} attempts failed; last: {why}")
+        err.message = (
+            f"model {self.cfg.name!r}: every deployment failed after {self.attempts} attempts "
+            f"(last provider {self.plan[-1].cfg.name!r}): {why}"
+        )
+        raise err
+
+    async def _stream(self) -> AsyncIterator[Delta | Finish]:
+        assert self._it is not None and self._first is not None
+        yield self._first
+        async for ev in self._it:
+            yield ev
 
     async def events(self, *, stream: bool) -> AsyncIterator[Delta | Finish]:
         """Yields deltas, then the Finish; settles the charge exactly once, also
         when the consumer goes away mid-stream (only produced tokens are charged)."""
-        cancel = threading.Event()
-        t0 = time.perf_counter()
+        t0 = self.t0
         ttft: float | None = None
         finish: Finish | None = None
         settled = False
         try:
-            async for ev in self.backend.stream(self.params, cancel, self.progress):
+            async for ev in self._stream():
                 if isinstance(ev, Finish):
                     finish = ev
                     break
@@ -247,13 +371,15 @@ class ChatCall:
                     ttft = (time.perf_counter() - t0) * 1000
                 yield ev
             assert finish is not None
+            await _aclose(self._it)  # hand the instance back before settling
             await self._settle(
                 finish.prompt_tokens, finish.completion_tokens, finish.reason, t0, ttft, stream
             )
             settled = True
             yield finish
         except BaseException as e:
-            cancel.set()
+            self._cancel.set()
+            await _aclose(self._it)
             if not settled:
                 if self.progress.completion_tokens and not isinstance(e, TollwayError):
                     # The client went away (or the stream broke) after output: charge what was made.
@@ -268,7 +394,8 @@ class ChatCall:
     async def _settle(
         self, prompt: int, completion: int, reason: str, t0: float, ttft: float | None, stream: bool
     ) -> None:
-        mn, cost = self.svc.price(self.cfg, prompt, completion)
+        served = self.served.cfg if self.served else self.cfg
+        mn, cost = self.svc.price(served, prompt, completion)
         charged = cost
         if self.hold is not None and cost > self.hold.max_amount:
             log.error("call cost %d over its reservation %d; capped", cost, self.hold.max_amount)
@@ -281,9 +408,19 @@ class ChatCall:
             (time.perf_counter() - t0) * 1000,
             ttft,
             reason,
+            served.name,
         )
         self.metered = m
         if self.hold is not None:
             await self.hold.settle(
-                m.charged, quantity=mn, **Inference._usage(self.caller, self.cfg, m, stream=stream)
+                m.charged,
+                quantity=mn,
+                **Inference._usage(self.caller, self.cfg, m, stream=stream, attempts=self.attempts),
             )
+
+
+async def _aclose(it: AsyncIterator[Any] | None) -> None:
+    close = getattr(it, "aclose", None)
+    if close is not None:
+        with contextlib.suppress(BaseException):
+            await close()

@@ -25,6 +25,7 @@ from tollway.core.clock import Clock, SystemClock
 from tollway.core.errors import ErrorType, TollwayError, invalid
 from tollway.core.ids import new_id
 from tollway.core.money import check_amount
+from tollway.core.pointread import PointReader
 from tollway.core.schema import ledger_accounts as A
 from tollway.core.schema import ledger_pending as P
 from tollway.core.schema import ledger_transfers as T
@@ -32,7 +33,7 @@ from tollway.core.storage import is_sqlite, sqlite_path, writer
 from tollway.ledger import errors
 from tollway.ledger.apply import Result, apply_batch
 from tollway.ledger.ops import CreateTransfer, Op, ResolvePending, Usage
-from tollway.ledger.rawsql import DRIVER_ERRORS, raw_fetch_one, raw_transaction
+from tollway.ledger.rawsql import DRIVER_ERRORS, raw_transaction
 from tollway.ledger.store import (
     ACCOUNT_COLUMNS,
     account_from_row,
@@ -79,7 +80,7 @@ class Ledger:
         self._queue: list[tuple[Op, asyncio.Future[Result]]] = []
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
-        self._reader: sqlite3.Connection | None = None
+        self.reads = PointReader(engine)
         self._checkpointer: asyncio.Task[None] | None = None
         cols = ", ".join(c.name for c in ACCOUNT_COLUMNS)
         self._select_account = f"SELECT {cols} FROM ledger_accounts"
@@ -99,9 +100,7 @@ class Ledger:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        if self._reader is not None:
-            self._reader.close()
-            self._reader = None
+        self.reads.close()
 
     # ------------------------------------------------------------------ accounts
 
@@ -143,23 +142,10 @@ class Ledger:
         return acct
 
     async def get_account(self, account_id: str) -> Account:
-        if self._sqlite:
-            row = self._read_sqlite(account_id)
-        else:
-            row = await raw_fetch_one(self.engine, self._select_account + " WHERE id = $1", account_id)
+        row = await self.reads.one(self._select_account + " WHERE id = ?", account_id)
         if row is None:
             raise errors.account_not_found(account_id, "account_id")
         return account_from_row(row)
-
-    def _read_sqlite(self, account_id: str) -> Any:
-        """Point read on a plain in-process SQLite connection: WAL readers never
-        wait for the writer, and a committed batch is visible at once."""
-        if self._reader is None:
-            path = sqlite_path(self.engine)
-            self._reader = sqlite3.connect(path or ":memory:", isolation_level=None)
-            self._reader.execute("PRAGMA busy_timeout=60000")
-            self._reader.execute("PRAGMA query_only=1")
-        return self._reader.execute(self._select_account + " WHERE id = ?", (account_id,)).fetchone()
 
     async def accounts(self, ids: list[str] | None = None) -> list[Account]:
         async with self.engine.connect() as conn:

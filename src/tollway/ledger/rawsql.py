@@ -54,15 +54,6 @@ class RawTx:
         return f"INSERT INTO {table.name} ({', '.join(cols)}) VALUES ({', '.join(self.ph(len(cols)))})"
 
 
-async def raw_fetch_one(engine: AsyncEngine, sql_pg: str, *args: Any) -> Any:
-    """One row from PostgreSQL on a pooled connection, outside any transaction:
-    a single round trip (no BEGIN/ROLLBACK)."""
-    async with engine.connect() as conn:
-        raw = await conn.get_raw_connection()
-        driver: Any = raw.driver_connection
-        return await driver.fetchrow(sql_pg, *args)
-
-
 @asynccontextmanager
 async def raw_transaction(engine: AsyncEngine, *, immediate: bool = True) -> AsyncIterator[RawTx]:
     """One transaction on a pooled connection's driver; commit on success."""

@@ -23,10 +23,11 @@ class AccountKind(StrEnum):
     FEES = "fees"
     SETTLEMENT = "settlement"
     FUNDING = "funding"  # where money enters (top-ups, grants); may go negative
+    BUDGET = "budget"  # a spend limit for one period: what is left of it (never overdrawn)
 
 
 # Kinds that hold somebody's money: they may never be overdrawn.
-BOUNDED_KINDS = {AccountKind.CUSTOMER, AccountKind.FREE_ALLOWANCE, AccountKind.WALLET}
+BOUNDED_KINDS = {AccountKind.CUSTOMER, AccountKind.FREE_ALLOWANCE, AccountKind.WALLET, AccountKind.BUDGET}
 
 
 def default_flags(kind: AccountKind) -> int:

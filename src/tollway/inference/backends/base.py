@@ -22,6 +22,9 @@ class ChatParams:
     json_object: bool = False  # any JSON object
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
+    # What the backend worked out while counting the prompt (llama_cpp: the
+    # token ids and template stops), so generation does not redo it.
+    prepared: Any = None
 
 
 @dataclass(slots=True)
@@ -52,7 +55,7 @@ class Progress:
 class ChatBackend(Protocol):
     provider: str
 
-    def prompt_tokens(self, messages: list[dict[str, str]]) -> int:
+    def prompt_tokens(self, params: ChatParams) -> int:
         """Exact prompt tokens, or a safe upper bound when the backend cannot count."""
         ...
 
@@ -77,7 +80,16 @@ def load_failed(model: str, why: str) -> TollwayError:
     )
 
 
-def upstream_failed(provider: str, why: str) -> TollwayError:
-    return TollwayError(
-        ErrorType.API, "upstream_error", f"upstream provider {provider!r} failed: {why}", status=502
-    )
+class UpstreamError(TollwayError):
+    """A provider failed; ``retryable`` says whether another attempt may succeed."""
+
+    def __init__(self, provider: str, why: str, retryable: bool) -> None:
+        super().__init__(
+            ErrorType.API, "upstream_error", f"upstream provider {provider!r} failed: {why}", status=502
+        )
+        self.provider = provider
+        self.retryable = retryable
+
+
+def upstream_failed(provider: str, why: str, *, retryable: bool = True) -> UpstreamError:
+    return UpstreamError(provider, why, retryable)

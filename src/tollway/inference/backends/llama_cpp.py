@@ -83,7 +83,7 @@ class LlamaInstance:
         from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
 
         vocab = self.llm._model.vocab
-        tokens, template_stops = self.prompt(params.messages)
+        tokens, template_stops = params.prepared or self.prompt(params.messages)
         progress.prompt_tokens = len(tokens)
         stops = [s for s in params.stop + template_stops if s]
         grammar = None
@@ -197,8 +197,9 @@ class LlamaCppBackend:
         except Exception as e:
             raise load_failed(cfg.name, f"{type(e).__name__}: {e}") from e
 
-    def prompt_tokens(self, messages: list[dict[str, str]]) -> int:
-        return len(self.instances[0].prompt(messages)[0])
+    def prompt_tokens(self, params: ChatParams) -> int:
+        params.prepared = self.instances[0].prompt(params.messages)  # every instance shares the tokenizer
+        return len(params.prepared[0])
 
     async def stream(
         self, params: ChatParams, cancel: threading.Event, progress: Progress

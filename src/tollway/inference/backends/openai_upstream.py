@@ -50,7 +50,8 @@ class OpenAIUpstream:
     async def aclose(self) -> None:
         await self.client.aclose()
 
-    def prompt_tokens(self, messages: list[dict[str, str]]) -> int:
+    def prompt_tokens(self, params: ChatParams) -> int:
+        messages = params.messages
         size = sum(len(m["content"].encode()) for m in messages)
         return size + _TEMPLATE_TOKENS_PER_MESSAGE * len(messages) + _TEMPLATE_TOKENS
 
@@ -83,7 +84,7 @@ class OpenAIUpstream:
     async def stream(
         self, params: ChatParams, cancel: threading.Event, progress: Progress
     ) -> AsyncIterator[ChatEvent]:
-        progress.prompt_tokens = self.prompt_tokens(params.messages)
+        progress.prompt_tokens = self.prompt_tokens(params)
         produced_chunks = 0
         usage: dict[str, int] | None = None
         reason = "stop"
@@ -91,7 +92,9 @@ class OpenAIUpstream:
             async with self.client.stream("POST", "/chat/completions", json=self._body(params)) as r:
                 if r.status_code != 200:
                     detail = (await r.aread()).decode(errors="replace")[:300]
-                    raise upstream_failed(self.provider, f"HTTP {r.status_code}: {detail}")
+                    raise upstream_failed(
+                        self.provider, f"HTTP {r.status_code}: {detail}", retryable=_retryable(r.status_code)
+                    )
                 async for line in r.aiter_lines():
                     if cancel.is_set():
                         reason = "cancelled"
@@ -117,7 +120,7 @@ class OpenAIUpstream:
         if usage is not None:
             yield Finish(reason, int(usage["prompt_tokens"]), int(usage["completion_tokens"]))
         else:  # an upstream that does not report usage: count what we saw, bound the prompt
-            yield Finish(reason, self.prompt_tokens(params.messages), produced_chunks)
+            yield Finish(reason, self.prompt_tokens(params), produced_chunks)
 
     async def embed_with_usage(self, texts: list[str]) -> tuple[list[list[float]], int]:
         try:
@@ -125,8 +128,15 @@ class OpenAIUpstream:
         except httpx.HTTPError as e:
             raise upstream_failed(self.provider, f"{type(e).__name__}: {e}") from e
         if r.status_code != 200:
-            raise upstream_failed(self.provider, f"HTTP {r.status_code}: {r.text[:300]}")
+            raise upstream_failed(
+                self.provider, f"HTTP {r.status_code}: {r.text[:300]}", retryable=_retryable(r.status_code)
+            )
         body = r.json()
         data = sorted(body["data"], key=lambda d: d["index"])
         tokens = int((body.get("usage") or {}).get("prompt_tokens") or sum(self.token_counts(texts)))
         return [d["embedding"] for d in data], tokens
+
+
+def _retryable(status: int) -> bool:
+    """Server errors, timeouts and rate limits are worth another try; other refusals are not."""
+    return status >= 500 or status in (408, 409, 429)

@@ -1,0 +1,1 @@
+"""The AI gateway: routing, rate limits, response cache, spend limits and the request log."""

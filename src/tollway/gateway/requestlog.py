@@ -1,0 +1,154 @@
+"""The request log: one row per AI request, written in batches off the hot path.
+
+:meth:`RequestLog.record` only appends to a buffer; a background task writes
+the buffer every ``log_flush_ms`` in one transaction, and prunes rows older
+than ``log_retention_days``.  Closing the log flushes what is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import astuple, dataclass, fields
+from typing import Any
+
+from sqlalchemy import and_, delete, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tollway.core.clock import Clock
+from tollway.core.ids import new_id
+from tollway.core.pointread import numbered
+from tollway.core.schema import request_log as R
+from tollway.core.storage import writer
+from tollway.ledger.rawsql import raw_transaction
+
+log = logging.getLogger("tollway.gateway")
+
+_PRUNE_EVERY_S = 600
+
+
+@dataclass(slots=True)
+class Entry:
+    """Filled in as the request goes; written when it ends."""
+
+    endpoint: str
+    key_id: str | None = None
+    customer_id: str | None = None
+    model: str | None = None
+    deployment: str | None = None
+    status: int = 200
+    error_code: str | None = None
+    stream: bool = False
+    cache: str | None = None  # HIT | MISS | BYPASS
+    attempts: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    mneurons: int = 0
+    cost: int = 0
+    latency_ms: int = 0
+    ttft_ms: int | None = None
+    downgraded_from: str | None = None
+    id: str = ""
+    created_at_us: int = 0
+    t0: float = 0.0  # perf_counter at the start (not stored)
+
+
+_FIELDS = [f.name for f in fields(Entry) if f.name != "t0"]
+_COLUMNS = [c.name for c in R.columns]
+assert sorted(_FIELDS) == sorted(_COLUMNS), "request_log columns and Entry fields differ"
+
+
+class RequestLog:
+    def __init__(self, engine: AsyncEngine, clock: Clock, flush_ms: int, retention_days: int) -> None:
+        self.engine = engine
+        self.clock = clock
+        self.flush_s = flush_ms / 1000
+        self.retention_days = retention_days
+        self._buf: list[Entry] = []
+        self._task: asyncio.Task[None] | None = None
+        self._last_prune = 0.0
+        self._index = [_FIELDS.index(c) for c in _COLUMNS]
+        cols = ", ".join(_COLUMNS)
+        self._insert_sqlite = f"INSERT INTO request_log ({cols}) VALUES ({', '.join('?' * len(_COLUMNS))})"
+        self._insert_pg = numbered(self._insert_sqlite)
+
+    def start(self, endpoint: str) -> Entry:
+        return Entry(endpoint, id=new_id("req"), created_at_us=self.clock.now_us(), t0=time.perf_counter())
+
+    def record(self, e: Entry) -> None:
+        e.latency_ms = round((time.perf_counter() - e.t0) * 1000)
+        self._buf.append(e)
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="tollway-request-log")
+
+    async def _run(self) -> None:
+        while self._buf:
+            await asyncio.sleep(self.flush_s)
+            try:
+                await self.flush()
+            except Exception:  # keep the rows for the next try
+                log.exception("request log write failed")
+        # idle: the task ends and record() starts a new one
+
+    async def flush(self) -> None:
+        rows, self._buf = self._buf, []
+        if rows:
+            try:
+                await self._write(rows)
+            except BaseException:
+                self._buf[:0] = rows
+                raise
+        if self.retention_days and time.monotonic() - self._last_prune > _PRUNE_EVERY_S:
+            self._last_prune = time.monotonic()
+            await self.prune()
+
+    async def _write(self, rows: list[Entry]) -> None:
+        data = []
+        for e in rows:
+            t = astuple(e)
+            data.append(tuple(int(t[i]) if isinstance(t[i], bool) else t[i] for i in self._index))
+        async with raw_transaction(self.engine) as tx:
+            await tx.executemany(self._insert_sqlite if tx.sqlite else self._insert_pg, data)
+
+    async def prune(self) -> int:
+        cutoff = self.clock.now_us() - self.retention_days * 86_400_000_000
+        async with writer(self.engine).begin() as conn:
+            r = await conn.execute(delete(R).where(R.c.created_at_us < cutoff))
+        return int(r.rowcount or 0)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        with contextlib.suppress(Exception):
+            await self.flush()
+
+    async def query(
+        self,
+        *,
+        limit: int = 50,
+        before: str | None = None,
+        **filters: Any,
+    ) -> list[dict[str, Any]]:
+        """Newest first; ``before`` is the last id of the previous page.
+        Filters: key_id, customer_id, model, status, cache, since_us, until_us."""
+        conds = []
+        for k in ("key_id", "customer_id", "model", "status", "cache"):
+            if filters.get(k) is not None:
+                conds.append(R.c[k] == filters[k])
+        if filters.get("since_us") is not None:
+            conds.append(R.c.created_at_us >= filters["since_us"])
+        if filters.get("until_us") is not None:
+            conds.append(R.c.created_at_us < filters["until_us"])
+        if before is not None:
+            conds.append(R.c.id < before)
+        q = select(R).order_by(R.c.id.desc()).limit(limit)
+        if conds:
+            q = q.where(and_(*conds))
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(q)).mappings().all()
+        return [{**dict(r), "stream": bool(r["stream"]), "object": "request"} for r in rows]
