@@ -144,7 +144,7 @@ class Hold:
     _actual: int | None = None
     _quantity: int = 0
     _metadata: dict[str, Any] = field(default_factory=dict)
-    _settled: bool = False
+    _settling: asyncio.Future[Receipt] | None = None
 
     @property
     def pending(self) -> Transfer | None:
@@ -234,12 +234,14 @@ class Hold:
 
     async def settle(self, actual: int, *, quantity: int | None = None, **metadata: Any) -> Receipt:
         """Take ``actual`` now (0 voids) and release the rest; record one usage event.
-        Once queued, the ledger requests commit even if this coroutine is cancelled."""
+        It runs once: it completes even if its caller is cancelled, and a second
+        call (settle or release) waits for the first and returns its receipt."""
         self._check_actual(actual)
-        if self._settled:
-            assert self.receipt is not None
-            return self.receipt
-        self._settled = True
+        if self._settling is None:
+            self._settling = asyncio.ensure_future(self._settle(actual, quantity, metadata))
+        return await asyncio.shield(self._settling)
+
+    async def _settle(self, actual: int, quantity: int | None, metadata: dict[str, Any]) -> Receipt:
         usage = Usage(
             self.meter,
             actual if quantity is None else quantity,
@@ -262,7 +264,7 @@ class Hold:
                 )
             else:
                 ops.append(self.ledger.void(leg.pending.id, idempotency_key=self._key("void", i), usage=u))
-        transfers = await asyncio.shield(asyncio.gather(*ops))
+        transfers = await asyncio.gather(*ops)
         metrics.CHARGES.labels("posted" if actual else "free").inc()
         metrics.CHARGED_MICROS.inc(actual)
         assert self.pending is not None
@@ -270,21 +272,22 @@ class Hold:
         return self.receipt
 
     async def release(self) -> None:
-        """Void every leg: nothing is taken, no usage recorded."""
-        if self._settled:
-            return
-        self._settled = True
-        await asyncio.shield(
-            asyncio.gather(
-                *(
-                    self.ledger.void(leg.pending.id, idempotency_key=self._key("void", i))
-                    for i, leg in enumerate(self.legs)
-                )
+        """Void every leg: nothing is taken, no usage recorded (a no-op once settled)."""
+        if self._settling is None:
+            self._settling = asyncio.ensure_future(self._release())
+        await asyncio.shield(self._settling)
+
+    async def _release(self) -> Receipt:
+        await asyncio.gather(
+            *(
+                self.ledger.void(leg.pending.id, idempotency_key=self._key("void", i))
+                for i, leg in enumerate(self.legs)
             )
         )
         metrics.CHARGES.labels("voided").inc()
         assert self.pending is not None
         self.receipt = Receipt(self.max_amount, 0, self.pending.id, None)
+        return self.receipt
 
     # ---------------------------------------------------------- context manager
 

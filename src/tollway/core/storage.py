@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,10 @@ from tollway.core.config import DatabaseConfig
 
 IMMEDIATE = "tollway_immediate"
 WAL_AUTOCHECKPOINT_PAGES = 100_000
+
+# The PRAGMAs each SQLite engine's connections get, so a plain sqlite3
+# connection opened beside the engine (see sqlite_connect) gets the same.
+_PRAGMAS: weakref.WeakKeyDictionary[Any, list[str]] = weakref.WeakKeyDictionary()
 
 
 def async_url(url: str) -> URL:
@@ -42,20 +48,24 @@ def make_engine(cfg: DatabaseConfig, **kwargs: Any) -> AsyncEngine:
         if db and db != ":memory:":
             Path(db).parent.mkdir(parents=True, exist_ok=True)
         engine = create_async_engine(url, poolclass=NullPool if not db else None, **kwargs)
-        sync = cfg.sqlite_synchronous
+        pragmas = [
+            "PRAGMA journal_mode=WAL",
+            f"PRAGMA synchronous={cfg.sqlite_synchronous}",
+            "PRAGMA busy_timeout=60000",
+            "PRAGMA foreign_keys=ON",
+            # Checkpoints run off the commit path (Ledger's checkpointer); this
+            # only bounds the WAL (~400 MB) if no checkpointer is running.
+            f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}",
+        ]
+        _PRAGMAS[engine.sync_engine] = pragmas
 
         @event.listens_for(engine.sync_engine, "connect")
         def _pragmas(dbapi_conn: Any, _rec: Any) -> None:
             # Let SQLAlchemy (not the driver) decide where transactions begin.
             dbapi_conn.isolation_level = None
             cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute(f"PRAGMA synchronous={sync}")
-            cur.execute("PRAGMA busy_timeout=60000")
-            cur.execute("PRAGMA foreign_keys=ON")
-            # Checkpoints run off the commit path (Ledger's checkpointer); this
-            # only bounds the WAL (~400 MB) if no checkpointer is running.
-            cur.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
+            for p in pragmas:
+                cur.execute(p)
             cur.close()
 
         @event.listens_for(engine.sync_engine, "begin")
@@ -76,6 +86,15 @@ def make_engine(cfg: DatabaseConfig, **kwargs: Any) -> AsyncEngine:
         pool_pre_ping=False,
         **kwargs,
     )
+
+
+def sqlite_connect(engine: AsyncEngine) -> sqlite3.Connection:
+    """A plain sqlite3 connection to the engine's database, with its PRAGMAs,
+    in autocommit mode (the caller issues BEGIN/COMMIT). For one thread only."""
+    conn = sqlite3.connect(sqlite_path(engine) or ":memory:", isolation_level=None)
+    for p in _PRAGMAS.get(engine.sync_engine, ["PRAGMA busy_timeout=60000"]):
+        conn.execute(p)
+    return conn
 
 
 def writer(engine: AsyncEngine) -> AsyncEngine:

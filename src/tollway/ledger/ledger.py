@@ -15,6 +15,7 @@ import contextlib
 import logging
 import sqlite3
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from sqlalchemy import and_, insert, or_, select
@@ -29,11 +30,11 @@ from tollway.core.pointread import PointReader
 from tollway.core.schema import ledger_accounts as A
 from tollway.core.schema import ledger_pending as P
 from tollway.core.schema import ledger_transfers as T
-from tollway.core.storage import is_sqlite, sqlite_path, writer
+from tollway.core.storage import is_sqlite, sqlite_connect, sqlite_path, writer
 from tollway.ledger import errors
 from tollway.ledger.apply import Result, apply_batch
 from tollway.ledger.ops import CreateTransfer, Op, ResolvePending, Usage
-from tollway.ledger.rawsql import DRIVER_ERRORS, raw_transaction
+from tollway.ledger.rawsql import DRIVER_ERRORS, inline_tx, raw_transaction, run_inline
 from tollway.ledger.store import (
     ACCOUNT_COLUMNS,
     account_from_row,
@@ -82,6 +83,11 @@ class Ledger:
         self._task: asyncio.Task[None] | None = None
         self.reads = PointReader(engine)
         self._checkpointer: asyncio.Task[None] | None = None
+        # SQLite: each batch runs whole (BEGIN … COMMIT) on one writer thread with
+        # its own sqlite3 connection: one thread hop per batch instead of one per
+        # statement.
+        self._wexec: ThreadPoolExecutor | None = None
+        self._wconn: sqlite3.Connection | None = None
         cols = ", ".join(c.name for c in ACCOUNT_COLUMNS)
         self._select_account = f"SELECT {cols} FROM ledger_accounts"
 
@@ -101,6 +107,10 @@ class Ledger:
                 await self._task
             self._task = None
         self.reads.close()
+        if self._wexec is not None:
+            self._wexec.submit(self._close_wconn).result()
+            self._wexec.shutdown()
+            self._wexec = None
 
     # ------------------------------------------------------------------ accounts
 
@@ -355,8 +365,36 @@ class Ledger:
         return _db_unavailable(err)
 
     async def _apply(self, ops: list[Op]) -> list[Result]:
+        if self._sqlite and sqlite_path(self.engine):
+            if self._wexec is None:
+                self._wexec = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tollway-ledger")
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._wexec, self._apply_sqlite, ops, self.clock.now_us())
         async with raw_transaction(self.engine) as tx:
             st = await load_batch(tx, ops, self.clock.now_us(), self.default_timeout_s)
             results, writes = apply_batch(ops, st)
             await write_batch(tx, st, writes)
         return results
+
+    def _apply_sqlite(self, ops: list[Op], now_us: int) -> list[Result]:
+        """One batch on the writer thread: BEGIN IMMEDIATE, load, apply, write, COMMIT."""
+        if self._wconn is None:
+            self._wconn = sqlite_connect(self.engine)
+        conn = self._wconn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            tx = inline_tx(conn)
+            st = run_inline(load_batch(tx, ops, now_us, self.default_timeout_s))
+            results, writes = apply_batch(ops, st)
+            run_inline(write_batch(tx, st, writes))
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return results
+
+    def _close_wconn(self) -> None:
+        if self._wconn is not None:
+            self._wconn.close()
+            self._wconn = None

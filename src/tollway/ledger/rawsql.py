@@ -9,13 +9,15 @@ from the same SQLAlchemy ``Table`` objects the migrations build.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 from sqlalchemy import Table
 from sqlalchemy.ext.asyncio import AsyncEngine
+
+T = TypeVar("T")
 
 # Errors worth retrying one request at a time (constraint races, deadlocks, locks).
 DRIVER_ERRORS: tuple[type[Exception], ...] = (sqlite3.Error, asyncpg.PostgresError)
@@ -52,6 +54,38 @@ class RawTx:
     def insert_sql(self, table: Table) -> str:
         cols = [c.name for c in table.columns]
         return f"INSERT INTO {table.name} ({', '.join(cols)}) VALUES ({', '.join(self.ph(len(cols)))})"
+
+
+class _InlineSqlite:
+    """aiosqlite's methods over a plain sqlite3 connection: awaiting them
+    completes at once, so a batch written against :class:`RawTx` runs whole
+    on the calling thread (see :func:`run_inline`)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    async def execute_fetchall(self, sql: str, args: Sequence[Any]) -> list[Any]:
+        return self.conn.execute(sql, args).fetchall()
+
+    async def execute(self, sql: str, args: Sequence[Any] = ()) -> None:
+        self.conn.execute(sql, args)
+
+    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        self.conn.executemany(sql, rows)
+
+
+def inline_tx(conn: sqlite3.Connection) -> RawTx:
+    return RawTx(_InlineSqlite(conn), True)
+
+
+def run_inline(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine that never suspends (its awaits complete at once) to its end."""
+    try:
+        coro.send(None)
+    except StopIteration as e:
+        return e.value  # type: ignore[no-any-return]
+    coro.close()
+    raise RuntimeError("an inline SQLite batch awaited real I/O")
 
 
 @asynccontextmanager
