@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from tollway import __version__
-from tollway.api import admin, errors, system, v1
+from tollway.api import admin, errors, gateway_admin, system, v1
 from tollway.core.config import Settings
 from tollway.inference import api as inference_api
 from tollway.observe import metrics
@@ -96,8 +96,9 @@ def create_app(settings: Settings | None = None, *, rt: Runtime | None = None) -
     app.include_router(admin.router, responses=errors.error_responses(400, 401, 402, 404, 409))
     app.include_router(v1.router, responses=errors.error_responses(401, 403, 404))
     app.include_router(
-        inference_api.router, responses=errors.error_responses(400, 401, 402, 403, 404, 502, 503)
+        inference_api.router, responses=errors.error_responses(400, 401, 402, 403, 404, 429, 502, 503)
     )
+    app.include_router(gateway_admin.router, responses=errors.error_responses(400, 401, 404))
     app.add_middleware(MetricsMiddleware)
 
     def openapi() -> dict[str, Any]:

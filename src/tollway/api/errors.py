@@ -37,10 +37,11 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
 _DESCRIPTIONS = {
     400: "Invalid request",
     401: "Missing or bad credentials",
-    402: "Insufficient funds",
+    402: "Insufficient funds, or a budget reached (budget_exceeded)",
     403: "Missing scope",
     404: "Not found",
     409: "Conflict (already resolved, idempotency key reused, exists)",
+    429: "Rate limit reached (Retry-After and x-ratelimit-* headers)",
     502: "Upstream provider failed",
     503: "Not ready",
 }

@@ -1,0 +1,103 @@
+"""``/admin/requests`` (the request log) and the limits of keys and customers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Body, Depends, Query, Request
+
+from tollway.api.auth import require_admin, runtime
+from tollway.gateway import limits as L
+from tollway.runtime import Runtime
+
+router = APIRouter(prefix="/admin", tags=["gateway"], dependencies=[Depends(require_admin)])
+
+_ID = r"^[A-Za-z0-9_.:-]{1,64}$"
+_LIMITS_EXAMPLE = {"rpm": 60, "tpm": 100000, "daily_budget": "$5", "monthly_budget": None}
+
+
+@router.get("/requests", summary="The request log, newest first (filters and cursor pagination)")
+async def requests(
+    request: Request,
+    customer_id: str | None = Query(None, pattern=_ID),
+    key_id: str | None = Query(None, pattern=_ID),
+    model: str | None = Query(None, max_length=100),
+    status: int | None = Query(None, ge=100, le=599),
+    cache: str | None = Query(None, pattern="^(HIT|MISS)$"),
+    since_us: int | None = Query(None, ge=0),
+    until_us: int | None = Query(None, ge=0),
+    limit: int = Query(50, ge=1, le=1000),
+    before: str | None = Query(None, pattern=_ID, description="the last id of the previous page"),
+) -> dict[str, Any]:
+    rt = runtime(request)
+    await rt.gateway.log.flush()  # what was served is visible at once
+    rows = await rt.gateway.log.query(
+        limit=limit + 1,
+        before=before,
+        customer_id=customer_id,
+        key_id=key_id,
+        model=model,
+        status=status,
+        cache=cache,
+        since_us=since_us,
+        until_us=until_us,
+    )
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return {"object": "list", "data": rows, "has_more": more, "next_before": rows[-1]["id"] if more else None}
+
+
+async def _limits_view(rt: Runtime, scope: str, owner: str, stored: dict[str, Any]) -> dict[str, Any]:
+    import json
+
+    base = rt.gateway.key_defaults if scope == "key" else rt.gateway.customer_defaults
+    eff = L.effective(base, json.dumps(stored) if stored else None)
+    return {
+        "object": "limits",
+        "scope": scope,
+        "id": owner,
+        "overrides": stored,
+        "effective": eff.to_dict(),
+        "budgets": await rt.gateway.budgets.status(scope, owner, eff),
+    }
+
+
+async def _stored(rt: Runtime, scope: str, owner: str) -> dict[str, Any]:
+    # An empty change reads the current overrides (and checks the row exists).
+    if scope == "key":
+        return await rt.keys.set_limits(owner, {})
+    return await rt.customers.set_limits(owner, {})
+
+
+@router.get("/keys/{key_id}/limits", summary="A key's rate limits and budgets (and what is left)")
+async def key_limits(key_id: str, request: Request) -> dict[str, Any]:
+    rt = runtime(request)
+    return await _limits_view(rt, "key", key_id, await _stored(rt, "key", key_id))
+
+
+@router.patch("/keys/{key_id}/limits", summary="Set a key's limits (null restores the default)")
+async def set_key_limits(
+    key_id: str, request: Request, body: dict[str, Any] = Body(..., examples=[_LIMITS_EXAMPLE])
+) -> dict[str, Any]:
+    rt = runtime(request)
+    changes = L.validate(body, set(rt.inference.configs))
+    return await _limits_view(rt, "key", key_id, await rt.keys.set_limits(key_id, changes))
+
+
+@router.get("/customers/{customer_id}/limits", summary="A customer's rate limits and budgets")
+async def customer_limits(customer_id: str, request: Request) -> dict[str, Any]:
+    rt = runtime(request)
+    return await _limits_view(rt, "customer", customer_id, await _stored(rt, "customer", customer_id))
+
+
+@router.patch(
+    "/customers/{customer_id}/limits", summary="Set a customer's limits (null restores the default)"
+)
+async def set_customer_limits(
+    customer_id: str, request: Request, body: dict[str, Any] = Body(..., examples=[_LIMITS_EXAMPLE])
+) -> dict[str, Any]:
+    rt = runtime(request)
+    changes = L.validate(body, set(rt.inference.configs))
+    return await _limits_view(
+        rt, "customer", customer_id, await rt.customers.set_limits(customer_id, changes)
+    )
