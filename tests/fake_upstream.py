@@ -1,0 +1,127 @@
+"""A controllable OpenAI-compatible upstream for gateway tests: a real HTTP
+server (uvicorn in a thread) that counts calls and can be told to fail.
+
+    with FakeUpstream() as up:
+        up.fail_next(2, status=500)     # the next 2 chat calls answer 500
+        up.delay_s = 0.2                # every answer waits this long
+        ... up.url ...  up.calls
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import uvicorn
+
+WORDS = ["Hello", " from", " the", " fake", " upstream", "!"]
+PROMPT_TOKENS = 10
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class FakeUpstream:
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/v1"
+        self.calls = 0
+        self.delay_s = 0.0
+        self.prompt_tokens = PROMPT_TOKENS  # what usage reports for the prompt
+        self._fail: list[int] = []
+        self._lock = threading.Lock()
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+
+    def fail_next(self, n: int, status: int = 500) -> None:
+        with self._lock:
+            self._fail += [status] * n
+
+    # ------------------------------------------------------------------ ASGI
+
+    async def __call__(
+        self,
+        scope: dict[str, Any],
+        receive: Callable[[], Awaitable[dict[str, Any]]],
+        send: Callable[[dict[str, Any]], Awaitable[None]],
+    ) -> None:
+        if scope["type"] != "http":
+            return
+        body = b""
+        while True:
+            msg = await receive()
+            body += msg.get("body", b"")
+            if not msg.get("more_body"):
+                break
+        with self._lock:
+            self.calls += 1
+            status = self._fail.pop(0) if self._fail else 200
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        if status != 200:
+            await self._send(send, status, b'{"error":{"message":"injected failure"}}', b"application/json")
+            return
+        req = json.loads(body or b"{}")
+        n = min(int(req.get("max_tokens") or len(WORDS)), len(WORDS))
+        pt = self.prompt_tokens
+        usage = {"prompt_tokens": pt, "completion_tokens": n, "total_tokens": pt + n}
+        if scope["path"].endswith("/embeddings"):
+            inputs = req["input"] if isinstance(req["input"], list) else [req["input"]]
+            data = [{"object": "embedding", "index": i, "embedding": [0.5] * 4} for i in range(len(inputs))]
+            out = {"object": "list", "data": data, "usage": {"prompt_tokens": 3, "total_tokens": 3}}
+            await self._send(send, 200, json.dumps(out).encode(), b"application/json")
+            return
+        base = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 0, "model": "fake"}
+        chunks = [{**base, "choices": [{"index": 0, "delta": {"content": w}}]} for w in WORDS[:n]]
+        chunks.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "length"}]})
+        chunks.append({**base, "choices": [], "usage": usage})
+        sse = b"".join(b"data: " + json.dumps(c).encode() + b"\n\n" for c in chunks) + b"data: [DONE]\n\n"
+        await self._send(send, 200, sse, b"text/event-stream")
+
+    @staticmethod
+    async def _send(
+        send: Callable[[dict[str, Any]], Awaitable[None]], status: int, body: bytes, ctype: bytes
+    ) -> None:
+        await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", ctype)]})
+        await send({"type": "http.response.body", "body": body})
+
+    # ------------------------------------------------------------- lifecycle
+
+    def __enter__(self) -> FakeUpstream:
+        cfg = uvicorn.Config(self, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off")
+        self._server = uvicorn.Server(cfg)
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            if time.monotonic() > deadline:
+                raise RuntimeError("fake upstream did not start")
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._server is not None and self._thread is not None
+        self._server.should_exit = True
+        self._thread.join(10)
+
+
+def model(name: str, url: str, **over: Any) -> dict[str, Any]:
+    """A ``[[models]]`` entry for an upstream at ``url``."""
+    return {
+        "name": name,
+        "task": "chat",
+        "backend": "openai",
+        "base_url": url,
+        "neurons_per_m_input": 2457,
+        "neurons_per_m_output": 18252,
+        **over,
+    }
