@@ -114,3 +114,28 @@ def test_bad_config_exits_2_with_file_key_reason(tmp_path: Path) -> None:
 def test_human_output_has_tables(cfg: str) -> None:
     r = runner.invoke(app, ["--config", cfg, "ledger", "balances"])
     assert r.exit_code == 0 and "sys_revenue" in r.output and "sum of balances: $0.000000 (ok)" in r.output
+
+
+def test_logs_lists_the_request_log_with_filters(cfg: str, db_url: str) -> None:
+    import asyncio
+
+    from conftest import settings_for
+    from tollway.runtime import Runtime
+
+    run(cfg, "migrate")
+
+    async def seed() -> None:
+        rt = Runtime.build(settings_for(db_url))
+        for status, model in ((200, "m1"), (429, "m1"), (200, "m2")):
+            e = rt.gateway.log.start("chat.completions")
+            e.model, e.status, e.customer_id = model, status, "cus_x"
+            rt.gateway.log.record(e)
+        await rt.close()  # flushes the log
+
+    asyncio.run(seed())
+    rows = run(cfg, "logs")["data"]
+    assert [r["model"] for r in rows] == ["m2", "m1", "m1"]  # newest first
+    assert [r["status"] for r in run(cfg, "logs", "--status", "429")["data"]] == [429]
+    assert len(run(cfg, "logs", "--model", "m1", "--limit", "1")["data"]) == 1
+    r = runner.invoke(app, ["--config", cfg, "logs"])
+    assert r.exit_code == 0 and "m2" in r.output

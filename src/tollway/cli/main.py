@@ -414,6 +414,48 @@ def usage(
     )
 
 
+@app.command()
+def logs(
+    customer: str | None = typer.Option(None, "--customer", help="Only this customer."),
+    key: str | None = typer.Option(None, "--key", help="Only this API key id."),
+    model: str | None = typer.Option(None, "--model", help="Only this model."),
+    status: int | None = typer.Option(None, "--status", min=100, max=599, help="Only this HTTP status."),
+    limit: int = typer.Option(50, min=1, max=1000, help="How many rows (newest first)."),
+    before: str | None = typer.Option(None, "--before", help="Page: the last id of the previous page."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """The gateway's request log, newest first: status, tokens, cost, latency, cache and attempts."""
+
+    async def go(rt: Runtime) -> list[dict[str, Any]]:
+        return await rt.gateway.log.query(
+            limit=limit, before=before, customer_id=customer, key_id=key, model=model, status=status
+        )
+
+    rows = _with_runtime(as_json, go)
+    if as_json:
+        emit_json({"object": "list", "data": rows})
+        return
+    table(
+        "requests (newest first)",
+        ["id", "model", "deployment", "status", "tokens in/out", "cost", "ms", "ttft", "cache", "tries"],
+        [
+            [
+                r["id"],
+                r["model"] or "",
+                r["deployment"] or "",
+                r["status"] if not r["error_code"] else f"{r['status']} {r['error_code']}",
+                f"{r['input_tokens']}/{r['output_tokens']}",
+                usd(r["cost"]),
+                r["latency_ms"],
+                "" if r["ttft_ms"] is None else r["ttft_ms"],
+                r["cache"] or "",
+                r["attempts"],
+            ]
+            for r in rows
+        ],
+    )
+
+
 def _print_transfer(t: Any, as_json: bool) -> None:
     if as_json:
         emit_json(t.to_dict())
