@@ -63,7 +63,17 @@ LABELS = {"direct": "Direct to the mock upstream", "tollway": "tollway", "litell
 # (per-key rate limits, request log) once tollway has it, so the "through tollway"
 # setup runs with rate limiting and logging on. Set every limit far above what
 # this benchmark sends (say 10,000,000 requests a minute): a 429 fails the run.
-GATEWAY_TOML = ""
+GATEWAY_TOML = """
+[gateway]
+log_flush_ms = 200
+
+[gateway.key_limits]
+rpm = 10000000
+tpm = 1000000000
+
+[gateway.customer_limits]
+rpm = 10000000
+"""
 # ------------------------------------------------------------------------------
 
 
