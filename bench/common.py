@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,10 +59,12 @@ def cli() -> list[str]:
 
 
 @contextmanager
-def serve(tmp: Path, extra_toml: str = "") -> Iterator[Server]:
+def serve(tmp: Path, extra_toml: str = "", edit: Callable[[str], str] | None = None) -> Iterator[Server]:
     """`tollway init` + `tollway serve` on a free port (SQLite under ``tmp``), until healthy."""
     cfg, env = tmp / "tollway.toml", {k: v for k, v in os.environ.items() if not k.startswith("TOLLWAY_")}
     subprocess.run([*cli(), "init", "--path", str(cfg)], cwd=tmp, env=env, check=True, capture_output=True)
+    if edit is not None:
+        cfg.write_text(edit(cfg.read_text()))
     if extra_toml:
         cfg.write_text(cfg.read_text() + "\n" + extra_toml)
     with socket.socket() as s:

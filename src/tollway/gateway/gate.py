@@ -136,9 +136,11 @@ class Gateway:
             )
 
     async def book_tokens(self, p: Pass, tokens: int) -> None:
+        """Count a finished call's tokens now (when they are known), not at admission."""
+        now_s = self.clock.now_us() // 1_000_000
         for key in p.token_windows:
             if tokens:
-                await self.windows.add(key, p.second, tokens)
+                await self.windows.add(key, now_s, tokens)
 
     # ---------------------------------------------------------------- budgets
 

@@ -53,11 +53,17 @@ class Verdict:
     allowed: bool
     remaining: list[int]  # per counter, after this request
     reset_s: list[float]  # per counter: seconds until the window has room again
-    refused: int = -1  # index of the counter that refused
+    refused: int = -1  # index of the first counter that refused
+    fits: list[bool] | None = None  # per counter: whether it had room
 
     @property
     def retry_after_s(self) -> int:
-        return max(1, math.ceil(self.reset_s[self.refused])) if not self.allowed else 0
+        """Long enough for every refusing counter to have room again."""
+        if self.allowed:
+            return 0
+        fits = self.fits or [i != self.refused for i in range(len(self.reset_s))]
+        wait = max(r for r, ok in zip(self.reset_s, fits, strict=True) if not ok)
+        return max(1, math.ceil(wait))
 
 
 class Windows(Protocol):
@@ -115,22 +121,23 @@ class LocalWindows:
                 w = self._w[c.key] = _Window()
             w.expire(now_s)
             windows.append(w)
-        remaining, reset = [], []
+        remaining, reset, fitted = [], [], []
         refused = -1
         for i, (c, w) in enumerate(zip(counters, windows, strict=True)):
             need = c.limit - max(c.cost, 1)  # what the window may hold before this request
             fits = w.total <= need
+            fitted.append(fits)
             if not fits and refused < 0:
                 refused = i
             remaining.append(max(c.limit - w.total - (c.cost if fits else 0), 0))
             reset.append(w.reset_after(now_s, need) if not fits else self._reset(w, now_s))
         if refused >= 0:
-            return Verdict(False, remaining, reset, refused)
+            return Verdict(False, remaining, reset, refused, fitted)
         for c, w in zip(counters, windows, strict=True):
             if c.cost:
                 w.add(now_s, c.cost)
         self._sweep(now_s)
-        return Verdict(True, remaining, reset)
+        return Verdict(True, remaining, reset, -1, fitted)
 
     @staticmethod
     def _reset(w: _Window, now_s: int) -> float:
@@ -183,12 +190,13 @@ for i = 1, n do
   secs[i] = live
 end
 local refused = 0
-local out_rem, out_reset = {}, {}
+local out_rem, out_reset, out_fit = {}, {}, {}
 for i = 1, n do
   local limit = tonumber(ARGV[1 + 2 * i])
   local cost = tonumber(ARGV[2 + 2 * i])
   local need = limit - math.max(cost, 1)
   local fits = used[i] <= need
+  out_fit[i] = fits and 1 or 0
   if not fits and refused == 0 then refused = i end
   local rem = limit - used[i]
   if fits then rem = rem - cost end
@@ -217,6 +225,7 @@ end
 local res = {refused == 0 and 1 or 0, refused}
 for i = 1, n do res[#res + 1] = out_rem[i] end
 for i = 1, n do res[#res + 1] = out_reset[i] end
+for i = 1, n do res[#res + 1] = out_fit[i] end
 return res
 """
 
@@ -265,7 +274,13 @@ class RedisWindows:
                     REDIS_UP.set(1)
                 n = len(counters)
                 vals = [int(x) for x in r]
-                return Verdict(bool(vals[0]), vals[2 : 2 + n], [float(x) for x in vals[2 + n :]], vals[1] - 1)
+                return Verdict(
+                    bool(vals[0]),
+                    vals[2 : 2 + n],
+                    [float(x) for x in vals[2 + n : 2 + 2 * n]],
+                    vals[1] - 1,
+                    [bool(x) for x in vals[2 + 2 * n :]],
+                )
         return self.local.hit_sync(counters, now_s)
 
     async def add(self, key: str, second: int, amount: int) -> None:
