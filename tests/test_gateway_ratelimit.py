@@ -34,6 +34,7 @@ from sqlalchemy import func, select
 from conftest import ADMIN, ADMIN_TOKEN, REDIS_URL, settings_for
 from fake_upstream import PROMPT_TOKENS, WORDS, FakeUpstream, free_port, model
 from test_inference import Env, make_env
+from test_inference_servers import stop
 from tollway.core.clock import ManualClock
 from tollway.core.errors import TollwayError
 from tollway.core.schema import usage_events
@@ -440,17 +441,6 @@ def wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float
             pass
         time.sleep(0.05)
     raise TimeoutError(url)
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def _admin_sql(pg: str, sql: str) -> None:
