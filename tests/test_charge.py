@@ -233,3 +233,20 @@ async def test_settle_charges_partial_work_explicitly(rt: Runtime) -> None:
     assert receipt.charged == 120
     assert await hold.settle(120) is receipt  # settling twice is a no-op
     assert (await rt.ledger.get_account(p.account_id)).balance == 980
+
+
+async def test_settle_completes_once_even_if_its_caller_is_cancelled(rt: Runtime) -> None:
+    acct = (await rt.customers.create("Cy")).account_id
+    await rt.ledger.transfer("sys_funding", acct, 1_000)
+    hold = rt.charger.hold(Payer(acct), 300, meter="t")
+    await hold.reserve()
+    task = asyncio.ensure_future(hold.settle(120))
+    await asyncio.sleep(0)  # the settle is under way
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    receipt = await hold.settle(120)  # waits for the first settle, does not run again
+    assert receipt.charged == 120
+    await hold.release()  # a no-op once settled
+    a = await rt.ledger.get_account(acct)
+    assert (a.balance, a.debits_pending) == (880, 0)

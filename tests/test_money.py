@@ -34,3 +34,13 @@ def test_format_then_parse_round_trips(micros: int) -> None:
 
 def test_format_negative() -> None:
     assert format_usd(-1_500_000) == "-$1.500000"
+
+
+def test_parse_price_allows_free_but_refuses_garbage() -> None:
+    from tollway.core.money import parse_price
+
+    assert parse_price("$0") == parse_price(0) == parse_price("$0.00") == 0
+    assert parse_price("$0.001") == 1000
+    for bad in ("$", ".", "free", -1, 1.5):
+        with pytest.raises(TollwayError):
+            parse_price(bad)

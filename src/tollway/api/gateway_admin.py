@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from fastapi import APIRouter, Body, Depends, Query, Request
@@ -48,8 +49,6 @@ async def requests(
 
 
 async def _limits_view(rt: Runtime, scope: str, owner: str, stored: dict[str, Any]) -> dict[str, Any]:
-    import json
-
     base = rt.gateway.key_defaults if scope == "key" else rt.gateway.customer_defaults
     eff = L.effective(base, json.dumps(stored) if stored else None)
     return {
@@ -62,17 +61,10 @@ async def _limits_view(rt: Runtime, scope: str, owner: str, stored: dict[str, An
     }
 
 
-async def _stored(rt: Runtime, scope: str, owner: str) -> dict[str, Any]:
-    # An empty change reads the current overrides (and checks the row exists).
-    if scope == "key":
-        return await rt.keys.set_limits(owner, {})
-    return await rt.customers.set_limits(owner, {})
-
-
 @router.get("/keys/{key_id}/limits", summary="A key's rate limits and budgets (and what is left)")
 async def key_limits(key_id: str, request: Request) -> dict[str, Any]:
     rt = runtime(request)
-    return await _limits_view(rt, "key", key_id, await _stored(rt, "key", key_id))
+    return await _limits_view(rt, "key", key_id, await rt.keys.get_limits(key_id))
 
 
 @router.patch("/keys/{key_id}/limits", summary="Set a key's limits (null restores the default)")
@@ -87,7 +79,7 @@ async def set_key_limits(
 @router.get("/customers/{customer_id}/limits", summary="A customer's rate limits and budgets")
 async def customer_limits(customer_id: str, request: Request) -> dict[str, Any]:
     rt = runtime(request)
-    return await _limits_view(rt, "customer", customer_id, await _stored(rt, "customer", customer_id))
+    return await _limits_view(rt, "customer", customer_id, await rt.customers.get_limits(customer_id))
 
 
 @router.patch(

@@ -200,15 +200,15 @@ class GatewayConfig(_Section):
     @field_validator("cache_hit_price")
     @classmethod
     def _price(cls, v: str) -> str:
-        return _valid_amount(v) if v.strip().lstrip("$").strip("0.") else v  # "$0" is free
+        return _valid_amount(v, free_ok=True)
 
 
-def _valid_amount(v: str) -> str:
+def _valid_amount(v: str, free_ok: bool = False) -> str:
     from tollway.core.errors import TollwayError
-    from tollway.core.money import parse_amount
+    from tollway.core.money import parse_amount, parse_price
 
     try:
-        parse_amount(v)
+        (parse_price if free_ok else parse_amount)(v)
     except TollwayError as e:
         raise ValueError(e.message) from None
     return v

@@ -18,6 +18,16 @@ def parse_amount(value: object, param: str = "amount") -> int:
     dollar string ``"$0.001"`` / ``"$5"``.  Floats, booleans, zero and negative
     values are refused with ``invalid_amount``: money never passes through a float.
     """
+    return check_amount(_parse(value, param), param)
+
+
+def parse_price(value: object, param: str = "price") -> int:
+    """Like :func:`parse_amount`, but zero (``"$0"``, ``0``) is allowed: a price may be free."""
+    amount = _parse(value, param)
+    return 0 if amount == 0 else check_amount(amount, param)
+
+
+def _parse(value: object, param: str) -> int:
     if isinstance(value, bool) or isinstance(value, float):
         raise invalid("invalid_amount", f"{param} must be an integer of micro-USD, not {value!r}", param)
     if isinstance(value, int):
@@ -38,7 +48,7 @@ def parse_amount(value: object, param: str = "amount") -> int:
             amount = int(m.group("int")) * MICRO + int(frac)
     else:
         raise invalid("invalid_amount", f"{param} must be an integer of micro-USD", param)
-    return check_amount(amount, param)
+    return amount
 
 
 def check_amount(amount: int, param: str = "amount") -> int:

@@ -35,7 +35,6 @@ _LOCK_S = 30  # longest a remote leader is waited for
 @dataclass(slots=True)
 class Entry:
     pieces: list[str]  # chat: the generated text, as it was streamed
-    body: dict[str, Any]  # the response's JSON body fields that do not change
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str

@@ -21,7 +21,7 @@ from tollway.charge.hold import Cap
 from tollway.core.clock import Clock
 from tollway.core.config import GatewayConfig
 from tollway.core.errors import ErrorType, TollwayError
-from tollway.core.money import parse_amount
+from tollway.core.money import parse_price
 from tollway.gateway.budgets import Budgets
 from tollway.gateway.cache import CacheControl, ResponseCache, control
 from tollway.gateway.limits import Limits, defaults, effective
@@ -31,12 +31,6 @@ from tollway.identity.keys import ApiKey
 from tollway.ledger import Ledger
 
 log = logging.getLogger("tollway.gateway")
-
-
-def _amount_or_zero(text: str) -> int:
-    if not text.strip().lstrip("$").strip("0."):
-        return 0  # "$0", "0", "$0.00"
-    return parse_amount(text)
 
 
 def _reset(seconds: float) -> str:
@@ -52,7 +46,6 @@ class Pass:
     cache: CacheControl
     key_limits: Limits
     customer_limits: Limits
-    second: int = 0
     token_windows: list[str] = field(default_factory=list)
     headers: dict[str, str] = field(default_factory=dict)
 
@@ -70,7 +63,7 @@ class Gateway:
         self.clock = clock
         self.key_defaults = defaults(cfg.key_limits)
         self.customer_defaults = defaults(cfg.customer_limits)
-        self.cache_hit_price = _amount_or_zero(cfg.cache_hit_price)
+        self.cache_hit_price = parse_price(cfg.cache_hit_price)
         redis: Any = None
         self.windows: Windows
         if cfg.redis_url:
@@ -118,8 +111,7 @@ class Gateway:
                 tallies.append(("tokens", Tally(f"{scope[0]}:{owner}:tpm", lim.tpm, 0)))
         if not tallies:
             return
-        p.second = self.clock.now_us() // 1_000_000
-        v = await self.windows.hit([t for _, t in tallies], p.second)
+        v = await self.windows.hit([t for _, t in tallies], self.clock.now_us() // 1_000_000)
         p.token_windows = [t.key for kind, t in tallies if kind == "tokens"]
         p.headers.update(_ratelimit_headers(tallies, v))
         if not v.allowed:

@@ -53,16 +53,15 @@ class Verdict:
     allowed: bool
     remaining: list[int]  # per counter, after this request
     reset_s: list[float]  # per counter: seconds until the window has room again
-    refused: int = -1  # index of the first counter that refused
-    fits: list[bool] | None = None  # per counter: whether it had room
+    refused: int  # index of the first counter that refused (-1: none)
+    fits: list[bool]  # per counter: whether it had room
 
     @property
     def retry_after_s(self) -> int:
         """Long enough for every refusing counter to have room again."""
         if self.allowed:
             return 0
-        fits = self.fits or [i != self.refused for i in range(len(self.reset_s))]
-        wait = max(r for r, ok in zip(self.reset_s, fits, strict=True) if not ok)
+        wait = max(r for r, ok in zip(self.reset_s, self.fits, strict=True) if not ok)
         return max(1, math.ceil(wait))
 
 

@@ -14,6 +14,7 @@ from tollway.core.ids import new_id
 from tollway.core.schema import customers as C
 from tollway.core.schema import ledger_accounts as A
 from tollway.core.storage import writer
+from tollway.identity.keys import get_limits, set_limits
 from tollway.ledger.types import AccountKind, default_flags
 
 
@@ -86,10 +87,11 @@ class Customers:
             raise not_found("customer_not_found", f"no customer {customer_id!r}", "customer_id")
         return Customer(*r)
 
+    async def get_limits(self, customer_id: str) -> dict[str, Any]:
+        return await get_limits(self.engine, C, customer_id, "customer_not_found", "customer_id")
+
     async def set_limits(self, customer_id: str, changes: dict[str, Any]) -> dict[str, Any]:
         """Merge ``changes`` into the customer's stored overrides (null removes one)."""
-        from tollway.identity.keys import set_limits
-
         return await set_limits(self.engine, C, customer_id, changes, "customer_not_found", "customer_id")
 
     async def list(self, *, limit: int = 100, after: str | None = None) -> list[Customer]:

@@ -158,6 +158,9 @@ class ApiKeys:
             await conn.execute(update(K).where(K.c.id == key_id).values(revoked_at_us=now))
         return _from_row((*r[:6], now))
 
+    async def get_limits(self, key_id: str) -> dict[str, Any]:
+        return await get_limits(self.engine, K, key_id, "api_key_not_found", "key_id")
+
     async def set_limits(self, key_id: str, changes: dict[str, Any]) -> dict[str, Any]:
         """Merge ``changes`` into the key's stored overrides (null removes one)."""
         return await set_limits(self.engine, K, key_id, changes, "api_key_not_found", "key_id")
@@ -173,6 +176,18 @@ class ApiKeys:
         if r[6] is not None:
             raise unauthenticated("api_key_revoked", "this API key was revoked")
         return _from_row(r[:10])
+
+
+async def get_limits(
+    engine: AsyncEngine, table: Any, row_id: str, missing: str, param: str
+) -> dict[str, Any]:
+    """A row's stored ``limits`` overrides (404 if the row does not exist)."""
+    async with engine.connect() as conn:
+        r = (await conn.execute(select(table.c.limits).where(table.c.id == row_id))).first()
+    if r is None:
+        raise not_found(missing, f"no {param.removesuffix('_id')} {row_id!r}", param)
+    stored: dict[str, Any] = json.loads(r[0] or "{}")
+    return stored
 
 
 async def set_limits(

@@ -256,9 +256,7 @@ class _End:
         if self.ck is None or self.lead is None:
             return
         if e.status == 200 and m is not None:
-            entry = CacheEntry(
-                self.pieces, {}, m.input_tokens, m.output_tokens, m.finish_reason, m.deployment
-            )
+            entry = CacheEntry(self.pieces, m.input_tokens, m.output_tokens, m.finish_reason, m.deployment)
             await self.gw.cache.put(self.ck, entry, self.p.cache.ttl_s)
             self.gw.cache.finish(self.ck, self.lead, entry)
             await self.gw.cache.release_remote(self.ck)
@@ -444,9 +442,15 @@ async def _embed(
     who = Caller(p.key.customer_id, p.key.account_id, p.key.id, await rt.gateway.caps(p))
     vectors, m = await rt.inference.embed(who, cfg, texts)
     e = p.entry
-    e.deployment, e.attempts = m.deployment, 1
+    e.deployment, e.attempts = m.deployment, m.attempts
     e.input_tokens, e.mneurons, e.cost = m.input_tokens, m.mneurons, m.charged
-    p.headers.update({"x-tollway-model": cfg.name, "x-tollway-provider": m.deployment})
+    p.headers.update(
+        {
+            "x-tollway-model": cfg.name,
+            "x-tollway-provider": m.deployment,
+            "x-tollway-attempts": str(m.attempts),
+        }
+    )
     await rt.gateway.book_tokens(p, m.input_tokens)
     rt.gateway.log.record(e)
     return vectors, m

@@ -33,7 +33,6 @@ from tollway.inference.backends.base import (
     Finish,
     Progress,
     context_exceeded,
-    upstream_failed,
 )
 from tollway.inference.backends.llama_cpp import LlamaCppBackend
 from tollway.inference.backends.openai_upstream import OpenAIUpstream
@@ -87,6 +86,7 @@ class Metered:
     ttft_ms: float | None = None
     finish_reason: str = "stop"
     deployment: str = ""
+    attempts: int = 1
 
     def headers(self) -> dict[str, str]:
         return {
@@ -229,40 +229,25 @@ class Inference:
             plan.append((t, backend, sum(counts)))
         max_cost = max(self.price(t, n)[1] for t, _, n in plan)
         hold = await self._hold(caller, cfg, max_cost)
-        retry = cfg.retry
-        attempts = 0
-        last: BaseException | None = None
+
+        async def run(target: tuple[ModelConfig, Any, int]) -> tuple[list[list[float]], int]:
+            _, backend, counted = target
+            if isinstance(backend, OpenAIUpstream):
+                return await backend.embed_with_usage(texts)
+            return await backend.embed(texts), counted
+
         try:
-            for t, backend, counted in plan:
-                for n in range(1, retry.max_attempts + 1):
-                    attempts += 1
-                    try:
-                        async with asyncio.timeout(retry.attempt_timeout_seconds):
-                            if isinstance(backend, OpenAIUpstream):
-                                vectors, tokens = await backend.embed_with_usage(texts)
-                            else:
-                                vectors, tokens = await backend.embed(texts), counted
-                    except Exception as e:
-                        if isinstance(e, TimeoutError):
-                            e = upstream_failed(t.name, f"no answer within {retry.attempt_timeout_seconds}s")
-                        if not routing.retryable(e):
-                            raise
-                        last = e
-                        if n < retry.max_attempts:
-                            await asyncio.sleep(routing.backoff_s(retry, n))
-                        continue
-                    mn, cost = self.price(t, tokens)
-                    m = Metered(tokens, 0, mn, min(cost, max_cost), (time.perf_counter() - t0) * 1000)
-                    m.deployment = t.name
-                    if hold is not None:
-                        await hold.settle(
-                            m.charged,
-                            quantity=mn,
-                            **self._usage(caller, cfg, m, stream=False, attempts=attempts),
-                        )
-                    return vectors, m
-            why = last.message if isinstance(last, TollwayError) else repr(last)
-            raise upstream_failed(plan[-1][0].name, f"{attempts} attempts failed; last: {why}")
+            (t, _, _), (vectors, tokens), attempts = await routing.first_success(
+                cfg.name, plan, lambda p: p[0].name, cfg.retry, run
+            )
+            mn, cost = self.price(t, tokens)
+            m = Metered(tokens, 0, mn, min(cost, max_cost), (time.perf_counter() - t0) * 1000)
+            m.deployment, m.attempts = t.name, attempts
+            if hold is not None:
+                await hold.settle(
+                    m.charged, quantity=mn, **self._usage(caller, cfg, m, stream=False, attempts=attempts)
+                )
+            return vectors, m
         except BaseException:
             if hold is not None:
                 await hold.release()
@@ -316,38 +301,23 @@ class ChatCall:
         return self.served.cfg.name if self.served else self.plan[0].cfg.name
 
     async def open(self) -> None:
-        retry = self.cfg.retry
-        last: BaseException | None = None
-        for d in self.plan:
-            for n in range(1, retry.max_attempts + 1):
-                self.attempts += 1
-                self._cancel = threading.Event()
-                self.progress = Progress()
-                it = d.backend.stream(d.params, self._cancel, self.progress).__aiter__()
-                try:
-                    async with asyncio.timeout(retry.attempt_timeout_seconds):
-                        first = await anext(it)
-                except BaseException as e:
-                    self._cancel.set()
-                    await _aclose(it)
-                    if isinstance(e, TimeoutError):
-                        e = upstream_failed(d.cfg.name, f"no answer within {retry.attempt_timeout_seconds}s")
-                    if not routing.retryable(e):
-                        raise e from None
-                    last = e
-                    log.warning("%s attempt %d on %s failed: %s", self.cfg.name, self.attempts, d.cfg.name, e)
-                    if n < retry.max_attempts:
-                        await asyncio.sleep(routing.backoff_s(retry, n))
-                    continue
-                self.served, self._it, self._first = d, it, first
-                return
-        why = last.message if isinstance(last, TollwayError) else repr(last)
-        err = upstream_failed(self.plan[-1].cfg.name, f"{self.attempts} attempts failed; last: {why}")
-        err.message = (
-            f"model {self.cfg.name!r}: every deployment failed after {self.attempts} attempts "
-            f"(last provider {self.plan[-1].cfg.name!r}): {why}"
+        """Start the call on the first deployment that answers (retrying, falling back)."""
+
+        async def first_event(d: Deployment) -> tuple[AsyncIterator[Delta | Finish], Delta | Finish]:
+            self._cancel = threading.Event()
+            self.progress = Progress()
+            it = d.backend.stream(d.params, self._cancel, self.progress).__aiter__()
+            try:
+                return it, await anext(it)
+            except BaseException:
+                self._cancel.set()
+                await _aclose(it)
+                raise
+
+        served, (it, first), self.attempts = await routing.first_success(
+            self.cfg.name, self.plan, lambda d: d.cfg.name, self.cfg.retry, first_event
         )
-        raise err
+        self.served, self._it, self._first = served, it, first
 
     async def _stream(self) -> AsyncIterator[Delta | Finish]:
         assert self._it is not None and self._first is not None
