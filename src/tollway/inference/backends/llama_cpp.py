@@ -132,12 +132,12 @@ class LlamaInstance:
 
 
 class TextAssembler:
-    """Turns token bytes into text: holds back incomplete UTF-8 and any tail
-    that could still become a stop sequence; cuts at the first stop."""
+    """Turns token bytes into text: holds back incomplete UTF-8 and only the
+    tail that could still grow into a stop sequence; cuts at the first stop.
+    Text that cannot start a stop goes out at once (time to first token)."""
 
     def __init__(self, stops: list[str]) -> None:
-        self.stops = stops
-        self.hold = max((len(s) for s in stops), default=1) - 1
+        self.stops = [s for s in stops if s]
         self.raw = b""
         self.pending = ""
         self.stopped = False
@@ -161,13 +161,20 @@ class TextAssembler:
                 out, self.pending = self.pending[:i], ""
                 self.stopped = True
                 return out, True
-        if self.hold and len(self.pending) > self.hold:
-            out, self.pending = self.pending[: -self.hold], self.pending[-self.hold :]
-            return out, False
-        if not self.hold:
-            out, self.pending = self.pending, ""
-            return out, False
-        return "", False
+        keep = self._stop_prefix_len()
+        cut = len(self.pending) - keep
+        out, self.pending = self.pending[:cut], self.pending[cut:]
+        return out, False
+
+    def _stop_prefix_len(self) -> int:
+        """Length of the longest tail of ``pending`` that begins some stop sequence."""
+        best = 0
+        for s in self.stops:
+            for n in range(min(len(s) - 1, len(self.pending)), best, -1):
+                if self.pending.endswith(s[:n]):
+                    best = n
+                    break
+        return best
 
     def flush(self) -> str:
         out = self.pending + self.raw.decode("utf-8", "replace")
