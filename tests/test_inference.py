@@ -263,6 +263,13 @@ async def test_no_allocation_and_no_funds_is_402(db_url: str) -> None:
         assert e.value.status_code == 402
         assert e.value.body["code"] == "insufficient_funds"  # type: ignore[index]
         assert await env.events() == []
+        # The prompt was evaluated while the reservation was tried: the refused
+        # call's generation stopped and its instance is free for the next call.
+        backend = env.rt.inference._backends[CHAT]
+        assert backend.pool.waiting == 0 and not backend.instances[0].executor._work_queue.qsize()
+        await env.rt.ledger.transfer("sys_funding", env.customer["account_id"], 1_000_000)
+        c = await env.sdk.chat.completions.create(model=CHAT, messages=HI, max_tokens=4)
+        assert c.usage is not None and c.usage.completion_tokens > 0
 
 
 async def test_allowance_first_then_prepaid(db_url: str) -> None:

@@ -203,13 +203,29 @@ class Inference:
             assert refusal is not None
             raise refusal
         max_cost = max(self.price(d.cfg, d.prompt_tokens, d.params.max_tokens)[1] for d in plan)
-        hold = await self._hold(caller, cfg, max_cost)
-        call = ChatCall(self, caller, cfg, plan, hold)
+        call = ChatCall(self, caller, cfg, plan, None)
+        if all(isinstance(d.backend, LlamaCppBackend) for d in plan):
+            # Local models: evaluate the prompt while the reservation commits. No
+            # token reaches the caller before the money is held; if the
+            # reservation is refused, the generation is stopped. (Upstream calls
+            # cost real money, so they start only once the reservation stands.)
+            opening = asyncio.ensure_future(call.open())
+            try:
+                call.hold = await self._hold(caller, cfg, max_cost)
+            except BaseException:
+                opening.cancel()
+                with contextlib.suppress(BaseException):
+                    await opening
+                await call.abort()
+                raise
+        else:
+            call.hold = await self._hold(caller, cfg, max_cost)
+            opening = asyncio.ensure_future(call.open())
         try:
-            await call.open()
+            await opening
         except BaseException:
-            if hold is not None:
-                await hold.release()
+            if call.hold is not None:
+                await call.hold.release()
             raise
         return call
 
@@ -318,6 +334,11 @@ class ChatCall:
             self.cfg.name, self.plan, lambda d: d.cfg.name, self.cfg.retry, first_event
         )
         self.served, self._it, self._first = served, it, first
+
+    async def abort(self) -> None:
+        """Stop a call that was opened but will not be consumed."""
+        self._cancel.set()
+        await _aclose(self._it)
 
     async def _stream(self) -> AsyncIterator[Delta | Finish]:
         assert self._it is not None and self._first is not None
