@@ -190,6 +190,11 @@ async def run(a: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                         (await http.post("/v1/embeddings", json=body, headers=h)).raise_for_status()
                     emb[side].append(len(TEXTS) / (time.perf_counter() - t0))
 
+            # Warm up first (allocator arenas, SQLite page caches, the request shapes),
+            # then measure growth over the next a.requests.
+            rss_cold = rss_mb(srv.pid)
+            if a.warmup_requests:
+                await churn(http, key, a.warmup_requests)
             rss_before = rss_mb(srv.pid)
             series = [{"requests": 0, "rss_mb": rss_before["VmRSS"]}]
             churn_s = 0.0
@@ -232,7 +237,10 @@ async def run(a: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         },
         "memory": {
             "rss_both_models_loaded_mb": rss_loaded["VmRSS"],
+            "warmup_requests": a.warmup_requests,
+            "rss_before_warmup_mb": rss_cold["VmRSS"],
             "requests": a.requests,
+            "growth_mb": round(rss_after["VmRSS"] - rss_before["VmRSS"], 1),
             "churn_seconds": round(churn_s, 1),
             "rss_before_mb": rss_before["VmRSS"],
             "rss_after_mb": rss_after["VmRSS"],
@@ -249,6 +257,13 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
         ("embeddings/s at batch 32, API / raw", r["embeddings"]["ratio"], 0.9, True),
         ("RSS with both models loaded (MB)", r["memory"]["rss_both_models_loaded_mb"], 1536, False),
         ("start-up to first request (s)", r["startup"]["ready_s"], 2, False),
+        # "Does not grow": within 1% of RSS over the measured requests, after warm-up.
+        (
+            f"RSS growth over {r['memory']['requests']} requests after warm-up (MB)",
+            r["memory"]["growth_mb"],
+            round(r["memory"]["rss_before_mb"] * 0.01, 1),
+            False,
+        ),
     ]
     return [{"name": n, "measured": m, "target": t, "pass": m >= t if hi else m <= t} for n, m, t, hi in rows]
 
@@ -260,6 +275,7 @@ def main() -> None:
     p.add_argument("--max-tokens", type=int, default=128)
     p.add_argument("--embed-rounds", type=int, default=20)
     p.add_argument("--requests", type=int, default=10_000)
+    p.add_argument("--warmup-requests", type=int, default=2_500, help="requests before RSS is measured")
     p.add_argument("--rss-every", type=int, default=2_500, help="sample the server's RSS every N requests")
     p.add_argument("--settle", type=float, default=0.3, help="pause (s) before each measurement")
     p.add_argument(
@@ -270,7 +286,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=RESULTS)
     a = p.parse_args()
     if a.quick:
-        a.rounds, a.max_tokens, a.embed_rounds, a.requests = 1, 16, 3, 200
+        a.rounds, a.max_tokens, a.embed_rounds, a.requests, a.warmup_requests = 1, 16, 3, 200, 100
     with tempfile.TemporaryDirectory(prefix="tollway-bench-") as d:
         res = asyncio.run(run(a, Path(d)))
     res["targets"] = targets(res)
