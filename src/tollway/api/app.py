@@ -17,7 +17,6 @@ from tollway.api import admin, errors, gateway_admin, system, v1
 from tollway.core.config import Settings
 from tollway.inference import api as inference_api
 from tollway.observe import metrics
-from tollway.observe.memory import trim_forever
 from tollway.runtime import Runtime
 
 log = logging.getLogger("tollway")
@@ -76,17 +75,13 @@ def create_app(settings: Settings | None = None, *, rt: Runtime | None = None) -
             before, after = await rt.migrate()
             if before != after:
                 log.info("database migrated %s -> %s", before, after)
-        background = [
-            asyncio.create_task(rt.ledger.run_expiry(rt.settings.ledger.expiry_interval_seconds)),
-            asyncio.create_task(trim_forever(rt.settings.server.malloc_trim_seconds)),
-        ]
+        sweeper = asyncio.create_task(rt.ledger.run_expiry(rt.settings.ledger.expiry_interval_seconds))
         try:
             yield
         finally:
-            for task in background:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
             await rt.close()
 
     app = FastAPI(

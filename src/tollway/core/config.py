@@ -29,8 +29,6 @@ class ServerConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8787, ge=1, le=65535)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
-    # Return freed heap memory to the OS this often (glibc malloc_trim); 0 = never.
-    malloc_trim_seconds: float = Field(10, ge=0)
 
 
 class DatabaseConfig(_Section):
