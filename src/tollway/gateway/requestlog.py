@@ -68,7 +68,7 @@ class RequestLog:
         self.retention_days = retention_days
         self._buf: list[Entry] = []
         self._task: asyncio.Task[None] | None = None
-        self._last_prune = 0.0
+        self._last_prune: float | None = None  # never yet (monotonic time may start near 0)
         self._index = [_FIELDS.index(c) for c in _COLUMNS]
         cols = ", ".join(_COLUMNS)
         self._insert_sqlite = f"INSERT INTO request_log ({cols}) VALUES ({', '.join('?' * len(_COLUMNS))})"
@@ -100,7 +100,8 @@ class RequestLog:
             except BaseException:
                 self._buf[:0] = rows
                 raise
-        if self.retention_days and time.monotonic() - self._last_prune > _PRUNE_EVERY_S:
+        due = self._last_prune is None or time.monotonic() - self._last_prune > _PRUNE_EVERY_S
+        if self.retention_days and due:
             self._last_prune = time.monotonic()
             await self.prune()
 
