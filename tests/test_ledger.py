@@ -278,3 +278,64 @@ async def test_history_newest_first_and_paginates(rt: Runtime) -> None:
     h2 = await L.history(a, limit=10, before=h[-1].id)
     assert [t.id for t in h2][:2] == [ts[1].id, ts[0].id]
     assert await codes(L.history("nope")) == "account_not_found"
+
+
+async def test_reserve_early_is_decided_before_its_commit(rt: Runtime) -> None:
+    """The decision comes back while the commit may still run; the commit's
+    future then holds the same transfer, and the money is held."""
+    ledger = rt.ledger
+    acct = await funded(ledger)
+    t, committed = await ledger.reserve_early(acct, "sys_revenue", 300)
+    assert await committed == t
+    a = await ledger.get_account(acct)
+    assert (a.balance, a.debits_pending) == (1_000, 300)
+
+
+async def test_reserve_early_refusal_waits_for_the_commit(rt: Runtime) -> None:
+    ledger = rt.ledger
+    acct = await funded(ledger, 100)
+    assert await codes(ledger.reserve_early(acct, "sys_revenue", 300)) == "insufficient_funds"
+    assert (await ledger.get_account(acct)).debits_pending == 0
+
+
+async def test_reserve_early_commit_failure_reaches_the_commit_future(rt: Runtime) -> None:
+    """A batch that was decided and then failed to commit: the early caller has
+    its transfer, and the commit future says what really happened."""
+    ledger = rt.ledger
+    acct = await funded(ledger)
+    real = ledger._apply
+
+    async def decide_then_fail(ops: list[object], decided: object) -> object:
+        async def no_commit(*a: object) -> object:
+            raise RuntimeError("disk gone")
+
+        if decided is not None:
+            # Apply for real to get a decision, then report a lost commit.
+            results = await real(ops, None)  # type: ignore[arg-type]
+            decided(results)  # type: ignore[operator]
+        return await no_commit()
+
+    ledger._apply = decide_then_fail  # type: ignore[assignment,method-assign]
+    try:
+        t, committed = await ledger.reserve_early(acct, "sys_revenue", 300)
+        r = await committed
+        assert isinstance(r, TollwayError) and r.code == "database_unavailable"
+        assert t.amount == 300
+    finally:
+        ledger._apply = real  # type: ignore[method-assign]
+
+
+async def test_lingering_op_rides_with_the_next_batch_or_commits_alone(rt: Runtime) -> None:
+    ledger = rt.ledger
+    acct = await funded(ledger)
+    ledger.linger_s = 60.0  # nothing but another op can carry it
+    t = await ledger.reserve(acct, "sys_revenue", 300)
+    lingering = asyncio.ensure_future(ledger.post(t.id, 100, linger=True))
+    await asyncio.sleep(0.05)
+    assert not lingering.done()  # still waiting for company
+    other = await ledger.reserve(acct, "sys_revenue", 50)  # commits both in one batch
+    assert (await lingering).amount == 100 and other.amount == 50
+    ledger.linger_s = 0.001
+    await ledger.void(other.id, linger=True)  # alone: commits after the linger
+    a = await ledger.get_account(acct)
+    assert (a.balance, a.debits_pending) == (900, 0)

@@ -6,6 +6,11 @@ Every request is queued; one writer task per process takes everything queued
 PostgreSQL, so several processes can share one database — and acknowledges
 each request only after the commit.  A batch that the database refuses is
 retried one request at a time, so one bad request never sinks its neighbours.
+
+:meth:`Ledger.reserve_early` also hears a reservation's *decision* as soon as
+the batch has applied it under the write lock, before the commit: a caller
+can start slow work (an upstream call) while the commit runs, and joins the
+commit before it shows anyone a result.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import contextlib
 import logging
 import sqlite3
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -64,6 +70,45 @@ def _check_key(key: str | None) -> None:
         )
 
 
+def _create(
+    debit_account_id: str,
+    credit_account_id: str,
+    amount: int,
+    pending: bool,
+    timeout_s: int | None,
+    description: str,
+    idempotency_key: str | None,
+    usage: Usage | None,
+) -> CreateTransfer:
+    """A checked transfer request (bad input is refused before it is queued)."""
+    check_amount(amount)
+    _check_key(idempotency_key)
+    if timeout_s is not None and (
+        isinstance(timeout_s, bool) or not isinstance(timeout_s, int) or timeout_s <= 0
+    ):
+        raise invalid("invalid_timeout", "timeout must be a positive integer of seconds", "timeout")
+    if timeout_s is not None and not pending:
+        raise invalid("invalid_timeout", "timeout applies only to pending transfers", "timeout")
+    if len(description) > 500:
+        raise invalid("invalid_description", "description is at most 500 characters", "description")
+    return CreateTransfer(
+        debit_account_id, credit_account_id, amount, pending, timeout_s, description, idempotency_key, usage
+    )
+
+
+# A queued request: the op, its commit's future, and (reserve_early) its decision's.
+_Item = tuple[Op, "asyncio.Future[Result]", "asyncio.Future[Result] | None"]
+_Decided = Callable[[list[Result]], None]
+
+
+def _decided(batch: list[_Item], results: list[Result]) -> None:
+    """Wake the early waiters whose reservation the batch accepted (a refusal
+    waits for the commit, so a refused caller never leaves a hold behind)."""
+    for (_, _, early), r in zip(batch, results, strict=True):
+        if early is not None and not early.done() and isinstance(r, Transfer):
+            early.set_result(r)
+
+
 class Ledger:
     def __init__(
         self,
@@ -71,6 +116,7 @@ class Ledger:
         *,
         clock: Clock | None = None,
         batch_max: int = 2048,
+        linger_s: float = 0.002,
         default_timeout_s: int = 300,
     ) -> None:
         self.engine = engine
@@ -78,8 +124,10 @@ class Ledger:
         self.batch_max = batch_max
         self.default_timeout_s = default_timeout_s
         self._sqlite = is_sqlite(engine)
-        self._queue: list[tuple[Op, asyncio.Future[Result]]] = []
+        self._queue: list[_Item] = []
         self._wake: asyncio.Event | None = None
+        self._linger: asyncio.TimerHandle | None = None
+        self.linger_s = linger_s
         self._task: asyncio.Task[None] | None = None
         self.reads = PointReader(engine)
         self._checkpointer: asyncio.Task[None] | None = None
@@ -101,7 +149,7 @@ class Ledger:
             self._checkpointer = None
         if self._task is not None:
             if self._queue:  # let queued requests commit before stopping
-                await asyncio.gather(*(f for _, f in self._queue), return_exceptions=True)
+                await asyncio.gather(*(f for _, f, _ in self._queue), return_exceptions=True)
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
@@ -175,17 +223,7 @@ class Ledger:
         idempotency_key: str | None = None,
         usage: Usage | None = None,
     ) -> Transfer:
-        check_amount(amount)
-        _check_key(idempotency_key)
-        if timeout_s is not None and (
-            isinstance(timeout_s, bool) or not isinstance(timeout_s, int) or timeout_s <= 0
-        ):
-            raise invalid("invalid_timeout", "timeout must be a positive integer of seconds", "timeout")
-        if timeout_s is not None and not pending:
-            raise invalid("invalid_timeout", "timeout applies only to pending transfers", "timeout")
-        if len(description) > 500:
-            raise invalid("invalid_description", "description is at most 500 characters", "description")
-        op = CreateTransfer(
+        op = _create(
             debit_account_id,
             credit_account_id,
             amount,
@@ -203,6 +241,32 @@ class Ledger:
         """A pending transfer: the amount is held until posted, voided or expired."""
         return await self.transfer(debit_account_id, credit_account_id, amount, pending=True, **kw)
 
+    async def reserve_early(
+        self,
+        debit_account_id: str,
+        credit_account_id: str,
+        amount: int,
+        *,
+        timeout_s: int | None = None,
+        description: str = "",
+        idempotency_key: str | None = None,
+    ) -> tuple[Transfer, asyncio.Future[Result]]:
+        """:meth:`reserve`, returning as soon as the reservation is *decided*
+        (applied under the write lock), with a future for its commit. The
+        commit is what counts: it can still fail (a lost disk or connection)
+        or, if the batch had to be retried, come out differently, so join it
+        before showing anyone the result. A refusal is returned only once
+        committed, so a refused caller never leaves a hold behind."""
+        op = _create(
+            debit_account_id, credit_account_id, amount, True, timeout_s, description, idempotency_key, None
+        )
+        early: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        committed = self._enqueue(op, early)
+        r = await early
+        if isinstance(r, TollwayError):
+            raise r
+        return r, committed
+
     async def post(
         self,
         pending_id: str,
@@ -210,12 +274,15 @@ class Ledger:
         *,
         idempotency_key: str | None = None,
         usage: Usage | None = None,
+        linger: bool = False,
     ) -> Transfer:
-        """Take ``amount`` (default: all) of a pending transfer; release the rest."""
+        """Take ``amount`` (default: all) of a pending transfer; release the rest.
+        ``linger``: see :meth:`_enqueue` (for a settle nobody waits on)."""
         if amount is not None:
             check_amount(amount)
         _check_key(idempotency_key)
-        return await self._submit(ResolvePending(pending_id, True, amount, False, idempotency_key, usage))
+        op = ResolvePending(pending_id, True, amount, False, idempotency_key, usage)
+        return await self._submit(op, linger)
 
     async def void(
         self,
@@ -223,10 +290,13 @@ class Ledger:
         *,
         idempotency_key: str | None = None,
         usage: Usage | None = None,
+        linger: bool = False,
     ) -> Transfer:
         """Release a pending transfer: nothing is taken."""
         _check_key(idempotency_key)
-        return await self._submit(ResolvePending(pending_id, False, None, False, idempotency_key, usage))
+        return await self._submit(
+            ResolvePending(pending_id, False, None, False, idempotency_key, usage), linger
+        )
 
     async def get_transfer(self, transfer_id: str) -> Transfer:
         async with self.engine.connect() as conn:
@@ -271,23 +341,30 @@ class Ledger:
 
     # -------------------------------------------------------------- group commit
 
-    def _enqueue(self, op: Op) -> asyncio.Future[Result]:
+    def _enqueue(
+        self, op: Op, early: asyncio.Future[Result] | None = None, *, linger: bool = False
+    ) -> asyncio.Future[Result]:
         """Queue a request for the next batch. Once queued it will be committed
-        (or refused) even if the caller stops waiting."""
+        (or refused) even if the caller stops waiting. ``linger``: nobody is
+        waiting on it, so let it ride with the next batch (at most
+        ``linger_s`` later) instead of taking a commit of its own."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Result] = loop.create_future()
-        self._queue.append((op, fut))
+        self._queue.append((op, fut, early))
         if self._task is None or self._task.done():
             self._wake = asyncio.Event()
             self._task = loop.create_task(self._writer(), name="tollway-ledger-writer")
             if self._sqlite and self._checkpointer is None:
                 self._checkpointer = loop.create_task(self._checkpoint_loop(), name="tollway-wal")
         assert self._wake is not None
-        self._wake.set()
+        if not linger:
+            self._wake.set()
+        elif self._linger is None:
+            self._linger = loop.call_later(self.linger_s, self._wake.set)
         return fut
 
-    async def _submit(self, op: Op) -> Transfer:
-        result = await self._enqueue(op)
+    async def _submit(self, op: Op, linger: bool = False) -> Transfer:
+        result = await self._enqueue(op, linger=linger)
         if isinstance(result, TollwayError):
             raise result
         return result
@@ -321,16 +398,19 @@ class Ledger:
         while True:
             await self._wake.wait()
             self._wake.clear()
+            if self._linger is not None:  # what lingers goes with this batch
+                self._linger.cancel()
+                self._linger = None
             while self._queue:
                 batch = self._queue[: self.batch_max]
                 del self._queue[: self.batch_max]
                 await self._commit_batch(batch)
 
-    async def _commit_batch(self, batch: list[tuple[Op, asyncio.Future[Result]]]) -> None:
-        ops = [op for op, _ in batch]
+    async def _commit_batch(self, batch: list[_Item]) -> None:
+        ops = [op for op, _, _ in batch]
         t0 = time.perf_counter()
         try:
-            results = await self._apply(ops)
+            results = await self._apply(ops, lambda rs: _decided(batch, rs))
         except DRIVER_ERRORS as e:
             if len(batch) > 1:
                 # Isolate the request the database refused; the rest still commit.
@@ -344,11 +424,13 @@ class Ledger:
         metrics.LEDGER_COMMIT_SECONDS.observe(time.perf_counter() - t0)
         metrics.LEDGER_BATCH_SIZE.observe(len(batch))
         ok = 0
-        for (_, fut), r in zip(batch, results, strict=True):
+        for (_, fut, early), r in zip(batch, results, strict=True):
             if isinstance(r, Transfer):
                 ok += 1
             if not fut.done():
                 fut.set_result(r)
+            if early is not None and not early.done():
+                early.set_result(r)
         metrics.LEDGER_OPS.labels("ok").inc(ok)
         if len(batch) - ok:
             metrics.LEDGER_OPS.labels("rejected").inc(len(batch) - ok)
@@ -358,25 +440,36 @@ class Ledger:
         for attempt in range(5):
             await asyncio.sleep(0.001 * 2**attempt)
             try:
-                return (await self._apply([op]))[0]
+                return (await self._apply([op], None))[0]
             except DRIVER_ERRORS as e:
                 err = e
         log.error("ledger request failed after retries: %s", err)
         return _db_unavailable(err)
 
-    async def _apply(self, ops: list[Op]) -> list[Result]:
+    async def _apply(self, ops: list[Op], decided: _Decided | None) -> list[Result]:
+        """Apply one batch in one transaction; ``decided`` hears the results
+        once applied under the write lock, before the commit."""
+        loop = asyncio.get_running_loop()
         if self._sqlite and sqlite_path(self.engine):
             if self._wexec is None:
                 self._wexec = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tollway-ledger")
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._wexec, self._apply_sqlite, ops, self.clock.now_us())
+            tell: _Decided | None = None
+            if decided is not None:
+                hear = decided
+
+                def tell(rs: list[Result]) -> None:  # from the writer thread
+                    loop.call_soon_threadsafe(hear, rs)
+
+            return await loop.run_in_executor(self._wexec, self._apply_sqlite, ops, self.clock.now_us(), tell)
         async with raw_transaction(self.engine) as tx:
             st = await load_batch(tx, ops, self.clock.now_us(), self.default_timeout_s)
             results, writes = apply_batch(ops, st)
+            if decided is not None:
+                decided(results)
             await write_batch(tx, st, writes)
         return results
 
-    def _apply_sqlite(self, ops: list[Op], now_us: int) -> list[Result]:
+    def _apply_sqlite(self, ops: list[Op], now_us: int, decided: _Decided | None) -> list[Result]:
         """One batch on the writer thread: BEGIN IMMEDIATE, load, apply, write, COMMIT."""
         if self._wconn is None:
             self._wconn = sqlite_connect(self.engine)
@@ -386,6 +479,8 @@ class Ledger:
             tx = inline_tx(conn)
             st = run_inline(load_batch(tx, ops, now_us, self.default_timeout_s))
             results, writes = apply_batch(ops, st)
+            if decided is not None:
+                decided(results)
             run_inline(write_batch(tx, st, writes))
             conn.execute("COMMIT")
         except BaseException:
