@@ -8,6 +8,7 @@ import pytest
 from sqlalchemy import select
 
 from tollway.charge import Charger, Payer
+from tollway.charge.hold import Source
 from tollway.core.clock import ManualClock
 from tollway.core.config import Settings
 from tollway.core.errors import TollwayError
@@ -250,3 +251,52 @@ async def test_settle_completes_once_even_if_its_caller_is_cancelled(rt: Runtime
     await hold.release()  # a no-op once settled
     a = await rt.ledger.get_account(acct)
     assert (a.balance, a.debits_pending) == (880, 0)
+
+
+async def test_early_reservation_that_fails_to_commit_holds_and_charges_nothing(rt: Runtime) -> None:
+    """reserve(early=True) returns on the ledger's decision. If one leg then
+    fails to commit, confirm() voids the legs that did and raises: nothing is
+    held, and a later settle or release changes nothing."""
+    c = await rt.customers.create("Ada")
+    await rt.ledger.transfer("sys_funding", c.account_id, 1_000)
+    free = await rt.ledger.create_account("customer", name="free")
+    await rt.ledger.transfer("sys_funding", free.id, 100)
+    p = Payer(c.account_id, c.id, (Source(free.id), Source(c.account_id)))
+    real = rt.ledger.reserve_early
+    calls = 0
+
+    async def second_leg_lost(*a: object, **k: object) -> object:
+        nonlocal calls
+        calls += 1
+        t, committed = await real(*a, **k)  # type: ignore[arg-type]
+        if calls == 2:  # decided, but its commit "failed": void what did commit
+            await committed
+            await rt.ledger.void(t.id)
+            lost: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+            lost.set_result(TollwayError("api_error", "database_unavailable", "lost", status=503))
+            return t, lost
+        return t, committed
+
+    rt.ledger.reserve_early = second_leg_lost  # type: ignore[method-assign]
+    h = rt.charger.hold(p, 300, meter="tokens")
+    await h.reserve(early=True)
+    with pytest.raises(TollwayError) as e:
+        await h.confirm()
+    assert e.value.code == "database_unavailable"
+    with pytest.raises(TollwayError):
+        await h.settle(100)
+    await h.release()
+    for acct, expect in ((free.id, 100), (c.account_id, 1_000)):
+        a = await rt.ledger.get_account(acct)
+        assert (a.balance, a.debits_pending) == (expect, 0)
+    assert (await rt.ledger.get_account("sys_revenue")).balance == 0
+
+
+async def test_settle_soon_commits_after_it_returns(rt: Runtime) -> None:
+    p = await payer(rt)
+    h = rt.charger.hold(p, 300, meter="tokens")
+    await h.reserve(early=True)
+    await h.confirm()
+    done = h.settle_soon(120, quantity=1)
+    assert await h.wait() is done.result()
+    assert await state(rt, p) == (880, 0, 120)

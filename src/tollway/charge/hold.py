@@ -145,6 +145,9 @@ class Hold:
     _quantity: int = 0
     _metadata: dict[str, Any] = field(default_factory=dict)
     _settling: asyncio.Future[Receipt] | None = None
+    _committing: list[asyncio.Future[Any]] = field(default_factory=list)  # reserve(early=True)
+    _refused: TollwayError | None = None  # the reservation's commit failed (see confirm)
+    _hold_id: str = ""
 
     @property
     def pending(self) -> Transfer | None:
@@ -173,12 +176,16 @@ class Hold:
 
     # ------------------------------------------------------------------ reserve
 
-    async def reserve(self) -> None:
+    async def reserve(self, *, early: bool = False) -> None:
+        """Reserve the maximum. ``early``: return once the ledger has *decided*
+        the reservation, before its commit, so slow work can start while it
+        commits; :meth:`confirm` must then be joined before any result is shown
+        (settle and release join it themselves)."""
         sources = self.payer.funding()
         for attempt in range(_RESERVE_ATTEMPTS):
             plan = await self._plan(sources)
             try:
-                await self._reserve_legs(plan)
+                await self._reserve_legs(plan, early)
                 return
             except TollwayError as e:
                 # Another request took the money between the plan and the reserve.
@@ -202,33 +209,78 @@ class Hold:
         metrics.CHARGES.labels("refused").inc()
         raise ledger_errors.exceeds_credits(sources[-1].account_id, self.max_amount - need, self.max_amount)
 
-    async def _reserve_legs(self, plan: list[tuple[Source, int]]) -> None:
+    async def _reserve_legs(self, plan: list[tuple[Source, int]], early: bool) -> None:
         caps: list[tuple[Source | Cap, int]] = [(c, self.max_amount) for c in self.payer.caps]
         plan_all: list[tuple[Source | Cap, int]] = [*plan, *caps]
+
+        async def leg(i: int, s: Source | Cap, amount: int) -> tuple[Transfer, asyncio.Future[Any] | None]:
+            kw: dict[str, Any] = {
+                "timeout_s": self.timeout_s,
+                "description": self.description or self.meter,
+                "idempotency_key": self._key("reserve", i),
+            }
+            if early:
+                return await self.ledger.reserve_early(s.account_id, s.payee or self.payee, amount, **kw)
+            return await self.ledger.reserve(s.account_id, s.payee or self.payee, amount, **kw), None
+
         results = await asyncio.gather(
-            *(
-                self.ledger.reserve(
-                    s.account_id,
-                    s.payee or self.payee,
-                    amount,
-                    timeout_s=self.timeout_s,
-                    description=self.description or self.meter,
-                    idempotency_key=self._key("reserve", i),
-                )
-                for i, (s, amount) in enumerate(plan_all)
-            ),
-            return_exceptions=True,
+            *(leg(i, s, amount) for i, (s, amount) in enumerate(plan_all)), return_exceptions=True
         )
-        legs = [Leg(s, r) for (s, _), r in zip(plan_all, results, strict=True) if isinstance(r, Transfer)]
+        done = [
+            (s, r) for (s, _), r in zip(plan_all, results, strict=True) if not isinstance(r, BaseException)
+        ]
+        legs = [Leg(s, t) for s, (t, _) in done]
+        committing = [c for _, (_, c) in done if c is not None]
         failed = [(s, r) for (s, _), r in zip(plan_all, results, strict=True) if isinstance(r, BaseException)]
         if failed:
-            await asyncio.gather(*(self.ledger.void(leg.pending.id) for leg in legs))
+            if early:  # legs and committing line up: void only what committed
+                outcomes = await asyncio.gather(*committing)
+                for lg, r in zip(legs, outcomes, strict=True):
+                    if isinstance(r, Transfer):
+                        lg.pending = r
+                legs = [lg for lg, r in zip(legs, outcomes, strict=True) if isinstance(r, Transfer)]
+            await asyncio.gather(*(self.ledger.void(lg.pending.id) for lg in legs))
             src, err = failed[0]
             if isinstance(src, Cap) and isinstance(err, TollwayError) and err.code == "insufficient_funds":
                 # Not a retry case: the budget, not the balance, is what ran out.
                 raise budget_exceeded(src.label, self.max_amount) from None
             raise err
-        self.legs = legs
+        self.legs, self._committing, self._hold_id = legs, committing, legs[0].pending.id
+
+    async def confirm(self) -> None:
+        """Join the commit of a reservation made with ``early``. If it did not
+        commit as decided, void whatever legs did, and raise (nothing is held
+        or charged). A no-op once joined, or for a plain reservation."""
+        if self._refused is not None:
+            raise self._refused
+        futs, self._committing = self._committing, []
+        if not futs:
+            return
+        results = await asyncio.gather(*futs)
+        for lg, r in zip(self.legs, results, strict=True):
+            if isinstance(r, Transfer):
+                lg.pending = r  # after a retried batch, the committed transfer is the real one
+        bad = [r for r in results if not isinstance(r, Transfer)]
+        if not bad:
+            return
+        await asyncio.gather(
+            *(
+                self.ledger.void(lg.pending.id)
+                for lg, r in zip(self.legs, results, strict=True)
+                if isinstance(r, Transfer)
+            )
+        )
+        self.legs = []
+        metrics.CHARGES.labels("refused").inc()
+        err = bad[0]
+        self._refused = (
+            err
+            if isinstance(err, TollwayError)
+            else TollwayError(
+                ErrorType.API, "database_unavailable", f"the reservation did not commit: {err}", status=503
+            )
+        )
+        raise self._refused
 
     # ------------------------------------------------------------------- settle
 
@@ -236,12 +288,36 @@ class Hold:
         """Take ``actual`` now (0 voids) and release the rest; record one usage event.
         It runs once: it completes even if its caller is cancelled, and a second
         call (settle or release) waits for the first and returns its receipt."""
+        return await asyncio.shield(self._start(actual, quantity, metadata, linger=False))
+
+    def settle_soon(
+        self, actual: int, *, quantity: int | None = None, **metadata: Any
+    ) -> asyncio.Future[Receipt]:
+        """Start the settle and return at once: the future completes on commit.
+        A response can go out first and the commit follow it (the reservation
+        already stands, so the money is held either way). Nobody waits on it,
+        so it rides with the ledger's next batch (see ``Ledger.linger_s``);
+        :meth:`wait` joins it."""
+        return self._start(actual, quantity, metadata, linger=True)
+
+    def _start(
+        self, actual: int, quantity: int | None, metadata: dict[str, Any], *, linger: bool
+    ) -> asyncio.Future[Receipt]:
         self._check_actual(actual)
         if self._settling is None:
-            self._settling = asyncio.ensure_future(self._settle(actual, quantity, metadata))
+            self._settling = asyncio.ensure_future(self._settle(actual, quantity, metadata, linger=linger))
+        return self._settling
+
+    async def wait(self) -> Receipt | None:
+        """Wait for a settle or release already started (None if none was)."""
+        if self._settling is None:
+            return None
         return await asyncio.shield(self._settling)
 
-    async def _settle(self, actual: int, quantity: int | None, metadata: dict[str, Any]) -> Receipt:
+    async def _settle(
+        self, actual: int, quantity: int | None, metadata: dict[str, Any], *, linger: bool = False
+    ) -> Receipt:
+        await self.confirm()
         usage = Usage(
             self.meter,
             actual if quantity is None else quantity,
@@ -260,24 +336,35 @@ class Hold:
             u = usage if i == 0 else None
             if take:
                 ops.append(
-                    self.ledger.post(leg.pending.id, take, idempotency_key=self._key("post", i), usage=u)
+                    self.ledger.post(
+                        leg.pending.id, take, idempotency_key=self._key("post", i), usage=u, linger=linger
+                    )
                 )
             else:
-                ops.append(self.ledger.void(leg.pending.id, idempotency_key=self._key("void", i), usage=u))
+                ops.append(
+                    self.ledger.void(
+                        leg.pending.id, idempotency_key=self._key("void", i), usage=u, linger=linger
+                    )
+                )
         transfers = await asyncio.gather(*ops)
         metrics.CHARGES.labels("posted" if actual else "free").inc()
         metrics.CHARGED_MICROS.inc(actual)
-        assert self.pending is not None
-        self.receipt = Receipt(self.max_amount, actual, self.pending.id, transfers[0].id)
+        self.receipt = Receipt(self.max_amount, actual, self._hold_id, transfers[0].id)
         return self.receipt
 
     async def release(self) -> None:
         """Void every leg: nothing is taken, no usage recorded (a no-op once settled)."""
+        if self._refused is not None:
+            return  # the reservation never stood: nothing is held
         if self._settling is None:
             self._settling = asyncio.ensure_future(self._release())
         await asyncio.shield(self._settling)
 
     async def _release(self) -> Receipt:
+        try:
+            await self.confirm()
+        except TollwayError:  # the reservation never stood: nothing to release
+            return Receipt(self.max_amount, 0, self._hold_id, None)
         await asyncio.gather(
             *(
                 self.ledger.void(leg.pending.id, idempotency_key=self._key("void", i))
@@ -285,8 +372,7 @@ class Hold:
             )
         )
         metrics.CHARGES.labels("voided").inc()
-        assert self.pending is not None
-        self.receipt = Receipt(self.max_amount, 0, self.pending.id, None)
+        self.receipt = Receipt(self.max_amount, 0, self._hold_id, None)
         return self.receipt
 
     # ---------------------------------------------------------- context manager
