@@ -35,6 +35,7 @@ class FakeUpstream:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/v1"
         self.calls = 0
+        self.streamed: list[bool] = []  # per chat call: did tollway ask for a stream
         self.delay_s = 0.0
         self.prompt_tokens = PROMPT_TOKENS  # what usage reports for the prompt
         self._fail: list[int] = []
@@ -79,6 +80,19 @@ class FakeUpstream:
             data = [{"object": "embedding", "index": i, "embedding": [0.5] * 4} for i in range(len(inputs))]
             out = {"object": "list", "data": data, "usage": {"prompt_tokens": 3, "total_tokens": 3}}
             await self._send(send, 200, json.dumps(out).encode(), b"application/json")
+            return
+        self.streamed.append(bool(req.get("stream")))
+        if not req.get("stream"):
+            msg = {"role": "assistant", "content": "".join(WORDS[:n])}
+            whole = {
+                "id": "chatcmpl-fake",
+                "object": "chat.completion",
+                "created": 0,
+                "model": "fake",
+                "choices": [{"index": 0, "message": msg, "finish_reason": "length"}],
+                "usage": usage,
+            }
+            await self._send(send, 200, json.dumps(whole).encode(), b"application/json")
             return
         base = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 0, "model": "fake"}
         chunks = [{**base, "choices": [{"index": 0, "delta": {"content": w}}]} for w in WORDS[:n]]

@@ -81,6 +81,19 @@ async def logged(env: Env, **params: Any) -> list[dict[str, Any]]:
 # ------------------------------------------------------------------- routing
 
 
+async def test_upstream_is_streamed_only_when_the_caller_streams(env: Env, up: FakeUpstream) -> None:
+    """A whole answer is asked for whole (no SSE to parse), and charged the same."""
+    whole = await post(env, chat("a"))
+    streamed = await post(env, chat("a", stream=True, stream_options={"include_usage": True}))
+    assert whole.status_code == streamed.status_code == 200
+    assert up.streamed == [False, True]
+    assert whole.json()["choices"][0]["message"]["content"] == "".join(WORDS[:6])
+    assert whole.json()["choices"][0]["finish_reason"] == "length"
+    usage = [json.loads(ln[6:]) for ln in streamed.text.splitlines() if ln.startswith("data: {")][-1]
+    assert usage["usage"] == whole.json()["usage"]
+    assert usage["x_tollway"]["charged"] == whole.json()["x_tollway"]["charged"] > 0
+
+
 async def test_retry_then_success_reports_provider_and_attempts(env: Env, up: FakeUpstream) -> None:
     up.fail_next(1, status=500)
     r = await post(env, chat("a"))

@@ -7,6 +7,7 @@ import asyncio
 import base64
 import datetime as dt
 import json
+import logging
 import struct
 import time
 from collections.abc import AsyncIterator, Callable
@@ -14,6 +15,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.background import BackgroundTask
 
 from tollway.api.auth import require_key, require_scope, runtime
 from tollway.core.config import ModelConfig
@@ -30,6 +32,7 @@ from tollway.inference.usage import rollup
 from tollway.runtime import Runtime
 
 router = APIRouter(tags=["inference"])
+log = logging.getLogger("tollway.inference")
 
 Lead = asyncio.Future[CacheEntry | None]  # a cache leader's promise to its followers
 _FINISH = {"stop": "stop", "length": "length", "cancelled": "stop"}
@@ -52,6 +55,7 @@ def _params(messages: list[Message], body: ChatRequest | RunRequest) -> ChatPara
         ],
         max_tokens=0,
         temperature=body.temperature,
+        stream=body.stream,
     )
     if isinstance(body, ChatRequest):
         p.top_p = body.top_p
@@ -66,6 +70,23 @@ def _params(messages: list[Message], body: ChatRequest | RunRequest) -> ChatPara
         elif rf is not None and rf.type == "json_object":
             p.json_object = True
     return p
+
+
+async def _committed(m: Metered | None) -> None:
+    """Join a settle that was started before the response went out. It runs
+    after the response is sent and before the request ends, so the next request
+    on the connection is not held up, and a test client (which waits for the
+    whole request) reads its own writes."""
+    if m is None or m.committing is None:
+        return
+    try:
+        await asyncio.shield(m.committing)
+    except Exception:  # the hold stays pending and expires: the call goes uncharged
+        log.exception("a settle failed after its response was sent")
+
+
+def _after(m: Metered | None) -> BackgroundTask | None:
+    return BackgroundTask(_committed, m) if m is not None and m.committing is not None else None
 
 
 def _sse(obj: Any) -> bytes:
@@ -196,7 +217,9 @@ async def _chat(
     await end.done(None)
     headers = {**p.headers, **m.headers()}
     if shape == "openai":
-        return JSONResponse(_openai_json(cid, created, cfg.name, text, m), headers=headers)
+        return JSONResponse(
+            _openai_json(cid, created, cfg.name, text, m), headers=headers, background=_after(m)
+        )
     return _workers({"response": text, "usage": _usage(m)}, m, headers)
 
 
@@ -232,6 +255,7 @@ class _End:
             raise
         finally:
             await self.done(err)
+            await _committed(self.call.metered)
 
     async def done(self, err: BaseException | None) -> None:
         if self.ended:
@@ -433,6 +457,7 @@ async def embeddings(body: EmbeddingsRequest, request: Request, key: ApiKey = De
             "x_tollway": _tollway(m),
         },
         headers={**p.headers, **m.headers()},
+        background=_after(m),
     )
 
 
@@ -496,6 +521,7 @@ def _workers(result: dict[str, Any], m: Metered, headers: dict[str, str] | None 
     return JSONResponse(
         {"result": result, "success": True, "errors": [], "messages": [], "x_tollway": _tollway(m)},
         headers={**(headers or {}), **m.headers()},
+        background=_after(m),
     )
 
 

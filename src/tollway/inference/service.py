@@ -87,6 +87,9 @@ class Metered:
     finish_reason: str = "stop"
     deployment: str = ""
     attempts: int = 1
+    # The settle's commit while it is still running: a response goes out first
+    # and the API joins this after it (see tollway.inference.api._committed).
+    committing: asyncio.Future[Any] | None = None
 
     def headers(self) -> dict[str, str]:
         return {
@@ -153,6 +156,9 @@ class Inference:
         return mn, price_micros(mn, self.micros_per_1000_neurons)
 
     async def _hold(self, caller: Caller, cfg: ModelConfig, max_cost: int) -> Hold | None:
+        """Reserve ``max_cost`` and return once the ledger has decided it: the
+        call starts while the reservation commits, and no result is shown
+        before :meth:`Hold.confirm` (a failed commit stops the call)."""
         if max_cost <= 0:
             return None
         payer = await self.allowance.payer(caller.customer_id, caller.account_id)
@@ -161,7 +167,7 @@ class Inference:
         hold = self.charger.hold(
             payer, max_cost, meter="neurons", description=cfg.name, timeout_s=self.hold_timeout_s
         )
-        await hold.reserve()
+        await hold.reserve(early=True)
         return hold
 
     async def charge_flat(self, caller: Caller, amount: int, meter: str, description: str) -> int:
@@ -205,10 +211,11 @@ class Inference:
         max_cost = max(self.price(d.cfg, d.prompt_tokens, d.params.max_tokens)[1] for d in plan)
         call = ChatCall(self, caller, cfg, plan, None)
         if all(isinstance(d.backend, LlamaCppBackend) for d in plan):
-            # Local models: evaluate the prompt while the reservation commits. No
-            # token reaches the caller before the money is held; if the
-            # reservation is refused, the generation is stopped. (Upstream calls
-            # cost real money, so they start only once the reservation stands.)
+            # Local models: evaluate the prompt while the reservation is decided
+            # and committed. No token reaches the caller before the money is
+            # held; if the reservation is refused, the generation is stopped.
+            # (Upstream calls cost real money, so they start only once the
+            # ledger has accepted the reservation; they overlap its commit.)
             opening = asyncio.ensure_future(call.open())
             try:
                 call.hold = await self._hold(caller, cfg, max_cost)
@@ -256,11 +263,13 @@ class Inference:
             (t, _, _), (vectors, tokens), attempts = await routing.first_success(
                 cfg.name, plan, lambda p: p[0].name, cfg.retry, run
             )
+            if hold is not None:
+                await hold.confirm()  # the reservation stands before any result is shown
             mn, cost = self.price(t, tokens)
             m = Metered(tokens, 0, mn, min(cost, max_cost), (time.perf_counter() - t0) * 1000)
             m.deployment, m.attempts = t.name, attempts
             if hold is not None:
-                await hold.settle(
+                m.committing = hold.settle_soon(
                     m.charged, quantity=mn, **self._usage(caller, cfg, m, stream=False, attempts=attempts)
                 )
             return vectors, m
@@ -354,6 +363,8 @@ class ChatCall:
         finish: Finish | None = None
         settled = False
         try:
+            if self.hold is not None:
+                await self.hold.confirm()  # the reservation stands before the first token
             async for ev in self._stream():
                 if isinstance(ev, Finish):
                     finish = ev
@@ -363,9 +374,7 @@ class ChatCall:
                 yield ev
             assert finish is not None
             await _aclose(self._it)  # hand the instance back before settling
-            await self._settle(
-                finish.prompt_tokens, finish.completion_tokens, finish.reason, t0, ttft, stream
-            )
+            self._settle(finish.prompt_tokens, finish.completion_tokens, finish.reason, t0, ttft, stream)
             settled = True
             yield finish
         except BaseException as e:
@@ -375,16 +384,18 @@ class ChatCall:
                 if self.progress.completion_tokens and not isinstance(e, TollwayError):
                     # The client went away (or the stream broke) after output: charge what was made.
                     reason = "cancelled"
-                    await self._settle(
-                        self.progress.prompt_tokens, self.progress.completion_tokens, reason, t0, ttft, stream
-                    )
+                    p = self.progress
+                    self._settle(p.prompt_tokens, p.completion_tokens, reason, t0, ttft, stream)
+                    assert self.hold is not None
+                    await self.hold.wait()
                 elif self.hold is not None:
                     await self.hold.release()
             raise
 
-    async def _settle(
+    def _settle(
         self, prompt: int, completion: int, reason: str, t0: float, ttft: float | None, stream: bool
     ) -> None:
+        """Meter the call and start its settle (``metered.committing`` joins it)."""
         served = self.served.cfg if self.served else self.cfg
         mn, cost = self.svc.price(served, prompt, completion)
         charged = cost
@@ -403,7 +414,7 @@ class ChatCall:
         )
         self.metered = m
         if self.hold is not None:
-            await self.hold.settle(
+            m.committing = self.hold.settle_soon(
                 m.charged,
                 quantity=mn,
                 **Inference._usage(self.caller, self.cfg, m, stream=stream, attempts=self.attempts),

@@ -22,6 +22,7 @@ class ChatParams:
     json_object: bool = False  # any JSON object
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
+    stream: bool = True  # the caller reads tokens as they come (an upstream may answer whole otherwise)
     # What the backend worked out while counting the prompt (llama_cpp: the
     # token ids and template stops), so generation does not redo it.
     prepared: Any = None

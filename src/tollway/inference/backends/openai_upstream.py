@@ -82,9 +82,10 @@ class OpenAIUpstream:
             "model": self.model,
             "messages": params.messages,
             "max_tokens": params.max_tokens,
-            "stream": True,
-            "stream_options": {"include_usage": True},
         }
+        if params.stream:
+            body["stream"] = True
+            body["stream_options"] = {"include_usage": True}
         for k in ("temperature", "top_p", "seed", "presence_penalty", "frequency_penalty"):
             v = getattr(params, k)
             if v is not None:
@@ -114,6 +115,20 @@ class OpenAIUpstream:
                     raise upstream_failed(
                         self.provider, f"HTTP {r.status}: {detail}", retryable=_retryable(r.status)
                     )
+                if not params.stream:  # one answer, read whole: no SSE to parse
+                    whole = json.loads(await r.read())
+                    choice = (whole.get("choices") or [{}])[0]
+                    text = (choice.get("message") or {}).get("content") or ""
+                    if text:
+                        progress.completion_tokens = 1
+                        yield Delta(text)
+                    u = whole.get("usage") or {}
+                    yield Finish(
+                        choice.get("finish_reason") or "stop",
+                        int(u.get("prompt_tokens") or self.prompt_tokens(params)),
+                        int(u.get("completion_tokens") or (1 if text else 0)),
+                    )
+                    return
                 async for raw in r.content:
                     if cancel.is_set():
                         reason = "cancelled"
