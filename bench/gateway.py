@@ -56,8 +56,14 @@ LITELLM_VERSION = "1.100.5"
 LITELLM_MASTER_KEY = "sk-bench-litellm-master"
 MODEL = "mock"
 BODY = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
-SETUPS = ("direct", "tollway", "litellm")
-LABELS = {"direct": "Direct to the mock upstream", "tollway": "tollway", "litellm": "LiteLLM proxy"}
+SETUPS = ("direct", "tollway", "tollway_normal", "litellm")
+TOLLWAYS = ("tollway", "tollway_normal")  # SQLite synchronous = FULL (the default), NORMAL
+LABELS = {
+    "direct": "Direct to the mock upstream",
+    "tollway": "tollway, SQLite `FULL` (default)",
+    "tollway_normal": "tollway, SQLite `NORMAL`",
+    "litellm": "LiteLLM proxy",
+}
 
 # ---------------------------------------------------------------- GATEWAY_TOML
 # Appended to tollway's config after the mock model. Fill in the gateway section
@@ -71,6 +77,16 @@ def gateway_config(text: str) -> str:
     """Turn on the default config's per-key and per-customer rate limits."""
     text = re.sub(r"^rpm = 0\b", "rpm = 10000000", text, flags=re.M)
     return re.sub(r"^tpm = 0\b", "tpm = 1000000000", text, flags=re.M)
+
+
+def normal_config(text: str) -> str:
+    """The same, with SQLite's ``synchronous = NORMAL``: in WAL mode a commit is
+    durable against a process crash (kill -9) but not a power cut."""
+    text = gateway_config(text)
+    out = re.sub(r'^sqlite_synchronous = "FULL"', 'sqlite_synchronous = "NORMAL"', text, flags=re.M)
+    if out == text:
+        raise RuntimeError("tollway init's config no longer sets sqlite_synchronous")
+    return out
 
 
 # ------------------------------------------------------------------------------
@@ -318,9 +334,13 @@ def run(a: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         mock_pid = stack.enter_context(
             spawn("mock upstream", mock_cmd, f"{upstream}/models", tmp / "mock.log", env, 30)
         )
-        srv = stack.enter_context(serve(tmp, tollway_toml(upstream), edit=gateway_config))
-        print(f"tollway up in {srv.ready_s} s: {srv.cmd}", flush=True)
-        key = setup_customer(srv.url, admin_token(tmp))
+        srvs, keys = {}, {}
+        for name, edit in (("tollway", gateway_config), ("tollway_normal", normal_config)):
+            home = tmp / name
+            home.mkdir()
+            srvs[name] = srv = stack.enter_context(serve(home, tollway_toml(upstream), edit=edit))
+            print(f"{name} up in {srv.ready_s} s: {srv.cmd}", flush=True)
+            keys[name] = setup_customer(srv.url, admin_token(home))
         litellm_pid = stack.enter_context(
             spawn(
                 "litellm",
@@ -333,7 +353,10 @@ def run(a: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         )
         targets = {
             "direct": (f"{upstream}/chat/completions", {}),
-            "tollway": (f"{srv.url}/v1/chat/completions", {"Authorization": f"Bearer {key}"}),
+            **{
+                n: (f"{srvs[n].url}/v1/chat/completions", {"Authorization": f"Bearer {keys[n]}"})
+                for n in TOLLWAYS
+            },
             "litellm": (
                 f"http://127.0.0.1:{litellm_port}/v1/chat/completions",
                 {"Authorization": f"Bearer {LITELLM_MASTER_KEY}"},
@@ -354,9 +377,10 @@ def run(a: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                     f"p99 {res['p99_ms']:.3f} ms",
                     flush=True,
                 )
-        rss = {"mock": rss_mb(mock_pid), "tollway": rss_mb(srv.pid), "litellm": rss_mb(litellm_pid)}
-        sent = sum(p["requests"] for p in points["tollway"].values())
-        metered = usage_events(tmp)
+        rss = {"mock": rss_mb(mock_pid), **{n: rss_mb(srvs[n].pid) for n in TOLLWAYS}}
+        rss["litellm"] = rss_mb(litellm_pid)
+        sent = {n: sum(p["requests"] for p in points[n].values()) for n in TOLLWAYS}
+        metered = {n: usage_events(tmp / n) for n in TOLLWAYS}
 
     return {
         "command": "python bench/gateway.py" + (" --quick" if a.quick else ""),
@@ -369,7 +393,8 @@ def run(a: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             "body": BODY,
             "mock_upstream": "bench/mock_upstream.py (raw ASGI, uvicorn, uvloop + httptools when installed)",
             "tollway": {
-                "config": "tollway init defaults (SQLite, sqlite_synchronous = FULL) + tollway_toml",
+                "config": "tollway init defaults (SQLite, sqlite_synchronous = FULL; tollway_normal: "
+                "NORMAL) + tollway_toml",
                 "tollway_toml": tollway_toml(upstream).replace(upstream, "http://127.0.0.1:<mock>/v1"),
                 "gateway_toml_set": bool(GATEWAY_TOML.strip()),
                 "usage_events": metered,
@@ -405,18 +430,30 @@ def summarize(r: dict[str, Any]) -> None:
     levels = [c for c in p["tollway"] if c != "1"]
     r["max_rps"] = {s: {c: p[s][c]["rps"] for c in levels} for s in SETUPS}
     r["tollway_over_litellm_rps"] = {
-        c: round(p["tollway"][c]["rps"] / p["litellm"][c]["rps"], 2) for c in levels
+        n: {c: round(p[n][c]["rps"] / p["litellm"][c]["rps"], 2) for c in levels} for n in TOLLWAYS
     }
     rows: list[tuple[str, float, float, bool]] = []
-    if "tollway" in lat:
-        rows += [
-            ("tollway added latency p50 at concurrency 1 (ms)", lat["tollway"]["added_p50_ms"], 1, False),
-            ("tollway added latency p99 at concurrency 1 (ms)", lat["tollway"]["added_p99_ms"], 3, False),
-        ]
-    if levels:
-        best_t = max(p["tollway"][c]["rps"] for c in levels)
-        best_l = max(p["litellm"][c]["rps"] for c in levels)
-        rows.append(("tollway max RPS / LiteLLM max RPS", round(best_t / best_l, 2), 10, True))
+    for n in TOLLWAYS:
+        sync = "FULL" if n == "tollway" else "NORMAL"
+        if n in lat:
+            rows += [
+                (
+                    f"tollway ({sync}) added latency p50 at concurrency 1 (ms)",
+                    lat[n]["added_p50_ms"],
+                    1,
+                    False,
+                ),
+                (
+                    f"tollway ({sync}) added latency p99 at concurrency 1 (ms)",
+                    lat[n]["added_p99_ms"],
+                    3,
+                    False,
+                ),
+            ]
+        if levels:
+            best_t = max(p[n][c]["rps"] for c in levels)
+            best_l = max(p["litellm"][c]["rps"] for c in levels)
+            rows.append((f"tollway ({sync}) max RPS / LiteLLM max RPS", round(best_t / best_l, 2), 10, True))
     r["targets"] = [
         {"name": n, "measured": m, "target": t, "pass": m >= t if hi else m <= t} for n, m, t, hi in rows
     ]
@@ -483,10 +520,12 @@ def markdown(r: dict[str, Any]) -> str:
             *(f"{p[s][c]['rps']:,.0f}" for c in levels),
         ]
         out.append("| " + " | ".join(cells) + " |")
-    ratios = ", ".join(
-        f"{v}\N{MULTIPLICATION SIGN} at c={c}" for c, v in r["tollway_over_litellm_rps"].items()
-    )
-    out += ["", f"tollway / LiteLLM requests/s: {ratios}.", ""]
+    for n in TOLLWAYS:
+        ratios = ", ".join(
+            f"{v}\N{MULTIPLICATION SIGN} at c={c}" for c, v in r["tollway_over_litellm_rps"][n].items()
+        )
+        out += ["", f"{label[n]} / LiteLLM requests/s: {ratios}."]
+    out += [""]
     out += ["| Metric | Measured | Target | Result |", "|---|---:|---|---|"]
     for t in r["targets"]:
         sign = "≥" if "RPS" in t["name"] else "≤"
@@ -527,8 +566,9 @@ def main() -> None:
         print(f"{s:<8} req/s: " + ", ".join(f"c={c} {x:,.1f}" for c, x in v.items()))
     print(f"tollway / litellm req/s: {res['tollway_over_litellm_rps']}")
     t = res["setup"]["tollway"]
-    n, sent = t["usage_events"], t["completed_requests_measured"]
-    print(f"tollway metered {n} usage events for {sent} completed measured requests (plus warm-ups)")
+    for name in TOLLWAYS:
+        n, sent = t["usage_events"][name], t["completed_requests_measured"][name]
+        print(f"{name} metered {n} usage events for {sent} completed measured requests (plus warm-ups)")
     for t in res["targets"]:
         print(f"[{'PASS' if t['pass'] else 'MISS'}] {t['name']}: {t['measured']} (target {t['target']})")
     print(f"wrote {a.out}\n\n--- suggested docs/benchmarks.md section ---\n")

@@ -14,8 +14,10 @@ from fastapi.openapi.utils import get_openapi
 
 from tollway import __version__
 from tollway.api import admin, errors, gateway_admin, system, v1
+from tollway.api.fastpath import TollwayApp
 from tollway.core.config import Settings
 from tollway.inference import api as inference_api
+from tollway.inference.schemas import ChatRequest, EmbeddingsRequest
 from tollway.observe import metrics
 from tollway.runtime import Runtime
 
@@ -84,7 +86,7 @@ def create_app(settings: Settings | None = None, *, rt: Runtime | None = None) -
                 await sweeper
             await rt.close()
 
-    app = FastAPI(
+    app = TollwayApp(
         title="tollway",
         version=__version__,
         summary="Serve AI, sell it, and let agents spend safely.",
@@ -100,6 +102,10 @@ def create_app(settings: Settings | None = None, *, rt: Runtime | None = None) -
     )
     app.include_router(gateway_admin.router, responses=errors.error_responses(400, 401, 404))
     app.add_middleware(MetricsMiddleware)
+    # The hot AI routes skip FastAPI's per-request machinery (tollway.api.fastpath).
+    app.fast("/v1/chat/completions", ChatRequest, inference_api.chat_completions)
+    app.fast("/v1/embeddings", EmbeddingsRequest, inference_api.embeddings)
+    app.wrap_fast(MetricsMiddleware)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema:

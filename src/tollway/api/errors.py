@@ -70,7 +70,7 @@ def _branch(part: object) -> bool:
     return isinstance(part, str) and (part in _TYPE_NAMES or "[" in part or part.startswith("function-"))
 
 
-def _validation(exc: RequestValidationError) -> TollwayError:
+def validation_error(exc: RequestValidationError) -> TollwayError:
     e = exc.errors()[0]
     loc = [
         str(p) for p in e.get("loc", ()) if p not in ("body", "query", "path", "header") and not _branch(p)
@@ -99,7 +99,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return error_response(_validation(exc))
+        return error_response(validation_error(exc))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
