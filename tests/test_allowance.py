@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tollway.charge.allowance import DailyAllowance, utc_day
 from tollway.core.clock import ManualClock
@@ -27,6 +30,13 @@ def test_neurons_and_price_are_exact() -> None:
 
 def test_utc_day() -> None:
     assert utc_day(1_700_000_000_000_000) == "20231114"
+
+
+@given(st.integers(min_value=0, max_value=4_000_000_000_000_000))
+def test_utc_day_cache_matches_the_calendar(now_us: int) -> None:
+    expect = dt.datetime.fromtimestamp(now_us / 1_000_000, dt.UTC).strftime("%Y%m%d")
+    assert utc_day(now_us) == expect
+    assert utc_day(now_us - now_us % 86_400_000_000 - 1) != expect or now_us < 86_400_000_000
 
 
 async def test_grant_once_per_day_and_reset(settings: Settings) -> None:

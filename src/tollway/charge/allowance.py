@@ -19,8 +19,17 @@ from tollway.ledger import Ledger
 GRANTS = "sys_grants"
 
 
+_DAY_US = 86_400_000_000
+_day_cache: tuple[int, str] = (-1, "")  # (start of the cached UTC day in µs, its name)
+
+
 def utc_day(now_us: int) -> str:
-    return dt.datetime.fromtimestamp(now_us / 1_000_000, dt.UTC).strftime("%Y%m%d")
+    """``YYYYMMDD`` of the UTC day holding ``now_us`` (cached: it is on every charge)."""
+    global _day_cache
+    start = now_us - now_us % _DAY_US
+    if start != _day_cache[0]:
+        _day_cache = (start, dt.datetime.fromtimestamp(start / 1_000_000, dt.UTC).strftime("%Y%m%d"))
+    return _day_cache[1]
 
 
 class DailyAllowance:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -37,6 +38,19 @@ from tollway.observe import metrics
 log = logging.getLogger("tollway.charge")
 
 _RESERVE_ATTEMPTS = 3
+
+
+async def _all(aws: Sequence[Awaitable[Any]], *, return_exceptions: bool = False) -> list[Any]:
+    """``asyncio.gather``, without its task and gathering future for the usual
+    single leg (this is on every charge)."""
+    if len(aws) != 1:
+        return list(await asyncio.gather(*aws, return_exceptions=return_exceptions))
+    try:
+        return [await aws[0]]
+    except Exception as e:
+        if not return_exceptions:
+            raise
+        return [e]
 
 
 def budget_exceeded(label: str, amount: int) -> TollwayError:
@@ -223,8 +237,8 @@ class Hold:
                 return await self.ledger.reserve_early(s.account_id, s.payee or self.payee, amount, **kw)
             return await self.ledger.reserve(s.account_id, s.payee or self.payee, amount, **kw), None
 
-        results = await asyncio.gather(
-            *(leg(i, s, amount) for i, (s, amount) in enumerate(plan_all)), return_exceptions=True
+        results = await _all(
+            [leg(i, s, amount) for i, (s, amount) in enumerate(plan_all)], return_exceptions=True
         )
         done = [
             (s, r) for (s, _), r in zip(plan_all, results, strict=True) if not isinstance(r, BaseException)
@@ -234,12 +248,12 @@ class Hold:
         failed = [(s, r) for (s, _), r in zip(plan_all, results, strict=True) if isinstance(r, BaseException)]
         if failed:
             if early:  # legs and committing line up: void only what committed
-                outcomes = await asyncio.gather(*committing)
+                outcomes = await _all(committing)
                 for lg, r in zip(legs, outcomes, strict=True):
                     if isinstance(r, Transfer):
                         lg.pending = r
                 legs = [lg for lg, r in zip(legs, outcomes, strict=True) if isinstance(r, Transfer)]
-            await asyncio.gather(*(self.ledger.void(lg.pending.id) for lg in legs))
+            await _all([self.ledger.void(lg.pending.id) for lg in legs])
             src, err = failed[0]
             if isinstance(src, Cap) and isinstance(err, TollwayError) and err.code == "insufficient_funds":
                 # Not a retry case: the budget, not the balance, is what ran out.
@@ -256,7 +270,7 @@ class Hold:
         futs, self._committing = self._committing, []
         if not futs:
             return
-        results = await asyncio.gather(*futs)
+        results = await _all(futs)
         for lg, r in zip(self.legs, results, strict=True):
             if isinstance(r, Transfer):
                 lg.pending = r  # after a retried batch, the committed transfer is the real one
@@ -346,7 +360,7 @@ class Hold:
                         leg.pending.id, idempotency_key=self._key("void", i), usage=u, linger=linger
                     )
                 )
-        transfers = await asyncio.gather(*ops)
+        transfers = await _all(ops)
         metrics.CHARGES.labels("posted" if actual else "free").inc()
         metrics.CHARGED_MICROS.inc(actual)
         self.receipt = Receipt(self.max_amount, actual, self._hold_id, transfers[0].id)

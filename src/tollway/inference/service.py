@@ -14,7 +14,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -225,11 +225,12 @@ class Inference:
                     await opening
                 await call.abort()
                 raise
+            opened: Awaitable[None] = opening
         else:
             call.hold = await self._hold(caller, cfg, max_cost)
-            opening = asyncio.ensure_future(call.open())
+            opened = call.open()
         try:
-            await opening
+            await opened
         except BaseException:
             if call.hold is not None:
                 await call.hold.release()
@@ -329,7 +330,8 @@ class ChatCall:
         """Start the call on the first deployment that answers (retrying, falling back)."""
 
         async def first_event(d: Deployment) -> tuple[AsyncIterator[Delta | Finish], Delta | Finish]:
-            self._cancel = threading.Event()
+            if self._cancel.is_set():  # a fresh flag for a retry (an Event is not cheap)
+                self._cancel = threading.Event()
             self.progress = Progress()
             it = d.backend.stream(d.params, self._cancel, self.progress).__aiter__()
             try:
