@@ -44,7 +44,7 @@ class Runtime:
         )
         charger = Charger(ledger)
         request_log = RequestLog(
-            engine, clock, settings.gateway.log_flush_ms, settings.gateway.log_retention_days
+            engine, clock, settings.gateway.log_flush_ms, settings.gateway.log_retention_days, ledger
         )
         return cls(
             settings=settings,

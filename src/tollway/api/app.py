@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -78,6 +79,10 @@ def create_app(settings: Settings | None = None, *, rt: Runtime | None = None) -
             if before != after:
                 log.info("database migrated %s -> %s", before, after)
         sweeper = asyncio.create_task(rt.ledger.run_expiry(rt.settings.ledger.expiry_interval_seconds))
+        # What start-up made (modules, config, models' Python objects) lives as
+        # long as the process: keep it out of the cyclic collector's full passes.
+        gc.collect()
+        gc.freeze()
         try:
             yield
         finally:

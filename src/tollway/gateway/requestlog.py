@@ -22,6 +22,7 @@ from tollway.core.ids import new_id
 from tollway.core.pointread import numbered
 from tollway.core.schema import request_log as R
 from tollway.core.storage import writer
+from tollway.ledger import Ledger
 from tollway.ledger.rawsql import raw_transaction
 
 log = logging.getLogger("tollway.gateway")
@@ -61,8 +62,16 @@ assert sorted(_FIELDS) == sorted(_COLUMNS), "request_log columns and Entry field
 
 
 class RequestLog:
-    def __init__(self, engine: AsyncEngine, clock: Clock, flush_ms: int, retention_days: int) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        clock: Clock,
+        flush_ms: int,
+        retention_days: int,
+        ledger: Ledger | None = None,
+    ) -> None:
         self.engine = engine
+        self.ledger = ledger  # SQLite: write on its writer thread (one writer per database)
         self.clock = clock
         self.flush_s = flush_ms / 1000
         self.retention_days = retention_days
@@ -110,11 +119,17 @@ class RequestLog:
         for e in rows:
             t = astuple(e)
             data.append(tuple(int(t[i]) if isinstance(t[i], bool) else t[i] for i in self._index))
+        if self.ledger is not None and await self.ledger.write_aside(self._insert_sqlite, data) is not None:
+            return
         async with raw_transaction(self.engine) as tx:
             await tx.executemany(self._insert_sqlite if tx.sqlite else self._insert_pg, data)
 
     async def prune(self) -> int:
         cutoff = self.clock.now_us() - self.retention_days * 86_400_000_000
+        if self.ledger is not None:
+            n = await self.ledger.write_aside("DELETE FROM request_log WHERE created_at_us < ?", [(cutoff,)])
+            if n is not None:
+                return n
         async with writer(self.engine).begin() as conn:
             r = await conn.execute(delete(R).where(R.c.created_at_us < cutoff))
         return int(r.rowcount or 0)

@@ -489,6 +489,32 @@ class Ledger:
             raise
         return results
 
+    async def write_aside(self, sql: str, rows: list[tuple[Any, ...]]) -> int | None:
+        """SQLite: insert ``rows`` in a transaction of their own on the ledger's
+        writer thread, between batches, so the database keeps one writer and
+        nobody sleeps in SQLite's busy handler (its back-off costs milliseconds).
+        Returns the rows changed, or None where there is no such thread
+        (PostgreSQL, in-memory): the caller writes through its own connection."""
+        if not (self._sqlite and sqlite_path(self.engine)):
+            return None
+        if self._wexec is None:
+            self._wexec = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tollway-ledger")
+        return await asyncio.get_running_loop().run_in_executor(self._wexec, self._write_aside, sql, rows)
+
+    def _write_aside(self, sql: str, rows: list[tuple[Any, ...]]) -> int:
+        if self._wconn is None:
+            self._wconn = sqlite_connect(self.engine)
+        conn = self._wconn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            n = conn.executemany(sql, rows).rowcount
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return n
+
     def _close_wconn(self) -> None:
         if self._wconn is not None:
             self._wconn.close()
