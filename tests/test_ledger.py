@@ -305,7 +305,7 @@ async def test_reserve_early_commit_failure_reaches_the_commit_future(rt: Runtim
     acct = await funded(ledger)
     real = ledger._apply
 
-    async def decide_then_fail(ops: list[object], decided: object) -> object:
+    async def decide_then_fail(ops: list[object], decided: object, riders: object = ()) -> object:
         async def no_commit(*a: object) -> object:
             raise RuntimeError("disk gone")
 
@@ -339,3 +339,19 @@ async def test_lingering_op_rides_with_the_next_batch_or_commits_alone(rt: Runti
     await ledger.void(other.id, linger=True)  # alone: commits after the linger
     a = await ledger.get_account(acct)
     assert (a.balance, a.debits_pending) == (900, 0)
+
+
+async def test_riders_commit_with_the_next_batch_and_never_fail_it(rt: Runtime) -> None:
+    """Side rows ride inside a ledger batch's transaction; a bad rider is rolled
+    back to its savepoint and dropped, and the batch still commits."""
+    ledger = rt.ledger
+    acct = await funded(ledger)
+    if not ledger.ride("INSERT INTO customers (id) VALUES (?)", [("no-such-columns-given",)]):
+        pytest.skip("riders exist only on a SQLite file database")
+    ledger.ride("UPDATE customers SET name = ? WHERE id = ?", [("x", "none")])
+    ledger.ride("INSERT INTO nowhere VALUES (?)", [(1,)])  # fails: rolled back, dropped
+    t = await ledger.reserve(acct, "sys_revenue", 10)
+    await ledger.riders_committed()
+    assert t.amount == 10 and (await ledger.get_account(acct)).debits_pending == 10
+    ledger.ride("UPDATE customers SET name = ? WHERE id = ?", [("y", "none")])
+    await ledger.riders_committed()  # alone, with no batch to ride: still written

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import astuple, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 from sqlalchemy import and_, delete, select
@@ -78,7 +78,6 @@ class RequestLog:
         self._buf: list[Entry] = []
         self._task: asyncio.Task[None] | None = None
         self._last_prune: float | None = None  # never yet (monotonic time may start near 0)
-        self._index = [_FIELDS.index(c) for c in _COLUMNS]
         cols = ", ".join(_COLUMNS)
         self._insert_sqlite = f"INSERT INTO request_log ({cols}) VALUES ({', '.join('?' * len(_COLUMNS))})"
         self._insert_pg = numbered(self._insert_sqlite)
@@ -88,9 +87,20 @@ class RequestLog:
 
     def record(self, e: Entry) -> None:
         e.latency_ms = round((time.perf_counter() - e.t0) * 1000)
+        if self.ledger is not None and self.ledger.ride(self._insert_sqlite, [self._row(e)]):
+            # SQLite: the row rides with the ledger's next batch (no commit of its own).
+            if self.retention_days and self._prune_due() and (self._task is None or self._task.done()):
+                self._task = asyncio.get_running_loop().create_task(self.flush(), name="tollway-log-prune")
+            return
         self._buf.append(e)
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run(), name="tollway-request-log")
+
+    def _row(self, e: Entry) -> tuple[Any, ...]:
+        return tuple(int(v) if isinstance(v, bool) else v for v in map(e.__getattribute__, _COLUMNS))
+
+    def _prune_due(self) -> bool:
+        return self._last_prune is None or time.monotonic() - self._last_prune > _PRUNE_EVERY_S
 
     async def _run(self) -> None:
         while self._buf:
@@ -102,6 +112,7 @@ class RequestLog:
         # idle: the task ends and record() starts a new one
 
     async def flush(self) -> None:
+        """Write what is buffered (and wait for rows riding with the ledger)."""
         rows, self._buf = self._buf, []
         if rows:
             try:
@@ -109,18 +120,14 @@ class RequestLog:
             except BaseException:
                 self._buf[:0] = rows
                 raise
-        due = self._last_prune is None or time.monotonic() - self._last_prune > _PRUNE_EVERY_S
-        if self.retention_days and due:
+        if self.ledger is not None:
+            await self.ledger.riders_committed()
+        if self.retention_days and self._prune_due():
             self._last_prune = time.monotonic()
             await self.prune()
 
     async def _write(self, rows: list[Entry]) -> None:
-        data = []
-        for e in rows:
-            t = astuple(e)
-            data.append(tuple(int(t[i]) if isinstance(t[i], bool) else t[i] for i in self._index))
-        if self.ledger is not None and await self.ledger.write_aside(self._insert_sqlite, data) is not None:
-            return
+        data = [self._row(e) for e in rows]
         async with raw_transaction(self.engine) as tx:
             await tx.executemany(self._insert_sqlite if tx.sqlite else self._insert_pg, data)
 

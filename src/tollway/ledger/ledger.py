@@ -99,6 +99,7 @@ def _create(
 # A queued request: the op, its commit's future, and (reserve_early) its decision's.
 _Item = tuple[Op, "asyncio.Future[Result]", "asyncio.Future[Result] | None"]
 _Decided = Callable[[list[Result]], None]
+_Riders = list[tuple[str, list[tuple[Any, ...]]]] | tuple[()]
 
 
 def _decided(batch: list[_Item], results: list[Result]) -> None:
@@ -127,6 +128,10 @@ class Ledger:
         self._queue: list[_Item] = []
         self._wake: asyncio.Event | None = None
         self._linger: asyncio.TimerHandle | None = None
+        # Rows that ride with the next batch's transaction (see ride()), and
+        # futures waiting for the riders queued before them to commit.
+        self._riders: list[tuple[str, list[tuple[Any, ...]]]] = []
+        self._rider_waiters: list[asyncio.Future[None]] = []
         self.linger_s = linger_s
         self._task: asyncio.Task[None] | None = None
         self.reads = PointReader(engine)
@@ -351,6 +356,11 @@ class Ledger:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Result] = loop.create_future()
         self._queue.append((op, fut, early))
+        self._poke(loop, linger)
+        return fut
+
+    def _poke(self, loop: asyncio.AbstractEventLoop, linger: bool) -> None:
+        """Start the writer if needed and wake it: now, or within ``linger_s``."""
         if self._task is None or self._task.done():
             self._wake = asyncio.Event()
             self._task = loop.create_task(self._writer(), name="tollway-ledger-writer")
@@ -361,7 +371,32 @@ class Ledger:
             self._wake.set()
         elif self._linger is None:
             self._linger = loop.call_later(self.linger_s, self._wake.set)
-        return fut
+
+    def ride(self, sql: str, rows: list[tuple[Any, ...]]) -> bool:
+        """SQLite: write ``rows`` inside the next batch's transaction (after its
+        decisions, before its commit; within ``linger_s`` if no batch comes), so
+        side tables such as the request log cost no commit of their own and
+        never make a ledger batch wait for the write lock. A rider that fails
+        is rolled back to its savepoint and logged: it never fails the batch.
+        Returns False where there is no writer thread (PostgreSQL, in-memory)."""
+        if not (self._sqlite and sqlite_path(self.engine)):
+            return False
+        if self._riders and self._riders[-1][0] == sql:
+            self._riders[-1][1].extend(rows)  # safe: the writer swaps the list out on this loop
+        else:
+            self._riders.append((sql, list(rows)))
+        self._poke(asyncio.get_running_loop(), linger=True)
+        return True
+
+    async def riders_committed(self) -> None:
+        """Wait until every rider queued so far is committed (or dropped)."""
+        if not self._riders:
+            return
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        self._rider_waiters.append(waiter)
+        self._poke(loop, linger=False)
+        await waiter
 
     async def _submit(self, op: Op, linger: bool = False) -> Transfer:
         result = await self._enqueue(op, linger=linger)
@@ -401,17 +436,28 @@ class Ledger:
             if self._linger is not None:  # what lingers goes with this batch
                 self._linger.cancel()
                 self._linger = None
-            while self._queue:
+            while self._queue or self._riders:
                 batch = self._queue[: self.batch_max]
                 del self._queue[: self.batch_max]
-                await self._commit_batch(batch)
+                riders, self._riders = self._riders, []
+                waiters, self._rider_waiters = self._rider_waiters, []
+                try:
+                    await self._commit_batch(batch, riders)
+                finally:
+                    for w in waiters:
+                        if not w.done():
+                            w.set_result(None)
 
-    async def _commit_batch(self, batch: list[_Item]) -> None:
+    async def _commit_batch(self, batch: list[_Item], riders: _Riders = ()) -> None:
         ops = [op for op, _, _ in batch]
         t0 = time.perf_counter()
         try:
-            results = await self._apply(ops, lambda rs: _decided(batch, rs))
+            results = await self._apply(ops, lambda rs: _decided(batch, rs), riders)
         except DRIVER_ERRORS as e:
+            if riders:
+                log.warning("dropping %d rider rows with a failed ledger batch: %s", len(riders), e)
+            if not batch:
+                return
             if len(batch) > 1:
                 # Isolate the request the database refused; the rest still commit.
                 for item in batch:
@@ -446,9 +492,10 @@ class Ledger:
         log.error("ledger request failed after retries: %s", err)
         return _db_unavailable(err)
 
-    async def _apply(self, ops: list[Op], decided: _Decided | None) -> list[Result]:
+    async def _apply(self, ops: list[Op], decided: _Decided | None, riders: _Riders = ()) -> list[Result]:
         """Apply one batch in one transaction; ``decided`` hears the results
-        once applied under the write lock, before the commit."""
+        once applied under the write lock, before the commit (``riders``:
+        SQLite only, see :meth:`ride`)."""
         loop = asyncio.get_running_loop()
         if self._sqlite and sqlite_path(self.engine):
             if self._wexec is None:
@@ -460,7 +507,8 @@ class Ledger:
                 def tell(rs: list[Result]) -> None:  # from the writer thread
                     loop.call_soon_threadsafe(hear, rs)
 
-            return await loop.run_in_executor(self._wexec, self._apply_sqlite, ops, self.clock.now_us(), tell)
+            now = self.clock.now_us()
+            return await loop.run_in_executor(self._wexec, self._apply_sqlite, ops, now, tell, riders)
         async with raw_transaction(self.engine) as tx:
             st = await load_batch(tx, ops, self.clock.now_us(), self.default_timeout_s)
             results, writes = apply_batch(ops, st)
@@ -469,19 +517,31 @@ class Ledger:
             await write_batch(tx, st, writes)
         return results
 
-    def _apply_sqlite(self, ops: list[Op], now_us: int, decided: _Decided | None) -> list[Result]:
+    def _apply_sqlite(
+        self, ops: list[Op], now_us: int, decided: _Decided | None, riders: _Riders = ()
+    ) -> list[Result]:
         """One batch on the writer thread: BEGIN IMMEDIATE, load, apply, write, COMMIT."""
         if self._wconn is None:
             self._wconn = sqlite_connect(self.engine)
         conn = self._wconn
         conn.execute("BEGIN IMMEDIATE")
+        results: list[Result] = []
         try:
-            tx = inline_tx(conn)
-            st = run_inline(load_batch(tx, ops, now_us, self.default_timeout_s))
-            results, writes = apply_batch(ops, st)
-            if decided is not None:
-                decided(results)
-            run_inline(write_batch(tx, st, writes))
+            if ops:
+                tx = inline_tx(conn)
+                st = run_inline(load_batch(tx, ops, now_us, self.default_timeout_s))
+                results, writes = apply_batch(ops, st)
+                if decided is not None:
+                    decided(results)
+                run_inline(write_batch(tx, st, writes))
+            for sql, rows in riders:
+                conn.execute("SAVEPOINT rider")
+                try:
+                    conn.executemany(sql, rows)
+                except sqlite3.Error:
+                    log.exception("dropping %d rider rows", len(rows))
+                    conn.execute("ROLLBACK TO rider")
+                conn.execute("RELEASE rider")
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
