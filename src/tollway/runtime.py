@@ -18,6 +18,8 @@ from tollway.identity.customers import Customers
 from tollway.identity.keys import ApiKeys
 from tollway.inference.service import Inference
 from tollway.ledger import Ledger
+from tollway.x402.devnet import Devnet
+from tollway.x402.facilitator import Facilitator
 
 
 @dataclass
@@ -31,6 +33,8 @@ class Runtime:
     keys: ApiKeys
     inference: Inference
     gateway: Gateway
+    devnet: Devnet
+    facilitator: Facilitator
 
     @classmethod
     def build(cls, settings: Settings, *, clock: Clock | None = None) -> Runtime:
@@ -43,6 +47,7 @@ class Runtime:
             default_timeout_s=settings.ledger.pending_timeout_seconds,
         )
         charger = Charger(ledger)
+        devnet = Devnet(ledger, settings.x402.network, settings.x402.asset)
         request_log = RequestLog(
             engine, clock, settings.gateway.log_flush_ms, settings.gateway.log_retention_days, ledger
         )
@@ -56,6 +61,8 @@ class Runtime:
             keys=ApiKeys(engine, clock, ledger.reads),
             inference=Inference(settings, charger, clock),
             gateway=Gateway(settings.gateway, ledger, clock, request_log),
+            devnet=devnet,
+            facilitator=Facilitator(settings.x402, devnet, clock),
         )
 
     async def migrate(self) -> tuple[str | None, str | None]:

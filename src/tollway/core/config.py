@@ -203,6 +203,26 @@ class GatewayConfig(_Section):
         return _valid_amount(v, free_ok=True)
 
 
+# The devnet token: a fixed address on chain 31337 (the first contract a local
+# EVM node deploys), USD Coin's EIP-712 name and version, 6 decimals (1 unit = 1 micro-USD).
+DEVNET_ASSET = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
+_HEX_ADDRESS = r"^0x[0-9a-fA-F]{40}$"
+
+
+class X402Config(_Section):
+    """x402 payments: the built-in facilitator and the asset it settles."""
+
+    # devnet: a ledger-backed EIP-3009 token (chain 31337), the embedded default.
+    backend: Literal["devnet"] = "devnet"
+    network: str = Field("eip155:31337", pattern=r"^eip155:[1-9][0-9]{0,18}$")
+    asset: str = Field(DEVNET_ASSET, pattern=_HEX_ADDRESS)
+    asset_name: str = Field("USD Coin", min_length=1)  # EIP-712 domain name
+    asset_version: str = Field("2", min_length=1)  # EIP-712 domain version
+    asset_decimals: int = Field(6, ge=0, le=36)
+    pay_to: str = Field("", pattern=r"^(0x[0-9a-fA-F]{40})?$")  # default payTo of paid routes
+    max_timeout_seconds: int = Field(300, ge=10, le=86_400)
+
+
 def _valid_amount(v: str, free_ok: bool = False) -> str:
     from tollway.core.errors import TollwayError
     from tollway.core.money import parse_amount, parse_price
@@ -221,6 +241,7 @@ class Settings(_Section):
     admin: AdminConfig = AdminConfig()
     inference: InferenceConfig = InferenceConfig()
     gateway: GatewayConfig = GatewayConfig()
+    x402: X402Config = X402Config()
     models: list[ModelConfig] = Field(default_factory=default_models)
 
     @field_validator("models")

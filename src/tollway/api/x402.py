@@ -1,0 +1,98 @@
+"""The built-in x402 facilitator over HTTP, in the official facilitator API's
+shape: ``POST /x402/verify``, ``POST /x402/settle``, ``GET /x402/supported``.
+
+Point the official SDK's ``HTTPFacilitatorClient`` at ``http://<tollway>/x402``.
+A payment that fails a check is answered with HTTP 200 and ``isValid: false``
+or ``success: false`` plus the spec's reason code; only a request that is not
+JSON at all gets a 400 in tollway's error shape.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from tollway.api.auth import runtime
+from tollway.core.errors import ErrorType, TollwayError
+
+router = APIRouter(prefix="/x402", tags=["x402"])
+
+
+class FacilitatorRequest(BaseModel):
+    """The body of ``/verify`` and ``/settle`` (checked field by field, so that a
+    bad payment gets its reason code rather than a validation error)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    x402Version: int | None = Field(None, description="1 or 2; the payload's own version counts")
+    paymentPayload: dict[str, Any] = Field(description="The decoded X-PAYMENT / PAYMENT-SIGNATURE object")
+    paymentRequirements: dict[str, Any] = Field(description="The requirements the resource server asked for")
+
+
+class VerifyResponse(BaseModel):
+    isValid: bool
+    invalidReason: str | None = None
+    invalidMessage: str | None = None
+    payer: str | None = None
+
+
+class SettleResponse(BaseModel):
+    success: bool
+    errorReason: str | None = None
+    errorMessage: str | None = None
+    payer: str | None = None
+    transaction: str
+    network: str
+    amount: str | None = None
+
+
+async def _body(request: Request) -> dict[str, Any]:
+    try:
+        body = json.loads(await request.body())
+    except ValueError:
+        raise TollwayError(
+            ErrorType.INVALID_REQUEST, "invalid_json", "request body is not valid JSON"
+        ) from None
+    if not isinstance(body, dict):
+        raise TollwayError(ErrorType.INVALID_REQUEST, "invalid_json", "request body must be a JSON object")
+    return body
+
+
+@router.post(
+    "/verify",
+    summary="Verify an x402 payment (no money moves)",
+    response_model=VerifyResponse,
+    response_model_exclude_none=True,
+    openapi_extra={
+        "requestBody": {"content": {"application/json": {"schema": FacilitatorRequest.model_json_schema()}}}
+    },
+)
+async def verify(request: Request) -> dict[str, Any]:
+    body = await _body(request)
+    return await runtime(request).facilitator.verify(
+        body.get("paymentPayload"), body.get("paymentRequirements")
+    )
+
+
+@router.post(
+    "/settle",
+    summary="Settle an x402 payment: checks again, then moves the money once",
+    response_model=SettleResponse,
+    response_model_exclude_none=True,
+    openapi_extra={
+        "requestBody": {"content": {"application/json": {"schema": FacilitatorRequest.model_json_schema()}}}
+    },
+)
+async def settle(request: Request) -> dict[str, Any]:
+    body = await _body(request)
+    return await runtime(request).facilitator.settle(
+        body.get("paymentPayload"), body.get("paymentRequirements")
+    )
+
+
+@router.get("/supported", summary="The (version, scheme, network) kinds this facilitator settles")
+async def supported(request: Request) -> dict[str, Any]:
+    return runtime(request).facilitator.supported()

@@ -1,0 +1,111 @@
+"""``devnet``: the embedded settlement backend. A token with EIP-3009 semantics
+whose balances, used nonces and transfers live in tollway's ledger.
+
+- Each address holds a ledger account ``x402dev_<address>``: a wallet account,
+  so it can never be overdrawn. ``tollway devnet fund`` mints into it from
+  ``sys_devnet``.
+- ``authorizationState(authorizer, nonce)`` is the ledger's idempotency key
+  for the settlement transfer: unique across every process sharing the
+  database, so one authorization settles exactly once.
+- A settlement is one ledger transfer from the payer to revenue, with a usage
+  event (meter ``x402``) recording the payer, ``payTo``, network, asset and
+  transaction reference.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from eth_utils.crypto import keccak
+
+from tollway.core.errors import TollwayError
+from tollway.core.ids import new_id
+from tollway.ledger import Ledger, Transfer
+from tollway.ledger.ops import Usage
+from tollway.x402 import wire
+from tollway.x402.exact_evm import Authorization
+from tollway.x402.wire import PaymentInvalid
+
+MINT_ACCOUNT = "sys_devnet"
+REVENUE_ACCOUNT = "sys_revenue"
+METER = "x402"
+
+
+class Devnet:
+    def __init__(self, ledger: Ledger, network: str, asset: str) -> None:
+        self.ledger = ledger
+        self.network = network
+        self.asset = asset
+
+    @staticmethod
+    def account_id(address: str) -> str:
+        return f"x402dev_{address.lower()}"
+
+    def nonce_key(self, authorizer: str, nonce: str) -> str:
+        return f"x402:{self.network}:{self.asset.lower()}:{authorizer.lower()}:{nonce.lower()}"
+
+    async def _ensure(self, account_id: str, kind: str, name: str) -> None:
+        try:
+            await self.ledger.create_account(kind, id=account_id, name=name)
+        except TollwayError as e:
+            if e.code != "account_exists":
+                raise
+
+    async def fund(self, address: str, amount: int) -> Transfer:
+        """Mint ``amount`` atomic units to ``address`` (devnet only)."""
+        await self._ensure(MINT_ACCOUNT, "funding", "devnet token supply")
+        acct = self.account_id(address)
+        await self._ensure(acct, "wallet", f"devnet balance of {address}")
+        return await self.ledger.transfer(MINT_ACCOUNT, acct, amount, description=f"devnet mint to {address}")
+
+    async def balance(self, address: str) -> int:
+        row = await self.ledger.reads.one(
+            "SELECT credits_posted - debits_posted - debits_pending FROM ledger_accounts WHERE id = ?",
+            self.account_id(address),
+        )
+        return int(row[0]) if row is not None else 0
+
+    async def nonce_used(self, authorizer: str, nonce: str) -> bool:
+        row = await self.ledger.reads.one(
+            "SELECT 1 FROM ledger_transfers WHERE idempotency_key = ?", self.nonce_key(authorizer, nonce)
+        )
+        return row is not None
+
+    def transaction(self, auth: Authorization) -> str:
+        """The settlement's transaction reference: deterministic per authorization."""
+        return "0x" + keccak(text=self.nonce_key(auth.payer, auth.nonce)).hex().removeprefix("0x")
+
+    async def transfer_with_authorization(
+        self, auth: Authorization, pay_to: str, meta: dict[str, Any]
+    ) -> str:
+        """Move the authorized value from the payer to revenue; the nonce is then used.
+        A second settlement of the same authorization is ``nonce already used``."""
+        tx = self.transaction(auth)
+        usage = Usage(
+            METER,
+            1,
+            None,
+            {**meta, "transaction": tx, "payer": auth.payer, "pay_to": pay_to},
+            amount=auth.value,
+        )
+        try:
+            await self.ledger.transfer(
+                self.account_id(auth.payer),
+                REVENUE_ACCOUNT,
+                auth.value,
+                # The key is the authorization; the call id makes a repeat a conflict, not a replay.
+                idempotency_key=self.nonce_key(auth.payer, auth.nonce),
+                description=f"x402 {self.network} {tx} ({new_id('call')})",
+                usage=usage,
+            )
+        except TollwayError as e:
+            if e.code == "idempotency_key_reused":
+                raise PaymentInvalid(
+                    wire.NONCE_USED, "this authorization was already used", auth.payer
+                ) from None
+            if e.code in ("insufficient_funds", "account_not_found"):
+                raise PaymentInvalid(
+                    wire.INSUFFICIENT_FUNDS, "the payer's balance is too low", auth.payer
+                ) from None
+            raise
+        return tx

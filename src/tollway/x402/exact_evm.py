@@ -1,0 +1,138 @@
+"""The ``exact`` scheme on EVM chains: an EIP-3009 ``transferWithAuthorization``
+signed as EIP-712 typed data.
+
+The domain is the asset's ``{name, version, chainId, verifyingContract}``:
+name and version from the payment requirements' ``extra``, the chain id from
+the CAIP-2 network (``eip155:<id>``), the asset as verifying contract.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from eth_account import Account
+from eth_account.messages import encode_typed_data
+from eth_utils.address import to_checksum_address
+
+from tollway.x402 import wire
+from tollway.x402.wire import PaymentInvalid
+
+TRANSFER_WITH_AUTHORIZATION = [
+    {"name": "from", "type": "address"},
+    {"name": "to", "type": "address"},
+    {"name": "value", "type": "uint256"},
+    {"name": "validAfter", "type": "uint256"},
+    {"name": "validBefore", "type": "uint256"},
+    {"name": "nonce", "type": "bytes32"},
+]
+# A payment must stay valid at least this long after verification (the spec's margin).
+VALID_BEFORE_MARGIN_S = 6
+
+_ADDRESS = re.compile(r"^0x[0-9a-fA-F]{40}$")
+_NONCE = re.compile(r"^0x[0-9a-fA-F]{64}$")
+_SIGNATURE = re.compile(r"^0x[0-9a-fA-F]{130}$")
+_CAIP2 = re.compile(r"^eip155:([1-9][0-9]{0,18})$")
+
+
+def is_address(v: object) -> bool:
+    return isinstance(v, str) and bool(_ADDRESS.match(v))
+
+
+def chain_id(network: str) -> int | None:
+    m = _CAIP2.match(network)
+    return int(m.group(1)) if m else None
+
+
+@dataclass(frozen=True, slots=True)
+class Authorization:
+    """A decoded EIP-3009 authorization with its signature."""
+
+    payer: str  # checksummed
+    to: str
+    value: int
+    valid_after: int
+    valid_before: int
+    nonce: str  # 0x + 64 hex, lower case
+    signature: str
+
+    @classmethod
+    def parse(cls, payload: Any) -> Authorization:
+        auth = wire.field(payload, "authorization", dict)
+        sig = wire.field(payload, "signature", str)
+        frm, to, nonce = (wire.field(auth, k, str) for k in ("from", "to", "nonce"))
+        if not is_address(frm) or not is_address(to):
+            raise PaymentInvalid(wire.INVALID_PAYLOAD, "authorization from/to must be 0x addresses")
+        if not _NONCE.match(nonce):
+            raise PaymentInvalid(wire.INVALID_PAYLOAD, "authorization nonce must be 32 bytes of hex")
+        if not _SIGNATURE.match(sig):
+            raise PaymentInvalid(wire.BAD_SIGNATURE, "the signature must be 65 bytes of hex", frm)
+        return cls(
+            to_checksum_address(frm),
+            to,
+            wire.uint(auth, "value"),
+            wire.uint(auth, "validAfter"),
+            wire.uint(auth, "validBefore"),
+            nonce.lower(),
+            sig,
+        )
+
+    def message(self) -> dict[str, Any]:
+        return {
+            "from": self.payer,
+            "to": to_checksum_address(self.to),
+            "value": self.value,
+            "validAfter": self.valid_after,
+            "validBefore": self.valid_before,
+            "nonce": bytes.fromhex(self.nonce[2:]),
+        }
+
+
+def domain(name: str, version: str, chain: int, asset: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "version": version,
+        "chainId": chain,
+        "verifyingContract": to_checksum_address(asset),
+    }
+
+
+def signer(auth: Authorization, dom: dict[str, Any]) -> str:
+    """The address that signed ``auth`` under ``dom`` (checksummed)."""
+    msg = encode_typed_data(
+        domain_data=dom,
+        message_types={"TransferWithAuthorization": TRANSFER_WITH_AUTHORIZATION},
+        message_data=auth.message(),
+    )
+    try:
+        return str(Account.recover_message(msg, signature=auth.signature))
+    except Exception:  # malformed r, s or v
+        raise PaymentInvalid(wire.BAD_SIGNATURE, "the signature does not recover", auth.payer) from None
+
+
+def sign(key: Any, dom: dict[str, Any], auth: dict[str, Any]) -> str:
+    """Sign an authorization (tests, the demo and agent wallets pay with this)."""
+    msg = encode_typed_data(
+        domain_data=dom,
+        message_types={"TransferWithAuthorization": TRANSFER_WITH_AUTHORIZATION},
+        message_data={**auth, "nonce": bytes.fromhex(auth["nonce"][2:])},
+    )
+    sig: str = "0x" + Account.sign_message(msg, private_key=key).signature.hex().removeprefix("0x")
+    return sig
+
+
+def check(auth: Authorization, pay_to: str, amount: int, now_s: int) -> None:
+    """The checks that need no signature or state, in the facilitator's order."""
+    if auth.to.lower() != pay_to.lower():
+        raise PaymentInvalid(wire.RECIPIENT_MISMATCH, "authorization.to is not the payTo address", auth.payer)
+    if auth.value != amount:
+        raise PaymentInvalid(
+            wire.VALUE_MISMATCH, f"authorization.value {auth.value} is not the price {amount}", auth.payer
+        )
+    if auth.valid_after > now_s:
+        raise PaymentInvalid(wire.VALID_AFTER, "the authorization is not valid yet", auth.payer)
+    if auth.valid_before - VALID_BEFORE_MARGIN_S <= now_s:  # valid while now < validBefore - 6 s
+        raise PaymentInvalid(
+            wire.VALID_BEFORE, "the authorization has expired (or expires within 6 s)", auth.payer
+        )

@@ -1,0 +1,172 @@
+"""The built-in x402 facilitator: verify and settle ``exact`` EVM payments.
+
+It speaks the official facilitator API (``POST /verify``, ``POST /settle``,
+``GET /supported``, served under ``/x402``), so the official SDK's
+``HTTPFacilitatorClient`` can use it, and tollway's own paid routes call it
+in-process. A payment that fails a check is an answer, not an error:
+``{"isValid": false, "invalidReason": ...}`` or ``{"success": false,
+"errorReason": ...}`` with HTTP 200 (the official clients raise on any other
+status).
+
+Checks, in order: the x402 version; scheme and network supported; the asset
+is the one this facilitator settles; ``to`` equals ``payTo``; the value is
+exactly the price; ``validAfter <= now < validBefore - 6 s``; the EIP-712
+signature recovers to ``from``; the nonce is unused (across every process
+sharing the database); the payer's balance covers the value.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from tollway.core.clock import Clock
+from tollway.core.config import X402Config
+from tollway.x402 import exact_evm, wire
+from tollway.x402.devnet import Devnet
+from tollway.x402.exact_evm import Authorization
+from tollway.x402.wire import PaymentInvalid
+
+log = logging.getLogger("tollway.x402")
+
+# x402 v1 names networks; v2 uses CAIP-2. The legacy names for chains v1 clients know.
+V1_NAMES = {
+    "eip155:8453": "base",
+    "eip155:84532": "base-sepolia",
+    "eip155:1": "ethereum",
+    "eip155:137": "polygon",
+    "eip155:80002": "polygon-amoy",
+    "eip155:43114": "avalanche",
+    "eip155:43113": "avalanche-fuji",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Checked:
+    """A payment that passed every check."""
+
+    version: int
+    network: str
+    pay_to: str
+    amount: int
+    auth: Authorization
+    resource: str
+
+
+class Facilitator:
+    def __init__(self, cfg: X402Config, devnet: Devnet, clock: Clock) -> None:
+        self.cfg = cfg
+        self.devnet = devnet
+        self.clock = clock
+        self.network = cfg.network
+        self.chain = exact_evm.chain_id(cfg.network) or 0
+        self.v1_network = V1_NAMES.get(cfg.network, cfg.network)
+
+    def supported(self) -> dict[str, Any]:
+        kinds = [
+            {"x402Version": 2, "scheme": "exact", "network": self.network},
+            {"x402Version": 1, "scheme": "exact", "network": self.v1_network},
+        ]
+        return {"kinds": kinds, "extensions": [], "signers": {}}
+
+    def domain(self, extra: Any) -> dict[str, Any]:
+        extra = extra if isinstance(extra, dict) else {}
+        name = extra.get("name") if isinstance(extra.get("name"), str) else self.cfg.asset_name
+        version = extra.get("version") if isinstance(extra.get("version"), str) else self.cfg.asset_version
+        return exact_evm.domain(name, version, self.chain, self.cfg.asset)
+
+    # ------------------------------------------------------------------ checks
+
+    async def check(self, payload: Any, requirements: Any) -> Checked:
+        """Every check, in order; raises :class:`PaymentInvalid` at the first that fails."""
+        if not isinstance(payload, dict):
+            raise PaymentInvalid(wire.INVALID_PAYLOAD, "paymentPayload must be an object")
+        if not isinstance(requirements, dict):
+            raise PaymentInvalid(wire.INVALID_REQUIREMENTS, "paymentRequirements must be an object")
+        version = payload.get("x402Version")
+        if version not in (1, 2) or isinstance(version, bool):
+            raise PaymentInvalid(wire.INVALID_VERSION, "x402Version must be 1 or 2")
+        scheme = wire.field(requirements, "scheme", str, wire.INVALID_REQUIREMENTS)
+        network = wire.field(requirements, "network", str, wire.INVALID_REQUIREMENTS)
+        # What the payer says it paid with: v2's ``accepted``, v1's top-level fields.
+        said = payload.get("accepted") if version == 2 else payload
+        if not isinstance(said, dict):
+            said = {}
+        paid_scheme, paid_network = said.get("scheme", scheme), said.get("network", network)
+        if paid_scheme != "exact":
+            raise PaymentInvalid(wire.UNSUPPORTED_SCHEME, f"scheme {paid_scheme!r} is not supported")
+        if paid_network not in ((self.network, self.v1_network) if version == 1 else (self.network,)):
+            raise PaymentInvalid(wire.INVALID_NETWORK, f"network {paid_network!r} is not supported")
+        if (paid_scheme, paid_network) != (scheme, network):
+            raise PaymentInvalid(wire.INVALID_PAYLOAD, "the payment is not for these requirements")
+        asset = wire.field(requirements, "asset", str, wire.INVALID_REQUIREMENTS)
+        if asset.lower() != self.cfg.asset.lower():
+            raise PaymentInvalid(wire.INVALID_REQUIREMENTS, f"asset {asset} is not settled here")
+        pay_to = wire.field(requirements, "payTo", str, wire.INVALID_REQUIREMENTS)
+        if not exact_evm.is_address(pay_to):
+            raise PaymentInvalid(wire.INVALID_REQUIREMENTS, "payTo must be a 0x address")
+        amount = wire.uint(
+            requirements, "amount" if version == 2 else "maxAmountRequired", wire.INVALID_REQUIREMENTS
+        )
+        auth = Authorization.parse(payload.get("payload"))
+        exact_evm.check(auth, pay_to, amount, self.clock.now_us() // 1_000_000)
+        if exact_evm.signer(auth, self.domain(requirements.get("extra"))) != auth.payer:
+            raise PaymentInvalid(wire.BAD_SIGNATURE, "the signature is not the payer's", auth.payer)
+        if await self.devnet.nonce_used(auth.payer, auth.nonce):
+            raise PaymentInvalid(wire.NONCE_USED, "this authorization was already used", auth.payer)
+        if await self.devnet.balance(auth.payer) < auth.value:
+            raise PaymentInvalid(wire.INSUFFICIENT_FUNDS, "the payer's balance is too low", auth.payer)
+        resource = (
+            requirements.get("resource") if version == 1 else (payload.get("resource") or {}).get("url")
+        )
+        return Checked(version, network, pay_to, amount, auth, resource if isinstance(resource, str) else "")
+
+    # --------------------------------------------------------------- the API
+
+    async def verify(self, payload: Any, requirements: Any) -> dict[str, Any]:
+        """A ``VerifyResponse``."""
+        try:
+            c = await self.check(payload, requirements)
+        except PaymentInvalid as e:
+            return _drop_none(
+                {"isValid": False, "invalidReason": e.reason, "invalidMessage": e.message, "payer": e.payer}
+            )
+        return {"isValid": True, "payer": c.auth.payer}
+
+    async def settle(self, payload: Any, requirements: Any) -> dict[str, Any]:
+        """A ``SettleResponse``: checks again, then moves the money (once per authorization)."""
+        network = requirements.get("network") if isinstance(requirements, dict) else None
+        network = network if isinstance(network, str) else self.network
+        try:
+            c = await self.check(payload, requirements)
+            meta = {
+                "network": c.network,
+                "asset": self.cfg.asset,
+                "resource": c.resource,
+                "x402_version": c.version,
+            }
+            tx = await self.devnet.transfer_with_authorization(c.auth, c.pay_to, meta)
+        except PaymentInvalid as e:
+            return _drop_none(
+                {
+                    "success": False,
+                    "errorReason": e.reason,
+                    "errorMessage": e.message,
+                    "payer": e.payer,
+                    "transaction": "",
+                    "network": network,
+                }
+            )
+        log.info("x402 settled %d from %s on %s: %s", c.amount, c.auth.payer, c.network, tx)
+        return {
+            "success": True,
+            "payer": c.auth.payer,
+            "transaction": tx,
+            "network": network,
+            "amount": str(c.amount),
+        }
+
+
+def _drop_none(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in d.items() if v is not None}

@@ -1,0 +1,87 @@
+"""x402 on the wire: base64 JSON headers, versions, and the reason codes.
+
+Headers carry standard base64 (RFC 4648, ``+/`` with padding) of UTF-8 JSON;
+the official SDK silently drops URL-safe characters, so never emit them.
+v2: ``PAYMENT-REQUIRED`` (402), ``PAYMENT-SIGNATURE`` (request),
+``PAYMENT-RESPONSE`` (receipt). v1: a JSON 402 body, ``X-PAYMENT``,
+``X-PAYMENT-RESPONSE``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import Any
+
+PAYMENT_REQUIRED = "payment-required"
+PAYMENT_SIGNATURE = "payment-signature"
+PAYMENT_RESPONSE = "payment-response"
+X_PAYMENT = "x-payment"
+X_PAYMENT_RESPONSE = "x-payment-response"
+
+# Reason codes: the spec's where it has one, the official SDK's otherwise.
+INVALID_PAYLOAD = "invalid_payload"
+INVALID_VERSION = "invalid_x402_version"
+INVALID_REQUIREMENTS = "invalid_payment_requirements"
+UNSUPPORTED_SCHEME = "unsupported_scheme"
+INVALID_NETWORK = "invalid_network"
+RECIPIENT_MISMATCH = "invalid_exact_evm_payload_recipient_mismatch"
+VALUE_MISMATCH = "invalid_exact_evm_payload_authorization_value"
+VALID_AFTER = "invalid_exact_evm_payload_authorization_valid_after"
+VALID_BEFORE = "invalid_exact_evm_payload_authorization_valid_before"
+BAD_SIGNATURE = "invalid_exact_evm_payload_signature"
+NONCE_USED = "invalid_exact_evm_nonce_already_used"
+INSUFFICIENT_FUNDS = "insufficient_funds"
+TRANSACTION_FAILED = "transaction_failed"
+SETTLEMENT_PENDING = "settlement_pending"
+UNEXPECTED_VERIFY = "unexpected_verify_error"
+UNEXPECTED_SETTLE = "unexpected_settle_error"
+
+
+class PaymentInvalid(Exception):
+    """A payment that fails a check: ``reason`` is the code the spec names."""
+
+    def __init__(self, reason: str, message: str = "", payer: str | None = None) -> None:
+        super().__init__(message or reason)
+        self.reason = reason
+        self.message = message or reason
+        self.payer = payer
+
+
+def encode(obj: Any) -> str:
+    """A header value: standard base64 of compact JSON."""
+    return base64.b64encode(json.dumps(obj, separators=(",", ":")).encode()).decode()
+
+
+def decode(value: str) -> dict[str, Any]:
+    """A header value back to its JSON object; garbage is ``invalid_payload``."""
+    try:
+        raw = base64.b64decode(value.strip(), validate=True)
+        obj = json.loads(raw)
+    except (binascii.Error, ValueError, UnicodeDecodeError):
+        raise PaymentInvalid(INVALID_PAYLOAD, "the payment header is not base64 JSON") from None
+    if not isinstance(obj, dict):
+        raise PaymentInvalid(INVALID_PAYLOAD, "the payment header is not a JSON object")
+    return obj
+
+
+def field(obj: Any, name: str, kind: type | tuple[type, ...], reason: str = INVALID_PAYLOAD) -> Any:
+    """``obj[name]`` of the given type, or ``PaymentInvalid(reason)``."""
+    v = obj.get(name) if isinstance(obj, dict) else None
+    if not isinstance(v, kind) or (isinstance(v, bool) and kind is not bool):
+        raise PaymentInvalid(reason, f"{name} is missing or malformed")
+    return v
+
+
+def uint(obj: Any, name: str, reason: str = INVALID_PAYLOAD) -> int:
+    """A non-negative integer written as a decimal string (or a JSON integer)."""
+    v = obj.get(name) if isinstance(obj, dict) else None
+    if isinstance(v, bool) or not isinstance(v, (str, int)):
+        raise PaymentInvalid(reason, f"{name} is missing or malformed")
+    if isinstance(v, str) and not (v.isdigit() and v.isascii()):
+        raise PaymentInvalid(reason, f"{name} must be a non-negative decimal integer")
+    n = int(v)
+    if n < 0 or n >= 1 << 256:
+        raise PaymentInvalid(reason, f"{name} is out of range")
+    return n
