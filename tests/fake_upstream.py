@@ -11,23 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import threading
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import uvicorn
+from threaded import ThreadServer, free_port
 
 WORDS = ["Hello", " from", " the", " fake", " upstream", "!"]
 PROMPT_TOKENS = 10
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class FakeUpstream:
@@ -40,8 +31,7 @@ class FakeUpstream:
         self.prompt_tokens = PROMPT_TOKENS  # what usage reports for the prompt
         self._fail: list[int] = []
         self._lock = threading.Lock()
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
+        self._server = ThreadServer(self, lifespan="off", port=self.port)
 
     def fail_next(self, n: int, status: int = 500) -> None:
         with self._lock:
@@ -111,21 +101,11 @@ class FakeUpstream:
     # ------------------------------------------------------------- lifecycle
 
     def __enter__(self) -> FakeUpstream:
-        cfg = uvicorn.Config(self, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off")
-        self._server = uvicorn.Server(cfg)
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline:
-                raise RuntimeError("fake upstream did not start")
-            time.sleep(0.01)
+        self._server.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        assert self._server is not None and self._thread is not None
-        self._server.should_exit = True
-        self._thread.join(10)
+        self._server.__exit__(*exc)
 
 
 def model(name: str, url: str, **over: Any) -> dict[str, Any]:
