@@ -20,6 +20,8 @@ from tollway.inference.service import Inference
 from tollway.ledger import Ledger
 from tollway.x402.devnet import Devnet
 from tollway.x402.facilitator import Facilitator
+from tollway.x402.paywall import Paywall
+from tollway.x402.rules import Rules
 
 
 @dataclass
@@ -35,6 +37,7 @@ class Runtime:
     gateway: Gateway
     devnet: Devnet
     facilitator: Facilitator
+    paywall: Paywall | None = None  # paid routes, when [[x402.rules]] has any
 
     @classmethod
     def build(cls, settings: Settings, *, clock: Clock | None = None) -> Runtime:
@@ -47,7 +50,10 @@ class Runtime:
             default_timeout_s=settings.ledger.pending_timeout_seconds,
         )
         charger = Charger(ledger)
-        devnet = Devnet(ledger, settings.x402.network, settings.x402.asset)
+        x402 = settings.x402
+        devnet = Devnet(ledger, x402.network, x402.asset)
+        facilitator = Facilitator(x402, devnet, clock)
+        keys = ApiKeys(engine, clock, ledger.reads)
         request_log = RequestLog(
             engine, clock, settings.gateway.log_flush_ms, settings.gateway.log_retention_days, ledger
         )
@@ -58,17 +64,20 @@ class Runtime:
             ledger=ledger,
             charger=charger,
             customers=Customers(engine, clock),
-            keys=ApiKeys(engine, clock, ledger.reads),
+            keys=keys,
             inference=Inference(settings, charger, clock),
             gateway=Gateway(settings.gateway, ledger, clock, request_log),
             devnet=devnet,
-            facilitator=Facilitator(settings.x402, devnet, clock),
+            facilitator=facilitator,
+            paywall=Paywall(x402, Rules(x402.rules), facilitator, keys) if x402.rules else None,
         )
 
     async def migrate(self) -> tuple[str | None, str | None]:
         return await migrate.upgrade(self.engine)
 
     async def close(self) -> None:
+        if self.paywall is not None:
+            await self.paywall.aclose()
         await self.gateway.aclose()
         await self.inference.aclose()
         await self.ledger.close()

@@ -73,7 +73,7 @@ def create_app(settings: Settings | None = None, *, rt: Runtime | None = None) -
         rt = Runtime.build(settings or Settings())
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         if rt.settings.database.migrate_on_start:
             before, after = await rt.migrate()
             if before != after:
@@ -112,6 +112,10 @@ def create_app(settings: Settings | None = None, *, rt: Runtime | None = None) -
     app.fast("/v1/chat/completions", ChatRequest, inference_api.chat_completions)
     app.fast("/v1/embeddings", EmbeddingsRequest, inference_api.embeddings)
     app.wrap_fast(MetricsMiddleware)
+    # Paid routes (x402) answer before anything else.
+    if rt.paywall is not None:
+        app.paywall = rt.paywall
+        app.wrap_paid(MetricsMiddleware)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema:

@@ -7,16 +7,12 @@ import hmac
 from fastapi import Request
 
 from tollway.core.errors import forbidden, unauthenticated
-from tollway.identity.keys import ApiKey, has_scope
+from tollway.identity.keys import ApiKey, has_scope, presented_key
 from tollway.runtime import Runtime
 
 
 def bearer(request: Request) -> str | None:
-    h = request.headers.get("authorization", "")
-    scheme, _, token = h.partition(" ")
-    if scheme.lower() == "bearer" and token.strip():
-        return token.strip()
-    return request.headers.get("x-api-key") or None
+    return presented_key(request.headers)
 
 
 def runtime(request: Request) -> Runtime:

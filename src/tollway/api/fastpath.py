@@ -33,6 +33,7 @@ from tollway.api.auth import require_key
 from tollway.api.errors import error_response, validation_error
 from tollway.core.errors import ErrorType, TollwayError
 from tollway.identity.keys import ApiKey
+from tollway.x402.paywall import Paywall
 
 log = logging.getLogger("tollway.api")
 
@@ -62,7 +63,23 @@ class TollwayApp(FastAPI):
         """Put ASGI middleware (the metrics) around the fast routes too."""
         self._fast_app = wrap(self._serve_fast)
 
+    paywall: Paywall | None = None
+    _paid_app: ASGI | None = None
+
+    def wrap_paid(self, wrap: Callable[[ASGI], ASGI]) -> None:
+        self._paid_app = wrap(self._serve_paid)
+
+    async def _serve_paid(self, scope: Scope, receive: Receive, send: Send) -> None:
+        assert self.paywall is not None
+        await self.paywall(scope, receive, send, scope["x402_rule"])
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.paywall is not None and scope["type"] == "http":
+            rule = self.paywall.match(scope)
+            if rule is not None:  # a paid route (x402), in front of everything else
+                scope["x402_rule"] = rule
+                await (self._paid_app or self._serve_paid)(scope, receive, send)
+                return
         fast = getattr(self, "_fast", None)
         if fast and scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in fast:
             await (self._fast_app or self._serve_fast)(scope, receive, send)

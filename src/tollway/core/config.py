@@ -17,6 +17,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from tollway.x402.rules import Rule, atomic
+
 ENV_PREFIX = "TOLLWAY_"
 DEFAULT_PATH = "tollway.toml"
 
@@ -221,6 +223,20 @@ class X402Config(_Section):
     asset_decimals: int = Field(6, ge=0, le=36)
     pay_to: str = Field("", pattern=r"^(0x[0-9a-fA-F]{40})?$")  # default payTo of paid routes
     max_timeout_seconds: int = Field(300, ge=10, le=86_400)
+    # Paid routes (see tollway.x402.rules); routes no rule matches are free.
+    rules: list[Rule] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _rules(self) -> X402Config:
+        names = [r.name for r in self.rules]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"duplicate rule name {sorted(dup)[0]!r}")
+        for r in self.rules:
+            atomic(r.price, self.asset_decimals)
+            if not (r.pay_to or self.pay_to):
+                raise ValueError(f"rule {r.name!r}: set pay_to on the rule or in [x402]")
+        return self
 
 
 def _valid_amount(v: str, free_ok: bool = False) -> str:

@@ -12,6 +12,7 @@ import hmac
 import json
 import re
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +48,15 @@ def has_scope(granted: list[str], needed: str) -> bool:
         if g.endswith(":*") and needed.startswith(g[:-1]):
             return True
     return False
+
+
+def presented_key(headers: Mapping[str, str]) -> str | None:
+    """The credential a request presents: ``Authorization: Bearer …`` or ``x-api-key``."""
+    h = headers.get("authorization", "")
+    scheme, _, token = h.partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return headers.get("x-api-key") or None
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,336 @@
+"""The monetization gateway: paid routes in front of any HTTP origin.
+
+For a request a rule matches:
+
+1. a caller with a valid API key passes free when the rule is
+   ``unauthenticated_only``;
+2. no payment: ``402`` with the requirements, for both protocol versions at
+   once (v2 in the ``PAYMENT-REQUIRED`` header, v1 as the JSON body), or a
+   paywall page for a browser (``Accept: text/html``);
+3. a payment (v2 ``PAYMENT-SIGNATURE`` or v1 ``X-PAYMENT``) is verified by the
+   facilitator, in-process; a bad one is a ``402`` naming the reason, and the
+   request goes nowhere;
+4. the request is forwarded to the origin (connections kept alive);
+5. only if the origin answered below 400 is the payment settled; the
+   response then streams back with the receipt (``PAYMENT-RESPONSE`` or
+   ``X-PAYMENT-RESPONSE``). An origin failure settles nothing.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+from collections.abc import AsyncIterable, AsyncIterator
+from typing import Any
+from urllib.parse import parse_qsl
+
+import aiohttp
+from starlette.requests import Request
+from starlette.types import Receive, Scope, Send
+
+from tollway.core.config import X402Config
+from tollway.core.errors import TollwayError
+from tollway.identity.keys import ApiKeys, presented_key
+from tollway.x402 import wire
+from tollway.x402.facilitator import Facilitator
+from tollway.x402.rules import Rule, Rules, price_of
+from tollway.x402.wire import PaymentInvalid
+
+log = logging.getLogger("tollway.x402")
+
+# Not forwarded either way: hop-by-hop headers, the payment itself, and the
+# host (the origin gets its own).
+_HOP = {
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailers",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+    "content-length",
+    wire.PAYMENT_SIGNATURE,
+    wire.X_PAYMENT,
+}
+Chunks = AsyncIterable[bytes]
+
+
+class Paywall:
+    def __init__(self, cfg: X402Config, rules: Rules, facilitator: Facilitator, keys: ApiKeys) -> None:
+        self.cfg = cfg
+        self.rules = rules
+        self.facilitator = facilitator
+        self.keys = keys
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60),
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=300),
+                auto_decompress=False,  # pass bodies through byte for byte
+            )
+        return self._session
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    def match(self, scope: Scope) -> Rule | None:
+        host = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"host"), "")
+        return self.rules.match(scope["method"], scope["path"], host)
+
+    # ------------------------------------------------------------ requirements
+
+    def requirements(
+        self, rule: Rule, request: Request, amount: int
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(v2 PaymentRequirements, v1 PaymentRequirements) for this request."""
+        pay_to = rule.pay_to or self.cfg.pay_to
+        timeout = rule.max_timeout_seconds or self.cfg.max_timeout_seconds
+        extra = {"name": self.cfg.asset_name, "version": self.cfg.asset_version}
+        v2 = {
+            "scheme": "exact",
+            "network": self.cfg.network,
+            "asset": self.cfg.asset,
+            "amount": str(amount),
+            "payTo": pay_to,
+            "maxTimeoutSeconds": timeout,
+            "extra": extra,
+        }
+        v1 = {
+            "scheme": "exact",
+            "network": self.facilitator.v1_network,
+            "maxAmountRequired": str(amount),
+            "resource": str(request.url),
+            "description": rule.description,
+            "mimeType": rule.mime_type,
+            "payTo": pay_to,
+            "maxTimeoutSeconds": timeout,
+            "asset": self.cfg.asset,
+            "extra": extra,
+        }
+        return v2, v1
+
+    # ------------------------------------------------------------------ serve
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send, rule: Rule) -> None:
+        request = Request(scope, receive)
+        body = await request.body()
+        if rule.unauthenticated_only and await self._has_valid_key(request):
+            await self._relay(send, *await self._forward(rule, request, body))
+            return
+        try:
+            json_body = json.loads(body) if body else None
+        except ValueError:
+            json_body = None
+        amount = price_of(
+            rule,
+            self.cfg.asset_decimals,
+            body,
+            dict(parse_qsl(scope.get("query_string", b"").decode())),
+            json_body,
+        )
+        v2, v1 = self.requirements(rule, request, amount)
+        sig, xpay = request.headers.get(wire.PAYMENT_SIGNATURE), request.headers.get(wire.X_PAYMENT)
+        if sig is None and xpay is None:
+            await self._required(send, request, rule, v2, v1, "Payment required")
+            return
+        version = 2 if sig is not None else 1
+        try:
+            payload = wire.decode(sig if sig is not None else xpay or "")
+            if payload.get("x402Version") != version:
+                raise PaymentInvalid(wire.INVALID_VERSION, f"this header carries x402 version {version}")
+        except PaymentInvalid as e:
+            await self._required(send, request, rule, v2, v1, e.reason)
+            return
+        reqs = v2 if version == 2 else v1
+        verdict = await self.facilitator.verify(payload, reqs)
+        if not verdict["isValid"]:
+            await self._required(send, request, rule, v2, v1, verdict["invalidReason"])
+            return
+        status, headers, chunks = await self._forward(rule, request, body)
+        if status >= 400:  # the origin failed: nothing is settled
+            await self._relay(send, status, headers, chunks)
+            return
+        receipt = await self.facilitator.settle(payload, reqs)
+        receipt_header = (wire.PAYMENT_RESPONSE if version == 2 else wire.X_PAYMENT_RESPONSE).encode()
+        if not receipt["success"]:
+            await _close(chunks)
+            await self._required(
+                send,
+                request,
+                rule,
+                v2,
+                v1,
+                receipt["errorReason"],
+                [(receipt_header, wire.encode(receipt).encode())],
+            )
+            return
+        headers.append((receipt_header, wire.encode(receipt).encode()))
+        headers.append((b"access-control-expose-headers", b"PAYMENT-RESPONSE, X-PAYMENT-RESPONSE"))
+        await self._relay(send, status, headers, chunks)
+
+    async def _has_valid_key(self, request: Request) -> bool:
+        token = presented_key(request.headers)
+        if token is None:
+            return False
+        try:
+            await self.keys.verify(token)
+        except TollwayError:
+            return False
+        return True
+
+    async def _required(
+        self,
+        send: Send,
+        request: Request,
+        rule: Rule,
+        v2: dict[str, Any],
+        v1: dict[str, Any],
+        error: str,
+        extra_headers: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
+        """A 402 that both protocol versions read: v2's header, v1's JSON body;
+        a browser gets a page saying what to pay and how."""
+        required = {
+            "x402Version": 2,
+            "error": error,
+            "resource": {
+                "url": str(request.url),
+                "description": rule.description,
+                "mimeType": rule.mime_type,
+            },
+            "accepts": [v2],
+        }
+        headers = [
+            (wire.PAYMENT_REQUIRED.encode(), wire.encode(required).encode()),
+            (b"cache-control", b"no-store"),
+            (b"access-control-expose-headers", b"PAYMENT-REQUIRED, PAYMENT-RESPONSE, X-PAYMENT-RESPONSE"),
+            *(extra_headers or []),
+        ]
+        if "text/html" in request.headers.get("accept", ""):
+            body = _paywall_page(rule, v2, self.cfg.asset_decimals, str(request.url)).encode()
+            headers.append((b"content-type", b"text/html; charset=utf-8"))
+        else:
+            body = json.dumps({"x402Version": 1, "error": error, "accepts": [v1]}).encode()
+            headers.append((b"content-type", b"application/json"))
+        await send({"type": "http.response.start", "status": 402, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    # --------------------------------------------------------------- the origin
+
+    async def _forward(
+        self, rule: Rule, request: Request, body: bytes
+    ) -> tuple[int, list[tuple[bytes, bytes]], Chunks]:
+        if rule.origin == "demo":
+            return _demo(request)
+        url = rule.origin + request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        headers = [(k, v) for k, v in request.headers.items() if k.lower() not in _HOP]
+        headers.append(("x-forwarded-host", request.headers.get("host", "")))
+        try:
+            r = await self.session.request(request.method, url, headers=headers, data=body or None)
+        except (aiohttp.ClientError, TimeoutError) as e:
+            log.warning("x402 origin %s failed: %s", url, e)
+            msg = json.dumps(
+                {
+                    "error": {
+                        "type": "api_error",
+                        "code": "origin_unreachable",
+                        "message": f"the origin did not answer: {type(e).__name__}",
+                        "param": None,
+                    }
+                }
+            )
+            return 502, [(b"content-type", b"application/json")], _once(msg.encode())
+        out = [
+            (k.encode("latin-1"), v.encode("latin-1")) for k, v in r.headers.items() if k.lower() not in _HOP
+        ]
+        if "Content-Length" in r.headers:
+            out.append((b"content-length", r.headers["Content-Length"].encode()))
+        return r.status, out, _Body(r)
+
+    @staticmethod
+    async def _relay(send: Send, status: int, headers: list[tuple[bytes, bytes]], chunks: Chunks) -> None:
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        try:
+            async for chunk in chunks:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        finally:
+            await _close(chunks)
+        await send({"type": "http.response.body", "body": b""})
+
+
+class _Body:
+    """An origin's response body, streamed; closing releases the connection
+    (also when it was never read)."""
+
+    def __init__(self, r: aiohttp.ClientResponse) -> None:
+        self.r = r
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self.r.content.iter_any():
+            yield chunk
+
+    async def aclose(self) -> None:
+        self.r.release()
+
+
+async def _once(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
+async def _close(chunks: Chunks) -> None:
+    close = getattr(chunks, "aclose", None)
+    if close is not None:
+        await close()
+
+
+def _demo(request: Request) -> tuple[int, list[tuple[bytes, bytes]], Chunks]:
+    """The built-in demo origin: a small weather report."""
+    city = request.query_params.get("city", "Lisbon")
+    body = json.dumps({"city": city, "forecast": "sunny", "temperature_c": 21, "source": "tollway demo"})
+    return 200, [(b"content-type", b"application/json")], _once(body.encode())
+
+
+def _paywall_page(rule: Rule, v2: dict[str, Any], decimals: int, url: str) -> str:
+    usd = int(v2["amount"]) / 10**decimals
+    e = html.escape
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Payment required</title>
+<style>
+body{{font-family:system-ui,sans-serif;max-width:42rem;margin:3rem auto;padding:0 1rem;line-height:1.5}}
+code,pre{{background:#f4f4f4;padding:.1rem .3rem;border-radius:4px}}
+pre{{padding:1rem;overflow:auto}}
+</style></head>
+<body>
+<h1>402 · Payment required</h1>
+<p>{e(rule.description or "This resource")} costs <strong>${usd:,.6f}</strong>
+({e(v2["amount"])} units of {e(v2["extra"]["name"])} <code>{e(v2["asset"])}</code>
+on <code>{e(v2["network"])}</code>),
+paid to <code>{e(v2["payTo"])}</code> with the x402 protocol.</p>
+<p>Pay it with any x402 client, for example the official Python SDK:</p>
+<pre>pip install "x402[evm,clients]"
+
+import asyncio
+from eth_account import Account
+from x402 import x402Client
+from x402.http.clients import x402HttpxClient
+from x402.mechanisms.evm.exact import register_exact_evm_client
+
+client = x402Client()
+register_exact_evm_client(client, Account.from_key(KEY))
+allowed = {{"network": "{e(v2["network"])}", "asset": "{e(v2["asset"])}"}}
+client.set_spend_controls({{"allowed_assets": [allowed]}})
+
+async def main():
+    async with x402HttpxClient(client) as http:
+        print((await http.get("{e(url)}")).json())
+
+asyncio.run(main())</pre>
+</body></html>
+"""

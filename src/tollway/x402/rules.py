@@ -1,0 +1,132 @@
+"""Paid routes: which requests pay, how much, and where they go once paid.
+
+A rule matches on one or more HTTP methods, a path pattern (``*`` matches
+any rest of the path, ``:name`` one segment) and optionally a host. Its price
+is fixed (``"$0.001"``, or atomic units as a plain integer string), or
+variable: per KiB of request body, or per unit of a named query or JSON body
+field. Routes no rule matches are free and pass through.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from decimal import Decimal, InvalidOperation
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+_ADDRESS = r"^(0x[0-9a-fA-F]{40})?$"
+_METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
+
+
+def atomic(price: str, decimals: int) -> int:
+    """``"$0.001"`` → atomic units of a USD asset with ``decimals``; ``"1000"`` → 1000.
+    A dollar price must come to a whole number of atomic units."""
+    p = price.strip()
+    if p.startswith("$"):
+        try:
+            d = Decimal(p[1:])
+        except InvalidOperation:
+            raise ValueError(f"price {price!r} is not a dollar amount") from None
+        units = d * (10**decimals)
+        if d < 0 or units != units.to_integral_value():
+            raise ValueError(f"price {price!r} is not a whole number of the asset's units")
+        return int(units)
+    if not p.isdigit():
+        raise ValueError(f'price {price!r}: write dollars as "$0.001" or atomic units as "1000"')
+    return int(p)
+
+
+class Rule(BaseModel):
+    """One paid route (``[[x402.rules]]`` in tollway.toml, or the admin API's JSON)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")
+    methods: list[str] = Field(default_factory=lambda: ["GET"], min_length=1)
+    path: str = Field(min_length=1, pattern=r"^/")
+    host: str = ""  # empty: any host
+    # Where a paid request goes: an http(s) base URL, or "demo" for the built-in demo origin.
+    origin: str = Field(min_length=1)
+    price: str = Field(min_length=1)  # per request (fixed), or per unit (variable)
+    price_by: Literal["fixed", "body_kib", "query", "body"] = "fixed"
+    price_field: str = ""  # the query or JSON body field counted, for price_by = query | body
+    unauthenticated_only: bool = False  # callers with a valid API key pass without paying
+    pay_to: str = Field("", pattern=_ADDRESS)  # empty: [x402] pay_to
+    description: str = Field("", max_length=500)
+    mime_type: str = "application/json"
+    max_timeout_seconds: int = Field(0, ge=0, le=86_400)  # 0: [x402] max_timeout_seconds
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, v: list[str]) -> list[str]:
+        up = [m.upper() for m in v]
+        bad = [m for m in up if m not in _METHODS]
+        if bad:
+            raise ValueError(f"unknown method {bad[0]!r}")
+        return up
+
+    @field_validator("origin")
+    @classmethod
+    def _origin(cls, v: str) -> str:
+        if v != "demo" and not re.match(r"^https?://[^/\s]+", v):
+            raise ValueError('origin must be an http(s) URL or "demo"')
+        return v.rstrip("/")
+
+    @model_validator(mode="after")
+    def _price(self) -> Rule:
+        atomic(self.price, 6)  # the form; the asset's decimals are applied when pricing
+        if self.price_by in ("query", "body") and not self.price_field:
+            raise ValueError(f"price_by = {self.price_by!r} needs price_field")
+        return self
+
+    def compiled(self) -> re.Pattern[str]:
+        out, i = "", 0
+        for m in re.finditer(r"\*|:[A-Za-z_][A-Za-z0-9_]*", self.path):
+            out += re.escape(self.path[i : m.start()])
+            out += ".*" if m.group() == "*" else "[^/]+"
+            i = m.end()
+        out += re.escape(self.path[i:])
+        return re.compile(f"^{out}$")
+
+
+class Rules:
+    """The rule set, compiled for matching (first match wins)."""
+
+    def __init__(self, rules: list[Rule]) -> None:
+        names = [r.name for r in rules]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"duplicate rule name {sorted(dup)[0]!r}")
+        self.rules = rules
+        self._compiled = [(r, r.compiled()) for r in rules]
+
+    def match(self, method: str, path: str, host: str) -> Rule | None:
+        host = host.split(":", 1)[0].lower()
+        for rule, pattern in self._compiled:
+            if method in rule.methods or (method == "HEAD" and "GET" in rule.methods):
+                if (not rule.host or rule.host.lower() == host) and pattern.match(path):
+                    return rule
+        return None
+
+    def export(self) -> list[dict[str, Any]]:
+        return [r.model_dump() for r in self.rules]
+
+
+def price_of(rule: Rule, decimals: int, body: bytes, query: dict[str, str], json_body: Any) -> int:
+    """The price of one request under ``rule``, in atomic units (a variable price
+    rounds the unit count up; a missing or bad field counts as one unit)."""
+    unit = atomic(rule.price, decimals)
+    if rule.price_by == "fixed":
+        return unit
+    if rule.price_by == "body_kib":
+        return unit * max(1, math.ceil(len(body) / 1024))
+    raw = query.get(rule.price_field) if rule.price_by == "query" else None
+    if rule.price_by == "body" and isinstance(json_body, dict):
+        raw = json_body.get(rule.price_field)
+    try:
+        n = Decimal(str(raw))
+    except (InvalidOperation, ValueError):
+        return unit
+    return unit * max(1, math.ceil(n)) if n.is_finite() else unit

@@ -1,0 +1,249 @@
+"""The monetization gateway: paid routes in front of an origin, x402 v2 and v1,
+every bad payment refused with its reason before the origin is called, and
+settlement only after the origin answered below 400."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from conftest import ADMIN, settings_for
+from threaded import ThreadServer
+from tollway.api.app import create_app
+from tollway.core.config import Settings
+from tollway.runtime import Runtime
+from x402_helpers import PAY_TO, Payer
+
+PRICE = 1000  # $0.001 in micro-USD units
+
+
+class Origin:
+    """A real HTTP origin that counts what reaches it."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict[str, Any]] = []
+        app = FastAPI()
+
+        @app.api_route("/{rest:path}", methods=["GET", "POST"])
+        async def echo(rest: str, request: Request) -> Any:
+            self.calls.append({"path": rest, "headers": dict(request.headers), "body": await request.body()})
+            if rest == "api/fail":
+                return JSONResponse({"error": "origin down"}, status_code=500)
+            return {"echo": rest, "query": dict(request.query_params)}
+
+        self.app = app
+
+
+@pytest.fixture
+def origin() -> Iterator[tuple[Origin, str]]:
+    o = Origin()
+    with ThreadServer(o.app) as srv:
+        yield o, srv.url
+
+
+@pytest.fixture
+async def gw(db_url: str, origin: tuple[Origin, str]) -> AsyncIterator[tuple[httpx.AsyncClient, Runtime]]:
+    _, url = origin
+    rules = [
+        {"name": "demo", "path": "/demo/weather", "origin": "demo", "price": "$0.001"},
+        {"name": "api", "methods": ["GET", "POST"], "path": "/api/*", "origin": url, "price": "$0.001"},
+        {
+            "name": "members",
+            "path": "/members/:id",
+            "origin": url,
+            "price": "1000",
+            "unauthenticated_only": True,
+        },
+        {
+            "name": "per-item",
+            "path": "/bulk",
+            "origin": url,
+            "price": "$0.0005",
+            "price_by": "query",
+            "price_field": "n",
+        },
+    ]
+    settings = settings_for(db_url, x402={"pay_to": PAY_TO, "rules": rules})
+    rt = Runtime.build(settings)
+    app = create_app(rt=rt)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://tollway.test") as c:
+        yield c, rt
+    await rt.close()
+
+
+def required(r: httpx.Response) -> dict[str, Any]:
+    out: dict[str, Any] = json.loads(base64.b64decode(r.headers["payment-required"]))
+    return out
+
+
+def header(obj: Any) -> str:
+    return base64.b64encode(json.dumps(obj).encode()).decode()
+
+
+async def funded(rt: Runtime, amount: int = 10_000) -> Payer:
+    p = Payer()
+    await rt.devnet.fund(p.address, amount)
+    return p
+
+
+async def revenue(rt: Runtime) -> int:
+    return (await rt.ledger.get_account("sys_revenue")).balance
+
+
+async def test_unpaid_gets_402_for_both_versions_and_browsers_a_page(gw: Any) -> None:
+    c, _ = gw
+    r = await c.get("/demo/weather")
+    assert r.status_code == 402
+    req = required(r)
+    assert req["x402Version"] == 2 and req["error"] == "Payment required"
+    [accept] = req["accepts"]
+    assert (accept["amount"], accept["payTo"], accept["network"]) == ("1000", PAY_TO, "eip155:31337")
+    assert accept["extra"] == {"name": "USD Coin", "version": "2"}
+    v1 = r.json()
+    assert v1["x402Version"] == 1 and v1["accepts"][0]["maxAmountRequired"] == "1000"
+    page = await c.get("/demo/weather", headers={"accept": "text/html"})
+    assert page.status_code == 402 and "$0.001000" in page.text and "x402HttpxClient" in page.text
+    assert "payment-required" in page.headers
+
+
+async def test_v2_payment_is_served_settled_and_receipted(gw: Any) -> None:
+    c, rt = gw
+    p = await funded(rt)
+    accept = required(await c.get("/demo/weather?city=Porto"))["accepts"][0]
+    r = await c.get("/demo/weather?city=Porto", headers={"payment-signature": header(p.v2(accept))})
+    assert r.status_code == 200 and r.json()["city"] == "Porto"
+    receipt = json.loads(base64.b64decode(r.headers["payment-response"]))
+    assert receipt["success"] is True and receipt["payer"] == p.address
+    assert await revenue(rt) == PRICE and await rt.devnet.balance(p.address) == 10_000 - PRICE
+
+
+async def test_v1_x_payment_is_served_and_receipted(gw: Any, origin: tuple[Origin, str]) -> None:
+    c, rt = gw
+    p = await funded(rt)
+    accept = (await c.post("/api/thing", json={"a": 1})).json()["accepts"][0]
+    r = await c.post("/api/thing", json={"a": 1}, headers={"x-payment": header(p.v1(accept))})
+    assert r.status_code == 200 and r.json()["echo"] == "api/thing"
+    assert json.loads(base64.b64decode(r.headers["x-payment-response"]))["success"] is True
+    o, _ = origin
+    [call] = o.calls
+    assert call["body"] == b'{"a":1}' and "x-payment" not in call["headers"]
+
+
+def _bad(p: Payer, broke: Payer, accept: dict[str, Any]) -> dict[str, tuple[dict[str, str], str]]:
+    now = int(time.time())
+    v2 = {"payment-signature": ""}
+
+    def sig(payload: Any) -> dict[str, str]:
+        return {"payment-signature": header(payload)}
+
+    return {
+        "garbage base64": ({**v2, "payment-signature": "%%%not-base64%%%"}, "invalid_payload"),
+        "garbage JSON": ({"payment-signature": base64.b64encode(b"{nope").decode()}, "invalid_payload"),
+        "wrong version": (sig({**p.v2(accept), "x402Version": 1}), "invalid_x402_version"),
+        "unsupported scheme": (sig(p.v2({**accept, "scheme": "upto"})), "unsupported_scheme"),
+        "unsupported network": (sig(p.v2({**accept, "network": "eip155:1"})), "invalid_network"),
+        "wrong payTo": (
+            sig(p.v2(accept, to="0x" + "33" * 20)),
+            "invalid_exact_evm_payload_recipient_mismatch",
+        ),
+        "amount too low": (
+            sig(p.v2(accept, value=PRICE - 1)),
+            "invalid_exact_evm_payload_authorization_value",
+        ),
+        "expired": (
+            sig(p.v2(accept, valid_before=now - 1)),
+            "invalid_exact_evm_payload_authorization_valid_before",
+        ),
+        "not yet valid": (
+            sig(p.v2(accept, valid_after=now + 600)),
+            "invalid_exact_evm_payload_authorization_valid_after",
+        ),
+        "bad signature": (sig(p.v2(accept, key=broke.account.key)), "invalid_exact_evm_payload_signature"),
+        "insufficient balance": (sig(broke.v2(accept)), "insufficient_funds"),
+    }
+
+
+@pytest.mark.parametrize("case", list(_bad(Payer(), Payer(), {"amount": "1", "payTo": PAY_TO})))
+async def test_bad_payments_get_402_with_the_reason_and_reach_nothing(
+    gw: Any, origin: tuple[Origin, str], case: str
+) -> None:
+    c, rt = gw
+    p = await funded(rt)
+    accept = required(await c.get("/api/x"))["accepts"][0]
+    headers, reason = _bad(p, Payer(), accept)[case]
+    r = await c.get("/api/x", headers=headers)
+    assert r.status_code == 402
+    assert required(r)["error"] == reason and r.json()["error"] == reason
+    assert origin[0].calls == [] and await revenue(rt) == 0 and await rt.devnet.balance(p.address) == 10_000
+
+
+async def test_a_reused_nonce_is_refused(gw: Any, origin: tuple[Origin, str]) -> None:
+    c, rt = gw
+    p = await funded(rt)
+    accept = required(await c.get("/api/x"))["accepts"][0]
+    h = {"payment-signature": header(p.v2(accept))}
+    assert (await c.get("/api/x", headers=h)).status_code == 200
+    r = await c.get("/api/x", headers=h)
+    assert r.status_code == 402 and required(r)["error"] == "invalid_exact_evm_nonce_already_used"
+    assert len(origin[0].calls) == 1 and await revenue(rt) == PRICE
+
+
+async def test_origin_failure_settles_nothing(gw: Any) -> None:
+    c, rt = gw
+    p = await funded(rt)
+    accept = required(await c.get("/api/fail"))["accepts"][0]
+    r = await c.get("/api/fail", headers={"payment-signature": header(p.v2(accept))})
+    assert r.status_code == 500 and "payment-response" not in r.headers
+    assert await revenue(rt) == 0 and await rt.devnet.balance(p.address) == 10_000
+
+
+async def test_one_payment_sent_concurrently_settles_once(gw: Any) -> None:
+    c, rt = gw
+    p = await funded(rt)
+    accept = required(await c.get("/api/x"))["accepts"][0]
+    h = {"payment-signature": header(p.v2(accept))}
+    rs = await asyncio.gather(*(c.get("/api/x", headers=h) for _ in range(10)))
+    assert sorted(r.status_code for r in rs) == [200] + [402] * 9
+    assert await revenue(rt) == PRICE and await rt.devnet.balance(p.address) == 10_000 - PRICE
+
+
+async def test_unmatched_routes_are_free_and_api_keys_pass_unauthenticated_only(gw: Any) -> None:
+    c, _ = gw
+    assert (await c.get("/healthz")).status_code == 200
+    assert (await c.get("/members/7")).status_code == 402
+    cust = (await c.post("/admin/customers", json={"name": "m"}, headers=ADMIN)).json()
+    key = (await c.post("/admin/keys", json={"customer_id": cust["id"]}, headers=ADMIN)).json()["key"]
+    r = await c.get("/members/7", headers={"authorization": f"Bearer {key}"})
+    assert r.status_code == 200 and r.json()["echo"] == "members/7"
+    assert (await c.get("/members/7", headers={"authorization": "Bearer tw_bogus"})).status_code == 402
+
+
+async def test_variable_price_by_query_field(gw: Any) -> None:
+    c, _ = gw
+    assert required(await c.get("/bulk?n=7"))["accepts"][0]["amount"] == "3500"
+    assert required(await c.get("/bulk"))["accepts"][0]["amount"] == "500"
+
+
+def test_bad_rules_are_config_errors(db_url: str) -> None:
+    base = {"name": "r", "path": "/x", "origin": "demo", "price": "$0.001"}
+    for bad in (
+        {**base, "origin": "ftp://x"},
+        {**base, "price": "one dollar"},
+        {**base, "price": "$0.0000001"},  # not a whole number of units
+        {**base, "price_by": "query"},
+        {**base, "methods": ["FETCH"]},
+    ):
+        with pytest.raises(ValueError):
+            settings_for(db_url, x402={"pay_to": PAY_TO, "rules": [bad]})
+    with pytest.raises(ValueError, match="pay_to"):
+        settings_for(db_url, x402={"rules": [base]})
+    assert isinstance(settings_for(db_url, x402={"pay_to": PAY_TO, "rules": [base]}), Settings)
