@@ -23,6 +23,7 @@ from x402.http.middleware.fastapi import PaymentMiddlewareASGI
 from x402.mechanisms.evm.exact import ExactEvmServerScheme, register_exact_evm_client
 from x402.schemas import AssetAmount
 
+from conftest import settings_for
 from threaded import ThreadServer
 from tollway.api.app import create_app
 from tollway.core.config import DEVNET_ASSET, Settings
@@ -157,3 +158,40 @@ def test_a_payer_without_funds_is_refused_with_the_reason(stack: tuple[str, Sett
     assert r.status_code == 402
     required = json.loads(base64.b64decode(r.headers["PAYMENT-REQUIRED"]))
     assert required["error"] == "insufficient_funds"
+
+
+@pytest.fixture
+def paid_tollway(db_url: str) -> Iterator[tuple[str, Settings]]:
+    """tollway's own gateway, with the demo route at $0.001."""
+    rule = {"name": "weather", "path": "/demo/weather", "origin": "demo", "price": "$0.001"}
+    settings = settings_for(db_url, x402={"pay_to": PAY_TO, "rules": [rule]})
+    with ThreadServer(create_app(settings)) as tw:
+        yield tw.url, settings
+
+
+def test_official_clients_pay_tollways_gateway(paid_tollway: tuple[str, Settings]) -> None:
+    url, settings = paid_tollway
+    payer = Account.create()
+    on_devnet(settings, lambda rt: rt.devnet.fund(payer.address, 5_000))
+
+    async def with_httpx() -> httpx.Response:
+        client = x402Client()
+        register_exact_evm_client(client, payer)
+        client.set_spend_controls(SPEND)
+        async with x402HttpxClient(client, timeout=30) as http:
+            return await http.get(url + "/demo/weather?city=Oslo")
+
+    r = asyncio.run(with_httpx())
+    assert r.status_code == 200, r.text
+    assert r.json()["city"] == "Oslo" and receipt(r)["success"] is True
+
+    sync = x402ClientSync()
+    register_exact_evm_client(sync, payer)
+    sync.set_spend_controls(SPEND)
+    r2 = x402_requests(sync).get(url + "/demo/weather", timeout=30)
+    assert r2.status_code == 200 and receipt(r2)["payer"] == payer.address
+
+    async def state(rt: Runtime) -> tuple[int, int]:
+        return await rt.devnet.balance(payer.address), (await rt.ledger.get_account("sys_revenue")).balance
+
+    assert on_devnet(settings, state) == (3_000, 2_000)
