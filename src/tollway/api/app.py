@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from tollway import __version__
-from tollway.api import admin, errors, gateway_admin, system, v1, x402
+from tollway.api import admin, errors, gateway_admin, system, v1, x402, x402_admin
 from tollway.api.fastpath import TollwayApp
 from tollway.core.config import Settings
 from tollway.inference import api as inference_api
@@ -107,6 +107,7 @@ def create_app(settings: Settings | None = None, *, rt: Runtime | None = None) -
     )
     app.include_router(gateway_admin.router, responses=errors.error_responses(400, 401, 404))
     app.include_router(x402.router, responses=errors.error_responses(400))
+    app.include_router(x402_admin.router, responses=errors.error_responses(400, 401))
     app.add_middleware(MetricsMiddleware)
     # The hot AI routes skip FastAPI's per-request machinery (tollway.api.fastpath).
     app.fast("/v1/chat/completions", ChatRequest, inference_api.chat_completions)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from tollway.api.auth import runtime
@@ -96,3 +96,20 @@ async def settle(request: Request) -> dict[str, Any]:
 @router.get("/supported", summary="The (version, scheme, network) kinds this facilitator settles")
 async def supported(request: Request) -> dict[str, Any]:
     return runtime(request).facilitator.supported()
+
+
+@router.get("/discovery/resources", summary="The paid routes, in the x402 bazaar's discovery format")
+async def discovery(
+    request: Request,
+    type: str | None = Query(None, description="Only this resource type (http)"),
+    payTo: str | None = Query(None, description="Only routes paying this address"),
+    scheme: str | None = Query(None),
+    network: str | None = Query(None),
+    limit: int = Query(20, ge=1, le=100),
+    offset: int = Query(0, ge=0),
+) -> dict[str, Any]:
+    rt = runtime(request)
+    if rt.paywall is None or type not in (None, "http"):
+        return {"x402Version": 2, "items": [], "pagination": {"limit": limit, "offset": offset, "total": 0}}
+    base = str(request.base_url).rstrip("/")
+    return rt.paywall.discovery(base, offset=offset, limit=limit, payTo=payTo, scheme=scheme, network=network)

@@ -87,6 +87,9 @@ def _with_runtime(as_json: bool, fn: Callable[[Runtime], Awaitable[T]], migrate:
 def init(
     path: Path = typer.Option(Path(DEFAULT_PATH), "--path", help="Where to write the config."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing file."),
+    demo: bool = typer.Option(
+        False, "--demo", help="Add a paid demo route: GET /demo/weather at $0.001 over x402, on devnet."
+    ),
     as_json: bool = JsonOpt,
 ) -> None:
     """Write a commented tollway.toml with a fresh admin token."""
@@ -97,13 +100,21 @@ def init(
             out.print(f"{path} exists; keeping it (use --force to overwrite)")
         return
     token = secrets.token_urlsafe(32)
-    path.write_text(default_config_text().replace("__ADMIN_TOKEN__", token))
+    text = default_config_text().replace("__ADMIN_TOKEN__", token)
+    pay_to = None
+    if demo:
+        from tollway.x402.demo import demo_config
+
+        text, pay_to = demo_config(text)
+    path.write_text(text)
     path.chmod(0o600)
     if as_json:
-        emit_json({"path": str(path), "created": True, "admin_token": token})
+        emit_json({"path": str(path), "created": True, "admin_token": token, "demo_pay_to": pay_to})
     else:
         out.print(f"wrote [bold]{path}[/]")
         out.print(f"admin token: [bold]{token}[/]  (Authorization: Bearer … on /admin/*)")
+        if pay_to:
+            out.print(f"demo: GET /demo/weather costs $0.001 over x402, paid to {pay_to} on devnet")
 
 
 # --------------------------------------------------------------------------- serve
@@ -466,6 +477,9 @@ def _print_transfer(t: Any, as_json: bool) -> None:
             [[t.id, t.kind.value, t.debit_account_id, t.credit_account_id, usd(t.amount)]],
         )
 
+
+# Command groups that live in their own modules register themselves on ``app``.
+from tollway.cli import x402 as _x402  # noqa: E402, F401
 
 if __name__ == "__main__":
     app()

@@ -22,6 +22,7 @@ import html
 import json
 import logging
 from collections.abc import AsyncIterable, AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -34,7 +35,7 @@ from tollway.core.errors import TollwayError
 from tollway.identity.keys import ApiKeys, presented_key
 from tollway.x402 import wire
 from tollway.x402.facilitator import Facilitator
-from tollway.x402.rules import Rule, Rules, price_of
+from tollway.x402.rules import Rule, Rules, atomic, price_of
 from tollway.x402.wire import PaymentInvalid
 
 log = logging.getLogger("tollway.x402")
@@ -65,6 +66,7 @@ class Paywall:
         self.facilitator = facilitator
         self.keys = keys
         self._session: aiohttp.ClientSession | None = None
+        self.loaded_at = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -86,9 +88,7 @@ class Paywall:
 
     # ------------------------------------------------------------ requirements
 
-    def requirements(
-        self, rule: Rule, request: Request, amount: int
-    ) -> tuple[dict[str, Any], dict[str, Any]]:
+    def requirements(self, rule: Rule, url: str, amount: int) -> tuple[dict[str, Any], dict[str, Any]]:
         """(v2 PaymentRequirements, v1 PaymentRequirements) for this request."""
         pay_to = rule.pay_to or self.cfg.pay_to
         timeout = rule.max_timeout_seconds or self.cfg.max_timeout_seconds
@@ -106,7 +106,7 @@ class Paywall:
             "scheme": "exact",
             "network": self.facilitator.v1_network,
             "maxAmountRequired": str(amount),
-            "resource": str(request.url),
+            "resource": url,
             "description": rule.description,
             "mimeType": rule.mime_type,
             "payTo": pay_to,
@@ -115,6 +115,33 @@ class Paywall:
             "extra": extra,
         }
         return v2, v1
+
+    def discovery(self, base_url: str, *, offset: int, limit: int, **filters: str | None) -> dict[str, Any]:
+        """The paid routes in the bazaar's ``/discovery/resources`` format (a
+        variable price lists its unit price)."""
+        items = []
+        for rule in self.rules.rules:
+            v2, _ = self.requirements(rule, base_url + rule.path, atomic(rule.price, self.cfg.asset_decimals))
+            if any(v and v2.get(k) != v for k, v in filters.items()):
+                continue
+            items.append(
+                {
+                    "resource": base_url + rule.path,
+                    "type": "http",
+                    "x402Version": 2,
+                    "accepts": [v2],
+                    "lastUpdated": self.loaded_at,
+                    "description": rule.description,
+                    "mimeType": rule.mime_type,
+                    "metadata": {"methods": rule.methods, "priceBy": rule.price_by},
+                }
+            )
+        page = items[offset : offset + limit]
+        return {
+            "x402Version": 2,
+            "items": page,
+            "pagination": {"limit": limit, "offset": offset, "total": len(items)},
+        }
 
     # ------------------------------------------------------------------ serve
 
@@ -135,7 +162,7 @@ class Paywall:
             dict(parse_qsl(scope.get("query_string", b"").decode())),
             json_body,
         )
-        v2, v1 = self.requirements(rule, request, amount)
+        v2, v1 = self.requirements(rule, str(request.url), amount)
         sig, xpay = request.headers.get(wire.PAYMENT_SIGNATURE), request.headers.get(wire.X_PAYMENT)
         if sig is None and xpay is None:
             await self._required(send, request, rule, v2, v1, "Payment required")

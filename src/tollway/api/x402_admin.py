@@ -1,0 +1,69 @@
+"""``/admin/x402/*``: settled payments, revenue, the paid-route rules (export
+and import as JSON), and devnet funding."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Body, Depends, Query, Request
+from pydantic import BaseModel, Field
+
+from tollway.api.auth import require_admin, runtime
+from tollway.core.errors import invalid
+from tollway.x402 import payments as P
+from tollway.x402.exact_evm import is_address
+from tollway.x402.rules import atomic
+
+router = APIRouter(prefix="/admin/x402", tags=["x402"], dependencies=[Depends(require_admin)])
+
+
+@router.get("/payments", summary="Settled x402 payments, newest first")
+async def list_payments(
+    request: Request,
+    limit: int = Query(50, ge=1, le=1000),
+    before: str | None = Query(None, pattern=r"^[A-Za-z0-9_]{1,64}$"),
+) -> dict[str, Any]:
+    rows = await P.payments(runtime(request).engine, limit=limit + 1, before=before)
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return {"object": "list", "data": rows, "has_more": more, "next_before": rows[-1]["id"] if more else None}
+
+
+@router.get("/revenue", summary="Totals of settled x402 payments")
+async def revenue(request: Request, since_us: int | None = Query(None, ge=0)) -> dict[str, Any]:
+    return await P.revenue(runtime(request).engine, since_us)
+
+
+@router.get("/rules", summary="The paid-route rules, as JSON (the same shape as [[x402.rules]])")
+async def export_rules(request: Request) -> dict[str, Any]:
+    rt = runtime(request)
+    rules = rt.paywall.rules.export() if rt.paywall is not None else []
+    return {"object": "list", "data": rules}
+
+
+class Fund(BaseModel):
+    address: str = Field(
+        description="0x address to fund", examples=["0x70997970C51812dc3A010C7d01b50e0d17dc79C8"]
+    )
+    amount: str = Field(description='"$5" or atomic units as a string, e.g. "5000000"', examples=["$5"])
+
+
+@router.post("/devnet/fund", summary="Mint devnet tokens to an address (devnet only)")
+async def fund(request: Request, body: Fund = Body(...)) -> dict[str, Any]:
+    rt = runtime(request)
+    if not is_address(body.address):
+        raise invalid("invalid_address", "address must be a 0x address of 40 hex digits", "address")
+    try:
+        amount = atomic(body.amount, rt.settings.x402.asset_decimals)
+    except ValueError as e:
+        raise invalid("invalid_amount", str(e), "amount") from None
+    if amount <= 0:
+        raise invalid("invalid_amount", "amount must be positive", "amount")
+    t = await rt.devnet.fund(body.address, amount)
+    return {
+        "object": "devnet.funding",
+        "address": body.address,
+        "amount": amount,
+        "balance": await rt.devnet.balance(body.address),
+        "transfer_id": t.id,
+    }

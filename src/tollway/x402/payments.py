@@ -1,0 +1,55 @@
+"""Settled x402 payments, as the ledger recorded them: each settlement is a
+transfer from the payer to revenue with a usage event (meter ``x402``) that
+names the payer, ``payTo``, network, asset, resource and transaction."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from sqlalchemy import and_, func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tollway.core.schema import usage_events as U
+from tollway.x402.devnet import METER
+
+
+def _row(r: Any) -> dict[str, Any]:
+    meta = json.loads(r.metadata or "{}")
+    return {
+        "id": r.id,
+        "object": "x402.payment",
+        "created_at_us": r.created_at_us,
+        "amount": r.amount,
+        "transfer_id": r.transfer_id,
+        "payer": meta.get("payer"),
+        "pay_to": meta.get("pay_to"),
+        "network": meta.get("network"),
+        "asset": meta.get("asset"),
+        "resource": meta.get("resource"),
+        "transaction": meta.get("transaction"),
+        "x402_version": meta.get("x402_version"),
+    }
+
+
+async def payments(
+    engine: AsyncEngine, *, limit: int = 50, before: str | None = None
+) -> list[dict[str, Any]]:
+    """Newest first; ``before`` is the last id of the previous page."""
+    cond = U.c.meter == METER
+    if before is not None:
+        cond = and_(cond, U.c.id < before)
+    q = select(U).where(cond).order_by(U.c.id.desc()).limit(limit)
+    async with engine.connect() as conn:
+        return [_row(r) for r in await conn.execute(q)]
+
+
+async def revenue(engine: AsyncEngine, since_us: int | None = None) -> dict[str, Any]:
+    """Totals of settled payments (micro-USD for a 6-decimal USD asset)."""
+    cond = U.c.meter == METER
+    if since_us is not None:
+        cond = and_(cond, U.c.created_at_us >= since_us)
+    q = select(func.count(), func.coalesce(func.sum(U.c.amount), 0)).where(cond)
+    async with engine.connect() as conn:
+        n, total = (await conn.execute(q)).one()
+    return {"object": "x402.revenue", "payments": int(n), "amount": int(total), "since_us": since_us}
