@@ -139,3 +139,28 @@ def test_logs_lists_the_request_log_with_filters(cfg: str, db_url: str) -> None:
     assert len(run(cfg, "logs", "--model", "m1", "--limit", "1")["data"]) == 1
     r = runner.invoke(app, ["--config", cfg, "logs"])
     assert r.exit_code == 0 and "m2" in r.output
+
+
+def test_devnet_fund_balance_new_payer_and_revenue(cfg: str) -> None:
+    addr = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"
+    funded = run(cfg, "devnet", "fund", addr, "$2.5")
+    assert (funded["amount"], funded["balance"]) == (2_500_000, 2_500_000)
+    assert run(cfg, "devnet", "fund", addr, "1000")["balance"] == 2_501_000
+    assert run(cfg, "devnet", "balance", addr) == {"address": addr, "balance": 2_501_000}
+    payer = run(cfg, "devnet", "new-payer", "--fund", "$1")
+    assert payer["balance"] == 1_000_000 and payer["private_key"].startswith("0x")
+    assert run(cfg, "devnet", "fund", "0x123", "5", code=1)["error"]["code"] == "invalid_address"
+    assert run(cfg, "devnet", "fund", addr, "lots", code=1)["error"]["code"] == "invalid_amount"
+    rev = run(cfg, "revenue")
+    assert (rev["payments"], rev["amount"], rev["recent"]) == (0, 0, [])
+
+
+def test_init_demo_writes_a_paid_route_that_loads(tmp_path: Path) -> None:
+    path = tmp_path / "tollway.toml"
+    r = json.loads(runner.invoke(app, ["init", "--path", str(path), "--demo", "--json"]).stdout)
+    from tollway.core.config import load_settings
+
+    s = load_settings(str(path))
+    [rule] = s.x402.rules
+    assert (rule.path, rule.origin, rule.price) == ("/demo/weather", "demo", "$0.001")
+    assert s.x402.pay_to == r["demo_pay_to"]

@@ -247,3 +247,38 @@ def test_bad_rules_are_config_errors(db_url: str) -> None:
     with pytest.raises(ValueError, match="pay_to"):
         settings_for(db_url, x402={"rules": [base]})
     assert isinstance(settings_for(db_url, x402={"pay_to": PAY_TO, "rules": [base]}), Settings)
+
+
+async def test_discovery_lists_the_paid_routes(gw: Any) -> None:
+    c, _ = gw
+    d = (await c.get("/x402/discovery/resources")).json()
+    assert d["x402Version"] == 2 and d["pagination"]["total"] == 4
+    first = d["items"][0]
+    assert first["resource"] == "http://tollway.test/demo/weather" and first["type"] == "http"
+    assert first["accepts"][0]["amount"] == "1000" and first["accepts"][0]["payTo"] == PAY_TO
+    page = (await c.get("/x402/discovery/resources", params={"limit": 1, "offset": 3})).json()
+    assert [i["resource"] for i in page["items"]] == ["http://tollway.test/bulk"]
+    none = (await c.get("/x402/discovery/resources", params={"payTo": "0x" + "00" * 20})).json()
+    assert none["items"] == [] and none["pagination"]["total"] == 0
+
+
+async def test_admin_sees_payments_revenue_and_rules_and_funds_devnet(gw: Any) -> None:
+    c, _ = gw
+    p = Payer()
+    r = await c.post("/admin/x402/devnet/fund", json={"address": p.address, "amount": "$0.01"}, headers=ADMIN)
+    assert r.status_code == 200 and r.json()["balance"] == 10_000
+    bad = await c.post("/admin/x402/devnet/fund", json={"address": "0x1", "amount": "$1"}, headers=ADMIN)
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_address"
+    accept = required(await c.get("/demo/weather"))["accepts"][0]
+    assert (
+        await c.get("/demo/weather", headers={"payment-signature": header(p.v2(accept))})
+    ).status_code == 200
+    pays = (await c.get("/admin/x402/payments", headers=ADMIN)).json()
+    [pay] = pays["data"]
+    assert (pay["amount"], pay["payer"], pay["pay_to"]) == (PRICE, p.address, PAY_TO)
+    assert pay["resource"] == "http://tollway.test/demo/weather"
+    rev = (await c.get("/admin/x402/revenue", headers=ADMIN)).json()
+    assert (rev["payments"], rev["amount"]) == (1, PRICE)
+    rules = (await c.get("/admin/x402/rules", headers=ADMIN)).json()["data"]
+    assert [x["name"] for x in rules] == ["demo", "api", "members", "per-item"]
+    assert (await c.get("/admin/x402/payments")).status_code == 401

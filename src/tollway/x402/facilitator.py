@@ -134,8 +134,10 @@ class Facilitator:
             )
         return {"isValid": True, "payer": c.auth.payer}
 
-    async def settle(self, payload: Any, requirements: Any) -> dict[str, Any]:
-        """A ``SettleResponse``: checks again, then moves the money (once per authorization)."""
+    async def settle(self, payload: Any, requirements: Any, resource: str | None = None) -> dict[str, Any]:
+        """A ``SettleResponse``: checks again, then moves the money (once per
+        authorization). ``resource``: what was served, as the gateway saw it
+        (otherwise the payload's own ``resource``)."""
         network = requirements.get("network") if isinstance(requirements, dict) else None
         network = network if isinstance(network, str) else self.network
         try:
@@ -143,7 +145,7 @@ class Facilitator:
             meta = {
                 "network": c.network,
                 "asset": self.cfg.asset,
-                "resource": c.resource,
+                "resource": resource or c.resource,
                 "x402_version": c.version,
             }
             tx = await self.devnet.transfer_with_authorization(c.auth, c.pay_to, meta)

@@ -184,7 +184,7 @@ class Paywall:
         if status >= 400:  # the origin failed: nothing is settled
             await self._relay(send, status, headers, chunks)
             return
-        receipt = await self.facilitator.settle(payload, reqs)
+        receipt = await self.facilitator.settle(payload, reqs, str(request.url))
         receipt_header = (wire.PAYMENT_RESPONSE if version == 2 else wire.X_PAYMENT_RESPONSE).encode()
         if not receipt["success"]:
             await _close(chunks)
