@@ -19,12 +19,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from tollway.core.clock import Clock
 from tollway.core.config import X402Config
 from tollway.x402 import exact_evm, wire
-from tollway.x402.devnet import Devnet
 from tollway.x402.exact_evm import Authorization
 from tollway.x402.wire import PaymentInvalid
 
@@ -42,6 +41,28 @@ V1_NAMES = {
 }
 
 
+class Settlement(Protocol):
+    """Where payments settle: ``devnet`` (the ledger) or a real EVM chain."""
+
+    async def nonce_used(self, authorizer: str, nonce: str) -> bool:
+        """EIP-3009 ``authorizationState(authorizer, nonce)``."""
+        ...
+
+    async def balance(self, address: str) -> int:
+        """The address's spendable balance of the asset, in atomic units."""
+        ...
+
+    async def transfer_with_authorization(
+        self, auth: Authorization, pay_to: str, meta: dict[str, Any]
+    ) -> str:
+        """Move ``auth.value`` from the payer to ``pay_to`` once, record it in the
+        ledger as revenue (a transfer carrying the transaction reference, with a
+        usage event of meter ``x402`` holding ``meta``), and return the
+        transaction reference. Raises ``PaymentInvalid`` (``NONCE_USED``,
+        ``INSUFFICIENT_FUNDS``, ``TRANSACTION_FAILED``, ``SETTLEMENT_PENDING``)."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class Checked:
     """A payment that passed every check."""
@@ -55,9 +76,9 @@ class Checked:
 
 
 class Facilitator:
-    def __init__(self, cfg: X402Config, devnet: Devnet, clock: Clock) -> None:
+    def __init__(self, cfg: X402Config, devnet: Settlement, clock: Clock) -> None:
         self.cfg = cfg
-        self.devnet = devnet
+        self.devnet = devnet  # the settlement backend (named for the embedded default)
         self.clock = clock
         self.network = cfg.network
         self.chain = exact_evm.chain_id(cfg.network) or 0
