@@ -11,6 +11,7 @@ installed. Every answer is fixed, so the upstream costs the same for every setup
   ``stream_options.include_usage`` is set, then ``data: [DONE]``.
 - ``POST /v1/embeddings``: one 8-dimensional vector per input.
 - ``GET /v1/models``: the model list.
+- ``GET /weather``: a fixed JSON weather report (the origin in bench/x402.py).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ USAGE = {"prompt_tokens": 12, "completion_tokens": 8, "total_tokens": 20}
 WORDS = ["Hello", " from", " the", " mock", " upstream", ",", " hi", "!"]  # 8 completion tokens
 CREATED = int(time.time())
 JSON_HEADERS = [(b"content-type", b"application/json")]
+WEATHER = b'{"city":"Lisbon","forecast":"sunny","temperature_c":21}'
 SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
 
 _cache: dict[tuple[Any, ...], bytes] = {}  # the answers are fixed: encode each shape once
@@ -127,6 +129,8 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
         return await reply(send, 200, models(), JSON_HEADERS)
     if method == "GET" and path in ("/healthz", "/health"):
         return await reply(send, 200, b'{"ok":true}', JSON_HEADERS)
+    if method == "GET" and path == "/weather":  # an origin for bench/x402.py
+        return await reply(send, 200, WEATHER, JSON_HEADERS)
     if method != "POST" or path not in ("/v1/chat/completions", "/v1/embeddings"):
         return await reply(send, 404, error(f"no route {method} {path}"), JSON_HEADERS)
     try:

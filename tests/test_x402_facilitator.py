@@ -10,6 +10,8 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy import select
 
 from tollway.core.schema import usage_events
@@ -153,3 +155,46 @@ async def test_http_api_answers_in_the_official_shape(client: httpx.AsyncClient,
     assert r.status_code == 200 and r.json()["success"] is True
     r = await client.post("/x402/settle", content=b"{nope")
     assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    value=st.integers(min_value=0, max_value=2**256 - 1),
+    after=st.integers(min_value=0, max_value=2**64),
+    before=st.integers(min_value=0, max_value=2**64),
+    chain=st.integers(min_value=1, max_value=2**63),
+    name=st.text(max_size=20),
+)
+def test_direct_eip712_digest_matches_eth_account(
+    value: int, after: int, before: int, chain: int, name: str
+) -> None:
+    """The hand-computed digest (on every paid request) equals eth-account's."""
+    from eth_account.messages import _hash_eip191_message, encode_typed_data
+
+    from tollway.x402 import exact_evm
+
+    auth = exact_evm.Authorization(
+        Payer().address, PAY_TO, value, after, before, "0x" + "ab" * 32, "0x" + "00" * 65
+    )
+    dom = exact_evm.domain(name, "2", chain, requirements()["asset"])
+    msg = encode_typed_data(
+        domain_data=dom,
+        message_types={"TransferWithAuthorization": exact_evm.TRANSFER_WITH_AUTHORIZATION},
+        message_data=auth.message(),
+    )
+    assert exact_evm.digest(auth, dom) == _hash_eip191_message(msg)
+
+
+async def test_high_s_signatures_are_refused(rt: Runtime) -> None:
+    """A malleated signature (s in the upper half) recovers the same key but is
+    not canonical: EIP-3009 tokens refuse it, so does tollway."""
+    p = await funded(rt)
+    reqs = requirements()
+    payload = p.v2(reqs)
+    sig = bytes.fromhex(payload["payload"]["signature"][2:])
+    n = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+    s_ = n - int.from_bytes(sig[32:64], "big")
+    v = 55 - sig[64]  # 27 <-> 28
+    payload["payload"]["signature"] = "0x" + (sig[:32] + s_.to_bytes(32, "big") + bytes([v])).hex()
+    v_ = await rt.facilitator.verify(payload, reqs)
+    assert v_["invalidReason"] == "invalid_exact_evm_payload_signature"

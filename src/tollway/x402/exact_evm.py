@@ -8,13 +8,16 @@ the CAIP-2 network (``eip155:<id>``), the asset as verifying contract.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import Any
 
 from eth_account import Account
 from eth_account.messages import encode_typed_data
+from eth_keys.main import KeyAPI
 from eth_utils.address import to_checksum_address
+from eth_utils.crypto import keccak
 
 from tollway.x402 import wire
 from tollway.x402.wire import PaymentInvalid
@@ -98,16 +101,58 @@ def domain(name: str, version: str, chain: int, asset: str) -> dict[str, Any]:
     }
 
 
-def signer(auth: Authorization, dom: dict[str, Any]) -> str:
-    """The address that signed ``auth`` under ``dom`` (checksummed)."""
-    msg = encode_typed_data(
-        domain_data=dom,
-        message_types={"TransferWithAuthorization": TRANSFER_WITH_AUTHORIZATION},
-        message_data=auth.message(),
+_DOMAIN_TYPEHASH = keccak(
+    text="EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)"
+)
+_TWA_TYPEHASH = keccak(
+    text="TransferWithAuthorization(address from,address to,uint256 value,"
+    "uint256 validAfter,uint256 validBefore,bytes32 nonce)"
+)
+_HALF_N = 0x7FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF5D576E7357A4501DDFE92F46681B20A0  # secp256k1 n / 2
+_KEYS = KeyAPI()
+
+
+@functools.lru_cache(maxsize=64)
+def _separator(name: str, version: str, chain: int, asset: str) -> bytes:
+    return keccak(
+        _DOMAIN_TYPEHASH
+        + keccak(text=name)
+        + keccak(text=version)
+        + chain.to_bytes(32, "big")
+        + bytes(12)
+        + bytes.fromhex(asset[2:])
     )
+
+
+def digest(auth: Authorization, dom: dict[str, Any]) -> bytes:
+    """The EIP-712 hash an authorization is signed over (computed directly: the
+    domain separator is cached, and this is on every paid request)."""
+    sep = _separator(dom["name"], dom["version"], dom["chainId"], dom["verifyingContract"].lower())
+    struct = keccak(
+        _TWA_TYPEHASH
+        + bytes(12)
+        + bytes.fromhex(auth.payer[2:])
+        + bytes(12)
+        + bytes.fromhex(auth.to[2:])
+        + auth.value.to_bytes(32, "big")
+        + auth.valid_after.to_bytes(32, "big")
+        + auth.valid_before.to_bytes(32, "big")
+        + bytes.fromhex(auth.nonce[2:])
+    )
+    return keccak(b"\x19\x01" + sep + struct)
+
+
+def signer(auth: Authorization, dom: dict[str, Any]) -> str:
+    """The address that signed ``auth`` under ``dom`` (checksummed). As
+    EIP-3009 tokens do, ``v`` must be 27 or 28 and ``s`` in the lower half."""
+    raw = bytes.fromhex(auth.signature[2:])
+    r, s_, v = int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:64], "big"), raw[64]
+    if v not in (27, 28) or not 0 < s_ <= _HALF_N or r == 0:
+        raise PaymentInvalid(wire.BAD_SIGNATURE, "the signature's v or s is not canonical", auth.payer)
     try:
-        return str(Account.recover_message(msg, signature=auth.signature))
-    except Exception:  # malformed r, s or v
+        sig = _KEYS.Signature(vrs=(v - 27, r, s_))
+        return str(sig.recover_public_key_from_msg_hash(digest(auth, dom)).to_checksum_address())
+    except Exception:  # r or s off the curve
         raise PaymentInvalid(wire.BAD_SIGNATURE, "the signature does not recover", auth.payer) from None
 
 

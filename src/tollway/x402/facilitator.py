@@ -155,14 +155,23 @@ class Facilitator:
             )
         return {"isValid": True, "payer": c.auth.payer}
 
-    async def settle(self, payload: Any, requirements: Any, resource: str | None = None) -> dict[str, Any]:
+    async def settle(
+        self, payload: Any, requirements: Any, resource: str | None = None, checked: Checked | None = None
+    ) -> dict[str, Any]:
         """A ``SettleResponse``: checks again, then moves the money (once per
         authorization). ``resource``: what was served, as the gateway saw it
-        (otherwise the payload's own ``resource``)."""
+        (otherwise the payload's own ``resource``). ``checked``: this process's
+        own verification of the same payment moments ago (the gateway): only
+        the validity window is checked again; the ledger still refuses a used
+        nonce or a balance that no longer covers the value."""
         network = requirements.get("network") if isinstance(requirements, dict) else None
         network = network if isinstance(network, str) else self.network
         try:
-            c = await self.check(payload, requirements)
+            if checked is not None:
+                exact_evm.check(
+                    checked.auth, checked.pay_to, checked.amount, self.clock.now_us() // 1_000_000
+                )
+            c = checked or await self.check(payload, requirements)
             meta = {
                 "network": c.network,
                 "asset": self.cfg.asset,

@@ -176,15 +176,16 @@ class Paywall:
             await self._required(send, request, rule, v2, v1, e.reason)
             return
         reqs = v2 if version == 2 else v1
-        verdict = await self.facilitator.verify(payload, reqs)
-        if not verdict["isValid"]:
-            await self._required(send, request, rule, v2, v1, verdict["invalidReason"])
+        try:
+            checked = await self.facilitator.check(payload, reqs)
+        except PaymentInvalid as e:
+            await self._required(send, request, rule, v2, v1, e.reason)
             return
         status, headers, chunks = await self._forward(rule, request, body)
         if status >= 400:  # the origin failed: nothing is settled
             await self._relay(send, status, headers, chunks)
             return
-        receipt = await self.facilitator.settle(payload, reqs, str(request.url))
+        receipt = await self.facilitator.settle(payload, reqs, str(request.url), checked)
         receipt_header = (wire.PAYMENT_RESPONSE if version == 2 else wire.X_PAYMENT_RESPONSE).encode()
         if not receipt["success"]:
             await _close(chunks)
