@@ -11,6 +11,7 @@ and ``w3.eth.chain_id`` are 31337, the chain of ``x402_helpers.NETWORK``.
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,19 @@ class _ChainIdBackend(PyEVMBackend):  # type: ignore[misc]
         type(self.chain).chain_id = self._chain_id  # a class made per genesis: no one else sees it
 
 
+class _SerialProvider(EthereumTesterProvider):  # type: ignore[misc]
+    """One request at a time: eth-tester is not thread-safe, and EvmSettlement calls
+    web3 from worker threads (a JSON-RPC node serializes for itself)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lock = threading.RLock()
+
+    def make_request(self, method: Any, params: Any) -> Any:
+        with self.lock:
+            return super().make_request(method, params)
+
+
 def artifact() -> dict[str, Any]:
     art: dict[str, Any] = json.loads(ARTIFACT.read_text())
     return art
@@ -52,7 +66,7 @@ def artifact() -> dict[str, Any]:
 @dataclass
 class EvmChain:
     w3: Web3
-    tester: EthereumTester
+    tester: EthereumTester  # direct use: through ``manual_mining`` and ``mine`` (they take the lock)
     token: Contract
     owner: str  # deployer and minter (an unlocked eth-tester account)
     facilitator: LocalAccount  # submits settlements; holds ETH for gas
@@ -79,6 +93,21 @@ class EvmChain:
         )
         return bool(fn.call({"from": self.owner}))
 
+    def manual_mining(self) -> None:
+        """Sent transactions stay pending until :meth:`mine`."""
+        with self._lock:
+            self.tester.disable_auto_mine_transactions()
+
+    def mine(self) -> None:
+        with self._lock:
+            self.tester.mine_blocks()
+
+    @property
+    def _lock(self) -> threading.RLock:
+        provider = self.w3.provider
+        assert isinstance(provider, _SerialProvider)
+        return provider.lock
+
     def fund_eth(self, to: str, wei: int = 10**18) -> None:
         tx = self.w3.eth.send_transaction(
             {"from": self.owner, "to": Web3.to_checksum_address(to), "value": wei}
@@ -91,7 +120,7 @@ def start(name: str = "USD Coin", version: str = "2", chain_id: int = CHAIN_ID) 
     tester = EthereumTester(_ChainIdBackend(chain_id))
     endpoints = {ns: dict(fns) for ns, fns in API_ENDPOINTS.items()}  # a copy: never the global
     endpoints["eth"]["chainId"] = static_return(chain_id)
-    w3 = Web3(EthereumTesterProvider(tester, api_endpoints=endpoints))
+    w3 = Web3(_SerialProvider(tester, api_endpoints=endpoints))
     owner = w3.eth.accounts[0]
     art = artifact()
     tx = (

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from eth_account import Account
 from sqlalchemy import select
 
 from evm_chain import ARTIFACT, SOURCE, EvmChain, start
@@ -133,6 +134,19 @@ async def test_the_tokens_own_revert_is_mapped_when_the_precheck_is_stale(
     assert (chain.balance(p.address), await revenue(rt), await x402_transfers(rt)) == (500, 1000, 1)
 
 
+async def test_a_transfer_to_someone_else_is_not_recorded(rt: Runtime, chain: EvmChain) -> None:
+    """Revenue is recorded only for the token's Transfer(payer, payTo, value) log."""
+    s = settlement(rt, chain)
+    p, payload, _ = payment(chain, 10_000)
+    elsewhere = Account.create().address
+    with pytest.raises(PaymentInvalid) as e:
+        await s.transfer_with_authorization(Authorization.parse(payload["payload"]), elsewhere, {})
+    assert e.value.reason == "transaction_failed" and "transfer event mismatch" in e.value.message
+    # The authorization named PAY_TO, so that is where the token sent it; the caller said otherwise.
+    assert (chain.balance(p.address), chain.balance(elsewhere), chain.balance(PAY_TO)) == (9_000, 0, 1000)
+    assert (await revenue(rt), await x402_transfers(rt)) == (0, 0)
+
+
 async def test_an_insufficient_balance_is_insufficient_funds(rt: Runtime, chain: EvmChain) -> None:
     f = facilitator(rt, chain)
     p, payload, reqs = payment(chain, 999)
@@ -148,12 +162,12 @@ async def test_a_receipt_that_does_not_come_is_settlement_pending(rt: Runtime, c
     s = settlement(rt, chain, receipt_timeout_s=0.3, poll_interval_s=0.05)
     f = facilitator(rt, chain, s)
     p, payload, reqs = payment(chain, 10_000)
-    chain.tester.disable_auto_mine_transactions()  # the transaction is sent, never mined
+    chain.manual_mining()  # the transaction is sent, never mined
     r = await f.settle(payload, reqs)
     assert (r["success"], r["errorReason"]) == (False, "settlement_pending")
     [tx] = [w for w in r["errorMessage"].split() if w.startswith("0x") and len(w) == 66]
     assert (chain.balance(p.address), await revenue(rt), await x402_transfers(rt)) == (10_000, 0, 0)
-    chain.tester.mine_blocks()  # the pending transaction was real: mined, it moves the money
+    chain.mine()  # the pending transaction was real: mined, it moves the money
     assert chain.w3.eth.get_transaction_receipt(tx)["status"] == 1
     assert (chain.balance(p.address), chain.balance(PAY_TO)) == (9_000, 1000)
 
@@ -195,8 +209,6 @@ async def test_two_facilitators_race_an_authorization_and_it_settles_once(
 ) -> None:
     """As two processes would: both send, one block mines both, the second reverts on
     chain and is reported as the used nonce it is; the ledger records one payment."""
-    from eth_account import Account
-
     other_key = Account.create()
     chain.fund_eth(other_key.address)
     a = settlement(rt, chain, poll_interval_s=0.02, receipt_timeout_s=5)
@@ -204,17 +216,19 @@ async def test_two_facilitators_race_an_authorization_and_it_settles_once(
         rt.ledger, chain.w3, NETWORK, chain.asset, "0x" + bytes(other_key.key).hex(), poll_interval_s=0.02
     )
     p, payload, reqs = payment(chain, 10_000)
-    chain.tester.disable_auto_mine_transactions()
+    chain.manual_mining()
     settles = [asyncio.create_task(facilitator(rt, chain, s).settle(payload, reqs)) for s in (a, b)]
     for _ in range(500):  # until both transactions are sent (eth-tester has no pending count)
         if a._next_nonce and b._next_nonce:
             break
         await asyncio.sleep(0.01)
-    chain.tester.mine_blocks()
+    chain.mine()
     results = await asyncio.gather(*settles)
     assert sorted((r["success"], r.get("errorReason")) for r in results) == [
         (False, NONCE_USED),
         (True, None),
     ]
+    [lost] = [r for r in results if not r["success"]]
+    assert "reverted" in lost["errorMessage"]  # mined and reverted, not refused before sending
     assert [chain.w3.eth.get_transaction_count(s.facilitator_address) for s in (a, b)] == [1, 1]
     assert (chain.balance(p.address), await revenue(rt), await x402_transfers(rt)) == (9_000, 1000, 1)

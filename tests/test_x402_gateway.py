@@ -282,3 +282,36 @@ async def test_admin_sees_payments_revenue_and_rules_and_funds_devnet(gw: Any) -
     rules = (await c.get("/admin/x402/rules", headers=ADMIN)).json()["data"]
     assert [x["name"] for x in rules] == ["demo", "api", "members", "per-item"]
     assert (await c.get("/admin/x402/payments")).status_code == 401
+
+
+async def test_rules_import_replaces_the_config_everywhere_and_reset_restores_it(
+    gw: Any, db_url: str
+) -> None:
+    c, rt = gw
+    new = [{"name": "only", "path": "/only/:x", "origin": "demo", "price": "$0.002"}]
+    r = await c.put("/admin/x402/rules", json={"rules": new}, headers=ADMIN)
+    assert r.status_code == 200 and r.json()["source"] == "imported"
+    assert [x["name"] for x in r.json()["data"]] == ["only"]
+    assert required(await c.get("/only/1"))["accepts"][0]["amount"] == "2000"
+    assert (await c.get("/demo/weather")).status_code == 404  # the config's rules no longer apply
+    other = Runtime.build(rt.settings)  # another process on the same database
+    try:
+        await other.paywall.refresh()
+        assert other.paywall.source == "imported" and [r.name for r in other.paywall.rules.rules] == ["only"]
+    finally:
+        await other.close()
+    for bad, why in (
+        ([{"name": "x", "path": "nope", "origin": "demo", "price": "$1"}], "path"),
+        ([{"name": "x", "path": "/x", "origin": "demo", "price": "$0.0000001"}], "whole number"),
+        ([new[0], new[0]], "duplicate"),
+    ):
+        r = await c.put("/admin/x402/rules", json={"rules": bad}, headers=ADMIN)
+        assert (
+            r.status_code == 400
+            and r.json()["error"]["code"] == "invalid_rules"
+            and why in r.json()["error"]["message"]
+        )
+    assert (await c.get("/admin/x402/rules", headers=ADMIN)).json()["data"][0]["name"] == "only"  # unchanged
+    r = await c.delete("/admin/x402/rules", headers=ADMIN)
+    assert r.json()["source"] == "config" and len(r.json()["data"]) == 4
+    assert (await c.get("/demo/weather")).status_code == 402

@@ -22,6 +22,7 @@ from tollway.x402.devnet import Devnet
 from tollway.x402.facilitator import Facilitator
 from tollway.x402.paywall import Paywall
 from tollway.x402.rules import Rules
+from tollway.x402.rulestore import RuleStore
 
 
 @dataclass
@@ -37,7 +38,7 @@ class Runtime:
     gateway: Gateway
     devnet: Devnet
     facilitator: Facilitator
-    paywall: Paywall | None = None  # paid routes, when [[x402.rules]] has any
+    paywall: Paywall  # paid routes: [[x402.rules]], or rules imported through the admin API
 
     @classmethod
     def build(cls, settings: Settings, *, clock: Clock | None = None) -> Runtime:
@@ -69,15 +70,14 @@ class Runtime:
             gateway=Gateway(settings.gateway, ledger, clock, request_log),
             devnet=devnet,
             facilitator=facilitator,
-            paywall=Paywall(x402, Rules(x402.rules), facilitator, keys) if x402.rules else None,
+            paywall=Paywall(x402, Rules(x402.rules), facilitator, keys, RuleStore(engine, clock)),
         )
 
     async def migrate(self) -> tuple[str | None, str | None]:
         return await migrate.upgrade(self.engine)
 
     async def close(self) -> None:
-        if self.paywall is not None:
-            await self.paywall.aclose()
+        await self.paywall.aclose()
         await self.gateway.aclose()
         await self.inference.aclose()
         await self.ledger.close()

@@ -79,6 +79,8 @@ def create_app(settings: Settings | None = None, *, rt: Runtime | None = None) -
             if before != after:
                 log.info("database migrated %s -> %s", before, after)
         sweeper = asyncio.create_task(rt.ledger.run_expiry(rt.settings.ledger.expiry_interval_seconds))
+        await rt.paywall.refresh()
+        rules = asyncio.create_task(rt.paywall.watch())
         # What start-up made (modules, config, models' Python objects) lives as
         # long as the process: keep it out of the cyclic collector's full passes.
         gc.collect()
@@ -86,9 +88,10 @@ def create_app(settings: Settings | None = None, *, rt: Runtime | None = None) -
         try:
             yield
         finally:
-            sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sweeper
+            for task in (sweeper, rules):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await rt.close()
 
     app = TollwayApp(
@@ -114,9 +117,8 @@ def create_app(settings: Settings | None = None, *, rt: Runtime | None = None) -
     app.fast("/v1/embeddings", EmbeddingsRequest, inference_api.embeddings)
     app.wrap_fast(MetricsMiddleware)
     # Paid routes (x402) answer before anything else.
-    if rt.paywall is not None:
-        app.paywall = rt.paywall
-        app.wrap_paid(MetricsMiddleware)
+    app.paywall = rt.paywall
+    app.wrap_paid(MetricsMiddleware)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema:

@@ -109,7 +109,7 @@ async def discovery(
     offset: int = Query(0, ge=0),
 ) -> dict[str, Any]:
     rt = runtime(request)
-    if rt.paywall is None or type not in (None, "http"):
+    if type not in (None, "http"):
         return {"x402Version": 2, "items": [], "pagination": {"limit": limit, "offset": offset, "total": 0}}
     base = str(request.base_url).rstrip("/")
     return rt.paywall.discovery(base, offset=offset, limit=limit, payTo=payTo, scheme=scheme, network=network)

@@ -12,7 +12,7 @@ from tollway.api.auth import require_admin, runtime
 from tollway.core.errors import invalid
 from tollway.x402 import payments as P
 from tollway.x402.exact_evm import is_address
-from tollway.x402.rules import atomic
+from tollway.x402.rules import atomic, validate
 
 router = APIRouter(prefix="/admin/x402", tags=["x402"], dependencies=[Depends(require_admin)])
 
@@ -34,11 +34,54 @@ async def revenue(request: Request, since_us: int | None = Query(None, ge=0)) ->
     return await P.revenue(runtime(request).engine, since_us)
 
 
-@router.get("/rules", summary="The paid-route rules, as JSON (the same shape as [[x402.rules]])")
+def _rules_view(rt: Any) -> dict[str, Any]:
+    return {"object": "list", "source": rt.paywall.source, "data": rt.paywall.rules.export()}
+
+
+@router.get(
+    "/rules",
+    summary="The paid-route rules in force, as JSON (the same shape as [[x402.rules]])",
+    description="`source` is `config` (tollway.toml) or `imported` (PUT /admin/x402/rules).",
+)
 async def export_rules(request: Request) -> dict[str, Any]:
     rt = runtime(request)
-    rules = rt.paywall.rules.export() if rt.paywall is not None else []
-    return {"object": "list", "data": rules}
+    await rt.paywall.refresh()
+    return _rules_view(rt)
+
+
+class RuleSet(BaseModel):
+    rules: list[dict[str, Any]] = Field(
+        description="The whole rule set, in order (the first match wins); [] for none",
+        examples=[
+            [{"name": "weather", "path": "/weather", "origin": "http://127.0.0.1:9000", "price": "$0.001"}]
+        ],
+    )
+
+
+@router.put(
+    "/rules",
+    summary="Import a rule set: it replaces tollway.toml's rules in every process (within 2 s)",
+)
+async def import_rules(request: Request, body: RuleSet = Body(...)) -> dict[str, Any]:
+    rt = runtime(request)
+    cfg = rt.settings.x402
+    try:
+        rules = validate(body.rules, default_pay_to=cfg.pay_to, decimals=cfg.asset_decimals)
+    except ValueError as e:
+        raise invalid("invalid_rules", str(e), "rules") from None
+    if rt.paywall.store is not None:
+        await rt.paywall.store.replace(rules)
+    await rt.paywall.refresh()
+    return _rules_view(rt)
+
+
+@router.delete("/rules", summary="Drop imported rules: tollway.toml's rules apply again")
+async def reset_rules(request: Request) -> dict[str, Any]:
+    rt = runtime(request)
+    if rt.paywall.store is not None:
+        await rt.paywall.store.replace([])
+    await rt.paywall.refresh()
+    return _rules_view(rt)
 
 
 class Fund(BaseModel):

@@ -177,3 +177,15 @@ SYSTEM_ACCOUNTS = {
     "sys_grants": ("funding", "Free allocations granted (and used back)"),
     "sys_budgets": ("funding", "Spend-limit budgets granted (and spent back)"),
 }
+
+
+# x402 rules imported through the admin API: when there are any, they replace
+# the [[x402.rules]] of tollway.toml (every process picks them up).
+x402_rules = Table(
+    "x402_rules",
+    metadata,
+    Column("name", String(100), primary_key=True),
+    Column("position", Integer, nullable=False),
+    Column("body", Text, nullable=False),
+    Column("updated_at_us", BigInteger, nullable=False),
+)

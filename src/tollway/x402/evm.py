@@ -33,10 +33,11 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
+from eth_typing import HexStr
 from eth_utils.address import to_checksum_address
 from web3 import Web3
 from web3.contract import Contract
@@ -273,7 +274,7 @@ class EvmSettlement:
         deadline = time.monotonic() + self.receipt_timeout_s
         while True:
             try:
-                return await self._run(self.w3.eth.get_transaction_receipt, cast(Any, tx))
+                return await self._run(self.w3.eth.get_transaction_receipt, HexStr(tx))
             except TransactionNotFound:
                 pass
             left = deadline - time.monotonic()

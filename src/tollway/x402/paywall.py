@@ -18,6 +18,7 @@ For a request a rule matches:
 
 from __future__ import annotations
 
+import asyncio
 import html
 import json
 import logging
@@ -36,6 +37,7 @@ from tollway.identity.keys import ApiKeys, presented_key
 from tollway.x402 import wire
 from tollway.x402.facilitator import Facilitator
 from tollway.x402.rules import Rule, Rules, atomic, price_of
+from tollway.x402.rulestore import RuleStore
 from tollway.x402.wire import PaymentInvalid
 
 log = logging.getLogger("tollway.x402")
@@ -60,9 +62,20 @@ Chunks = AsyncIterable[bytes]
 
 
 class Paywall:
-    def __init__(self, cfg: X402Config, rules: Rules, facilitator: Facilitator, keys: ApiKeys) -> None:
+    def __init__(
+        self,
+        cfg: X402Config,
+        rules: Rules,
+        facilitator: Facilitator,
+        keys: ApiKeys,
+        store: RuleStore | None = None,
+    ) -> None:
         self.cfg = cfg
+        self.config_rules = rules
         self.rules = rules
+        self.source = "config"  # or "imported": rules from the admin API replace the config's
+        self.store = store
+        self._version: tuple[int, int] | None = None
         self.facilitator = facilitator
         self.keys = keys
         self._session: aiohttp.ClientSession | None = None
@@ -82,7 +95,31 @@ class Paywall:
         if self._session is not None:
             await self._session.close()
 
+    async def refresh(self) -> None:
+        """Pick up rules imported through the admin API (by any process)."""
+        if self.store is None:
+            return
+        v = await self.store.version()
+        if v == self._version:
+            return
+        imported = await self.store.load() if v[0] else []
+        self.rules, self.source = (Rules(imported), "imported") if imported else (self.config_rules, "config")
+        self._version = v
+        self.loaded_at = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+        log.info("x402 rules: %d from %s", len(self.rules.rules), self.source)
+
+    async def watch(self, interval_s: float = 2.0) -> None:
+        """Refresh forever (the server runs this as a task)."""
+        while True:
+            try:
+                await self.refresh()
+            except Exception:  # keep serving the last good rules through a database blip
+                log.exception("x402 rules refresh failed")
+            await asyncio.sleep(interval_s)
+
     def match(self, scope: Scope) -> Rule | None:
+        if not self.rules.rules:
+            return None
         host = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"host"), "")
         return self.rules.match(scope["method"], scope["path"], host)
 

@@ -130,3 +130,20 @@ def price_of(rule: Rule, decimals: int, body: bytes, query: dict[str, str], json
     except (InvalidOperation, ValueError):
         return unit
     return unit * max(1, math.ceil(n)) if n.is_finite() else unit
+
+
+def validate(rules: list[Any], *, default_pay_to: str, decimals: int) -> list[Rule]:
+    """Parse a whole rule set (the admin API's import), as the config would:
+    raises ``ValueError`` naming the rule and the reason."""
+    out: list[Rule] = []
+    for i, raw in enumerate(rules):
+        try:
+            rule = Rule.model_validate(raw)
+            atomic(rule.price, decimals)
+        except ValueError as e:  # pydantic's ValidationError is a ValueError
+            raise ValueError(f"rules[{i}]: {e}") from None
+        if not (rule.pay_to or default_pay_to):
+            raise ValueError(f"rules[{i}] ({rule.name}): set pay_to on the rule or in [x402]")
+        out.append(rule)
+    Rules(out)  # duplicate names
+    return out
