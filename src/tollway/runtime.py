@@ -21,6 +21,7 @@ from tollway.ledger import Ledger
 from tollway.x402.devnet import Devnet
 from tollway.x402.facilitator import Facilitator
 from tollway.x402.paywall import Paywall
+from tollway.x402.remote import RemoteFacilitator
 from tollway.x402.rules import Rules
 from tollway.x402.rulestore import RuleStore
 
@@ -39,6 +40,7 @@ class Runtime:
     devnet: Devnet
     facilitator: Facilitator
     paywall: Paywall  # paid routes: [[x402.rules]], or rules imported through the admin API
+    remote_facilitator: RemoteFacilitator | None = None  # [x402] facilitator_url
 
     @classmethod
     def build(cls, settings: Settings, *, clock: Clock | None = None) -> Runtime:
@@ -54,6 +56,9 @@ class Runtime:
         x402 = settings.x402
         devnet = Devnet(ledger, x402.network, x402.asset)
         facilitator = Facilitator(x402, devnet, clock)
+        remote = (
+            RemoteFacilitator(x402.facilitator_url, x402, ledger, clock) if x402.facilitator_url else None
+        )
         keys = ApiKeys(engine, clock, ledger.reads)
         request_log = RequestLog(
             engine, clock, settings.gateway.log_flush_ms, settings.gateway.log_retention_days, ledger
@@ -70,7 +75,8 @@ class Runtime:
             gateway=Gateway(settings.gateway, ledger, clock, request_log),
             devnet=devnet,
             facilitator=facilitator,
-            paywall=Paywall(x402, Rules(x402.rules), facilitator, keys, RuleStore(engine, clock)),
+            paywall=Paywall(x402, Rules(x402.rules), remote or facilitator, keys, RuleStore(engine, clock)),
+            remote_facilitator=remote,
         )
 
     async def migrate(self) -> tuple[str | None, str | None]:
@@ -78,6 +84,8 @@ class Runtime:
 
     async def close(self) -> None:
         await self.paywall.aclose()
+        if self.remote_facilitator is not None:
+            await self.remote_facilitator.aclose()
         await self.gateway.aclose()
         await self.inference.aclose()
         await self.ledger.close()

@@ -223,6 +223,9 @@ class X402Config(_Section):
     asset_decimals: int = Field(6, ge=0, le=36)
     pay_to: str = Field("", pattern=r"^(0x[0-9a-fA-F]{40})?$")  # default payTo of paid routes
     max_timeout_seconds: int = Field(300, ge=10, le=86_400)
+    # An external facilitator (the official API: {url}/verify, {url}/settle) for the
+    # paid routes, instead of the built-in one; empty: built in.
+    facilitator_url: str = Field("", pattern=r"^(https?://\S+)?$")
     # Paid routes (see tollway.x402.rules); routes no rule matches are free.
     rules: list[Rule] = Field(default_factory=list)
 

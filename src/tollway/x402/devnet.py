@@ -31,6 +31,12 @@ REVENUE_ACCOUNT = "sys_revenue"
 METER = "x402"
 
 
+def authorization_key(network: str, asset: str, authorizer: str, nonce: str) -> str:
+    """The ledger idempotency key of an authorization's settlement: one per
+    authorization, whatever the backend."""
+    return f"x402:{network}:{asset.lower()}:{authorizer.lower()}:{nonce.lower()}"
+
+
 class Devnet:
     def __init__(self, ledger: Ledger, network: str, asset: str) -> None:
         self.ledger = ledger
@@ -42,7 +48,7 @@ class Devnet:
         return f"x402dev_{address.lower()}"
 
     def nonce_key(self, authorizer: str, nonce: str) -> str:
-        return f"x402:{self.network}:{self.asset.lower()}:{authorizer.lower()}:{nonce.lower()}"
+        return authorization_key(self.network, self.asset, authorizer, nonce)
 
     async def _ensure(self, account_id: str, kind: str, name: str) -> None:
         try:

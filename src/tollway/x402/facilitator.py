@@ -63,6 +63,23 @@ class Settlement(Protocol):
         ...
 
 
+class Verifier(Protocol):
+    """What the gateway verifies and settles through: the built-in
+    :class:`Facilitator`, or an external one (``tollway.x402.remote``)."""
+
+    v1_network: str
+
+    async def check(self, payload: Any, requirements: Any) -> Checked:
+        """Every check; raises ``PaymentInvalid`` with the reason at the first failure."""
+        ...
+
+    async def settle(
+        self, payload: Any, requirements: Any, resource: str | None = None, checked: Checked | None = None
+    ) -> dict[str, Any]:
+        """A ``SettleResponse`` (failures are answers, not exceptions)."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class Checked:
     """A payment that passed every check."""

@@ -5,13 +5,22 @@ names the payer, ``payTo``, network, asset, resource and transaction."""
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 from sqlalchemy import and_, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from tollway.core.errors import TollwayError
 from tollway.core.schema import usage_events as U
-from tollway.x402.devnet import METER
+from tollway.ledger import Ledger
+from tollway.ledger.ops import Usage
+from tollway.x402 import wire
+from tollway.x402.devnet import METER, REVENUE_ACCOUNT, authorization_key
+from tollway.x402.exact_evm import Authorization
+from tollway.x402.wire import PaymentInvalid
+
+log = logging.getLogger("tollway.x402")
 
 
 def _row(r: Any) -> dict[str, Any]:
@@ -53,3 +62,41 @@ async def revenue(engine: AsyncEngine, since_us: int | None = None) -> dict[str,
     async with engine.connect() as conn:
         n, total = (await conn.execute(q)).one()
     return {"object": "x402.revenue", "payments": int(n), "amount": int(total), "since_us": since_us}
+
+
+async def record_received(
+    ledger: Ledger,
+    inbound: str,
+    network: str,
+    asset: str,
+    auth: Authorization,
+    pay_to: str,
+    tx: str,
+    meta: dict[str, Any],
+) -> None:
+    """A payment settled outside the ledger (on chain, or by an external
+    facilitator) into the ledger: ``inbound`` → revenue, keyed by the
+    authorization, with its usage event. A second recording of the same
+    authorization is ``nonce already used``."""
+    try:
+        await ledger.create_account("funding", id=inbound, name="x402 payments received outside the ledger")
+    except TollwayError as e:
+        if e.code != "account_exists":
+            raise
+    usage = Usage(
+        METER, 1, None, {**meta, "transaction": tx, "payer": auth.payer, "pay_to": pay_to}, amount=auth.value
+    )
+    try:
+        await ledger.transfer(
+            inbound,
+            REVENUE_ACCOUNT,
+            auth.value,
+            idempotency_key=authorization_key(network, asset, auth.payer, auth.nonce),
+            description=f"x402 {network} {tx}",
+            usage=usage,
+        )
+    except TollwayError as e:
+        if e.code == "idempotency_key_reused":
+            raise PaymentInvalid(wire.NONCE_USED, "this authorization was already used", auth.payer) from None
+        log.error("x402 settlement %s happened but was not recorded in the ledger: %s", tx, e)
+        raise

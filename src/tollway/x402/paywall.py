@@ -35,7 +35,7 @@ from tollway.core.config import X402Config
 from tollway.core.errors import TollwayError
 from tollway.identity.keys import ApiKeys, presented_key
 from tollway.x402 import wire
-from tollway.x402.facilitator import Facilitator
+from tollway.x402.facilitator import Verifier
 from tollway.x402.rules import Rule, Rules, atomic, price_of
 from tollway.x402.rulestore import RuleStore
 from tollway.x402.wire import PaymentInvalid
@@ -66,7 +66,7 @@ class Paywall:
         self,
         cfg: X402Config,
         rules: Rules,
-        facilitator: Facilitator,
+        facilitator: Verifier,
         keys: ApiKeys,
         store: RuleStore | None = None,
     ) -> None:

@@ -1,0 +1,131 @@
+"""An external x402 facilitator, through the official facilitator API
+(``POST {url}/verify``, ``POST {url}/settle``), in place of the built-in one.
+
+The gateway calls it exactly as it calls the built-in facilitator. A payment
+it settles is recorded in tollway's ledger like an on-chain one: a transfer
+from ``x402_external_inbound`` to revenue, keyed by the authorization, with
+its usage event. A facilitator that does not answer, or answers other than
+HTTP 200, fails the payment with ``unexpected_verify_error`` or
+``unexpected_settle_error``: nothing is forwarded (verify) or recorded (settle).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import aiohttp
+
+from tollway.core.clock import Clock
+from tollway.core.config import X402Config
+from tollway.ledger import Ledger
+from tollway.x402 import wire
+from tollway.x402.exact_evm import Authorization
+from tollway.x402.facilitator import V1_NAMES, Checked
+from tollway.x402.payments import record_received
+from tollway.x402.wire import PaymentInvalid
+
+log = logging.getLogger("tollway.x402")
+
+INBOUND_ACCOUNT = "x402_external_inbound"
+
+
+class RemoteFacilitator:
+    def __init__(self, url: str, cfg: X402Config, ledger: Ledger, clock: Clock) -> None:
+        self.url = url.rstrip("/")
+        self.cfg = cfg
+        self.ledger = ledger
+        self.clock = clock
+        self.network = cfg.network
+        self.v1_network = V1_NAMES.get(cfg.network, cfg.network)
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(keepalive_timeout=60),
+                timeout=aiohttp.ClientTimeout(total=90, sock_connect=10),
+            )
+        return self._session
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def _call(self, path: str, payload: Any, requirements: Any, failure: str) -> dict[str, Any]:
+        version = payload.get("x402Version") if isinstance(payload, dict) else None
+        body = {"x402Version": version, "paymentPayload": payload, "paymentRequirements": requirements}
+        try:
+            async with self.session.post(self.url + path, json=body) as r:
+                text = await r.text()
+                if r.status != 200:
+                    raise PaymentInvalid(failure, f"the facilitator answered {r.status}: {text[:200]}")
+                out = await r.json(content_type=None)
+        except (aiohttp.ClientError, TimeoutError, ValueError) as e:
+            raise PaymentInvalid(failure, f"the facilitator did not answer: {type(e).__name__}") from None
+        if not isinstance(out, dict):
+            raise PaymentInvalid(failure, "the facilitator's answer is not a JSON object")
+        return out
+
+    async def check(self, payload: Any, requirements: Any) -> Checked:
+        """Verify through the external facilitator (raises ``PaymentInvalid``)."""
+        if not isinstance(payload, dict) or not isinstance(requirements, dict):
+            raise PaymentInvalid(wire.INVALID_PAYLOAD, "payload and requirements must be objects")
+        auth = Authorization.parse(payload.get("payload"))
+        out = await self._call("/verify", payload, requirements, wire.UNEXPECTED_VERIFY)
+        if out.get("isValid") is not True:
+            reason = out.get("invalidReason")
+            raise PaymentInvalid(
+                reason if isinstance(reason, str) and reason else wire.INVALID_PAYLOAD,
+                str(out.get("invalidMessage") or reason or "the facilitator refused the payment"),
+                auth.payer,
+            )
+        version = int(payload.get("x402Version") or 2)
+        amount = wire.uint(
+            requirements, "amount" if version == 2 else "maxAmountRequired", wire.INVALID_REQUIREMENTS
+        )
+        return Checked(
+            version, str(requirements.get("network")), str(requirements.get("payTo")), amount, auth, ""
+        )
+
+    async def settle(
+        self, payload: Any, requirements: Any, resource: str | None = None, checked: Checked | None = None
+    ) -> dict[str, Any]:
+        """Settle through the external facilitator, then record it in the ledger."""
+        network = str(requirements.get("network") if isinstance(requirements, dict) else self.network)
+        try:
+            c = checked or await self.check(payload, requirements)
+            out = await self._call("/settle", payload, requirements, wire.UNEXPECTED_SETTLE)
+            if out.get("success") is not True:
+                reason = out.get("errorReason")
+                raise PaymentInvalid(
+                    reason if isinstance(reason, str) and reason else wire.UNEXPECTED_SETTLE,
+                    str(out.get("errorMessage") or reason or "the facilitator did not settle"),
+                    c.auth.payer,
+                )
+            tx = str(out.get("transaction") or "")
+            meta = {
+                "network": c.network,
+                "asset": self.cfg.asset,
+                "resource": resource or "",
+                "x402_version": c.version,
+            }
+            meta["facilitator"] = self.url
+            await record_received(
+                self.ledger, INBOUND_ACCOUNT, c.network, self.cfg.asset, c.auth, c.pay_to, tx, meta
+            )
+        except PaymentInvalid as e:
+            failed = {"success": False, "errorReason": e.reason, "errorMessage": e.message, "payer": e.payer}
+            return {
+                **{k: v for k, v in failed.items() if v is not None},
+                "transaction": "",
+                "network": network,
+            }
+        return {
+            "success": True,
+            "payer": c.auth.payer,
+            "transaction": tx,
+            "network": network,
+            "amount": str(c.amount),
+        }
