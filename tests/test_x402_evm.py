@@ -232,3 +232,22 @@ async def test_two_facilitators_race_an_authorization_and_it_settles_once(
     assert "reverted" in lost["errorMessage"]  # mined and reverted, not refused before sending
     assert [chain.w3.eth.get_transaction_count(s.facilitator_address) for s in (a, b)] == [1, 1]
     assert (chain.balance(p.address), await revenue(rt), await x402_transfers(rt)) == (9_000, 1000, 1)
+
+
+def test_evm_backend_is_configuration(db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """backend = "evm" needs rpc_url and the facilitator's key in the environment."""
+    from conftest import settings_for
+    from tollway.core.config import ConfigError
+    from tollway.runtime import Runtime
+    from tollway.x402.evm import EvmSettlement
+
+    with pytest.raises(ValueError, match="rpc_url"):
+        settings_for(db_url, x402={"backend": "evm"})
+    s = settings_for(db_url, x402={"backend": "evm", "rpc_url": "http://127.0.0.1:8545"})
+    monkeypatch.delenv("TOLLWAY_X402_FACILITATOR_KEY", raising=False)
+    with pytest.raises(ConfigError, match="TOLLWAY_X402_FACILITATOR_KEY"):
+        Runtime.build(s)
+    monkeypatch.setenv("TOLLWAY_X402_FACILITATOR_KEY", "0x" + "11" * 32)
+    rt = Runtime.build(s)
+    assert isinstance(rt.facilitator.devnet, EvmSettlement)
+    asyncio.run(rt.close())

@@ -3,6 +3,7 @@ server and the CLI alike, so both act on the same objects."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -10,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from tollway.charge import Charger
 from tollway.core import migrate
 from tollway.core.clock import Clock, SystemClock
-from tollway.core.config import Settings
+from tollway.core.config import ConfigError, Settings, X402Config
 from tollway.core.storage import make_engine
 from tollway.gateway.gate import Gateway
 from tollway.gateway.requestlog import RequestLog
@@ -19,7 +20,7 @@ from tollway.identity.keys import ApiKeys
 from tollway.inference.service import Inference
 from tollway.ledger import Ledger
 from tollway.x402.devnet import Devnet
-from tollway.x402.facilitator import Facilitator
+from tollway.x402.facilitator import Facilitator, Settlement
 from tollway.x402.paywall import Paywall
 from tollway.x402.remote import RemoteFacilitator
 from tollway.x402.rules import Rules
@@ -55,7 +56,7 @@ class Runtime:
         charger = Charger(ledger)
         x402 = settings.x402
         devnet = Devnet(ledger, x402.network, x402.asset)
-        facilitator = Facilitator(x402, devnet, clock)
+        facilitator = Facilitator(x402, _settlement(x402, ledger, devnet), clock)
         remote = (
             RemoteFacilitator(x402.facilitator_url, x402, ledger, clock) if x402.facilitator_url else None
         )
@@ -90,3 +91,21 @@ class Runtime:
         await self.inference.aclose()
         await self.ledger.close()
         await self.engine.dispose()
+
+
+def _settlement(x402: X402Config, ledger: Ledger, devnet: Devnet) -> Settlement:
+    """Where the built-in facilitator settles: devnet, or a real chain."""
+    if x402.backend == "devnet":
+        return devnet
+    from tollway.x402.evm import EvmSettlement  # web3 loads only when used
+
+    key = os.environ.get(x402.facilitator_key_env, "")
+    if not key:
+        raise ConfigError(
+            "environment",
+            x402.facilitator_key_env,
+            'backend = "evm" needs the facilitator\'s private key here',
+        )
+    return EvmSettlement.from_rpc(
+        ledger, x402.rpc_url, x402.network, x402.asset, key, receipt_timeout_s=x402.receipt_timeout_seconds
+    )

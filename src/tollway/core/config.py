@@ -215,7 +215,12 @@ class X402Config(_Section):
     """x402 payments: the built-in facilitator and the asset it settles."""
 
     # devnet: a ledger-backed EIP-3009 token (chain 31337), the embedded default.
-    backend: Literal["devnet"] = "devnet"
+    # evm: a real chain through web3.py (rpc_url; the facilitator's key from the
+    # environment variable facilitator_key_env, never from this file).
+    backend: Literal["devnet", "evm"] = "devnet"
+    rpc_url: str = Field("", pattern=r"^(https?://\S+)?$")
+    facilitator_key_env: str = Field("TOLLWAY_X402_FACILITATOR_KEY", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    receipt_timeout_seconds: int = Field(60, ge=1, le=3600)
     network: str = Field("eip155:31337", pattern=r"^eip155:[1-9][0-9]{0,18}$")
     asset: str = Field(DEVNET_ASSET, pattern=_HEX_ADDRESS)
     asset_name: str = Field("USD Coin", min_length=1)  # EIP-712 domain name
@@ -235,6 +240,8 @@ class X402Config(_Section):
         dup = {n for n in names if names.count(n) > 1}
         if dup:
             raise ValueError(f"duplicate rule name {sorted(dup)[0]!r}")
+        if self.backend == "evm" and not self.rpc_url:
+            raise ValueError('backend = "evm" needs rpc_url')
         for r in self.rules:
             atomic(r.price, self.asset_decimals)
             if not (r.pay_to or self.pay_to):

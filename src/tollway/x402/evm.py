@@ -45,18 +45,16 @@ from web3.exceptions import ContractLogicError, TransactionNotFound
 from web3.logs import DISCARD
 from web3.types import Nonce, TxParams, TxReceipt
 
-from tollway.core.errors import TollwayError
 from tollway.ledger import Ledger
-from tollway.ledger.ops import Usage
 from tollway.x402 import exact_evm, wire
+from tollway.x402.devnet import authorization_key
 from tollway.x402.exact_evm import Authorization
+from tollway.x402.payments import record_received
 from tollway.x402.wire import PaymentInvalid
 
 log = logging.getLogger("tollway.x402")
 
 INBOUND_ACCOUNT = "x402_evm_inbound"
-REVENUE_ACCOUNT = "sys_revenue"
-METER = "x402"
 TRANSFER_WITH_AUTHORIZATION_SIG = (
     "transferWithAuthorization(address,address,uint256,uint256,uint256,bytes32,uint8,bytes32,bytes32)"
 )
@@ -167,8 +165,8 @@ class EvmSettlement:
         return str(self.account.address)
 
     def nonce_key(self, authorizer: str, nonce: str) -> str:
-        """The ledger idempotency key of a settlement (the same shape as devnet's)."""
-        return f"x402:{self.network}:{self.asset.lower()}:{authorizer.lower()}:{nonce.lower()}"
+        """The ledger idempotency key of a settlement (the same as devnet's)."""
+        return authorization_key(self.network, self.asset, authorizer, nonce)
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.to_thread(fn, *args)
@@ -303,34 +301,10 @@ class EvmSettlement:
     async def _record(self, auth: Authorization, pay_to: str, meta: dict[str, Any], tx: str) -> None:
         """The mined settlement into the ledger: inbound -> revenue, with its usage event."""
         try:
-            await self.ledger.create_account(
-                "funding", id=INBOUND_ACCOUNT, name="x402 payments received on chain"
+            await record_received(
+                self.ledger, INBOUND_ACCOUNT, self.network, self.asset, auth, pay_to, tx, meta
             )
-        except TollwayError as e:
-            if e.code != "account_exists":
-                raise
-        usage = Usage(
-            METER,
-            1,
-            None,
-            {**meta, "transaction": tx, "payer": auth.payer, "pay_to": pay_to},
-            amount=auth.value,
-        )
-        try:
-            await self.ledger.transfer(
-                INBOUND_ACCOUNT,
-                REVENUE_ACCOUNT,
-                auth.value,
-                idempotency_key=self.nonce_key(auth.payer, auth.nonce),
-                description=f"x402 {self.network} {tx}",
-                usage=usage,
-            )
-        except TollwayError as e:
-            if e.code == "idempotency_key_reused":
-                raise PaymentInvalid(
-                    wire.NONCE_USED, "this authorization was already used", auth.payer
-                ) from None
-            log.error("x402 settlement %s was mined but not recorded in the ledger: %s", tx, e)
+        except PaymentInvalid:
             raise
         except Exception:
             log.exception("x402 settlement %s was mined but not recorded in the ledger", tx)
