@@ -315,3 +315,45 @@ async def test_rules_import_replaces_the_config_everywhere_and_reset_restores_it
     r = await c.delete("/admin/x402/rules", headers=ADMIN)
     assert r.json()["source"] == "config" and len(r.json()["data"]) == 4
     assert (await c.get("/demo/weather")).status_code == 402
+
+
+async def test_ai_route_priced_at_its_maximum_cost_runs_without_a_key(
+    db_url: str, origin: tuple[Origin, str]
+) -> None:
+    """A rule with origin "self" and price_by "ai_max_cost": the price is the
+    request's most possible cost; once paid, it runs with no API key and no
+    customer is charged (the payment was the charge)."""
+    from fake_upstream import FakeUpstream, model
+
+    with FakeUpstream() as up:
+        rule = {"name": "ai", "methods": ["POST"], "path": "/v1/chat/completions", "origin": "self"}
+        rule["price_by"] = "ai_max_cost"
+        settings = settings_for(db_url, x402={"pay_to": PAY_TO, "rules": [rule]}, models=[model("m", up.url)])
+        rt = Runtime.build(settings)
+        c = httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(rt=rt)), base_url="http://t.test")
+        try:
+            body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
+            r = await c.post("/v1/chat/completions", json=body)
+            assert r.status_code == 402
+            accept = required(r)["accepts"][0]
+            small = required(await c.post("/v1/chat/completions", json={**body, "max_tokens": 1}))
+            assert 0 < int(small["accepts"][0]["amount"]) < int(accept["amount"])
+            bad = await c.post("/v1/chat/completions", json={**body, "model": "nope"})
+            assert bad.status_code == 404 and bad.json()["error"]["code"] == "model_not_found"
+            p = await funded(rt, 1_000_000)
+            paid = await c.post(
+                "/v1/chat/completions", json=body, headers={"payment-signature": header(p.v2(accept))}
+            )
+            assert paid.status_code == 200, paid.text
+            assert paid.json()["choices"][0]["message"]["content"] and "payment-response" in paid.headers
+            assert await revenue(rt) == int(accept["amount"])
+            assert await rt.devnet.balance(p.address) == 1_000_000 - int(accept["amount"])
+            streamed = await c.post(
+                "/v1/chat/completions",
+                json={**body, "stream": True},
+                headers={"payment-signature": header(p.v2(accept))},
+            )
+            assert streamed.status_code == 200 and "[DONE]" in streamed.text
+        finally:
+            await c.aclose()
+            await rt.close()

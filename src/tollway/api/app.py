@@ -119,6 +119,12 @@ def create_app(settings: Settings | None = None, *, rt: Runtime | None = None) -
     # Paid routes (x402) answer before anything else.
     app.paywall = rt.paywall
     app.wrap_paid(MetricsMiddleware)
+    rt.paywall.inner = app.unpaid  # origin = "self": AI routes paid over x402
+
+    async def quote(path: str, body: Any) -> int:
+        return await inference_api.quote(rt, path, body)
+
+    rt.paywall.quote = quote
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema:

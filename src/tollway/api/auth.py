@@ -7,7 +7,7 @@ import hmac
 from fastapi import Request
 
 from tollway.core.errors import forbidden, unauthenticated
-from tollway.identity.keys import ApiKey, has_scope, presented_key
+from tollway.identity.keys import ApiKey, has_scope, presented_key, x402_caller
 from tollway.runtime import Runtime
 
 
@@ -34,6 +34,11 @@ async def require_admin(request: Request) -> None:
 
 
 async def require_key(request: Request) -> ApiKey:
+    payer = request.scope.get("x402_payer")
+    if payer is not None:  # an AI route paid in full over x402 (tollway.x402.paywall)
+        key = x402_caller(payer)
+        request.state.api_key = key
+        return key
     token = bearer(request)
     if token is None:
         raise unauthenticated("missing_api_key", "send Authorization: Bearer <API key>")

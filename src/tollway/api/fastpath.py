@@ -74,12 +74,17 @@ class TollwayApp(FastAPI):
         await self.paywall(scope, receive, send, scope["x402_rule"])
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.paywall is not None and scope["type"] == "http":
+        if self.paywall is not None and scope["type"] == "http" and "x402_payer" not in scope:
             rule = self.paywall.match(scope)
             if rule is not None:  # a paid route (x402), in front of everything else
                 scope["x402_rule"] = rule
                 await (self._paid_app or self._serve_paid)(scope, receive, send)
                 return
+        await self.unpaid(scope, receive, send)
+
+    async def unpaid(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Everything but the paywall: the fast routes, then FastAPI. (An AI
+        route paid over x402 comes back in here, marked ``x402_payer``.)"""
         fast = getattr(self, "_fast", None)
         if fast and scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in fast:
             await (self._fast_app or self._serve_fast)(scope, receive, send)

@@ -243,7 +243,8 @@ class X402Config(_Section):
         if self.backend == "evm" and not self.rpc_url:
             raise ValueError('backend = "evm" needs rpc_url')
         for r in self.rules:
-            atomic(r.price, self.asset_decimals)
+            if r.price_by != "ai_max_cost":
+                atomic(r.price, self.asset_decimals)
             if not (r.pay_to or self.pay_to):
                 raise ValueError(f"rule {r.name!r}: set pay_to on the rule or in [x402]")
         return self

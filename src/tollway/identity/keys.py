@@ -73,6 +73,7 @@ class ApiKey:
     account_id: str = ""
     limits: str | None = None
     customer_limits: str | None = None
+    prepaid: bool = False  # not a stored key: a request paid up front over x402 (see x402_caller)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -214,3 +215,9 @@ async def set_limits(
             update(table).where(table.c.id == row_id).values(limits=json.dumps(merged) if merged else None)
         )
     return merged
+
+
+def x402_caller(payer: str) -> ApiKey:
+    """The identity of an AI request paid for up front over x402: no customer
+    account is charged (the payment was the charge), only ``inference`` allowed."""
+    return ApiKey("x402", "x402", "", f"x402 payment from {payer}", ["inference"], 0, None, prepaid=True)

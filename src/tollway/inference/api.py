@@ -170,7 +170,7 @@ async def _chat(
             if hit is not None:
                 return await _replay(request, p, hit, shape, stream, usage)
         p.entry.cache = "MISS"
-        who = Caller(p.key.customer_id, p.key.account_id, p.key.id, await gw.caps(p))
+        who = Caller(p.key.customer_id, p.key.account_id, p.key.id, await gw.caps(p), p.key.prepaid)
         try:
             call = await svc.start_chat(who, cfg, _params(messages, body), requested_max)
         except TollwayError as e:
@@ -299,7 +299,7 @@ async def _replay(request: Request, p: Pass, hit: CacheEntry, shape: str, stream
     gw = rt.gateway
     charged = 0
     if gw.cache_hit_price:
-        who = Caller(p.key.customer_id, p.key.account_id, p.key.id, await gw.caps(p))
+        who = Caller(p.key.customer_id, p.key.account_id, p.key.id, await gw.caps(p), p.key.prepaid)
         charged = await rt.inference.charge_flat(who, gw.cache_hit_price, "cache_hit", p.entry.model or "")
     e = p.entry
     e.cache, e.deployment, e.attempts, e.cost = "HIT", hit.deployment, 0, charged
@@ -464,7 +464,7 @@ async def embeddings(body: EmbeddingsRequest, request: Request, key: ApiKey = De
 async def _embed(
     rt: Runtime, p: Pass, cfg: ModelConfig, texts: list[str]
 ) -> tuple[list[list[float]], Metered]:
-    who = Caller(p.key.customer_id, p.key.account_id, p.key.id, await rt.gateway.caps(p))
+    who = Caller(p.key.customer_id, p.key.account_id, p.key.id, await rt.gateway.caps(p), p.key.prepaid)
     vectors, m = await rt.inference.embed(who, cfg, texts)
     e = p.entry
     e.deployment, e.attempts = m.deployment, m.attempts
@@ -569,3 +569,26 @@ async def usage(request: Request, who: Caller = Depends(caller)) -> dict[str, An
             "by_model": [{k: v for k, v in r.items() if k not in ("customer_id", "mneurons")} for r in rows],
         },
     }
+
+
+async def quote(rt: Runtime, path: str, body: Any) -> int:
+    """The most one request to an AI route can cost, in micro-USD (x402's price
+    for a rule with ``price_by = "ai_max_cost"``). A bad body is refused here,
+    with the route's own error, before anyone is asked to pay."""
+    from fastapi.exceptions import RequestValidationError
+    from pydantic import ValidationError
+
+    from tollway.api.errors import validation_error
+
+    svc = rt.inference
+    try:
+        if path == "/v1/embeddings":
+            emb = EmbeddingsRequest.model_validate(body)
+            return (await svc.plan_embed(svc.model(emb.model, "embeddings"), emb.texts()))[1]
+        if path == "/v1/chat/completions":
+            chat = ChatRequest.model_validate(body)
+            cfg = svc.model(chat.model, "chat")
+            return (await svc.plan_chat(cfg, _params(chat.messages, chat), chat.requested_max_tokens()))[1]
+    except ValidationError as e:
+        raise validation_error(RequestValidationError(e.errors())) from None
+    raise invalid("unsupported_route", f"{path} cannot be priced by its maximum cost", "path")

@@ -74,6 +74,7 @@ class Caller:
     account_id: str
     key_id: str | None = None
     caps: tuple[Cap, ...] = ()  # spend limits every charge must also fit (the gateway sets them)
+    prepaid: bool = False  # paid in full up front (an x402 payment of the maximum): no hold
 
 
 @dataclass(slots=True)
@@ -159,7 +160,7 @@ class Inference:
         """Reserve ``max_cost`` and return once the ledger has decided it: the
         call starts while the reservation commits, and no result is shown
         before :meth:`Hold.confirm` (a failed commit stops the call)."""
-        if max_cost <= 0:
+        if max_cost <= 0 or caller.prepaid:
             return None
         payer = await self.allowance.payer(caller.customer_id, caller.account_id)
         if caller.caps:
@@ -182,11 +183,10 @@ class Inference:
 
     # -------------------------------------------------------------------- chat
 
-    async def start_chat(
-        self, caller: Caller, cfg: ModelConfig, params: ChatParams, requested_max: int | None
-    ) -> ChatCall:
-        """Price the call on every deployment it may use, reserve the most it can
-        cost, and start it (retries and fallbacks happen here, before any output)."""
+    async def plan_chat(
+        self, cfg: ModelConfig, params: ChatParams, requested_max: int | None
+    ) -> tuple[list[Deployment], int]:
+        """Every deployment the call may use, priced: (the plan, the most it can cost)."""
         targets = routing.order(cfg, self.configs)
         plan: list[Deployment] = []
         refusal: TollwayError | None = None
@@ -208,7 +208,14 @@ class Inference:
         if not plan:
             assert refusal is not None
             raise refusal
-        max_cost = max(self.price(d.cfg, d.prompt_tokens, d.params.max_tokens)[1] for d in plan)
+        return plan, max(self.price(d.cfg, d.prompt_tokens, d.params.max_tokens)[1] for d in plan)
+
+    async def start_chat(
+        self, caller: Caller, cfg: ModelConfig, params: ChatParams, requested_max: int | None
+    ) -> ChatCall:
+        """Price the call on every deployment it may use, reserve the most it can
+        cost, and start it (retries and fallbacks happen here, before any output)."""
+        plan, max_cost = await self.plan_chat(cfg, params, requested_max)
         call = ChatCall(self, caller, cfg, plan, None)
         if all(isinstance(d.backend, LlamaCppBackend) for d in plan):
             # Local models: evaluate the prompt while the reservation is decided
@@ -239,10 +246,10 @@ class Inference:
 
     # -------------------------------------------------------------- embeddings
 
-    async def embed(
-        self, caller: Caller, cfg: ModelConfig, texts: list[str]
-    ) -> tuple[list[list[float]], Metered]:
-        t0 = time.perf_counter()
+    async def plan_embed(
+        self, cfg: ModelConfig, texts: list[str]
+    ) -> tuple[list[tuple[ModelConfig, Any, int]], int]:
+        """Every deployment the call may use, with its token count: (the plan, the most it can cost)."""
         plan = []
         for t in routing.order(cfg, self.configs):
             backend = await self.backend(t)
@@ -251,7 +258,13 @@ class Inference:
                 if n > t.n_ctx:
                     raise context_exceeded(n, t.n_ctx, f"input[{i}]" if len(texts) > 1 else "input")
             plan.append((t, backend, sum(counts)))
-        max_cost = max(self.price(t, n)[1] for t, _, n in plan)
+        return plan, max(self.price(t, n)[1] for t, _, n in plan)
+
+    async def embed(
+        self, caller: Caller, cfg: ModelConfig, texts: list[str]
+    ) -> tuple[list[list[float]], Metered]:
+        t0 = time.perf_counter()
+        plan, max_cost = await self.plan_embed(cfg, texts)
         hold = await self._hold(caller, cfg, max_cost)
 
         async def run(target: tuple[ModelConfig, Any, int]) -> tuple[list[list[float]], int]:

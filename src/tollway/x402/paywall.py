@@ -22,15 +22,16 @@ import asyncio
 import html
 import json
 import logging
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl
 
 import aiohttp
 from starlette.requests import Request
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
+from tollway.api.errors import error_response
 from tollway.core.config import X402Config
 from tollway.core.errors import TollwayError
 from tollway.identity.keys import ApiKeys, presented_key
@@ -76,6 +77,10 @@ class Paywall:
         self.source = "config"  # or "imported": rules from the admin API replace the config's
         self.store = store
         self._version: tuple[int, int] | None = None
+        # Set by the app: the inference service's quote of an AI request's maximum
+        # cost (micro-USD), and the app without its paywall, for origin = "self".
+        self.quote: Callable[[str, Any], Awaitable[int]] | None = None
+        self.inner: Callable[[Scope, Receive, Send], Awaitable[None]] | None = None
         self.facilitator = facilitator
         self.keys = keys
         self._session: aiohttp.ClientSession | None = None
@@ -158,7 +163,8 @@ class Paywall:
         variable price lists its unit price)."""
         items = []
         for rule in self.rules.rules:
-            v2, _ = self.requirements(rule, base_url + rule.path, atomic(rule.price, self.cfg.asset_decimals))
+            unit = 0 if rule.price_by == "ai_max_cost" else atomic(rule.price, self.cfg.asset_decimals)
+            v2, _ = self.requirements(rule, base_url + rule.path, unit)
             if any(v and v2.get(k) != v for k, v in filters.items()):
                 continue
             items.append(
@@ -192,13 +198,15 @@ class Paywall:
             json_body = json.loads(body) if body else None
         except ValueError:
             json_body = None
-        amount = price_of(
-            rule,
-            self.cfg.asset_decimals,
-            body,
-            dict(parse_qsl(scope.get("query_string", b"").decode())),
-            json_body,
-        )
+        if rule.price_by == "ai_max_cost":
+            try:
+                amount = await self._ai_price(request.url.path, json_body)
+            except TollwayError as e:  # a bad AI request: its own error, before any payment
+                await error_response(e)(scope, receive, send)
+                return
+        else:
+            query = dict(parse_qsl(scope.get("query_string", b"").decode()))
+            amount = price_of(rule, self.cfg.asset_decimals, body, query, json_body)
         v2, v1 = self.requirements(rule, str(request.url), amount)
         sig, xpay = request.headers.get(wire.PAYMENT_SIGNATURE), request.headers.get(wire.X_PAYMENT)
         if sig is None and xpay is None:
@@ -218,7 +226,7 @@ class Paywall:
         except PaymentInvalid as e:
             await self._required(send, request, rule, v2, v1, e.reason)
             return
-        status, headers, chunks = await self._forward(rule, request, body)
+        status, headers, chunks = await self._forward(rule, request, body, checked.auth.payer)
         if status >= 400:  # the origin failed: nothing is settled
             await self._relay(send, status, headers, chunks)
             return
@@ -290,10 +298,12 @@ class Paywall:
     # --------------------------------------------------------------- the origin
 
     async def _forward(
-        self, rule: Rule, request: Request, body: bytes
+        self, rule: Rule, request: Request, body: bytes, payer: str = ""
     ) -> tuple[int, list[tuple[bytes, bytes]], Chunks]:
         if rule.origin == "demo":
             return _demo(request)
+        if rule.origin == "self":
+            return await self._self(request, body, payer)
         url = rule.origin + request.url.path + (f"?{request.url.query}" if request.url.query else "")
         headers = [(k, v) for k, v in request.headers.items() if k.lower() not in _HOP]
         headers.append(("x-forwarded-host", request.headers.get("host", "")))
@@ -319,6 +329,53 @@ class Paywall:
             out.append((b"content-length", r.headers["Content-Length"].encode()))
         return r.status, out, _Body(r)
 
+    async def _ai_price(self, path: str, json_body: Any) -> int:
+        """An AI request's maximum cost, in the asset's units."""
+        assert self.quote is not None, "the app sets Paywall.quote"
+        micros = await self.quote(path, json_body)
+        d = self.cfg.asset_decimals  # 6 for a USD stablecoin: 1 unit = 1 micro-USD
+        scale: int = 10 ** abs(d - 6)
+        return micros * scale if d >= 6 else -(-micros // scale)
+
+    async def _self(
+        self, request: Request, body: bytes, payer: str
+    ) -> tuple[int, list[tuple[bytes, bytes]], Chunks]:
+        """Run a paid AI request through tollway's own routes, as the payer
+        (``x402_payer``: no account is charged, the payment was the charge),
+        streaming its response back."""
+        assert self.inner is not None, "the app sets Paywall.inner"
+        scope = {**request.scope, "x402_payer": payer}
+        scope["headers"] = [(k, v) for k, v in scope["headers"] if k.decode("latin-1") not in _HOP]
+        scope.pop("x402_rule", None)
+        given = False
+
+        async def receive() -> Message:
+            nonlocal given
+            if not given:
+                given = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await request.receive()  # the client's disconnect, when it comes
+
+        out: asyncio.Queue[Message] = asyncio.Queue()
+        task = asyncio.ensure_future(self.inner(scope, receive, out.put))
+        start = await _next(out, task)
+
+        async def chunks() -> AsyncIterator[bytes]:
+            try:
+                while True:
+                    msg = await _next(out, task)
+                    if msg.get("body"):
+                        yield msg["body"]
+                    if not msg.get("more_body"):
+                        break
+                await task
+            finally:
+                if not task.done():
+                    task.cancel()
+
+        headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+        return int(start["status"]), list(headers), chunks()
+
     @staticmethod
     async def _relay(send: Send, status: int, headers: list[tuple[bytes, bytes]], chunks: Chunks) -> None:
         await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -343,6 +400,21 @@ class _Body:
 
     async def aclose(self) -> None:
         self.r.release()
+
+
+async def _next(q: asyncio.Queue[Message], task: asyncio.Future[None]) -> Message:
+    """The next message the inner app sends (or its failure)."""
+    if q.empty() and task.done():
+        task.result()
+        raise RuntimeError("the app ended without a response")
+    get = asyncio.ensure_future(q.get())
+    waiting: set[asyncio.Future[Any]] = {get, task}
+    await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+    if get.done():
+        return get.result()
+    get.cancel()
+    task.result()
+    raise RuntimeError("the app ended without a response")
 
 
 async def _once(data: bytes) -> AsyncIterator[bytes]:

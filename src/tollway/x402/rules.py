@@ -47,10 +47,13 @@ class Rule(BaseModel):
     methods: list[str] = Field(default_factory=lambda: ["GET"], min_length=1)
     path: str = Field(min_length=1, pattern=r"^/")
     host: str = ""  # empty: any host
-    # Where a paid request goes: an http(s) base URL, or "demo" for the built-in demo origin.
+    # Where a paid request goes: an http(s) base URL, "demo" for the built-in demo
+    # origin, or "self" for tollway's own AI routes (/v1/chat/completions, /v1/embeddings).
     origin: str = Field(min_length=1)
-    price: str = Field(min_length=1)  # per request (fixed), or per unit (variable)
-    price_by: Literal["fixed", "body_kib", "query", "body"] = "fixed"
+    price: str = ""  # per request (fixed), or per unit (variable); not for ai_max_cost
+    # ai_max_cost: the most the AI request can cost (its prompt and max_tokens, at the
+    # model's rates), paid up front; no customer account is charged.
+    price_by: Literal["fixed", "body_kib", "query", "body", "ai_max_cost"] = "fixed"
     price_field: str = ""  # the query or JSON body field counted, for price_by = query | body
     unauthenticated_only: bool = False  # callers with a valid API key pass without paying
     pay_to: str = Field("", pattern=_ADDRESS)  # empty: [x402] pay_to
@@ -70,12 +73,18 @@ class Rule(BaseModel):
     @field_validator("origin")
     @classmethod
     def _origin(cls, v: str) -> str:
-        if v != "demo" and not re.match(r"^https?://[^/\s]+", v):
-            raise ValueError('origin must be an http(s) URL or "demo"')
+        if v not in ("demo", "self") and not re.match(r"^https?://[^/\s]+", v):
+            raise ValueError('origin must be an http(s) URL, "demo" or "self"')
         return v.rstrip("/")
 
     @model_validator(mode="after")
     def _price(self) -> Rule:
+        if (self.price_by == "ai_max_cost") != (self.origin == "self"):
+            raise ValueError('price_by = "ai_max_cost" goes with origin = "self", and only with it')
+        if self.price_by == "ai_max_cost":
+            if self.price:
+                raise ValueError('price_by = "ai_max_cost" sets the price itself: leave price out')
+            return self
         atomic(self.price, 6)  # the form; the asset's decimals are applied when pricing
         if self.price_by in ("query", "body") and not self.price_field:
             raise ValueError(f"price_by = {self.price_by!r} needs price_field")
@@ -117,6 +126,8 @@ class Rules:
 def price_of(rule: Rule, decimals: int, body: bytes, query: dict[str, str], json_body: Any) -> int:
     """The price of one request under ``rule``, in atomic units (a variable price
     rounds the unit count up; a missing or bad field counts as one unit)."""
+    if rule.price_by == "ai_max_cost":
+        raise ValueError("an ai_max_cost price comes from the inference service (Paywall.quote)")
     unit = atomic(rule.price, decimals)
     if rule.price_by == "fixed":
         return unit
@@ -139,7 +150,8 @@ def validate(rules: list[Any], *, default_pay_to: str, decimals: int) -> list[Ru
     for i, raw in enumerate(rules):
         try:
             rule = Rule.model_validate(raw)
-            atomic(rule.price, decimals)
+            if rule.price_by != "ai_max_cost":
+                atomic(rule.price, decimals)
         except ValueError as e:  # pydantic's ValidationError is a ValueError
             raise ValueError(f"rules[{i}]: {e}") from None
         if not (rule.pay_to or default_pay_to):
