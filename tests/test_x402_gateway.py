@@ -357,3 +357,14 @@ async def test_ai_route_priced_at_its_maximum_cost_runs_without_a_key(
         finally:
             await c.aclose()
             await rt.close()
+
+
+async def test_a_paid_upload_streams_to_the_origin_byte_for_byte(gw: Any, origin: tuple[Origin, str]) -> None:
+    c, rt = gw
+    p = await funded(rt)
+    blob = bytes(range(256)) * 4096  # 1 MiB
+    accept = required(await c.post("/api/upload", content=blob))["accepts"][0]
+    r = await c.post("/api/upload", content=blob, headers={"payment-signature": header(p.v2(accept))})
+    assert r.status_code == 200
+    [call] = origin[0].calls
+    assert call["body"] == blob and await revenue(rt) == PRICE

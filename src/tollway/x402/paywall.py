@@ -60,6 +60,17 @@ _HOP = {
     wire.X_PAYMENT,
 }
 Chunks = AsyncIterable[bytes]
+_READS_BODY = {"body", "body_kib", "ai_max_cost"}  # prices that depend on the request body
+
+
+def _outgoing(request: Request, body: bytes | None) -> bytes | AsyncIterator[bytes] | None:
+    """The body to send the origin: what was read, or the client's stream."""
+    if body is not None:
+        return body or None
+    if request.method in ("GET", "HEAD") and "transfer-encoding" not in request.headers:
+        if request.headers.get("content-length", "0") == "0":
+            return None
+    return request.stream()
 
 
 class Paywall:
@@ -190,7 +201,9 @@ class Paywall:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send, rule: Rule) -> None:
         request = Request(scope, receive)
-        body = await request.body()
+        # Only a price that depends on the body reads it first; otherwise the
+        # body streams to the origin once the payment is verified.
+        body = await request.body() if rule.price_by in _READS_BODY or rule.origin == "self" else None
         if rule.unauthenticated_only and await self._has_valid_key(request):
             await self._relay(send, *await self._forward(rule, request, body))
             return
@@ -206,7 +219,7 @@ class Paywall:
                 return
         else:
             query = dict(parse_qsl(scope.get("query_string", b"").decode()))
-            amount = price_of(rule, self.cfg.asset_decimals, body, query, json_body)
+            amount = price_of(rule, self.cfg.asset_decimals, body or b"", query, json_body)
         v2, v1 = self.requirements(rule, str(request.url), amount)
         sig, xpay = request.headers.get(wire.PAYMENT_SIGNATURE), request.headers.get(wire.X_PAYMENT)
         if sig is None and xpay is None:
@@ -298,7 +311,7 @@ class Paywall:
     # --------------------------------------------------------------- the origin
 
     async def _forward(
-        self, rule: Rule, request: Request, body: bytes, payer: str = ""
+        self, rule: Rule, request: Request, body: bytes | None, payer: str = ""
     ) -> tuple[int, list[tuple[bytes, bytes]], Chunks]:
         if rule.origin == "demo":
             return _demo(request)
@@ -308,7 +321,9 @@ class Paywall:
         headers = [(k, v) for k, v in request.headers.items() if k.lower() not in _HOP]
         headers.append(("x-forwarded-host", request.headers.get("host", "")))
         try:
-            r = await self.session.request(request.method, url, headers=headers, data=body or None)
+            r = await self.session.request(
+                request.method, url, headers=headers, data=_outgoing(request, body)
+            )
         except (aiohttp.ClientError, TimeoutError) as e:
             log.warning("x402 origin %s failed: %s", url, e)
             msg = json.dumps(
@@ -338,7 +353,7 @@ class Paywall:
         return micros * scale if d >= 6 else -(-micros // scale)
 
     async def _self(
-        self, request: Request, body: bytes, payer: str
+        self, request: Request, body: bytes | None, payer: str
     ) -> tuple[int, list[tuple[bytes, bytes]], Chunks]:
         """Run a paid AI request through tollway's own routes, as the payer
         (``x402_payer``: no account is charged, the payment was the charge),
@@ -353,7 +368,7 @@ class Paywall:
             nonlocal given
             if not given:
                 given = True
-                return {"type": "http.request", "body": body, "more_body": False}
+                return {"type": "http.request", "body": body or b"", "more_body": False}
             return await request.receive()  # the client's disconnect, when it comes
 
         out: asyncio.Queue[Message] = asyncio.Queue()
