@@ -368,3 +368,33 @@ async def test_a_paid_upload_streams_to_the_origin_byte_for_byte(gw: Any, origin
     assert r.status_code == 200
     [call] = origin[0].calls
     assert call["body"] == blob and await revenue(rt) == PRICE
+
+
+async def test_per_rule_network_and_asset_need_an_external_facilitator(db_url: str) -> None:
+    base = {"name": "r", "path": "/x", "origin": "demo", "price": "$0.001"}
+    usdc = {
+        "network": "eip155:84532",
+        "asset": "0x036CbD53842c5426634e7929541eC2318f3dCF7e",
+        "asset_name": "USDC",
+    }
+    with pytest.raises(ValueError, match="facilitator_url"):
+        settings_for(db_url, x402={"pay_to": PAY_TO, "rules": [{**base, **usdc}]})
+    s = settings_for(
+        db_url,
+        x402={"pay_to": PAY_TO, "rules": [{**base, **usdc}], "facilitator_url": "http://127.0.0.1:9/x402"},
+    )
+    rt = Runtime.build(s)
+    try:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=create_app(rt=rt)), base_url="http://t"
+        ) as c:
+            r = await c.get("/x")
+            [accept] = required(r)["accepts"]
+            assert (accept["network"], accept["asset"], accept["extra"]["name"]) == (
+                "eip155:84532",
+                usdc["asset"],
+                "USDC",
+            )
+            assert r.json()["accepts"][0]["network"] == "base-sepolia"  # v1 names the chain
+    finally:
+        await rt.close()

@@ -6,13 +6,14 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Body, Depends, Query, Request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from tollway.api.auth import require_admin, runtime
+from tollway.core.config import X402Config
 from tollway.core.errors import invalid
 from tollway.x402 import payments as P
 from tollway.x402.exact_evm import is_address
-from tollway.x402.rules import atomic, validate
+from tollway.x402.rules import atomic
 
 router = APIRouter(prefix="/admin/x402", tags=["x402"], dependencies=[Depends(require_admin)])
 
@@ -65,10 +66,14 @@ class RuleSet(BaseModel):
 async def import_rules(request: Request, body: RuleSet = Body(...)) -> dict[str, Any]:
     rt = runtime(request)
     cfg = rt.settings.x402
-    try:
-        rules = validate(body.rules, default_pay_to=cfg.pay_to, decimals=cfg.asset_decimals)
-    except ValueError as e:
-        raise invalid("invalid_rules", str(e), "rules") from None
+    try:  # the same checks as tollway.toml's [[x402.rules]]
+        rules = X402Config.model_validate({**cfg.model_dump(exclude={"rules"}), "rules": body.rules}).rules
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(x) for x in first.get("loc", ()))
+        raise invalid(
+            "invalid_rules", f"{where}: {first.get('msg')}" if where else str(first.get("msg")), "rules"
+        ) from None
     if rt.paywall.store is not None:
         await rt.paywall.store.replace(rules)
     await rt.paywall.refresh()

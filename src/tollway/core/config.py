@@ -245,6 +245,14 @@ class X402Config(_Section):
         for r in self.rules:
             if r.price_by != "ai_max_cost":
                 atomic(r.price, self.asset_decimals)
+            other = (r.network and r.network != self.network) or (
+                r.asset and r.asset.lower() != self.asset.lower()
+            )
+            if other and not self.facilitator_url:
+                raise ValueError(
+                    f"rule {r.name!r}: the built-in facilitator settles only {self.network} {self.asset};"
+                    " set [x402] facilitator_url to take other networks or assets"
+                )
             if not (r.pay_to or self.pay_to):
                 raise ValueError(f"rule {r.name!r}: set pay_to on the rule or in [x402]")
         return self

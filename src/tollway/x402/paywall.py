@@ -36,7 +36,7 @@ from tollway.core.config import X402Config
 from tollway.core.errors import TollwayError
 from tollway.identity.keys import ApiKeys, presented_key
 from tollway.x402 import wire
-from tollway.x402.facilitator import Verifier
+from tollway.x402.facilitator import V1_NAMES, Verifier
 from tollway.x402.rules import Rule, Rules, atomic, price_of
 from tollway.x402.rulestore import RuleStore
 from tollway.x402.wire import PaymentInvalid
@@ -145,11 +145,15 @@ class Paywall:
         """(v2 PaymentRequirements, v1 PaymentRequirements) for this request."""
         pay_to = rule.pay_to or self.cfg.pay_to
         timeout = rule.max_timeout_seconds or self.cfg.max_timeout_seconds
-        extra = {"name": self.cfg.asset_name, "version": self.cfg.asset_version}
+        extra = {
+            "name": rule.asset_name or self.cfg.asset_name,
+            "version": rule.asset_version or self.cfg.asset_version,
+        }
+        network, asset = rule.network or self.cfg.network, rule.asset or self.cfg.asset
         v2 = {
             "scheme": "exact",
-            "network": self.cfg.network,
-            "asset": self.cfg.asset,
+            "network": network,
+            "asset": asset,
             "amount": str(amount),
             "payTo": pay_to,
             "maxTimeoutSeconds": timeout,
@@ -157,14 +161,14 @@ class Paywall:
         }
         v1 = {
             "scheme": "exact",
-            "network": self.facilitator.v1_network,
+            "network": V1_NAMES.get(network, network),
             "maxAmountRequired": str(amount),
             "resource": url,
             "description": rule.description,
             "mimeType": rule.mime_type,
             "payTo": pay_to,
             "maxTimeoutSeconds": timeout,
-            "asset": self.cfg.asset,
+            "asset": asset,
             "extra": extra,
         }
         return v2, v1

@@ -57,6 +57,12 @@ class Rule(BaseModel):
     price_field: str = ""  # the query or JSON body field counted, for price_by = query | body
     unauthenticated_only: bool = False  # callers with a valid API key pass without paying
     pay_to: str = Field("", pattern=_ADDRESS)  # empty: [x402] pay_to
+    # The payment's network and asset (empty: [x402]'s). The built-in facilitator
+    # settles only [x402]'s; others need an external one ([x402] facilitator_url).
+    network: str = Field("", pattern=r"^(eip155:[1-9][0-9]{0,18})?$")
+    asset: str = Field("", pattern=_ADDRESS)
+    asset_name: str = ""  # the asset's EIP-712 domain name and version (empty: [x402]'s)
+    asset_version: str = ""
     description: str = Field("", max_length=500)
     mime_type: str = "application/json"
     max_timeout_seconds: int = Field(0, ge=0, le=86_400)  # 0: [x402] max_timeout_seconds
@@ -141,21 +147,3 @@ def price_of(rule: Rule, decimals: int, body: bytes, query: dict[str, str], json
     except (InvalidOperation, ValueError):
         return unit
     return unit * max(1, math.ceil(n)) if n.is_finite() else unit
-
-
-def validate(rules: list[Any], *, default_pay_to: str, decimals: int) -> list[Rule]:
-    """Parse a whole rule set (the admin API's import), as the config would:
-    raises ``ValueError`` naming the rule and the reason."""
-    out: list[Rule] = []
-    for i, raw in enumerate(rules):
-        try:
-            rule = Rule.model_validate(raw)
-            if rule.price_by != "ai_max_cost":
-                atomic(rule.price, decimals)
-        except ValueError as e:  # pydantic's ValidationError is a ValueError
-            raise ValueError(f"rules[{i}]: {e}") from None
-        if not (rule.pay_to or default_pay_to):
-            raise ValueError(f"rules[{i}] ({rule.name}): set pay_to on the rule or in [x402]")
-        out.append(rule)
-    Rules(out)  # duplicate names
-    return out
