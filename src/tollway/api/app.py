@@ -43,6 +43,7 @@ class MetricsMiddleware:
 
     def __init__(self, app: Any) -> None:
         self.app = app
+        self._series: dict[tuple[str, str, int], tuple[Any, Any]] = {}  # labelled children, once each
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -62,10 +63,17 @@ class MetricsMiddleware:
             await self.app(scope, receive, _send)
         finally:
             route = scope.get("route")
-            path = getattr(route, "path", "unmatched")
-            method = scope["method"]
-            metrics.HTTP_REQUESTS.labels(method, path, str(status[0])).inc()
-            metrics.HTTP_SECONDS.labels(method, path).observe(time.perf_counter() - t0)
+            key = (scope["method"], getattr(route, "path", "unmatched"), status[0])
+            series = self._series.get(key)
+            if series is None:
+                method, path, code = key
+                series = (
+                    metrics.HTTP_REQUESTS.labels(method, path, str(code)),
+                    metrics.HTTP_SECONDS.labels(method, path),
+                )
+                self._series[key] = series
+            series[0].inc()
+            series[1].observe(time.perf_counter() - t0)
 
 
 def create_app(settings: Settings | None = None, *, rt: Runtime | None = None) -> FastAPI:

@@ -46,6 +46,13 @@ class FastRoute:
         self.model, self.handler, self.route = model, handler, route
 
 
+class PaidRoute:
+    """The metrics' label for an x402 paid route (it never reaches a FastAPI route)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+
 class TollwayApp(FastAPI):
     """FastAPI, with :meth:`fast` routes answered before its stack."""
 
@@ -78,6 +85,7 @@ class TollwayApp(FastAPI):
             rule = self.paywall.match(scope)
             if rule is not None:  # a paid route (x402), in front of everything else
                 scope["x402_rule"] = rule
+                scope["route"] = PaidRoute(rule.path)  # what the metrics label it by
                 await (self._paid_app or self._serve_paid)(scope, receive, send)
                 return
         await self.unpaid(scope, receive, send)
