@@ -195,3 +195,47 @@ def test_official_clients_pay_tollways_gateway(paid_tollway: tuple[str, Settings
         return await rt.devnet.balance(payer.address), (await rt.ledger.get_account("sys_revenue")).balance
 
     assert on_devnet(settings, state) == (3_000, 2_000)
+
+
+class _V1Only(httpx.AsyncBaseTransport):
+    """Hides the v2 PAYMENT-REQUIRED header, so the SDK falls back to the 402's v1 body."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        r = await self.inner.handle_async_request(request)
+        if "payment-required" in r.headers:
+            del r.headers["payment-required"]
+        return r
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def test_the_official_v1_client_pays_with_x_payment(db_url: str) -> None:
+    """The SDK's v1 scheme names chains (no name for 31337), so this devnet runs on
+    Base Sepolia's chain id; the 402's v1 body is what the client reads."""
+    from x402.http.clients.httpx import x402AsyncTransport
+
+    rule = {"name": "weather", "path": "/demo/weather", "origin": "demo", "price": "$0.001"}
+    settings = settings_for(db_url, x402={"pay_to": PAY_TO, "rules": [rule], "network": "eip155:84532"})
+    payer = Account.create()
+    on_devnet(settings, lambda rt: rt.devnet.fund(payer.address, 5_000))
+    with ThreadServer(create_app(settings)) as tw:
+
+        async def pay() -> httpx.Response:
+            client = x402Client()
+            register_exact_evm_client(client, payer)
+            client.set_spend_controls(
+                {"allowed_assets": [{"network": "base-sepolia", "asset": DEVNET_ASSET}]}
+            )
+            transport = x402AsyncTransport(client, transport=_V1Only())
+            async with httpx.AsyncClient(transport=transport, timeout=30) as http:
+                return await http.get(tw.url + "/demo/weather")
+
+        r = asyncio.run(pay())
+    assert r.status_code == 200, r.text
+    got = json.loads(base64.b64decode(r.headers["X-PAYMENT-RESPONSE"]))
+    assert got["success"] is True and got["payer"] == payer.address
+    assert on_devnet(settings, lambda rt: rt.devnet.balance(payer.address)) == 4_000

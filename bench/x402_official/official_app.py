@@ -16,12 +16,11 @@ import os
 
 from fastapi import FastAPI
 from fastapi.responses import Response
+from x402 import x402ResourceServer
 from x402.http import FacilitatorConfig, HTTPFacilitatorClient, PaymentOption, RouteConfig
 from x402.http.middleware.fastapi import PaymentMiddlewareASGI
 from x402.mechanisms.evm.exact import ExactEvmServerScheme
 from x402.schemas import AssetAmount
-
-from x402 import x402ResourceServer
 
 NETWORK = "eip155:31337"
 ASSET = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
