@@ -27,6 +27,7 @@ from tollway.core.errors import TollwayError, invalid, not_found
 from tollway.core.money import parse_amount
 from tollway.inference import routing
 from tollway.inference.backends.base import (
+    Cancel,
     ChatBackend,
     ChatParams,
     Delta,
@@ -158,8 +159,11 @@ class Inference:
 
     async def _hold(self, caller: Caller, cfg: ModelConfig, max_cost: int) -> Hold | None:
         """Reserve ``max_cost`` and return once the ledger has decided it: the
-        call starts while the reservation commits, and no result is shown
-        before :meth:`Hold.confirm` (a failed commit stops the call)."""
+        call starts, and may answer, while the reservation commits; the settle
+        joins the commit (:meth:`Hold.confirm`). Waiting for the commit before
+        answering would buy nothing: if the process dies before the settle, a
+        committed reservation only expires, and the call goes uncharged either
+        way. A failed commit makes the call free; the ledger stays exact."""
         if max_cost <= 0 or caller.prepaid:
             return None
         payer = await self.allowance.payer(caller.customer_id, caller.account_id)
@@ -218,11 +222,11 @@ class Inference:
         plan, max_cost = await self.plan_chat(cfg, params, requested_max)
         call = ChatCall(self, caller, cfg, plan, None)
         if all(isinstance(d.backend, LlamaCppBackend) for d in plan):
-            # Local models: evaluate the prompt while the reservation is decided
-            # and committed. No token reaches the caller before the money is
-            # held; if the reservation is refused, the generation is stopped.
-            # (Upstream calls cost real money, so they start only once the
-            # ledger has accepted the reservation; they overlap its commit.)
+            # Local models: evaluate the prompt while the reservation is decided.
+            # No token reaches the caller before the ledger has accepted it; if
+            # it is refused, the generation is stopped. (Upstream calls cost
+            # real money, so they start only once the ledger has accepted the
+            # reservation.)
             opening = asyncio.ensure_future(call.open())
             try:
                 call.hold = await self._hold(caller, cfg, max_cost)
@@ -277,8 +281,6 @@ class Inference:
             (t, _, _), (vectors, tokens), attempts = await routing.first_success(
                 cfg.name, plan, lambda p: p[0].name, cfg.retry, run
             )
-            if hold is not None:
-                await hold.confirm()  # the reservation stands before any result is shown
             mn, cost = self.price(t, tokens)
             m = Metered(tokens, 0, mn, min(cost, max_cost), (time.perf_counter() - t0) * 1000)
             m.deployment, m.attempts = t.name, attempts
@@ -331,7 +333,7 @@ class ChatCall:
     served: Deployment | None = None
     attempts: int = 0
     t0: float = field(default_factory=time.perf_counter)
-    _cancel: threading.Event = field(default_factory=threading.Event)
+    _cancel: Cancel = field(default_factory=Cancel)
     _it: AsyncIterator[Delta | Finish] | None = None
     _first: Delta | Finish | None = None
 
@@ -343,8 +345,8 @@ class ChatCall:
         """Start the call on the first deployment that answers (retrying, falling back)."""
 
         async def first_event(d: Deployment) -> tuple[AsyncIterator[Delta | Finish], Delta | Finish]:
-            if self._cancel.is_set():  # a fresh flag for a retry (an Event is not cheap)
-                self._cancel = threading.Event()
+            if self._cancel.is_set():  # a fresh flag for a retry
+                self._cancel = Cancel()
             self.progress = Progress()
             it = d.backend.stream(d.params, self._cancel, self.progress).__aiter__()
             try:
@@ -378,8 +380,6 @@ class ChatCall:
         finish: Finish | None = None
         settled = False
         try:
-            if self.hold is not None:
-                await self.hold.confirm()  # the reservation stands before the first token
             async for ev in self._stream():
                 if isinstance(ev, Finish):
                     finish = ev

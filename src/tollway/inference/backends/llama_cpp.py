@@ -22,6 +22,7 @@ from typing import Any
 
 from tollway.core.config import ModelConfig
 from tollway.inference.backends.base import (
+    Cancel,
     ChatEvent,
     ChatParams,
     Delta,
@@ -75,9 +76,7 @@ class LlamaInstance:
         stops = [r.stop] if isinstance(r.stop, str) else list(r.stop or [])
         return tokens, stops
 
-    def generate(
-        self, params: ChatParams, cancel: threading.Event, progress: Progress
-    ) -> Iterator[ChatEvent]:
+    def generate(self, params: ChatParams, cancel: Cancel, progress: Progress) -> Iterator[ChatEvent]:
         """Blocking generator: yields Deltas then exactly one Finish."""
         from llama_cpp import llama_vocab_is_eog
         from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
@@ -209,7 +208,7 @@ class LlamaCppBackend:
         return len(params.prepared[0])
 
     async def stream(
-        self, params: ChatParams, cancel: threading.Event, progress: Progress
+        self, params: ChatParams, cancel: Cancel, progress: Progress
     ) -> AsyncIterator[ChatEvent]:
         async with self.pool.acquire() as inst:
             async for ev in _in_thread(inst.generate(params, cancel, progress), cancel, inst.executor):
@@ -217,7 +216,7 @@ class LlamaCppBackend:
 
 
 async def _in_thread(
-    gen: Iterator[Any], cancel: threading.Event, executor: ThreadPoolExecutor, flush_s: float = 0.03
+    gen: Iterator[Any], cancel: Cancel, executor: ThreadPoolExecutor, flush_s: float = 0.03
 ) -> AsyncIterator[Any]:
     """Drive a blocking generator on ``executor``'s thread, handing items to the loop.
 

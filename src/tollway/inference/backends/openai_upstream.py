@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import threading
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit
@@ -19,6 +18,7 @@ import aiohttp
 
 from tollway.core.config import ModelConfig
 from tollway.inference.backends.base import (
+    Cancel,
     ChatEvent,
     ChatParams,
     Delta,
@@ -102,7 +102,7 @@ class OpenAIUpstream:
         return body
 
     async def stream(
-        self, params: ChatParams, cancel: threading.Event, progress: Progress
+        self, params: ChatParams, cancel: Cancel, progress: Progress
     ) -> AsyncIterator[ChatEvent]:
         progress.prompt_tokens = self.prompt_tokens(params)
         produced_chunks = 0
