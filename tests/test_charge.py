@@ -300,3 +300,28 @@ async def test_settle_soon_commits_after_it_returns(rt: Runtime) -> None:
     done = h.settle_soon(120, quantity=1)
     assert await h.wait() is done.result()
     assert await state(rt, p) == (880, 0, 120)
+
+
+async def test_a_contended_first_source_never_refuses_a_payer_who_can_pay(rt: Runtime) -> None:
+    """Many requests at once drain a small free allowance while the prepaid
+    balance is ample: each is served (from either source), none overdraws."""
+    c = await rt.customers.create("Ada")
+    await rt.ledger.transfer("sys_funding", c.account_id, 1_000_000)
+    free = await rt.ledger.create_account("customer", name="free")
+    await rt.ledger.transfer("sys_funding", free.id, 1000)
+    p = Payer(c.account_id, c.id, (Source(free.id), Source(c.account_id)))
+
+    async def one() -> None:
+        h = rt.charger.hold(p, 30, meter="tokens")
+        await h.reserve(early=True)
+        h.settle_soon(7, quantity=1)
+        await h.wait()
+
+    async def wave() -> None:  # requests arriving over time, as under load
+        for _ in range(30):
+            await one()
+
+    await asyncio.gather(*(wave() for _ in range(40)))
+    f, a = await rt.ledger.get_account(free.id), await rt.ledger.get_account(c.account_id)
+    assert f.balance >= 0 and f.debits_pending == a.debits_pending == 0
+    assert (1000 - f.balance) + (1_000_000 - a.balance) == 40 * 30 * 7

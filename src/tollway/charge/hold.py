@@ -192,18 +192,27 @@ class Hold:
 
     async def reserve(self, *, early: bool = False) -> None:
         """Reserve the maximum. ``early``: return once the ledger has *decided*
-        the reservation, before its commit, so slow work can start while it
-        commits; :meth:`confirm` must then be joined before any result is shown
-        (settle and release join it themselves)."""
+        the reservation, before its commit, so the work can start while it
+        commits (settle and release join the commit through :meth:`confirm`).
+
+        With several sources the split is planned from their balances, which
+        concurrent requests move: a leg the ledger refuses means another
+        request took that money first, so the plan is made again. The last try
+        draws on the last source alone (the prepaid balance, after a contended
+        free allowance): a customer who can pay is never refused because an
+        earlier source was being used up at that moment."""
         sources = self.payer.funding()
         for attempt in range(_RESERVE_ATTEMPTS):
-            plan = await self._plan(sources)
+            last = attempt == _RESERVE_ATTEMPTS - 1
+            plan = (
+                [(sources[-1], self.max_amount)] if last and len(sources) > 1 else await self._plan(sources)
+            )
             try:
                 await self._reserve_legs(plan, early)
                 return
             except TollwayError as e:
                 # Another request took the money between the plan and the reserve.
-                if e.code != "insufficient_funds" or attempt == _RESERVE_ATTEMPTS - 1:
+                if e.code != "insufficient_funds" or last:
                     metrics.CHARGES.labels("refused").inc()
                     raise
 
