@@ -14,6 +14,7 @@ from tollway.runtime import Runtime
 router = APIRouter(prefix="/admin", tags=["gateway"], dependencies=[Depends(require_admin)])
 
 _ID = r"^[A-Za-z0-9_.:-]{1,64}$"
+_MAX_US = 2**63 - 1  # a time in µs that fits a 64-bit column
 _LIMITS_EXAMPLE = {"rpm": 60, "tpm": 100000, "daily_budget": "$5", "monthly_budget": None}
 
 
@@ -25,8 +26,8 @@ async def requests(
     model: str | None = Query(None, max_length=100),
     status: int | None = Query(None, ge=100, le=599),
     cache: str | None = Query(None, pattern="^(HIT|MISS)$"),
-    since_us: int | None = Query(None, ge=0),
-    until_us: int | None = Query(None, ge=0),
+    since_us: int | None = Query(None, ge=0, le=_MAX_US),
+    until_us: int | None = Query(None, ge=0, le=_MAX_US),
     limit: int = Query(50, ge=1, le=1000),
     before: str | None = Query(None, pattern=_ID, description="the last id of the previous page"),
 ) -> dict[str, Any]:

@@ -106,7 +106,7 @@ async def discovery(
     scheme: str | None = Query(None),
     network: str | None = Query(None),
     limit: int = Query(20, ge=1, le=100),
-    offset: int = Query(0, ge=0),
+    offset: int = Query(0, ge=0, le=1_000_000),
 ) -> dict[str, Any]:
     rt = runtime(request)
     if type not in (None, "http"):

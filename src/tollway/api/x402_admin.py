@@ -31,7 +31,7 @@ async def list_payments(
 
 
 @router.get("/revenue", summary="Totals of settled x402 payments")
-async def revenue(request: Request, since_us: int | None = Query(None, ge=0)) -> dict[str, Any]:
+async def revenue(request: Request, since_us: int | None = Query(None, ge=0, le=2**63 - 1)) -> dict[str, Any]:
     return await P.revenue(runtime(request).engine, since_us)
 
 
