@@ -85,6 +85,20 @@ def on_devnet(settings: Settings, coro: Any) -> Any:
     return asyncio.run(go())
 
 
+def pay_with_httpx(payer: Any, url: str) -> httpx.Response:
+    """GET ``url`` with the official async client, paying as ``payer`` (eth-account signer,
+    spend controls allowing the devnet asset)."""
+
+    async def go() -> httpx.Response:
+        client = x402Client()
+        register_exact_evm_client(client, payer)
+        client.set_spend_controls(SPEND)
+        async with x402HttpxClient(client, timeout=30) as http:
+            return await http.get(url)
+
+    return asyncio.run(go())
+
+
 def receipt(r: httpx.Response | Any) -> dict[str, Any]:
     out: dict[str, Any] = json.loads(base64.b64decode(r.headers["PAYMENT-RESPONSE"]))
     return out
@@ -97,14 +111,7 @@ def test_official_clients_pay_through_the_official_server_on_tollways_facilitato
     payer = Account.create()
     on_devnet(settings, lambda rt: rt.devnet.fund(payer.address, 5_000))
 
-    async def with_httpx() -> httpx.Response:
-        client = x402Client()
-        register_exact_evm_client(client, payer)
-        client.set_spend_controls(SPEND)
-        async with x402HttpxClient(client, timeout=30) as http:
-            return await http.get(url + "/weather")
-
-    r = asyncio.run(with_httpx())
+    r = pay_with_httpx(payer, url + "/weather")
     assert r.status_code == 200, r.text
     assert r.json() == {"weather": "sunny", "temperature": 70}
     got = receipt(r)
@@ -131,14 +138,7 @@ def test_unpaid_request_gets_402_and_an_origin_failure_is_not_settled(stack: tup
     payer = Account.create()
     on_devnet(settings, lambda rt: rt.devnet.fund(payer.address, 5_000))
 
-    async def pay_broken() -> httpx.Response:
-        client = x402Client()
-        register_exact_evm_client(client, payer)
-        client.set_spend_controls(SPEND)
-        async with x402HttpxClient(client, timeout=30) as http:
-            return await http.get(url + "/broken")
-
-    r = asyncio.run(pay_broken())
+    r = pay_with_httpx(payer, url + "/broken")
     assert r.status_code == 500
     assert on_devnet(settings, lambda rt: rt.devnet.balance(payer.address)) == 5_000
 
@@ -147,14 +147,7 @@ def test_a_payer_without_funds_is_refused_with_the_reason(stack: tuple[str, Sett
     url, _ = stack
     payer = Account.create()
 
-    async def pay() -> httpx.Response:
-        client = x402Client()
-        register_exact_evm_client(client, payer)
-        client.set_spend_controls(SPEND)
-        async with x402HttpxClient(client, timeout=30) as http:
-            return await http.get(url + "/weather")
-
-    r = asyncio.run(pay())
+    r = pay_with_httpx(payer, url + "/weather")
     assert r.status_code == 402
     required = json.loads(base64.b64decode(r.headers["PAYMENT-REQUIRED"]))
     assert required["error"] == "insufficient_funds"
@@ -174,14 +167,7 @@ def test_official_clients_pay_tollways_gateway(paid_tollway: tuple[str, Settings
     payer = Account.create()
     on_devnet(settings, lambda rt: rt.devnet.fund(payer.address, 5_000))
 
-    async def with_httpx() -> httpx.Response:
-        client = x402Client()
-        register_exact_evm_client(client, payer)
-        client.set_spend_controls(SPEND)
-        async with x402HttpxClient(client, timeout=30) as http:
-            return await http.get(url + "/demo/weather?city=Oslo")
-
-    r = asyncio.run(with_httpx())
+    r = pay_with_httpx(payer, url + "/demo/weather?city=Oslo")
     assert r.status_code == 200, r.text
     assert r.json()["city"] == "Oslo" and receipt(r)["success"] is True
 

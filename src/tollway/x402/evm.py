@@ -82,12 +82,7 @@ TOKEN_ABI: list[dict[str, Any]] = [
         "name": "transferWithAuthorization",
         "stateMutability": "nonpayable",
         "inputs": [
-            {"name": "from", "type": "address"},
-            {"name": "to", "type": "address"},
-            {"name": "value", "type": "uint256"},
-            {"name": "validAfter", "type": "uint256"},
-            {"name": "validBefore", "type": "uint256"},
-            {"name": "nonce", "type": "bytes32"},
+            *exact_evm.TRANSFER_WITH_AUTHORIZATION,
             {"name": "v", "type": "uint8"},
             {"name": "r", "type": "bytes32"},
             {"name": "s", "type": "bytes32"},

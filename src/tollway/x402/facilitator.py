@@ -197,24 +197,9 @@ class Facilitator:
             }
             tx = await self.devnet.transfer_with_authorization(c.auth, c.pay_to, meta)
         except PaymentInvalid as e:
-            return _drop_none(
-                {
-                    "success": False,
-                    "errorReason": e.reason,
-                    "errorMessage": e.message,
-                    "payer": e.payer,
-                    "transaction": "",
-                    "network": network,
-                }
-            )
+            return wire.settle_failed(e, network)
         log.info("x402 settled %d from %s on %s: %s", c.amount, c.auth.payer, c.network, tx)
-        return {
-            "success": True,
-            "payer": c.auth.payer,
-            "transaction": tx,
-            "network": network,
-            "amount": str(c.amount),
-        }
+        return wire.settled(c.auth.payer, tx, network, c.amount)
 
 
 def _drop_none(d: dict[str, Any]) -> dict[str, Any]:

@@ -116,16 +116,5 @@ class RemoteFacilitator:
                 self.ledger, INBOUND_ACCOUNT, c.network, self.cfg.asset, c.auth, c.pay_to, tx, meta
             )
         except PaymentInvalid as e:
-            failed = {"success": False, "errorReason": e.reason, "errorMessage": e.message, "payer": e.payer}
-            return {
-                **{k: v for k, v in failed.items() if v is not None},
-                "transaction": "",
-                "network": network,
-            }
-        return {
-            "success": True,
-            "payer": c.auth.payer,
-            "transaction": tx,
-            "network": network,
-            "amount": str(c.amount),
-        }
+            return wire.settle_failed(e, network)
+        return wire.settled(c.auth.payer, tx, network, c.amount)

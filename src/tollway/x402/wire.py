@@ -85,3 +85,22 @@ def uint(obj: Any, name: str, reason: str = INVALID_PAYLOAD) -> int:
     if n < 0 or n >= 1 << 256:
         raise PaymentInvalid(reason, f"{name} is out of range")
     return n
+
+
+def settled(payer: str, transaction: str, network: str, amount: int) -> dict[str, Any]:
+    """A successful ``SettleResponse``."""
+    return {
+        "success": True,
+        "payer": payer,
+        "transaction": transaction,
+        "network": network,
+        "amount": str(amount),
+    }
+
+
+def settle_failed(e: PaymentInvalid, network: str) -> dict[str, Any]:
+    """A failed ``SettleResponse``: ``transaction`` and ``network`` are required even then."""
+    out: dict[str, Any] = {"success": False, "errorReason": e.reason, "errorMessage": e.message}
+    if e.payer is not None:
+        out["payer"] = e.payer
+    return {**out, "transaction": "", "network": network}
