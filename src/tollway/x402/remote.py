@@ -75,12 +75,7 @@ class RemoteFacilitator:
         auth = Authorization.parse(payload.get("payload"))
         out = await self._call("/verify", payload, requirements, wire.UNEXPECTED_VERIFY)
         if out.get("isValid") is not True:
-            reason = out.get("invalidReason")
-            raise PaymentInvalid(
-                reason if isinstance(reason, str) and reason else wire.INVALID_PAYLOAD,
-                str(out.get("invalidMessage") or reason or "the facilitator refused the payment"),
-                auth.payer,
-            )
+            raise _refusal(out, "invalidReason", "invalidMessage", wire.INVALID_PAYLOAD, auth.payer)
         version = int(payload.get("x402Version") or 2)
         amount = wire.uint(
             requirements, "amount" if version == 2 else "maxAmountRequired", wire.INVALID_REQUIREMENTS
@@ -98,12 +93,7 @@ class RemoteFacilitator:
             c = checked or await self.check(payload, requirements)
             out = await self._call("/settle", payload, requirements, wire.UNEXPECTED_SETTLE)
             if out.get("success") is not True:
-                reason = out.get("errorReason")
-                raise PaymentInvalid(
-                    reason if isinstance(reason, str) and reason else wire.UNEXPECTED_SETTLE,
-                    str(out.get("errorMessage") or reason or "the facilitator did not settle"),
-                    c.auth.payer,
-                )
+                raise _refusal(out, "errorReason", "errorMessage", wire.UNEXPECTED_SETTLE, c.auth.payer)
             tx = str(out.get("transaction") or "")
             meta = {
                 "network": c.network,
@@ -118,3 +108,12 @@ class RemoteFacilitator:
         except PaymentInvalid as e:
             return wire.settle_failed(e, network)
         return wire.settled(c.auth.payer, tx, network, c.amount)
+
+
+def _refusal(
+    out: dict[str, Any], reason_key: str, message_key: str, fallback: str, payer: str
+) -> PaymentInvalid:
+    """The external facilitator's refusal, with its reason code (or ``fallback``)."""
+    reason = out.get(reason_key)
+    code = reason if isinstance(reason, str) and reason else fallback
+    return PaymentInvalid(code, str(out.get(message_key) or code), payer)
