@@ -170,6 +170,11 @@ async def test_a_receipt_that_does_not_come_is_settlement_pending(rt: Runtime, c
     chain.mine()  # the pending transaction was real: mined, it moves the money
     assert chain.w3.eth.get_transaction_receipt(tx)["status"] == 1
     assert (chain.balance(p.address), chain.balance(PAY_TO)) == (9_000, 1000)
+    for _ in range(100):  # and the settlement, still followed, is booked once mined
+        if await revenue(rt):
+            break
+        await asyncio.sleep(0.05)
+    assert (await revenue(rt), await x402_transfers(rt)) == (1000, 1)
 
 
 async def test_one_authorization_sent_many_times_at_once_settles_once(rt: Runtime, chain: EvmChain) -> None:

@@ -18,8 +18,9 @@ whether the nonce is fresh and the balance suffices.
   authorization (the same idempotency key as devnet's), with a usage event
   (meter ``x402``) naming the payer, ``payTo`` and the transaction hash.
 - A receipt that does not arrive within ``receipt_timeout_s`` is
-  ``settlement_pending``: the transaction may still be mined, and is then not
-  yet in the ledger (the message carries its hash).
+  ``settlement_pending`` (the message carries the hash). The process keeps
+  following the transaction for ``follow_s`` and books it once mined; a
+  restart in between drops that follow.
 
 web3.py's ``Web3`` is synchronous; every call runs in a worker thread. Within
 one process an ``asyncio.Lock`` serializes building, signing and sending, so
@@ -118,6 +119,7 @@ class EvmSettlement:
         receipt_timeout_s: float = 60,
         poll_interval_s: float = 0.5,
         gas_margin: float = 1.2,
+        follow_s: float = 3600,
     ) -> None:
         chain = exact_evm.chain_id(network)
         if chain is None:
@@ -138,6 +140,8 @@ class EvmSettlement:
         self._next_nonce: int | None = None  # the facilitator's next account nonce, once known
         self._chain_checked = False
         self._inflight: set[str] = set()  # authorizations being settled by this process
+        self._followers: set[asyncio.Future[None]] = set()  # pending settlements still watched
+        self.follow_s = follow_s
 
     @classmethod
     def from_rpc(
@@ -218,7 +222,41 @@ class EvmSettlement:
             s,
         )
         tx = await self._send(fn, auth)
-        receipt = await self._receipt(tx, auth)
+        try:
+            receipt = await self._receipt(tx, auth)
+        except PaymentInvalid as e:
+            if e.reason == wire.SETTLEMENT_PENDING:  # keep watching: book it if it is mined
+                task = asyncio.ensure_future(self._book_when_mined(tx, auth, pay_to, meta))
+                self._followers.add(task)
+                task.add_done_callback(self._followers.discard)
+            raise
+        return await self._confirmed(tx, receipt, auth, pay_to, meta)
+
+    async def _book_when_mined(self, tx: str, auth: Authorization, pay_to: str, meta: dict[str, Any]) -> None:
+        """A settlement reported pending, followed in this process for up to
+        ``follow_s``: once mined, it is booked in the ledger like any other."""
+        deadline = time.monotonic() + self.follow_s
+        while time.monotonic() < deadline:
+            await asyncio.sleep(self.poll_interval_s)
+            try:
+                receipt = await self._run(self.w3.eth.get_transaction_receipt, HexStr(tx))
+            except TransactionNotFound:
+                continue
+            except Exception:  # the node is unreachable for now
+                log.warning("x402: following pending settlement %s", tx, exc_info=True)
+                continue
+            try:
+                await self._confirmed(tx, receipt, auth, pay_to, meta)
+                log.info("x402 settlement %s was mined after all: booked", tx)
+            except PaymentInvalid as e:
+                log.warning("x402 settlement %s was mined but not booked: %s", tx, e.message)
+            return
+        log.error("x402 settlement %s was still not mined after %ss: not booked", tx, self.follow_s)
+
+    async def _confirmed(
+        self, tx: str, receipt: TxReceipt, auth: Authorization, pay_to: str, meta: dict[str, Any]
+    ) -> str:
+        """A receipt's verdict: booked in the ledger if it moved the money as authorized."""
         if receipt["status"] != 1:
             if await self.nonce_used(auth.payer, auth.nonce):  # another process's transaction won
                 raise PaymentInvalid(
