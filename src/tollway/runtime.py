@@ -87,6 +87,9 @@ class Runtime:
         await self.paywall.aclose()
         if self.remote_facilitator is not None:
             await self.remote_facilitator.aclose()
+        close = getattr(self.facilitator.devnet, "aclose", None)  # evm: pending settlements it follows
+        if close is not None:
+            await close()
         await self.gateway.aclose()
         await self.inference.aclose()
         await self.ledger.close()

@@ -232,6 +232,12 @@ class EvmSettlement:
             raise
         return await self._confirmed(tx, receipt, auth, pay_to, meta)
 
+    async def aclose(self) -> None:
+        """Stop following pending settlements (the runtime is closing)."""
+        for task in list(self._followers):
+            task.cancel()
+        await asyncio.gather(*self._followers, return_exceptions=True)
+
     async def _book_when_mined(self, tx: str, auth: Authorization, pay_to: str, meta: dict[str, Any]) -> None:
         """A settlement reported pending, followed in this process for up to
         ``follow_s``: once mined, it is booked in the ledger like any other."""
