@@ -6,15 +6,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime as dt
-import json
 import logging
 import struct
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import orjson
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from starlette.background import BackgroundTask
 
 from tollway.api.auth import require_key, require_scope, runtime
@@ -30,6 +30,16 @@ from tollway.inference.schemas import ChatRequest, EmbeddingsRequest, Message, R
 from tollway.inference.service import Caller, ChatCall, Inference, Metered
 from tollway.inference.usage import rollup
 from tollway.runtime import Runtime
+
+
+class JSONResponse(Response):
+    """JSON rendered with orjson: the AI routes' bodies are on the hot path."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
 
 router = APIRouter(tags=["inference"])
 log = logging.getLogger("tollway.inference")
@@ -90,7 +100,7 @@ def _after(m: Metered | None) -> BackgroundTask | None:
 
 
 def _sse(obj: Any) -> bytes:
-    return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
+    return b"data: " + orjson.dumps(obj) + b"\n\n"
 
 
 def _usage(m: Metered) -> dict[str, Any]:

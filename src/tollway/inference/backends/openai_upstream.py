@@ -8,13 +8,13 @@ model's config names, never from the config file.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
+import orjson
 
 from tollway.core.config import ModelConfig
 from tollway.inference.backends.base import (
@@ -62,6 +62,7 @@ class OpenAIUpstream:
                 headers=self.headers,
                 timeout=self.timeout,
                 connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60),
+                json_serialize=_dumps,
             )
         return self._session
 
@@ -116,7 +117,7 @@ class OpenAIUpstream:
                         self.provider, f"HTTP {r.status}: {detail}", retryable=_retryable(r.status)
                     )
                 if not params.stream:  # one answer, read whole: no SSE to parse
-                    whole = json.loads(await r.read())
+                    whole = orjson.loads(await r.read())
                     choice = (whole.get("choices") or [{}])[0]
                     text = (choice.get("message") or {}).get("content") or ""
                     if text:
@@ -139,7 +140,7 @@ class OpenAIUpstream:
                     data = line[5:].strip()
                     if data == "[DONE]":
                         break
-                    chunk = json.loads(data)
+                    chunk = orjson.loads(data)
                     if chunk.get("usage"):
                         usage = chunk["usage"]
                     for choice in chunk.get("choices") or []:
@@ -171,7 +172,7 @@ class OpenAIUpstream:
                 f"HTTP {r.status}: {raw.decode(errors='replace')[:300]}",
                 retryable=_retryable(r.status),
             )
-        body = json.loads(raw)
+        body = orjson.loads(raw)
         data = sorted(body["data"], key=lambda d: d["index"])
         tokens = int((body.get("usage") or {}).get("prompt_tokens") or sum(self.token_counts(texts)))
         return [d["embedding"] for d in data], tokens
@@ -180,3 +181,7 @@ class OpenAIUpstream:
 def _retryable(status: int) -> bool:
     """Server errors, timeouts and rate limits are worth another try; other refusals are not."""
     return status >= 500 or status in (408, 409, 429)
+
+
+def _dumps(obj: Any) -> str:
+    return orjson.dumps(obj).decode()
