@@ -327,7 +327,7 @@ async def test_ai_route_priced_at_its_maximum_cost_runs_without_a_key(
 
     with FakeUpstream() as up:
         rule = {"name": "ai", "methods": ["POST"], "path": "/v1/chat/completions", "origin": "self"}
-        rule["price_by"] = "ai_max_cost"
+        rule["price_by"], rule["unauthenticated_only"] = "ai_max_cost", True
         settings = settings_for(db_url, x402={"pay_to": PAY_TO, "rules": [rule]}, models=[model("m", up.url)])
         rt = Runtime.build(settings)
         c = httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(rt=rt)), base_url="http://t.test")
@@ -354,6 +354,22 @@ async def test_ai_route_priced_at_its_maximum_cost_runs_without_a_key(
                 headers={"payment-signature": header(p.v2(accept))},
             )
             assert streamed.status_code == 200 and "[DONE]" in streamed.text
+            # An API key passes this unauthenticated_only rule, and its own customer pays.
+            cust = (await c.post("/admin/customers", json={"name": "k"}, headers=ADMIN)).json()
+            fund = {
+                "debit_account_id": "sys_funding",
+                "credit_account_id": cust["account_id"],
+                "amount": 10**6,
+            }
+            await c.post("/admin/ledger/transfers", json=fund, headers=ADMIN)
+            key = (await c.post("/admin/keys", json={"customer_id": cust["id"]}, headers=ADMIN)).json()["key"]
+            keyed = await c.post(
+                "/v1/chat/completions", json=body, headers={"authorization": f"Bearer {key}"}
+            )
+            assert keyed.status_code == 200 and "payment-response" not in keyed.headers
+            charged = int(keyed.headers["x-tollway-charged"])  # from the key's customer, not a payment
+            usage = (await c.get("/v1/usage", headers={"authorization": f"Bearer {key}"})).json()
+            assert charged > 0 and usage["today"]["requests"] == 1 and usage["today"]["charged"] == charged
         finally:
             await c.aclose()
             await rt.close()

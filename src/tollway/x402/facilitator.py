@@ -67,8 +67,6 @@ class Verifier(Protocol):
     """What the gateway verifies and settles through: the built-in
     :class:`Facilitator`, or an external one (``tollway.x402.remote``)."""
 
-    v1_network: str
-
     async def check(self, payload: Any, requirements: Any) -> Checked:
         """Every check; raises ``PaymentInvalid`` with the reason at the first failure."""
         ...

@@ -363,7 +363,10 @@ class Paywall:
         (``x402_payer``: no account is charged, the payment was the charge),
         streaming its response back."""
         assert self.inner is not None, "the app sets Paywall.inner"
-        scope = {**request.scope, "x402_payer": payer}
+        scope = dict(request.scope)
+        if payer:  # paid: runs as the payer, no account charged
+            scope["x402_payer"] = payer
+        # else an API key passed an unauthenticated_only rule: its own key is charged
         scope["headers"] = [(k, v) for k, v in scope["headers"] if k.decode("latin-1") not in _HOP]
         scope.pop("x402_rule", None)
         given = False

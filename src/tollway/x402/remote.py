@@ -21,7 +21,7 @@ from tollway.core.config import X402Config
 from tollway.ledger import Ledger
 from tollway.x402 import wire
 from tollway.x402.exact_evm import Authorization
-from tollway.x402.facilitator import V1_NAMES, Checked
+from tollway.x402.facilitator import Checked
 from tollway.x402.payments import record_received
 from tollway.x402.wire import PaymentInvalid
 
@@ -37,7 +37,6 @@ class RemoteFacilitator:
         self.ledger = ledger
         self.clock = clock
         self.network = cfg.network
-        self.v1_network = V1_NAMES.get(cfg.network, cfg.network)
         self._session: aiohttp.ClientSession | None = None
 
     @property
