@@ -1,8 +1,9 @@
 """A daily free allocation as a ledger funding source.
 
 Each customer gets one ``free_allowance`` account per UTC day, created on
-first use and granted ``amount`` micro-USD from ``sys_grants`` (the grant is
-idempotent, so concurrent first requests grant once).  Usage drawn from it is
+first use and granted the plan's daily amount in micro-USD from ``sys_grants``
+(:class:`~tollway.charge.allocation.Allocations`: concurrent first requests
+grant once).  Usage drawn from it is
 paid back to ``sys_grants``, so it never counts as revenue; what is left at
 00:00 UTC simply stays in yesterday's account — the new day starts fresh.
 """
@@ -11,9 +12,9 @@ from __future__ import annotations
 
 import datetime as dt
 
+from tollway.charge.allocation import Allocations
 from tollway.charge.hold import Payer, Source
 from tollway.core.clock import Clock
-from tollway.core.errors import TollwayError
 from tollway.ledger import Ledger
 
 GRANTS = "sys_grants"
@@ -36,38 +37,33 @@ class DailyAllowance:
     def __init__(self, ledger: Ledger, clock: Clock, amount: int) -> None:
         self.ledger = ledger
         self.clock = clock
-        self.amount = amount
-        self._granted: set[str] = set()  # today's accounts known to be granted
+        self.amount = amount  # the default; a plan may grant another amount
+        self.funded = Allocations(ledger)
         self._day = ""
 
     def account_id(self, customer_id: str, day: str | None = None) -> str:
         return f"free_{customer_id}_{day or utc_day(self.clock.now_us())}"
 
-    async def ensure(self, customer_id: str) -> str:
+    async def ensure(self, customer_id: str, amount: int | None = None) -> str:
         """Today's allowance account, created and granted on first use."""
         day = utc_day(self.clock.now_us())
         if day != self._day:  # a new UTC day: forget yesterday's accounts
-            self._day, self._granted = day, set()
-        acct = self.account_id(customer_id, day)
-        if acct in self._granted:
-            return acct
-        try:
-            await self.ledger.create_account(
-                "free_allowance", id=acct, customer_id=customer_id, name="daily free allocation"
-            )
-        except TollwayError as e:
-            if e.code != "account_exists":
-                raise
-        await self.ledger.transfer(
-            GRANTS, acct, self.amount, description="daily free allocation", idempotency_key=f"grant:{acct}"
+            self._day = day
+            self.funded.forget()
+        amount = self.amount if amount is None else amount
+        return await self.funded.ensure(
+            self.account_id(customer_id, day),
+            "free_allowance",
+            customer_id,
+            amount,
+            GRANTS,
+            "daily free allocation",
         )
-        self._granted.add(acct)
-        return acct
 
-    async def remaining(self, customer_id: str) -> int:
-        if not self.amount:
+    async def remaining(self, customer_id: str, amount: int | None = None) -> int:
+        if not (self.amount if amount is None else amount):
             return 0
-        return (await self.ledger.get_account(await self.ensure(customer_id))).available
+        return (await self.ledger.get_account(await self.ensure(customer_id, amount))).available
 
     async def payer(self, customer_id: str, prepaid_account_id: str) -> Payer:
         """Free allocation first, then prepaid credit."""

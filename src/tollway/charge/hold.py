@@ -68,6 +68,9 @@ class Source:
 
     account_id: str
     payee: str | None = None  # None: the charger's default payee
+    # Billed in arrears (overage): the account may go below zero, so it covers
+    # whatever the sources before it cannot.
+    unbounded: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +81,22 @@ class Cap:
     account_id: str
     label: str  # what to name in a refusal, e.g. "key daily budget"
     payee: str = "sys_budgets"
+    # None: the cap is in micro-USD and takes the whole amount (a budget). A
+    # number: the cap counts its own units, this many per charge (a plan's
+    # request quota), taken whatever the charge comes to.
+    units: int | None = None
+    code: str = "budget_exceeded"
+    hint: str = ""  # what to do about a refusal (e.g. how to upgrade)
+
+    def refusal(self, amount: int) -> TollwayError:
+        if self.units is None and self.code == "budget_exceeded":
+            return budget_exceeded(self.label, amount)
+        return TollwayError(
+            ErrorType.PAYMENT,
+            self.code,
+            f"the {self.label} is used up; nothing was charged.{' ' + self.hint if self.hint else ''}",
+            status=402,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,6 +241,9 @@ class Hold:
         need = self.max_amount
         plan: list[tuple[Source, int]] = []
         for s in sources:
+            if s.unbounded:
+                plan.append((s, need))
+                return plan
             available = max((await self.ledger.get_account(s.account_id)).available, 0)
             take = min(need, available)
             if take:
@@ -233,7 +255,9 @@ class Hold:
         raise ledger_errors.exceeds_credits(sources[-1].account_id, self.max_amount - need, self.max_amount)
 
     async def _reserve_legs(self, plan: list[tuple[Source, int]], early: bool) -> None:
-        caps: list[tuple[Source | Cap, int]] = [(c, self.max_amount) for c in self.payer.caps]
+        caps: list[tuple[Source | Cap, int]] = [
+            (c, self.max_amount if c.units is None else c.units) for c in self.payer.caps
+        ]
         plan_all: list[tuple[Source | Cap, int]] = [*plan, *caps]
 
         async def leg(i: int, s: Source | Cap, amount: int) -> tuple[Transfer, asyncio.Future[Any] | None]:
@@ -265,8 +289,8 @@ class Hold:
             await _all([self.ledger.void(lg.pending.id) for lg in legs])
             src, err = failed[0]
             if isinstance(src, Cap) and isinstance(err, TollwayError) and err.code == "insufficient_funds":
-                # Not a retry case: the budget, not the balance, is what ran out.
-                raise budget_exceeded(src.label, self.max_amount) from None
+                # Not a retry case: the budget or quota, not the balance, is what ran out.
+                raise src.refusal(self.max_amount) from None
             raise err
         self.legs, self._committing, self._hold_id = legs, committing, legs[0].pending.id
 
@@ -352,7 +376,8 @@ class Hold:
         ops = []
         for i, leg in enumerate(self.legs):
             if isinstance(leg.source, Cap):
-                take = actual  # a budget is spent by the whole amount
+                # A budget is spent by the whole amount; a quota by its units.
+                take = actual if leg.source.units is None else leg.pending.amount
             else:
                 take = min(remaining, leg.pending.amount)
                 remaining -= take

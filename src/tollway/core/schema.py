@@ -117,6 +117,7 @@ usage_events = Table(
     Column("amount", BigInteger, nullable=False),
     Column("metadata", Text, nullable=False),
     Column("created_at_us", BigInteger, nullable=False, index=True),
+    Column("model", String(100), nullable=True),
 )
 
 customers = Table(
@@ -169,6 +170,93 @@ request_log = Table(
     Column("downgraded_from", String(100), nullable=True),
 )
 
+# Billing (tollway.billing). A customer with no row is on the default plan.
+subscriptions = Table(
+    "subscriptions",
+    metadata,
+    Column("customer_id", String(64), ForeignKey("customers.id"), primary_key=True),
+    Column("plan", String(64), nullable=False),
+    Column("status", String(16), nullable=False),  # trialing | active | past_due | canceled
+    Column("anchor_us", BigInteger, nullable=False),  # billing cycle anchor
+    Column("period_start_us", BigInteger, nullable=False),
+    Column("period_end_us", BigInteger, nullable=False),
+    Column("trial_end_us", BigInteger, nullable=True),
+    Column("cancel_at_period_end", Integer, nullable=False),
+    Column("pending_plan", String(64), nullable=True),  # a downgrade waiting for the period's end
+    # Bumped by every billing change of the customer (plan, status, credit grants):
+    # the request path reads it with the API key and refreshes what it caches.
+    Column("rev", Integer, nullable=False),
+    Column("stripe_customer_id", String(255), nullable=True, unique=True),
+    Column("stripe_subscription_id", String(255), nullable=True),
+    Column("created_at_us", BigInteger, nullable=False),
+    Column("updated_at_us", BigInteger, nullable=False),
+    CheckConstraint(
+        "status IN ('trialing', 'active', 'past_due', 'canceled')", name="ck_subscriptions_status"
+    ),
+)
+
+# Prepaid credit: each grant is a ledger account drawn before the prepaid balance.
+credit_grants = Table(
+    "credit_grants",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("customer_id", String(64), ForeignKey("customers.id"), nullable=False, index=True),
+    Column("account_id", String(64), ForeignKey("ledger_accounts.id"), nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    Column("priority", Integer, nullable=False),  # lower is drawn first
+    Column("category", String(16), nullable=False),  # paid | promotional
+    Column("name", String(200), nullable=False),
+    Column("expires_at_us", BigInteger, nullable=True),
+    Column("expired_at_us", BigInteger, nullable=True),
+    Column("idempotency_key", String(255), nullable=True, unique=True),
+    Column("created_at_us", BigInteger, nullable=False),
+    CheckConstraint("amount > 0", name="ck_credit_grants_amount"),
+    CheckConstraint("category IN ('paid', 'promotional')", name="ck_credit_grants_category"),
+)
+
+# Daily (UTC) usage per customer, feature (the usage event's meter) and model.
+usage_rollups = Table(
+    "usage_rollups",
+    metadata,
+    Column("day", String(8), primary_key=True),  # YYYYMMDD
+    Column("customer_id", String(64), primary_key=True),  # '' for usage of no customer
+    Column("feature", String(100), primary_key=True),
+    Column("model", String(100), primary_key=True),  # '' when the usage names no model
+    Column("events", BigInteger, nullable=False),
+    Column("quantity", BigInteger, nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    Column("anomaly", Integer, nullable=False),  # 1: the day is above k x the trailing median
+    Column("updated_at_us", BigInteger, nullable=False),
+)
+
+# Stripe: the ids of what `tollway stripe sync` made, webhook events seen, and
+# small durable state (the meter push cursor).
+stripe_objects = Table(
+    "stripe_objects",
+    metadata,
+    Column("kind", String(32), primary_key=True),  # product | price | meter | feature | customer
+    Column("local_id", String(200), primary_key=True),
+    Column("stripe_id", String(255), nullable=False),
+    Column("updated_at_us", BigInteger, nullable=False),
+)
+
+stripe_events = Table(
+    "stripe_events",
+    metadata,
+    Column("id", String(255), primary_key=True),
+    Column("type", String(100), nullable=False),
+    Column("received_at_us", BigInteger, nullable=False),
+    Column("outcome", String(500), nullable=False),
+)
+
+billing_state = Table(
+    "billing_state",
+    metadata,
+    Column("name", String(100), primary_key=True),
+    Column("value", Text, nullable=False),
+    Column("updated_at_us", BigInteger, nullable=False),
+)
+
 SYSTEM_ACCOUNTS = {
     "sys_funding": ("funding", "Money entering tollway (top-ups, grants)"),
     "sys_revenue": ("revenue", "Earned revenue"),
@@ -176,6 +264,7 @@ SYSTEM_ACCOUNTS = {
     "sys_settlement": ("settlement", "Settlement in transit"),
     "sys_grants": ("funding", "Free allocations granted (and used back)"),
     "sys_budgets": ("funding", "Spend-limit budgets granted (and spent back)"),
+    "sys_quotas": ("funding", "Plan quotas granted (and used back), in their own units"),
 }
 
 

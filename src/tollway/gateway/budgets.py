@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+from tollway.charge.allocation import Allocations
 from tollway.charge.hold import Cap
 from tollway.core.clock import Clock
 from tollway.core.errors import TollwayError
@@ -27,7 +28,7 @@ class Budgets:
     def __init__(self, ledger: Ledger, clock: Clock) -> None:
         self.ledger = ledger
         self.clock = clock
-        self._funded: dict[str, int] = {}  # budget account → amount known to be credited
+        self.funded = Allocations(ledger)
         self._day = ""
 
     def periods(self) -> tuple[str, str]:
@@ -40,7 +41,8 @@ class Budgets:
             return []
         day, month = self.periods()
         if day != self._day:  # a new day: forget accounts of past periods
-            self._day, self._funded = day, {}
+            self._day = day
+            self.funded.forget()
         out = []
         for label, period, amount in (
             ("daily", "d" + day, limits.daily_budget),
@@ -48,33 +50,11 @@ class Budgets:
         ):
             if amount:
                 acct = f"budget_{scope}_{owner_id}_{period}"
-                await self._ensure(acct, customer_id, amount, f"{scope} {label} budget")
+                await self.funded.ensure(
+                    acct, "budget", customer_id, amount, SOURCE, f"{scope} {label} budget"
+                )
                 out.append(Cap(acct, f"{scope} {label} budget", SOURCE))
         return out
-
-    async def _ensure(self, acct: str, customer_id: str, amount: int, name: str) -> None:
-        if self._funded.get(acct, -1) >= amount:
-            return
-        try:
-            await self.ledger.create_account("budget", id=acct, customer_id=customer_id, name=name)
-        except TollwayError as e:
-            if e.code != "account_exists":
-                raise
-        credited = (await self.ledger.get_account(acct)).credits_posted
-        if credited < amount:
-            try:
-                await self.ledger.transfer(
-                    SOURCE,
-                    acct,
-                    amount - credited,
-                    description=name,
-                    idempotency_key=f"budget:{acct}:{credited}:{amount}",
-                )
-            except TollwayError as e:
-                if e.code != "idempotency_conflict":
-                    raise
-                credited = (await self.ledger.get_account(acct)).credits_posted  # another process won
-        self._funded[acct] = max(credited, amount)
 
     async def status(self, scope: str, owner_id: str, limits: Limits) -> list[dict[str, object]]:
         """What is left of each budget this period (for the admin API)."""

@@ -115,6 +115,7 @@ def _record(t: Transfer, h: str | None, w: BatchWrites, usage: Usage | None) -> 
                 usage.amount if usage.amount is not None else (0 if t.flags & VOID_PENDING else t.amount),
                 usage.metadata,
                 t.created_at_us,
+                usage.metadata.get("model"),
             )
         )
 

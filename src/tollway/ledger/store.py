@@ -119,7 +119,7 @@ async def write_batch(tx: RawTx, st: BatchState, w: BatchWrites) -> None:
     if w.usage:
         await tx.executemany(
             tx.insert_sql(U),
-            [(*u[:7], json.dumps(u[7], separators=(",", ":")), u[8]) for u in w.usage],
+            [(*u[:7], json.dumps(u[7], separators=(",", ":")), *u[8:]) for u in w.usage],
         )
 
 

@@ -24,10 +24,22 @@ class AccountKind(StrEnum):
     SETTLEMENT = "settlement"
     FUNDING = "funding"  # where money enters (top-ups, grants); may go negative
     BUDGET = "budget"  # a spend limit for one period: what is left of it (never overdrawn)
+    INCLUDED = "included"  # what a plan includes for one billing period
+    CREDIT = "credit"  # a prepaid credit grant
+    QUOTA = "quota"  # a plan's quota for one period, in its own units (requests, ...)
+    RECEIVABLE = "receivable"  # usage billed in arrears (overage): owed by the customer
 
 
 # Kinds that hold somebody's money: they may never be overdrawn.
-BOUNDED_KINDS = {AccountKind.CUSTOMER, AccountKind.FREE_ALLOWANCE, AccountKind.WALLET, AccountKind.BUDGET}
+BOUNDED_KINDS = {
+    AccountKind.CUSTOMER,
+    AccountKind.FREE_ALLOWANCE,
+    AccountKind.WALLET,
+    AccountKind.BUDGET,
+    AccountKind.INCLUDED,
+    AccountKind.CREDIT,
+    AccountKind.QUOTA,
+}
 
 
 def default_flags(kind: AccountKind) -> int:
