@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from tollway.billing.service import Billing
 from tollway.charge import Charger
 from tollway.core import migrate
 from tollway.core.clock import Clock, SystemClock
@@ -41,6 +42,7 @@ class Runtime:
     devnet: Devnet
     facilitator: Facilitator
     paywall: Paywall  # paid routes: [[x402.rules]], or rules imported through the admin API
+    billing: Billing
     remote_facilitator: RemoteFacilitator | None = None  # [x402] facilitator_url
 
     @classmethod
@@ -61,6 +63,7 @@ class Runtime:
             RemoteFacilitator(x402.facilitator_url, x402, ledger, clock) if x402.facilitator_url else None
         )
         keys = ApiKeys(engine, clock, ledger.reads)
+        billing = Billing(settings, engine, ledger, clock)
         request_log = RequestLog(
             engine, clock, settings.gateway.log_flush_ms, settings.gateway.log_retention_days, ledger
         )
@@ -72,11 +75,12 @@ class Runtime:
             charger=charger,
             customers=Customers(engine, clock),
             keys=keys,
-            inference=Inference(settings, charger, clock),
-            gateway=Gateway(settings.gateway, ledger, clock, request_log),
+            inference=Inference(settings, charger, clock, billing),
+            gateway=Gateway(settings.gateway, ledger, clock, request_log, billing),
             devnet=devnet,
             facilitator=facilitator,
             paywall=Paywall(x402, Rules(x402.rules), remote or facilitator, keys, RuleStore(engine, clock)),
+            billing=billing,
             remote_facilitator=remote,
         )
 

@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from tollway import __version__
-from tollway.api import admin, errors, gateway_admin, system, v1, x402, x402_admin
+from tollway.api import admin, billing, errors, gateway_admin, system, v1, x402, x402_admin
 from tollway.api.fastpath import TollwayApp
 from tollway.core.config import Settings
 from tollway.inference import api as inference_api
@@ -89,6 +89,7 @@ def create_app(settings: Settings | None = None, *, rt: Runtime | None = None) -
         sweeper = asyncio.create_task(rt.ledger.run_expiry(rt.settings.ledger.expiry_interval_seconds))
         await rt.paywall.refresh()
         rules = asyncio.create_task(rt.paywall.watch())
+        billing_tick = asyncio.create_task(rt.billing.run(rt.settings.billing.tick_seconds))
         # What start-up made (modules, config, models' Python objects) lives as
         # long as the process: keep it out of the cyclic collector's full passes.
         gc.collect()
@@ -96,7 +97,7 @@ def create_app(settings: Settings | None = None, *, rt: Runtime | None = None) -
         try:
             yield
         finally:
-            for task in (sweeper, rules):
+            for task in (sweeper, rules, billing_tick):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
@@ -119,6 +120,8 @@ def create_app(settings: Settings | None = None, *, rt: Runtime | None = None) -
     app.include_router(gateway_admin.router, responses=errors.error_responses(400, 401, 404))
     app.include_router(x402.router, responses=errors.error_responses(400))
     app.include_router(x402_admin.router, responses=errors.error_responses(400, 401))
+    app.include_router(billing.router, responses=errors.error_responses(400, 401, 402, 403, 404, 409))
+    app.include_router(billing.admin, responses=errors.error_responses(400, 401, 402, 404, 409))
     app.add_middleware(MetricsMiddleware)
     # The hot AI routes skip FastAPI's per-request machinery (tollway.api.fastpath).
     app.fast("/v1/chat/completions", ChatRequest, inference_api.chat_completions)

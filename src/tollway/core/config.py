@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from tollway.billing.plans import Plan
 from tollway.x402.rules import Rule, atomic
 
 ENV_PREFIX = "TOLLWAY_"
@@ -75,7 +76,7 @@ class InferenceConfig(_Section):
     @field_validator("usd_per_1000_neurons")
     @classmethod
     def _price(cls, v: str) -> str:
-        return _valid_amount(v)
+        return valid_amount(v)
 
 
 _MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,99}$"
@@ -181,7 +182,7 @@ class LimitsConfig(_Section):
     @field_validator("daily_budget", "monthly_budget")
     @classmethod
     def _budget(cls, v: str) -> str:
-        return _valid_amount(v) if v else v
+        return valid_amount(v) if v else v
 
 
 class GatewayConfig(_Section):
@@ -202,7 +203,7 @@ class GatewayConfig(_Section):
     @field_validator("cache_hit_price")
     @classmethod
     def _price(cls, v: str) -> str:
-        return _valid_amount(v, free_ok=True)
+        return valid_amount(v, free_ok=True)
 
 
 # The devnet token: a fixed address on chain 31337 (the first contract a local
@@ -258,7 +259,40 @@ class X402Config(_Section):
         return self
 
 
-def _valid_amount(v: str, free_ok: bool = False) -> str:
+class BillingConfig(_Section):
+    """Plans and subscriptions (see tollway.billing). With no plans configured,
+    every customer is on a free plan of ``[inference] free_neurons_per_day``."""
+
+    # The plan of customers with no subscription (and of canceled ones).
+    default_plan: str = Field("free", pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+    plans: list[Plan] = Field(default_factory=list)
+    # Usage anomalies: a day above k x the median of the trailing days.
+    anomaly_factor: float = Field(3.0, gt=1)
+    anomaly_days: int = Field(14, ge=3, le=365)
+    # Stripe Checkout and the customer portal send people back here.
+    success_url: str = Field("http://127.0.0.1:8787/billing/done", pattern=r"^https?://\S+$")
+    cancel_url: str = Field("http://127.0.0.1:8787/billing/canceled", pattern=r"^https?://\S+$")
+    # Usage older than this is pushed to Stripe's meter (later events may still be committing).
+    meter_lag_seconds: int = Field(5, ge=0, le=3600)
+    meter_push_interval_seconds: float = Field(2.0, gt=0)
+    # Stripe's v2 meter event stream (higher throughput) instead of v1 meter events.
+    meter_event_stream: bool = False
+    # How often each process renews ended subscriptions, expires credit grants
+    # and rolls up today's usage.
+    tick_seconds: float = Field(60.0, gt=0)
+
+    @model_validator(mode="after")
+    def _plans(self) -> BillingConfig:
+        keys = [p.lookup_key for p in self.plans]
+        dup = {k for k in keys if keys.count(k) > 1}
+        if dup:
+            raise ValueError(f"duplicate plan lookup_key {sorted(dup)[0]!r}")
+        if self.plans and self.default_plan not in keys:
+            raise ValueError(f"default_plan {self.default_plan!r} is not one of the plans")
+        return self
+
+
+def valid_amount(v: str, free_ok: bool = False) -> str:
     from tollway.core.errors import TollwayError
     from tollway.core.money import parse_amount, parse_price
 
@@ -277,6 +311,7 @@ class Settings(_Section):
     inference: InferenceConfig = InferenceConfig()
     gateway: GatewayConfig = GatewayConfig()
     x402: X402Config = X402Config()
+    billing: BillingConfig = BillingConfig()
     models: list[ModelConfig] = Field(default_factory=default_models)
 
     @field_validator("models")
@@ -303,6 +338,17 @@ class Settings(_Section):
             if lim.on_budget == "downgrade" and lim.downgrade_model not in names:
                 raise ValueError(f"downgrade_model {lim.downgrade_model!r} is not in the model registry")
         return self
+
+    def plans(self) -> dict[str, Plan]:
+        """The plans by lookup key; with none configured, the free tier of ``[inference]``."""
+        if self.billing.plans:
+            return {p.lookup_key: p for p in self.billing.plans}
+        free = Plan(
+            lookup_key=self.billing.default_plan,
+            name="Free",
+            daily_neurons=self.inference.free_neurons_per_day,
+        )
+        return {free.lookup_key: free}
 
 
 class ConfigError(Exception):

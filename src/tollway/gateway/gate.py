@@ -17,6 +17,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from tollway.billing.plans import AI_CHAT, REQUESTS
+from tollway.billing.service import Billing, Standing
 from tollway.charge.hold import Cap
 from tollway.core.clock import Clock
 from tollway.core.config import GatewayConfig
@@ -48,6 +50,8 @@ class Pass:
     customer_limits: Limits
     token_windows: list[str] = field(default_factory=list)
     headers: dict[str, str] = field(default_factory=dict)
+    standing: Standing | None = None  # the customer's plan (None: paid up front over x402)
+    quota_caps: tuple[Cap, ...] = ()
 
     @property
     def downgrade_model(self) -> str | None:
@@ -58,8 +62,11 @@ class Pass:
 
 
 class Gateway:
-    def __init__(self, cfg: GatewayConfig, ledger: Ledger, clock: Clock, request_log: RequestLog) -> None:
+    def __init__(
+        self, cfg: GatewayConfig, ledger: Ledger, clock: Clock, request_log: RequestLog, billing: Billing
+    ) -> None:
         self.cfg = cfg
+        self.billing = billing
         self.clock = clock
         self.key_defaults = defaults(cfg.key_limits)
         self.customer_defaults = defaults(cfg.customer_limits)
@@ -81,9 +88,12 @@ class Gateway:
 
     # ------------------------------------------------------------------ admit
 
-    async def admit(self, key: ApiKey, endpoint: str, headers: Any, model: str, stream: bool) -> Pass:
-        """Open a request's pass: read its cache headers, then apply rate limits.
-        Raises 400 (bad header) or 429; either is logged."""
+    async def admit(
+        self, key: ApiKey, endpoint: str, headers: Any, model: str, stream: bool, feature: str = AI_CHAT
+    ) -> Pass:
+        """Open a request's pass: read its cache headers, apply rate limits, then
+        the plan's entitlements (``feature``, and its request quotas). Raises 400
+        (bad header), 429 or 402; each is logged."""
         e = self.log.start(endpoint)
         e.key_id, e.customer_id, e.model, e.stream = key.id, key.customer_id, model, stream
         try:
@@ -96,6 +106,10 @@ class Gateway:
                 effective(self.customer_defaults, key.customer_limits),
             )
             await self._rate_limit(p)
+            if not key.prepaid:
+                b = self.billing
+                p.standing = s = b.standing(key.customer_id, key.billing)
+                p.quota_caps = (*await b.require(s, feature), *await b.require(s, REQUESTS))
         except TollwayError as err:
             self.fail(e, err)
             raise
@@ -139,6 +153,7 @@ class Gateway:
     async def caps(self, p: Pass) -> tuple[Cap, ...]:
         k = p.key
         return (
+            *p.quota_caps,
             *await self.budgets.caps("key", k.id, k.customer_id, p.key_limits),
             *await self.budgets.caps("customer", k.customer_id, k.customer_id, p.customer_limits),
         )

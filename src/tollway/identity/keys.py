@@ -73,6 +73,9 @@ class ApiKey:
     account_id: str = ""
     limits: str | None = None
     customer_limits: str | None = None
+    # The customer's subscription, read with the key (tollway.billing): (plan,
+    # status, period start, period end, anchor, rev), or None with no row.
+    billing: tuple[Any, ...] | None = None
     prepaid: bool = False  # not a stored key: a request paid up front over x402 (see x402_caller)
 
     def to_dict(self) -> dict[str, Any]:
@@ -96,11 +99,14 @@ def _from_row(r: Any) -> ApiKey:
     return ApiKey(r[0], r[1], r[2], r[3], json.loads(r[4]), r[5], r[6], *r[7:])
 
 
-# Verification is on every request: one point read, joined to the customer.
+# Verification is on every request: one point read, joined to the customer
+# and its subscription (so a plan change applies on the next request).
 _VERIFY = (
     "SELECT k.id, k.customer_id, k.prefix, k.name, k.scopes, k.created_at_us, k.revoked_at_us,"
-    " c.account_id, k.limits, c.limits, k.secret_hash"
+    " c.account_id, k.limits, c.limits, k.secret_hash,"
+    " s.plan, s.status, s.period_start_us, s.period_end_us, s.anchor_us, s.rev"
     " FROM api_keys k JOIN customers c ON c.id = k.customer_id"
+    " LEFT JOIN subscriptions s ON s.customer_id = k.customer_id"
     " WHERE k.prefix = ?"
 )
 
@@ -186,7 +192,7 @@ class ApiKeys:
             raise unauthenticated("invalid_api_key", "invalid API key")
         if r[6] is not None:
             raise unauthenticated("api_key_revoked", "this API key was revoked")
-        return _from_row(r[:10])
+        return _from_row((*r[:10], None if r[11] is None else tuple(r[11:17])))
 
 
 async def get_limits(

@@ -18,6 +18,7 @@ from fastapi.responses import Response, StreamingResponse
 from starlette.background import BackgroundTask
 
 from tollway.api.auth import require_key, require_scope, runtime
+from tollway.billing.plans import AI_CHAT, AI_EMBEDDINGS
 from tollway.core.config import ModelConfig
 from tollway.core.errors import TollwayError, invalid
 from tollway.core.ids import new_id
@@ -26,6 +27,7 @@ from tollway.gateway.cache import cache_key
 from tollway.gateway.gate import Gateway, Pass
 from tollway.identity.keys import ApiKey
 from tollway.inference.backends.base import ChatParams, Delta, Finish
+from tollway.inference.metering import price_micros
 from tollway.inference.schemas import ChatRequest, EmbeddingsRequest, Message, RunRequest
 from tollway.inference.service import Caller, ChatCall, Inference, Metered
 from tollway.inference.usage import rollup
@@ -51,6 +53,12 @@ _FINISH = {"stop": "stop", "length": "length", "cancelled": "stop"}
 async def caller(request: Request, key: ApiKey = Depends(require_key)) -> Caller:
     require_scope(key, "inference")
     return Caller(key.customer_id, key.account_id, key.id)
+
+
+async def _who(gw: Gateway, p: Pass) -> Caller:
+    """Who pays for a request through the gateway: its plan, quotas and budgets."""
+    k = p.key
+    return Caller(k.customer_id, k.account_id, k.id, await gw.caps(p), k.prepaid, p.standing)
 
 
 def inference(request: Request) -> Inference:
@@ -145,7 +153,7 @@ async def models(request: Request, _: ApiKey = Depends(require_key)) -> dict[str
 async def chat_completions(body: ChatRequest, request: Request, key: ApiKey = Depends(require_key)) -> Any:
     require_scope(key, "inference")
     rt = runtime(request)
-    p = await rt.gateway.admit(key, "chat.completions", request.headers, body.model, body.stream)
+    p = await rt.gateway.admit(key, "chat.completions", request.headers, body.model, body.stream, AI_CHAT)
     usage = body.stream_options is not None and body.stream_options.include_usage
     norm = body.model_dump(mode="json", exclude_none=True)
     return await _chat(
@@ -180,7 +188,7 @@ async def _chat(
             if hit is not None:
                 return await _replay(request, p, hit, shape, stream, usage)
         p.entry.cache = "MISS"
-        who = Caller(p.key.customer_id, p.key.account_id, p.key.id, await gw.caps(p), p.key.prepaid)
+        who = await _who(gw, p)
         try:
             call = await svc.start_chat(who, cfg, _params(messages, body), requested_max)
         except TollwayError as e:
@@ -309,7 +317,7 @@ async def _replay(request: Request, p: Pass, hit: CacheEntry, shape: str, stream
     gw = rt.gateway
     charged = 0
     if gw.cache_hit_price:
-        who = Caller(p.key.customer_id, p.key.account_id, p.key.id, await gw.caps(p), p.key.prepaid)
+        who = await _who(gw, p)
         charged = await rt.inference.charge_flat(who, gw.cache_hit_price, "cache_hit", p.entry.model or "")
     e = p.entry
     e.cache, e.deployment, e.attempts, e.cost = "HIT", hit.deployment, 0, charged
@@ -445,7 +453,7 @@ async def _openai_stream(
 async def embeddings(body: EmbeddingsRequest, request: Request, key: ApiKey = Depends(require_key)) -> Any:
     require_scope(key, "inference")
     rt = runtime(request)
-    p = await rt.gateway.admit(key, "embeddings", request.headers, body.model, False)
+    p = await rt.gateway.admit(key, "embeddings", request.headers, body.model, False, AI_EMBEDDINGS)
     try:
         cfg = rt.inference.model(body.model, "embeddings")
         if body.dimensions is not None:
@@ -474,7 +482,7 @@ async def embeddings(body: EmbeddingsRequest, request: Request, key: ApiKey = De
 async def _embed(
     rt: Runtime, p: Pass, cfg: ModelConfig, texts: list[str]
 ) -> tuple[list[list[float]], Metered]:
-    who = Caller(p.key.customer_id, p.key.account_id, p.key.id, await rt.gateway.caps(p), p.key.prepaid)
+    who = await _who(rt.gateway, p)
     vectors, m = await rt.inference.embed(who, cfg, texts)
     e = p.entry
     e.deployment, e.attempts = m.deployment, m.attempts
@@ -503,7 +511,9 @@ def _encode(v: list[float], fmt: str) -> list[float] | str:
 async def run(model: str, body: RunRequest, request: Request, key: ApiKey = Depends(require_key)) -> Any:
     require_scope(key, "inference")
     rt = runtime(request)
-    p = await rt.gateway.admit(key, "ai.run", request.headers, model, body.stream)
+    known = rt.inference.configs.get(model)
+    feature = AI_EMBEDDINGS if known is not None and known.task == "embeddings" else AI_CHAT
+    p = await rt.gateway.admit(key, "ai.run", request.headers, model, body.stream, feature)
     try:
         cfg = rt.inference.model(model)
         if cfg.task == "embeddings":
@@ -555,18 +565,20 @@ async def _workers_stream(
 @router.get("/v1/usage", summary="Today's usage and remaining free allocation for the calling customer")
 async def usage(request: Request, who: Caller = Depends(caller)) -> dict[str, Any]:
     rt = runtime(request)
-    svc = inference(request)
     today = dt.datetime.fromtimestamp(rt.clock.now_us() / 1e6, dt.UTC).date()
     rows = await rollup(rt.engine, today, who.customer_id)
-    remaining = await svc.allowance.remaining(who.customer_id)
+    s = await rt.billing.standing_of(who.customer_id)
+    per_1000 = s.rate
+    daily = price_micros(s.plan.daily_neurons * 1000, per_1000)
+    remaining = await rt.billing.daily.remaining(who.customer_id, daily)
     prepaid = await rt.ledger.get_account(who.account_id)
-    per_1000 = svc.micros_per_1000_neurons
     return {
         "object": "usage",
         "customer_id": who.customer_id,
         "date": today.isoformat(),
+        "plan": s.plan.lookup_key,
         "allocation": {
-            "neurons_per_day": svc.free_neurons_per_day,
+            "neurons_per_day": s.plan.daily_neurons,
             "remaining_neurons": remaining * 1000 // per_1000 if per_1000 else 0,
             "remaining": remaining,
             "resets_at": (dt.datetime.combine(today, dt.time(), dt.UTC) + dt.timedelta(days=1)).isoformat(),

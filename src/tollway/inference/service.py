@@ -18,9 +18,9 @@ from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from tollway.billing.service import Billing, Standing
 from tollway.charge import Charger, Hold
-from tollway.charge.allowance import DailyAllowance
-from tollway.charge.hold import Cap
+from tollway.charge.hold import Cap, Payer
 from tollway.core.clock import Clock
 from tollway.core.config import ModelConfig, Settings
 from tollway.core.errors import TollwayError, invalid, not_found
@@ -74,8 +74,13 @@ class Caller:
     customer_id: str
     account_id: str
     key_id: str | None = None
-    caps: tuple[Cap, ...] = ()  # spend limits every charge must also fit (the gateway sets them)
+    caps: tuple[Cap, ...] = ()  # spend limits and quotas every charge must also fit (the gateway sets them)
     prepaid: bool = False  # paid in full up front (an x402 payment of the maximum): no hold
+    standing: Standing | None = None  # the customer's plan (None: the default plan)
+
+    @property
+    def rate(self) -> int | None:
+        return None if self.standing is None else self.standing.rate
 
 
 @dataclass(slots=True)
@@ -101,17 +106,12 @@ class Metered:
 
 
 class Inference:
-    def __init__(self, settings: Settings, charger: Charger, clock: Clock) -> None:
+    def __init__(self, settings: Settings, charger: Charger, clock: Clock, billing: Billing) -> None:
         self.configs = {m.name: m for m in settings.models}
         self.charger = charger
         self.clock = clock
+        self.billing = billing
         self.micros_per_1000_neurons = parse_amount(settings.inference.usd_per_1000_neurons)
-        self.free_neurons_per_day = settings.inference.free_neurons_per_day
-        self.allowance = DailyAllowance(
-            charger.ledger,
-            clock,
-            price_micros(self.free_neurons_per_day * 1000, self.micros_per_1000_neurons),
-        )
         self.hold_timeout_s = settings.inference.hold_timeout_seconds
         self._backends: dict[str, Any] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -152,10 +152,23 @@ class Inference:
                 await b.aclose()
         self._backends.clear()
 
-    def price(self, cfg: ModelConfig, input_tokens: int, output_tokens: int = 0) -> tuple[int, int]:
-        """(milli-neurons, micro-USD) for a call."""
+    def price(
+        self, cfg: ModelConfig, input_tokens: int, output_tokens: int = 0, rate: int | None = None
+    ) -> tuple[int, int]:
+        """(milli-neurons, micro-USD) for a call, at the caller's plan's ``rate``."""
         mn = milli_neurons(cfg, input_tokens, output_tokens)
-        return mn, price_micros(mn, self.micros_per_1000_neurons)
+        return mn, price_micros(mn, self.micros_per_1000_neurons if rate is None else rate)
+
+    async def know(self, caller: Caller) -> None:
+        """Load the caller's plan if the request path did not bring it."""
+        if caller.standing is None and not caller.prepaid:
+            caller.standing = await self.billing.standing_of(caller.customer_id)
+
+    async def payer(self, caller: Caller) -> Payer:
+        await self.know(caller)
+        assert caller.standing is not None
+        payer = await self.billing.payer(caller.standing, caller.account_id)
+        return replace(payer, caps=caller.caps) if caller.caps else payer
 
     async def _hold(self, caller: Caller, cfg: ModelConfig, max_cost: int) -> Hold | None:
         """Reserve ``max_cost`` and return once the ledger has decided it: the
@@ -166,29 +179,32 @@ class Inference:
         way. A failed commit makes the call free; the ledger stays exact."""
         if max_cost <= 0 or caller.prepaid:
             return None
-        payer = await self.allowance.payer(caller.customer_id, caller.account_id)
-        if caller.caps:
-            payer = replace(payer, caps=caller.caps)
+        payer = await self.payer(caller)
         hold = self.charger.hold(
             payer, max_cost, meter="neurons", description=cfg.name, timeout_s=self.hold_timeout_s
         )
-        await hold.reserve(early=True)
+        await self._reserve(caller, hold, early=True)
         return hold
+
+    async def _reserve(self, caller: Caller, hold: Hold, *, early: bool) -> None:
+        try:
+            await hold.reserve(early=early)
+        except TollwayError as e:
+            assert caller.standing is not None
+            raise self.billing.refused(caller.standing, e) from None
 
     async def charge_flat(self, caller: Caller, amount: int, meter: str, description: str) -> int:
         """Charge a fixed amount through the same charge path (e.g. a cache hit)."""
-        payer = await self.allowance.payer(caller.customer_id, caller.account_id)
-        if caller.caps:
-            payer = replace(payer, caps=caller.caps)
+        payer = await self.payer(caller)
         hold = self.charger.hold(payer, amount, meter=meter, description=description)
-        await hold.reserve()
+        await self._reserve(caller, hold, early=False)
         await hold.settle(amount, quantity=1, key_id=caller.key_id, model=description)
         return amount
 
     # -------------------------------------------------------------------- chat
 
     async def plan_chat(
-        self, cfg: ModelConfig, params: ChatParams, requested_max: int | None
+        self, cfg: ModelConfig, params: ChatParams, requested_max: int | None, rate: int | None = None
     ) -> tuple[list[Deployment], int]:
         """Every deployment the call may use, priced: (the plan, the most it can cost)."""
         targets = routing.order(cfg, self.configs)
@@ -212,14 +228,15 @@ class Inference:
         if not plan:
             assert refusal is not None
             raise refusal
-        return plan, max(self.price(d.cfg, d.prompt_tokens, d.params.max_tokens)[1] for d in plan)
+        return plan, max(self.price(d.cfg, d.prompt_tokens, d.params.max_tokens, rate)[1] for d in plan)
 
     async def start_chat(
         self, caller: Caller, cfg: ModelConfig, params: ChatParams, requested_max: int | None
     ) -> ChatCall:
         """Price the call on every deployment it may use, reserve the most it can
         cost, and start it (retries and fallbacks happen here, before any output)."""
-        plan, max_cost = await self.plan_chat(cfg, params, requested_max)
+        await self.know(caller)
+        plan, max_cost = await self.plan_chat(cfg, params, requested_max, caller.rate)
         call = ChatCall(self, caller, cfg, plan, None)
         if all(isinstance(d.backend, LlamaCppBackend) for d in plan):
             # Local models: evaluate the prompt while the reservation is decided.
@@ -251,7 +268,7 @@ class Inference:
     # -------------------------------------------------------------- embeddings
 
     async def plan_embed(
-        self, cfg: ModelConfig, texts: list[str]
+        self, cfg: ModelConfig, texts: list[str], rate: int | None = None
     ) -> tuple[list[tuple[ModelConfig, Any, int]], int]:
         """Every deployment the call may use, with its token count: (the plan, the most it can cost)."""
         plan = []
@@ -262,13 +279,14 @@ class Inference:
                 if n > t.n_ctx:
                     raise context_exceeded(n, t.n_ctx, f"input[{i}]" if len(texts) > 1 else "input")
             plan.append((t, backend, sum(counts)))
-        return plan, max(self.price(t, n)[1] for t, _, n in plan)
+        return plan, max(self.price(t, n, rate=rate)[1] for t, _, n in plan)
 
     async def embed(
         self, caller: Caller, cfg: ModelConfig, texts: list[str]
     ) -> tuple[list[list[float]], Metered]:
         t0 = time.perf_counter()
-        plan, max_cost = await self.plan_embed(cfg, texts)
+        await self.know(caller)
+        plan, max_cost = await self.plan_embed(cfg, texts, caller.rate)
         hold = await self._hold(caller, cfg, max_cost)
 
         async def run(target: tuple[ModelConfig, Any, int]) -> tuple[list[list[float]], int]:
@@ -281,7 +299,7 @@ class Inference:
             (t, _, _), (vectors, tokens), attempts = await routing.first_success(
                 cfg.name, plan, lambda p: p[0].name, cfg.retry, run
             )
-            mn, cost = self.price(t, tokens)
+            mn, cost = self.price(t, tokens, rate=caller.rate)
             m = Metered(tokens, 0, mn, min(cost, max_cost), (time.perf_counter() - t0) * 1000)
             m.deployment, m.attempts = t.name, attempts
             if hold is not None:
@@ -412,7 +430,7 @@ class ChatCall:
     ) -> None:
         """Meter the call and start its settle (``metered.committing`` joins it)."""
         served = self.served.cfg if self.served else self.cfg
-        mn, cost = self.svc.price(served, prompt, completion)
+        mn, cost = self.svc.price(served, prompt, completion, self.caller.rate)
         charged = cost
         if self.hold is not None and cost > self.hold.max_amount:
             log.error("call cost %d over its reservation %d; capped", cost, self.hold.max_amount)

@@ -32,3 +32,6 @@ HTTP_SECONDS = Histogram(
 CHARGES = Counter("tollway_charges_total", "Charge-path holds by outcome", ["outcome"])
 CHARGED_MICROS = Counter("tollway_charged_micro_usd_total", "Micro-USD posted by the charge path")
 READY = Gauge("tollway_ready", "1 when the database is reachable and migrations are applied")
+USAGE_ANOMALIES = Counter(
+    "tollway_usage_anomalies_total", "Customer-days flagged: usage above k x the trailing median"
+)

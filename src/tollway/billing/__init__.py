@@ -1,0 +1,1 @@
+"""Billing: plans, subscriptions, credit grants, entitlements, usage rollups and Stripe."""

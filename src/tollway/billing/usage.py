@@ -1,0 +1,237 @@
+"""Usage: idempotent ingest, daily (UTC) rollups per customer, feature and
+model, and anomaly flags.
+
+Every charge already records a usage event in the same transaction as its
+transfer; :func:`ingest` takes events from elsewhere (the operator's own
+features), idempotent by event id. :func:`rollup_day` rebuilds one day's
+rollups from the events in one transaction (so it can run any number of
+times, from any process), then flags each customer's feature whose day is
+above ``k`` x the median of its trailing days.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import statistics
+from typing import Any
+
+from sqlalchemy import and_, delete, func, insert, literal, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tollway.billing.plans import FEATURE_KEY
+from tollway.core.clock import Clock
+from tollway.core.errors import invalid
+from tollway.core.schema import customers as C
+from tollway.core.schema import usage_events as U
+from tollway.core.schema import usage_rollups as R
+from tollway.core.storage import writer
+from tollway.observe import metrics
+
+log = logging.getLogger("tollway.billing")
+
+MAX_BATCH = 10_000
+_ID_MAX = 64
+
+
+def day_bounds_us(day: dt.date) -> tuple[int, int]:
+    start = dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC)
+    s = int(start.timestamp()) * 1_000_000
+    return s, s + 86_400 * 1_000_000
+
+
+def parse_day(text: str, param: str = "day") -> dt.date:
+    try:
+        return dt.date.fromisoformat(text)
+    except (TypeError, ValueError):
+        raise invalid("invalid_day", f"{param} must be a date like 2026-11-23, not {text!r}", param) from None
+
+
+def _event(e: Any, i: int, now_us: int) -> dict[str, Any]:
+    where = f"events[{i}]"
+    if not isinstance(e, dict):
+        raise invalid("invalid_event", f"{where} must be an object", where)
+    extra = set(e) - {"id", "feature", "quantity", "model", "timestamp_us", "metadata", "customer_id"}
+    if extra:
+        raise invalid("invalid_event", f"{where}: unknown field {sorted(extra)[0]!r}", where)
+    eid = e.get("id")
+    if not isinstance(eid, str) or not 1 <= len(eid) <= _ID_MAX:
+        raise invalid(
+            "invalid_event", f"{where}.id must be a string of 1-{_ID_MAX} characters", f"{where}.id"
+        )
+    feature = e.get("feature")
+    if not isinstance(feature, str) or not FEATURE_KEY.match(feature):
+        raise invalid("invalid_event", f"{where}.feature must be a lookup key", f"{where}.feature")
+    q = e.get("quantity")
+    if isinstance(q, bool) or not isinstance(q, int) or not 0 <= q <= 2**62:
+        raise invalid(
+            "invalid_event", f"{where}.quantity must be a non-negative integer", f"{where}.quantity"
+        )
+    model = e.get("model")
+    if model is not None and (not isinstance(model, str) or len(model) > 100):
+        raise invalid("invalid_event", f"{where}.model must be a string of at most 100", f"{where}.model")
+    ts = e.get("timestamp_us", now_us)
+    if isinstance(ts, bool) or not isinstance(ts, int) or not 0 < ts <= now_us + 300_000_000:
+        raise invalid("invalid_event", f"{where}.timestamp_us must be a time in µs, not in the future", where)
+    meta = e.get("metadata", {})
+    if not isinstance(meta, dict):
+        raise invalid("invalid_event", f"{where}.metadata must be an object", f"{where}.metadata")
+    return {"id": eid, "feature": feature, "quantity": q, "model": model, "ts": ts, "meta": meta}
+
+
+async def ingest(engine: AsyncEngine, clock: Clock, customer_id: str, events: Any) -> dict[str, int]:
+    """Record usage events of one customer; an id seen before is skipped (and
+    counted as a duplicate). The whole batch is checked before anything is written."""
+    if not isinstance(events, list) or not 1 <= len(events) <= MAX_BATCH:
+        raise invalid("invalid_events", f"events must be a list of 1-{MAX_BATCH} usage events", "events")
+    now = clock.now_us()
+    parsed = [_event(e, i, now) for i, e in enumerate(events)]
+    async with engine.connect() as conn:
+        r = (await conn.execute(select(C.c.account_id).where(C.c.id == customer_id))).first()
+    if r is None:
+        from tollway.core.errors import not_found
+
+        raise not_found("customer_not_found", f"no customer {customer_id!r}", "customer_id")
+    account_id = r[0]
+    by_id: dict[str, dict[str, Any]] = {}
+    for p in parsed:
+        by_id.setdefault(p["id"], p)
+    rows = [
+        {
+            "id": p["id"],
+            "transfer_id": None,
+            "account_id": account_id,
+            "customer_id": customer_id,
+            "meter": p["feature"],
+            "quantity": p["quantity"],
+            "amount": 0,
+            "metadata": json.dumps(p["meta"], separators=(",", ":")),
+            "created_at_us": p["ts"],
+            "model": p["model"],
+        }
+        for p in by_id.values()
+    ]
+    async with writer(engine).begin() as conn:
+        seen: set[str] = set()
+        ids = list(by_id)
+        for i in range(0, len(ids), 500):
+            chunk = ids[i : i + 500]
+            seen.update(x for (x,) in await conn.execute(select(U.c.id).where(U.c.id.in_(chunk))))
+        fresh = [row for row in rows if row["id"] not in seen]
+        if fresh:
+            dialect = conn.engine.dialect.name
+            if dialect == "postgresql":
+                from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+                await conn.execute(pg_insert(U).on_conflict_do_nothing(index_elements=[U.c.id]), fresh)
+            else:
+                await conn.execute(insert(U).prefix_with("OR IGNORE"), fresh)
+    return {"received": len(events), "recorded": len(fresh), "duplicates": len(events) - len(fresh)}
+
+
+def _day_name(day: dt.date) -> str:
+    return day.strftime("%Y%m%d")
+
+
+async def rollup_day(
+    engine: AsyncEngine, clock: Clock, day: dt.date, *, k: float = 3.0, trailing: int = 14
+) -> int:
+    """Rebuild ``day``'s rollups from its usage events and flag anomalies; returns the row count."""
+    start, end = day_bounds_us(day)
+    name = _day_name(day)
+    now = clock.now_us()
+    cust = func.coalesce(U.c.customer_id, literal(""))
+    model = func.coalesce(U.c.model, literal(""))
+    agg = (
+        select(
+            literal(name).label("day"),
+            cust.label("customer_id"),
+            U.c.meter.label("feature"),
+            model.label("model"),
+            func.count().label("events"),
+            func.coalesce(func.sum(U.c.quantity), 0).label("quantity"),
+            func.coalesce(func.sum(U.c.amount), 0).label("amount"),
+            literal(0).label("anomaly"),
+            literal(now).label("updated_at_us"),
+        )
+        .where(U.c.created_at_us >= start, U.c.created_at_us < end)
+        .group_by(cust, U.c.meter, model)
+    )
+    cols = [
+        "day",
+        "customer_id",
+        "feature",
+        "model",
+        "events",
+        "quantity",
+        "amount",
+        "anomaly",
+        "updated_at_us",
+    ]
+    async with writer(engine).begin() as conn:
+        await conn.execute(delete(R).where(R.c.day == name))
+        await conn.execute(insert(R).from_select(cols, agg))
+        # Anomalies: per customer and feature, the day's total against the trailing days'.
+        first = _day_name(day - dt.timedelta(days=trailing))
+        totals: dict[tuple[str, str], dict[str, int]] = {}
+        q = (
+            select(R.c.customer_id, R.c.feature, R.c.day, func.sum(R.c.quantity))
+            .where(R.c.day >= first, R.c.day <= name)
+            .group_by(R.c.customer_id, R.c.feature, R.c.day)
+        )
+        for c, f, d, total in await conn.execute(q):
+            totals.setdefault((c, f), {})[d] = int(total)
+        flagged = []
+        for (c, f), days in totals.items():
+            today = days.get(name)
+            past = [v for d, v in days.items() if d != name]
+            if today is None or len(past) < 3:
+                continue
+            median = statistics.median(past)
+            if today > k * median:
+                flagged.append((c, f))
+        for c, f in flagged:
+            await conn.execute(
+                update(R)
+                .where(and_(R.c.day == name, R.c.customer_id == c, R.c.feature == f))
+                .values(anomaly=1)
+            )
+        n = (await conn.execute(select(func.count()).select_from(R).where(R.c.day == name))).scalar_one()
+    for c, f in flagged:
+        metrics.USAGE_ANOMALIES.inc()
+        log.warning(
+            "usage anomaly: customer %s feature %s on %s is above %.1fx its trailing median", c, f, day, k
+        )
+    return int(n)
+
+
+async def rollups(
+    engine: AsyncEngine,
+    *,
+    start: dt.date,
+    end: dt.date,
+    customer_id: str | None = None,
+    anomalies_only: bool = False,
+) -> list[dict[str, Any]]:
+    q = select(R).where(R.c.day >= _day_name(start), R.c.day <= _day_name(end))
+    if customer_id is not None:
+        q = q.where(R.c.customer_id == customer_id)
+    if anomalies_only:
+        q = q.where(R.c.anomaly == 1)
+    q = q.order_by(R.c.day, R.c.customer_id, R.c.feature, R.c.model)
+    async with engine.connect() as conn:
+        return [
+            {
+                "object": "usage_rollup",
+                "day": dt.datetime.strptime(r.day, "%Y%m%d").date().isoformat(),
+                "customer_id": r.customer_id or None,
+                "feature": r.feature,
+                "model": r.model or None,
+                "events": r.events,
+                "quantity": r.quantity,
+                "amount": r.amount,
+                "anomaly": bool(r.anomaly),
+            }
+            for r in await conn.execute(q)
+        ]
