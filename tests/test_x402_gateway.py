@@ -414,3 +414,34 @@ async def test_per_rule_network_and_asset_need_an_external_facilitator(db_url: s
             assert r.json()["accepts"][0]["network"] == "base-sepolia"  # v1 names the chain
     finally:
         await rt.close()
+
+
+async def test_unauthenticated_only_can_require_a_plan_feature(
+    db_url: str, origin: tuple[Origin, str]
+) -> None:
+    """A key whose plan lacks the rule's feature pays like anyone; a plan change lets it through at once."""
+    _, url = origin
+    rule = {
+        "name": "members",
+        "path": "/members/:id",
+        "origin": url,
+        "price": "1000",
+        "unauthenticated_only": True,
+        "feature": "members.area",
+    }
+    plans = [
+        {"lookup_key": "free", "features": ["ai.chat"]},
+        {"lookup_key": "club", "features": ["members.area"]},
+    ]
+    settings = settings_for(db_url, x402={"pay_to": PAY_TO, "rules": [rule]}, billing={"plans": plans})
+    rt = Runtime.build(settings)
+    app = create_app(rt=rt)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://tollway.test") as c:
+        cust = (await c.post("/admin/customers", json={"name": "m"}, headers=ADMIN)).json()
+        key = (await c.post("/admin/keys", json={"customer_id": cust["id"]}, headers=ADMIN)).json()["key"]
+        auth = {"authorization": f"Bearer {key}"}
+        assert (await c.get("/members/7", headers=auth)).status_code == 402
+        r = await c.put(f"/admin/customers/{cust['id']}/subscription", json={"plan": "club"}, headers=ADMIN)
+        assert r.status_code == 200, r.text
+        assert (await c.get("/members/7", headers=auth)).status_code == 200
+    await rt.close()

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from tollway.billing import stripe as stripe_billing
 from tollway.billing.service import Billing
 from tollway.charge import Charger
 from tollway.core import migrate
@@ -27,6 +29,9 @@ from tollway.x402.remote import RemoteFacilitator
 from tollway.x402.rules import Rules
 from tollway.x402.rulestore import RuleStore
 
+if TYPE_CHECKING:
+    from tollway.billing.stripe.service import StripeBilling
+
 
 @dataclass
 class Runtime:
@@ -44,6 +49,7 @@ class Runtime:
     paywall: Paywall  # paid routes: [[x402.rules]], or rules imported through the admin API
     billing: Billing
     remote_facilitator: RemoteFacilitator | None = None  # [x402] facilitator_url
+    stripe: StripeBilling | None = None  # STRIPE_API_KEY set: Stripe billing (tollway.billing.stripe)
 
     @classmethod
     def build(cls, settings: Settings, *, clock: Clock | None = None) -> Runtime:
@@ -64,8 +70,13 @@ class Runtime:
         )
         keys = ApiKeys(engine, clock, ledger.reads)
         billing = Billing(settings, engine, ledger, clock)
+        customers = Customers(engine, clock)
         request_log = RequestLog(
             engine, clock, settings.gateway.log_flush_ms, settings.gateway.log_retention_days, ledger
+        )
+        paywall = Paywall(x402, Rules(x402.rules), remote or facilitator, keys, RuleStore(engine, clock))
+        paywall.entitled = lambda key, feature: billing.standing(key.customer_id, key.billing).plan.has(
+            feature
         )
         return cls(
             settings=settings,
@@ -73,21 +84,24 @@ class Runtime:
             clock=clock,
             ledger=ledger,
             charger=charger,
-            customers=Customers(engine, clock),
+            customers=customers,
             keys=keys,
             inference=Inference(settings, charger, clock, billing),
             gateway=Gateway(settings.gateway, ledger, clock, request_log, billing),
             devnet=devnet,
             facilitator=facilitator,
-            paywall=Paywall(x402, Rules(x402.rules), remote or facilitator, keys, RuleStore(engine, clock)),
+            paywall=paywall,
             billing=billing,
             remote_facilitator=remote,
+            stripe=stripe_billing.from_env(settings, engine, clock, customers, billing.subscriptions),
         )
 
     async def migrate(self) -> tuple[str | None, str | None]:
         return await migrate.upgrade(self.engine)
 
     async def close(self) -> None:
+        if self.stripe is not None:
+            await self.stripe.aclose()
         await self.paywall.aclose()
         if self.remote_facilitator is not None:
             await self.remote_facilitator.aclose()

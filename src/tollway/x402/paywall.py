@@ -34,7 +34,7 @@ from starlette.types import Message, Receive, Scope, Send
 from tollway.api.errors import error_response
 from tollway.core.config import X402Config
 from tollway.core.errors import TollwayError
-from tollway.identity.keys import ApiKeys, presented_key
+from tollway.identity.keys import ApiKey, ApiKeys, presented_key
 from tollway.x402 import wire
 from tollway.x402.facilitator import V1_NAMES, Verifier
 from tollway.x402.rules import Rule, Rules, atomic, price_of
@@ -86,6 +86,8 @@ class Paywall:
         self.config_rules = rules
         self.rules = rules
         self.source = "config"  # or "imported": rules from the admin API replace the config's
+        # Set by the runtime: does an API key's plan include a feature (tollway.billing)?
+        self.entitled: Callable[[ApiKey, str], bool] | None = None
         self.store = store
         self._version: tuple[int, int] | None = None
         # Set by the app: the inference service's quote of an AI request's maximum
@@ -208,7 +210,7 @@ class Paywall:
         # Only a price that depends on the body reads it first; otherwise the
         # body streams to the origin once the payment is verified.
         body = await request.body() if rule.price_by in _READS_BODY or rule.origin == "self" else None
-        if rule.unauthenticated_only and await self._has_valid_key(request):
+        if rule.unauthenticated_only and await self._has_valid_key(request, rule.feature):
             await self._relay(send, *await self._forward(rule, request, body))
             return
         try:
@@ -265,15 +267,16 @@ class Paywall:
         headers.append((b"access-control-expose-headers", b"PAYMENT-RESPONSE, X-PAYMENT-RESPONSE"))
         await self._relay(send, status, headers, chunks)
 
-    async def _has_valid_key(self, request: Request) -> bool:
+    async def _has_valid_key(self, request: Request, feature: str) -> bool:
+        """A valid API key (whose plan includes ``feature``, when one is named)."""
         token = presented_key(request.headers)
         if token is None:
             return False
         try:
-            await self.keys.verify(token)
+            key = await self.keys.verify(token)
         except TollwayError:
             return False
-        return True
+        return not feature or self.entitled is None or self.entitled(key, feature)
 
     async def _required(
         self,

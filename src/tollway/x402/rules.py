@@ -56,6 +56,9 @@ class Rule(BaseModel):
     price_by: Literal["fixed", "body_kib", "query", "body", "ai_max_cost"] = "fixed"
     price_field: str = ""  # the query or JSON body field counted, for price_by = query | body
     unauthenticated_only: bool = False  # callers with a valid API key pass without paying
+    # With unauthenticated_only: a plan feature (lookup key) the key's plan must
+    # include to pass without paying; empty: any valid key passes.
+    feature: str = Field("", pattern=r"^([a-z0-9][a-z0-9_.:-]{0,99})?$")
     pay_to: str = Field("", pattern=_ADDRESS)  # empty: [x402] pay_to
     # The payment's network and asset (empty: [x402]'s). The built-in facilitator
     # settles only [x402]'s; others need an external one ([x402] facilitator_url).
