@@ -15,6 +15,7 @@ from fastapi.openapi.utils import get_openapi
 
 from tollway import __version__
 from tollway.api import admin, billing, errors, gateway_admin, system, v1, x402, x402_admin
+from tollway.api import stripe as stripe_api
 from tollway.api.fastpath import TollwayApp
 from tollway.core.config import Settings
 from tollway.inference import api as inference_api
@@ -90,6 +91,8 @@ def create_app(settings: Settings | None = None, *, rt: Runtime | None = None) -
         await rt.paywall.refresh()
         rules = asyncio.create_task(rt.paywall.watch())
         billing_tick = asyncio.create_task(rt.billing.run(rt.settings.billing.tick_seconds))
+        if rt.stripe is not None:  # usage to Stripe's meter (stopped by rt.close)
+            rt.stripe.pusher().start()
         # What start-up made (modules, config, models' Python objects) lives as
         # long as the process: keep it out of the cyclic collector's full passes.
         gc.collect()
@@ -122,6 +125,7 @@ def create_app(settings: Settings | None = None, *, rt: Runtime | None = None) -
     app.include_router(x402_admin.router, responses=errors.error_responses(400, 401))
     app.include_router(billing.router, responses=errors.error_responses(400, 401, 402, 403, 404, 409))
     app.include_router(billing.admin, responses=errors.error_responses(400, 401, 402, 404, 409))
+    app.include_router(stripe_api.router, responses=errors.error_responses(400, 401, 403, 409, 501, 502))
     app.add_middleware(MetricsMiddleware)
     # The hot AI routes skip FastAPI's per-request machinery (tollway.api.fastpath).
     app.fast("/v1/chat/completions", ChatRequest, inference_api.chat_completions)

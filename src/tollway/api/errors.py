@@ -42,6 +42,7 @@ _DESCRIPTIONS = {
     404: "Not found",
     409: "Conflict (already resolved, idempotency key reused, exists)",
     429: "Rate limit reached (Retry-After and x-ratelimit-* headers)",
+    501: "Not configured on this server (e.g. stripe_not_configured)",
     502: "Upstream provider failed",
     503: "Not ready",
 }
