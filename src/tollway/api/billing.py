@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+import orjson
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import Field
 
@@ -123,11 +124,33 @@ async def check(body: CheckIn, request: Request, key: ApiKey = Depends(require_k
     return {"object": "entitlement_check", "feature": body.feature, "amount": body.amount, "allowed": True}
 
 
-@router.post("/v1/usage/events", summary="Record usage events (idempotent by event id)")
-async def ingest(body: EventsIn, request: Request, key: ApiKey = Depends(require_key)) -> dict[str, Any]:
+_EVENTS_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": EventsIn.model_json_schema()}},
+    }
+}
+
+
+async def _events(request: Request) -> Any:
+    """The ``events`` of an ingest body, parsed with orjson (batches are large)."""
+    try:
+        body = orjson.loads(await request.body())
+    except orjson.JSONDecodeError:
+        raise invalid("invalid_json", "the body is not valid JSON", None) from None
+    if not isinstance(body, dict) or set(body) != {"events"}:
+        raise invalid("invalid_events", 'the body is {"events": [...]} and nothing else', "events")
+    return body["events"]
+
+
+@router.post(
+    "/v1/usage/events", summary="Record usage events (idempotent by event id)", openapi_extra=_EVENTS_BODY
+)
+async def ingest(request: Request, key: ApiKey = Depends(require_key)) -> dict[str, Any]:
     require_scope(key, "usage:write")
     rt = runtime(request)
-    return {"object": "usage_ingest", **await U.ingest(rt.engine, rt.clock, key.customer_id, body.events)}
+    events = await _events(request)
+    return {"object": "usage_ingest", **await U.ingest(rt.engine, rt.clock, key.customer_id, events)}
 
 
 @router.get("/v1/usage/rollups", summary="The calling customer's daily usage rollups")
@@ -193,10 +216,15 @@ async def admin_preview(customer_id: str, request: Request) -> dict[str, Any]:
     return await preview(runtime(request).billing, customer_id)
 
 
-@admin.post("/customers/{customer_id}/usage", summary="Record usage events of a customer (idempotent by id)")
-async def admin_ingest(customer_id: str, body: EventsIn, request: Request) -> dict[str, Any]:
+@admin.post(
+    "/customers/{customer_id}/usage",
+    summary="Record usage events of a customer (idempotent by id)",
+    openapi_extra=_EVENTS_BODY,
+)
+async def admin_ingest(customer_id: str, request: Request) -> dict[str, Any]:
     rt = runtime(request)
-    return {"object": "usage_ingest", **await U.ingest(rt.engine, rt.clock, customer_id, body.events)}
+    events = await _events(request)
+    return {"object": "usage_ingest", **await U.ingest(rt.engine, rt.clock, customer_id, events)}
 
 
 @admin.post("/usage/rollups/{day}", summary="Rebuild one UTC day's rollups and anomaly flags")

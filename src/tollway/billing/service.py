@@ -71,16 +71,6 @@ def not_entitled(s: Standing, feature: str) -> TollwayError:
     )
 
 
-def over_quota(s: Standing, feature: str, what: str) -> TollwayError:
-    return TollwayError(
-        ErrorType.PAYMENT,
-        "quota_exceeded",
-        f"the {s.plan.title} plan's {what} of {feature!r} is used up; nothing was charged. {UPGRADE}",
-        param=feature,
-        status=402,
-    )
-
-
 @dataclass
 class Billing:
     settings: Settings
@@ -106,6 +96,8 @@ class Billing:
         self.daily = DailyAllowance(self.ledger, self.clock, 0)
         self.funded = Allocations(self.ledger)
         self._grants: dict[str, tuple[int, tuple[Source, ...]]] = {}  # customer → (rev, its live grants)
+        self._periods: dict[int, tuple[int, int]] = {}  # anchor → its current period
+        self._caps: dict[tuple[str, int, int], Cap] = {}  # (quota account, amount, limit) → its cap
         self._day = ""
 
     # ---------------------------------------------------------------- standing
@@ -122,8 +114,18 @@ class Billing:
         if plan is None:
             plan, status = self.plans[self.default_plan], "active"
         if not start <= now < end:
-            start, end = period_at(anchor, now)
+            start, end = self._period(anchor, now)
         return Standing(customer_id, plan, status, start, end, rev, self.rates[plan.lookup_key])
+
+    def _period(self, anchor: int, now: int) -> tuple[int, int]:
+        """:func:`period_at`, cached per anchor while the period lasts."""
+        hit = self._periods.get(anchor)
+        if hit is not None and hit[0] <= now < hit[1]:
+            return hit
+        if len(self._periods) > 10_000:
+            self._periods.clear()
+        p = self._periods[anchor] = period_at(anchor, now)
+        return p
 
     async def standing_of(self, customer_id: str) -> Standing:
         s = await self.subscriptions.get(customer_id)
@@ -195,18 +197,23 @@ class Billing:
     async def _quota(self, s: Standing, feature: str, amount: int, quota: int, *, daily: bool) -> Cap:
         self._new_day()
         tag = "r" if feature == REQUESTS else hashlib.sha256(feature.encode()).hexdigest()[:8]
-        period = "d" + utc_day(self.clock.now_us()) if daily else f"p{s.period_start_us // 1_000_000}"
+        period = "d" + self._day if daily else f"p{s.period_start_us // 1_000_000}"
         acct = f"q_{s.customer_id}_{tag}_{period}"
+        cap = self._caps.get((acct, amount, quota))
+        if cap is not None:
+            return cap
         what = "daily quota" if daily else "quota this period"
         await self.funded.ensure(acct, "quota", s.customer_id, quota, QUOTAS, f"{feature} {what}")
-        err = over_quota(s, feature, what)
-        return Cap(acct, f"{s.plan.title} plan's {feature} {what}", QUOTAS, amount, err.code, UPGRADE)
+        cap = Cap(acct, f"{s.plan.title} plan's {feature} {what}", QUOTAS, amount, "quota_exceeded", UPGRADE)
+        self._caps[(acct, amount, quota)] = cap
+        return cap
 
     def _new_day(self) -> None:
         day = utc_day(self.clock.now_us())
         if day != self._day:
             self._day = day
             self.funded.forget()
+            self._caps = {}
 
     # ----------------------------------------------------------------- funding
 

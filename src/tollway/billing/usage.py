@@ -12,17 +12,17 @@ above ``k`` x the median of its trailing days.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import statistics
 from typing import Any
 
+import orjson
 from sqlalchemy import and_, delete, func, insert, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tollway.billing.plans import FEATURE_KEY
 from tollway.core.clock import Clock
-from tollway.core.errors import invalid
+from tollway.core.errors import TollwayError, invalid
 from tollway.core.schema import customers as C
 from tollway.core.schema import usage_events as U
 from tollway.core.schema import usage_rollups as R
@@ -48,36 +48,41 @@ def parse_day(text: str, param: str = "day") -> dt.date:
         raise invalid("invalid_day", f"{param} must be a date like 2026-11-23, not {text!r}", param) from None
 
 
-def _event(e: Any, i: int, now_us: int) -> dict[str, Any]:
+_FIELDS = frozenset({"id", "feature", "quantity", "model", "timestamp_us", "metadata"})
+_MAX_Q = 2**62
+
+
+def _bad(i: int, field: str, why: str) -> TollwayError:
     where = f"events[{i}]"
-    if not isinstance(e, dict):
-        raise invalid("invalid_event", f"{where} must be an object", where)
-    extra = set(e) - {"id", "feature", "quantity", "model", "timestamp_us", "metadata", "customer_id"}
-    if extra:
-        raise invalid("invalid_event", f"{where}: unknown field {sorted(extra)[0]!r}", where)
+    return invalid("invalid_event", f"{where}.{field} {why}", f"{where}.{field}")
+
+
+def _event(e: Any, i: int, now_us: int) -> tuple[Any, ...]:
+    """(id, feature, quantity, model, timestamp, metadata) of one valid event."""
+    if type(e) is not dict:
+        raise invalid("invalid_event", f"events[{i}] must be an object", f"events[{i}]")
+    if not e.keys() <= _FIELDS:
+        extra = sorted(set(e) - _FIELDS)[0]
+        raise invalid("invalid_event", f"events[{i}]: unknown field {extra!r}", f"events[{i}]")
     eid = e.get("id")
-    if not isinstance(eid, str) or not 1 <= len(eid) <= _ID_MAX:
-        raise invalid(
-            "invalid_event", f"{where}.id must be a string of 1-{_ID_MAX} characters", f"{where}.id"
-        )
+    if type(eid) is not str or not 0 < len(eid) <= _ID_MAX:
+        raise _bad(i, "id", f"must be a string of 1-{_ID_MAX} characters")
     feature = e.get("feature")
-    if not isinstance(feature, str) or not FEATURE_KEY.match(feature):
-        raise invalid("invalid_event", f"{where}.feature must be a lookup key", f"{where}.feature")
+    if type(feature) is not str or not FEATURE_KEY.match(feature):
+        raise _bad(i, "feature", "must be a lookup key (lowercase letters, digits, . _ : -)")
     q = e.get("quantity")
-    if isinstance(q, bool) or not isinstance(q, int) or not 0 <= q <= 2**62:
-        raise invalid(
-            "invalid_event", f"{where}.quantity must be a non-negative integer", f"{where}.quantity"
-        )
+    if type(q) is not int or not 0 <= q <= _MAX_Q:
+        raise _bad(i, "quantity", "must be a non-negative integer")
     model = e.get("model")
-    if model is not None and (not isinstance(model, str) or len(model) > 100):
-        raise invalid("invalid_event", f"{where}.model must be a string of at most 100", f"{where}.model")
+    if model is not None and (type(model) is not str or len(model) > 100):
+        raise _bad(i, "model", "must be a string of at most 100 characters")
     ts = e.get("timestamp_us", now_us)
-    if isinstance(ts, bool) or not isinstance(ts, int) or not 0 < ts <= now_us + 300_000_000:
-        raise invalid("invalid_event", f"{where}.timestamp_us must be a time in µs, not in the future", where)
-    meta = e.get("metadata", {})
-    if not isinstance(meta, dict):
-        raise invalid("invalid_event", f"{where}.metadata must be an object", f"{where}.metadata")
-    return {"id": eid, "feature": feature, "quantity": q, "model": model, "ts": ts, "meta": meta}
+    if type(ts) is not int or not 0 < ts <= now_us + 300_000_000:
+        raise _bad(i, "timestamp_us", "must be a time in microseconds, not in the future")
+    meta = e.get("metadata")
+    if meta is not None and type(meta) is not dict:
+        raise _bad(i, "metadata", "must be an object")
+    return eid, feature, q, model, ts, meta
 
 
 async def ingest(engine: AsyncEngine, clock: Clock, customer_id: str, events: Any) -> dict[str, int]:
@@ -94,40 +99,37 @@ async def ingest(engine: AsyncEngine, clock: Clock, customer_id: str, events: An
 
         raise not_found("customer_not_found", f"no customer {customer_id!r}", "customer_id")
     account_id = r[0]
-    by_id: dict[str, dict[str, Any]] = {}
+    by_id: dict[str, tuple[Any, ...]] = {}
     for p in parsed:
-        by_id.setdefault(p["id"], p)
+        by_id.setdefault(p[0], p)
     rows = [
-        {
-            "id": p["id"],
-            "transfer_id": None,
-            "account_id": account_id,
-            "customer_id": customer_id,
-            "meter": p["feature"],
-            "quantity": p["quantity"],
-            "amount": 0,
-            "metadata": json.dumps(p["meta"], separators=(",", ":")),
-            "created_at_us": p["ts"],
-            "model": p["model"],
-        }
-        for p in by_id.values()
+        (
+            eid,
+            None,
+            account_id,
+            customer_id,
+            f,
+            q,
+            0,
+            orjson.dumps(meta).decode() if meta else "{}",
+            ts,
+            model,
+        )
+        for eid, f, q, model, ts, meta in by_id.values()
     ]
     async with writer(engine).begin() as conn:
-        seen: set[str] = set()
-        ids = list(by_id)
-        for i in range(0, len(ids), 500):
-            chunk = ids[i : i + 500]
-            seen.update(x for (x,) in await conn.execute(select(U.c.id).where(U.c.id.in_(chunk))))
-        fresh = [row for row in rows if row["id"] not in seen]
-        if fresh:
-            dialect = conn.engine.dialect.name
-            if dialect == "postgresql":
-                from sqlalchemy.dialects.postgresql import insert as pg_insert
+        if conn.engine.dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-                await conn.execute(pg_insert(U).on_conflict_do_nothing(index_elements=[U.c.id]), fresh)
-            else:
-                await conn.execute(insert(U).prefix_with("OR IGNORE"), fresh)
-    return {"received": len(events), "recorded": len(fresh), "duplicates": len(events) - len(fresh)}
+            stmt = pg_insert(U).on_conflict_do_nothing(index_elements=[U.c.id]).returning(U.c.id)
+            cols = [c.name for c in U.columns]
+            recorded = len((await conn.execute(stmt, [dict(zip(cols, r, strict=True)) for r in rows])).all())
+        else:  # one executemany through the driver; rowcount counts the rows inserted
+            marks = ", ".join("?" * len(U.columns))
+            names = ", ".join(c.name for c in U.columns)
+            sql = f"INSERT OR IGNORE INTO usage_events ({names}) VALUES ({marks})"
+            recorded = (await conn.exec_driver_sql(sql, rows)).rowcount
+    return {"received": len(events), "recorded": recorded, "duplicates": len(events) - recorded}
 
 
 def _day_name(day: dt.date) -> str:
