@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -65,3 +66,29 @@ def test_bad_env_var_is_named(tmp_path: Path) -> None:
 def test_explicit_missing_file_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not found"):
         load_settings(tmp_path / "absent.toml", env={})
+
+
+def test_the_commented_plans_example_is_valid() -> None:
+    text = default_config_text()
+    snippet = text[text.index("# [[billing.plans]]") : text.index("# The model registry")]
+    uncommented = "\n".join(ln[2:] if ln.startswith("# ") else "" for ln in snippet.splitlines())
+    from tollway.core.config import Settings
+
+    plans = Settings.model_validate(tomllib.loads(uncommented)).plans()
+    assert list(plans) == ["free", "pro"] and plans["pro"].overage
+
+
+def test_bad_plans_are_config_errors(tmp_path: Path) -> None:
+    for bad, key in (
+        ('[[billing.plans]]\nlookup_key = "Pro Plan"', "billing.plans.0.lookup_key"),
+        ('[[billing.plans]]\nlookup_key = "a"\n[[billing.plans]]\nlookup_key = "a"', "billing"),
+        ('[billing]\ndefault_plan = "gold"\n[[billing.plans]]\nlookup_key = "a"', "billing"),
+        ('[[billing.plans]]\nlookup_key = "free"\nprice = "ten"', "billing.plans.0.price"),
+        ('[[billing.plans]]\nlookup_key = "free"\nfeatures = ["Chat!"]', "billing.plans.0.features"),
+        ('[[billing.plans]]\nlookup_key = "free"\nquotas = { requests = 5 }', "billing.plans.0.quotas"),
+    ):
+        p = tmp_path / "t.toml"
+        p.write_text(bad)
+        with pytest.raises(ConfigError) as e:
+            load_settings(p, env={})
+        assert e.value.key == key, (bad, e.value)
