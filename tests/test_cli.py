@@ -164,3 +164,30 @@ def test_init_demo_writes_a_paid_route_that_loads(tmp_path: Path) -> None:
     [rule] = s.x402.rules
     assert (rule.path, rule.origin, rule.price) == ("/demo/weather", "demo", "$0.001")
     assert s.x402.pay_to == r["demo_pay_to"]
+
+
+def test_billing_commands(cfg: str) -> None:
+    text = Path(cfg).read_text()
+    text += '\n[[billing.plans]]\nlookup_key = "free"\nfeatures = ["ai.chat"]\n'
+    text += (
+        '\n[[billing.plans]]\nlookup_key = "pro"\nprice = "$1"\nincluded_neurons = 1000\nfeatures = ["*"]\n'
+    )
+    Path(cfg).write_text(text)
+    assert [p["lookup_key"] for p in run(cfg, "plans")["data"]] == ["free", "pro"]
+    c = run(cfg, "customers", "create", "--name", "Ada", "--credit", "$2.50")
+    assert run(cfg, "subscription", "show", c["id"])["plan"] == "free"
+    s = run(cfg, "subscription", "set", c["id"], "pro")
+    assert (s["plan"], s["status"]) == ("pro", "active")
+    err = run(cfg, "subscription", "set", c["id"], "gold", code=1)["error"]
+    assert err["code"] == "plan_not_found"
+    g = run(cfg, "credits", "grant", c["id"], "$1", "--priority", "5", "--expires-days", "3")
+    assert g["amount"] == 1_000_000 and g["priority"] == 5 and g["category"] == "promotional"
+    assert [x["id"] for x in run(cfg, "credits", "list", c["id"])["data"]] == [g["id"]]
+    pv = run(cfg, "invoice", "preview", "--customer", c["id"])
+    assert (
+        pv["plan"] == "pro" and pv["lines"][0]["amount"] == 1_000_000 and pv["credit_remaining"] == 1_000_000
+    )
+    assert run(cfg, "subscription", "cancel", c["id"])["cancel_at_period_end"] is True
+    assert run(cfg, "rollups", "run", "--day", "2026-11-20")["rows"] == 0
+    assert run(cfg, "rollups", "list", "--start", "2026-11-01", "--end", "2026-11-30")["data"] == []
+    assert run(cfg, "rollups", "run", "--day", "yesterday", code=1)["error"]["code"] == "invalid_day"
