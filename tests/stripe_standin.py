@@ -344,6 +344,7 @@ class StripeStandIn:
         self._idem: dict[str, tuple[str, int, Any]] = {}
         self.meter_events: dict[str, MeterEvent] = {}  # by identifier: what Stripe aggregates
         self.meter_receipts: Counter[str] = Counter()  # identifier → times received
+        self.uncounted: set[str] = set()  # received, not yet in summaries (Stripe aggregates later)
         self.concurrency_violations: list[str] = []
         self._in_flight: Counter[tuple[str, str]] = Counter()
         self.max_in_flight = 0  # most v1 meter event calls at once (all customers)
@@ -950,7 +951,10 @@ class StripeStandIn:
             return sum(
                 e.value
                 for e in self.meter_events.values()
-                if e.event_name == event_name and e.customer == customer and start <= e.timestamp < end
+                if e.event_name == event_name
+                and e.customer == customer
+                and start <= e.timestamp < end
+                and e.identifier not in self.uncounted
             )
 
     def _meter_event(

@@ -160,7 +160,7 @@ async def test_stripe_down_is_a_502_and_nothing_is_recorded(app: App, standin: S
 
 
 async def test_without_stripe_the_routes_say_it_is_not_configured(client: httpx.AsyncClient) -> None:
-    """STRIPE_API_KEY unset: tollway runs, and the Stripe routes answer 501 in the one error shape."""
+    """STRIPE_API_KEY unset: tollway runs, and the Stripe routes answer 409 in the one error shape."""
     c = (await client.post("/admin/customers", json={"name": "Bo"}, headers=ADMIN)).json()
     key = (await client.post("/admin/keys", json={"customer_id": c["id"]}, headers=ADMIN)).json()["key"]
     auth = {"Authorization": f"Bearer {key}"}
@@ -171,6 +171,6 @@ async def test_without_stripe_the_routes_say_it_is_not_configured(client: httpx.
     ]
     for path, kw in calls:
         r = await client.post(path, **kw)
-        assert r.status_code == 501, (path, r.text)
+        assert r.status_code == 409, (path, r.text)
         err = r.json()["error"]
         assert err["code"] == "stripe_not_configured" and "STRIPE_API_KEY" in err["message"]

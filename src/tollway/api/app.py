@@ -125,7 +125,7 @@ def create_app(settings: Settings | None = None, *, rt: Runtime | None = None) -
     app.include_router(x402_admin.router, responses=errors.error_responses(400, 401))
     app.include_router(billing.router, responses=errors.error_responses(400, 401, 402, 403, 404, 409))
     app.include_router(billing.admin, responses=errors.error_responses(400, 401, 402, 404, 409))
-    app.include_router(stripe_api.router, responses=errors.error_responses(400, 401, 403, 409, 501, 502))
+    app.include_router(stripe_api.router, responses=errors.error_responses(400, 401, 403, 409, 502))
     app.add_middleware(MetricsMiddleware)
     # The hot AI routes skip FastAPI's per-request machinery (tollway.api.fastpath).
     app.fast("/v1/chat/completions", ChatRequest, inference_api.chat_completions)

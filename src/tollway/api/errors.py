@@ -40,9 +40,8 @@ _DESCRIPTIONS = {
     402: "Insufficient funds, or a budget reached (budget_exceeded)",
     403: "Missing scope",
     404: "Not found",
-    409: "Conflict (already resolved, idempotency key reused, exists)",
+    409: "Conflict (already resolved, idempotency key reused, exists, not configured here)",
     429: "Rate limit reached (Retry-After and x-ratelimit-* headers)",
-    501: "Not configured on this server (e.g. stripe_not_configured)",
     502: "Upstream provider failed",
     503: "Not ready",
 }

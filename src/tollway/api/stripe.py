@@ -1,6 +1,6 @@
 """Stripe over HTTP: Checkout and the customer portal for the calling customer
 (``/v1/billing/checkout``, ``/v1/billing/portal``), and Stripe's webhook
-(``/stripe/webhook``). Without Stripe configured they answer 501
+(``/stripe/webhook``). Without Stripe configured they answer 409
 ``stripe_not_configured``."""
 
 from __future__ import annotations

@@ -69,12 +69,14 @@ class SubscriptionsPort(Protocol):
 
 
 def not_configured(what: str = "Stripe") -> TollwayError:
+    """409: the request is fine, this server is not set up for it (and a 5xx
+    would say the server failed, which it did not)."""
     return TollwayError(
-        ErrorType.API,
+        ErrorType.CONFLICT,
         "stripe_not_configured",
         f"{what} is not configured on this server: set STRIPE_API_KEY (and STRIPE_WEBHOOK_SECRET"
         " for webhooks); see docs/stripe.md",
-        status=501,
+        status=409,
     )
 
 

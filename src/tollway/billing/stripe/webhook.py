@@ -90,6 +90,10 @@ async def handle(sb: StripeBilling, payload: bytes, signature: str | None) -> di
     try:
         try:
             outcome = await process(sb, etype, obj)
+        except stripe.InvalidRequestError as e:
+            if e.http_status != 404:
+                raise stripe_failed(e, f"fetch the object of event {eid}") from e
+            outcome = f"ignored: the event's object is gone from Stripe ({e.user_message})"
         except TollwayError as e:
             if e.status >= 500:
                 raise
@@ -145,10 +149,12 @@ async def _customer_of(sb: StripeBilling, stripe_customer: str | None, *hints: A
     the tollway id carried in metadata (then linked)."""
     if stripe_customer is None:
         return None
-    known = await sb.subscriptions.customer_for_stripe(stripe_customer)
-    if known is None:
-        known = await sb.store.local_for(CUSTOMER, stripe_customer)
+    known = await sb.store.local_for(CUSTOMER, stripe_customer)
     if known is not None:
+        return known
+    known = await sb.subscriptions.customer_for_stripe(stripe_customer)
+    if known is not None:  # linked before stripe_objects knew it: record it, so its usage is pushed
+        await sb.store.put_once(CUSTOMER, known, stripe_customer)
         return known
     for h in hints:
         if isinstance(h, str) and h:
@@ -156,8 +162,8 @@ async def _customer_of(sb: StripeBilling, stripe_customer: str | None, *hints: A
                 await sb.customers.get(h)
             except TollwayError:
                 continue
-            await link(sb, h, stripe_customer)
-            return h
+            if await link(sb, h, stripe_customer):
+                return h
     return None
 
 
