@@ -22,6 +22,9 @@ from tollway.identity.customers import Customers
 from tollway.identity.keys import ApiKeys
 from tollway.inference.service import Inference
 from tollway.ledger import Ledger
+from tollway.wallets.audit import Audit
+from tollway.wallets.authorize import Authorizer, alerts
+from tollway.wallets.store import Wallets
 from tollway.x402.devnet import Devnet
 from tollway.x402.facilitator import Facilitator, Settlement
 from tollway.x402.paywall import Paywall
@@ -48,6 +51,8 @@ class Runtime:
     facilitator: Facilitator
     paywall: Paywall  # paid routes: [[x402.rules]], or rules imported through the admin API
     billing: Billing
+    wallets: Wallets
+    authorizer: Authorizer
     remote_facilitator: RemoteFacilitator | None = None  # [x402] facilitator_url
     stripe: StripeBilling | None = None  # STRIPE_API_KEY set: Stripe billing (tollway.billing.stripe)
 
@@ -74,6 +79,20 @@ class Runtime:
         request_log = RequestLog(
             engine, clock, settings.gateway.log_flush_ms, settings.gateway.log_retention_days, ledger
         )
+        gateway = Gateway(settings.gateway, ledger, clock, request_log, billing)
+        audit = Audit(engine, ledger, clock)
+        wallets = Wallets(engine, ledger, clock, audit, settings.wallets.key_env)
+        authorizer = Authorizer(
+            engine,
+            ledger,
+            charger,
+            clock,
+            wallets,
+            audit,
+            gateway.windows,
+            settings.wallets.hold_seconds,
+            alerts(settings.wallets.alert_webhook_url),
+        )
         paywall = Paywall(x402, Rules(x402.rules), remote or facilitator, keys, RuleStore(engine, clock))
         paywall.entitled = lambda key, feature: billing.standing(key.customer_id, key.billing).plan.has(
             feature
@@ -87,11 +106,13 @@ class Runtime:
             customers=customers,
             keys=keys,
             inference=Inference(settings, charger, clock, billing),
-            gateway=Gateway(settings.gateway, ledger, clock, request_log, billing),
+            gateway=gateway,
             devnet=devnet,
             facilitator=facilitator,
             paywall=paywall,
             billing=billing,
+            wallets=wallets,
+            authorizer=authorizer,
             remote_facilitator=remote,
             stripe=stripe_billing.from_env(settings, engine, clock, customers, billing.subscriptions),
         )

@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from tollway import __version__
-from tollway.api import admin, billing, errors, gateway_admin, system, v1, x402, x402_admin
+from tollway.api import admin, billing, errors, gateway_admin, system, v1, wallets, x402, x402_admin
 from tollway.api import stripe as stripe_api
 from tollway.api.fastpath import TollwayApp
 from tollway.core.config import Settings
@@ -91,6 +91,7 @@ def create_app(settings: Settings | None = None, *, rt: Runtime | None = None) -
         await rt.paywall.refresh()
         rules = asyncio.create_task(rt.paywall.watch())
         billing_tick = asyncio.create_task(rt.billing.run(rt.settings.billing.tick_seconds))
+        wallet_sweep = asyncio.create_task(rt.authorizer.run(rt.settings.wallets.sweep_seconds))
         if rt.stripe is not None:  # usage to Stripe's meter (stopped by rt.close)
             rt.stripe.pusher().start()
         # What start-up made (modules, config, models' Python objects) lives as
@@ -100,7 +101,7 @@ def create_app(settings: Settings | None = None, *, rt: Runtime | None = None) -
         try:
             yield
         finally:
-            for task in (sweeper, rules, billing_tick):
+            for task in (sweeper, rules, billing_tick, wallet_sweep):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
@@ -125,6 +126,8 @@ def create_app(settings: Settings | None = None, *, rt: Runtime | None = None) -
     app.include_router(x402_admin.router, responses=errors.error_responses(400, 401))
     app.include_router(billing.router, responses=errors.error_responses(400, 401, 402, 403, 404, 409))
     app.include_router(billing.admin, responses=errors.error_responses(400, 401, 402, 404, 409))
+    app.include_router(wallets.admin, responses=errors.error_responses(400, 401, 404, 409))
+    app.include_router(wallets.agent, responses=errors.error_responses(400, 401, 402, 404, 409))
     app.include_router(stripe_api.router, responses=errors.error_responses(400, 401, 403, 409, 502))
     app.add_middleware(MetricsMiddleware)
     # The hot AI routes skip FastAPI's per-request machinery (tollway.api.fastpath).

@@ -227,11 +227,12 @@ class Hold:
                 [(sources[-1], self.max_amount)] if last and len(sources) > 1 else await self._plan(sources)
             )
             try:
-                await self._reserve_legs(plan, early)
+                await self._reserve_legs(plan, early, attempt)
                 return
             except TollwayError as e:
-                # Another request took the money between the plan and the reserve.
-                if e.code != "insufficient_funds" or last:
+                # Another request took the money between the plan and the reserve
+                # (only a split across several sources can be planned again).
+                if e.code != "insufficient_funds" or last or len(sources) == 1:
                     metrics.CHARGES.labels("refused").inc()
                     raise
 
@@ -254,7 +255,7 @@ class Hold:
         metrics.CHARGES.labels("refused").inc()
         raise ledger_errors.exceeds_credits(sources[-1].account_id, self.max_amount - need, self.max_amount)
 
-    async def _reserve_legs(self, plan: list[tuple[Source, int]], early: bool) -> None:
+    async def _reserve_legs(self, plan: list[tuple[Source, int]], early: bool, attempt: int = 0) -> None:
         caps: list[tuple[Source | Cap, int]] = [
             (c, self.max_amount if c.units is None else c.units) for c in self.payer.caps
         ]
@@ -264,7 +265,7 @@ class Hold:
             kw: dict[str, Any] = {
                 "timeout_s": self.timeout_s,
                 "description": self.description or self.meter,
-                "idempotency_key": self._key("reserve", i),
+                "idempotency_key": self._key("reserve" if not attempt else f"reserve{attempt}", i),
             }
             if early:
                 return await self.ledger.reserve_early(s.account_id, s.payee or self.payee, amount, **kw)

@@ -292,6 +292,22 @@ class BillingConfig(_Section):
         return self
 
 
+class WalletsConfig(_Section):
+    """Agent wallets and the broker (see tollway.wallets)."""
+
+    # The environment variable holding the 32-byte key (base64 or hex) that
+    # encrypts wallets' EVM signing keys at rest. Never put the key in this file.
+    key_env: str = Field("TOLLWAY_WALLET_KEY", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    hold_seconds: int = Field(600, ge=1, le=7 * 86_400)  # an approved authorization's hold
+    sweep_seconds: float = Field(5.0, gt=0)  # how often timed-out approvals are declined
+    # Where a frozen token is reported (POST JSON); empty: the log and the metric only.
+    alert_webhook_url: str = Field("", pattern=r"^(https?://\S+)?$")
+    # Hosts or CIDRs on private networks the broker may reach (e.g. "127.0.0.1/32").
+    broker_allow: list[str] = Field(default_factory=list)
+    broker_timeout_seconds: float = Field(30, gt=0, le=600)
+    broker_max_bytes: int = Field(10 * 1024 * 1024, ge=1024)
+
+
 def valid_amount(v: str, free_ok: bool = False) -> str:
     from tollway.core.errors import TollwayError
     from tollway.core.money import parse_amount, parse_price
@@ -312,6 +328,7 @@ class Settings(_Section):
     gateway: GatewayConfig = GatewayConfig()
     x402: X402Config = X402Config()
     billing: BillingConfig = BillingConfig()
+    wallets: WalletsConfig = WalletsConfig()
     models: list[ModelConfig] = Field(default_factory=default_models)
 
     @field_validator("models")

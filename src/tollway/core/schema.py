@@ -257,6 +257,75 @@ billing_state = Table(
     Column("updated_at_us", BigInteger, nullable=False),
 )
 
+# Agent wallets (tollway.wallets): funded from the ledger, spent by delegated
+# agent tokens within a policy, through authorizations that hold the money.
+wallets = Table(
+    "wallets",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("owner", String(200), nullable=False),  # a customer id, or a human's name
+    Column("customer_id", String(64), ForeignKey("customers.id"), nullable=True, index=True),
+    Column("account_id", String(64), ForeignKey("ledger_accounts.id"), nullable=False),
+    Column("policy", Text, nullable=False),  # JSON (tollway.wallets.policy.Policy)
+    Column("evm_address", String(42), nullable=True),
+    Column("evm_key", Text, nullable=True),  # encrypted at rest (tollway.wallets.keys)
+    Column("created_at_us", BigInteger, nullable=False),
+    Column("updated_at_us", BigInteger, nullable=False),
+)
+
+agent_tokens = Table(
+    "agent_tokens",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("wallet_id", String(64), ForeignKey("wallets.id"), nullable=False, index=True),
+    Column("prefix", String(32), nullable=False, unique=True),
+    Column("secret_hash", String(64), nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("limits", Text, nullable=False),  # JSON: the token's subset of the policy
+    Column("created_at_us", BigInteger, nullable=False),
+    Column("revoked_at_us", BigInteger, nullable=True),
+    Column("frozen_at_us", BigInteger, nullable=True),
+    Column("frozen_reason", String(500), nullable=True),
+    Column("used_at_us", BigInteger, nullable=True),  # a single-use token's one authorization
+)
+
+wallet_authorizations = Table(
+    "wallet_authorizations",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("wallet_id", String(64), nullable=False, index=True),
+    Column("token_id", String(64), nullable=False, index=True),
+    Column("idempotency_key", String(300), nullable=False, unique=True),  # token id + the caller's key
+    Column("request_hash", String(64), nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    Column("currency", String(8), nullable=False),
+    Column("payee", String(255), nullable=False),
+    Column("category", String(32), nullable=False),
+    # approved | declined | pending_approval | captured | voided | expired
+    Column("status", String(20), nullable=False),
+    Column("reason", String(64), nullable=True),
+    Column("legs", Text, nullable=False),  # JSON: the hold's pending transfers
+    Column("captured", BigInteger, nullable=False),
+    Column("expires_at_us", BigInteger, nullable=False),  # the hold's, or the approval's timeout
+    Column("memo", String(500), nullable=False),
+    Column("created_at_us", BigInteger, nullable=False),
+    Column("updated_at_us", BigInteger, nullable=False),
+    Index("ix_wallet_authorizations_status", "status", "expires_at_us"),
+)
+
+wallet_audit = Table(
+    "wallet_audit",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("wallet_id", String(64), nullable=False, index=True),
+    Column("token_id", String(64), nullable=True, index=True),
+    Column("authorization_id", String(64), nullable=True),
+    Column("event", String(32), nullable=False),
+    Column("actor", String(200), nullable=False),
+    Column("detail", Text, nullable=False),
+    Column("created_at_us", BigInteger, nullable=False),
+)
+
 SYSTEM_ACCOUNTS = {
     "sys_funding": ("funding", "Money entering tollway (top-ups, grants)"),
     "sys_revenue": ("revenue", "Earned revenue"),
@@ -265,6 +334,7 @@ SYSTEM_ACCOUNTS = {
     "sys_grants": ("funding", "Free allocations granted (and used back)"),
     "sys_budgets": ("funding", "Spend-limit budgets granted (and spent back)"),
     "sys_quotas": ("funding", "Plan quotas granted (and used back), in their own units"),
+    "sys_wallet_limits": ("funding", "Wallet spending limits granted (and spent back)"),
 }
 
 

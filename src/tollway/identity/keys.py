@@ -40,6 +40,10 @@ def _hash(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+# For other secrets made the same way (agent tokens).
+random_string, sha256_hex = _rand, _hash
+
+
 def has_scope(granted: list[str], needed: str) -> bool:
     """``*`` grants everything; ``ledger:*`` grants ``ledger:read``."""
     for g in granted:

@@ -35,3 +35,6 @@ READY = Gauge("tollway_ready", "1 when the database is reachable and migrations 
 USAGE_ANOMALIES = Counter(
     "tollway_usage_anomalies_total", "Customer-days flagged: usage above k x the trailing median"
 )
+WALLET_FREEZES = Counter(
+    "tollway_wallet_token_freezes_total", "Agent tokens frozen by the runaway-loop guard"
+)

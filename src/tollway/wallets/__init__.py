@@ -1,0 +1,1 @@
+"""Agent wallets: policies, delegated tokens, authorizations, approvals, audit and the broker."""

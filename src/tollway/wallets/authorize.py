@@ -1,0 +1,689 @@
+"""Authorizations: an agent token asks to spend; the answer is approved (with
+a ledger hold), declined (with a reason code) or pending a human's approval.
+The hold is later captured (all or part) or voided.
+
+The decision is made in process, in this order, and every step is exact:
+
+1. the token (revoked, expired, frozen, a single-use token already used);
+2. the category, the payee, the per-payment limits (the token's and the
+   policy's ``per_authorization`` limits);
+3. the approval threshold: above it, the request waits for a human;
+4. the runaway-loop guard (velocity over the last minute, shared through
+   Redis when the gateway has it): tripping it freezes the token;
+5. the ledger reservation, which holds the amount on the wallet's account
+   *and* on every limit that applies, in one batch: each spending limit
+   (daily, weekly, monthly, yearly, all-time; per category when it says so),
+   the per-provider monthly cap and the token's total allowance are
+   ``budget`` accounts funded with the limit, so no interleaving of
+   concurrent authorizations, in any number of processes, can overspend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tollway.charge import Charger
+from tollway.charge.allocation import Allocations
+from tollway.charge.hold import Cap, Hold, Leg, Payer, Source
+from tollway.core.clock import Clock
+from tollway.core.errors import ErrorType, TollwayError, conflict, invalid, not_found
+from tollway.core.ids import new_id
+from tollway.core.schema import wallet_authorizations as A
+from tollway.core.storage import writer
+from tollway.gateway.ratelimit import Tally, Windows
+from tollway.ledger import Ledger
+from tollway.observe import metrics
+from tollway.wallets.audit import Audit
+from tollway.wallets.policy import CATEGORIES, SpendingLimit, normalize_payee
+from tollway.wallets.store import AgentToken, Wallet, Wallets
+
+log = logging.getLogger("tollway.wallets")
+
+LIMITS = "sys_wallet_limits"
+PAID_OUT = "sys_settlement"  # where captured wallet money goes: out to the merchant
+REASONS = (
+    "spending_limit_exceeded",
+    "category_blocked",
+    "payee_blocked",
+    "token_expired",
+    "token_revoked",
+    "approval_required",
+    "velocity_limit",
+    "insufficient_funds",
+)
+_COLS = [c.name for c in A.columns]
+_SQLITE_INSERT = (
+    f"INSERT INTO wallet_authorizations ({', '.join(_COLS)}) VALUES ({', '.join('?' * len(_COLS))})"
+)
+
+
+@dataclass(slots=True)
+class Decision:
+    id: str
+    wallet_id: str
+    token_id: str
+    idempotency_key: str
+    request_hash: str
+    amount: int
+    currency: str
+    payee: str
+    category: str
+    status: str  # approved | declined | pending_approval | captured | voided | expired
+    reason: str | None
+    legs: list[list[Any]]
+    captured: int
+    expires_at_us: int
+    memo: str
+    created_at_us: int
+    updated_at_us: int
+    decided_ns: int = 0  # how long the decision took (not stored)
+    message: str = ""
+
+    def row(self) -> tuple[Any, ...]:
+        return (
+            self.id,
+            self.wallet_id,
+            self.token_id,
+            self.idempotency_key,
+            self.request_hash,
+            self.amount,
+            self.currency,
+            self.payee,
+            self.category,
+            self.status,
+            self.reason,
+            json.dumps(self.legs, separators=(",", ":")),
+            self.captured,
+            self.expires_at_us,
+            self.memo,
+            self.created_at_us,
+            self.updated_at_us,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "object": "wallet_authorization",
+            "id": self.id,
+            "wallet_id": self.wallet_id,
+            "token_id": self.token_id,
+            "status": self.status,
+            "approved": self.status in ("approved", "captured"),
+            "reason": self.reason,
+            "amount": self.amount,
+            "currency": self.currency,
+            "payee": self.payee,
+            "category": self.category,
+            "held": self.amount if self.status == "approved" else 0,
+            "captured": self.captured,
+            "expires_at_us": self.expires_at_us,
+            "memo": self.memo,
+            "created_at_us": self.created_at_us,
+        }
+        if self.message:
+            d["message"] = self.message
+        return d
+
+    def refusal(self) -> TollwayError:
+        """A declined decision as a 402 in the one error shape."""
+        return TollwayError(ErrorType.PAYMENT, self.reason or "declined", self.message, status=402)
+
+
+_FIELDS = [f for f in Decision.__slots__ if f not in ("decided_ns", "message")]
+
+
+def _from_row(r: Any) -> Decision:
+    return Decision(
+        r.id,
+        r.wallet_id,
+        r.token_id,
+        r.idempotency_key,
+        r.request_hash,
+        r.amount,
+        r.currency,
+        r.payee,
+        r.category,
+        r.status,
+        r.reason,
+        json.loads(r.legs),
+        r.captured,
+        r.expires_at_us,
+        r.memo,
+        r.created_at_us,
+        r.updated_at_us,
+    )
+
+
+def _periods(now_us: int) -> dict[str, str]:
+    d = dt.datetime.fromtimestamp(now_us / 1_000_000, dt.UTC)
+    iso = d.isocalendar()
+    return {
+        "daily": d.strftime("d%Y%m%d"),
+        "weekly": f"w{iso.year}{iso.week:02d}",
+        "monthly": d.strftime("m%Y%m"),
+        "yearly": d.strftime("y%Y"),
+        "all_time": "all",
+    }
+
+
+def _h(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()
+
+
+@dataclass
+class Authorizer:
+    engine: AsyncEngine
+    ledger: Ledger
+    charger: Charger
+    clock: Clock
+    wallets: Wallets
+    audit: Audit
+    windows: Windows
+    hold_seconds: int = 600
+    on_freeze: Callable[[dict[str, Any]], None] | None = None  # the alert (webhook) hook
+    funded: Allocations = field(init=False)
+    _recent: dict[str, Decision] = field(init=False, default_factory=dict)
+    _inflight: dict[str, asyncio.Future[None]] = field(init=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.funded = Allocations(self.ledger)
+
+    # -------------------------------------------------------------- authorize
+
+    async def authorize(
+        self,
+        presented: str,
+        *,
+        amount: Any,
+        payee: Any,
+        category: Any,
+        idempotency_key: Any,
+        currency: Any = "usd",
+        memo: str = "",
+        hold_seconds: int | None = None,
+    ) -> Decision:
+        token, wallet = await self.wallets.verify(presented)
+        t0 = asyncio.get_running_loop().time()
+        amount, payee, category = _check(amount, payee, category, idempotency_key, currency, wallet, memo)
+        key = f"{token.id}:{idempotency_key}"
+        rh = _h(amount, payee, category, currency, memo)
+        while (running := self._inflight.get(key)) is not None:  # the same request, being decided here
+            await asyncio.wait([running])
+        fut = self._inflight[key] = asyncio.get_running_loop().create_future()
+        try:
+            seen = await self._seen(key)
+            if seen is not None:
+                if seen.request_hash != rh:
+                    raise conflict(
+                        "idempotency_conflict",
+                        "this idempotency key was used for a different authorization",
+                        None,
+                    )
+                return seen
+            return await self._decide(token, wallet, key, rh, amount, payee, category, memo, hold_seconds, t0)
+        finally:
+            self._inflight.pop(key, None)
+            fut.set_result(None)
+
+    async def _decide(
+        self,
+        token: AgentToken,
+        wallet: Wallet,
+        key: str,
+        rh: str,
+        amount: int,
+        payee: str,
+        category: str,
+        memo: str,
+        hold_seconds: int | None,
+        t0: float,
+    ) -> Decision:
+        now = self.clock.now_us()
+        timeout = hold_seconds or self.hold_seconds
+        d = Decision(
+            new_id("wauth"), wallet.id, token.id, key, rh, amount, "usd", payee, category, "declined", None,
+            [], 0, now + timeout * 1_000_000, memo, now, now,
+        )  # fmt: skip
+        reason, message = self._screen(token, wallet, d)
+        if (
+            reason is None
+            and wallet.policy.approval_threshold is not None
+            and amount > wallet.policy.approval_threshold
+        ):
+            d.status = "pending_approval"
+            d.expires_at_us = now + wallet.policy.approval_timeout_seconds * 1_000_000
+            d.message = "above the wallet's approval threshold: waiting for a human (tollway approvals)"
+        elif reason is None:
+            reason, message = await self._velocity(token, wallet, d)
+        if reason is None and d.status != "pending_approval":
+            reason, message = await self._hold(token, wallet, d, timeout)
+            if reason is None:
+                d.status = "approved"
+        if reason is not None:
+            d.status, d.reason, d.message = "declined", reason, message
+        d.decided_ns = int((asyncio.get_running_loop().time() - t0) * 1e9)
+        await self._save(d, "authorization")
+        return d
+
+    def _screen(self, token: AgentToken, wallet: Wallet, d: Decision) -> tuple[str | None, str]:
+        now, pol, lim = self.clock.now_us(), wallet.policy, token.limits
+        if token.revoked_at_us is not None:
+            return "token_revoked", "this agent token was revoked"
+        if (lim.expires_at_us is not None and lim.expires_at_us <= now) or (
+            pol.expires_at_us is not None and pol.expires_at_us <= now
+        ):
+            return "token_expired", "this agent token (or its wallet's policy) has expired"
+        if lim.single_use and token.used_at_us is not None:
+            return "token_expired", "this single-use agent token was already used"
+        if token.frozen_at_us is not None:
+            return (
+                "velocity_limit",
+                f"this agent token is frozen ({token.frozen_reason}); a human must unfreeze it",
+            )
+        c = d.category
+        if (
+            c in pol.blocked_categories
+            or (pol.allowed_categories is not None and c not in pol.allowed_categories)
+            or (lim.categories is not None and c not in lim.categories)
+        ):
+            return "category_blocked", f"category {c!r} is not allowed for this token"
+        if d.payee in pol.blocked_payees or (
+            pol.allowed_payees is not None and d.payee not in pol.allowed_payees
+        ):
+            return "payee_blocked", f"payee {d.payee!r} is not allowed for this token"
+        if lim.max_per_payment is not None and d.amount > lim.max_per_payment:
+            return (
+                "spending_limit_exceeded",
+                f"above this token's maximum per payment ({lim.max_per_payment})",
+            )
+        for sl in pol.spending_limits:
+            if sl.interval == "per_authorization" and _applies(sl, c) and d.amount > sl.amount:
+                return "spending_limit_exceeded", f"above the wallet's per-authorization limit ({sl.amount})"
+        return None, ""
+
+    async def _velocity(self, token: AgentToken, wallet: Wallet, d: Decision) -> tuple[str | None, str]:
+        v = wallet.policy.velocity
+        tallies = []
+        if v.max_payments_per_payee_per_minute:
+            tallies.append(Tally(f"wv:{token.id}:{d.payee}", v.max_payments_per_payee_per_minute, 1))
+        if v.max_spend_per_minute:
+            tallies.append(Tally(f"ws:{token.id}", v.max_spend_per_minute, d.amount))
+        if not tallies:
+            return None, ""
+        verdict = await self.windows.hit(tallies, self.clock.now_us() // 1_000_000)
+        if verdict.allowed:
+            return None, ""
+        which = tallies[verdict.refused]
+        why = (
+            f"more than {which.limit} payments to {d.payee} in a minute"
+            if which.key.startswith("wv:")
+            else f"spending faster than {which.limit} micro-USD a minute"
+        )
+        await self.wallets.freeze(token.id, why)
+        metrics.WALLET_FREEZES.inc()
+        log.warning("agent token %s frozen by the runaway-loop guard: %s", token.id, why)
+        if self.on_freeze is not None:
+            self.on_freeze(
+                {"type": "wallet.token_frozen", "wallet_id": wallet.id, "token_id": token.id, "reason": why}
+            )
+        return "velocity_limit", f"runaway-loop guard: {why}; the token is frozen until a human unfreezes it"
+
+    async def caps(self, token: AgentToken, wallet: Wallet, payee: str, category: str) -> tuple[Cap, ...]:
+        """The limit accounts an authorization must also fit, funded and ready."""
+        now = self.clock.now_us()
+        periods = _periods(now)
+        out = []
+        for sl in wallet.policy.spending_limits:
+            if sl.interval == "per_authorization" or not _applies(sl, category):
+                continue
+            tag = _h(sl.interval, sl.categories)[:8]
+            acct = f"wl_{wallet.id}_{tag}_{periods[sl.interval]}"
+            name = f"wallet {sl.interval} spending limit"
+            await self.funded.ensure(acct, "budget", wallet.customer_id, sl.amount, LIMITS, name)
+            out.append(Cap(acct, name, LIMITS, None, "spending_limit_exceeded"))
+        acct = f"wp_{wallet.id}_{_h(payee)[:8]}_{periods['monthly']}"
+        name = f"monthly cap for provider {payee}"
+        await self.funded.ensure(
+            acct, "budget", wallet.customer_id, wallet.policy.cap_for(payee), LIMITS, name
+        )
+        out.append(Cap(acct, name, LIMITS, None, "spending_limit_exceeded"))
+        if token.limits.total_allowance is not None:
+            out.append(
+                Cap(
+                    f"wt_{token.id}", "agent token's total allowance", LIMITS, None, "spending_limit_exceeded"
+                )
+            )
+        return tuple(out)
+
+    def _hold_for(self, wallet: Wallet, d: Decision, caps: tuple[Cap, ...], timeout: int) -> Hold:
+        payer = Payer(wallet.account_id, wallet.customer_id, (Source(wallet.account_id, PAID_OUT),), caps)
+        return self.charger.hold(
+            payer,
+            d.amount,
+            meter="wallet_payment",
+            payee=PAID_OUT,
+            description=f"wallet authorization by {d.token_id}",
+            idempotency_key=f"wauth:{d.idempotency_key}",
+            timeout_s=timeout,
+        )
+
+    async def _hold(
+        self, token: AgentToken, wallet: Wallet, d: Decision, hold_s: int
+    ) -> tuple[str | None, str]:
+        claimed = False
+        if token.limits.single_use:
+            if not await self.wallets.claim_single_use(token.id):
+                return "token_expired", "this single-use agent token was already used"
+            claimed = True
+        hold = self._hold_for(wallet, d, await self.caps(token, wallet, d.payee, d.category), hold_s)
+        try:
+            await hold.reserve(early=True)
+            await hold.confirm()  # the decision is made; answer once it is durable
+        except TollwayError as e:
+            if claimed:
+                await self.wallets.unclaim(token.id)
+            if e.code in ("insufficient_funds", "spending_limit_exceeded"):
+                what = "the wallet's balance" if e.code == "insufficient_funds" else "a spending limit"
+                return e.code, f"{what} cannot cover {d.amount} micro-USD: {e.message}"
+            raise
+        d.legs = [
+            [
+                lg.pending.id,
+                "cap" if isinstance(lg.source, Cap) else "source",
+                lg.source.account_id,
+                lg.source.payee,
+            ]
+            for lg in hold.legs
+        ]
+        d.expires_at_us = self.clock.now_us() + hold_s * 1_000_000
+        return None, ""
+
+    # ------------------------------------------------------ capture and void
+
+    async def get(self, auth_id: str, token_id: str | None = None) -> Decision:
+        await self.ledger.riders_committed()
+        async with self.engine.connect() as conn:
+            r = (await conn.execute(select(A).where(A.c.id == auth_id))).first()
+        if r is None or (token_id is not None and r.token_id != token_id):
+            raise not_found("authorization_not_found", f"no authorization {auth_id!r}", "authorization_id")
+        return _from_row(r)
+
+    async def capture(
+        self, auth_id: str, amount: Any = None, *, token_id: str | None = None, actor: str = "agent"
+    ) -> Decision:
+        """Take ``amount`` (default: all held) and release the rest; 0 voids."""
+        d = await self.get(auth_id, token_id)
+        if d.status != "approved":
+            raise conflict(
+                "authorization_not_open", f"authorization {auth_id} is {d.status}", "authorization_id"
+            )
+        take = d.amount if amount is None else amount
+        if isinstance(take, bool) or not isinstance(take, int) or not 0 <= take <= d.amount:
+            raise invalid("invalid_amount", f"amount is an integer from 0 to the {d.amount} held", "amount")
+        hold = await self._rebuild(d)
+        try:
+            await hold.settle(
+                take,
+                quantity=take,
+                payee=d.payee,
+                category=d.category,
+                wallet_id=d.wallet_id,
+                token_id=d.token_id,
+                authorization_id=d.id,
+            )
+        except TollwayError as e:
+            if e.code in (
+                "pending_transfer_expired",
+                "pending_transfer_not_found",
+                "transfer_not_pending",
+                "pending_already_resolved",
+            ):
+                await self._set(d, "expired", "the hold expired before it was captured")
+                raise conflict(
+                    "authorization_expired", f"authorization {auth_id} expired before capture", None
+                ) from None
+            raise
+        return await self._set(d, "captured" if take else "voided", None, captured=take, actor=actor)
+
+    async def void(self, auth_id: str, *, token_id: str | None = None, actor: str = "agent") -> Decision:
+        d = await self.get(auth_id, token_id)
+        if d.status == "pending_approval":
+            return await self._set(
+                d, "declined", "approval_required", actor=actor, reason="approval_required"
+            )
+        if d.status != "approved":
+            raise conflict(
+                "authorization_not_open", f"authorization {auth_id} is {d.status}", "authorization_id"
+            )
+        hold = await self._rebuild(d)
+        await hold.release()
+        return await self._set(d, "voided", None, actor=actor)
+
+    async def _rebuild(self, d: Decision) -> Hold:
+        legs = []
+        for tid, kind, acct, payee in d.legs:
+            t = await self.ledger.get_transfer(tid)
+            src: Source | Cap = Cap(acct, "limit", payee) if kind == "cap" else Source(acct, payee)
+            legs.append(Leg(src, t))
+        hold = Hold(self.ledger, Payer(legs[0].source.account_id), d.amount, "wallet_payment", PAID_OUT)
+        hold.legs, hold._hold_id = legs, legs[0].pending.id
+        hold.payer = replace(hold.payer, customer_id=await self._customer(d.wallet_id))
+        hold.idempotency_key = f"wauth:{d.idempotency_key}"
+        return hold
+
+    async def _customer(self, wallet_id: str) -> str | None:
+        return (await self.wallets.get(wallet_id)).customer_id
+
+    # -------------------------------------------------------------- approvals
+
+    async def pending(self) -> list[Decision]:
+        await self.ledger.riders_committed()
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(select(A).where(A.c.status == "pending_approval").order_by(A.c.id))
+            return [_from_row(r) for r in rows]
+
+    async def approve(self, auth_id: str, actor: str) -> Decision:
+        d = await self.get(auth_id)
+        if d.status != "pending_approval":
+            raise conflict(
+                "authorization_not_pending", f"authorization {auth_id} is {d.status}", "authorization_id"
+            )
+        if d.expires_at_us <= self.clock.now_us():
+            await self._set(d, "declined", "approval_required", reason="approval_required")
+            raise conflict(
+                "approval_expired", f"authorization {auth_id} waited past its approval timeout", None
+            )
+        token = await self.wallets.token(d.token_id)
+        wallet = await self.wallets.get(d.wallet_id)
+        reason, message = self._screen(token, wallet, d)
+        if reason is None:
+            reason, message = await self._hold(token, wallet, d, self.hold_seconds)
+        if reason is not None:
+            return await self._set(d, "declined", message, actor=actor, reason=reason)
+        return await self._set(d, "approved", None, actor=actor, legs=d.legs, expires_at_us=d.expires_at_us)
+
+    async def deny(self, auth_id: str, actor: str) -> Decision:
+        d = await self.get(auth_id)
+        if d.status != "pending_approval":
+            raise conflict(
+                "authorization_not_pending", f"authorization {auth_id} is {d.status}", "authorization_id"
+            )
+        return await self._set(d, "declined", "a human denied it", actor=actor, reason="approval_required")
+
+    async def sweep(self) -> int:
+        """Decline approvals left waiting past their timeout; mark expired holds."""
+        now = self.clock.now_us()
+        await self.ledger.riders_committed()
+        async with self.engine.connect() as conn:
+            rows = [
+                _from_row(r)
+                for r in await conn.execute(
+                    select(A).where(
+                        A.c.status.in_(("pending_approval", "approved")), A.c.expires_at_us <= now
+                    )
+                )
+            ]
+        for d in rows:
+            if d.status == "pending_approval":
+                await self._set(d, "declined", "nobody approved it in time", reason="approval_required")
+            else:
+                await self._set(d, "expired", "the hold expired before it was captured")
+        return len(rows)
+
+    async def run(self, interval_s: float) -> None:
+        """:meth:`sweep` forever (in the server's lifespan)."""
+        while True:
+            try:
+                await self.sweep()
+            except Exception:
+                log.exception("wallet sweep failed; retrying in %ss", interval_s)
+            await asyncio.sleep(interval_s)
+
+    # ---------------------------------------------------------------- storage
+
+    async def _seen(self, key: str) -> Decision | None:
+        d = self._recent.get(key)
+        if d is not None:
+            return d
+        async with self.engine.connect() as conn:
+            r = (await conn.execute(select(A).where(A.c.idempotency_key == key))).first()
+        return None if r is None else _from_row(r)
+
+    async def _save(self, d: Decision, event: str) -> None:
+        if len(self._recent) > 50_000:
+            self._recent.clear()
+        self._recent[d.idempotency_key] = d
+        arow = self.audit.row(
+            d.wallet_id,
+            event,
+            authorization_id=d.id,
+            actor="agent",
+            token_id=d.token_id,
+            status=d.status,
+            reason=d.reason,
+            amount=d.amount,
+            payee=d.payee,
+            category=d.category,
+        )
+        if self.ledger.ride(_SQLITE_INSERT, [d.row()]):
+            await self.audit.write([arow])
+            await self.ledger.riders_committed()
+            return
+        try:
+            async with writer(self.engine).begin() as conn:
+                await conn.execute(insert(A), [dict(zip(_COLS, d.row(), strict=True))])
+        except IntegrityError:  # another process decided the same request first: its answer
+            self._recent.pop(d.idempotency_key, None)
+            seen = await self._seen(d.idempotency_key)
+            if seen is None:
+                raise
+            for f in _FIELDS:
+                setattr(d, f, getattr(seen, f))
+            return
+        await self.audit.write([arow])
+
+    async def _set(
+        self,
+        d: Decision,
+        status: str,
+        message: str | None,
+        *,
+        actor: str = "system",
+        reason: str | None = None,
+        **values: Any,
+    ) -> Decision:
+        now = self.clock.now_us()
+        changes: dict[str, Any] = {"status": status, "reason": reason, "updated_at_us": now}
+        if "legs" in values:
+            changes["legs"] = json.dumps(values.pop("legs"), separators=(",", ":"))
+        changes.update(values)
+        async with writer(self.engine).begin() as conn:
+            r = await conn.execute(update(A).where(A.c.id == d.id, A.c.status == d.status).values(**changes))
+        if not r.rowcount:
+            raise conflict(
+                "authorization_changed", f"authorization {d.id} changed meanwhile; read it again", None
+            )
+        event = {"captured": "capture", "voided": "void", "expired": "expire"}.get(status, status)
+        await self.audit.write(
+            [
+                self.audit.row(
+                    d.wallet_id,
+                    event,
+                    token_id=d.token_id,
+                    authorization_id=d.id,
+                    actor=actor,
+                    message=message,
+                    **{k: v for k, v in values.items() if k in ("captured",)},
+                )
+            ]
+        )
+        self._recent.pop(d.idempotency_key, None)
+        out = await self.get(d.id)
+        if message and status == "declined":
+            out.message = message
+        return out
+
+
+def _applies(sl: SpendingLimit, category: str) -> bool:
+    return sl.categories is None or category in sl.categories
+
+
+def _check(
+    amount: Any, payee: Any, category: Any, idem: Any, currency: Any, wallet: Wallet, memo: Any
+) -> tuple[int, str, str]:
+    if isinstance(amount, bool) or not isinstance(amount, int) or amount <= 0 or amount > 2**62:
+        raise invalid("invalid_amount", "amount must be a positive integer of micro-USD", "amount")
+    if not isinstance(currency, str) or currency.lower() != wallet.policy.currency:
+        raise invalid(
+            "currency_mismatch", f"this wallet holds {wallet.policy.currency}, not {currency!r}", "currency"
+        )
+    if not isinstance(category, str) or category not in CATEGORIES:
+        raise invalid("invalid_category", f"category must be one of {', '.join(CATEGORIES)}", "category")
+    try:
+        p = normalize_payee(payee)
+    except ValueError as e:
+        raise invalid("invalid_payee", str(e), "payee") from None
+    if not isinstance(idem, str) or not 1 <= len(idem) <= 255:
+        raise invalid(
+            "invalid_idempotency_key", "idempotency_key is a string of 1-255 characters", "idempotency_key"
+        )
+    if not isinstance(memo, str) or len(memo) > 500:
+        raise invalid("invalid_memo", "memo is at most 500 characters", "memo")
+    return amount, p, category
+
+
+def alerts(url: str) -> Callable[[dict[str, Any]], None] | None:
+    """A best-effort webhook for frozen tokens (``[wallets] alert_webhook_url``)."""
+    if not url:
+        return None
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def post(event: dict[str, Any]) -> None:
+        import aiohttp
+
+        try:
+            async with (
+                aiohttp.ClientSession() as s,
+                s.post(url, json=event, timeout=aiohttp.ClientTimeout(10)) as r,
+            ):
+                if r.status >= 300:
+                    log.warning("wallet alert webhook answered %s", r.status)
+        except Exception as e:  # an alert must never break an authorization
+            log.warning("wallet alert webhook failed: %s", e)
+
+    def send(event: dict[str, Any]) -> None:
+        t = asyncio.get_running_loop().create_task(post(event))
+        tasks.add(t)
+        t.add_done_callback(tasks.discard)
+
+    return send
