@@ -313,3 +313,21 @@ async def test_kill_9_with_events_queued_then_restart_delivers_each_once(
     # Re-sent after a crash, an event keeps its identifier (and idempotency key): Stripe counts it once.
     for ident, n in standin.meter_receipts.items():
         assert n >= 1 and ident in expected
+
+
+async def test_a_refusal_that_no_retry_fixes_waits_loudly(
+    app: App, standin: StripeStandIn, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 4xx that says tollway is misconfigured (here: the meter is gone) keeps
+    the events and waits the longest back-off, logging an error each time."""
+    [(ada, _)] = await ready(app, standin)
+    await use(app.rt, ada, 10)
+    standin.fail(404, path="/v1/billing/meter_events")
+    p = pusher(app.rt)
+    assert await p.push_once() == 60.0
+    assert any(r.levelname == "ERROR" and "404" in r.getMessage() for r in caplog.records)
+    with pytest.raises(Retry):
+        await p.drain()
+    assert (await p.status())["backlog"] == 1
+    standin.heal()
+    assert await p.drain() == 1

@@ -181,8 +181,8 @@ class MeterPusher:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-            with contextlib.suppress(Exception):
-                await self.sb.store.release_lease(LEASE, self.owner)
+        with contextlib.suppress(Exception):  # let another process push at once
+            await self.sb.store.release_lease(LEASE, self.owner)
 
     async def run(self) -> None:
         while True:
@@ -191,6 +191,7 @@ class MeterPusher:
             except Exception as e:  # the database, most likely: keep going
                 log.exception("meter push failed")
                 self.stats.last_error = f"{type(e).__name__}: {e}"
+                self._failures += 1
                 delay = self._backoff()
             await asyncio.sleep(delay)
 
@@ -243,6 +244,7 @@ class MeterPusher:
         if problem is not None:
             self.stats.failures += 1
             self.stats.last_error = problem.why
+            self._failures += 1
             delay = BACKOFF_MAX_S if problem.block else self._backoff(problem.delay_s)
             (log.error if problem.block else log.warning)(
                 "Stripe meter push stopped (%s); %d events wait, next try in %.1fs",
@@ -255,8 +257,8 @@ class MeterPusher:
         return 0.0 if len(rows) == BATCH else self.interval_s
 
     def _backoff(self, at_least: float | None = None) -> float:
-        self._failures += 1
-        base = min(BACKOFF_MAX_S, BACKOFF_FIRST_S * (1 << min(self._failures - 1, 16)))
+        """Exponential, with jitter, by the failures in a row; at least ``at_least``."""
+        base = min(BACKOFF_MAX_S, BACKOFF_FIRST_S * (1 << min(max(self._failures - 1, 0), 16)))
         return max(base * random.uniform(0.5, 1.0), at_least or 0.0)
 
     async def _load(self, cursor: Cursor, horizon: int) -> list[Pending]:
