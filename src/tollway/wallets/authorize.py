@@ -423,13 +423,10 @@ class Authorizer:
     ) -> Decision:
         """Take ``amount`` (default: all held) and release the rest; 0 voids."""
         d = await self.get(auth_id, token_id)
-        if d.status != "approved":
-            raise conflict(
-                "authorization_not_open", f"authorization {auth_id} is {d.status}", "authorization_id"
-            )
         take = d.amount if amount is None else amount
         if isinstance(take, bool) or not isinstance(take, int) or not 0 <= take <= d.amount:
             raise invalid("invalid_amount", f"amount is an integer from 0 to the {d.amount} held", "amount")
+        await self._claim(d, "capturing")
         hold = await self._rebuild(d)
         try:
             await hold.settle(
@@ -442,12 +439,7 @@ class Authorizer:
                 authorization_id=d.id,
             )
         except TollwayError as e:
-            if e.code in (
-                "pending_transfer_expired",
-                "pending_transfer_not_found",
-                "transfer_not_pending",
-                "pending_already_resolved",
-            ):
+            if e.code == "pending_transfer_expired":
                 await self._set(d, "expired", "the hold expired before it was captured")
                 raise conflict(
                     "authorization_expired", f"authorization {auth_id} expired before capture", None
@@ -461,13 +453,26 @@ class Authorizer:
             return await self._set(
                 d, "declined", "approval_required", actor=actor, reason="approval_required"
             )
-        if d.status != "approved":
-            raise conflict(
-                "authorization_not_open", f"authorization {auth_id} is {d.status}", "authorization_id"
-            )
+        await self._claim(d, "voiding")
         hold = await self._rebuild(d)
         await hold.release()
         return await self._set(d, "voided", None, actor=actor)
+
+    async def _claim(self, d: Decision, status: str) -> None:
+        """Take an approved authorization for one capture or void: a concurrent
+        second one finds it taken (409), so its hold is resolved exactly once."""
+        if d.status == "approved":
+            async with writer(self.engine).begin() as conn:
+                r = await conn.execute(
+                    update(A)
+                    .where(A.c.id == d.id, A.c.status == "approved")
+                    .values(status=status, updated_at_us=self.clock.now_us())
+                )
+            if r.rowcount:
+                d.status = status
+                return
+            d.status = (await self.get(d.id)).status
+        raise conflict("authorization_not_open", f"authorization {d.id} is {d.status}", "authorization_id")
 
     async def _rebuild(self, d: Decision) -> Hold:
         legs = []
@@ -521,24 +526,57 @@ class Authorizer:
         return await self._set(d, "declined", "a human denied it", actor=actor, reason="approval_required")
 
     async def sweep(self) -> int:
-        """Decline approvals left waiting past their timeout; mark expired holds."""
+        """Decline approvals left waiting past their timeout, release holds past
+        theirs, and settle the record of a capture or void a dead process left
+        half-written (from what the ledger says happened)."""
         now = self.clock.now_us()
         await self.ledger.riders_committed()
         async with self.engine.connect() as conn:
-            rows = [
-                _from_row(r)
-                for r in await conn.execute(
-                    select(A).where(
-                        A.c.status.in_(("pending_approval", "approved")), A.c.expires_at_us <= now
-                    )
-                )
-            ]
+            due = select(A).where(A.c.status.in_(("pending_approval", "approved")), A.c.expires_at_us <= now)
+            stuck = select(A).where(
+                A.c.status.in_(("capturing", "voiding", "expiring")), A.c.updated_at_us <= now - 60_000_000
+            )
+            rows = [_from_row(r) for r in await conn.execute(due)]
+            rows += [_from_row(r) for r in await conn.execute(stuck)]
         for d in rows:
-            if d.status == "pending_approval":
-                await self._set(d, "declined", "nobody approved it in time", reason="approval_required")
-            else:
-                await self._set(d, "expired", "the hold expired before it was captured")
+            try:
+                if d.status == "pending_approval":
+                    await self._set(d, "declined", "nobody approved it in time", reason="approval_required")
+                elif d.status == "approved":
+                    await self._claim(d, "expiring")
+                    await self._release_legs(d)
+                    await self._set(d, "expired", "the hold expired before it was captured")
+                else:
+                    await self._recover(d)
+            except TollwayError as e:  # another process got there first
+                if e.code not in ("authorization_not_open", "authorization_changed"):
+                    raise
         return len(rows)
+
+    async def _release_legs(self, d: Decision) -> None:
+        for tid, *_ in d.legs:
+            try:
+                await self.ledger.void(tid)
+            except TollwayError as e:
+                if not e.code.startswith("pending_transfer_already") and e.code != "pending_transfer_expired":
+                    raise
+
+    async def _recover(self, d: Decision) -> None:
+        """A capture or void that stopped between the ledger and this record."""
+        from tollway.core.schema import POST_PENDING
+        from tollway.core.schema import ledger_transfers as T
+
+        first = d.legs[0][0] if d.legs else None
+        async with self.engine.connect() as conn:
+            r = (await conn.execute(select(T.c.flags, T.c.amount).where(T.c.pending_id == first))).first()
+        if r is None:  # the ledger never resolved it: release it
+            await self._release_legs(d)
+            await self._set(d, "voided", "released after an interrupted capture or void")
+        elif r[0] & POST_PENDING:
+            captured = int(r[1])  # the first leg is the wallet's: what it posted was captured
+            await self._set(d, "captured", "recovered from the ledger", captured=captured)
+        else:
+            await self._set(d, "voided" if d.status != "expiring" else "expired", "recovered from the ledger")
 
     async def run(self, interval_s: float) -> None:
         """:meth:`sweep` forever (in the server's lifespan)."""
