@@ -24,6 +24,7 @@ from tollway.inference.service import Inference
 from tollway.ledger import Ledger
 from tollway.wallets.audit import Audit
 from tollway.wallets.authorize import Authorizer, alerts
+from tollway.wallets.broker import Broker
 from tollway.wallets.store import Wallets
 from tollway.x402.devnet import Devnet
 from tollway.x402.facilitator import Facilitator, Settlement
@@ -53,6 +54,7 @@ class Runtime:
     billing: Billing
     wallets: Wallets
     authorizer: Authorizer
+    broker: Broker
     remote_facilitator: RemoteFacilitator | None = None  # [x402] facilitator_url
     stripe: StripeBilling | None = None  # STRIPE_API_KEY set: Stripe billing (tollway.billing.stripe)
 
@@ -113,6 +115,7 @@ class Runtime:
             billing=billing,
             wallets=wallets,
             authorizer=authorizer,
+            broker=Broker(settings, wallets, authorizer),
             remote_facilitator=remote,
             stripe=stripe_billing.from_env(settings, engine, clock, customers, billing.subscriptions),
         )

@@ -128,6 +128,7 @@ def create_app(settings: Settings | None = None, *, rt: Runtime | None = None) -
     app.include_router(billing.admin, responses=errors.error_responses(400, 401, 402, 404, 409))
     app.include_router(wallets.admin, responses=errors.error_responses(400, 401, 404, 409))
     app.include_router(wallets.agent, responses=errors.error_responses(400, 401, 402, 404, 409))
+    app.include_router(wallets.broker, responses=errors.error_responses(400, 401, 402, 409, 502, 504))
     app.include_router(stripe_api.router, responses=errors.error_responses(400, 401, 403, 409, 502))
     app.add_middleware(MetricsMiddleware)
     # The hot AI routes skip FastAPI's per-request machinery (tollway.api.fastpath).

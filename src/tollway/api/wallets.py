@@ -11,11 +11,12 @@ from pydantic import Field
 
 from tollway.api.auth import bearer, require_admin, runtime
 from tollway.api.models import Strict
-from tollway.core.errors import unauthenticated
+from tollway.core.errors import invalid, unauthenticated
 from tollway.wallets.store import AgentToken, Wallet
 
 admin = APIRouter(prefix="/admin", tags=["wallets"], dependencies=[Depends(require_admin)])
 agent = APIRouter(prefix="/v1/wallet", tags=["wallets"])
+broker = APIRouter(prefix="/v1/broker", tags=["wallets"])
 
 _ID = r"^[A-Za-z0-9_.:-]{1,64}$"
 
@@ -225,3 +226,55 @@ async def capture(authorization_id: str, body: CaptureIn, request: Request) -> d
 async def void(authorization_id: str, request: Request) -> dict[str, Any]:
     token = await _agent(request)
     return (await runtime(request).authorizer.void(authorization_id, token_id=token.id)).to_dict()
+
+
+class FetchIn(Strict):
+    method: str = Field("GET", max_length=10)
+    url: str = Field(max_length=4096)
+    headers: dict[str, str] = Field(
+        default_factory=dict, description="Sent to the URL (never the agent token)"
+    )
+    body: str | None = Field(None, description="A text body")
+    body_base64: str | None = Field(None, description="A binary body, base64")
+    json_body: Any = Field(None, alias="json", description="A JSON body (sets content-type)")
+    category: str = Field("api_access", max_length=32)
+    idempotency_key: str | None = Field(None, min_length=1, max_length=255)
+    max_amount: int | None = Field(None, description="The most to pay, in micro-USD")
+
+
+@broker.post(
+    "/fetch",
+    summary="Fetch a URL for the agent, paying an x402 402 from its wallet within policy",
+)
+async def fetch(body: FetchIn, request: Request) -> Any:
+    import base64
+    import binascii
+
+    import orjson
+
+    data: bytes | None = None
+    headers = dict(body.headers)
+    given = [x is not None for x in (body.body, body.body_base64, body.json_body)]
+    if sum(given) > 1:
+        raise invalid("invalid_body", "send at most one of body, body_base64 and json", "body")
+    if body.body is not None:
+        data = body.body.encode()
+    elif body.body_base64 is not None:
+        try:
+            data = base64.b64decode(body.body_base64, validate=True)
+        except binascii.Error:
+            raise invalid("invalid_body", "body_base64 is not base64", "body_base64") from None
+    elif body.json_body is not None:
+        data = orjson.dumps(body.json_body)
+        headers.setdefault("content-type", "application/json")
+    out = await runtime(request).broker.fetch(
+        _agent_token(request),
+        method=body.method,
+        url=body.url,
+        headers=headers,
+        body=data,
+        category=body.category,
+        idempotency_key=body.idempotency_key,
+        max_amount=body.max_amount,
+    )
+    return JSONResponse(out, status_code=202 if out["status"] == 202 and out.get("authorization") else 200)

@@ -292,6 +292,14 @@ class BillingConfig(_Section):
         return self
 
 
+class BrokerAsset(_Section):
+    """An asset the broker pays x402 resources with (a USD stablecoin)."""
+
+    network: str = Field(pattern=r"^eip155:[1-9][0-9]{0,18}$")
+    asset: str = Field(pattern=r"^0x[0-9a-fA-F]{40}$")
+    decimals: int = Field(6, ge=0, le=36)
+
+
 class WalletsConfig(_Section):
     """Agent wallets and the broker (see tollway.wallets)."""
 
@@ -304,6 +312,8 @@ class WalletsConfig(_Section):
     alert_webhook_url: str = Field("", pattern=r"^(https?://\S+)?$")
     # Hosts or CIDRs on private networks the broker may reach (e.g. "127.0.0.1/32").
     broker_allow: list[str] = Field(default_factory=list)
+    # What the broker pays with; empty: this tollway's own [x402] network and asset.
+    broker_assets: list[BrokerAsset] = Field(default_factory=list)
     broker_timeout_seconds: float = Field(30, gt=0, le=600)
     broker_max_bytes: int = Field(10 * 1024 * 1024, ge=1024)
 
