@@ -191,3 +191,26 @@ def test_billing_commands(cfg: str) -> None:
     assert run(cfg, "rollups", "run", "--day", "2026-11-20")["rows"] == 0
     assert run(cfg, "rollups", "list", "--start", "2026-11-01", "--end", "2026-11-30")["data"] == []
     assert run(cfg, "rollups", "run", "--day", "yesterday", code=1)["error"]["code"] == "invalid_day"
+
+
+def test_wallet_and_approvals_commands(cfg: str) -> None:
+    c = run(cfg, "customers", "create", "--name", "Ada", "--credit", "$5")
+    w = run(cfg, "wallet", "create", "--customer", c["id"], "--policy", '{"approval_threshold": "$1"}')
+    assert w["balance"] == 0 and w["policy"]["approval_threshold"] == 1_000_000
+    assert run(cfg, "wallet", "topup", w["id"], "$2")["balance"] == 2_000_000
+    t = run(
+        cfg, "wallet", "grant", w["id"], "--name", "bot", "--max-per-payment", "$1.50", "--category", "dns"
+    )
+    assert t["token"].startswith("tw_agt_") and t["limits"]["max_per_payment"] == 1_500_000
+    assert [x["id"] for x in run(cfg, "wallet", "tokens", w["id"])["data"]] == [t["id"]]
+    assert run(cfg, "wallet", "show", w["id"])["available"] == 2_000_000
+    err = run(cfg, "wallet", "create", "--owner", "ops", "--policy", "{nope", code=1)["error"]
+    assert err["code"] == "invalid_policy"
+    assert run(cfg, "wallet", "topup", "wal_nope", "$1", code=1)["error"]["code"] == "wallet_not_found"
+    assert run(cfg, "approvals", "list")["data"] == []
+    assert (
+        run(cfg, "approvals", "approve", "wauth_nope", code=1)["error"]["code"] == "authorization_not_found"
+    )
+    assert run(cfg, "wallet", "revoke", t["id"])["revoked"] is True
+    events = [e["event"] for e in run(cfg, "wallet", "audit", w["id"])["data"]]
+    assert events[:3] == ["token_revoked", "token_granted", "topup"]
