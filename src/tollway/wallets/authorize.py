@@ -87,7 +87,9 @@ class Decision:
     memo: str
     created_at_us: int
     updated_at_us: int
-    decided_ns: int = 0  # how long the decision took (not stored)
+    decided_ns: int = 0  # how long the decision took, before its commit (not stored)
+    durable_ns: int = 0  # how long until the decision and its hold were committed (not stored)
+    decided_at: float = 0.0
     message: str = ""
 
     def row(self) -> tuple[Any, ...]:
@@ -139,7 +141,18 @@ class Decision:
         return TollwayError(ErrorType.PAYMENT, self.reason or "declined", self.message, status=402)
 
 
-_FIELDS = [f for f in Decision.__slots__ if f not in ("decided_ns", "message")]
+_FIELDS = [f for f in Decision.__slots__ if f not in ("decided_ns", "durable_ns", "decided_at", "message")]
+
+
+_BY_KEY = f"SELECT {', '.join(_COLS)} FROM wallet_authorizations WHERE idempotency_key = ?"
+
+
+class _Row:
+    """A raw row with the column names ``_from_row`` reads."""
+
+    def __init__(self, *values: Any) -> None:
+        for name, v in zip(_COLS, values, strict=True):
+            setattr(self, name, v)
 
 
 def _from_row(r: Any) -> Decision:
@@ -194,6 +207,11 @@ class Authorizer:
     funded: Allocations = field(init=False)
     _recent: dict[str, Decision] = field(init=False, default_factory=dict)
     _inflight: dict[str, asyncio.Future[None]] = field(init=False, default_factory=dict)
+    # Approved authorizations of this process, with their holds: a capture or
+    # void here needs no reads (bounded: the oldest are forgotten, not lost).
+    _holds: dict[str, Hold] = field(init=False, default_factory=dict)
+    _open_auths: dict[str, Decision] = field(init=False, default_factory=dict)
+    _resolving: set[str] = field(init=False, default_factory=set)
 
     def __post_init__(self) -> None:
         self.funded = Allocations(self.ledger)
@@ -269,10 +287,16 @@ class Authorizer:
             reason, message = await self._hold(token, wallet, d, timeout)
             if reason is None:
                 d.status = "approved"
+                if len(self._open_auths) > 100_000:
+                    self._open_auths.clear()
+                    self._holds.clear()
+                self._open_auths[d.id] = d
         if reason is not None:
             d.status, d.reason, d.message = "declined", reason, message
-        d.decided_ns = int((asyncio.get_running_loop().time() - t0) * 1e9)
+        loop = asyncio.get_running_loop()
+        d.decided_ns = int(((d.decided_at or loop.time()) - t0) * 1e9)
         await self._save(d, "authorization")
+        d.durable_ns = int((loop.time() - t0) * 1e9)
         return d
 
     def _screen(self, token: AgentToken, wallet: Wallet, d: Decision) -> tuple[str | None, str]:
@@ -388,6 +412,7 @@ class Authorizer:
         hold = self._hold_for(wallet, d, await self.caps(token, wallet, d.payee, d.category), hold_s)
         try:
             await hold.reserve(early=True)
+            d.decided_at = asyncio.get_running_loop().time()
             await hold.confirm()  # the decision is made; answer once it is durable
         except TollwayError as e:
             if claimed:
@@ -396,6 +421,7 @@ class Authorizer:
                 what = "the wallet's balance" if e.code == "insufficient_funds" else "a spending limit"
                 return e.code, f"{what} cannot cover {d.amount} micro-USD: {e.message}"
             raise
+        self._holds[d.id] = hold
         d.legs = [
             [
                 lg.pending.id,
@@ -422,30 +448,11 @@ class Authorizer:
         self, auth_id: str, amount: Any = None, *, token_id: str | None = None, actor: str = "agent"
     ) -> Decision:
         """Take ``amount`` (default: all held) and release the rest; 0 voids."""
-        d = await self.get(auth_id, token_id)
+        d = await self._open(auth_id, token_id)
         take = d.amount if amount is None else amount
         if isinstance(take, bool) or not isinstance(take, int) or not 0 <= take <= d.amount:
             raise invalid("invalid_amount", f"amount is an integer from 0 to the {d.amount} held", "amount")
-        await self._claim(d, "capturing")
-        hold = await self._rebuild(d)
-        try:
-            await hold.settle(
-                take,
-                quantity=take,
-                payee=d.payee,
-                category=d.category,
-                wallet_id=d.wallet_id,
-                token_id=d.token_id,
-                authorization_id=d.id,
-            )
-        except TollwayError as e:
-            if e.code == "pending_transfer_expired":
-                await self._set(d, "expired", "the hold expired before it was captured")
-                raise conflict(
-                    "authorization_expired", f"authorization {auth_id} expired before capture", None
-                ) from None
-            raise
-        return await self._set(d, "captured" if take else "voided", None, captured=take, actor=actor)
+        return await self._resolve(d, take, actor)
 
     async def void(self, auth_id: str, *, token_id: str | None = None, actor: str = "agent") -> Decision:
         d = await self.get(auth_id, token_id)
@@ -453,26 +460,92 @@ class Authorizer:
             return await self._set(
                 d, "declined", "approval_required", actor=actor, reason="approval_required"
             )
-        await self._claim(d, "voiding")
-        hold = await self._rebuild(d)
-        await hold.release()
-        return await self._set(d, "voided", None, actor=actor)
+        d = await self._open(auth_id, token_id)
+        return await self._resolve(d, None, actor)
 
-    async def _claim(self, d: Decision, status: str) -> None:
-        """Take an approved authorization for one capture or void: a concurrent
-        second one finds it taken (409), so its hold is resolved exactly once."""
-        if d.status == "approved":
+    async def _open(self, auth_id: str, token_id: str | None) -> Decision:
+        """An approved authorization, from this process's memory or the database."""
+        d = self._open_auths.get(auth_id)
+        if d is None or (token_id is not None and d.token_id != token_id):
+            d = await self.get(auth_id, token_id)
+        if d.status != "approved" or auth_id in self._resolving:
+            status = "being resolved" if auth_id in self._resolving else d.status
+            raise conflict(
+                "authorization_not_open", f"authorization {auth_id} is {status}", "authorization_id"
+            )
+        return d
+
+    async def _resolve(self, d: Decision, take: int | None, actor: str, voided: str = "voided") -> Decision:
+        """Capture ``take`` (None: void) in one ledger batch: every leg of the hold
+        is posted or voided in the same transaction, so a concurrent capture or
+        void (in any process) finds them all resolved and changes nothing. The
+        record follows the ledger (and is recovered from it after a crash)."""
+        self._resolving.add(d.id)
+        try:
+            hold = self._holds.get(d.id) or await self._rebuild(d)
+            try:
+                if take is None:
+                    await hold.release()
+                else:
+                    await hold.settle(
+                        take,
+                        quantity=take,
+                        payee=d.payee,
+                        category=d.category,
+                        wallet_id=d.wallet_id,
+                        token_id=d.token_id,
+                        authorization_id=d.id,
+                    )
+            except TollwayError as e:
+                if e.code == "pending_transfer_expired":
+                    await self._finish(d, "expired", 0, "the hold expired before it was captured", actor)
+                    raise conflict(
+                        "authorization_expired", f"authorization {d.id} expired before capture", None
+                    ) from None
+                if e.code.startswith("pending_transfer_already"):
+                    raise conflict(
+                        "authorization_not_open",
+                        f"authorization {d.id} was resolved meanwhile",
+                        "authorization_id",
+                    ) from None
+                raise
+            status = "captured" if take else voided
+            return await self._finish(d, status, take or 0, None, actor)
+        finally:
+            self._resolving.discard(d.id)
+            self._holds.pop(d.id, None)
+            self._open_auths.pop(d.id, None)
+
+    async def _finish(
+        self, d: Decision, status: str, captured: int, message: str | None, actor: str
+    ) -> Decision:
+        """Record what the ledger did: on SQLite the update rides with the next
+        ledger batch (no commit of its own)."""
+        now = self.clock.now_us()
+        event = {"captured": "capture", "voided": "void", "expired": "expire"}[status]
+        arow = self.audit.row(
+            d.wallet_id,
+            event,
+            token_id=d.token_id,
+            authorization_id=d.id,
+            actor=actor,
+            message=message,
+            captured=captured,
+        )
+        sql = (
+            "UPDATE wallet_authorizations SET status = ?, captured = ?, updated_at_us = ?"
+            " WHERE id = ? AND status = 'approved'"
+        )
+        if not self.ledger.ride(sql, [(status, captured, now, d.id)]):
             async with writer(self.engine).begin() as conn:
-                r = await conn.execute(
+                await conn.execute(
                     update(A)
                     .where(A.c.id == d.id, A.c.status == "approved")
-                    .values(status=status, updated_at_us=self.clock.now_us())
+                    .values(status=status, captured=captured, updated_at_us=now)
                 )
-            if r.rowcount:
-                d.status = status
-                return
-            d.status = (await self.get(d.id)).status
-        raise conflict("authorization_not_open", f"authorization {d.id} is {d.status}", "authorization_id")
+        await self.audit.write([arow])
+        self._recent.pop(d.idempotency_key, None)
+        return replace(d, status=status, captured=captured, updated_at_us=now, message=message or "")
 
     async def _rebuild(self, d: Decision) -> Hold:
         legs = []
@@ -526,57 +599,45 @@ class Authorizer:
         return await self._set(d, "declined", "a human denied it", actor=actor, reason="approval_required")
 
     async def sweep(self) -> int:
-        """Decline approvals left waiting past their timeout, release holds past
-        theirs, and settle the record of a capture or void a dead process left
-        half-written (from what the ledger says happened)."""
+        """Decline approvals left waiting past their timeout, and close
+        authorizations past their hold's time from what the ledger did: captured
+        (a record a crash left behind), expired, or still held (released now)."""
         now = self.clock.now_us()
         await self.ledger.riders_committed()
         async with self.engine.connect() as conn:
             due = select(A).where(A.c.status.in_(("pending_approval", "approved")), A.c.expires_at_us <= now)
-            stuck = select(A).where(
-                A.c.status.in_(("capturing", "voiding", "expiring")), A.c.updated_at_us <= now - 60_000_000
-            )
             rows = [_from_row(r) for r in await conn.execute(due)]
-            rows += [_from_row(r) for r in await conn.execute(stuck)]
         for d in rows:
+            if d.id in self._resolving:
+                continue
             try:
                 if d.status == "pending_approval":
                     await self._set(d, "declined", "nobody approved it in time", reason="approval_required")
-                elif d.status == "approved":
-                    await self._claim(d, "expiring")
-                    await self._release_legs(d)
-                    await self._set(d, "expired", "the hold expired before it was captured")
                 else:
-                    await self._recover(d)
+                    await self._expire(d)
             except TollwayError as e:  # another process got there first
                 if e.code not in ("authorization_not_open", "authorization_changed"):
                     raise
         return len(rows)
 
-    async def _release_legs(self, d: Decision) -> None:
-        for tid, *_ in d.legs:
-            try:
-                await self.ledger.void(tid)
-            except TollwayError as e:
-                if not e.code.startswith("pending_transfer_already") and e.code != "pending_transfer_expired":
-                    raise
-
-    async def _recover(self, d: Decision) -> None:
-        """A capture or void that stopped between the ledger and this record."""
+    async def _expire(self, d: Decision) -> None:
         from tollway.core.schema import POST_PENDING
         from tollway.core.schema import ledger_transfers as T
 
         first = d.legs[0][0] if d.legs else None
         async with self.engine.connect() as conn:
             r = (await conn.execute(select(T.c.flags, T.c.amount).where(T.c.pending_id == first))).first()
-        if r is None:  # the ledger never resolved it: release it
-            await self._release_legs(d)
-            await self._set(d, "voided", "released after an interrupted capture or void")
-        elif r[0] & POST_PENDING:
-            captured = int(r[1])  # the first leg is the wallet's: what it posted was captured
-            await self._set(d, "captured", "recovered from the ledger", captured=captured)
+        if r is None:  # still held: release it
+            try:
+                await self._resolve(d, None, "system", voided="expired")
+            except TollwayError as e:
+                if e.code != "authorization_expired":
+                    raise
+            return
+        if r[0] & POST_PENDING:  # captured, and the record was lost with its process
+            await self._finish(d, "captured", int(r[1]), "recovered from the ledger", "system")
         else:
-            await self._set(d, "voided" if d.status != "expiring" else "expired", "recovered from the ledger")
+            await self._finish(d, "expired", 0, "the hold expired before it was captured", "system")
 
     async def run(self, interval_s: float) -> None:
         """:meth:`sweep` forever (in the server's lifespan)."""
@@ -593,9 +654,8 @@ class Authorizer:
         d = self._recent.get(key)
         if d is not None:
             return d
-        async with self.engine.connect() as conn:
-            r = (await conn.execute(select(A).where(A.c.idempotency_key == key))).first()
-        return None if r is None else _from_row(r)
+        r = await self.wallets.reads.one(_BY_KEY, key)  # one point read, off SQLAlchemy's path
+        return None if r is None else _from_row(_Row(*r))
 
     async def _save(self, d: Decision, event: str) -> None:
         if len(self._recent) > 50_000:
