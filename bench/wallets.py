@@ -156,32 +156,41 @@ async def broker(tmp: Path, seconds: float, concurrency: int = 8) -> dict[str, A
             url = srv.url + "/demo/weather?city=Lisbon"
             out: dict[str, Any] = {"server": srv.cmd, "concurrency": concurrency}
             for label, headers in (("paid", {}), ("unpaid", {"authorization": f"Bearer {api_key}"})):
-                for _ in range(20):  # warm
-                    await rt.broker.fetch(token, method="GET", url=url, headers=headers)
-                n = 0
-                lat: list[int] = []
-                stop = time.perf_counter() + seconds
-
-                async def worker() -> None:
-                    nonlocal n
-                    while time.perf_counter() < stop:
-                        t0 = time.perf_counter_ns()
-                        r = await rt.broker.fetch(token, method="GET", url=url, headers=headers)
-                        lat.append(time.perf_counter_ns() - t0)
-                        assert r["status"] == 200, r
-                        assert (r["payment"] is not None) == (label == "paid"), r
-                        n += 1
-
-                t0 = time.perf_counter()
-                await asyncio.gather(*[worker() for _ in range(concurrency)])
-                secs = time.perf_counter() - t0
-                out[label] = {"fetches": n, "fetches_per_s": round(n / secs, 1), "ms": dist(lat, 1e6)}
+                out[label] = await _load(rt, token, url, headers, label == "paid", seconds, concurrency)
             out["paid_over_unpaid_throughput"] = round(
                 out["paid"]["fetches_per_s"] / out["unpaid"]["fetches_per_s"], 3
             )
             return out
         finally:
             await rt.close()
+
+
+async def _load(
+    rt: Runtime, token: str, url: str, headers: dict[str, str], paid: bool, seconds: float, concurrency: int
+) -> dict[str, Any]:
+    for _ in range(20):  # warm
+        await rt.broker.fetch(token, method="GET", url=url, headers=headers)
+    lat: list[int] = []
+    stop = time.perf_counter() + seconds
+
+    async def worker() -> None:
+        while time.perf_counter() < stop:
+            t0 = time.perf_counter_ns()
+            r = await rt.broker.fetch(token, method="GET", url=url, headers=headers)
+            lat.append(time.perf_counter_ns() - t0)
+            assert r["status"] == 200, r
+            assert (r["payment"] is not None) == paid, r
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*[worker() for _ in range(concurrency)])
+    secs = time.perf_counter() - t0
+    return {"fetches": len(lat), "fetches_per_s": round(len(lat) / secs, 1), "ms": dist(lat, 1e6)}
+
+
+def _remove_sqlite(url: str) -> None:
+    path = url.removeprefix("sqlite:///")
+    for s in ("", "-wal", "-shm"):
+        Path(path + s).unlink(missing_ok=True)
 
 
 async def pg_database(base: str) -> tuple[str, str]:
@@ -217,9 +226,7 @@ async def main() -> None:
             for label, url, _ in backends:
                 res[label] = {"latency": await latency(url, n)}
                 if label == "sqlite":
-                    Path(url.removeprefix("sqlite:///")).unlink()
-                    for s in ("-wal", "-shm"):
-                        Path(url.removeprefix("sqlite:///") + s).unlink(missing_ok=True)
+                    _remove_sqlite(url)
                 else:
                     await drop(a.postgres_url, backends[1][2])
                     backends[1] = ("postgres", *(await pg_database(a.postgres_url)))

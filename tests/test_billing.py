@@ -118,6 +118,10 @@ async def test_included_neurons_are_drawn_first_then_overage_is_invoiced(
         assert [ln["type"] for ln in pv["lines"]] == ["subscription", "overage"]
         assert pv["lines"][0]["amount"] == 10_000_000 and pv["lines"][1]["amount"] == paid["overage"]
         assert pv["total"] == 10_000_000 + paid["overage"]
+        # Each usage event says how much of it was invoiced overage (Stripe's meter bills that share).
+        events = [e for e in await env.events() if e["meter"] == "neurons"]
+        assert sum(e["metadata"]["overage"] for e in events) == paid["overage"]
+        assert events[0]["metadata"]["overage"] == 0  # the first calls were paid by the included neurons
 
 
 async def test_without_overage_usage_beyond_credit_is_refused_in_plan_terms(

@@ -262,7 +262,7 @@ async def fetch(body: FetchIn, request: Request) -> Any:
     elif body.body_base64 is not None:
         try:
             data = base64.b64decode(body.body_base64, validate=True)
-        except binascii.Error:
+        except (binascii.Error, ValueError):
             raise invalid("invalid_body", "body_base64 is not base64", "body_base64") from None
     elif body.json_body is not None:
         data = orjson.dumps(body.json_body)

@@ -375,13 +375,22 @@ class Hold:
         )
         remaining = actual
         ops = []
-        for i, leg in enumerate(self.legs):
+        takes = []
+        for leg in self.legs:
             if isinstance(leg.source, Cap):
                 # A budget is spent by the whole amount; a quota by its units.
-                take = actual if leg.source.units is None else leg.pending.amount
+                takes.append(actual if leg.source.units is None else leg.pending.amount)
             else:
-                take = min(remaining, leg.pending.amount)
-                remaining -= take
+                takes.append(min(remaining, leg.pending.amount))
+                remaining -= takes[-1]
+        if any(s.unbounded for s in self.payer.funding()):
+            # What is billed in arrears (the invoiced overage): Stripe's metered price bills this share.
+            usage.metadata["overage"] = sum(
+                t
+                for lg, t in zip(self.legs, takes, strict=True)
+                if isinstance(lg.source, Source) and lg.source.unbounded
+            )
+        for i, (leg, take) in enumerate(zip(self.legs, takes, strict=True)):
             u = usage if i == 0 else None
             if take:
                 ops.append(
