@@ -300,11 +300,11 @@ class Billing:
     async def run(self, interval_s: float) -> None:
         """:meth:`tick` forever (in the server's lifespan); a failed tick is logged and retried."""
         while True:
+            await asyncio.sleep(interval_s)  # not at start-up: a short-lived process has nothing due
             try:
                 await self.tick()
             except Exception:
                 log.exception("billing tick failed; retrying in %ss", interval_s)
-            await asyncio.sleep(interval_s)
 
 
 def plan_dict(p: Plan, rate: int) -> dict[str, Any]:

@@ -642,11 +642,11 @@ class Authorizer:
     async def run(self, interval_s: float) -> None:
         """:meth:`sweep` forever (in the server's lifespan)."""
         while True:
+            await asyncio.sleep(interval_s)  # not at start-up: a short-lived process has nothing due
             try:
                 await self.sweep()
             except Exception:
                 log.exception("wallet sweep failed; retrying in %ss", interval_s)
-            await asyncio.sleep(interval_s)
 
     # ---------------------------------------------------------------- storage
 
