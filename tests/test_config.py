@@ -70,7 +70,7 @@ def test_explicit_missing_file_is_an_error(tmp_path: Path) -> None:
 
 def test_the_commented_plans_example_is_valid() -> None:
     text = default_config_text()
-    snippet = text[text.index("# [[billing.plans]]") : text.index("# The model registry")]
+    snippet = text[text.index("# [[billing.plans]]") : text.index("# Agent wallets")]
     uncommented = "\n".join(ln[2:] if ln.startswith("# ") else "" for ln in snippet.splitlines())
     from tollway.core.config import Settings
 
