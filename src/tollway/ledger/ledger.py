@@ -24,6 +24,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import asyncpg
 from sqlalchemy import and_, insert, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -32,7 +33,7 @@ from tollway.core.clock import Clock, SystemClock
 from tollway.core.errors import ErrorType, TollwayError, invalid
 from tollway.core.ids import new_id
 from tollway.core.money import check_amount
-from tollway.core.pointread import PointReader
+from tollway.core.pointread import PointReader, numbered
 from tollway.core.schema import ledger_accounts as A
 from tollway.core.schema import ledger_pending as P
 from tollway.core.schema import ledger_transfers as T
@@ -372,14 +373,16 @@ class Ledger:
         elif self._linger is None:
             self._linger = loop.call_later(self.linger_s, self._wake.set)
 
-    def ride(self, sql: str, rows: list[tuple[Any, ...]]) -> bool:
-        """SQLite: write ``rows`` inside the next batch's transaction (after its
+    def ride(self, sql: str, rows: list[tuple[Any, ...]], *, postgres: bool = False) -> bool:
+        """Write ``rows`` inside the next batch's transaction (after its
         decisions, before its commit; within ``linger_s`` if no batch comes), so
         side tables such as the request log cost no commit of their own and
         never make a ledger batch wait for the write lock. A rider that fails
         is rolled back to its savepoint and logged: it never fails the batch.
-        Returns False where there is no writer thread (PostgreSQL, in-memory)."""
-        if not (self._sqlite and sqlite_path(self.engine)):
+        ``sql`` uses ``?`` placeholders. SQLite always; PostgreSQL when the
+        caller says its rows carry exactly the column types (``postgres``).
+        Returns False where rows cannot ride (the caller writes them itself)."""
+        if not ((self._sqlite and sqlite_path(self.engine)) or (postgres and not self._sqlite)):
             return False
         if self._riders and self._riders[-1][0] == sql:
             self._riders[-1][1].extend(rows)  # safe: the writer swaps the list out on this loop
@@ -509,12 +512,20 @@ class Ledger:
 
             now = self.clock.now_us()
             return await loop.run_in_executor(self._wexec, self._apply_sqlite, ops, now, tell, riders)
+        results: list[Result] = []
         async with raw_transaction(self.engine) as tx:
-            st = await load_batch(tx, ops, self.clock.now_us(), self.default_timeout_s)
-            results, writes = apply_batch(ops, st)
-            if decided is not None:
-                decided(results)
-            await write_batch(tx, st, writes)
+            if ops:
+                st = await load_batch(tx, ops, self.clock.now_us(), self.default_timeout_s)
+                results, writes = apply_batch(ops, st)
+                if decided is not None:
+                    decided(results)
+                await write_batch(tx, st, writes)
+            for sql, rows in riders:  # PostgreSQL riders, each in a savepoint
+                try:
+                    async with tx.driver.transaction():
+                        await tx.executemany(numbered(sql), rows)
+                except asyncpg.PostgresError:
+                    log.exception("dropping %d rider rows", len(rows))
         return results
 
     def _apply_sqlite(

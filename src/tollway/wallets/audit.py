@@ -49,7 +49,7 @@ class Audit:
     async def write(self, rows: list[tuple[Any, ...]]) -> None:
         """On SQLite the rows ride with the ledger's next batch (no commit of their
         own); elsewhere they are inserted in a transaction of their own."""
-        if not rows or self.ledger.ride(_SQLITE_INSERT, rows):
+        if not rows or self.ledger.ride(_SQLITE_INSERT, rows, postgres=True):
             return
         async with writer(self.engine).begin() as conn:
             await conn.execute(insert(W), [dict(zip(_COLS, r, strict=True)) for r in rows])

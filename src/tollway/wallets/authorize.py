@@ -536,7 +536,7 @@ class Authorizer:
             "UPDATE wallet_authorizations SET status = ?, captured = ?, updated_at_us = ?"
             " WHERE id = ? AND status = 'approved'"
         )
-        if not self.ledger.ride(sql, [(status, captured, now, d.id)]):
+        if not self.ledger.ride(sql, [(status, captured, now, d.id)], postgres=True):
             async with writer(self.engine).begin() as conn:
                 await conn.execute(
                     update(A)
@@ -673,7 +673,7 @@ class Authorizer:
             payee=d.payee,
             category=d.category,
         )
-        if self.ledger.ride(_SQLITE_INSERT, [d.row()]):
+        if self.ledger.ride(_SQLITE_INSERT, [d.row()], postgres=True):
             await self.audit.write([arow])
             await self.ledger.riders_committed()
             return
