@@ -22,6 +22,7 @@ from tollway.identity.customers import Customers
 from tollway.identity.keys import ApiKeys
 from tollway.inference.service import Inference
 from tollway.ledger import Ledger
+from tollway.vectors.service import Vectors, make_backend
 from tollway.wallets.audit import Audit
 from tollway.wallets.authorize import Authorizer, alerts
 from tollway.wallets.broker import Broker
@@ -55,6 +56,7 @@ class Runtime:
     wallets: Wallets
     authorizer: Authorizer
     broker: Broker
+    vectors: Vectors
     remote_facilitator: RemoteFacilitator | None = None  # [x402] facilitator_url
     stripe: StripeBilling | None = None  # STRIPE_API_KEY set: Stripe billing (tollway.billing.stripe)
 
@@ -99,6 +101,10 @@ class Runtime:
         paywall.entitled = lambda key, feature: billing.standing(key.customer_id, key.billing).plan.has(
             feature
         )
+        inference = Inference(settings, charger, clock, billing)
+        vectors = Vectors(
+            engine, clock, make_backend(settings, engine), inference, settings.vectors.embeddings_model
+        )
         return cls(
             settings=settings,
             engine=engine,
@@ -107,7 +113,7 @@ class Runtime:
             charger=charger,
             customers=customers,
             keys=keys,
-            inference=Inference(settings, charger, clock, billing),
+            inference=inference,
             gateway=gateway,
             devnet=devnet,
             facilitator=facilitator,
@@ -116,6 +122,7 @@ class Runtime:
             wallets=wallets,
             authorizer=authorizer,
             broker=Broker(settings, wallets, authorizer),
+            vectors=vectors,
             remote_facilitator=remote,
             stripe=stripe_billing.from_env(settings, engine, clock, customers, billing.subscriptions),
         )
@@ -133,6 +140,7 @@ class Runtime:
         if close is not None:
             await close()
         await self.gateway.aclose()
+        await self.vectors.close()
         await self.inference.aclose()
         await self.ledger.close()
         await self.engine.dispose()

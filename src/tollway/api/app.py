@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from tollway import __version__
-from tollway.api import admin, billing, errors, gateway_admin, system, v1, wallets, x402, x402_admin
+from tollway.api import admin, billing, errors, gateway_admin, system, v1, vectors, wallets, x402, x402_admin
 from tollway.api import stripe as stripe_api
 from tollway.api.fastpath import TollwayApp
 from tollway.core.config import Settings
@@ -129,6 +129,7 @@ def create_app(settings: Settings | None = None, *, rt: Runtime | None = None) -
     app.include_router(wallets.admin, responses=errors.error_responses(400, 401, 404, 409))
     app.include_router(wallets.agent, responses=errors.error_responses(400, 401, 402, 404, 409))
     app.include_router(wallets.broker, responses=errors.error_responses(400, 401, 402, 409, 502, 504))
+    app.include_router(vectors.router, responses=errors.error_responses(400, 401, 402, 403, 409))
     app.include_router(stripe_api.router, responses=errors.error_responses(400, 401, 403, 409, 502))
     app.add_middleware(MetricsMiddleware)
     # The hot AI routes skip FastAPI's per-request machinery (tollway.api.fastpath).

@@ -318,6 +318,19 @@ class WalletsConfig(_Section):
     broker_max_bytes: int = Field(10 * 1024 * 1024, ge=1024)
 
 
+class VectorsConfig(_Section):
+    """Vector indexes (see tollway.vectors and docs/vectors.md)."""
+
+    backend: Literal["embedded", "pgvector"] = "embedded"
+    # embedded: where the index files live; empty = vectors/ beside the SQLite
+    # database (or .tollway/vectors with PostgreSQL).
+    path: str = ""
+    # pgvector: the PostgreSQL (with the vector extension) holding the vectors;
+    # empty = the main database.
+    pgvector_url: str = ""
+    embeddings_model: str = "all-minilm-l6-v2"  # upsert_text / query_text
+
+
 def valid_amount(v: str, free_ok: bool = False) -> str:
     from tollway.core.errors import TollwayError
     from tollway.core.money import parse_amount, parse_price
@@ -339,6 +352,7 @@ class Settings(_Section):
     x402: X402Config = X402Config()
     billing: BillingConfig = BillingConfig()
     wallets: WalletsConfig = WalletsConfig()
+    vectors: VectorsConfig = VectorsConfig()
     models: list[ModelConfig] = Field(default_factory=default_models)
 
     @field_validator("models")

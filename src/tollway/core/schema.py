@@ -348,3 +348,19 @@ x402_rules = Table(
     Column("body", Text, nullable=False),
     Column("updated_at_us", BigInteger, nullable=False),
 )
+
+
+# Vector indexes (tollway.vectors): the index's config here; its vectors in
+# the configured backend (embedded files, or pgvector tables).
+vector_indexes = Table(
+    "vector_indexes",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("customer_id", String(64), ForeignKey("customers.id"), nullable=False),
+    Column("name", String(64), nullable=False),
+    Column("dimensions", Integer, nullable=False),
+    Column("metric", String(16), nullable=False),
+    Column("description", String(500), nullable=False),
+    Column("created_at_us", BigInteger, nullable=False),
+    Index("ix_vector_indexes_customer_name", "customer_id", "name", unique=True),
+)

@@ -1,0 +1,1 @@
+"""Vector indexes for retrieval (the Vectorize API): see docs/vectors.md."""

@@ -1,0 +1,1 @@
+"""Where an index's vectors live: embedded (usearch + SQLite) or pgvector."""
