@@ -247,3 +247,36 @@ async def test_a_daily_limit_holds_under_200_concurrent_authorizations(w: W) -> 
     captures = await asyncio.gather(*[w.capture(tok, a["id"]) for a in approved])
     assert all(c.status_code == 200 for c in captures)
     assert await w.available(wal["id"]) == 50_000_000 - 9_900_000
+
+
+async def test_a_frozen_token_is_reported_to_the_alert_webhook(db_url: str) -> None:
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    from threaded import ThreadServer
+
+    got: list[dict[str, Any]] = []
+
+    async def hook(request: Request) -> Response:
+        got.append(await request.json())
+        return Response(status_code=204)
+
+    with ThreadServer(Starlette(routes=[Route("/alerts", hook, methods=["POST"])])) as srv:
+        rt = Runtime.build(settings_for(db_url, wallets={"alert_webhook_url": srv.url + "/alerts"}))
+        app = create_app(rt=rt)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
+            w = W(rt, http)
+            wal = await w.wallet({"velocity": {"max_spend_per_minute": 25}})
+            tok = await w.token(wal["id"])
+            assert (await w.authorize(tok, 20)).status_code == 200
+            r = await w.authorize(tok, 20)
+            assert r.status_code == 402 and r.json()["error"]["code"] == "velocity_limit"
+            for _ in range(100):
+                if got:
+                    break
+                await asyncio.sleep(0.02)
+        await rt.close()
+    assert len(got) == 1 and got[0]["type"] == "wallet.token_frozen" and got[0]["wallet_id"] == wal["id"]
+    assert "faster than 25" in got[0]["reason"]
