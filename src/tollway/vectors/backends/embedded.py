@@ -32,7 +32,7 @@ from tollway.vectors.shapes import IndexInfo, Match, Record
 
 T = TypeVar("T")
 _METRIC = {"cosine": "cos", "euclidean": "l2sq", "dot-product": "ip"}
-EXPANSION_SEARCH = 128
+EXPANSION_SEARCH = 64
 EXPANSION_ADD = 128
 CONNECTIVITY = 16
 
