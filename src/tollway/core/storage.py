@@ -88,10 +88,13 @@ def make_engine(cfg: DatabaseConfig, **kwargs: Any) -> AsyncEngine:
     )
 
 
-def sqlite_connect(engine: AsyncEngine) -> sqlite3.Connection:
+def sqlite_connect(engine: AsyncEngine, *, shared: bool = False) -> sqlite3.Connection:
     """A plain sqlite3 connection to the engine's database, with its PRAGMAs,
-    in autocommit mode (the caller issues BEGIN/COMMIT). For one thread only."""
-    conn = sqlite3.connect(sqlite_path(engine) or ":memory:", isolation_level=None)
+    in autocommit mode (the caller issues BEGIN/COMMIT). For one thread at a
+    time (``shared``: used by more than one thread, never at once)."""
+    conn = sqlite3.connect(
+        sqlite_path(engine) or ":memory:", isolation_level=None, check_same_thread=not shared
+    )
     for p in _PRAGMAS.get(engine.sync_engine, ["PRAGMA busy_timeout=60000"]):
         conn.execute(p)
     return conn

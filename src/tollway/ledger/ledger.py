@@ -22,7 +22,7 @@ import sqlite3
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 from sqlalchemy import and_, insert, or_, select
@@ -52,6 +52,11 @@ from tollway.ledger.store import (
 )
 from tollway.ledger.types import Account, AccountKind, Transfer, default_flags
 from tollway.observe import metrics
+
+T_ = TypeVar("T_")
+# Batches up to this size are decided on the event loop when the writer is idle.
+INLINE_MAX = 64
+BUSY_TIMEOUT_MS = 60_000
 
 log = logging.getLogger("tollway.ledger")
 
@@ -142,6 +147,9 @@ class Ledger:
         # statement.
         self._wexec: ThreadPoolExecutor | None = None
         self._wconn: sqlite3.Connection | None = None
+        # Jobs submitted to the writer thread and not finished: while there are
+        # none, the event loop may use the writer's connection itself (see _decide_inline).
+        self._wjobs = 0
         cols = ", ".join(c.name for c in ACCOUNT_COLUMNS)
         self._select_account = f"SELECT {cols} FROM ledger_accounts"
 
@@ -511,7 +519,14 @@ class Ledger:
                     loop.call_soon_threadsafe(hear, rs)
 
             now = self.clock.now_us()
-            return await loop.run_in_executor(self._wexec, self._apply_sqlite, ops, now, tell, riders)
+            if decided is not None and 0 < len(ops) <= INLINE_MAX and self._wjobs == 0:
+                started = self._decide_inline(ops, now)
+                if started is not None:
+                    inline, state, written = started
+                    decided(inline)
+                    await self._on_writer(self._finish_sqlite, state, written, riders)
+                    return inline
+            return await self._on_writer(self._apply_sqlite, ops, now, tell, riders)
         results: list[Result] = []
         async with raw_transaction(self.engine) as tx:
             if ops:
@@ -528,12 +543,70 @@ class Ledger:
                     log.exception("dropping %d rider rows", len(rows))
         return results
 
+    async def _on_writer(self, fn: Callable[..., T_], *args: Any) -> T_:
+        """Run ``fn`` on the writer thread, counting it while it is queued or running."""
+        assert self._wexec is not None
+        self._wjobs += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._wexec, fn, *args)
+        finally:
+            self._wjobs -= 1
+
+    def _decide_inline(self, ops: list[Op], now_us: int) -> tuple[list[Result], Any, Any] | None:
+        """Decide a small batch on the event loop, with the writer's connection,
+        while the writer thread is idle: BEGIN IMMEDIATE, load, apply. The
+        decision then costs no thread round trip; the writes and the COMMIT
+        (the fsync) go to the writer thread. If the database's write lock is
+        held (another process), nothing waits here: None, and the batch takes
+        the writer thread, which waits for the lock."""
+        if self._wconn is None:
+            self._wconn = sqlite_connect(self.engine, shared=True)
+        conn = self._wconn
+        conn.execute("PRAGMA busy_timeout=0")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError:
+            return None
+        finally:
+            conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        try:
+            st = run_inline(load_batch(inline_tx(conn), ops, now_us, self.default_timeout_s))
+            results, writes = apply_batch(ops, st)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return results, st, writes
+
+    def _finish_sqlite(self, st: Any, writes: Any, riders: _Riders) -> None:
+        """The rest of an inline batch, on the writer thread: write, riders, COMMIT."""
+        conn = self._wconn
+        assert conn is not None
+        try:
+            run_inline(write_batch(inline_tx(conn), st, writes))
+            self._write_riders(conn, riders)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    @staticmethod
+    def _write_riders(conn: sqlite3.Connection, riders: _Riders) -> None:
+        for sql, rows in riders:
+            conn.execute("SAVEPOINT rider")
+            try:
+                conn.executemany(sql, rows)
+            except sqlite3.Error:
+                log.exception("dropping %d rider rows", len(rows))
+                conn.execute("ROLLBACK TO rider")
+            conn.execute("RELEASE rider")
+
     def _apply_sqlite(
         self, ops: list[Op], now_us: int, decided: _Decided | None, riders: _Riders = ()
     ) -> list[Result]:
         """One batch on the writer thread: BEGIN IMMEDIATE, load, apply, write, COMMIT."""
         if self._wconn is None:
-            self._wconn = sqlite_connect(self.engine)
+            self._wconn = sqlite_connect(self.engine, shared=True)
         conn = self._wconn
         conn.execute("BEGIN IMMEDIATE")
         results: list[Result] = []
@@ -545,14 +618,7 @@ class Ledger:
                 if decided is not None:
                     decided(results)
                 run_inline(write_batch(tx, st, writes))
-            for sql, rows in riders:
-                conn.execute("SAVEPOINT rider")
-                try:
-                    conn.executemany(sql, rows)
-                except sqlite3.Error:
-                    log.exception("dropping %d rider rows", len(rows))
-                    conn.execute("ROLLBACK TO rider")
-                conn.execute("RELEASE rider")
+            self._write_riders(conn, riders)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -570,11 +636,11 @@ class Ledger:
             return None
         if self._wexec is None:
             self._wexec = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tollway-ledger")
-        return await asyncio.get_running_loop().run_in_executor(self._wexec, self._write_aside, sql, rows)
+        return await self._on_writer(self._write_aside, sql, rows)
 
     def _write_aside(self, sql: str, rows: list[tuple[Any, ...]]) -> int:
         if self._wconn is None:
-            self._wconn = sqlite_connect(self.engine)
+            self._wconn = sqlite_connect(self.engine, shared=True)
         conn = self._wconn
         conn.execute("BEGIN IMMEDIATE")
         try:
