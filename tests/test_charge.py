@@ -262,22 +262,28 @@ async def test_early_reservation_that_fails_to_commit_holds_and_charges_nothing(
     free = await rt.ledger.create_account("customer", name="free")
     await rt.ledger.transfer("sys_funding", free.id, 100)
     p = Payer(c.account_id, c.id, (Source(free.id), Source(c.account_id)))
-    real = rt.ledger.reserve_early
+    real = rt.ledger.queue_reserve
     calls = 0
+    background: list[asyncio.Future[None]] = []
 
-    async def second_leg_lost(*a: object, **k: object) -> object:
+    def second_leg_lost(*a: object, **k: object) -> object:
         nonlocal calls
         calls += 1
-        t, committed = await real(*a, **k)  # type: ignore[arg-type]
-        if calls == 2:  # decided, but its commit "failed": void what did commit
-            await committed
-            await rt.ledger.void(t.id)
-            lost: asyncio.Future[object] = asyncio.get_running_loop().create_future()
-            lost.set_result(TollwayError("api_error", "database_unavailable", "lost", status=503))
-            return t, lost
-        return t, committed
+        decision, committed = real(*a, **k)  # type: ignore[arg-type]
+        if calls != 2:
+            return decision, committed
+        lost: asyncio.Future[object] = asyncio.get_running_loop().create_future()
 
-    rt.ledger.reserve_early = second_leg_lost  # type: ignore[method-assign]
+        async def fail() -> None:  # decided, but its commit "failed": void what did commit
+            t = await committed
+            assert not isinstance(t, TollwayError)
+            await rt.ledger.void(t.id)
+            lost.set_result(TollwayError("api_error", "database_unavailable", "lost", status=503))
+
+        background.append(asyncio.ensure_future(fail()))
+        return decision, lost
+
+    rt.ledger.queue_reserve = second_leg_lost  # type: ignore[method-assign,assignment]
     h = rt.charger.hold(p, 300, meter="tokens")
     await h.reserve(early=True)
     with pytest.raises(TollwayError) as e:

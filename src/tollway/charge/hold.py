@@ -271,9 +271,27 @@ class Hold:
                 return await self.ledger.reserve_early(s.account_id, s.payee or self.payee, amount, **kw)
             return await self.ledger.reserve(s.account_id, s.payee or self.payee, amount, **kw), None
 
-        results = await _all(
-            [leg(i, s, amount) for i, (s, amount) in enumerate(plan_all)], return_exceptions=True
-        )
+        results: list[Any]
+        if early:  # queued together, decided in one batch: no task per leg
+            queued = [
+                self.ledger.queue_reserve(
+                    s.account_id,
+                    s.payee or self.payee,
+                    amount,
+                    timeout_s=self.timeout_s,
+                    description=self.description or self.meter,
+                    idempotency_key=self._key("reserve" if not attempt else f"reserve{attempt}", i),
+                )
+                for i, (s, amount) in enumerate(plan_all)
+            ]
+            results = []
+            for decision, commit in queued:
+                r = await decision
+                results.append(r if isinstance(r, TollwayError) else (r, commit))
+        else:
+            results = await _all(
+                [leg(i, s, amount) for i, (s, amount) in enumerate(plan_all)], return_exceptions=True
+            )
         done = [
             (s, r) for (s, _), r in zip(plan_all, results, strict=True) if not isinstance(r, BaseException)
         ]

@@ -138,6 +138,7 @@ class Ledger:
         # futures waiting for the riders queued before them to commit.
         self._riders: list[tuple[str, list[tuple[Any, ...]]]] = []
         self._rider_waiters: list[asyncio.Future[None]] = []
+        self._riders_writing: asyncio.Future[None] | None = None  # riders of the batch being committed
         self.linger_s = linger_s
         self._task: asyncio.Task[None] | None = None
         self.reads = PointReader(engine)
@@ -281,6 +282,25 @@ class Ledger:
             raise r
         return r, committed
 
+    def queue_reserve(
+        self,
+        debit_account_id: str,
+        credit_account_id: str,
+        amount: int,
+        *,
+        timeout_s: int | None = None,
+        description: str = "",
+        idempotency_key: str | None = None,
+    ) -> tuple[asyncio.Future[Result], asyncio.Future[Result]]:
+        """:meth:`reserve_early` without a task of its own: queue the reservation
+        and return (its decision, its commit) as futures. Several reservations
+        queued together are decided in one batch."""
+        op = _create(
+            debit_account_id, credit_account_id, amount, True, timeout_s, description, idempotency_key, None
+        )
+        early: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        return early, self._enqueue(op, early)
+
     async def post(
         self,
         pending_id: str,
@@ -400,7 +420,11 @@ class Ledger:
         return True
 
     async def riders_committed(self) -> None:
-        """Wait until every rider queued so far is committed (or dropped)."""
+        """Wait until every rider queued so far is committed (or dropped),
+        including riders a batch being committed right now has taken."""
+        writing = self._riders_writing
+        if writing is not None and not writing.done():
+            await asyncio.shield(writing)
         if not self._riders:
             return
         loop = asyncio.get_running_loop()
@@ -452,6 +476,9 @@ class Ledger:
                 del self._queue[: self.batch_max]
                 riders, self._riders = self._riders, []
                 waiters, self._rider_waiters = self._rider_waiters, []
+                if riders:  # riders_committed() waits for these too
+                    self._riders_writing = asyncio.get_running_loop().create_future()
+                    waiters.append(self._riders_writing)
                 try:
                     await self._commit_batch(batch, riders)
                 finally:
