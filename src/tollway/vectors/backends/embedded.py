@@ -24,9 +24,9 @@ from typing import Any, TypeVar
 
 import numpy as np
 import orjson
-from usearch.index import Index
 
 from tollway.vectors import filter as F
+from tollway.vectors.backends._usearch import Index
 from tollway.vectors.backends.base import distances, score
 from tollway.vectors.shapes import IndexInfo, Match, Record
 

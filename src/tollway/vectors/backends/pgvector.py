@@ -83,7 +83,9 @@ class PgVector:
     name = "pgvector"
 
     def __init__(self, url: str) -> None:
-        self.url = url.replace("postgresql+asyncpg://", "postgresql://")
+        self.url = url.replace("postgresql+asyncpg://", "postgresql://").replace(
+            "postgres://", "postgresql://", 1
+        )
         self._pool: asyncpg.Pool | None = None
 
     async def pool(self) -> asyncpg.Pool:
