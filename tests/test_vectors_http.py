@@ -220,3 +220,35 @@ async def test_text_convenience_is_charged_like_embeddings(http: httpx.AsyncClie
     )
     async with rt.engine.connect() as conn:
         assert len((await conn.execute(select(usage_events))).all()) == 3
+
+
+async def test_pgvector_backend_through_the_runtime(
+    sqlite_template: Path, tmp_path: Path, pgvector_url: str
+) -> None:
+    """[vectors] backend = "pgvector": the runtime wires it, the HTTP API serves from it."""
+    import shutil
+
+    db = tmp_path / "tollway.db"
+    shutil.copy(sqlite_template, db)
+    s = settings_for(f"sqlite:///{db}", vectors={"backend": "pgvector", "pgvector_url": pgvector_url})
+    runtime = Runtime.build(s)
+    assert runtime.vectors.backend.name == "pgvector"
+    try:
+        app = create_app(rt=runtime)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+            auth = await key_for(c)
+            r = await c.post(BASE, json={"name": "pg", "dimensions": 2, "metric": "euclidean"}, headers=auth)
+            assert r.status_code == 200, r.text
+            vs = [{"id": str(i), "values": [i, 0], "metadata": {"even": i % 2 == 0}} for i in range(20)]
+            assert (await c.post(f"{BASE}/pg/upsert", json={"vectors": vs}, headers=auth)).json()[
+                "count"
+            ] == 20
+            q = await c.post(
+                f"{BASE}/pg/query", json={"vector": [5, 0], "topK": 3, "filter": {"even": True}}, headers=auth
+            )
+            assert {m["id"] for m in q.json()["matches"]} == {"4", "6", "2"} or {
+                m["id"] for m in q.json()["matches"]
+            } == {"4", "6", "8"}
+            assert (await c.delete(f"{BASE}/pg", headers=auth)).status_code == 200
+    finally:
+        await runtime.close()
