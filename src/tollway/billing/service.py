@@ -258,6 +258,8 @@ class Billing:
             for g in grants
             if g.expires_at_us is None or g.expires_at_us > now
         )
+        if len(self._grants) > 100_000:  # bounded: a dropped entry is read again on use
+            self._grants.clear()
         self._grants[s.customer_id] = (s.rev, out)
         return out
 
