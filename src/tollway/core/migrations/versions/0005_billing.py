@@ -6,10 +6,10 @@ Revises: 0004
 
 from __future__ import annotations
 
-import time
-
 import sqlalchemy as sa
 from alembic import op
+
+from tollway.core.migrations.system_accounts import add_funding_account, remove_account
 
 revision = "0005"
 down_revision = "0004"
@@ -88,45 +88,11 @@ def upgrade() -> None:
         sa.Column("value", sa.Text, nullable=False),
         sa.Column("updated_at_us", sa.BigInteger, nullable=False),
     )
-    accounts = sa.table(
-        "ledger_accounts",
-        *(
-            sa.column(c)
-            for c in (
-                "id",
-                "kind",
-                "flags",
-                "debits_pending",
-                "debits_posted",
-                "credits_pending",
-                "credits_posted",
-                "customer_id",
-                "name",
-                "created_at_us",
-            )
-        ),
-    )
-    op.bulk_insert(
-        accounts,
-        [
-            {
-                "id": "sys_quotas",
-                "kind": "funding",
-                "flags": 0,
-                "debits_pending": 0,
-                "debits_posted": 0,
-                "credits_pending": 0,
-                "credits_posted": 0,
-                "customer_id": None,
-                "name": "Plan quotas granted (and used back), in their own units",
-                "created_at_us": time.time_ns() // 1000,
-            }
-        ],
-    )
+    add_funding_account("sys_quotas", "Plan quotas granted (and used back), in their own units")
 
 
 def downgrade() -> None:
-    op.execute("DELETE FROM ledger_accounts WHERE id = 'sys_quotas'")
+    remove_account("sys_quotas")
     for t in (
         "billing_state",
         "stripe_events",

@@ -6,10 +6,10 @@ Revises: 0005
 
 from __future__ import annotations
 
-import time
-
 import sqlalchemy as sa
 from alembic import op
+
+from tollway.core.migrations.system_accounts import add_funding_account, remove_account
 
 revision = "0006"
 down_revision = "0005"
@@ -76,44 +76,10 @@ def upgrade() -> None:
         sa.Column("detail", sa.Text, nullable=False),
         sa.Column("created_at_us", sa.BigInteger, nullable=False),
     )
-    accounts = sa.table(
-        "ledger_accounts",
-        *(
-            sa.column(c)
-            for c in (
-                "id",
-                "kind",
-                "flags",
-                "debits_pending",
-                "debits_posted",
-                "credits_pending",
-                "credits_posted",
-                "customer_id",
-                "name",
-                "created_at_us",
-            )
-        ),
-    )
-    op.bulk_insert(
-        accounts,
-        [
-            {
-                "id": "sys_wallet_limits",
-                "kind": "funding",
-                "flags": 0,
-                "debits_pending": 0,
-                "debits_posted": 0,
-                "credits_pending": 0,
-                "credits_posted": 0,
-                "customer_id": None,
-                "name": "Wallet spending limits granted (and spent back)",
-                "created_at_us": time.time_ns() // 1000,
-            }
-        ],
-    )
+    add_funding_account("sys_wallet_limits", "Wallet spending limits granted (and spent back)")
 
 
 def downgrade() -> None:
-    op.execute("DELETE FROM ledger_accounts WHERE id = 'sys_wallet_limits'")
+    remove_account("sys_wallet_limits")
     for t in ("wallet_audit", "wallet_authorizations", "agent_tokens", "wallets"):
         op.drop_table(t)
