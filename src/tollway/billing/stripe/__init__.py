@@ -24,7 +24,8 @@ from tollway.billing.stripe.env import StripeEnv
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
-    from tollway.billing.stripe.service import StripeBilling, SubscriptionsPort
+    from tollway.billing.stripe.service import StripeBilling
+    from tollway.billing.subscriptions import Subscriptions
     from tollway.core.clock import Clock
     from tollway.core.config import Settings
     from tollway.identity.customers import Customers
@@ -37,7 +38,7 @@ def from_env(
     engine: AsyncEngine,
     clock: Clock,
     customers: Customers,
-    subscriptions: SubscriptionsPort,
+    subscriptions: Subscriptions,
     env: Mapping[str, str] | None = None,
 ) -> StripeBilling | None:
     """Stripe billing configured from ``STRIPE_*``, or ``None`` without ``STRIPE_API_KEY``."""

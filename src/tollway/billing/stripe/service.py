@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import stripe
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -27,45 +27,12 @@ if TYPE_CHECKING:
     import datetime as dt
 
     from tollway.billing.stripe.meter import MeterPusher
+    from tollway.billing.subscriptions import Subscriptions
 
 log = logging.getLogger("tollway.stripe")
 
 METER_EVENT = "tollway_neurons"  # the billing meter's event_name (and its local_id)
 NETWORK_RETRIES = 2  # the SDK's own retries (same idempotency key) for ordinary calls
-
-
-class SubscriptionLike(Protocol):
-    @property
-    def plan(self) -> str: ...
-    @property
-    def status(self) -> str: ...
-    @property
-    def stripe_customer_id(self) -> str | None: ...
-    @property
-    def stripe_subscription_id(self) -> str | None: ...
-
-
-class SubscriptionsPort(Protocol):
-    """What Stripe needs of ``tollway.billing.subscriptions.Subscriptions``."""
-
-    async def get(self, customer_id: str) -> SubscriptionLike: ...
-
-    async def apply_stripe(
-        self,
-        customer_id: str,
-        *,
-        plan: str,
-        status: str,
-        period_start_us: int,
-        period_end_us: int,
-        trial_end_us: int | None,
-        cancel_at_period_end: bool,
-        stripe_subscription_id: str | None,
-    ) -> SubscriptionLike: ...
-
-    async def link_stripe_customer(self, customer_id: str, stripe_customer_id: str) -> None: ...
-
-    async def customer_for_stripe(self, stripe_customer_id: str) -> str | None: ...
 
 
 def not_configured(what: str = "Stripe") -> TollwayError:
@@ -121,7 +88,7 @@ class StripeBilling:
         engine: AsyncEngine,
         clock: Clock,
         customers: Customers,
-        subscriptions: SubscriptionsPort,
+        subscriptions: Subscriptions,
     ) -> None:
         self.env = env
         self.settings = settings
