@@ -280,3 +280,19 @@ async def test_a_frozen_token_is_reported_to_the_alert_webhook(db_url: str) -> N
         await rt.close()
     assert len(got) == 1 and got[0]["type"] == "wallet.token_frozen" and got[0]["wallet_id"] == wal["id"]
     assert "faster than 25" in got[0]["reason"]
+
+
+async def test_a_limit_raised_mid_period_applies_to_the_next_authorization(w: W) -> None:
+    """The limit accounts are remembered per policy: a new policy is seen at once."""
+    wal = await w.wallet({"spending_limits": [{"amount": "$3", "interval": "daily"}]})
+    tok = await w.token(wal["id"])
+
+    async def outcome(amount: int) -> str:
+        r = await w.authorize(tok, amount)
+        return str(r.json()["status"]) if r.status_code == 200 else str(r.json()["error"]["code"])
+
+    assert await outcome(3_000_000) == "approved"
+    assert await outcome(1_000_000) == "spending_limit_exceeded"
+    await w.rt.wallets.set_policy(wal["id"], {"spending_limits": [{"amount": "$5", "interval": "daily"}]})
+    assert await outcome(1_000_000) == "approved"
+    assert await outcome(1_500_000) == "spending_limit_exceeded"

@@ -45,7 +45,7 @@ from tollway.gateway.ratelimit import Tally, Windows
 from tollway.ledger import Ledger
 from tollway.observe import metrics
 from tollway.wallets.audit import Audit
-from tollway.wallets.policy import CATEGORIES, SpendingLimit, normalize_payee
+from tollway.wallets.policy import CATEGORIES, Policy, SpendingLimit, normalize_payee
 from tollway.wallets.store import AgentToken, Wallet, Wallets
 
 log = logging.getLogger("tollway.wallets")
@@ -177,6 +177,9 @@ def _from_row(r: Any) -> Decision:
     )
 
 
+_DAY_US = 86_400_000_000
+
+
 def _periods(now_us: int) -> dict[str, str]:
     d = dt.datetime.fromtimestamp(now_us / 1_000_000, dt.UTC)
     iso = d.isocalendar()
@@ -212,6 +215,12 @@ class Authorizer:
     _holds: dict[str, Hold] = field(init=False, default_factory=dict)
     _open_auths: dict[str, Decision] = field(init=False, default_factory=dict)
     _resolving: set[str] = field(init=False, default_factory=set)
+    # The limit accounts an authorization must fit, by wallet, token, payee,
+    # category and UTC day (every period's name follows from the day), with
+    # the policy they were made for: funded once, then no work per decision.
+    _caps: dict[tuple[str, str, str, str, int], tuple[Policy, tuple[Cap, ...]]] = field(
+        init=False, default_factory=dict
+    )
 
     def __post_init__(self) -> None:
         self.funded = Allocations(self.ledger)
@@ -365,6 +374,20 @@ class Authorizer:
     async def caps(self, token: AgentToken, wallet: Wallet, payee: str, category: str) -> tuple[Cap, ...]:
         """The limit accounts an authorization must also fit, funded and ready."""
         now = self.clock.now_us()
+        allowance = token.id if token.limits.total_allowance is not None else ""
+        key = (wallet.id, allowance, payee, category, now // _DAY_US)
+        hit = self._caps.get(key)
+        if hit is not None and hit[0] is wallet.policy:
+            return hit[1]
+        caps = await self._make_caps(token, wallet, payee, category, now)
+        if len(self._caps) > 10_000:
+            self._caps.clear()
+        self._caps[key] = (wallet.policy, caps)
+        return caps
+
+    async def _make_caps(
+        self, token: AgentToken, wallet: Wallet, payee: str, category: str, now: int
+    ) -> tuple[Cap, ...]:
         periods = _periods(now)
         out = []
         for sl in wallet.policy.spending_limits:
