@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit
 
-import aiohttp
 import orjson
 
 from tollway.core.config import ModelConfig
@@ -26,6 +25,7 @@ from tollway.inference.backends.base import (
     Progress,
     upstream_failed,
 )
+from tollway.inference.backends.http1 import Http1Pool, TransportError
 
 # Without the upstream's tokenizer, reserve for the worst case: a token is at
 # least one byte, plus the chat template's overhead per message.
@@ -34,41 +34,39 @@ _TEMPLATE_TOKENS = 16
 
 
 # Failures of the transport itself (refused, reset, timed out): always worth a retry.
-_TRANSPORT_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError)
+_TRANSPORT_ERRORS = (TransportError, OSError, asyncio.TimeoutError)
 
 
 class OpenAIUpstream:
-    """The HTTP client is aiohttp: on the gateway's hot path it costs about half
-    of what httpx does per request (docs/benchmarks.md). Connections are pooled
-    and kept alive; the session is made on first use, inside the event loop."""
+    """The HTTP client is :mod:`tollway.inference.backends.http1`: on the
+    gateway's hot path a general-purpose client was the largest cost left
+    (docs/benchmarks.md). Connections are pooled and kept alive; the pool is
+    made on first use, inside the event loop."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         self.cfg = cfg
         self.provider = f"openai:{urlsplit(cfg.base_url).hostname}"
         self.base = cfg.base_url.rstrip("/")
-        self.headers: dict[str, str] = {}
+        self.headers: dict[str, str] = {"Accept": "application/json, text/event-stream"}
         if cfg.api_key_env:
             key = os.environ.get(cfg.api_key_env, "")
             if key:
                 self.headers["Authorization"] = f"Bearer {key}"
-        self.timeout = aiohttp.ClientTimeout(total=None, sock_connect=5.0, sock_read=cfg.timeout_seconds)
-        self._session: aiohttp.ClientSession | None = None
+        self._pool: Http1Pool | None = None
         self.model = cfg.upstream_model or cfg.name
 
     @property
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                headers=self.headers,
-                timeout=self.timeout,
-                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60),
-                json_serialize=_dumps,
+    def http(self) -> Http1Pool:
+        if self._pool is None:
+            self._pool = Http1Pool(
+                self.base, self.headers, connect_timeout=5.0, read_timeout=self.cfg.timeout_seconds
             )
-        return self._session
+        return self._pool
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        if self._pool is not None:
+            await self._pool.aclose()
+            self._pool = None
 
     def prompt_tokens(self, params: ChatParams) -> int:
         messages = params.messages
@@ -110,7 +108,8 @@ class OpenAIUpstream:
         usage: dict[str, int] | None = None
         reason = "stop"
         try:
-            async with self.session.post(self.base + "/chat/completions", json=self._body(params)) as r:
+            r = await self.http.request("POST", "/chat/completions", orjson.dumps(self._body(params)))
+            async with r:
                 if r.status != 200:
                     detail = (await r.read()).decode(errors="replace")[:300]
                     raise upstream_failed(
@@ -130,15 +129,14 @@ class OpenAIUpstream:
                         int(u.get("completion_tokens") or (1 if text else 0)),
                     )
                     return
-                async for raw in r.content:
+                async for line in r.lines():
                     if cancel.is_set():
                         reason = "cancelled"
                         break
-                    line = raw.decode()
-                    if not line.startswith("data:"):
+                    if not line.startswith(b"data:"):
                         continue
                     data = line[5:].strip()
-                    if data == "[DONE]":
+                    if data == b"[DONE]":
                         break
                     chunk = orjson.loads(data)
                     if chunk.get("usage"):
@@ -160,9 +158,8 @@ class OpenAIUpstream:
 
     async def embed_with_usage(self, texts: list[str]) -> tuple[list[list[float]], int]:
         try:
-            async with self.session.post(
-                self.base + "/embeddings", json={"model": self.model, "input": texts}
-            ) as r:
+            body = orjson.dumps({"model": self.model, "input": texts})
+            async with await self.http.request("POST", "/embeddings", body) as r:
                 raw = await r.read()
         except _TRANSPORT_ERRORS as e:
             raise upstream_failed(self.provider, f"{type(e).__name__}: {e}") from e
@@ -181,7 +178,3 @@ class OpenAIUpstream:
 def _retryable(status: int) -> bool:
     """Server errors, timeouts and rate limits are worth another try; other refusals are not."""
     return status >= 500 or status in (408, 409, 429)
-
-
-def _dumps(obj: Any) -> str:
-    return orjson.dumps(obj).decode()
