@@ -551,6 +551,9 @@ class Ledger:
                 if started is not None:
                     inline, state, written = started
                     decided(inline)
+                    # The callers waiting on these decisions go first (one loop
+                    # turn): the writer thread, once woken, contends for the GIL.
+                    await asyncio.sleep(0)
                     await self._on_writer(self._finish_sqlite, state, written, riders)
                     return inline
             return await self._on_writer(self._apply_sqlite, ops, now, tell, riders)
