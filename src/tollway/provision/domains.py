@@ -152,13 +152,17 @@ class Domains:
 
     async def check(self, presented: str, name: object) -> dict[str, Any]:
         _, wallet = await self.wallets.verify(presented)
+        return await self.verdict(name, wallet.id)
+
+    async def verdict(self, name: object, wallet_id: str | None) -> dict[str, Any]:
+        """Availability, price and the trademark guard's verdict (with this wallet's overrides)."""
         n, tld = registrable(name, set(self.cfg.tlds))
         q = await self.provider.quote(n, tld)
         available, reason = q.available, q.reason
         async with self.engine.connect() as conn:
             if (await conn.execute(select(D.c.id).where(D.c.name == n))).first() is not None:
                 available, reason = False, "already registered"
-        m, allowed = await self.blocked(n, wallet.id)
+        m, allowed = await self.blocked(n, wallet_id)
         out: dict[str, Any] = {
             "object": "domain_check",
             "domain": n,
