@@ -284,3 +284,21 @@ async def test_the_reaper_flags_and_tears_down_unused_resources(db_url: str, tmp
         assert [d["name"] for d in (await a.get("/domains")).json()["data"]] == ["used-name.com"]
         assert (await a.get("/deployments")).json()["data"] == []
     await rt.close()
+
+
+async def test_the_edge_relays_bytes_when_handoff_is_off(db_url: str, tmp_path: Path) -> None:
+    s = settings_for(
+        db_url, provision={"edge_port": free_port(), "data_dir": str(tmp_path), "edge_handoff": False}
+    )
+    rt = Runtime.build(s)
+    app = create_app(rt=rt)
+    await rt.provision.start()
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
+        a = await Agent(rt, http).setup()
+        r = await a.post("/deployments", {"name": "relay", "entrypoint": "app:app", "bundle": hello("r")})
+        assert r.status_code == 201, r.text
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{rt.provision.edge_port}") as c:
+            for i in range(3):  # one kept-alive connection, relayed both ways
+                r = await c.get(f"/{i}", headers={"host": "relay.tollway.localhost"})
+                assert r.text == f"hello r /{i}"
+    await rt.close()

@@ -369,6 +369,9 @@ class ProvisionConfig(_Section):
     # The edge: tollway's Host-routing listener for deployments (port 0: off).
     edge_host: str = "127.0.0.1"
     edge_port: int = Field(8788, ge=0, le=65535)
+    # Hand each connection to its worker (SCM_RIGHTS) once the Host is known,
+    # rather than relaying its bytes (false: relay, for platforms without it).
+    edge_handoff: bool = True
     worker_memory_mb: int = Field(512, ge=64)  # RLIMIT_AS of each worker process
     worker_cpu_seconds: int = Field(3_600, ge=1)  # RLIMIT_CPU of each worker process
     health_path: str = Field("/", pattern=r"^/\S*$")

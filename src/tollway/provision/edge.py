@@ -12,13 +12,19 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
+import socket
 from collections.abc import Awaitable, Callable
+from typing import cast
+
+from tollway.provision.workers import Worker
 
 log = logging.getLogger("tollway.provision")
 
 MAX_HEAD = 64 * 1024
+HANDOFF_MAX = 60 * 1024  # bytes already read that may travel with a handed-over connection
 Route = Callable[[str], Awaitable[str | None]]  # host -> deployment id
-Port = Callable[[str, bool], Awaitable[int]]  # deployment id, fresh -> worker port
+GetWorker = Callable[[str, bool], Awaitable[Worker]]  # deployment id, fresh -> its running worker
 Touch = Callable[[str], None]
 
 
@@ -43,14 +49,22 @@ def host_of(head: bytes) -> str | None:
     return value.rsplit(":", 1)[0] if ":" in value else value
 
 
+def _nodelay(transport: asyncio.BaseTransport) -> None:
+    """No Nagle: a proxied request or answer goes out at once, not after the peer's delayed ACK."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
 class _Upstream(asyncio.Protocol):
     def __init__(self, client: _Client) -> None:
         self.client = client
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not asyncio.Transport subclasses
+        _nodelay(transport)
 
     def data_received(self, data: bytes) -> None:
         t = self.client.transport
@@ -81,8 +95,8 @@ class _Client(asyncio.Protocol):
         self.task: asyncio.Task[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not asyncio.Transport subclasses
+        _nodelay(transport)
 
     def data_received(self, data: bytes) -> None:
         if self.up is not None:
@@ -112,9 +126,12 @@ class _Client(asyncio.Protocol):
             self.dep = dep
             loop = asyncio.get_running_loop()
             for fresh in (False, True):  # a worker that died meanwhile is started again, once
-                port = await self.edge.port(dep, fresh)
+                w = await self.edge.worker(dep, fresh)
+                if self.edge.handoff and self._hand_over(w):
+                    self.edge.touch(dep)
+                    return
                 try:
-                    t, _ = await loop.create_connection(lambda: _Upstream(self), "127.0.0.1", port)
+                    t, _ = await loop.create_connection(lambda: _Upstream(self), "127.0.0.1", w.port)
                     break
                 except OSError:
                     if fresh:
@@ -122,7 +139,6 @@ class _Client(asyncio.Protocol):
             if self.transport is None or self.transport.is_closing():
                 t.close()
                 return
-            assert isinstance(t, asyncio.Transport)
             self.up = t
             t.write(bytes(self.buf))
             self.buf.clear()
@@ -130,6 +146,27 @@ class _Client(asyncio.Protocol):
         except Exception as e:
             log.warning("edge: %s: %s", host, e)
             self._fail(502, "deployment_unavailable", "the deployment did not answer")
+
+    def _hand_over(self, w: Worker) -> bool:
+        """Give the connection itself to the worker (SCM_RIGHTS), with what was
+        read of it: from then on the worker serves it directly."""
+        t = self.transport
+        sock = None if t is None or t.is_closing() else t.get_extra_info("socket")
+        if sock is None or len(self.buf) > HANDOFF_MAX:
+            return False
+        try:
+            fd = os.dup(sock.fileno())
+        except OSError:
+            return False
+        try:
+            if not w.hand(bytes(self.buf), fd):
+                return False
+        finally:
+            os.close(fd)
+        assert t is not None
+        t.pause_reading()
+        t.close()  # our descriptor only (no shutdown): the worker holds its own
+        return True
 
     def _fail(self, status: int, code: str, text: str) -> None:
         if self.transport is not None and not self.transport.is_closing():
@@ -153,8 +190,8 @@ class _Client(asyncio.Protocol):
 
 
 class Edge:
-    def __init__(self, route: Route, port: Port, touch: Touch) -> None:
-        self.route, self.port, self.touch = route, port, touch
+    def __init__(self, route: Route, worker: GetWorker, touch: Touch, *, handoff: bool = True) -> None:
+        self.route, self.worker, self.touch, self.handoff = route, worker, touch, handoff
         self.server: asyncio.Server | None = None
 
     async def start(self, host: str, port: int) -> int:

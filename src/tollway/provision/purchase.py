@@ -86,4 +86,5 @@ class Purchases:
             await self.authorizer.void(d.id, actor="provision")
             raise
         await self.authorizer.capture(d.id, actor="provision")
+        await self.authorizer.ledger.riders_committed()  # the record says captured before we answer
         return out

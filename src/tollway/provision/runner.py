@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tollway.core.config import ProvisionConfig
-from tollway.provision.workers import Worker, WorkerFailed, Zygote, healthy, stop
+from tollway.provision.workers import Worker, WorkerFailed, Zygote, handoff_name, healthy, stop
 
 log = logging.getLogger("tollway.provision")
 
@@ -43,6 +43,8 @@ class Runner:
         """A worker for ``spec`` that has passed its health check."""
         logfile = spec.dir.parent / f"v{spec.version}.log"
         w = await self.zygote.fork(
+            handoff=handoff_name(),
+            seen=str(spec.dir.parent / f"v{spec.version}.{time.monotonic_ns()}.seen"),
             dir=str(spec.dir),
             kind=spec.kind,
             entrypoint=spec.entrypoint,
@@ -80,12 +82,12 @@ class Runner:
         self.last_seen[deployment_id] = time.monotonic()
         self.touched.add(deployment_id)
 
-    async def port(self, deployment_id: str, fresh: bool = False) -> int:
-        """The port of the deployment's worker, starting it first if it is
-        stopped (scale to zero) or, with ``fresh``, found dead."""
+    async def worker(self, deployment_id: str, fresh: bool = False) -> Worker:
+        """The deployment's worker, started first if it is stopped (scale to
+        zero) or, with ``fresh``, found dead."""
         w = self.running.get(deployment_id)
         if w is not None and not (fresh and not w.alive()):
-            return w.port
+            return w
         if fresh and w is not None:
             self.running.pop(deployment_id, None)
         task = self._starting.get(deployment_id)
@@ -93,7 +95,7 @@ class Runner:
             task = asyncio.get_running_loop().create_task(self._wake(deployment_id))
             self._starting[deployment_id] = task
             task.add_done_callback(lambda _: self._starting.pop(deployment_id, None))
-        return (await asyncio.shield(task)).port
+        return await asyncio.shield(task)
 
     async def _wake(self, deployment_id: str) -> Worker:
         t0 = time.perf_counter()
@@ -112,7 +114,7 @@ class Runner:
         now = time.monotonic()
         out = []
         for dep, w in list(self.running.items()):
-            if now - max(self.last_seen.get(dep, 0.0), w.started) >= self.cfg.idle_seconds:
+            if now - max(self.last_seen.get(dep, 0.0), w.started, w.last_request()) >= self.cfg.idle_seconds:
                 self.stop(dep)
                 out.append(dep)
         return out

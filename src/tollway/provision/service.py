@@ -53,9 +53,12 @@ class Provisioner:
             cfg, engine, clock, wallets, self.provider, purchases, self.domains, data_dir(settings, engine)
         )
         self.reaper = Reaper(cfg, engine, clock, self.domains, self.deployments)
-        self.edge = Edge(self.deployments.route, self.runner.port, self.runner.touch)
+        self.edge = Edge(
+            self.deployments.route, self.runner.worker, self.runner.touch, handoff=cfg.edge_handoff
+        )
         self.edge_port: int | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._flushed: dict[str, float] = {}  # monotonic last request already written, per deployment
 
     async def _live_spec(self, deployment_id: str) -> Any:
         return await self.deployments.live_spec(deployment_id)
@@ -91,16 +94,21 @@ class Provisioner:
                 log.exception("provision background step failed")
 
     async def flush(self) -> None:
-        """Write each touched deployment's last request time."""
-        touched, self.runner.touched = self.runner.touched, set()
-        if not touched:
+        """Write each deployment's last request time (seen by the edge, or by its worker)."""
+        r = self.runner
+        seen = {d: r.last_seen.get(d, 0.0) for d in r.touched}
+        for d, w in r.running.items():
+            seen[d] = max(seen.get(d, 0.0), r.last_seen.get(d, 0.0), w.last_request())
+        r.touched = set()
+        changed = {d: t for d, t in seen.items() if t > self._flushed.get(d, 0.0)}
+        if not changed:
             return
         now_us, mono = self.clock.now_us(), time.monotonic()
         async with self.engine.begin() as conn:
-            for dep in touched:
-                seen = self.runner.last_seen.get(dep, mono)
-                at = now_us - int((mono - seen) * 1_000_000)
+            for dep, t in changed.items():
+                at = now_us - int((mono - t) * 1_000_000)
                 await conn.execute(update(P).where(P.c.id == dep).values(last_request_at_us=at))
+        self._flushed.update(changed)
 
     async def reap(self, apply: bool) -> dict[str, Any]:
         await self.flush()

@@ -9,10 +9,14 @@ import contextlib
 import itertools
 import json
 import logging
+import mmap
 import os
 import signal
+import socket
+import struct
 import sys
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +32,41 @@ class Worker:
     pid: int
     port: int
     started: float  # monotonic
+    handoff: str = ""  # the abstract Unix socket that takes connections handed over by the edge
+    seen: Path | None = None  # 8 bytes: the monotonic time of the worker's last request
+    _channel: socket.socket | None = None
+    _seen_mm: mmap.mmap | None = None
+
+    def hand(self, data: bytes, fd: int) -> bool:
+        """Pass an accepted client socket (and the bytes already read from it) to the worker."""
+        try:
+            if self._channel is None:
+                ch = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+                ch.connect(self.handoff)
+                ch.setblocking(False)
+                self._channel = ch
+            return socket.send_fds(self._channel, [data], [fd]) == len(data)
+        except OSError:
+            self.close_channel()
+            return False
+
+    def close_channel(self) -> None:
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
+
+    def last_request(self) -> float:
+        """When the worker last served a request (monotonic; 0 if never)."""
+        try:
+            if self._seen_mm is None and self.seen is not None:
+                with open(self.seen, "rb") as f:
+                    self._seen_mm = mmap.mmap(f.fileno(), 8, access=mmap.ACCESS_READ)
+            if self._seen_mm is None:
+                return 0.0
+            value: float = struct.unpack_from("d", self._seen_mm, 0)[0]
+            return value
+        except (OSError, ValueError):
+            return 0.0
 
     def alive(self) -> bool:
         try:
@@ -96,7 +135,7 @@ class Zygote:
         msg = await asyncio.wait_for(fut, 30)
         if "error" in msg:
             raise WorkerFailed(f"could not start a worker: {msg['error']}")
-        return Worker(int(msg["pid"]), int(msg["port"]), time.monotonic())
+        return Worker(int(msg["pid"]), int(msg["port"]), time.monotonic(), req["handoff"], Path(req["seen"]))
 
     async def close(self) -> None:
         proc, self._proc = self._proc, None
@@ -135,7 +174,13 @@ async def probe(port: int, host: str, path: str) -> int | None:
             await writer.wait_closed()
 
 
+def handoff_name() -> str:
+    """A fresh name in Linux's abstract Unix socket namespace."""
+    return f"\0tollway-worker-{uuid.uuid4().hex}"
+
+
 def stop(w: Worker) -> None:
+    w.close_channel()
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(w.pid, signal.SIGKILL)
 

@@ -14,14 +14,18 @@ Run as ``python -m tollway.provision.zygote``; it imports nothing else of tollwa
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import json
+import mmap
 import os
 import resource
 import signal
 import socket
+import struct
 import sys
+import time
 from typing import Any
 
 import uvicorn  # warm: imported once here, shared by every fork
@@ -38,6 +42,82 @@ with contextlib.suppress(ImportError):
     import uvicorn.middleware.wsgi
 
 _PR_SET_PDEATHSIG = 1
+_MAX_HEAD = 64 * 1024 + 1024
+
+
+class _Seen:
+    """The app, noting the time of each request in an 8-byte shared file (the
+    edge's idle sweep reads it: connections handed over are not seen there)."""
+
+    def __init__(self, app: Any, path: str) -> None:
+        self.app = app
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        os.ftruncate(fd, 8)
+        self.mm = mmap.mmap(fd, 8)
+        os.close(fd)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            struct.pack_into("d", self.mm, 0, time.monotonic())
+        await self.app(scope, receive, send)
+
+
+class _Server(uvicorn.server.Server):
+    """uvicorn, plus connections handed over by the edge: each SOCK_SEQPACKET
+    message on the hand-off socket carries an accepted client socket
+    (SCM_RIGHTS) and the bytes the edge already read from it."""
+
+    def __init__(self, config: uvicorn.config.Config, handoff: str, seen: str) -> None:
+        super().__init__(config)
+        self.handoff, self.seen = handoff, seen
+        self._receivers: set[asyncio.Task[None]] = set()
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        self.config.loaded_app = _Seen(self.config.loaded_app, self.seen)
+        await super().startup(sockets)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        listener.bind(self.handoff)
+        listener.listen(64)
+        listener.setblocking(False)
+        self._handoff_task = asyncio.get_running_loop().create_task(self._accept(listener))
+
+    def _protocol(self) -> asyncio.Protocol:
+        cfg = self.config
+        proto: asyncio.Protocol = cfg.http_protocol_class(  # type: ignore[call-arg]
+            config=cfg, server_state=self.server_state, app_state=self.lifespan.state
+        )
+        return proto
+
+    async def _accept(self, listener: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            conn, _ = await loop.sock_accept(listener)
+            conn.setblocking(False)
+            task = loop.create_task(self._receive(conn))
+            self._receivers.add(task)
+            task.add_done_callback(self._receivers.discard)
+
+    async def _receive(self, conn: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        with conn:
+            while True:
+                try:
+                    head, fds, _, _ = socket.recv_fds(conn, _MAX_HEAD, 1)
+                except BlockingIOError:
+                    ready = loop.create_future()
+                    loop.add_reader(conn.fileno(), ready.set_result, None)
+                    try:
+                        await ready
+                    finally:
+                        loop.remove_reader(conn.fileno())
+                    continue
+                if not head and not fds:
+                    return
+                for fd in fds:
+                    client = socket.socket(fileno=fd)
+                    client.setblocking(False)
+                    _, proto = await loop.connect_accepted_socket(self._protocol, client)
+                    proto.data_received(head)
 
 
 def _limit(memory_mb: int, cpu_seconds: int) -> None:
@@ -75,7 +155,6 @@ def _child(req: dict[str, Any], sock: socket.socket) -> None:
             app = StaticFiles(directory=os.path.join(req["dir"], req["entrypoint"]), html=True)
         cfg = uvicorn.config.Config(
             app,
-            fd=sock.fileno(),
             interface="wsgi" if kind == "wsgi" else "auto",
             lifespan="auto" if kind == "asgi" else "off",
             log_level="warning",
@@ -84,7 +163,7 @@ def _child(req: dict[str, Any], sock: socket.socket) -> None:
             date_header=False,
             timeout_keep_alive=75,
         )
-        uvicorn.server.Server(cfg).run()
+        _Server(cfg, req["handoff"], req["seen"]).run(sockets=[sock])  # TCP (uvicorn's fd= means AF_UNIX)
         code = 3  # the server stopped (or the app failed to load / start)
     except BaseException as e:
         with contextlib.suppress(Exception):
