@@ -9,7 +9,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from tollway.core.errors import ErrorType, TollwayError, invalid
+from tollway.core.errors import invalid
 from tollway.wallets.authorize import Authorizer, Decision
 
 T = TypeVar("T")
@@ -74,12 +74,7 @@ class Purchases:
         if d.status == "captured":
             return await replay(d)
         if d.status != "approved":
-            raise TollwayError(
-                ErrorType.CONFLICT,
-                "authorization_not_open",
-                f"authorization {d.id} is {d.status}",
-                status=409,
-            )
+            raise d.not_open()
         try:
             out = await work(d)
         except BaseException:
