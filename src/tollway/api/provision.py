@@ -146,7 +146,7 @@ async def delete_record(domain: str, record_id: str, request: Request) -> dict[s
 async def zone(domain: str, request: Request) -> PlainTextResponse:
     p = runtime(request).provision
     _, dom = await p.domains.zone_of(_agent_token(request), domain)
-    return PlainTextResponse(await p.domains.zone_file(dom.name), media_type="text/dns")
+    return PlainTextResponse(await p.domains.zone_file(dom.name), media_type="text/plain")
 
 
 # -------------------------------------------------------------- deployments
@@ -217,7 +217,7 @@ async def all_deployments(request: Request) -> dict[str, Any]:
 async def admin_zone(domain: str, request: Request) -> PlainTextResponse:
     p = runtime(request).provision
     dom = await p.domains.get(domain)
-    return PlainTextResponse(await p.domains.zone_file(dom.name), media_type="text/dns")
+    return PlainTextResponse(await p.domains.zone_file(dom.name), media_type="text/plain")
 
 
 @admin.post(
