@@ -12,12 +12,18 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import Field
 
 from tollway.api.auth import require_admin, runtime
+from tollway.api.errors import ErrorBody
 from tollway.api.models import Strict
 from tollway.api.wallets import _agent_token
 from tollway.provision import bundles
 from tollway.provision.purchase import Pending
 
 agent = APIRouter(prefix="/v1/broker/provision", tags=["provision"])
+# The zone files are text; their errors are JSON like every other error.
+_TEXT = {
+    200: {"content": {"text/plain": {}}},
+    **{s: {"model": ErrorBody, "content": {"application/json": {}}} for s in (400, 401, 404)},
+}
 admin = APIRouter(prefix="/admin/provision", tags=["provision"], dependencies=[Depends(require_admin)])
 
 
@@ -141,7 +147,10 @@ async def delete_record(domain: str, record_id: str, request: Request) -> dict[s
 
 
 @agent.get(
-    "/domains/{domain}/zone", summary="The zone as an RFC 1035 zone file", response_class=PlainTextResponse
+    "/domains/{domain}/zone",
+    summary="The zone as an RFC 1035 zone file",
+    response_class=PlainTextResponse,
+    responses=_TEXT,  # type: ignore[arg-type]
 )
 async def zone(domain: str, request: Request) -> PlainTextResponse:
     p = runtime(request).provision
@@ -213,7 +222,12 @@ async def all_deployments(request: Request) -> dict[str, Any]:
     return {"object": "list", "data": await runtime(request).provision.deployments.all()}
 
 
-@admin.get("/domains/{domain}/zone", summary="A zone file", response_class=PlainTextResponse)
+@admin.get(
+    "/domains/{domain}/zone",
+    summary="A zone file",
+    response_class=PlainTextResponse,
+    responses=_TEXT,  # type: ignore[arg-type]
+)
 async def admin_zone(domain: str, request: Request) -> PlainTextResponse:
     p = runtime(request).provision
     dom = await p.domains.get(domain)
