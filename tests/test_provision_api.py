@@ -302,3 +302,28 @@ async def test_the_edge_relays_bytes_when_handoff_is_off(db_url: str, tmp_path: 
                 r = await c.get(f"/{i}", headers={"host": "relay.tollway.localhost"})
                 assert r.text == f"hello r /{i}"
     await rt.close()
+
+
+async def test_workers_run_under_memory_and_cpu_limits(db_url: str, tmp_path: Path) -> None:
+    s = settings_for(
+        db_url,
+        provision={
+            "edge_port": 0,
+            "data_dir": str(tmp_path),
+            "worker_memory_mb": 256,
+            "worker_cpu_seconds": 1,
+        },
+    )
+    rt = Runtime.build(s)
+    app = create_app(rt=rt)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
+        a = await Agent(rt, http).setup()
+        before = await a.available()
+        hog = zipped({"app.py": "big = bytearray(1024 * 1024 * 1024)\n" + "async def app(s, r, w): pass\n"})
+        r = await a.post("/deployments", {"name": "hog", "entrypoint": "app:app", "bundle": hog})
+        assert r.status_code == 422 and "MemoryError" in r.json()["error"]["message"], r.text
+        spin = zipped({"app.py": "while True:\n    pass\n"})
+        r = await a.post("/deployments", {"name": "spin", "entrypoint": "app:app", "bundle": spin})
+        assert r.status_code == 422 and r.json()["error"]["code"] == "deploy_failed", r.text
+        assert await a.available() == before
+    await rt.close()
