@@ -20,10 +20,20 @@ from tollway.provision.purchase import Pending
 
 agent = APIRouter(prefix="/v1/broker/provision", tags=["provision"])
 # The zone files are text; their errors are JSON like every other error.
-_TEXT = {
-    200: {"content": {"text/plain": {}}},
-    **{s: {"model": ErrorBody, "content": {"application/json": {}}} for s in (400, 401, 404)},
+_ZONE: dict[str, Any] = {
+    "response_class": PlainTextResponse,
+    "responses": {
+        200: {"content": {"text/plain": {}}},
+        **{s: {"model": ErrorBody, "content": {"application/json": {}}} for s in (400, 401, 404)},
+    },
 }
+
+
+async def _zone_file(request: Request, zone: str) -> PlainTextResponse:
+    text = await runtime(request).provision.domains.zone_file(zone)
+    return PlainTextResponse(text, media_type="text/plain")
+
+
 admin = APIRouter(prefix="/admin/provision", tags=["provision"], dependencies=[Depends(require_admin)])
 
 
@@ -146,16 +156,11 @@ async def delete_record(domain: str, record_id: str, request: Request) -> dict[s
     return await runtime(request).provision.domains.delete_record(_agent_token(request), domain, record_id)
 
 
-@agent.get(
-    "/domains/{domain}/zone",
-    summary="The zone as an RFC 1035 zone file",
-    response_class=PlainTextResponse,
-    responses=_TEXT,  # type: ignore[arg-type]
-)
+@agent.get("/domains/{domain}/zone", summary="The zone as an RFC 1035 zone file", **_ZONE)
 async def zone(domain: str, request: Request) -> PlainTextResponse:
     p = runtime(request).provision
     _, dom = await p.domains.zone_of(_agent_token(request), domain)
-    return PlainTextResponse(await p.domains.zone_file(dom.name), media_type="text/plain")
+    return await _zone_file(request, dom.name)
 
 
 # -------------------------------------------------------------- deployments
@@ -222,16 +227,10 @@ async def all_deployments(request: Request) -> dict[str, Any]:
     return {"object": "list", "data": await runtime(request).provision.deployments.all()}
 
 
-@admin.get(
-    "/domains/{domain}/zone",
-    summary="A zone file",
-    response_class=PlainTextResponse,
-    responses=_TEXT,  # type: ignore[arg-type]
-)
+@admin.get("/domains/{domain}/zone", summary="A zone file", **_ZONE)
 async def admin_zone(domain: str, request: Request) -> PlainTextResponse:
-    p = runtime(request).provision
-    dom = await p.domains.get(domain)
-    return PlainTextResponse(await p.domains.zone_file(dom.name), media_type="text/plain")
+    dom = await runtime(request).provision.domains.get(domain)
+    return await _zone_file(request, dom.name)
 
 
 @admin.post(
