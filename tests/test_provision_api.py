@@ -7,6 +7,7 @@ failed, the previous keeps serving, and its charge is voided."""
 from __future__ import annotations
 
 import asyncio
+import base64
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -196,6 +197,25 @@ async def test_wsgi_and_static_bundles(agent: Agent) -> None:
     assert r.status_code == 201, r.text
     assert (await edge(agent, "site.tollway.localhost")).text == "<h1>hi</h1>"
     assert (await edge(agent, "site.tollway.localhost", "/a.css")).text == "h1{}"
+
+
+async def test_a_bundle_uploaded_as_multipart(agent: Agent) -> None:
+    raw = base64.b64decode(hello("mp"))
+    r = await agent.http.post(
+        "/v1/broker/provision/deployments/upload-me/versions",
+        files={"bundle": ("app.zip", raw, "application/zip")},
+        data={"entrypoint": "app:app"},
+        headers=agent.auth,
+    )
+    assert r.status_code == 201, r.text
+    assert (await edge(agent, "upload-me.tollway.localhost")).text == "hello mp /"
+    r = await agent.http.post(
+        "/v1/broker/provision/deployments/upload-me/versions",
+        files={"bundle": ("x.zip", b"not an archive", "application/zip")},
+        data={"entrypoint": "app:app"},
+        headers=agent.auth,
+    )
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_bundle"
 
 
 async def test_bad_bundles_are_400_and_charge_nothing(agent: Agent) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Awaitable
 from typing import Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import Field
 
@@ -187,6 +187,33 @@ async def deploy(body: DeployIn, request: Request) -> JSONResponse:
         entrypoint=body.entrypoint,
         bundle=raw,
         idempotency_key=body.idempotency_key,
+    )
+    return await _answer(work, 201)
+
+
+@agent.post(
+    "/deployments/{name}/versions",
+    status_code=201,
+    summary="Deploy a version uploaded as multipart/form-data (curl -F bundle=@app.zip)",
+)
+async def upload(
+    name: str,
+    request: Request,
+    bundle: UploadFile = File(description="A zip or tar(.gz) archive"),
+    kind: str = Form("asgi"),
+    entrypoint: str | None = Form(None),
+    idempotency_key: str | None = Form(None),
+) -> JSONResponse:
+    p = runtime(request).provision
+    limit = p.cfg.max_bundle_bytes
+    raw = await bundle.read(limit + 1)
+    work = p.deployments.deploy(
+        _agent_token(request),
+        name,
+        kind=kind,
+        entrypoint=entrypoint,
+        bundle=raw,
+        idempotency_key=idempotency_key,
     )
     return await _answer(work, 201)
 
