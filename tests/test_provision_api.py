@@ -347,3 +347,37 @@ async def test_workers_run_under_memory_and_cpu_limits(db_url: str, tmp_path: Pa
         assert r.status_code == 422 and r.json()["error"]["code"] == "deploy_failed", r.text
         assert await a.available() == before
     await rt.close()
+
+
+async def test_a_purchase_above_the_approval_threshold_waits_for_a_human(db_url: str, tmp_path: Path) -> None:
+    s = settings_for(db_url, provision={"edge_port": 0, "data_dir": str(tmp_path)})
+    rt = Runtime.build(s)
+    app = create_app(rt=rt)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
+        a = await Agent(rt, http).setup({"approval_threshold": "$5"})
+        before = await a.available()
+        r = await a.post("/domains", {"domain": "needs-a-human.com", "idempotency_key": "k1"})
+        assert r.status_code == 202 and r.json()["status"] == "pending_approval", r.text
+        auth = r.json()["authorization"]["id"]
+        assert (await a.get("/domains")).json()["data"] == [] and await a.available() == before
+        r = await http.post(f"/admin/approvals/{auth}/approve", json={"actor": "alice"}, headers=ADMIN)
+        assert r.status_code == 200, r.text
+        r = await a.post("/domains", {"domain": "needs-a-human.com", "idempotency_key": "k1"})
+        assert r.status_code == 201 and r.json()["authorization_id"] == auth, r.text
+        r = await a.post("/domains/needs-a-human.com/renew", {"years": 2})  # $20.88: waits as well
+        assert r.status_code == 202
+        assert await a.available() == before - 10_440_000
+    await rt.close()
+    s = settings_for(db_url, provision={"edge_port": 0, "data_dir": str(tmp_path)})
+    rt = Runtime.build(s)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=create_app(rt=rt)), base_url="http://t"
+    ) as h:
+        b = await Agent(rt, h).setup()
+        r = await b.post("/domains", {"domain": "renewed-name.com"})
+        assert r.status_code == 201
+        expires = r.json()["expires_at_us"]
+        r = await b.post("/domains/renewed-name.com/renew", {"years": 2})
+        assert r.status_code == 200 and r.json()["charged"] == 2 * 10_440_000, r.text
+        assert r.json()["expires_at_us"] == expires + 2 * 365 * 86_400 * 1_000_000
+    await rt.close()
