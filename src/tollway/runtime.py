@@ -22,6 +22,7 @@ from tollway.identity.customers import Customers
 from tollway.identity.keys import ApiKeys
 from tollway.inference.service import Inference
 from tollway.ledger import Ledger
+from tollway.provision.service import Provisioner
 from tollway.vectors.service import Vectors, make_backend
 from tollway.wallets.audit import Audit
 from tollway.wallets.authorize import Authorizer, alerts
@@ -57,6 +58,7 @@ class Runtime:
     authorizer: Authorizer
     broker: Broker
     vectors: Vectors
+    provision: Provisioner
     remote_facilitator: RemoteFacilitator | None = None  # [x402] facilitator_url
     stripe: StripeBilling | None = None  # STRIPE_API_KEY set: Stripe billing (tollway.billing.stripe)
 
@@ -123,6 +125,7 @@ class Runtime:
             authorizer=authorizer,
             broker=Broker(settings, wallets, authorizer),
             vectors=vectors,
+            provision=Provisioner(settings, engine, clock, wallets, authorizer),
             remote_facilitator=remote,
             stripe=stripe_billing.from_env(settings, engine, clock, customers, billing.subscriptions),
         )
@@ -140,6 +143,7 @@ class Runtime:
         if close is not None:
             await close()
         await self.gateway.aclose()
+        await self.provision.close()
         await self.vectors.close()
         await self.inference.aclose()
         await self.ledger.close()

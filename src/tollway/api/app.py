@@ -14,7 +14,19 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from tollway import __version__
-from tollway.api import admin, billing, errors, gateway_admin, system, v1, vectors, wallets, x402, x402_admin
+from tollway.api import (
+    admin,
+    billing,
+    errors,
+    gateway_admin,
+    provision,
+    system,
+    v1,
+    vectors,
+    wallets,
+    x402,
+    x402_admin,
+)
 from tollway.api import stripe as stripe_api
 from tollway.api.fastpath import TollwayApp
 from tollway.core.config import Settings
@@ -92,6 +104,7 @@ def create_app(settings: Settings | None = None, *, rt: Runtime | None = None) -
         rules = asyncio.create_task(rt.paywall.watch())
         billing_tick = asyncio.create_task(rt.billing.run(rt.settings.billing.tick_seconds))
         wallet_sweep = asyncio.create_task(rt.authorizer.run(rt.settings.wallets.sweep_seconds))
+        await rt.provision.start()  # the deployments' edge, idle workers, the reaper
         if rt.stripe is not None:  # usage to Stripe's meter (stopped by rt.close)
             rt.stripe.pusher().start()
         # What start-up made (modules, config, models' Python objects) lives as
@@ -129,6 +142,8 @@ def create_app(settings: Settings | None = None, *, rt: Runtime | None = None) -
     app.include_router(wallets.admin, responses=errors.error_responses(400, 401, 404, 409))
     app.include_router(wallets.agent, responses=errors.error_responses(400, 401, 402, 404, 409))
     app.include_router(wallets.broker, responses=errors.error_responses(400, 401, 402, 409, 502, 504))
+    app.include_router(provision.agent, responses=errors.error_responses(400, 401, 402, 403, 404, 409, 422))
+    app.include_router(provision.admin, responses=errors.error_responses(400, 401, 404, 409))
     app.include_router(vectors.router, responses=errors.error_responses(400, 401, 402, 403, 409))
     app.include_router(stripe_api.router, responses=errors.error_responses(400, 401, 403, 409, 502))
     app.add_middleware(MetricsMiddleware)

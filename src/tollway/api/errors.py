@@ -41,6 +41,7 @@ _DESCRIPTIONS = {
     403: "Missing scope",
     404: "Not found",
     409: "Conflict (already resolved, idempotency key reused, exists, not configured here)",
+    422: "The work failed and nothing was charged (deploy_failed)",
     429: "Rate limit reached (Retry-After and x-ratelimit-* headers)",
     502: "Upstream provider failed",
     503: "Not ready",

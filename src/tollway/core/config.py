@@ -318,6 +318,80 @@ class WalletsConfig(_Section):
     broker_max_bytes: int = Field(10 * 1024 * 1024, ge=1024)
 
 
+class TldPrice(_Section):
+    """What a TLD costs in the local registry, in micro-USD (``"$10"`` accepted)."""
+
+    price: int  # to register, a year
+    renew: int  # to renew, a year
+
+    @field_validator("price", "renew", mode="before")
+    @classmethod
+    def _money(cls, v: Any) -> int:
+        from tollway.core.money import parse_amount
+
+        return parse_amount(v)
+
+
+class CloudflareConfig(_Section):
+    """The Cloudflare provider: credentials live here (or in the environment), never with agents."""
+
+    api_token_env: str = Field("CLOUDFLARE_API_TOKEN", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    account_id: str = ""
+    base_url: str = ""  # empty: the SDK's default (https://api.cloudflare.com/client/v4)
+    workers_compatibility_date: str = "2025-01-01"
+
+
+def _default_tlds() -> dict[str, TldPrice]:
+    return {
+        "com": TldPrice(price=10_440_000, renew=10_440_000),
+        "net": TldPrice(price=11_840_000, renew=11_840_000),
+        "org": TldPrice(price=10_110_000, renew=10_110_000),
+        "dev": TldPrice(price=12_000_000, renew=12_000_000),
+        "app": TldPrice(price=14_000_000, renew=14_000_000),
+        "ai": TldPrice(price=80_000_000, renew=80_000_000),
+        "test": TldPrice(price=1_000_000, renew=1_000_000),
+    }
+
+
+class ProvisionConfig(_Section):
+    """Domains, DNS and deployments for agents (see tollway.provision and docs/provisioning.md)."""
+
+    provider: Literal["local", "cloudflare"] = "local"
+    tlds: dict[str, TldPrice] = Field(default_factory=_default_tlds)  # the local registry's price list
+    dns_record_price: int = Field(1_000, ge=1)  # micro-USD per record created
+    deploy_price: int = Field(10_000, ge=1)  # micro-USD per deployed version
+    hosting_monthly_price: int = Field(5_000_000, ge=0)  # what a running deployment costs a month
+    # Where bundles are unpacked; empty = provision/ beside the SQLite database (or .tollway/provision).
+    data_dir: str = ""
+    apps_domain: str = "tollway.localhost"  # each deployment answers at <name>.<apps_domain>
+    max_bundle_bytes: int = Field(20 * 1024 * 1024, ge=1024)
+    max_bundle_files: int = Field(2_000, ge=1)
+    # The edge: tollway's Host-routing listener for deployments (port 0: off).
+    edge_host: str = "127.0.0.1"
+    edge_port: int = Field(8788, ge=0, le=65535)
+    # Hand each connection to its worker (SCM_RIGHTS) once the Host is known,
+    # rather than relaying its bytes (false: relay, for platforms without it).
+    edge_handoff: bool = True
+    worker_memory_mb: int = Field(512, ge=64)  # RLIMIT_AS of each worker process
+    worker_cpu_seconds: int = Field(3_600, ge=1)  # RLIMIT_CPU of each worker process
+    health_path: str = Field("/", pattern=r"^/\S*$")
+    health_timeout_seconds: float = Field(10, gt=0, le=300)
+    idle_seconds: float = Field(300, gt=0)  # a worker with no requests this long is stopped
+    # The reaper: flags resources unused this long; tears them down when reap_apply is on.
+    reap_after_seconds: float = Field(7 * 86_400, gt=0)
+    reap_apply: bool = False
+    reserved_labels: list[str] = Field(default_factory=list)  # never sold by the local registry
+    trademarks: list[str] = Field(default_factory=list)  # the operator's marks, beside the starter list
+    cloudflare: CloudflareConfig = CloudflareConfig()
+
+    @field_validator("dns_record_price", "deploy_price", "hosting_monthly_price", mode="before")
+    @classmethod
+    def _prices(cls, v: Any) -> int:
+        from tollway.core.money import parse_price
+
+        return parse_price(v)
+
+
 class VectorsConfig(_Section):
     """Vector indexes (see tollway.vectors and docs/vectors.md)."""
 
@@ -353,6 +427,7 @@ class Settings(_Section):
     billing: BillingConfig = BillingConfig()
     wallets: WalletsConfig = WalletsConfig()
     vectors: VectorsConfig = VectorsConfig()
+    provision: ProvisionConfig = ProvisionConfig()
     models: list[ModelConfig] = Field(default_factory=default_models)
 
     @field_validator("models")

@@ -364,3 +364,82 @@ vector_indexes = Table(
     Column("created_at_us", BigInteger, nullable=False),
     Index("ix_vector_indexes_customer_name", "customer_id", "name", unique=True),
 )
+
+
+# Provisioning (tollway.provision): what agents bought through the broker.
+# Every row names the wallet that paid and the authorization that paid for it.
+provision_domains = Table(
+    "provision_domains",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("name", String(253), nullable=False, unique=True),  # A-label form
+    Column("provider", String(32), nullable=False),
+    Column("wallet_id", String(64), nullable=False, index=True),
+    Column("status", String(16), nullable=False),  # active | deleted
+    Column("renew_price", BigInteger, nullable=False),
+    Column("authorization_id", String(64), nullable=True),
+    Column("expires_at_us", BigInteger, nullable=False),
+    Column("created_at_us", BigInteger, nullable=False),
+    Column("updated_at_us", BigInteger, nullable=False),
+)
+
+provision_records = Table(
+    "provision_records",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("zone", String(253), nullable=False, index=True),
+    Column("name", String(253), nullable=False, index=True),
+    Column("type", String(8), nullable=False),
+    Column("content", String(2048), nullable=False),
+    Column("ttl", Integer, nullable=False),
+    Column("priority", Integer, nullable=True),
+    Column("provider_ref", String(64), nullable=False),
+    Column("wallet_id", String(64), nullable=False),
+    Column("authorization_id", String(64), nullable=True),
+    Column("created_at_us", BigInteger, nullable=False),
+)
+
+provision_deployments = Table(
+    "provision_deployments",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("name", String(63), nullable=False, unique=True),
+    Column("wallet_id", String(64), nullable=False, index=True),
+    Column("provider", String(32), nullable=False),
+    Column("live_version", Integer, nullable=True),
+    Column("hostnames", Text, nullable=False),  # JSON list of bound hostnames
+    Column("status", String(16), nullable=False),  # active | deleted
+    Column("last_request_at_us", BigInteger, nullable=False),
+    Column("created_at_us", BigInteger, nullable=False),
+    Column("updated_at_us", BigInteger, nullable=False),
+)
+
+provision_versions = Table(
+    "provision_versions",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("deployment_id", String(64), ForeignKey("provision_deployments.id"), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("kind", String(8), nullable=False),  # asgi | wsgi | static
+    Column("entrypoint", String(200), nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("status", String(16), nullable=False),  # live | ready | failed
+    Column("error", String(2000), nullable=True),
+    Column("authorization_id", String(64), nullable=True),
+    Column("created_at_us", BigInteger, nullable=False),
+    Index("ix_provision_versions_deployment", "deployment_id", "version", unique=True),
+)
+
+# An operator's override of a trademark block: this wallet may buy this name.
+provision_overrides = Table(
+    "provision_overrides",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("name", String(253), nullable=False),
+    Column("wallet_id", String(64), nullable=False),
+    Column("actor", String(200), nullable=False),
+    Column("reason", String(500), nullable=False),
+    Column("created_at_us", BigInteger, nullable=False),
+    Index("ix_provision_overrides_name_wallet", "name", "wallet_id", unique=True),
+)

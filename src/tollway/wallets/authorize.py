@@ -140,6 +140,10 @@ class Decision:
         """A declined decision as a 402 in the one error shape."""
         return TollwayError(ErrorType.PAYMENT, self.reason or "declined", self.message, status=402)
 
+    def not_open(self) -> TollwayError:
+        """Nothing can be spent from it (captured, voided, expired): a 409."""
+        return conflict("authorization_not_open", f"authorization {self.id} is {self.status}", None)
+
 
 _FIELDS = [f for f in Decision.__slots__ if f not in ("decided_ns", "durable_ns", "decided_at", "message")]
 

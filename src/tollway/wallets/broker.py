@@ -28,7 +28,7 @@ from typing import Any
 from eth_account import Account
 
 from tollway.core.config import Settings
-from tollway.core.errors import ErrorType, TollwayError, invalid
+from tollway.core.errors import invalid
 from tollway.wallets.authorize import Authorizer, Decision
 from tollway.wallets.ssrf import Fetched, Guard
 from tollway.wallets.store import Wallets
@@ -139,12 +139,7 @@ class Broker:
         if d.status == "pending_approval":
             return {"object": "broker_response", "status": 202, "authorization": d.to_dict(), "payment": None}
         if d.status != "approved":
-            raise TollwayError(
-                ErrorType.CONFLICT,
-                "authorization_not_open",
-                f"authorization {d.id} is {d.status}",
-                status=409,
-            )
+            raise d.not_open()
         try:
             key_bytes = await self.wallets.signing_key(wallet.id)
             payment = client.sign(offer, Account.from_key(key_bytes), int(time.time()))

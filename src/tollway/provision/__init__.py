@@ -1,0 +1,1 @@
+"""Provisioning for agents: domains, DNS records and deployments, bought through the broker."""

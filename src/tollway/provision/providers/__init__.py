@@ -1,0 +1,1 @@
+"""Provisioning providers: ``local`` (tollway itself) and ``cloudflare`` (the official SDK)."""

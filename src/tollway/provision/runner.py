@@ -1,0 +1,139 @@
+"""Local deployments at run time: which version of each deployment is live,
+its worker (if running), scale to zero and wake on the next request."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from tollway.core.config import ProvisionConfig
+from tollway.provision.workers import Worker, WorkerFailed, Zygote, handoff_name, healthy, stop
+
+log = logging.getLogger("tollway.provision")
+
+
+@dataclass(frozen=True, slots=True)
+class Spec:
+    deployment_id: str
+    version: int
+    dir: Path
+    kind: str
+    entrypoint: str
+    host: str  # the deployment's default host name (sent in the health check)
+
+
+class Runner:
+    def __init__(self, cfg: ProvisionConfig, load: Callable[[str], Awaitable[Spec | None]]) -> None:
+        self.cfg = cfg
+        self.load = load  # the live version of a deployment, from the database
+        self.zygote = Zygote()
+        self.live: dict[str, Spec] = {}
+        self.running: dict[str, Worker] = {}
+        self.last_seen: dict[str, float] = {}  # monotonic time of the last request
+        self.touched: set[str] = set()
+        self.wakes: list[float] = []  # seconds each wake took (the latest 1000)
+        self._starting: dict[str, asyncio.Task[Worker]] = {}
+
+    async def launch(self, spec: Spec) -> Worker:
+        """A worker for ``spec`` that has passed its health check."""
+        logfile = spec.dir.parent / f"v{spec.version}.log"
+        w = await self.zygote.fork(
+            handoff=handoff_name(),
+            seen=str(spec.dir.parent / f"v{spec.version}.{time.monotonic_ns()}.seen"),
+            dir=str(spec.dir),
+            kind=spec.kind,
+            entrypoint=spec.entrypoint,
+            memory_mb=self.cfg.worker_memory_mb,
+            cpu_seconds=self.cfg.worker_cpu_seconds,
+            log=str(logfile),
+        )
+        try:
+            await healthy(w, spec.host, self.cfg.health_path, self.cfg.health_timeout_seconds, logfile)
+        except BaseException:
+            stop(w)
+            raise
+        return w
+
+    async def activate(self, spec: Spec) -> None:
+        """Start ``spec``; once healthy it becomes the live version and the old
+        worker stops. If it fails, the old version stays live (WorkerFailed)."""
+        w = await self.launch(spec)
+        old = self.running.get(spec.deployment_id)
+        self.live[spec.deployment_id] = spec
+        self.running[spec.deployment_id] = w
+        self.last_seen[spec.deployment_id] = time.monotonic()
+        if old is not None:
+            stop(old)
+
+    def stop(self, deployment_id: str, *, forget: bool = False) -> None:
+        w = self.running.pop(deployment_id, None)
+        if w is not None:
+            stop(w)
+        if forget:
+            self.live.pop(deployment_id, None)
+            self.last_seen.pop(deployment_id, None)
+
+    def touch(self, deployment_id: str) -> None:
+        self.last_seen[deployment_id] = time.monotonic()
+        self.touched.add(deployment_id)
+
+    async def worker(self, deployment_id: str, fresh: bool = False) -> Worker:
+        """The deployment's worker, started first if it is stopped (scale to
+        zero) or, with ``fresh``, found dead."""
+        w = self.running.get(deployment_id)
+        if w is not None and not (fresh and not w.alive()):
+            return w
+        if fresh and w is not None:
+            self.running.pop(deployment_id, None)
+        task = self._starting.get(deployment_id)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._wake(deployment_id))
+            self._starting[deployment_id] = task
+            task.add_done_callback(lambda _: self._starting.pop(deployment_id, None))
+        return await asyncio.shield(task)
+
+    async def _wake(self, deployment_id: str) -> Worker:
+        t0 = time.perf_counter()
+        spec = self.live.get(deployment_id) or await self.load(deployment_id)
+        if spec is None:
+            raise WorkerFailed(f"deployment {deployment_id} has no live version")
+        w = await self.launch(spec)
+        self.live[deployment_id] = spec
+        self.running[deployment_id] = w
+        self.wakes = [*self.wakes[-999:], time.perf_counter() - t0]
+        log.info("woke %s v%s in %.0f ms", deployment_id, spec.version, (time.perf_counter() - t0) * 1000)
+        return w
+
+    def idle(self) -> list[str]:
+        """Stop the workers with no request for ``idle_seconds`` (they wake on the next)."""
+        now = time.monotonic()
+        out = []
+        for dep, w in list(self.running.items()):
+            if now - max(self.last_seen.get(dep, 0.0), w.started, w.last_request()) >= self.cfg.idle_seconds:
+                self.stop(dep)
+                out.append(dep)
+        return out
+
+    async def run_idle(self) -> None:
+        every = min(max(self.cfg.idle_seconds / 4, 0.05), 5.0)
+        while True:
+            await asyncio.sleep(every)
+            try:
+                for dep in self.idle():
+                    log.info("scaled %s to zero after %ss idle", dep, self.cfg.idle_seconds)
+            except Exception:
+                log.exception("idle sweep failed")
+
+    async def close(self) -> None:
+        for dep in list(self.running):
+            self.stop(dep)
+        for task in list(self._starting.values()):
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+        await self.zygote.close()

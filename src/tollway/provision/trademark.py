@@ -1,0 +1,191 @@
+# ruff: noqa: RUF001  (the lookalike letters are the point)
+"""The trademark guard: every label of a domain to buy is checked against a
+list of marks (a shipped starter list plus the operator's own) before any
+money is held.
+
+A label is normalized first: case folded, IDNA decoded (``xn--`` labels),
+lookalike letters folded (Cyrillic and Greek homoglyphs, accents, ``rn`` for
+``m``), digits that stand in for letters read as letters (``0`` → o, ``1`` →
+l or i, ``3`` → e, ``4`` → a, ``5`` → s, ``7`` → t, ``8`` → b) and hyphens
+dropped. It then matches a mark:
+
+- ``exact``: the same letters;
+- ``similar``: within an edit distance that grows with the mark's length
+  (marks of up to 4 letters must match exactly, 5-7 letters allow 1 edit,
+  longer ones 2);
+- ``brand_plus_generic``: the mark (or a near miss of it) with generic words
+  around it, such as ``apple-support-ai`` or ``paypallogin``.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import unicodedata
+from collections.abc import Iterable
+from dataclasses import dataclass
+from importlib import resources
+
+import idna
+
+_CONFUSABLES = {
+    # Cyrillic
+    "а": "a", "в": "b", "е": "e", "ё": "e", "к": "k", "м": "m", "н": "h", "о": "o", "р": "p",
+    "с": "c", "т": "t", "у": "y", "х": "x", "ѕ": "s", "і": "i", "ї": "i", "ј": "j", "ԁ": "d",
+    "һ": "h", "ӏ": "l", "ԛ": "q", "ԝ": "w", "ү": "y", "ɡ": "g", "п": "n", "г": "r", "ь": "b",
+    # Greek
+    "α": "a", "β": "b", "γ": "y", "ε": "e", "η": "n", "ι": "i", "κ": "k", "μ": "u", "ν": "v",
+    "ο": "o", "ρ": "p", "σ": "o", "τ": "t", "υ": "u", "χ": "x", "ω": "w", "ϲ": "c", "ϳ": "j",
+    # Latin lookalikes
+    "ı": "i", "ł": "l", "ø": "o", "đ": "d", "ß": "ss", "æ": "ae", "œ": "oe", "ƒ": "f",
+}  # fmt: skip
+_LEET = {"0": "o", "3": "e", "4": "a", "5": "s", "7": "t", "8": "b", "9": "g", "2": "z", "6": "g"}
+_ONE = ("l", "i")  # "1" reads as either
+_MAX_VARIANTS = 16
+
+GENERIC = frozenset(
+    """support help helpdesk login signin signon logon secure security account accounts verify
+    verification update billing pay payment payments wallet bank banking app apps ai online official
+    service services team store shop mail email id auth portal cloud web site www my get go hq inc
+    corp co group global customer care desk recovery reset unlock claim bonus gift promo deals sale
+    free offer token crypto nft dao airdrop connect sync download install api dev labs net""".split()
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    mark: str
+    reason: str  # exact | similar | brand_plus_generic
+    label: str  # the label as given
+    normalized: str
+
+    def message(self) -> str:
+        how = {
+            "exact": "is the mark",
+            "similar": "is confusingly similar to the mark",
+            "brand_plus_generic": "combines the mark with generic words",
+        }[self.reason]
+        return f"label {self.label!r} (read as {self.normalized!r}) {how} {self.mark!r}"
+
+
+def _fold(text: str) -> str:
+    out = []
+    for ch in unicodedata.normalize("NFKD", text.casefold()):
+        if unicodedata.combining(ch):
+            continue
+        out.append(_CONFUSABLES.get(ch, ch))
+    return "".join(out)
+
+
+def normalize(label: str) -> set[str]:
+    """Every reading of a label (ones as l and as i; ``rn`` as is and as ``m``), letters only."""
+    text = label
+    if text.lower().startswith("xn--"):
+        try:
+            text = idna.decode(text.lower())
+        except idna.IDNAError:
+            pass
+    text = _fold(text)
+    text = "".join(_LEET.get(c, c) for c in text if c.isalnum())
+    ones = text.count("1")
+    readings: set[str] = set()
+    for combo in itertools.islice(itertools.product(_ONE, repeat=ones), _MAX_VARIANTS):
+        t = text
+        for letter in combo:
+            t = t.replace("1", letter, 1)
+        readings.add(t)
+        readings.add(t.replace("rn", "m").replace("vv", "w"))
+    return readings
+
+
+def distance(a: str, b: str, limit: int) -> int:
+    """Damerau-Levenshtein (optimal string alignment) distance, stopping early past ``limit``."""
+    if abs(len(a) - len(b)) > limit:
+        return limit + 1
+    prev2: list[int] = []
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        cur = [i] + [0] * len(b)
+        for j, cb in enumerate(b, 1):
+            cost = ca != cb
+            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + cost)
+            if i > 1 and j > 1 and ca == b[j - 2] and a[i - 2] == cb:
+                cur[j] = min(cur[j], prev2[j - 2] + 1)
+        if min(cur) > limit:
+            return limit + 1
+        prev2, prev = prev, cur
+    return prev[-1]
+
+
+def threshold(mark: str) -> int:
+    """Edits allowed: short marks must match exactly."""
+    n = len(mark)
+    return 0 if n <= 4 else 1 if n <= 7 else 2
+
+
+@functools.cache
+def starter_marks() -> tuple[str, ...]:
+    text = (resources.files("tollway.provision") / "marks.txt").read_text()
+    return tuple(dict.fromkeys(m.strip() for m in text.splitlines() if m.strip() and not m.startswith("#")))
+
+
+class Guard:
+    def __init__(self, extra: Iterable[str] = ()) -> None:
+        marks: dict[str, str] = {}
+        for m in (*starter_marks(), *extra):
+            for n in sorted(normalize(m)):
+                if len(n) >= 2:
+                    marks.setdefault(n, m)
+                    break
+        self.marks = marks  # normalized -> as written
+
+    def check(self, domain: str) -> Match | None:
+        """The first mark a label of ``domain`` (A-label form) matches, or None. The TLD is not checked."""
+        for label in domain.split(".")[:-1]:
+            m = self.check_label(label)
+            if m is not None:
+                return m
+        return None
+
+    def check_label(self, label: str) -> Match | None:
+        words = [w for w in label.split("-") if w]
+        readings = normalize(label)
+        for norm in sorted(readings):
+            for mark, written in self.marks.items():
+                lim = threshold(mark)
+                if norm == mark:
+                    return Match(written, "exact", label, norm)
+                if lim and distance(norm, mark, lim) <= lim:
+                    return Match(written, "similar", label, norm)
+                if len(mark) >= 3 and mark in norm and _generic_rest(norm, mark):
+                    return Match(written, "brand_plus_generic", label, norm)
+        if len(words) > 1:  # a near miss of the mark beside generic words: app1e-support
+            for i, w in enumerate(words):
+                rest = [x for j, x in enumerate(words) if j != i]
+                if not all(any(r in GENERIC for r in normalize(x)) for x in rest):
+                    continue
+                for wn in sorted(normalize(w)):
+                    for mark, written in self.marks.items():
+                        lim = threshold(mark)
+                        if wn == mark or (lim and distance(wn, mark, lim) <= lim):
+                            return Match(written, "brand_plus_generic", label, "-".join([wn, *rest]))
+        return None
+
+
+def _generic_rest(norm: str, mark: str) -> bool:
+    """``norm`` is ``mark`` with only generic words (or nothing) before and after it."""
+    start = norm.find(mark)
+    while start != -1:
+        before, after = norm[:start], norm[start + len(mark) :]
+        if _generic_words(before) and _generic_words(after):
+            return True
+        start = norm.find(mark, start + 1)
+    return False
+
+
+@functools.cache
+def _generic_words(s: str) -> bool:
+    """``s`` splits into generic words (or is empty)."""
+    if not s:
+        return True
+    return any(s[:k] in GENERIC and _generic_words(s[k:]) for k in range(2, min(len(s), 12) + 1))
