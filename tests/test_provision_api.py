@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -381,3 +382,21 @@ async def test_a_purchase_above_the_approval_threshold_waits_for_a_human(db_url:
         assert r.status_code == 200 and r.json()["charged"] == 2 * 10_440_000, r.text
         assert r.json()["expires_at_us"] == expires + 2 * 365 * 86_400 * 1_000_000
     await rt.close()
+
+
+async def test_a_taken_edge_port_leaves_the_process_serving_without_an_edge(
+    db_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A second tollway process on one host: its edge cannot bind, it still starts."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        s = settings_for(db_url, provision={"edge_port": port, "data_dir": str(tmp_path)})
+        rt = Runtime.build(s)
+        try:
+            await rt.provision.start()
+            assert rt.provision.edge_port is None
+            assert "provision edge not started" in caplog.text
+        finally:
+            await rt.close()

@@ -69,8 +69,15 @@ class Provisioner:
             return
         port = self.cfg.edge_port if edge_port is None else edge_port
         if port and self.provider.name == "local":
-            self.edge_port = await self.edge.start(self.cfg.edge_host, port)
-            log.info("provision edge on %s:%s", self.cfg.edge_host, self.edge_port)
+            try:
+                self.edge_port = await self.edge.start(self.cfg.edge_host, port)
+                log.info("provision edge on %s:%s", self.cfg.edge_host, self.edge_port)
+            except OSError as e:  # e.g. a second tollway process on this host: it serves the rest
+                log.warning(
+                    "provision edge not started on %s:%s (%s): this process routes no deployments;"
+                    " set [provision] edge_port to a free port, or 0 to turn the edge off",
+                    self.cfg.edge_host, port, e,
+                )  # fmt: skip
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self.runner.run_idle()), loop.create_task(self._background())]
 
