@@ -355,3 +355,23 @@ async def test_riders_commit_with_the_next_batch_and_never_fail_it(rt: Runtime) 
     assert t.amount == 10 and (await ledger.get_account(acct)).debits_pending == 10
     ledger.ride("UPDATE customers SET name = ? WHERE id = ?", [("y", "none")])
     await ledger.riders_committed()  # alone, with no batch to ride: still written
+
+
+async def test_a_job_sent_to_the_writer_as_a_decision_lands_waits_for_that_batchs_commit(
+    rt: Runtime,
+) -> None:
+    """A caller woken by an inline decision runs before that batch's commit is
+    handed to the writer thread; whatever it sends to the writer (here the
+    request log's prune) must still queue behind that commit, not start a
+    transaction inside the open one."""
+    ledger = rt.ledger
+    acct = await funded(ledger, 100_000)
+
+    async def decided_then_write_aside() -> int | None:
+        await ledger.reserve_early(acct, "sys_revenue", 1)
+        return await ledger.write_aside("DELETE FROM request_log WHERE created_at_us < ?", [(0,)])
+
+    for _ in range(20):
+        await asyncio.gather(*(decided_then_write_aside() for _ in range(3)))
+    a = await ledger.get_account(acct)
+    assert (a.balance, a.debits_pending) == (100_000, 60)

@@ -151,6 +151,10 @@ class Ledger:
         # Jobs submitted to the writer thread and not finished: while there are
         # none, the event loop may use the writer's connection itself (see _decide_inline).
         self._wjobs = 0
+        # Set while an inline batch's transaction is open on the writer's
+        # connection and its commit not yet handed to the writer thread: other
+        # jobs wait for it, so they reach the thread after that commit.
+        self._open_inline: asyncio.Future[None] | None = None
         cols = ", ".join(c.name for c in ACCOUNT_COLUMNS)
         self._select_account = f"SELECT {cols} FROM ledger_accounts"
 
@@ -550,11 +554,7 @@ class Ledger:
                 started = self._decide_inline(ops, now)
                 if started is not None:
                     inline, state, written = started
-                    decided(inline)
-                    # The callers waiting on these decisions go first (one loop
-                    # turn): the writer thread, once woken, contends for the GIL.
-                    await asyncio.sleep(0)
-                    await self._on_writer(self._finish_sqlite, state, written, riders)
+                    await self._finish_after_callers(decided, inline, state, written, riders)
                     return inline
             return await self._on_writer(self._apply_sqlite, ops, now, tell, riders)
         results: list[Result] = []
@@ -578,7 +578,32 @@ class Ledger:
         assert self._wexec is not None
         self._wjobs += 1
         try:
+            while self._open_inline is not None:  # behind the open inline batch's commit
+                await asyncio.wait([self._open_inline])
             return await asyncio.get_running_loop().run_in_executor(self._wexec, fn, *args)
+        finally:
+            self._wjobs -= 1
+
+    async def _finish_after_callers(
+        self, decided: _Decided, inline: list[Result], state: Any, written: Any, riders: _Riders
+    ) -> None:
+        """Tell the callers an inline batch's decisions, let them run first (one
+        loop turn: the writer thread, once woken, contends for the GIL), then
+        hand the batch's writes and COMMIT to the writer thread, ahead of any
+        job submitted meanwhile."""
+        assert self._wexec is not None
+        loop = asyncio.get_running_loop()
+        gate = self._open_inline = loop.create_future()
+        self._wjobs += 1
+        try:
+            try:
+                decided(inline)
+                await asyncio.sleep(0)
+            finally:  # cancelled or not, the open transaction goes on to its COMMIT
+                job = loop.run_in_executor(self._wexec, self._finish_sqlite, state, written, riders)
+                self._open_inline = None
+                gate.set_result(None)
+            await job
         finally:
             self._wjobs -= 1
 
