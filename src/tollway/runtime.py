@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from tollway.agents.service import Agents
+from tollway.agents.service import build as build_agents
 from tollway.billing import stripe as stripe_billing
 from tollway.billing.service import Billing
 from tollway.charge import Charger
@@ -57,6 +59,7 @@ class Runtime:
     authorizer: Authorizer
     broker: Broker
     vectors: Vectors
+    agents: Agents
     remote_facilitator: RemoteFacilitator | None = None  # [x402] facilitator_url
     stripe: StripeBilling | None = None  # STRIPE_API_KEY set: Stripe billing (tollway.billing.stripe)
 
@@ -105,6 +108,8 @@ class Runtime:
         vectors = Vectors(
             engine, clock, make_backend(settings, engine), inference, settings.vectors.embeddings_model
         )
+        broker = Broker(settings, wallets, authorizer)
+        agents = build_agents(settings, engine, clock, inference, vectors, broker, ledger)
         return cls(
             settings=settings,
             engine=engine,
@@ -121,8 +126,9 @@ class Runtime:
             billing=billing,
             wallets=wallets,
             authorizer=authorizer,
-            broker=Broker(settings, wallets, authorizer),
+            broker=broker,
             vectors=vectors,
+            agents=agents,
             remote_facilitator=remote,
             stripe=stripe_billing.from_env(settings, engine, clock, customers, billing.subscriptions),
         )
@@ -140,6 +146,7 @@ class Runtime:
         if close is not None:
             await close()
         await self.gateway.aclose()
+        await self.agents.aclose()
         await self.vectors.close()
         await self.inference.aclose()
         await self.ledger.close()

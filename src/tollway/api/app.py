@@ -14,7 +14,21 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from tollway import __version__
-from tollway.api import admin, billing, errors, gateway_admin, system, v1, vectors, wallets, x402, x402_admin
+from tollway.agents import demo as agents_demo
+from tollway.api import (
+    admin,
+    agents,
+    agents_admin,
+    billing,
+    errors,
+    gateway_admin,
+    system,
+    v1,
+    vectors,
+    wallets,
+    x402,
+    x402_admin,
+)
 from tollway.api import stripe as stripe_api
 from tollway.api.fastpath import TollwayApp
 from tollway.core.config import Settings
@@ -92,6 +106,12 @@ def create_app(settings: Settings | None = None, *, rt: Runtime | None = None) -
         rules = asyncio.create_task(rt.paywall.watch())
         billing_tick = asyncio.create_task(rt.billing.run(rt.settings.billing.tick_seconds))
         wallet_sweep = asyncio.create_task(rt.authorizer.run(rt.settings.wallets.sweep_seconds))
+        agents_purge = asyncio.create_task(rt.agents.run_purge(rt.settings.agents.purge_seconds))
+        if rt.settings.agents.demo:
+            try:
+                await agents_demo.seed(rt)
+            except Exception:  # the demo's knowledge base is not worth failing start-up for
+                log.exception("the demo agent's knowledge base could not be ingested")
         if rt.stripe is not None:  # usage to Stripe's meter (stopped by rt.close)
             rt.stripe.pusher().start()
         # What start-up made (modules, config, models' Python objects) lives as
@@ -101,7 +121,7 @@ def create_app(settings: Settings | None = None, *, rt: Runtime | None = None) -
         try:
             yield
         finally:
-            for task in (sweeper, rules, billing_tick, wallet_sweep):
+            for task in (sweeper, rules, billing_tick, wallet_sweep, agents_purge):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
@@ -131,6 +151,13 @@ def create_app(settings: Settings | None = None, *, rt: Runtime | None = None) -
     app.include_router(wallets.broker, responses=errors.error_responses(400, 401, 402, 409, 502, 504))
     app.include_router(vectors.router, responses=errors.error_responses(400, 401, 402, 403, 409))
     app.include_router(stripe_api.router, responses=errors.error_responses(400, 401, 403, 409, 502))
+    app.include_router(
+        agents.router, responses=errors.error_responses(400, 401, 402, 403, 404, 409, 502, 503)
+    )
+    app.include_router(agents.escalations, responses=errors.error_responses(400, 401, 404, 409))
+    app.include_router(agents_admin.router, responses=errors.error_responses(400, 401, 404))
+    if rt.settings.agents.demo:
+        app.include_router(agents_demo.router, responses=errors.error_responses(404))
     app.add_middleware(MetricsMiddleware)
     # The hot AI routes skip FastAPI's per-request machinery (tollway.api.fastpath).
     app.fast("/v1/chat/completions", ChatRequest, inference_api.chat_completions)

@@ -72,7 +72,9 @@ class OpenAIUpstream:
 
     def prompt_tokens(self, params: ChatParams) -> int:
         messages = params.messages
-        size = sum(len(m["content"].encode()) for m in messages)
+        size = sum(
+            len((m.get("content") or "").encode()) + len(_dumps(m.get("tool_calls") or "")) for m in messages
+        )
         return size + _TEMPLATE_TOKENS_PER_MESSAGE * len(messages) + _TEMPLATE_TOKENS
 
     def token_counts(self, texts: list[str]) -> list[int]:
@@ -100,6 +102,8 @@ class OpenAIUpstream:
             }
         elif params.json_object:
             body["response_format"] = {"type": "json_object"}
+        if params.tools:
+            body["tools"] = params.tools
         return body
 
     async def stream(
@@ -119,7 +123,8 @@ class OpenAIUpstream:
                 if not params.stream:  # one answer, read whole: no SSE to parse
                     whole = orjson.loads(await r.read())
                     choice = (whole.get("choices") or [{}])[0]
-                    text = (choice.get("message") or {}).get("content") or ""
+                    message = choice.get("message") or {}
+                    text = message.get("content") or ""
                     if text:
                         progress.completion_tokens = 1
                         yield Delta(text)
@@ -128,6 +133,7 @@ class OpenAIUpstream:
                         choice.get("finish_reason") or "stop",
                         int(u.get("prompt_tokens") or self.prompt_tokens(params)),
                         int(u.get("completion_tokens") or (1 if text else 0)),
+                        message.get("tool_calls") or None,
                     )
                     return
                 async for raw in r.content:
