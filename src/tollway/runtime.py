@@ -24,6 +24,7 @@ from tollway.identity.customers import Customers
 from tollway.identity.keys import ApiKeys
 from tollway.inference.service import Inference
 from tollway.ledger import Ledger
+from tollway.schedules import Scheduler
 from tollway.vectors.service import Vectors, make_backend
 from tollway.wallets.audit import Audit
 from tollway.wallets.authorize import Authorizer, alerts
@@ -59,6 +60,7 @@ class Runtime:
     authorizer: Authorizer
     broker: Broker
     vectors: Vectors
+    scheduler: Scheduler  # persisted timers, run by the server's loop (tollway.schedules)
     agents: Agents
     remote_facilitator: RemoteFacilitator | None = None  # [x402] facilitator_url
     stripe: StripeBilling | None = None  # STRIPE_API_KEY set: Stripe billing (tollway.billing.stripe)
@@ -108,6 +110,7 @@ class Runtime:
         vectors = Vectors(
             engine, clock, make_backend(settings, engine), inference, settings.vectors.embeddings_model
         )
+        scheduler = Scheduler(engine, clock, lease_s=settings.schedules.lease_seconds)
         broker = Broker(settings, wallets, authorizer)
         agents = build_agents(settings, engine, clock, inference, vectors, broker, ledger)
         return cls(
@@ -128,6 +131,7 @@ class Runtime:
             authorizer=authorizer,
             broker=broker,
             vectors=vectors,
+            scheduler=scheduler,
             agents=agents,
             remote_facilitator=remote,
             stripe=stripe_billing.from_env(settings, engine, clock, customers, billing.subscriptions),

@@ -106,6 +106,7 @@ def create_app(settings: Settings | None = None, *, rt: Runtime | None = None) -
         rules = asyncio.create_task(rt.paywall.watch())
         billing_tick = asyncio.create_task(rt.billing.run(rt.settings.billing.tick_seconds))
         wallet_sweep = asyncio.create_task(rt.authorizer.run(rt.settings.wallets.sweep_seconds))
+        schedules = asyncio.create_task(rt.scheduler.run(rt.settings.schedules.tick_seconds))
         agents_purge = asyncio.create_task(rt.agents.run_purge(rt.settings.agents.purge_seconds))
         if rt.settings.agents.demo:
             try:
@@ -121,7 +122,7 @@ def create_app(settings: Settings | None = None, *, rt: Runtime | None = None) -
         try:
             yield
         finally:
-            for task in (sweeper, rules, billing_tick, wallet_sweep, agents_purge):
+            for task in (sweeper, rules, billing_tick, wallet_sweep, agents_purge, schedules):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task

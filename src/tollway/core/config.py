@@ -332,6 +332,13 @@ class VectorsConfig(_Section):
     embeddings_model: str = "all-minilm-l6-v2"  # upsert_text / query_text
 
 
+class SchedulesConfig(_Section):
+    """Persisted timers (see tollway.schedules and docs/schedules.md)."""
+
+    tick_seconds: float = Field(1.0, gt=0)  # how often due schedules are looked for
+    lease_seconds: float = Field(60.0, gt=0)  # a run's claim, renewed while it runs; then run again
+
+
 class AgentsConfig(_Section):
     """Durable agents (see tollway.agents and docs/agents.md)."""
 
@@ -375,6 +382,7 @@ class Settings(_Section):
     billing: BillingConfig = BillingConfig()
     wallets: WalletsConfig = WalletsConfig()
     vectors: VectorsConfig = VectorsConfig()
+    schedules: SchedulesConfig = SchedulesConfig()
     agents: AgentsConfig = AgentsConfig()
     models: list[ModelConfig] = Field(default_factory=default_models)
 

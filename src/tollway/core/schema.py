@@ -453,3 +453,30 @@ agent_escalations = Table(
     Index("ix_agent_escalations_status", "status", "created_at_us"),
     Index("ix_agent_escalations_session", "agent", "session_id"),
 )
+
+# --- schedules (issue 9) ---
+# Persisted timers (tollway.schedules): a process claims a due row by setting
+# its lease; a row whose lease ran out (its process died) is claimed again.
+schedules = Table(
+    "schedules",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("owner", String(200), nullable=False),  # who it belongs to, e.g. agent:support:sess_1
+    Column("task", String(100), nullable=False),  # the registered handler
+    Column("payload", Text, nullable=False),  # JSON object
+    Column("kind", String(8), nullable=False),  # delay | at | cron
+    Column("cron", String(100), nullable=True),
+    Column("next_run_us", BigInteger, nullable=False),
+    Column("attempts", Integer, nullable=False),  # runs started for this occurrence
+    Column("max_attempts", Integer, nullable=False),
+    Column("status", String(16), nullable=False),  # pending | running | done | failed | cancelled
+    Column("last_error", Text, nullable=True),
+    Column("lease_token", String(64), nullable=True),  # the running claim's
+    Column("lease_until_us", BigInteger, nullable=True),
+    Column("idempotency_key", String(200), nullable=True),
+    Column("created_us", BigInteger, nullable=False),
+    Column("updated_us", BigInteger, nullable=False),
+    Index("ix_schedules_due", "status", "next_run_us"),
+    Index("ix_schedules_owner", "owner", "status"),
+    Index("ix_schedules_owner_key", "owner", "idempotency_key", unique=True),
+)
