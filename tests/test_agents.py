@@ -371,3 +371,52 @@ def test_websocket(
             assert ws.receive_json()["data"]["error"]["code"] == "session_not_found"
         msgs = tc.get(f"{BASE}/w1/messages", headers=auth).json()["data"]
         assert [m["role"] for m in msgs] == ["user", "assistant"]
+
+
+async def test_schedules_deliver_messages_through_the_turn(http: httpx.AsyncClient, art: Runtime) -> None:
+    auth = await customer_key(http, art)
+    await open_session(http, auth)
+    sched = f"{BASE}/s1/schedules"
+    r = await http.post(sched, json={"content": "wake up", "delay_seconds": 0}, headers=auth)
+    assert r.status_code == 201 and r.json()["task"] == "agent.message", r.text
+    assert r.json()["owner"] == "agent:support:s1"
+    later = await http.post(sched, json={"content": "much later", "cron": "0 9 * * 1"}, headers=auth)
+    assert later.json()["kind"] == "cron"
+    err(await http.post(sched, json={"content": "x"}, headers=auth), 400, "invalid_schedule", "delay_seconds")
+    err(
+        await http.post(sched, json={"content": "x", "at": "2020-01-01"}, headers=auth),
+        400,
+        "invalid_schedule",
+        "at",
+    )
+    err(
+        await http.post(sched, json={"content": "x", "delay_seconds": 1, "cron": "* * * * *"}, headers=auth),
+        400,
+        "invalid_schedule",
+    )
+    err(
+        await http.post(f"{BASE}/nope/schedules", json={"content": "x", "delay_seconds": 1}, headers=auth),
+        404,
+        "session_not_found",
+    )
+    listed = (await http.get(sched, headers=auth)).json()["data"]
+    assert [s["payload"]["content"] for s in listed] == ["wake up", "much later"]
+    assert await art.scheduler.run_due() == 1
+    msgs = (await http.get(f"{BASE}/s1/messages", headers=auth)).json()["data"]
+    assert [m["content"] for m in msgs] == ["wake up", "echo: wake up"]
+    # At least once: a repeated delivery of the same run makes no second turn.
+    done = (await http.get(f"{sched}/{r.json()['id']}", headers=auth)).json()
+    assert done["status"] == "done"
+    from tollway.schedules import Schedule
+
+    await art.alarms.deliver(
+        Schedule(
+            **{**{k: done[k] for k in done if k != "object"}, "next_run_us": msgs[0]["origin"]["run_us"]}
+        )
+    )
+    assert len((await http.get(f"{BASE}/s1/messages", headers=auth)).json()["data"]) == 2
+    c = await http.delete(f"{sched}/{later.json()['id']}", headers=auth)
+    assert c.status_code == 200 and c.json()["status"] == "cancelled"
+    assert (await http.get(sched, headers=auth)).json()["data"] == []
+    other = await customer_key(http, art)
+    err(await http.get(sched, headers=other), 404, "session_not_found")

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from tollway.agents.alarms import Alarms
 from tollway.agents.service import Agents
 from tollway.agents.service import build as build_agents
 from tollway.billing import stripe as stripe_billing
@@ -62,6 +63,7 @@ class Runtime:
     vectors: Vectors
     scheduler: Scheduler  # persisted timers, run by the server's loop (tollway.schedules)
     agents: Agents
+    alarms: Alarms  # agents' scheduled messages (on rt.scheduler)
     remote_facilitator: RemoteFacilitator | None = None  # [x402] facilitator_url
     stripe: StripeBilling | None = None  # STRIPE_API_KEY set: Stripe billing (tollway.billing.stripe)
 
@@ -133,6 +135,7 @@ class Runtime:
             vectors=vectors,
             scheduler=scheduler,
             agents=agents,
+            alarms=Alarms(agents, scheduler),
             remote_facilitator=remote,
             stripe=stripe_billing.from_env(settings, engine, clock, customers, billing.subscriptions),
         )

@@ -166,20 +166,33 @@ class Agents:
             )
 
     async def send(
-        self, caller: Caller, agent: str, session_id: str, content: Any, emit: Emit | None = None
+        self,
+        caller: Caller,
+        agent: str,
+        session_id: str,
+        content: Any,
+        emit: Emit | None = None,
+        *,
+        origin: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """One user message: the turn it makes, written whole."""
+        """One user message: the turn it makes, written whole. ``origin`` marks
+        a delivery that may be repeated (a schedule's run): a second delivery of
+        the same origin makes no second turn."""
         if not isinstance(content, str) or not content.strip():
             raise invalid("invalid_content", "content is a non-empty string", "content")
         # The queue is joined before anything else is awaited: turns apply in
         # the order they were sent.
         async with self.writers.hold(agent, session_id):
             await self.registry.latest(agent)  # 404 for an unknown agent
-            return await self._turn(caller, agent, session_id, content, emit or _quiet)
+            return await self._turn(caller, agent, session_id, content, emit or _quiet, origin)
 
-    async def _turn(self, caller: Caller, agent: str, sid: str, content: str, emit: Emit) -> dict[str, Any]:
+    async def _turn(
+        self, caller: Caller, agent: str, sid: str, content: str, emit: Emit, origin: dict[str, Any] | None
+    ) -> dict[str, Any]:
         t0 = time.perf_counter()
         s = await self.store.load(agent, sid, caller.customer_id)
+        if origin is not None and any(m.meta.get("origin") == origin for m in s.recent):
+            return {"object": "agent.turn", "agent": agent, "session_id": sid, "duplicate": True}
         spec = await self.registry.get(agent, s.version)
         policy = self.policy(spec, s.version)
         v = check_input(content, policy)
@@ -190,7 +203,10 @@ class Agents:
         if v.blocked:
             raise invalid("message_blocked", "the message matches a blocked pattern", "content")
         turn = Turn()
-        turn.messages.append(("user", v.text, {"flags": list(v.flags)}))
+        user_meta: dict[str, Any] = {"flags": list(v.flags)}
+        if origin is not None:
+            user_meta["origin"] = origin
+        turn.messages.append(("user", v.text, user_meta))
         model_us = 0
         if s.status == "escalated":  # a person has the conversation: the message waits for them
             reply = None

@@ -210,6 +210,50 @@ async def ws(websocket: WebSocket, agent: str, session_id: str) -> None:
                 await websocket.send_json({"event": event, "data": data})
 
 
+# -------------------------------------------------------------------- schedules
+
+
+@router.post(
+    "/{agent}/sessions/{session_id}/schedules",
+    status_code=201,
+    summary="Schedule a message to the session: delay_seconds, at (ISO 8601) or cron",
+)
+async def schedule_create(
+    agent: str, session_id: str, request: Request, key: ApiKey = Depends(require_key)
+) -> dict[str, Any]:
+    b = await _obj(request, {"content", "delay_seconds", "at", "cron", "max_attempts", "idempotency_key"})
+    s = await runtime(request).alarms.schedule(_caller(key), agent, session_id, b)
+    return s.to_dict()
+
+
+@router.get("/{agent}/sessions/{session_id}/schedules", summary="The session's schedules, soonest first")
+async def schedule_list(
+    agent: str,
+    session_id: str,
+    request: Request,
+    include_done: bool = False,
+    key: ApiKey = Depends(require_key),
+) -> dict[str, Any]:
+    found = await runtime(request).alarms.list(_caller(key).customer_id, agent, session_id, include_done)
+    return {"object": "list", "data": [s.to_dict() for s in found]}
+
+
+@router.get("/{agent}/sessions/{session_id}/schedules/{schedule_id}", summary="A schedule")
+async def schedule_get(
+    agent: str, session_id: str, schedule_id: str, request: Request, key: ApiKey = Depends(require_key)
+) -> dict[str, Any]:
+    s = await runtime(request).alarms.get(_caller(key).customer_id, agent, session_id, schedule_id)
+    return s.to_dict()
+
+
+@router.delete("/{agent}/sessions/{session_id}/schedules/{schedule_id}", summary="Cancel a schedule")
+async def schedule_cancel(
+    agent: str, session_id: str, schedule_id: str, request: Request, key: ApiKey = Depends(require_key)
+) -> dict[str, Any]:
+    s = await runtime(request).alarms.cancel(_caller(key).customer_id, agent, session_id, schedule_id)
+    return s.to_dict()
+
+
 # ------------------------------------------------------------------ escalations
 
 
