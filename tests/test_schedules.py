@@ -529,3 +529,45 @@ async def test_the_server_runs_due_schedules(db_url: str) -> None:
                 break
             await asyncio.sleep(0.01)
         assert (await rt.scheduler.get("system:test", s.id)).status == "done"
+
+
+# --------------------------------------------------------------------- CLI
+
+
+def test_cli_lists_and_cancels(tmp_path: Path, db_url: str) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from tollway.cli.main import app
+
+    async def seed() -> list[Schedule]:
+        e = make_engine(settings_for(db_url).database)
+        sch = Scheduler(e, ManualClock(T0))
+        sch.register("remind", Recorder())
+        made = [
+            await sch.schedule("agent:support:s1", "remind", {"n": 1}, delay_s=60),
+            await sch.schedule("agent:billing:s2", "remind", {"n": 2}, cron="0 9 * * *"),
+        ]
+        await e.dispose()
+        return made
+
+    one, two = asyncio.run(seed())
+    runner = CliRunner()
+    cfg = tmp_path / "tollway.toml"
+    assert runner.invoke(app, ["init", "--path", str(cfg), "--json"]).exit_code == 0
+    cfg.write_text(cfg.read_text().replace('url = "sqlite:///.tollway/tollway.db"', f'url = "{db_url}"'))
+
+    def run(*args: str, code: int = 0) -> Any:
+        r = runner.invoke(app, ["--config", str(cfg), "schedules", *args, "--json"])
+        assert r.exit_code == code, r.output
+        return json.loads(r.stdout)
+
+    assert [s["id"] for s in run("list")["data"]] == [one.id, two.id]
+    assert [s["id"] for s in run("list", "--owner", "agent:billing:")["data"]] == [two.id]
+    assert run("cancel", two.id)["status"] == "cancelled"
+    assert [s["id"] for s in run("list")["data"]] == [one.id]
+    assert {s["status"] for s in run("list", "--all")["data"]} == {"pending", "cancelled"}
+    assert run("cancel", "sched_nope", code=1)["error"]["code"] == "schedule_not_found"
+    table = runner.invoke(app, ["--config", str(cfg), "schedules", "list"])
+    assert table.exit_code == 0 and one.id in table.stdout and "agent:support:s1" in table.stdout

@@ -480,6 +480,7 @@ def _print_transfer(t: Any, as_json: bool) -> None:
 
 # Command groups that live in their own modules register themselves on ``app``.
 from tollway.cli import billing as _billing  # noqa: E402, F401
+from tollway.cli import schedules as _schedules  # noqa: E402, F401
 from tollway.cli import stripe as _stripe  # noqa: E402, F401
 from tollway.cli import vectors as _vectors  # noqa: E402, F401
 from tollway.cli import wallets as _wallets  # noqa: E402, F401
