@@ -59,7 +59,7 @@ class GuardPolicy:
     escalate_on_budget_exhausted: bool = True
     _blocked: tuple[re.Pattern[str], ...] = field(init=False, repr=False, compare=False)
     _refusals: tuple[tuple[re.Pattern[str], str], ...] = field(init=False, repr=False, compare=False)
-    _keywords: re.Pattern[str] | None = field(init=False, repr=False, compare=False)
+    _keywords: tuple[_Heuristic, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for name in ("max_input_chars", "max_output_chars"):
@@ -78,10 +78,12 @@ class GuardPolicy:
                 raise invalid(
                     "invalid_guardrails", "an escalation keyword is empty", f"{PARAM}.escalate_keywords[{i}]"
                 )
-        words = "|".join(re.escape(k.strip().lower()) for k in self.escalate_keywords)
+        words = tuple(k.strip().lower() for k in self.escalate_keywords)
+        alternatives = "|".join(map(re.escape, words))
         object.__setattr__(self, "_blocked", blocked)
         object.__setattr__(self, "_refusals", refusals)
-        object.__setattr__(self, "_keywords", re.compile(rf"(?<!\w)(?:{words})(?!\w)") if words else None)
+        keywords = _heuristics((words, rf"(?<!\w)(?:{alternatives})(?!\w)")) if words else ()
+        object.__setattr__(self, "_keywords", keywords)
 
     @classmethod
     def from_config(cls, raw: Mapping[str, Any] | None) -> GuardPolicy:
@@ -172,7 +174,7 @@ def check_input(text: str, policy: GuardPolicy) -> Verdict:
         flags.append("injection_suspected")
     refusal = next((msg for rx, msg in policy._refusals if rx.search(text)), None)
     escalate: str | None = None
-    if policy._keywords is not None and policy._keywords.search(low):
+    if _found(policy._keywords, low):
         escalate = "keyword"
     elif policy.escalate_on_human_request and _found(_HUMAN, low):
         escalate = "human_requested"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -47,7 +48,10 @@ class Schedule:
 
 
 def from_row(r: Row[Any]) -> Schedule:
-    m = r._mapping
+    return from_mapping(r._mapping)
+
+
+def from_mapping(m: Mapping[Any, Any]) -> Schedule:
     return Schedule(
         id=m["id"],
         owner=m["owner"],

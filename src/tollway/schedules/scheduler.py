@@ -31,13 +31,16 @@ from tollway.core.ids import new_id
 from tollway.core.schema import schedules as S
 from tollway.core.storage import writer
 from tollway.schedules import when
-from tollway.schedules.model import OPEN, Schedule, from_row
+from tollway.schedules.model import OPEN, Schedule, from_mapping, from_row
 
 log = logging.getLogger("tollway.schedules")
 
 Handler = Callable[[Schedule], Awaitable[None]]
 Schedules = list[Schedule]  # (the class's own ``list`` method hides the builtin there)
 _Claimed = list[tuple[Schedule, str]]
+_Outcome = tuple[Schedule, str, str | None]  # the run, its lease token, its error
+_Outcomes = list[_Outcome]
+_Updates = list[tuple[str, str, dict[str, Any]]]  # id, lease token, new values
 
 US = when.US
 MAX_ERROR = 2000
@@ -139,7 +142,7 @@ class Scheduler:
             if seen is None:
                 raise
             return seen
-        return await self.get(owner, str(row["id"]))
+        return from_mapping(row)
 
     async def _by_key(self, owner: str, key: str, task: str, body: str) -> Schedule | None:
         async with self.engine.connect() as conn:
@@ -219,10 +222,20 @@ class Scheduler:
 
     async def run_due(self, *, limit: int = 100) -> int:
         """Claim up to ``limit`` due schedules of the registered tasks and run
-        them (concurrently); how many were claimed."""
+        them concurrently; how many were claimed. Outcomes are recorded as
+        runs finish, those that finish together in one transaction."""
         claimed = await self._claim(limit)
-        if claimed:
-            await asyncio.gather(*(self._run_one(s, token) for s, token in claimed))
+        running = {asyncio.create_task(self._call(s, token)) for s, token in claimed}
+        try:
+            while running:
+                finished, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                try:
+                    await self._record([t.result() for t in finished])
+                except Exception:  # their leases run out and they are run again
+                    log.exception("recording %s schedule runs failed", len(finished))
+        finally:
+            for t in running:  # cancelled ourselves: the runs stop, their leases run out
+                t.cancel()
         return len(claimed)
 
     async def run(self, interval_s: float) -> None:
@@ -267,82 +280,64 @@ class Scheduler:
         )
         async with self._w.begin() as conn:
             rows = [from_row(r) for r in await conn.execute(claim)]
-        out: _Claimed = []
-        for s in rows:
-            if s.attempts > s.max_attempts:  # its last attempt's process died
-                await self._give_up(s, token, LEASE_LOST)
-            else:
-                out.append((s, token))
-        return out
+        lost: _Outcomes = [(s, token, LEASE_LOST) for s in rows if s.attempts > s.max_attempts]
+        if lost:  # their last attempt's process died
+            await self._record(lost)
+        return [(s, token) for s in rows if s.attempts <= s.max_attempts]
 
-    async def _run_one(self, s: Schedule, token: str) -> None:
+    async def _call(self, s: Schedule, token: str) -> _Outcome:
+        """Run the handler, renewing the lease meanwhile; the error, if any."""
         beat = asyncio.create_task(self._heartbeat(s.id, token), name=f"tollway-lease-{s.id}")
         error: str | None = None
         try:
             await asyncio.wait_for(self._handlers[s.task](s), self.timeout_s)
         except Exception as e:
             error = (f"{type(e).__name__}: {e}" if str(e) else type(e).__name__)[:MAX_ERROR]
-            log.warning(
-                "schedule %s (%s) failed, attempt %s of %s: %s",
-                s.id,
-                s.task,
-                s.attempts,
-                s.max_attempts,
-                error,
-            )
+            log.warning("schedule %s (%s) failed, attempt %s: %s", s.id, s.task, s.attempts, error)
         finally:
             beat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await beat
-        try:
-            await self._finish(s, token, error)
-        except Exception:  # the lease runs out and the row is run again
-            log.exception("recording schedule %s's run failed", s.id)
+        return s, token, error
 
     async def _heartbeat(self, schedule_id: str, token: str) -> None:
         """Renew the lease while the handler runs (every third of it)."""
         while True:
             await asyncio.sleep(self.lease_s / 3)
             try:
-                await self._fenced(
-                    schedule_id, token, lease_until_us=self.clock.now_us() + int(self.lease_s * US)
-                )
+                lease = self.clock.now_us() + int(self.lease_s * US)
+                await self._record_values([(schedule_id, token, {"lease_until_us": lease})])
             except Exception:
                 log.exception("renewing the lease of schedule %s failed", schedule_id)
 
-    async def _finish(self, s: Schedule, token: str, error: str | None) -> None:
+    async def _record(self, outcomes: _Outcomes) -> None:
+        await self._record_values([(s.id, token, self._outcome(s, error)) for s, token, error in outcomes])
+
+    def _outcome(self, s: Schedule, error: str | None) -> dict[str, Any]:
+        """What a run leaves: done; a cron's next occurrence; a retry after
+        a backoff; or, the last attempt failed, ``failed`` (a cron moves on to
+        its next occurrence, ``last_error`` kept)."""
         now = self.clock.now_us()
-        done: dict[str, Any] = {"lease_token": None, "lease_until_us": None}
-        if error is None:
-            if s.kind == "cron" and s.cron is not None:
-                next_run = when.next_cron(s.cron, now)
-                await self._fenced(s.id, token, status="pending", next_run_us=next_run, attempts=0, **done)
-            else:
-                await self._fenced(s.id, token, status="done", **done)
-        elif s.attempts < s.max_attempts:
+        values: dict[str, Any] = {"lease_token": None, "lease_until_us": None}
+        if error is not None:
+            values["last_error"] = error
+        if error is not None and s.attempts < s.max_attempts:
             delay = min(self.max_backoff_s, self.backoff_s * 2 ** (s.attempts - 1))
-            await self._fenced(
-                s.id, token, status="pending", next_run_us=now + int(delay * US), last_error=error, **done
-            )
-        else:
-            await self._give_up(s, token, error)
-
-    async def _give_up(self, s: Schedule, token: str, error: str) -> None:
-        """The last attempt failed: a one-off schedule is ``failed``; a cron
-        one moves on to its next occurrence (``last_error`` kept)."""
-        done: dict[str, Any] = {"lease_token": None, "lease_until_us": None, "last_error": error}
+            return {**values, "status": "pending", "next_run_us": now + int(delay * US)}
         if s.kind == "cron" and s.cron is not None:
-            next_run = when.next_cron(s.cron, self.clock.now_us())
-            await self._fenced(s.id, token, status="pending", next_run_us=next_run, attempts=0, **done)
-        else:
-            await self._fenced(s.id, token, status="failed", attempts=min(s.attempts, s.max_attempts), **done)
+            return {**values, "status": "pending", "next_run_us": when.next_cron(s.cron, now), "attempts": 0}
+        if error is None:
+            return {**values, "status": "done"}
+        return {**values, "status": "failed", "attempts": min(s.attempts, s.max_attempts)}
 
-    async def _fenced(self, schedule_id: str, token: str, **values: Any) -> bool:
-        """Update a running row only while this claim still holds it."""
+    async def _record_values(self, rows: _Updates) -> None:
+        """Update running rows, in one transaction, only where this claim
+        still holds them (a run whose lease was taken over changes nothing)."""
+        now = self.clock.now_us()
         async with self._w.begin() as conn:
-            r = await conn.execute(
-                update(S)
-                .where(S.c.id == schedule_id, S.c.lease_token == token, S.c.status == "running")
-                .values(updated_us=self.clock.now_us(), **values)
-            )
-        return bool(r.rowcount)
+            for schedule_id, token, values in rows:
+                await conn.execute(
+                    update(S)
+                    .where(S.c.id == schedule_id, S.c.lease_token == token, S.c.status == "running")
+                    .values(updated_us=now, **values)
+                )
