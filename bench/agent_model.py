@@ -15,6 +15,9 @@ tests and bench/agents.py (the fast stand-in model).
 - ``sleep:<seconds>`` anywhere in the last user message → the answer waits;
 - otherwise → ``echo: <the last user message>``.
 
+``GET /orders/{id}`` answers ``{"order": id, "status": "shipped"}`` (a tool
+for bench/agents.py).
+
 Usage counts words: prompt = words in all messages, completion = words in
 the answer (at least 1). Streaming is not offered: tollway's agents ask whole.
 """
@@ -117,6 +120,8 @@ class AgentModel:
             if not msg.get("more_body"):
                 break
         status, out = 404, {"error": {"message": "not found"}}
+        if scope["path"].startswith("/orders/") and scope["method"] == "GET":
+            status, out = 200, {"order": scope["path"].rsplit("/", 1)[1], "status": "shipped"}
         if scope["path"].endswith("/chat/completions") and scope["method"] == "POST":
             body = json.loads(raw)
             self.calls += 1

@@ -8,10 +8,11 @@ lost or reordered.
    a real HTTP server in another process). Each turn reports its wall time
    (after the session's lock is taken) and the time spent in model calls
    (each from the reservation to its settled charge, including embeddings
-   for retrieval); overhead = wall - model: loading the session, guards,
-   vector search, the tool call and its log, writing the turn. Scenarios:
-   plain, with retrieval (top-3 of 60 chunks, real all-MiniLM-L6-v2), with
-   one tool call (an HTTP endpoint on this machine).
+   for retrieval) and in the tool's HTTP call; overhead = wall - model -
+   tool: loading the session, guards, vector search, checking and logging
+   the tool call, writing the turn. Scenarios: plain, with retrieval (top-3
+   of 60 chunks, real all-MiniLM-L6-v2), with one tool call (an HTTP
+   endpoint of the stand-in's process).
 2. **Concurrency** (a real ``tollway serve`` on SQLite, over HTTP): 100
    sessions x 10 turns; each session sends its turns one after another (a
    user waits for the answer), all sessions at once. Then every session's
@@ -41,30 +42,13 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from common import admin_token, dist, machine, serve
-from threaded import ThreadServer, free_port
+from threaded import free_port
 from tollway.core.config import Settings, default_models
 from tollway.inference.service import Caller
 from tollway.runtime import Runtime
 
 RESULTS = Path(__file__).parent / "results" / "agents.json"
 HERE = Path(__file__).resolve().parent
-
-
-class Orders:
-    """The tool: GET /orders/{id} answers a small JSON document."""
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            return
-        body = json.dumps({"order": scope["path"].rsplit("/", 1)[1], "status": "shipped"}).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [(b"content-type", b"application/json")],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
 
 
 def start_model() -> tuple[subprocess.Popen[bytes], str]:
@@ -153,20 +137,23 @@ async def overhead(model_url: str, tools_url: str, turns: int) -> dict[str, Any]
             for w in range(3):  # warm-up (connections, the embeddings model)
                 await rt.agents.create_session(c.id, agent, f"warm-{label}-{w}")
                 await rt.agents.send(caller, agent, f"warm-{label}-{w}", text)
-            total, model, over = [], [], []
+            total, model, tool, over = [], [], [], []
             for i in range(turns):
                 sid = f"{label}-{i % 20}"
                 if i < 20:
                     await rt.agents.create_session(c.id, agent, sid)
                 r = await rt.agents.send(caller, agent, sid, text)
                 u = r["usage"]
+                tool_us = sum(c["latency_us"] for c in r["tool_calls"])
                 total.append(u["latency_us"] * 1000)
                 model.append(u["model_us"] * 1000)
-                over.append((u["latency_us"] - u["model_us"]) * 1000)
+                tool.append(tool_us * 1000)
+                over.append((u["latency_us"] - u["model_us"] - tool_us) * 1000)
             out[label] = {
                 "turns": turns,
                 "overhead_ms": dist(over, 1e6),
                 "model_ms": dist(model, 1e6),
+                "tool_http_ms": dist(tool, 1e6),
                 "turn_ms": dist(total, 1e6),
             }
             print(label, json.dumps(out[label]), flush=True)
@@ -277,8 +264,7 @@ async def main() -> None:
     args = ap.parse_args()
     proc, model_url = start_model()
     try:
-        with ThreadServer(Orders(), lifespan="off") as tools:
-            res = {"overhead": await overhead(model_url, tools.url, args.turns)}
+        res = {"overhead": await overhead(model_url, model_url.removesuffix("/v1"), args.turns)}
         res["concurrency"] = await concurrency(model_url, args.sessions, args.session_turns)
         print("concurrency", json.dumps(res["concurrency"]), flush=True)
     finally:
