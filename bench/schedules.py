@@ -28,16 +28,13 @@ import asyncio
 import json
 import os
 import random
-import shlex
-import sys
 import tempfile
 import time
 from collections import Counter
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from common import dist, machine
+from common import dist, write_results
 from tollway.agents.guardrails import GuardPolicy, check_input, check_output, screen_untrusted
 from tollway.core.clock import SystemClock
 from tollway.core.config import Settings
@@ -222,16 +219,7 @@ async def main() -> None:
             print("postgres", json.dumps(res["schedules"]["postgres"]))
         finally:
             await drop(a.postgres_url, name)
-    result = {
-        "benchmark": "schedules",
-        "command": shlex.join(["python", "bench/schedules.py", *sys.argv[1:]]),
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": machine(),
-        "results": res,
-    }
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {RESULTS}")
+    write_results(RESULTS, "schedules", res)
 
 
 if __name__ == "__main__":
