@@ -420,3 +420,29 @@ async def test_schedules_deliver_messages_through_the_turn(http: httpx.AsyncClie
     assert (await http.get(sched, headers=auth)).json()["data"] == []
     other = await customer_key(http, art)
     err(await http.get(sched, headers=other), 404, "session_not_found")
+
+
+async def test_key_value_state_is_durable_and_seen_by_the_model(
+    http: httpx.AsyncClient, art: Runtime, agent_model: tuple[AgentModel, str]
+) -> None:
+    auth = await customer_key(http, art)
+    await open_session(http, auth)
+    r = await http.patch(f"{BASE}/s1/state", json={"state": {"plan": "pro", "tries": 2}}, headers=auth)
+    assert r.status_code == 200 and r.json()["state"] == {"plan": "pro", "tries": 2}, r.text
+    r = await http.patch(f"{BASE}/s1/state", json={"state": {"tries": None, "lang": "en"}}, headers=auth)
+    assert r.json()["state"] == {"plan": "pro", "lang": "en"}
+    err(
+        await http.patch(f"{BASE}/s1/state", json={"state": {"x": [1]}}, headers=auth),
+        400,
+        "invalid_state",
+        "state.x",
+    )
+    err(await http.patch(f"{BASE}/s1/state", json={"state": {}}, headers=auth), 400, "invalid_state")
+    err(
+        await http.patch(f"{BASE}/nope/state", json={"state": {"a": 1}}, headers=auth),
+        404,
+        "session_not_found",
+    )
+    await say(http, auth, "hi")
+    assert "Session state: plan=pro, lang=en" in agent_model[0].bodies[-1]["messages"][0]["content"]
+    assert (await http.get(f"{BASE}/s1", headers=auth)).json()["state"] == {"plan": "pro", "lang": "en"}

@@ -69,19 +69,19 @@ class Registry:
     async def _put(self, spec: AgentSpec, source: str, *, only_if_changed: bool) -> dict[str, Any]:
         body = canonical(spec)
         for _ in range(5):
-            async with writer(self.engine).begin() as conn:
-                row = (
-                    await conn.execute(
-                        select(V.c.version, V.c.body)
-                        .where(V.c.agent == spec.name)
-                        .order_by(V.c.version.desc())
-                        .limit(1)
-                    )
-                ).first()
-                if row is not None and only_if_changed and row.body == body:
-                    return {"agent": spec.name, "version": row.version, "created": False}
-                version = 1 if row is None else row.version + 1
-                try:
+            try:
+                async with writer(self.engine).begin() as conn:
+                    row = (
+                        await conn.execute(
+                            select(V.c.version, V.c.body)
+                            .where(V.c.agent == spec.name)
+                            .order_by(V.c.version.desc())
+                            .limit(1)
+                        )
+                    ).first()
+                    if row is not None and only_if_changed and row.body == body:
+                        return {"agent": spec.name, "version": row.version, "created": False}
+                    version = 1 if row is None else row.version + 1
                     await conn.execute(
                         V.insert().values(
                             agent=spec.name,
@@ -91,8 +91,8 @@ class Registry:
                             created_at_us=self.clock.now_us(),
                         )
                     )
-                except IntegrityError:  # another process wrote this version first: read again
-                    continue
+            except IntegrityError:  # another process wrote this version first: read again
+                continue
             self._cache[(spec.name, version)] = spec
             return {"agent": spec.name, "version": version, "created": True}
         raise invalid("agent_busy", "the definition is being changed concurrently; try again", "name")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -46,6 +47,7 @@ from tollway.wallets.ssrf import Guard
 log = logging.getLogger("tollway.agents")
 
 Emit = Callable[[str, dict[str, Any]], Awaitable[None]]
+MAX_STATE_BYTES = 16 * 1024
 ESCALATED_REPLY = "I have passed this conversation to a person; they will answer here."
 BLOCKED_REPLY = "I cannot share that answer."
 BUDGET_REPLY = "This conversation has used up its budget."
@@ -102,6 +104,31 @@ class Agents:
         out["budget"] = await self._budget_status(spec, s)
         out["queued"] = self.writers.queued(agent, session_id)
         return out
+
+    async def update_state(
+        self, customer_id: str, agent: str, session_id: str, changes: Any
+    ) -> dict[str, Any]:
+        """Merge ``changes`` into the session's key-value state (a null value
+        deletes its key), between turns: under the session's single writer."""
+        if not isinstance(changes, dict) or not changes:
+            raise invalid(
+                "invalid_state", "state is a non-empty object of keys to set (null deletes)", "state"
+            )
+        for k, v in changes.items():
+            if not isinstance(k, str) or not 1 <= len(k) <= 64:
+                raise invalid("invalid_state", "state keys are strings of 1 to 64 characters", "state")
+            if v is not None and not isinstance(v, str | int | float | bool):
+                raise invalid(
+                    "invalid_state", f"state.{k} is a string, number, boolean or null", f"state.{k}"
+                )
+        async with self.writers.hold(agent, session_id):
+            await self.registry.latest(agent)
+            s = await self.store.load(agent, session_id, customer_id)
+            state = {k: v for k, v in {**s.state, **changes}.items() if v is not None}
+            if len(json.dumps(state)) > MAX_STATE_BYTES:
+                raise invalid("state_too_large", f"the state is over {MAX_STATE_BYTES} bytes", "state")
+            await self.store.set_state(s, state)
+        return s.to_dict()
 
     def policy(self, spec: AgentSpec, version: int) -> GuardPolicy:
         key = (spec.name, version)

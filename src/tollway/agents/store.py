@@ -287,6 +287,17 @@ class Store:
             s.recent = [m for m in s.recent if m.seq >= s.summary_through]
         return added
 
+    async def set_state(self, s: Session, state: dict[str, Any]) -> None:
+        """Replace the session's key-value state (its single writer holds the session)."""
+        now = self.clock.now_us()
+        async with writer(self.engine).begin() as conn:
+            await conn.execute(
+                update(S)
+                .where(S.c.agent == s.agent, S.c.id == s.id)
+                .values(state=json.dumps(state), updated_at_us=now)
+            )
+        s.state, s.updated_at_us = state, now
+
     # ------------------------------------------------------------------ reads
 
     async def messages(

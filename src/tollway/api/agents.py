@@ -91,6 +91,16 @@ async def session_get(
     return await agents_of(request).session(_caller(key).customer_id, agent, session_id)
 
 
+@router.patch(
+    "/{agent}/sessions/{session_id}/state", summary="Set keys of the session's state (null deletes)"
+)
+async def state(
+    agent: str, session_id: str, request: Request, key: ApiKey = Depends(require_key)
+) -> dict[str, Any]:
+    b = await _obj(request, {"state"})
+    return await agents_of(request).update_state(_caller(key).customer_id, agent, session_id, b.get("state"))
+
+
 @router.get("/{agent}/sessions/{session_id}/messages", summary="A session's messages, oldest first")
 async def messages(
     agent: str,
