@@ -6,7 +6,7 @@ version, and each session records the version it runs."""
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -15,6 +15,23 @@ from tollway.core.errors import TollwayError
 
 NAME = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class _Named(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
+T = TypeVar("T", bound=_Named)
+
+
+def unique_names(items: list[T], what: str) -> list[T]:
+    """``items`` unchanged, or a ValueError naming the first name used twice."""
+    names = [i.name for i in items]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ValueError(f"duplicate {what} name {dup[0]!r}")
+    return items
 
 
 class _Strict(BaseModel):
@@ -130,11 +147,7 @@ class AgentSpec(_Strict):
     @field_validator("tools")
     @classmethod
     def _unique(cls, v: list[ToolSpec]) -> list[ToolSpec]:
-        names = [t.name for t in v]
-        dup = {n for n in names if names.count(n) > 1}
-        if dup:
-            raise ValueError(f"duplicate tool name {sorted(dup)[0]!r}")
-        return v
+        return unique_names(v, "tool")
 
     @field_validator("guardrails")
     @classmethod

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from tollway.agents.spec import AgentSpec
+from tollway.agents.spec import AgentSpec, unique_names
 from tollway.billing.plans import Plan
 from tollway.x402.rules import Rule, atomic
 
@@ -353,11 +353,7 @@ class AgentsConfig(_Section):
     @field_validator("definitions")
     @classmethod
     def _unique_agents(cls, v: list[AgentSpec]) -> list[AgentSpec]:
-        names = [a.name for a in v]
-        dup = {n for n in names if names.count(n) > 1}
-        if dup:
-            raise ValueError(f"duplicate agent name {sorted(dup)[0]!r}")
-        return v
+        return unique_names(v, "agent")
 
 
 def valid_amount(v: str, free_ok: bool = False) -> str:
