@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -571,3 +573,76 @@ def test_cli_lists_and_cancels(tmp_path: Path, db_url: str) -> None:
     assert run("cancel", "sched_nope", code=1)["error"]["code"] == "schedule_not_found"
     table = runner.invoke(app, ["--config", str(cfg), "schedules", "list"])
     assert table.exit_code == 0 and one.id in table.stdout and "agent:support:s1" in table.stdout
+
+
+# -------------------------------------------------------------- invariants
+
+Op = tuple[str, int]
+ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("delay"), st.integers(0, 120)),
+        st.tuples(st.just("cron"), st.integers(0, 2)),
+        st.tuples(st.just("cancel"), st.integers(0, 30)),
+        st.tuples(st.just("advance"), st.integers(1, 90)),
+        st.tuples(st.just("run"), st.integers(1, 5)),
+        st.tuples(st.just("flaky"), st.integers(0, 1)),
+    ),
+    max_size=40,
+)
+CRONS = ["* * * * *", "*/2 * * * *", "0 * * * *"]
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=ops)
+async def test_random_histories_keep_the_invariants(engine: AsyncEngine, steps: list[Op]) -> None:
+    """Whatever the order of schedules, cancels, failures, time and runs: nothing
+    runs before it is due, after it is cancelled, or after it is done; a one-off
+    runs at most max_attempts times; and, time given, every open one-off is done."""
+    async with engine.begin() as conn:
+        await conn.execute(S.delete())
+    clock = ManualClock(T0)
+    sch = Scheduler(engine, clock, backoff_s=1, max_backoff_s=8)
+    runs: Counter[str] = Counter()
+    fail = [False]
+    closed: dict[str, str] = {}  # id -> done | cancelled, as seen
+
+    async def work(s: Schedule) -> None:
+        assert s.next_run_us <= clock.now_us(), "ran before it was due"
+        assert s.id not in closed, f"ran after it was {closed.get(s.id)}"
+        runs[s.id] += 1
+        if fail[0]:
+            raise RuntimeError("flaky")
+
+    sch.register("work", work)
+    made: list[Schedule] = []
+    for op, n in steps:
+        if op == "delay":
+            made.append(await sch.schedule(OWNER, "work", {}, delay_s=n, max_attempts=3))
+        elif op == "cron":
+            made.append(await sch.schedule(OWNER, "work", {}, cron=CRONS[n], max_attempts=3))
+        elif op == "cancel" and made:
+            s = made[n % len(made)]
+            try:
+                closed[s.id] = (await sch.cancel(OWNER, s.id)).status
+            except TollwayError as e:
+                assert e.code == "schedule_finished"
+        elif op == "advance":
+            clock.advance(n)
+        elif op == "run":
+            await sch.run_due(limit=n)
+        elif op == "flaky":
+            fail[0] = bool(n)
+        for s in await sch.list(OWNER, include_done=True):
+            if s.status in ("done", "failed"):
+                closed.setdefault(s.id, s.status)
+            if s.kind != "cron":
+                assert runs[s.id] <= s.max_attempts
+    fail[0] = False
+    for _ in range(12):  # time enough for every backoff
+        clock.advance(60)
+        while await sch.run_due():
+            pass
+    for s in await sch.list(OWNER, include_done=True):
+        if s.kind != "cron":
+            assert s.status in ("done", "failed", "cancelled"), s
+            assert (s.status == "done") == (s.id not in closed or closed[s.id] == "done")
