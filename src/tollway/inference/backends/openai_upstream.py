@@ -72,9 +72,8 @@ class OpenAIUpstream:
 
     def prompt_tokens(self, params: ChatParams) -> int:
         messages = params.messages
-        size = sum(
-            len((m.get("content") or "").encode()) + len(_dumps(m.get("tool_calls") or "")) for m in messages
-        )
+        size = sum(len((m.get("content") or "").encode()) for m in messages)
+        size += sum(len(_dumps(m["tool_calls"])) for m in messages if m.get("tool_calls"))
         return size + _TEMPLATE_TOKENS_PER_MESSAGE * len(messages) + _TEMPLATE_TOKENS
 
     def token_counts(self, texts: list[str]) -> list[int]:
