@@ -5,6 +5,7 @@ is exactly as it was after its last complete turn, and continues."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -21,7 +22,7 @@ import httpx
 import pytest
 
 from agent_support import AgentModel, ToolServer, agent_settings
-from conftest import ADMIN, ADMIN_TOKEN
+from conftest import ADMIN, ADMIN_TOKEN, PG_SKIP, PG_URL
 from threaded import free_port
 
 pytest_plugins = ["agent_support"]
@@ -63,11 +64,9 @@ def serve(env: dict[str, str], log: Path) -> Iterator[tuple[subprocess.Popen[byt
             proc.wait(20)
 
 
-def test_kill_9_mid_turn_leaves_the_session_intact(
-    db_url: str, tmp_path: Path, agent_model: tuple[AgentModel, str], tool_server: tuple[ToolServer, str]
-) -> None:
-    model, model_url = agent_model
-    s = agent_settings(db_url, model_url, tool_server[1], tmp_path)
+def server_env(db_url: str, model_url: str, tools_url: str, tmp_path: Path) -> dict[str, str]:
+    """The environment of a server with the test support agent (its tollway.toml written)."""
+    s = agent_settings(db_url, model_url, tools_url, tmp_path)
     env = {k: v for k, v in os.environ.items() if not k.startswith("TOLLWAY_")}
     env["TOLLWAY_CONFIG"] = str(tmp_path / "tollway.toml")
     (tmp_path / "tollway.toml").write_text(
@@ -86,21 +85,73 @@ def test_kill_9_mid_turn_leaves_the_session_intact(
             ]
         )
     )
+    return env
+
+
+def customer(url: str) -> dict[str, str]:
+    """A funded customer's API key, as an auth header."""
+    c = httpx.post(url + "/admin/customers", json={"name": "Ada"}, headers=ADMIN).json()
+    httpx.post(
+        url + "/admin/ledger/transfers",
+        json={"debit_account_id": "sys_funding", "credit_account_id": c["account_id"], "amount": 10_000_000},
+        headers=ADMIN,
+    )
+    key = httpx.post(url + "/admin/keys", json={"customer_id": c["id"]}, headers=ADMIN).json()["key"]
+    return {"Authorization": f"Bearer {key}"}
+
+
+@pytest.mark.skipif(not PG_URL, reason=PG_SKIP)
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+def test_two_processes_one_session_single_writer(
+    db_url: str, tmp_path: Path, agent_model: tuple[AgentModel, str], tool_server: tuple[ToolServer, str]
+) -> None:
+    """Two servers on one PostgreSQL take turns for the same session (the
+    advisory lock): every turn is whole, none lost, none interleaved."""
+    env = server_env(db_url, agent_model[1], tool_server[1], tmp_path)
+    log = tmp_path / "serve.log"
+    with serve(env, log) as (_, a), serve(env, log) as (_, b):
+        auth = customer(a)
+        assert (
+            httpx.post(a + "/v1/agents/support/sessions", json={"id": "shared"}, headers=auth).status_code
+            == 201
+        )
+        n = 16
+
+        async def go() -> list[httpx.Response]:
+            async with httpx.AsyncClient(timeout=60) as h:
+                return await asyncio.gather(
+                    *(
+                        h.post(
+                            (a, b)[i % 2] + "/v1/agents/support/sessions/shared/messages",
+                            json={"content": f"sleep:0.05 m{i}"},
+                            headers=auth,
+                        )
+                        for i in range(n)
+                    )
+                )
+
+        rs = asyncio.run(go())
+        assert [r.status_code for r in rs] == [200] * n, [r.text for r in rs if r.status_code != 200]
+        assert sorted(r.json()["turn"] for r in rs) == list(range(1, n + 1))
+        msgs = httpx.get(b + "/v1/agents/support/sessions/shared/messages?limit=1000", headers=auth).json()[
+            "data"
+        ]
+        assert len(msgs) == 2 * n
+        for u, r in zip(msgs[::2], msgs[1::2], strict=True):
+            assert (u["role"], r["role"]) == ("user", "assistant") and r["content"] == "echo: " + u["content"]
+            assert u["turn"] == r["turn"]
+        assert sorted(m["content"] for m in msgs[::2]) == sorted(f"sleep:0.05 m{i}" for i in range(n))
+
+
+def test_kill_9_mid_turn_leaves_the_session_intact(
+    db_url: str, tmp_path: Path, agent_model: tuple[AgentModel, str], tool_server: tuple[ToolServer, str]
+) -> None:
+    model, model_url = agent_model
+    env = server_env(db_url, model_url, tool_server[1], tmp_path)
     log = tmp_path / "serve.log"
     base = "/v1/agents/support/sessions/s1"
     with serve(env, log) as (proc, url):
-        c = httpx.post(url + "/admin/customers", json={"name": "Ada"}, headers=ADMIN).json()
-        httpx.post(
-            url + "/admin/ledger/transfers",
-            json={
-                "debit_account_id": "sys_funding",
-                "credit_account_id": c["account_id"],
-                "amount": 10_000_000,
-            },
-            headers=ADMIN,
-        )
-        key = httpx.post(url + "/admin/keys", json={"customer_id": c["id"]}, headers=ADMIN).json()["key"]
-        auth = {"Authorization": f"Bearer {key}"}
+        auth = customer(url)
         assert (
             httpx.post(url + "/v1/agents/support/sessions", json={"id": "s1"}, headers=auth).status_code
             == 201
