@@ -287,7 +287,7 @@ async def test_budget_without_escalation_is_402_and_nothing_recorded(
         )
         if r.status_code != 200:
             break
-    err(r, 402, "budget_exceeded")
+    err(r, 402, "session_budget_exceeded")
     s = (await http.get(f"{BASE}/s1", headers=auth)).json()
     assert s["turns"] == i and s["budget"]["spent"] <= 50
 
@@ -446,3 +446,37 @@ async def test_key_value_state_is_durable_and_seen_by_the_model(
     await say(http, auth, "hi")
     assert "Session state: plan=pro, lang=en" in agent_model[0].bodies[-1]["messages"][0]["content"]
     assert (await http.get(f"{BASE}/s1", headers=auth)).json()["state"] == {"plan": "pro", "lang": "en"}
+
+
+async def test_turns_pass_the_gateway_like_chat_completions(http: httpx.AsyncClient, art: Runtime) -> None:
+    auth = await customer_key(http, art)
+    await open_session(http, auth)
+    first = await say(http, auth, "hello")
+    log = (await http.get("/admin/requests", headers=ADMIN)).json()["data"]
+    [entry] = [e for e in log if e["endpoint"] == "agents.messages"]
+    assert (
+        entry["status"] == 200 and entry["cost"] == first["usage"]["cost"] and entry["model"] == "agent-model"
+    )
+    key_id = entry["key_id"]
+    # The key's daily budget caps every model call of the turns, as it caps chat completions.
+    r = await http.patch(
+        f"/admin/keys/{key_id}/limits", json={"daily_budget": 3 * first["usage"]["cost"]}, headers=ADMIN
+    )
+    assert r.status_code == 200, r.text
+    codes = []
+    for _ in range(6):
+        r = await http.post(f"{BASE}/s1/messages", json={"content": "hello"}, headers=auth)
+        codes.append(r.status_code)
+    assert 402 in codes and codes.index(402) <= 3, codes
+    assert r.json()["error"]["code"] == "budget_exceeded"  # a key's budget refuses; it does not escalate
+    view = (await http.get(f"/admin/keys/{key_id}/limits", headers=ADMIN)).json()
+    [daily] = view["budgets"]
+    assert daily["held"] == 0 and daily["spent"] <= daily["budget"]
+    # And its rate limit.
+    await http.patch(f"/admin/keys/{key_id}/limits", json={"daily_budget": None, "rpm": 1}, headers=ADMIN)
+    await http.post(f"{BASE}/s1/messages", json={"content": "one"}, headers=auth)
+    err(
+        await http.post(f"{BASE}/s1/messages", json={"content": "two"}, headers=auth),
+        429,
+        "rate_limit_exceeded",
+    )

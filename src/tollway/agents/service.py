@@ -48,6 +48,9 @@ log = logging.getLogger("tollway.agents")
 
 Emit = Callable[[str, dict[str, Any]], Awaitable[None]]
 MAX_STATE_BYTES = 16 * 1024
+SESSION_BUDGET = (
+    "session_budget_exceeded"  # the session's own budget (a key's or customer's: budget_exceeded)
+)
 ESCALATED_REPLY = "I have passed this conversation to a person; they will answer here."
 BLOCKED_REPLY = "I cannot share that answer."
 BUDGET_REPLY = "This conversation has used up its budget."
@@ -164,7 +167,7 @@ class Agents:
             BUDGET_SOURCE,
             f"agent {s.agent} session {s.id} budget"[:200],
         )
-        return (Cap(acct, "agent session budget", BUDGET_SOURCE),)
+        return (Cap(acct, "agent session budget", BUDGET_SOURCE, code=SESSION_BUDGET),)
 
     async def _budget_status(self, spec: AgentSpec, s: Session) -> dict[str, Any] | None:
         amount = self._budget_amount(spec)
@@ -331,7 +334,7 @@ class Agents:
                     flags += [f"{f}:{tool.name}" for f in sv.flags]
                     messages.append(tool_result(asked, sv.text, local))
         except TollwayError as e:
-            if e.type != ErrorType.PAYMENT or e.code != "budget_exceeded":
+            if e.type != ErrorType.PAYMENT or e.code != SESSION_BUDGET:
                 raise
             reason = escalation_for("budget_exhausted", policy)
             if reason is None and not turn.tool_calls:

@@ -6,18 +6,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import orjson
 from fastapi import APIRouter, Depends, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from tollway.agents.service import Agents
+from tollway.agents.service import Agents, Emit
 from tollway.api.auth import require_admin, require_key, require_scope, runtime
+from tollway.billing.plans import AI_CHAT
 from tollway.core.errors import TollwayError, invalid, unauthenticated
 from tollway.identity.keys import ApiKey, presented_key
 from tollway.inference.service import Caller
+from tollway.runtime import Runtime
 
 router = APIRouter(prefix="/v1/agents", tags=["agents"])
 escalations = APIRouter(prefix="/v1/escalations", tags=["agents"], dependencies=[Depends(require_admin)])
@@ -128,6 +130,43 @@ async def tool_calls(
     }
 
 
+async def _gated(
+    rt: Runtime,
+    key: ApiKey,
+    headers: Any,
+    agent: str,
+    session_id: str,
+    content: Any,
+    stream: bool,
+    emit: Emit | None = None,
+) -> dict[str, Any]:
+    """One turn through the gateway, as a chat completion goes: the key's and
+    customer's rate limits, plan entitlements and quotas, spend limits as caps
+    on every model call, and one request-log entry for the turn."""
+    c = _caller(key)
+    _, spec = await rt.agents.registry.latest(agent)
+    gw = rt.gateway
+    p = await gw.admit(key, "agents.messages", headers, spec.model, stream, AI_CHAT)
+    e = p.entry
+    out: dict[str, Any] | None = None
+    try:
+        who = Caller(c.customer_id, c.account_id, c.key_id, await gw.caps(p), key.prepaid, p.standing)
+        out = await rt.agents.send(who, agent, session_id, content, emit)
+        return out
+    except TollwayError as err:
+        e.status, e.error_code = err.status, err.code
+        raise
+    except BaseException:
+        e.status, e.error_code = 500, "internal_error"
+        raise
+    finally:
+        u = (out or {}).get("usage") or {}
+        e.input_tokens, e.output_tokens = u.get("input_tokens", 0), u.get("output_tokens", 0)
+        e.mneurons, e.cost = u.get("mneurons", 0), u.get("cost", 0)
+        await gw.book_tokens(p, e.input_tokens + e.output_tokens)
+        gw.log.record(e)
+
+
 @router.post(
     "/{agent}/sessions/{session_id}/messages",
     summary="Send a message: the turn as JSON, or its events as SSE with stream: true",
@@ -138,39 +177,39 @@ async def send(
 ) -> dict[str, Any] | StreamingResponse:
     c = _caller(key)
     b = await _obj(request, {"content", "stream"})
-    a = agents_of(request)
+    rt = runtime(request)
     stream = b.get("stream", False)
     if not isinstance(stream, bool):
         raise invalid("invalid_parameter", "stream is true or false", "stream")
+    content = b.get("content")
     if not stream:
         # The turn runs to its end even if the client goes away: it is written whole.
-        return await asyncio.shield(asyncio.ensure_future(a.send(c, agent, session_id, b.get("content"))))
-    await a.check(c.customer_id, agent, session_id, b.get("content"))
-    return StreamingResponse(
-        _sse(a, c, agent, session_id, b["content"]),
-        media_type="text/event-stream",
-        headers={"cache-control": "no-cache"},
-    )
+        turn = _gated(rt, key, request.headers, agent, session_id, content, False)
+        return await asyncio.shield(asyncio.ensure_future(turn))
+    await rt.agents.check(c.customer_id, agent, session_id, content)
+
+    async def run(emit: Emit) -> Any:
+        return await _gated(rt, key, request.headers, agent, session_id, content, True, emit)
+
+    return StreamingResponse(_sse(run), media_type="text/event-stream", headers={"cache-control": "no-cache"})
 
 
-async def _events(
-    a: Agents, c: Caller, agent: str, session_id: str, content: str
-) -> AsyncIterator[tuple[str, dict[str, Any]]]:
-    """The turn's events as they happen; the turn runs in a task of its own."""
+async def _events(run: Callable[[Emit], Awaitable[Any]]) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+    """A turn's events as they happen; the turn runs in a task of its own."""
     q: asyncio.Queue[tuple[str, dict[str, Any]] | None] = asyncio.Queue()
 
     async def emit(event: str, data: dict[str, Any]) -> None:
         await q.put((event, data))
 
-    async def run() -> None:
+    async def go() -> None:
         try:
-            await a.send(c, agent, session_id, content, emit)
+            await run(emit)
         except TollwayError as e:
             await q.put(("error", e.to_dict()))
         finally:
             await q.put(None)
 
-    task = asyncio.ensure_future(run())
+    task = asyncio.ensure_future(go())
     try:
         while (item := await q.get()) is not None:
             yield item
@@ -179,22 +218,23 @@ async def _events(
             task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
 
 
-async def _sse(a: Agents, c: Caller, agent: str, session_id: str, content: str) -> AsyncIterator[bytes]:
-    async for event, data in _events(a, c, agent, session_id, content):
+async def _sse(run: Callable[[Emit], Awaitable[Any]]) -> AsyncIterator[bytes]:
+    async for event, data in _events(run):
         yield b"event: " + event.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
 
 
 @router.websocket("/{agent}/sessions/{session_id}/ws")
 async def ws(websocket: WebSocket, agent: str, session_id: str) -> None:
     """Send ``{"content": ...}``; each turn's events come back as ``{"event", "data"}``."""
-    rt = websocket.app.state.runtime
-    a: Agents = rt.agents
+    rt: Runtime = websocket.app.state.runtime
+    a = rt.agents
     await websocket.accept()
     try:
         token = presented_key(websocket.headers)
         if token is None:
             raise unauthenticated("missing_api_key", "send Authorization: Bearer <API key>")
-        c = _caller(await rt.keys.verify(token))
+        key = await rt.keys.verify(token)
+        c = _caller(key)
         await a.session(c.customer_id, agent, session_id)
     except TollwayError as e:
         await websocket.send_json({"event": "error", "data": e.to_dict()})
@@ -215,8 +255,11 @@ async def ws(websocket: WebSocket, agent: str, session_id: str) -> None:
             except TollwayError as e:
                 await websocket.send_json({"event": "error", "data": e.to_dict()})
                 continue
-            assert isinstance(content, str)  # a.check refused anything else
-            async for event, data in _events(a, c, agent, session_id, content):
+
+            async def run(emit: Emit, content: Any = content) -> Any:
+                return await _gated(rt, key, websocket.headers, agent, session_id, content, True, emit)
+
+            async for event, data in _events(run):
                 await websocket.send_json({"event": event, "data": data})
 
 
