@@ -480,3 +480,36 @@ async def test_turns_pass_the_gateway_like_chat_completions(http: httpx.AsyncCli
         429,
         "rate_limit_exceeded",
     )
+
+
+@pytest.mark.parametrize(
+    "agent_def",
+    [
+        {
+            "tools": [tool("order_status", "http://127.0.0.1:1/down/{order_id}")],
+            "guardrails": {
+                "escalate_on_tool_failure": True,
+                "refusals": [{"pattern": "medical", "message": "I cannot give medical advice."}],
+            },
+        }
+    ],
+    indirect=True,
+)
+async def test_tool_failure_escalates_and_refusals_skip_the_model(
+    http: httpx.AsyncClient, art: Runtime, agent_model: tuple[AgentModel, str]
+) -> None:
+    auth = await customer_key(http, art)
+    await open_session(http, auth)
+    calls = agent_model[0].calls
+    out = await say(http, auth, "is this medical question ok?")
+    assert out["reply"]["content"] == "I cannot give medical advice." and out["reply"]["refusal"] is True
+    assert agent_model[0].calls == calls and out["usage"]["cost"] == 0  # no model call
+    out = await say(http, auth, "where is A1001?")
+    [call] = out["tool_calls"]
+    assert call["status"] == "error" and out["status"] == "escalated"
+    assert agent_model[0].calls == calls + 1  # the model is not asked again once a person takes over
+    assert out["escalation"]["reason"] == "tool_failure"
+    [esc] = (await http.get("/v1/escalations", headers=ADMIN)).json()["data"]
+    assert esc["reason"] == "tool_failure" and "order_status" in esc["detail"]
+    log = (await http.get(f"{BASE}/s1/tool_calls", headers=auth)).json()["data"]
+    assert [t["status"] for t in log] == ["error"]

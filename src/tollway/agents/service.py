@@ -333,6 +333,8 @@ class Agents:
                     sv = screen_untrusted(body, policy, source=f"tool:{tool.name}")
                     flags += [f"{f}:{tool.name}" for f in sv.flags]
                     messages.append(tool_result(asked, sv.text, local))
+                if turn.escalation is not None:  # a person takes over: no more model calls
+                    break
         except TollwayError as e:
             if e.type != ErrorType.PAYMENT or e.code != SESSION_BUDGET:
                 raise
