@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from agent_support import AgentModel, ToolServer, agent_settings, customer_key, err, tool
+from agent_helpers import AgentModel, ToolServer, agent_settings, customer_key, err, tool
 from conftest import ADMIN
 from tollway.inference.service import Caller
 from tollway.runtime import Runtime

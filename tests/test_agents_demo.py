@@ -15,7 +15,7 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from agent_support import AgentModel
+from agent_helpers import AgentModel
 from conftest import ADMIN, ADMIN_TOKEN
 from threaded import ThreadServer, free_port
 from tollway.cli.main import app

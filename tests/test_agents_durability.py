@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
-from agent_support import AgentModel, ToolServer, agent_settings
+from agent_helpers import AgentModel, ToolServer, agent_settings
 from conftest import ADMIN, ADMIN_TOKEN, PG_SKIP, PG_URL
 from threaded import free_port
 

@@ -9,7 +9,7 @@ import json
 import httpx
 import pytest
 
-from agent_support import ToolServer, customer_key
+from agent_helpers import ToolServer, customer_key
 from tollway.agents.model import NO_TOOL, Model, tool_schema
 from tollway.agents.spec import AgentSpec
 from tollway.inference.service import Caller

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent_support import AgentModel, customer_key, err
+from agent_helpers import AgentModel, customer_key, err
 from conftest import ADMIN
 from tollway.agents import memory
 from tollway.agents.spec import AgentSpec

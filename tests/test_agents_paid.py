@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from agent_support import AgentModel, ToolServer, agent_settings, tool
+from agent_helpers import AgentModel, ToolServer, agent_settings, tool
 from conftest import ADMIN
 from threaded import ThreadServer, free_port
 from tollway.api.app import create_app
