@@ -513,3 +513,28 @@ async def test_tool_failure_escalates_and_refusals_skip_the_model(
     assert esc["reason"] == "tool_failure" and "order_status" in esc["detail"]
     log = (await http.get(f"{BASE}/s1/tool_calls", headers=auth)).json()["data"]
     assert [t["status"] for t in log] == ["error"]
+
+
+async def test_many_sessions_at_once_on_a_small_pool(
+    db_url: str, tmp_path: Path, agent_model: tuple[AgentModel, str], tool_server: tuple[ToolServer, str]
+) -> None:
+    """More concurrent sessions than the pool has connections: on PostgreSQL
+    each turn holds one for its advisory lock and needs others; none starves."""
+    s = agent_settings(db_url, agent_model[1], tool_server[1], tmp_path)
+    s = s.model_copy(update={"database": s.database.model_copy(update={"pool_size": 2})})
+    rt = Runtime.build(s)
+    try:
+        c = await rt.customers.create("Ada")
+        await rt.ledger.transfer("sys_funding", c.account_id, 10_000_000)
+        caller = Caller(c.id, c.account_id)
+        n = 12
+        for i in range(n):
+            await rt.agents.create_session(c.id, "support", f"p{i}")
+
+        async def user(i: int) -> list[int]:
+            return [(await rt.agents.send(caller, "support", f"p{i}", f"m{t}"))["turn"] for t in range(3)]
+
+        turns = await asyncio.wait_for(asyncio.gather(*(user(i) for i in range(n))), 120)
+        assert turns == [[1, 2, 3]] * n
+    finally:
+        await rt.close()

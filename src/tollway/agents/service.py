@@ -467,7 +467,7 @@ def build(
     return Agents(
         Registry(engine, clock, cfg.definitions),
         Store(engine, clock),
-        Writers(engine),
+        Writers(engine, max_held=settings.database.pool_size),
         Model(inference),
         Tools(Guard(cfg.tool_allow), broker, cfg.max_tool_bytes),
         vectors,

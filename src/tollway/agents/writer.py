@@ -26,10 +26,15 @@ def lock_key(agent: str, session_id: str) -> int:
 
 
 class Writers:
-    def __init__(self, engine: AsyncEngine) -> None:
+    """``max_held``: how many sessions' advisory locks this process holds at
+    once (each on a pooled connection, while the turn needs others): at most
+    half the pool, so turns never wait on each other for connections."""
+
+    def __init__(self, engine: AsyncEngine, max_held: int = 10) -> None:
         self.engine = engine
         self.distributed = engine.dialect.name == "postgresql"
         self._locks: dict[tuple[str, str], tuple[asyncio.Lock, int]] = {}
+        self._held = asyncio.Semaphore(max_held)
 
     def queued(self, agent: str, session_id: str) -> int:
         """Turns holding or waiting for the session here (0 if none)."""
@@ -46,7 +51,7 @@ class Writers:
                 if not self.distributed:
                     yield
                     return
-                async with self.engine.connect() as conn:
+                async with self._held, self.engine.connect() as conn:
                     k = lock_key(agent, session_id)
                     await conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": k})
                     await conn.commit()
