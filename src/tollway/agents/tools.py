@@ -25,6 +25,7 @@ from tollway.wallets.broker import Broker
 from tollway.wallets.ssrf import Guard
 
 MAX_FOR_MODEL = 4000  # characters of a tool's answer the model sees
+MAX_WINDOWS = 10_000  # per-session rate-limit windows kept before idle ones are dropped
 _QUERY_METHODS = ("GET", "DELETE")
 _RETRYABLE = ("upstream_unreachable", "upstream_timeout")
 
@@ -69,6 +70,8 @@ class Tools:
         if not tool.rate_limit_per_minute:
             return False
         now = time.monotonic()
+        if len(self._calls) > MAX_WINDOWS:  # forget sessions with no call in the last minute
+            self._calls = {k: w for k, w in self._calls.items() if w and w[-1] > now - 60}
         window = self._calls.setdefault((spec.name, session_id, tool.name), deque())
         while window and window[0] <= now - 60:
             window.popleft()
