@@ -12,6 +12,7 @@ tests and bench/agents.py (the fast stand-in model).
   ``{"order_id": ...}``; ``badcall`` → a call with arguments that do not fit
   the schema, every time; ``badonce`` → a bad call, then a good one after
   tollway's correction;
+- ``loop`` and an order id → the same tool call every time it is offered tools;
 - ``sleep:<seconds>`` anywhere in the last user message → the answer waits;
 - otherwise → ``echo: <the last user message>``.
 
@@ -53,7 +54,11 @@ def answer(body: dict[str, Any]) -> dict[str, Any]:
     message: dict[str, Any] = {"role": "assistant", "content": None}
     finish = "stop"
     corrected = any(_correction(m) for m in messages)
-    if last.get("role") == "tool":
+    looping = tools and "loop" in said and (m := _ORDER.search(said))
+    if looping:  # the same call, whatever came back
+        message["tool_calls"] = [_call(tools[0], {"order_id": m.group(1)})]
+        finish = "tool_calls"
+    elif last.get("role") == "tool":
         message["content"] = f"tool said: {last.get('content')}"
     elif any("Summarize" in str(m.get("content") or "") for m in messages if m.get("role") == "system"):
         message["content"] = f"summary of {said.count(chr(10))} messages"
@@ -78,8 +83,9 @@ def answer(body: dict[str, Any]) -> dict[str, Any]:
 
 
 def _correction(m: dict[str, Any]) -> bool:
-    """tollway's note that a tool call was invalid."""
-    return m.get("role") == "user" and "tool call was invalid" in str(m.get("content") or "")
+    """tollway's note that a tool call was invalid, or that it is time to answer."""
+    text = str(m.get("content") or "")
+    return m.get("role") == "user" and ("tool call was invalid" in text or "without calling a tool" in text)
 
 
 def _answered(messages: list[dict[str, Any]]) -> bool:

@@ -120,6 +120,18 @@ async def test_tool_loop_calls_logs_and_feeds_back(
     assert json.loads(log[0]["response"]) == {"status": "shipped", "eta": "2 days"}
 
 
+async def test_a_repeated_tool_call_is_answered_without_calling_again(
+    http: httpx.AsyncClient, art: Runtime, agent_model: tuple[AgentModel, str]
+) -> None:
+    auth = await customer_key(http, art)
+    await open_session(http, auth)
+    calls = agent_model[0].calls
+    out = await say(http, auth, "loop on A1001")
+    assert [c["arguments"] for c in out["tool_calls"]] == [{"order_id": "A1001"}]
+    assert out["reply"]["content"] == "echo: loop on A1001"
+    assert agent_model[0].calls - calls == 3  # the call, the repeat, the answer without tools
+
+
 @pytest.mark.parametrize("agent_def", [{"tools": [], "max_steps": 2}], indirect=True)
 async def test_agent_without_tools_answers(http: httpx.AsyncClient, art: Runtime) -> None:
     auth = await customer_key(http, art)

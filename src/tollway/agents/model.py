@@ -3,12 +3,14 @@ metering and usage events as ``/v1/chat/completions``).
 
 Tool calls: an upstream model is offered the tools with OpenAI function
 calling; a local (llama.cpp) model answers in JSON constrained by a grammar
-built from a schema (``{"tool", "arguments", "answer"}``), so it can only
-name a tool it has or answer in text."""
+built from a schema (one of ``{"tool": <name>, "arguments": <that tool's
+schema>}`` or ``{"tool": "none", "answer": <text>}``), so it can only call a
+tool it has, with arguments of the right shape, or answer in text."""
 
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -77,10 +79,13 @@ class Model:
     ) -> Reply:
         cfg = self.config(spec)
         params = ChatParams(messages=messages, max_tokens=0, temperature=spec.temperature, stream=False)
-        local = self.local(cfg)
-        if tools and local:
-            params.json_schema = tool_schema(tools)
-            params.messages = _with_tool_prompt(messages, tools)
+        # A local model of an agent with tools always answers in the JSON
+        # grammar, also when no tool is offered (the turn's last call, a
+        # summary): it then cannot but answer in text.
+        grammar = self.local(cfg) and bool(tools or spec.tools)
+        if grammar:
+            params.json_schema = tool_schema(tools or [])
+            params.messages = _with_tool_prompt(messages, tools or [])
         elif tools:
             params.tools = [t.function() for t in tools]
         t0 = time.perf_counter()
@@ -97,8 +102,8 @@ class Model:
         if m.committing is not None:
             await m.committing
         reply = Reply("".join(parts), [], m.input_tokens, m.output_tokens, m.mneurons, m.charged, 0)
-        if tools and local:
-            _parse_local(reply, {t.name for t in tools})
+        if grammar:
+            _parse_local(reply, {t.name for t in tools or []})
         elif finish.tool_calls:
             for i, tc in enumerate(finish.tool_calls):
                 fn = tc.get("function") or {}
@@ -115,24 +120,31 @@ class Model:
 
 
 def tool_schema(tools: list[ToolSpec]) -> dict[str, Any]:
-    return {
+    """One of: a call of a tool, its arguments held to that tool's schema; or an answer."""
+    calls = [
+        {
+            "type": "object",
+            "properties": {"tool": {"const": t.name}, "arguments": t.parameters},
+            "required": ["tool", "arguments"],
+        }
+        for t in tools
+    ]
+    answer = {
         "type": "object",
-        "properties": {
-            "tool": {"type": "string", "enum": [*(t.name for t in tools), NO_TOOL]},
-            "arguments": {"type": "object"},
-            "answer": {"type": "string"},
-        },
-        "required": ["tool", "arguments", "answer"],
+        "properties": {"tool": {"const": NO_TOOL}, "answer": {"type": "string"}},
+        "required": ["tool", "answer"],
     }
+    return {"anyOf": [*calls, answer]}
 
 
 def _with_tool_prompt(messages: list[dict[str, Any]], tools: list[ToolSpec]) -> list[dict[str, Any]]:
     listing = "\n".join(f"- {t.name}: {t.description} arguments: {json.dumps(t.parameters)}" for t in tools)
+    answer = f'{{"tool": "{NO_TOOL}", "answer": <your reply>}}'
     note = (
-        "\n\nYou can call one of these tools:\n"
-        f"{listing}\n"
-        'Reply in JSON: {"tool": <tool name>, "arguments": {...}, "answer": ""} to call a tool, or '
-        f'{{"tool": "{NO_TOOL}", "arguments": {{}}, "answer": <your reply>}} to answer.'
+        f"\n\nYou can call one of these tools:\n{listing}\n"
+        f'Reply in JSON: {{"tool": <tool name>, "arguments": {{...}}}} to call a tool, or {answer} to answer.'
+        if tools
+        else f"\n\nReply in JSON: {answer}."
     )
     out = [dict(m) for m in messages]
     if out and out[0]["role"] == "system":
@@ -142,18 +154,30 @@ def _with_tool_prompt(messages: list[dict[str, Any]], tools: list[ToolSpec]) -> 
     return out
 
 
+_PARTIAL_ANSWER = re.compile(r'"answer"\s*:\s*"((?:[^"\\]|\\.)*)')
+
+
+def _unescape(s: str) -> str:
+    try:
+        out: str = json.loads(f'"{s}"')
+        return out
+    except json.JSONDecodeError:
+        return s
+
+
 def _parse_local(reply: Reply, names: set[str]) -> None:
     try:
         obj = json.loads(reply.text)
-    except json.JSONDecodeError:
+    except json.JSONDecodeError:  # cut off at max_tokens: keep what there is of the answer
+        partial = _PARTIAL_ANSWER.search(reply.text)
         reply.malformed = reply.text
-        reply.text = ""
+        reply.text = _unescape(partial.group(1)) if partial else ""
         return
     if not isinstance(obj, dict):
         reply.malformed, reply.text = reply.text, ""
         return
     tool = obj.get("tool")
-    if tool == NO_TOOL or tool not in names:
+    if tool not in names:  # NO_TOOL (the grammar allows nothing else)
         reply.text = str(obj.get("answer") or "")
         return
     reply.calls.append(Asked(new_id("call"), str(tool), obj.get("arguments")))
@@ -166,7 +190,7 @@ def assistant_calls(calls: list[Asked], local: bool) -> dict[str, Any]:
         c = calls[0]
         return {
             "role": "assistant",
-            "content": json.dumps({"tool": c.name, "arguments": c.arguments, "answer": ""}),
+            "content": json.dumps({"tool": c.name, "arguments": c.arguments}),
         }
     return {
         "role": "assistant",

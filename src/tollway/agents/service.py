@@ -55,6 +55,7 @@ ESCALATED_REPLY = "I have passed this conversation to a person; they will answer
 BLOCKED_REPLY = "I cannot share that answer."
 BUDGET_REPLY = "This conversation has used up its budget."
 INVALID_CALL = "Your tool call was invalid ({why}). Call a tool with valid arguments, or answer."
+ANSWER_NOW = "You have the results of those tool calls above. Answer now, without calling a tool."
 WITHOUT_TOOLS = "The tool call was invalid again. Answer without calling a tool."
 
 
@@ -295,6 +296,7 @@ class Agents:
         messages = memory.context(spec, s, chunks, text, await self.model.counter(cfg))
         tools = list(spec.tools) or None
         retried = False
+        made: set[tuple[str, str]] = set()  # (tool, arguments) called this turn
         answer: str | None = None
         try:
             for step in range(spec.max_steps + 1):
@@ -315,6 +317,12 @@ class Agents:
                 if not reply.calls:
                     answer = reply.text
                     break
+                asked_now = [(a.name, json.dumps(a.arguments, sort_keys=True)) for a in reply.calls]
+                if all(k in made for k in asked_now):  # the same call again: it has its answer
+                    tools = None
+                    messages.append({"role": "user", "content": ANSWER_NOW})
+                    continue
+                made.update(asked_now)
                 messages.append(assistant_calls(reply.calls, local))
                 for asked in reply.calls:
                     tool = spec.tool(asked.name)
