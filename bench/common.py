@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import shlex
@@ -115,3 +116,19 @@ def machine(**extra: Any) -> dict[str, Any]:
         "revision": git("rev-parse", "--short", "HEAD") + dirty,
         **extra,
     }
+
+
+def write_results(path: Path, name: str, results: dict[str, Any]) -> None:
+    """``bench/results/<name>.json``: the command, the date, the machine and the results."""
+    from datetime import UTC, datetime
+
+    out = {
+        "benchmark": name,
+        "command": shlex.join(["python", f"bench/{name}.py", *sys.argv[1:]]),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "results": results,
+    }
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps(out, indent=2) + "\n")
+    print(f"wrote {path}")

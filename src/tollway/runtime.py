@@ -9,6 +9,9 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from tollway.agents.alarms import Alarms
+from tollway.agents.service import Agents
+from tollway.agents.service import build as build_agents
 from tollway.billing import stripe as stripe_billing
 from tollway.billing.service import Billing
 from tollway.charge import Charger
@@ -23,6 +26,7 @@ from tollway.identity.keys import ApiKeys
 from tollway.inference.service import Inference
 from tollway.ledger import Ledger
 from tollway.provision.service import Provisioner
+from tollway.schedules import Scheduler
 from tollway.vectors.service import Vectors, make_backend
 from tollway.wallets.audit import Audit
 from tollway.wallets.authorize import Authorizer, alerts
@@ -59,6 +63,9 @@ class Runtime:
     broker: Broker
     vectors: Vectors
     provision: Provisioner
+    scheduler: Scheduler  # persisted timers, run by the server's loop (tollway.schedules)
+    agents: Agents
+    alarms: Alarms  # agents' scheduled messages (on rt.scheduler)
     remote_facilitator: RemoteFacilitator | None = None  # [x402] facilitator_url
     stripe: StripeBilling | None = None  # STRIPE_API_KEY set: Stripe billing (tollway.billing.stripe)
 
@@ -107,6 +114,9 @@ class Runtime:
         vectors = Vectors(
             engine, clock, make_backend(settings, engine), inference, settings.vectors.embeddings_model
         )
+        scheduler = Scheduler(engine, clock, lease_s=settings.schedules.lease_seconds)
+        broker = Broker(settings, wallets, authorizer)
+        agents = build_agents(settings, engine, clock, inference, vectors, broker, ledger)
         return cls(
             settings=settings,
             engine=engine,
@@ -123,9 +133,12 @@ class Runtime:
             billing=billing,
             wallets=wallets,
             authorizer=authorizer,
-            broker=Broker(settings, wallets, authorizer),
+            broker=broker,
             vectors=vectors,
             provision=Provisioner(settings, engine, clock, wallets, authorizer),
+            scheduler=scheduler,
+            agents=agents,
+            alarms=Alarms(agents, scheduler),
             remote_facilitator=remote,
             stripe=stripe_billing.from_env(settings, engine, clock, customers, billing.subscriptions),
         )
@@ -144,6 +157,7 @@ class Runtime:
             await close()
         await self.gateway.aclose()
         await self.provision.close()
+        await self.agents.aclose()
         await self.vectors.close()
         await self.inference.aclose()
         await self.ledger.close()

@@ -14,8 +14,11 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from tollway import __version__
+from tollway.agents import demo as agents_demo
 from tollway.api import (
     admin,
+    agents,
+    agents_admin,
     billing,
     errors,
     gateway_admin,
@@ -105,6 +108,13 @@ def create_app(settings: Settings | None = None, *, rt: Runtime | None = None) -
         billing_tick = asyncio.create_task(rt.billing.run(rt.settings.billing.tick_seconds))
         wallet_sweep = asyncio.create_task(rt.authorizer.run(rt.settings.wallets.sweep_seconds))
         await rt.provision.start()  # the deployments' edge, idle workers, the reaper
+        schedules = asyncio.create_task(rt.scheduler.run(rt.settings.schedules.tick_seconds))
+        agents_purge = asyncio.create_task(rt.agents.run_purge(rt.settings.agents.purge_seconds))
+        if rt.settings.agents.demo:
+            try:
+                await agents_demo.seed(rt)
+            except Exception:  # the demo's knowledge base is not worth failing start-up for
+                log.exception("the demo agent's knowledge base could not be ingested")
         if rt.stripe is not None:  # usage to Stripe's meter (stopped by rt.close)
             rt.stripe.pusher().start()
         # What start-up made (modules, config, models' Python objects) lives as
@@ -114,7 +124,7 @@ def create_app(settings: Settings | None = None, *, rt: Runtime | None = None) -
         try:
             yield
         finally:
-            for task in (sweeper, rules, billing_tick, wallet_sweep):
+            for task in (sweeper, rules, billing_tick, wallet_sweep, agents_purge, schedules):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
@@ -146,6 +156,13 @@ def create_app(settings: Settings | None = None, *, rt: Runtime | None = None) -
     app.include_router(provision.admin, responses=errors.error_responses(400, 401, 404, 409))
     app.include_router(vectors.router, responses=errors.error_responses(400, 401, 402, 403, 409))
     app.include_router(stripe_api.router, responses=errors.error_responses(400, 401, 403, 409, 502))
+    app.include_router(
+        agents.router, responses=errors.error_responses(400, 401, 402, 403, 404, 409, 502, 503)
+    )
+    app.include_router(agents.escalations, responses=errors.error_responses(400, 401, 404, 409))
+    app.include_router(agents_admin.router, responses=errors.error_responses(400, 401, 404))
+    if rt.settings.agents.demo:
+        app.include_router(agents_demo.router, responses=errors.error_responses(404))
     app.add_middleware(MetricsMiddleware)
     # The hot AI routes skip FastAPI's per-request machinery (tollway.api.fastpath).
     app.fast("/v1/chat/completions", ChatRequest, inference_api.chat_completions)

@@ -88,7 +88,9 @@ def init(
     path: Path = typer.Option(Path(DEFAULT_PATH), "--path", help="Where to write the config."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing file."),
     demo: bool = typer.Option(
-        False, "--demo", help="Add a paid demo route: GET /demo/weather at $0.001 over x402, on devnet."
+        False,
+        "--demo",
+        help="Add the demos: GET /demo/weather at $0.001 over x402 (devnet), and a support-triage agent.",
     ),
     as_json: bool = JsonOpt,
 ) -> None:
@@ -103,9 +105,11 @@ def init(
     text = default_config_text().replace("__ADMIN_TOKEN__", token)
     pay_to = None
     if demo:
+        from tollway.agents.demo import demo_config as agent_demo
         from tollway.x402.demo import demo_config
 
         text, pay_to = demo_config(text)
+        text += agent_demo()
     path.write_text(text)
     path.chmod(0o600)
     if as_json:
@@ -115,6 +119,7 @@ def init(
         out.print(f"admin token: [bold]{token}[/]  (Authorization: Bearer … on /admin/*)")
         if pay_to:
             out.print(f"demo: GET /demo/weather costs $0.001 over x402, paid to {pay_to} on devnet")
+            out.print("demo: agent 'support' at /v1/agents/support/sessions (docs/agents.md)")
 
 
 # --------------------------------------------------------------------------- serve
@@ -479,8 +484,10 @@ def _print_transfer(t: Any, as_json: bool) -> None:
 
 
 # Command groups that live in their own modules register themselves on ``app``.
+from tollway.cli import agents as _agents  # noqa: E402, F401
 from tollway.cli import billing as _billing  # noqa: E402, F401
 from tollway.cli import provision as _provision  # noqa: E402, F401
+from tollway.cli import schedules as _schedules  # noqa: E402, F401
 from tollway.cli import stripe as _stripe  # noqa: E402, F401
 from tollway.cli import vectors as _vectors  # noqa: E402, F401
 from tollway.cli import wallets as _wallets  # noqa: E402, F401

@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from tollway.agents.spec import AgentSpec, unique_names
 from tollway.billing.plans import Plan
 from tollway.x402.rules import Rule, atomic
 
@@ -405,6 +406,30 @@ class VectorsConfig(_Section):
     embeddings_model: str = "all-minilm-l6-v2"  # upsert_text / query_text
 
 
+class SchedulesConfig(_Section):
+    """Persisted timers (see tollway.schedules and docs/schedules.md)."""
+
+    tick_seconds: float = Field(1.0, gt=0)  # how often due schedules are looked for
+    lease_seconds: float = Field(60.0, gt=0)  # a run's claim, renewed while it runs; then run again
+
+
+class AgentsConfig(_Section):
+    """Durable agents (see tollway.agents and docs/agents.md)."""
+
+    # Hosts or CIDRs on private networks agents' tools may reach (e.g. "127.0.0.1/32").
+    tool_allow: list[str] = Field(default_factory=list)
+    max_tool_bytes: int = Field(1024 * 1024, ge=1024)  # a tool's answer is cut off past this
+    purge_seconds: float = Field(60.0, gt=0)  # how often stale memory (memory.ttl_seconds) is purged
+    # Serve GET /demo/orders/{id}: the order-status tool of `tollway init --demo`'s support agent.
+    demo: bool = False
+    definitions: list[AgentSpec] = Field(default_factory=list)
+
+    @field_validator("definitions")
+    @classmethod
+    def _unique_agents(cls, v: list[AgentSpec]) -> list[AgentSpec]:
+        return unique_names(v, "agent")
+
+
 def valid_amount(v: str, free_ok: bool = False) -> str:
     from tollway.core.errors import TollwayError
     from tollway.core.money import parse_amount, parse_price
@@ -428,6 +453,8 @@ class Settings(_Section):
     wallets: WalletsConfig = WalletsConfig()
     vectors: VectorsConfig = VectorsConfig()
     provision: ProvisionConfig = ProvisionConfig()
+    schedules: SchedulesConfig = SchedulesConfig()
+    agents: AgentsConfig = AgentsConfig()
     models: list[ModelConfig] = Field(default_factory=default_models)
 
     @field_validator("models")
@@ -453,6 +480,9 @@ class Settings(_Section):
         for lim in (self.gateway.key_limits, self.gateway.customer_limits):
             if lim.on_budget == "downgrade" and lim.downgrade_model not in names:
                 raise ValueError(f"downgrade_model {lim.downgrade_model!r} is not in the model registry")
+        for a in self.agents.definitions:
+            if a.model not in names:
+                raise ValueError(f"agent {a.name!r}: model {a.model!r} is not in the model registry")
         return self
 
     def plans(self) -> dict[str, Plan]:

@@ -443,3 +443,119 @@ provision_overrides = Table(
     Column("created_at_us", BigInteger, nullable=False),
     Index("ix_provision_overrides_name_wallet", "name", "wallet_id", unique=True),
 )
+
+# --- agents (issue 9) ---
+# Durable agents (tollway.agents): versioned definitions, sessions with their
+# messages, tool log and human escalations. A turn is written in one
+# transaction: it is fully recorded or absent.
+agent_versions = Table(
+    "agent_versions",
+    metadata,
+    Column("agent", String(64), primary_key=True),
+    Column("version", Integer, primary_key=True),
+    Column("body", Text, nullable=False),  # JSON: the definition
+    Column("source", String(16), nullable=False),  # config | api
+    Column("created_at_us", BigInteger, nullable=False),
+)
+
+agent_sessions = Table(
+    "agent_sessions",
+    metadata,
+    Column("agent", String(64), primary_key=True),
+    Column("id", String(128), primary_key=True),
+    Column("customer_id", String(64), nullable=False, index=True),
+    Column("version", Integer, nullable=False),  # the definition's version it runs
+    Column("status", String(16), nullable=False),  # active | escalated
+    Column("turns", Integer, nullable=False),
+    Column("next_seq", Integer, nullable=False),
+    Column("summary", Text, nullable=False),
+    Column("summary_through", Integer, nullable=False),  # messages below this seq are in the summary
+    Column("state", Text, nullable=False),  # JSON: key-value state
+    Column("input_tokens", BigInteger, nullable=False),
+    Column("output_tokens", BigInteger, nullable=False),
+    Column("mneurons", BigInteger, nullable=False),
+    Column("cost", BigInteger, nullable=False),  # micro-USD
+    Column("latency_us", BigInteger, nullable=False),
+    Column("tool_calls", Integer, nullable=False),
+    Column("retrievals", Integer, nullable=False),
+    Column("created_at_us", BigInteger, nullable=False),
+    Column("updated_at_us", BigInteger, nullable=False),
+)
+
+agent_messages = Table(
+    "agent_messages",
+    metadata,
+    Column("agent", String(64), primary_key=True),
+    Column("session_id", String(128), primary_key=True),
+    Column("seq", Integer, primary_key=True),
+    Column("turn", Integer, nullable=False),
+    Column("role", String(16), nullable=False),  # user | assistant | human
+    Column("content", Text, nullable=False),
+    Column("meta", Text, nullable=False),  # JSON: citations, usage, flags
+    Column("created_at_us", BigInteger, nullable=False),
+)
+
+agent_tool_log = Table(
+    "agent_tool_log",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("agent", String(64), nullable=False),
+    Column("session_id", String(128), nullable=False),
+    Column("turn", Integer, nullable=False),
+    Column("step", Integer, nullable=False),
+    Column("tool", String(64), nullable=False),
+    Column("arguments", Text, nullable=False),
+    Column("request", Text, nullable=False),
+    Column("response", Text, nullable=False),
+    Column("status", String(16), nullable=False),  # ok | error | invalid | timeout | refused
+    Column("error", String(500), nullable=True),
+    Column("latency_us", BigInteger, nullable=False),
+    Column("cost", BigInteger, nullable=False),
+    Column("created_at_us", BigInteger, nullable=False),
+    Index("ix_agent_tool_log_session", "agent", "session_id", "turn"),
+)
+
+agent_escalations = Table(
+    "agent_escalations",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("agent", String(64), nullable=False),
+    Column("session_id", String(128), nullable=False),
+    Column("customer_id", String(64), nullable=False),
+    Column("reason", String(32), nullable=False),
+    Column("status", String(16), nullable=False),  # open | answered
+    Column("detail", Text, nullable=False),
+    Column("answer", Text, nullable=True),
+    Column("answered_by", String(200), nullable=True),
+    Column("created_at_us", BigInteger, nullable=False),
+    Column("answered_at_us", BigInteger, nullable=True),
+    Index("ix_agent_escalations_status", "status", "created_at_us"),
+    Index("ix_agent_escalations_session", "agent", "session_id"),
+)
+
+# --- schedules (issue 9) ---
+# Persisted timers (tollway.schedules): a process claims a due row by setting
+# its lease; a row whose lease ran out (its process died) is claimed again.
+schedules = Table(
+    "schedules",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("owner", String(200), nullable=False),  # who it belongs to, e.g. agent:support:sess_1
+    Column("task", String(100), nullable=False),  # the registered handler
+    Column("payload", Text, nullable=False),  # JSON object
+    Column("kind", String(8), nullable=False),  # delay | at | cron
+    Column("cron", String(100), nullable=True),
+    Column("next_run_us", BigInteger, nullable=False),
+    Column("attempts", Integer, nullable=False),  # runs started for this occurrence
+    Column("max_attempts", Integer, nullable=False),
+    Column("status", String(16), nullable=False),  # pending | running | done | failed | cancelled
+    Column("last_error", Text, nullable=True),
+    Column("lease_token", String(64), nullable=True),  # the running claim's
+    Column("lease_until_us", BigInteger, nullable=True),
+    Column("idempotency_key", String(200), nullable=True),
+    Column("created_us", BigInteger, nullable=False),
+    Column("updated_us", BigInteger, nullable=False),
+    Index("ix_schedules_due", "status", "next_run_us"),
+    Index("ix_schedules_owner", "owner", "status"),
+    Index("ix_schedules_owner_key", "owner", "idempotency_key", unique=True),
+)

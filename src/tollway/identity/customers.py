@@ -52,10 +52,11 @@ class Customers:
         self.engine = engine
         self.clock = clock or SystemClock()
 
-    async def create(self, name: str, email: str | None = None) -> Customer:
+    async def create(self, name: str, email: str | None = None, *, id: str | None = None) -> Customer:
+        """``id``: a fixed id (a demo's known customer); a fresh one otherwise."""
         _validate(name, email)
         now = self.clock.now_us()
-        cid = new_id("cus")
+        cid = id or new_id("cus")
         aid = new_id("acct")
         kind = AccountKind.CUSTOMER
         async with writer(self.engine).begin() as conn:

@@ -11,7 +11,7 @@ from tollway.core.errors import ErrorType, TollwayError, invalid
 
 @dataclass(slots=True)
 class ChatParams:
-    messages: list[dict[str, str]]
+    messages: list[dict[str, Any]]  # role and content; tool_calls / tool_call_id in a tool loop
     max_tokens: int
     temperature: float | None = None
     top_p: float | None = None
@@ -19,6 +19,7 @@ class ChatParams:
     seed: int | None = None
     json_schema: dict[str, Any] | None = None  # enforce this JSON Schema
     json_object: bool = False  # any JSON object
+    tools: list[dict[str, Any]] | None = None  # OpenAI function calling (upstream backends)
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
     stream: bool = True  # the caller reads tokens as they come (an upstream may answer whole otherwise)
@@ -36,9 +37,10 @@ class Delta:
 
 @dataclass(slots=True)
 class Finish:
-    reason: str  # stop | length | cancelled
+    reason: str  # stop | length | cancelled | tool_calls
     prompt_tokens: int
     completion_tokens: int
+    tool_calls: list[dict[str, Any]] | None = None  # OpenAI's message.tool_calls, when the model made any
 
 
 ChatEvent = Delta | Finish

@@ -70,7 +70,8 @@ class OpenAIUpstream:
 
     def prompt_tokens(self, params: ChatParams) -> int:
         messages = params.messages
-        size = sum(len(m["content"].encode()) for m in messages)
+        size = sum(len((m.get("content") or "").encode()) for m in messages)
+        size += sum(len(orjson.dumps(m["tool_calls"])) for m in messages if m.get("tool_calls"))
         return size + _TEMPLATE_TOKENS_PER_MESSAGE * len(messages) + _TEMPLATE_TOKENS
 
     def token_counts(self, texts: list[str]) -> list[int]:
@@ -98,6 +99,8 @@ class OpenAIUpstream:
             }
         elif params.json_object:
             body["response_format"] = {"type": "json_object"}
+        if params.tools:
+            body["tools"] = params.tools
         return body
 
     async def stream(
@@ -118,7 +121,8 @@ class OpenAIUpstream:
                 if not params.stream:  # one answer, read whole: no SSE to parse
                     whole = orjson.loads(await r.read())
                     choice = (whole.get("choices") or [{}])[0]
-                    text = (choice.get("message") or {}).get("content") or ""
+                    message = choice.get("message") or {}
+                    text = message.get("content") or ""
                     if text:
                         progress.completion_tokens = 1
                         yield Delta(text)
@@ -127,6 +131,7 @@ class OpenAIUpstream:
                         choice.get("finish_reason") or "stop",
                         int(u.get("prompt_tokens") or self.prompt_tokens(params)),
                         int(u.get("completion_tokens") or (1 if text else 0)),
+                        message.get("tool_calls") or None,
                     )
                     return
                 async for line in r.lines():

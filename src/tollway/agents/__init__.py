@@ -1,0 +1,1 @@
+"""Durable agents: definitions, sessions, tools, memory, guardrails and escalation."""
