@@ -5,8 +5,10 @@ funded customer's key. The fixtures are in agent_support.py."""
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import httpx
@@ -15,8 +17,20 @@ from conftest import ADMIN, settings_for
 from tollway.core.config import Settings, default_models
 from tollway.runtime import Runtime
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-from agent_model import AgentModel as AgentModel  # bench/agent_model.py, re-exported
+
+def _bench_module(name: str) -> ModuleType:
+    """A module of bench/ by its path: bench/ is not put on sys.path, where its
+    x402.py would shadow the official x402 SDK for every later test."""
+    path = Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"tollway_bench_{name}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+AgentModel = _bench_module("agent_model").AgentModel  # the stand-in model that uses tools
 
 ORDERS = {"A1001": {"status": "shipped", "eta": "2 days"}, "A1002": {"status": "processing"}}
 
