@@ -121,11 +121,3 @@ async def customer_key(http: httpx.AsyncClient, rt: Runtime, credit: int = 10_00
         await rt.ledger.transfer("sys_funding", c["account_id"], credit)
     k = (await http.post("/admin/keys", json={"customer_id": c["id"]}, headers=ADMIN)).json()["key"]
     return {"Authorization": f"Bearer {k}"}
-
-
-def err(r: httpx.Response, status: int, code: str, param: str | None = None) -> None:
-    assert r.status_code == status, r.text
-    e = r.json()["error"]
-    assert e["code"] == code and set(e) == {"type", "code", "message", "param"}, e
-    if param is not None:
-        assert e["param"] == param, e

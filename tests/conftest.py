@@ -45,6 +45,15 @@ def pytest_report_header(config: pytest.Config) -> str:
     return f"tollway backends: {pg}"
 
 
+def err(r: httpx.Response, status: int, code: str, param: str | None = None) -> None:
+    """``r`` is the one error shape, with this status, code (and param)."""
+    assert r.status_code == status, r.text
+    e = r.json()["error"]
+    assert e["code"] == code and set(e) == {"type", "code", "message", "param"}, e
+    if param is not None:
+        assert e["param"] == param, e
+
+
 def settings_for(url: str, **over: object) -> Settings:
     s = Settings.model_validate(
         {

@@ -12,8 +12,8 @@ from typing import Any
 import httpx
 import pytest
 
-from agent_helpers import AgentModel, ToolServer, agent_settings, customer_key, err, tool
-from conftest import ADMIN
+from agent_helpers import AgentModel, ToolServer, agent_settings, customer_key, tool
+from conftest import ADMIN, err
 from tollway.inference.service import Caller
 from tollway.runtime import Runtime
 

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent_helpers import AgentModel, customer_key, err
-from conftest import ADMIN
+from agent_helpers import AgentModel, customer_key
+from conftest import ADMIN, err
 from tollway.agents import memory
 from tollway.agents.spec import AgentSpec
 from tollway.agents.store import Message, Session, Store

@@ -12,7 +12,7 @@ import httpx
 import orjson
 import pytest
 
-from conftest import ADMIN, settings_for
+from conftest import ADMIN, err, settings_for
 from tollway.api.app import create_app
 from tollway.runtime import Runtime
 
@@ -32,14 +32,6 @@ async def key_for(
         body["scopes"] = scopes
     k = (await client.post("/admin/keys", json=body, headers=ADMIN)).json()["key"]
     return {"Authorization": f"Bearer {k}"}
-
-
-def err(r: httpx.Response, status: int, code: str, param: str | None = None) -> None:
-    assert r.status_code == status, r.text
-    e = r.json()["error"]
-    assert e["code"] == code and set(e) == {"type", "code", "message", "param"}, e
-    if param is not None:
-        assert e["param"] == param, e
 
 
 @pytest.fixture
