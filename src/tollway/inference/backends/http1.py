@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 
 import httptools
 
-USER_AGENT = b"tollway"
+USER_AGENT = "tollway"
 _PAUSE_AT = 1 << 20  # buffered body bytes before the socket stops being read
 
 
@@ -72,12 +72,6 @@ class _Conn(asyncio.Protocol):
                 r.finish()
             else:
                 r.fail(TransportError(f"connection closed by the upstream ({exc or 'EOF'})"))
-
-    def pause_writing(self) -> None:  # request bodies are small: nothing to do
-        pass
-
-    def resume_writing(self) -> None:
-        pass
 
     # -- httptools callbacks
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -292,7 +286,7 @@ class Http1Pool:
             authority = f"[{self.host}]"
         elif ":" in self.host:
             authority = f"[{self.host}]:{self.port}"
-        fixed = [("Host", authority), ("User-Agent", USER_AGENT.decode()), *(headers or {}).items()]
+        fixed = [("Host", authority), ("User-Agent", USER_AGENT), *(headers or {}).items()]
         self._fixed = "".join(f"{k}: {v}\r\n" for k, v in fixed).encode("latin-1")
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
