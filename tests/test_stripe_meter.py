@@ -261,7 +261,9 @@ async def test_kill_9_with_events_queued_then_restart_delivers_each_once(
     cfg = tmp_path / "tollway.toml"
     lines = [
         f'[database]\nurl = "{db_url}"\nsqlite_synchronous = "FULL"',
-        '[billing]\ndefault_plan = "free"\nmeter_lag_seconds = 0\nmeter_push_interval_seconds = 0.05',
+        # A lag of 1 s, not 0: the events are written by this process while the server pushes,
+        # and with no lag a round can move the cursor past an event stamped but not yet committed.
+        '[billing]\ndefault_plan = "free"\nmeter_lag_seconds = 1\nmeter_push_interval_seconds = 0.05',
     ]
     for p in stripe_settings(db_url).billing.plans:
         lines.append("[[billing.plans]]")
