@@ -62,5 +62,10 @@ class ResolvePending:
 Op = CreateTransfer | ResolvePending
 
 
+# The same text as json.dumps(parts, separators=(",", ":")), without building an
+# encoder per call (the hash is stored: its input must never change).
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
+
+
 def _hash(*parts: Any) -> str:
-    return hashlib.sha256(json.dumps(parts, separators=(",", ":")).encode()).hexdigest()
+    return hashlib.sha256(_COMPACT.encode(parts).encode()).hexdigest()

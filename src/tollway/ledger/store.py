@@ -19,6 +19,9 @@ from tollway.ledger.ops import CreateTransfer, Op
 from tollway.ledger.rawsql import RawTx
 from tollway.ledger.types import Account, Transfer, kind_of
 
+# json.dumps with arguments builds an encoder per call; one, made once, writes the same text.
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
+
 TRANSFER_COLUMNS = [c.name for c in T.columns]
 _TCOLS = ", ".join(TRANSFER_COLUMNS)
 _HASH_AT = TRANSFER_COLUMNS.index("request_hash")
@@ -119,7 +122,7 @@ async def write_batch(tx: RawTx, st: BatchState, w: BatchWrites) -> None:
     if w.usage:
         await tx.executemany(
             tx.insert_sql(U),
-            [(*u[:7], json.dumps(u[7], separators=(",", ":")), *u[8:]) for u in w.usage],
+            [(*u[:7], _COMPACT.encode(u[7]), *u[8:]) for u in w.usage],
         )
 
 
