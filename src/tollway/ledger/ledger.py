@@ -406,6 +406,10 @@ class Ledger:
         elif self._linger is None:
             self._linger = loop.call_later(self.linger_s, self._wake.set)
 
+    def can_ride(self, *, postgres: bool = False) -> bool:
+        """Whether :meth:`ride` takes rows here (see its ``postgres``)."""
+        return bool((self._sqlite and sqlite_path(self.engine)) or (postgres and not self._sqlite))
+
     def ride(self, sql: str, rows: list[tuple[Any, ...]], *, postgres: bool = False) -> bool:
         """Write ``rows`` inside the next batch's transaction (after its
         decisions, before its commit; within ``linger_s`` if no batch comes), so
@@ -415,7 +419,7 @@ class Ledger:
         ``sql`` uses ``?`` placeholders. SQLite always; PostgreSQL when the
         caller says its rows carry exactly the column types (``postgres``).
         Returns False where rows cannot ride (the caller writes them itself)."""
-        if not ((self._sqlite and sqlite_path(self.engine)) or (postgres and not self._sqlite)):
+        if not self.can_ride(postgres=postgres):
             return False
         if self._riders and self._riders[-1][0] == sql:
             self._riders[-1][1].extend(rows)  # safe: the writer swaps the list out on this loop
