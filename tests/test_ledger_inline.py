@@ -1,0 +1,151 @@
+"""Where a SQLite batch runs: decided and written on the event loop while the
+writer thread is idle, with only the COMMIT on the writer thread when it fsyncs
+(docs/architecture.md, "The ledger"). These tests pin the behaviour that the
+gateway's latency depends on, and that money stays exact on every path."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import tollway.ledger.ledger as ledger_module
+from conftest import settings_for
+from tollway.core.errors import TollwayError
+from tollway.gateway.requestlog import RequestLog
+from tollway.ledger import Ledger
+from tollway.runtime import Runtime
+
+pytestmark = pytest.mark.asyncio
+
+
+async def _runtime(tmp_path: Path, synchronous: str) -> AsyncIterator[Runtime]:
+    url = f"sqlite:///{tmp_path / 'inline.db'}"
+    rt = Runtime.build(settings_for(url, database={"url": url, "sqlite_synchronous": synchronous}))
+    await rt.migrate()
+    try:
+        yield rt
+    finally:
+        await rt.close()
+
+
+@pytest.fixture(params=["FULL", "NORMAL"])
+async def rt(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Runtime]:
+    async for r in _runtime(tmp_path, request.param):
+        yield r
+
+
+@pytest.fixture
+async def rt_normal(tmp_path: Path) -> AsyncIterator[Runtime]:
+    async for r in _runtime(tmp_path, "NORMAL"):
+        yield r
+
+
+async def _funded(ledger: Ledger, amount: int) -> str:
+    acct = await ledger.create_account("customer", name="c")
+    await ledger.transfer("sys_funding", acct.id, amount)
+    return acct.id
+
+
+async def test_batches_of_any_size_are_decided_on_the_loop_and_commit_where_the_fsync_is(
+    rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """300 concurrent reservations and settles: every batch is decided on the
+    loop (none runs whole on the writer thread); the COMMIT runs on the writer
+    thread under FULL (it fsyncs) and on the loop under NORMAL (it does not);
+    and every micro-dollar is where it should be."""
+    ledger = rt.ledger
+    accounts = [await _funded(ledger, 10_000) for _ in range(5)]
+    commits_on: list[bool] = []  # True: on the event loop's thread
+    whole_on_thread: list[int] = []
+    real_commit, real_apply = ledger._commit_sqlite, ledger._apply_sqlite
+
+    def commit() -> None:
+        commits_on.append(threading.current_thread() is threading.main_thread())
+        real_commit()
+
+    def apply_on_thread(ops: list[Any], *a: Any) -> Any:
+        whole_on_thread.append(len(ops))
+        return real_apply(ops, *a)
+
+    monkeypatch.setattr(ledger, "_commit_sqlite", commit)
+    monkeypatch.setattr(ledger, "_apply_sqlite", apply_on_thread)
+
+    async def one(i: int) -> int:
+        acct = accounts[i % len(accounts)]
+        t, committed = await ledger.reserve_early(acct, "sys_revenue", 30)
+        await committed
+        take = 1 + i % 30
+        await ledger.post(t.id, take)
+        return take
+
+    taken = sum(await asyncio.gather(*(one(i) for i in range(300))))
+    assert whole_on_thread == []
+    assert commits_on and set(commits_on) == {rt.settings.database.sqlite_synchronous == "NORMAL"}
+    revenue = await ledger.get_account("sys_revenue")
+    assert revenue.credits_posted == taken and revenue.credits_pending == 0
+    for acct in accounts:
+        a = await ledger.get_account(acct)
+        assert a.debits_pending == 0 and a.balance == 10_000 - a.debits_posted
+    assert sum(a.credits_posted - a.debits_posted for a in await ledger.accounts()) == 0
+
+
+async def test_a_write_that_fails_after_the_decision_rolls_back_and_the_op_commits_once(
+    rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The batch's writes fail on the loop after its callers heard the decision:
+    the transaction is rolled back (the connection is left clean), the op is
+    retried alone and committed exactly once (under a new id, which the commit
+    future carries)."""
+    ledger = rt.ledger
+    acct = await _funded(ledger, 1_000)
+    real_write = ledger_module.write_batch
+    failures = [sqlite3.OperationalError("disk I/O error")]
+
+    async def write_batch(*a: Any) -> None:
+        if failures:
+            raise failures.pop()
+        await real_write(*a)
+
+    monkeypatch.setattr(ledger_module, "write_batch", write_batch)
+    t, committed = await ledger.reserve_early(acct, "sys_revenue", 300, idempotency_key="k1")
+    assert t.amount == 300
+    final = await committed  # the retry's transfer: Hold.confirm takes it as the real one
+    assert not isinstance(final, TollwayError)
+    assert (final.amount, final.idempotency_key, final.kind) == (300, "k1", "pending")
+    assert failures == []
+    assert ledger._wconn is not None and not ledger._wconn.in_transaction
+    a = await ledger.get_account(acct)
+    assert (a.balance, a.debits_pending) == (1_000, 300)
+    again = await ledger.reserve(acct, "sys_revenue", 300, idempotency_key="k1")
+    assert again.id == final.id  # the same transfer, not a second hold
+    assert (await ledger.get_account(acct)).debits_pending == 300
+
+
+async def test_request_log_rows_gather_then_reach_the_database_within_flush_ms(
+    rt_normal: Runtime,
+) -> None:
+    """Rows wait in memory for log_flush_ms, then ride with one ledger batch
+    (or alone): no flush() needed for them to land."""
+    log = RequestLog(rt_normal.engine, rt_normal.clock, 50, 0, rt_normal.ledger)
+    db = rt_normal.settings.database.url.removeprefix("sqlite:///")
+    for i in range(5):
+        e = log.start("chat.completions")
+        e.status, e.model = 200, f"m{i}"
+        log.record(e)
+
+    def rows() -> int:
+        with sqlite3.connect(db) as conn:
+            return int(conn.execute("SELECT count(*) FROM request_log").fetchone()[0])
+
+    for _ in range(200):  # liveness only
+        if rows() == 5:
+            break
+        await asyncio.sleep(0.02)
+    assert rows() == 5
+    await log.close()
