@@ -127,25 +127,44 @@ async def test_a_write_that_fails_after_the_decision_rolls_back_and_the_op_commi
     assert (await ledger.get_account(acct)).debits_pending == 300
 
 
-async def test_request_log_rows_gather_then_reach_the_database_within_flush_ms(
-    rt_normal: Runtime,
-) -> None:
-    """Rows wait in memory for log_flush_ms, then ride with one ledger batch
-    (or alone): no flush() needed for them to land."""
-    log = RequestLog(rt_normal.engine, rt_normal.clock, 50, 0, rt_normal.ledger)
-    db = rt_normal.settings.database.url.removeprefix("sqlite:///")
-    for i in range(5):
+def _logged(rt: Runtime) -> int:
+    db = rt.settings.database.url.removeprefix("sqlite:///")
+    with sqlite3.connect(db) as conn:
+        return int(conn.execute("SELECT count(*) FROM request_log").fetchone()[0])
+
+
+def _record(log: RequestLog, n: int) -> None:
+    for i in range(n):
         e = log.start("chat.completions")
         e.status, e.model = 200, f"m{i}"
         log.record(e)
 
-    def rows() -> int:
-        with sqlite3.connect(db) as conn:
-            return int(conn.execute("SELECT count(*) FROM request_log").fetchone()[0])
 
+async def test_request_log_rows_wait_for_flush_ms_not_for_the_next_ledger_batch(
+    rt_normal: Runtime,
+) -> None:
+    """A row does not ride with the next ledger batch (that put the log's five
+    b-tree pages into every commit): rows gather for log_flush_ms, and flush()
+    (what GET /admin/requests calls) writes them at once."""
+    ledger = rt_normal.ledger
+    log = RequestLog(rt_normal.engine, rt_normal.clock, 60_000, 0, ledger)
+    _record(log, 5)
+    acct = await _funded(ledger, 100)
+    await ledger.transfer(acct, "sys_revenue", 1)  # a batch commits: the rows are not in it
+    await ledger.riders_committed()
+    assert _logged(rt_normal) == 0
+    await log.flush()
+    assert _logged(rt_normal) == 5
+    await log.close()
+
+
+async def test_request_log_rows_reach_the_database_within_flush_ms(rt_normal: Runtime) -> None:
+    """No flush() needed: after log_flush_ms the rows ride with a batch (or alone)."""
+    log = RequestLog(rt_normal.engine, rt_normal.clock, 50, 0, rt_normal.ledger)
+    _record(log, 5)
     for _ in range(200):  # liveness only
-        if rows() == 5:
+        if _logged(rt_normal) == 5:
             break
         await asyncio.sleep(0.02)
-    assert rows() == 5
+    assert _logged(rt_normal) == 5
     await log.close()

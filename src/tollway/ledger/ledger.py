@@ -624,8 +624,8 @@ class Ledger:
                         job = loop.run_in_executor(self._wexec, self._commit_sqlite)
                     else:
                         self._commit_sqlite()
-                except BaseException:
-                    if job is None and conn.in_transaction:
+                except BaseException:  # nothing was handed to the thread
+                    if conn.in_transaction:
                         conn.execute("ROLLBACK")
                     raise
                 finally:

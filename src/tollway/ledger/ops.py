@@ -62,10 +62,10 @@ class ResolvePending:
 Op = CreateTransfer | ResolvePending
 
 
-# The same text as json.dumps(parts, separators=(",", ":")), without building an
-# encoder per call (the hash is stored: its input must never change).
-_COMPACT = json.JSONEncoder(separators=(",", ":"))
+# The same text as json.dumps(obj, separators=(",", ":")), without building an
+# encoder per call. Request hashes are stored: their input must never change.
+COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
 
 
 def _hash(*parts: Any) -> str:
-    return hashlib.sha256(_COMPACT.encode(parts).encode()).hexdigest()
+    return hashlib.sha256(COMPACT_JSON.encode(parts).encode()).hexdigest()

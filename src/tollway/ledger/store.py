@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -15,12 +14,9 @@ from tollway.core.schema import ledger_pending as P
 from tollway.core.schema import ledger_transfers as T
 from tollway.core.schema import usage_events as U
 from tollway.ledger.apply import AccountState, BatchState, BatchWrites, PendingState
-from tollway.ledger.ops import CreateTransfer, Op
+from tollway.ledger.ops import COMPACT_JSON, CreateTransfer, Op
 from tollway.ledger.rawsql import RawTx
 from tollway.ledger.types import Account, Transfer, kind_of
-
-# json.dumps with arguments builds an encoder per call; one, made once, writes the same text.
-_COMPACT = json.JSONEncoder(separators=(",", ":"))
 
 TRANSFER_COLUMNS = [c.name for c in T.columns]
 _TCOLS = ", ".join(TRANSFER_COLUMNS)
@@ -122,7 +118,7 @@ async def write_batch(tx: RawTx, st: BatchState, w: BatchWrites) -> None:
     if w.usage:
         await tx.executemany(
             tx.insert_sql(U),
-            [(*u[:7], _COMPACT.encode(u[7]), *u[8:]) for u in w.usage],
+            [(*u[:7], COMPACT_JSON.encode(u[7]), *u[8:]) for u in w.usage],
         )
 
 
