@@ -357,14 +357,15 @@ class Hold:
         return await asyncio.shield(self._start(actual, quantity, metadata, linger=False))
 
     def settle_soon(
-        self, actual: int, *, quantity: int | None = None, **metadata: Any
+        self, actual: int, *, quantity: int | None = None, linger: bool = True, **metadata: Any
     ) -> asyncio.Future[Receipt]:
         """Start the settle and return at once: the future completes on commit.
-        A response can go out first and the commit follow it (the reservation
-        already stands, so the money is held either way). Nobody waits on it,
-        so it rides with the ledger's next batch (see ``Ledger.linger_s``);
-        :meth:`wait` joins it."""
-        return self._start(actual, quantity, metadata, linger=True)
+        With ``linger`` nobody is about to wait on it (a response goes out
+        first, the ``fast`` acknowledgement), so it rides with the ledger's next
+        batch (see ``Ledger.linger_s``); without, it is queued for the next
+        commit at once, for a caller that will wait before it reports the
+        charge. :meth:`wait` joins it."""
+        return self._start(actual, quantity, metadata, linger=linger)
 
     def _start(
         self, actual: int, quantity: int | None, metadata: dict[str, Any], *, linger: bool

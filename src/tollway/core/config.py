@@ -54,6 +54,11 @@ class LedgerConfig(_Section):
     batch_max: int = Field(2048, ge=1, le=100_000)
     pending_timeout_seconds: int = Field(300, ge=1)
     expiry_interval_seconds: float = Field(1.0, gt=0)
+    # "durable": nothing that reports a charge (x-tollway-charged, a stream's
+    # last chunks, a receipt) leaves the server before the charge is committed.
+    # "fast": the response goes out first and the settle commits just after it
+    # (a crash in that window leaves the call uncharged; see docs/ledger.md).
+    acknowledge: Literal["durable", "fast"] = "durable"
 
 
 class AdminConfig(_Section):

@@ -9,7 +9,7 @@ import datetime as dt
 import logging
 import struct
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -20,7 +20,7 @@ from starlette.background import BackgroundTask
 from tollway.api.auth import require_key, require_scope, runtime
 from tollway.billing.plans import AI_CHAT, AI_EMBEDDINGS
 from tollway.core.config import ModelConfig
-from tollway.core.errors import TollwayError, invalid
+from tollway.core.errors import ErrorType, TollwayError, invalid
 from tollway.core.ids import new_id
 from tollway.gateway.cache import Entry as CacheEntry
 from tollway.gateway.cache import cache_key
@@ -91,10 +91,10 @@ def _params(messages: list[Message], body: ChatRequest | RunRequest) -> ChatPara
 
 
 async def _committed(m: Metered | None) -> None:
-    """Join a settle that was started before the response went out. It runs
-    after the response is sent and before the request ends, so the next request
-    on the connection is not held up, and a test client (which waits for the
-    whole request) reads its own writes."""
+    """Join a settle that was started before the response went out (the
+    ``fast`` acknowledgement). It runs after the response is sent and before
+    the request ends, so the next request on the connection is not held up,
+    and a test client (which waits for the whole request) reads its own writes."""
     if m is None or m.committing is None:
         return
     try:
@@ -103,8 +103,28 @@ async def _committed(m: Metered | None) -> None:
         log.exception("a settle failed after its response was sent")
 
 
+async def acknowledged(svc: Inference, m: Metered | None) -> None:
+    """The durable acknowledgement (``[ledger] acknowledge = "durable"``, the
+    default): wait until the call's settle has committed, before anything that
+    reports its charge is sent. A settle that did not commit is a 503 (the
+    reservation expires: the call goes uncharged, the ledger stays exact)."""
+    if svc.linger or m is None or m.committing is None:
+        return
+    try:
+        await asyncio.shield(m.committing)
+    except TollwayError:
+        raise
+    except Exception as e:
+        log.exception("a settle failed before its response")
+        raise TollwayError(
+            ErrorType.API, "database_unavailable", "the charge could not be recorded; retry", status=503
+        ) from e
+
+
 def _after(m: Metered | None) -> BackgroundTask | None:
-    return BackgroundTask(_committed, m) if m is not None and m.committing is not None else None
+    if m is None or m.committing is None or m.committing.done():
+        return None
+    return BackgroundTask(_committed, m)
 
 
 def _sse(obj: Any) -> bytes:
@@ -219,16 +239,22 @@ async def _chat(
     created = int(time.time())
     if stream:
         events = end.track(call.events(stream=True))
+
+        async def metered() -> Metered | None:
+            await acknowledged(svc, call.metered)
+            return call.metered
+
         gen = (
-            _openai_stream(events, lambda: call.metered, cid, created, cfg.name, usage)
+            _openai_stream(events, metered, cid, created, cfg.name, usage)
             if shape == "openai"
-            else _workers_stream(events, lambda: call.metered)
+            else _workers_stream(events, metered)
         )
         return StreamingResponse(
             end.guard(gen), media_type="text/event-stream", headers={"cache-control": "no-cache", **p.headers}
         )
     try:
         text, m = await _collect_unless_gone(request, call, end)
+        await acknowledged(svc, m)
     except BaseException as e:
         await end.done(e)
         raise
@@ -346,10 +372,13 @@ async def _replay(request: Request, p: Pass, hit: CacheEntry, shape: str, stream
                 yield Delta(piece)
             yield Finish(hit.finish_reason, hit.prompt_tokens, hit.completion_tokens)
 
+        async def metered() -> Metered | None:
+            return m
+
         gen = (
-            _openai_stream(events(), lambda: m, cid, created, model, usage)
+            _openai_stream(events(), metered, cid, created, model, usage)
             if shape == "openai"
-            else _workers_stream(events(), lambda: m)
+            else _workers_stream(events(), metered)
         )
         return StreamingResponse(
             gen, media_type="text/event-stream", headers={"cache-control": "no-cache", **headers}
@@ -405,7 +434,7 @@ async def _collect(call: ChatCall, end: _End) -> tuple[str, Metered]:
 
 async def _openai_stream(
     events: AsyncIterator[Delta | Finish],
-    metered: Callable[[], Metered | None],
+    metered: Callable[[], Awaitable[Metered | None]],
     cid: str,
     created: int,
     model: str,
@@ -429,11 +458,11 @@ async def _openai_stream(
                 yield chunk({"content": ev.text})
             elif isinstance(ev, Finish):
                 yield chunk({}, _FINISH.get(ev.reason, "stop"))
+        m = await metered()  # the charge is durable before the stream ends
     except TollwayError as e:  # headers are gone: report in-band, then end
         yield _sse(e.to_dict())
         yield b"data: [DONE]\n\n"
         raise
-    m = metered()
     if usage and m is not None:
         yield _sse(
             {
@@ -459,6 +488,7 @@ async def embeddings(body: EmbeddingsRequest, request: Request, key: ApiKey = De
         if body.dimensions is not None:
             raise invalid("unsupported_parameter", "dimensions is not supported by this model", "dimensions")
         vectors, m = await _embed(rt, p, cfg, body.texts())
+        await acknowledged(rt.inference, m)
     except TollwayError as e:
         rt.gateway.fail(p.entry, e)
         raise
@@ -523,6 +553,7 @@ async def run(model: str, body: RunRequest, request: Request, key: ApiKey = Depe
             if not texts or any(not t for t in texts):
                 raise invalid("invalid_input", "text must be a non-empty string or list of them", "text")
             vectors, m = await _embed(rt, p, cfg, texts)
+            await acknowledged(rt.inference, m)
             dims = len(vectors[0]) if vectors else 0
             return _workers({"shape": [len(vectors), dims], "data": vectors}, m, p.headers)
         if (body.prompt is None) == (body.messages is None) or body.text is not None:
@@ -546,17 +577,17 @@ def _workers(result: dict[str, Any], m: Metered, headers: dict[str, str] | None 
 
 
 async def _workers_stream(
-    events: AsyncIterator[Delta | Finish], metered: Callable[[], Metered | None]
+    events: AsyncIterator[Delta | Finish], metered: Callable[[], Awaitable[Metered | None]]
 ) -> AsyncIterator[bytes]:
     try:
         async for ev in events:
             if isinstance(ev, Delta):
                 yield _sse({"response": ev.text})
+        m = await metered()  # the charge is durable before the stream ends
     except TollwayError as e:
         yield _sse(e.to_dict())
         yield b"data: [DONE]\n\n"
         raise
-    m = metered()
     if m is not None:
         yield _sse({"response": "", "usage": _usage(m)})
     yield b"data: [DONE]\n\n"

@@ -94,8 +94,9 @@ class Metered:
     finish_reason: str = "stop"
     deployment: str = ""
     attempts: int = 1
-    # The settle's commit while it is still running: a response goes out first
-    # and the API joins this after it (see tollway.inference.api._committed).
+    # The settle's commit while it is still running. The API joins it before it
+    # reports the charge ([ledger] acknowledge = "durable"), or just after the
+    # response ("fast"; see tollway.inference.api.acknowledged).
     committing: asyncio.Future[Any] | None = None
 
     def headers(self) -> dict[str, str]:
@@ -113,6 +114,8 @@ class Inference:
         self.billing = billing
         self.micros_per_1000_neurons = parse_amount(settings.inference.usd_per_1000_neurons)
         self.hold_timeout_s = settings.inference.hold_timeout_seconds
+        # Settles are joined before the response ("durable"): none lingers.
+        self.linger = settings.ledger.acknowledge == "fast"
         self._backends: dict[str, Any] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
@@ -304,7 +307,10 @@ class Inference:
             m.deployment, m.attempts = t.name, attempts
             if hold is not None:
                 m.committing = hold.settle_soon(
-                    m.charged, quantity=mn, **self._usage(caller, cfg, m, stream=False, attempts=attempts)
+                    m.charged,
+                    quantity=mn,
+                    linger=self.linger,
+                    **self._usage(caller, cfg, m, stream=False, attempts=attempts),
                 )
             return vectors, m
         except BaseException:
@@ -450,6 +456,7 @@ class ChatCall:
             m.committing = self.hold.settle_soon(
                 m.charged,
                 quantity=mn,
+                linger=self.svc.linger,
                 **Inference._usage(self.caller, self.cfg, m, stream=stream, attempts=self.attempts),
             )
 
