@@ -49,13 +49,6 @@ def account_from_row(r: Sequence[Any]) -> Account:
 
 async def load_batch(tx: RawTx, ops: list[Op], now_us: int, default_timeout_s: int) -> BatchState:
     lock = "" if tx.sqlite else " FOR UPDATE"
-    keys = [op.idempotency_key for op in ops if op.idempotency_key is not None]
-    seen: dict[str, tuple[str | None, Transfer]] = {}
-    if keys:
-        cond, args = tx.in_clause("idempotency_key", keys)
-        for r in await tx.fetch(f"SELECT {_TCOLS} FROM ledger_transfers WHERE {cond}", args):
-            seen[r[_KEY_AT]] = (r[_HASH_AT], transfer_from_row(r))
-
     pending_ids = sorted({op.pending_id for op in ops if not isinstance(op, CreateTransfer)})
     pendings: dict[str, PendingState] = {}
     if pending_ids:
@@ -93,6 +86,17 @@ async def load_batch(tx: RawTx, ops: list[Op], now_us: int, default_timeout_s: i
         )
         for r in await tx.fetch(q, args):
             accounts[r[0]] = AccountState(r[1], r[2], r[3], r[4], r[5])
+    # Idempotency keys last, once the rows are locked: on PostgreSQL a batch of
+    # another process that used the same key on the same rows has committed by
+    # now, and this read (a new snapshot under READ COMMITTED) sees it. Read
+    # first, the second process would find the pending already resolved (409)
+    # instead of the replay.
+    keys = [op.idempotency_key for op in ops if op.idempotency_key is not None]
+    seen: dict[str, tuple[str | None, Transfer]] = {}
+    if keys:
+        cond, args = tx.in_clause("idempotency_key", keys)
+        for r in await tx.fetch(f"SELECT {_TCOLS} FROM ledger_transfers WHERE {cond}", args):
+            seen[r[_KEY_AT]] = (r[_HASH_AT], transfer_from_row(r))
     return BatchState(now_us, default_timeout_s, accounts, pendings, seen)
 
 
