@@ -296,3 +296,45 @@ async def test_a_limit_raised_mid_period_applies_to_the_next_authorization(w: W)
     await w.rt.wallets.set_policy(wal["id"], {"spending_limits": [{"amount": "$5", "interval": "daily"}]})
     assert await outcome(1_000_000) == "approved"
     assert await outcome(1_500_000) == "spending_limit_exceeded"
+
+
+@pytest.mark.parametrize(
+    ("spelling", "canonical"),
+    [
+        ("API.Vendor.com.", "api.vendor.com"),
+        ("api.vendor.com:443", "api.vendor.com"),
+        ("https://API.vendor.COM.:443/v1/x?y=1", "api.vendor.com"),
+        ("http://user@api.vendor.com:80", "api.vendor.com"),
+        ("BÜCHER.example", "xn--bcher-kva.example"),
+        ("xn--bcher-kva.example.", "xn--bcher-kva.example"),
+        ("bücher。example", "xn--bcher-kva.example"),  # an ideographic full stop
+        ("[::1]:8080", "::1"),
+        ("0xAbC0000000000000000000000000000000000001", "0xabc0000000000000000000000000000000000001"),
+    ],
+)
+def test_every_spelling_of_a_payee_is_one_payee(spelling: str, canonical: str) -> None:
+    from tollway.wallets.policy import normalize_payee
+
+    assert normalize_payee(spelling) == canonical
+
+
+@pytest.mark.parametrize("spelling", ["API.Vendor.com.", "api.vendor.com:443", "xn--bcher-kva.example"])
+async def test_a_respelled_payee_escapes_no_payee_rule(w: W, spelling: str) -> None:
+    """Blocked payees, the provider cap and the per-payee velocity limit all
+    compare one spelling: a trailing dot, a port, case or IDNA changes nothing."""
+    listed = "bücher.example" if spelling.startswith("xn--") else "api.vendor.com"
+    wal = await w.wallet({"blocked_payees": [listed]})
+    r = await w.authorize(await w.token(wal["id"]), 10, payee=spelling)
+    assert r.status_code == 402 and r.json()["error"]["code"] == "payee_blocked", r.text
+
+    wal = await w.wallet({"provider_caps": {listed: 1500}})
+    tok = await w.token(wal["id"])
+    assert (await w.authorize(tok, 1000, payee=listed)).status_code == 200
+    r = await w.authorize(tok, 1000, payee=spelling)
+    assert r.status_code == 402 and r.json()["error"]["code"] == "spending_limit_exceeded", r.text
+
+    wal = await w.wallet({"velocity": {"max_payments_per_payee_per_minute": 1}})
+    tok = await w.token(wal["id"])
+    assert (await w.authorize(tok, 10, payee=listed)).status_code == 200
+    r = await w.authorize(tok, 10, payee=spelling)
+    assert r.status_code == 402 and r.json()["error"]["code"] == "velocity_limit", r.text
