@@ -338,3 +338,39 @@ async def test_a_respelled_payee_escapes_no_payee_rule(w: W, spelling: str) -> N
     assert (await w.authorize(tok, 10, payee=listed)).status_code == 200
     r = await w.authorize(tok, 10, payee=spelling)
     assert r.status_code == 402 and r.json()["error"]["code"] == "velocity_limit", r.text
+
+
+async def test_revoking_a_token_voids_its_holds_and_nothing_is_captured(w: W) -> None:
+    """The kill switch: holds made before the revoke are voided at once (the
+    balance is whole again) and the token's capture is refused."""
+    wal = await w.wallet()
+    tok = await w.token(wal["id"])
+    held = [(await w.authorize(tok, 2_000_000)).json()["id"] for _ in range(2)]
+    assert await w.available(wal["id"]) == 50_000_000 - 4_000_000
+    token_id = (await w.http.get(f"/admin/wallets/{wal['id']}/tokens", headers=ADMIN)).json()["data"][0]["id"]
+    r = await w.http.post(f"/admin/agent-tokens/{token_id}/revoke", headers=ADMIN)
+    assert r.status_code == 200 and r.json()["revoked"]
+    assert await w.available(wal["id"]) == 50_000_000
+    for auth_id in held:
+        r = await w.capture(tok, auth_id)
+        assert r.status_code in (403, 409) and r.json()["error"]["code"] in (
+            "token_revoked",
+            "authorization_not_open",
+        )
+        d = await w.rt.authorizer.get(auth_id)
+        assert d.status == "voided" and d.captured == 0
+    wallet = await w.rt.wallets.get(wal["id"])
+    assert await w.rt.wallets.balance(wallet) == (50_000_000, 50_000_000)
+
+
+async def test_a_frozen_token_cannot_capture_what_it_holds(w: W) -> None:
+    wal = await w.wallet()
+    tok = await w.token(wal["id"])
+    auth_id = (await w.authorize(tok, 1000)).json()["id"]
+    token_id = (await w.http.get(f"/admin/wallets/{wal['id']}/tokens", headers=ADMIN)).json()["data"][0]["id"]
+    await w.rt.wallets.freeze(token_id, "test")
+    r = await w.capture(tok, auth_id)
+    assert r.status_code == 403 and r.json()["error"]["code"] == "token_frozen", r.text
+    assert (await w.rt.authorizer.get(auth_id)).status == "approved"  # a human may unfreeze it
+    await w.rt.wallets.unfreeze(token_id)
+    assert (await w.capture(tok, auth_id)).status_code == 200
