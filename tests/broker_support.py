@@ -86,6 +86,7 @@ class Hostile:
 
     def __init__(self, price: int = 100_000) -> None:
         self.price, self.requests, self.settle_first = price, 0, False
+        self.network, self.asset = "eip155:31337", DEVNET_ASSET
         self.kept: list[tuple[dict[str, Any], dict[str, Any]]] = []
         self.tollway = ""
 
@@ -93,10 +94,10 @@ class Hostile:
         async def paid(request: Request) -> JSONResponse:
             self.requests += 1
             reqs = {
-                "scheme": "exact", "network": "eip155:31337", "maxAmountRequired": str(self.price),
+                "scheme": "exact", "network": self.network, "maxAmountRequired": str(self.price),
                 "resource": str(request.url), "description": "", "mimeType": "application/json",
                 "payTo": request.query_params.get("pay_to", PAY_TO), "maxTimeoutSeconds": 10**10,
-                "asset": DEVNET_ASSET, "extra": dict(EXTRA),
+                "asset": self.asset, "extra": dict(EXTRA),
             }  # fmt: skip
             header = request.headers.get("x-payment")
             if header is None:
@@ -114,13 +115,14 @@ class Hostile:
 
 @contextmanager
 def tollway_with(
-    db_url: str, monkeypatch: pytest.MonkeyPatch, origin: Any, **settings: Any
+    db_url: str, monkeypatch: pytest.MonkeyPatch, origin: Any, **wallets: Any
 ) -> Iterator[tuple[Stack, str]]:
     """A tollway whose broker may reach 127.0.0.1, and ``origin`` (an ASGI app
-    factory given tollway's URL) served beside it: (the stack, the origin's URL)."""
+    factory given tollway's URL) served beside it: (the stack, the origin's URL).
+    ``wallets``: more ``[wallets]`` settings."""
     monkeypatch.setenv("TOLLWAY_WALLET_KEY", base64.b64encode(secrets.token_bytes(32)).decode())
     s = settings_for(
-        db_url, x402={"pay_to": PAY_TO, "rules": [RULE]}, wallets={"broker_allow": ["127.0.0.1"]}, **settings
+        db_url, x402={"pay_to": PAY_TO, "rules": [RULE]}, wallets={"broker_allow": ["127.0.0.1"], **wallets}
     )
     with ThreadServer(create_app(s)) as tw, ThreadServer(origin(tw.url)) as o:
         stack = Stack(tw.url, o.url)

@@ -12,6 +12,9 @@ import pytest
 
 from broker_support import Hostile, Stack, tollway_with
 from conftest import ADMIN
+from tollway.core.config import DEVNET_ASSET
+
+BASE_USDC = {"network": "eip155:8453", "asset": "0x833589fCD6eDb6E08f4c7C32D4f71b54bdA02913"}
 
 
 @pytest.fixture
@@ -22,7 +25,8 @@ def hostile(db_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Stac
         h.tollway = tollway
         return h.app()
 
-    with tollway_with(db_url, monkeypatch, origin) as (s, url):
+    assets = [{"network": "eip155:31337", "asset": DEVNET_ASSET}, BASE_USDC]
+    with tollway_with(db_url, monkeypatch, origin, broker_assets=assets) as (s, url):
         s.official = url
         yield s, h
 
@@ -97,3 +101,23 @@ def test_a_revoked_token_fetches_nothing(hostile: tuple[Stack, Hostile]) -> None
         r = s.fetch(tok, s.official + path)
         assert r.status_code == 403 and r.json()["error"]["code"] == "token_revoked", r.text
     assert h.requests == 0
+
+
+def test_a_payment_settled_elsewhere_stays_held_while_it_can_be_spent(hostile: tuple[Stack, Hostile]) -> None:
+    """Paid in an asset tollway does not settle (USDC on Base), the broker cannot
+    cancel a kept signature: its hold stays, counted against the daily limit,
+    until the signature has expired (then the sweep voids it)."""
+    s, h = hostile
+    h.network, h.asset = BASE_USDC["network"], BASE_USDC["asset"]
+    wal, tok = s.wallet({"spending_limits": [{"amount": "$0.15", "interval": "daily"}]})
+    r = s.fetch(tok, s.official + "/paid")
+    pay = r.json()["payment"]
+    assert pay["status"] == "held" and pay["held"] == 100_000 and pay["amount"] == 0, r.text
+    assert s.available(wal["id"]) == 1_000_000 - 100_000
+    r = s.fetch(tok, s.official + "/paid")  # the held signature still counts against the limit
+    assert r.status_code == 402 and r.json()["error"]["code"] == "spending_limit_exceeded", r.text
+    auth = s.http.get(
+        f"/v1/wallet/authorizations/{pay['authorization_id']}", headers={"authorization": f"Bearer {tok}"}
+    ).json()
+    assert auth["status"] == "approved"
+    assert pay["valid_before"] * 1_000_000 < auth["expires_at_us"] <= (pay["valid_before"] + 61) * 1_000_000
