@@ -116,8 +116,10 @@ def test_a_payment_settled_elsewhere_stays_held_while_it_can_be_spent(hostile: t
     assert s.available(wal["id"]) == 1_000_000 - 100_000
     r = s.fetch(tok, s.official + "/paid")  # the held signature still counts against the limit
     assert r.status_code == 402 and r.json()["error"]["code"] == "spending_limit_exceeded", r.text
-    auth = s.http.get(
-        f"/v1/wallet/authorizations/{pay['authorization_id']}", headers={"authorization": f"Bearer {tok}"}
-    ).json()
-    assert auth["status"] == "approved"
+    base, agent = f"/v1/wallet/authorizations/{pay['authorization_id']}", {"authorization": f"Bearer {tok}"}
+    for path, body in (("/void", None), ("/capture", {"amount": 1})):  # nor may the agent free or shrink it
+        r = s.http.post(base + path, json=body, headers=agent)
+        assert r.status_code == 409 and r.json()["error"]["code"] == "authorization_signed", r.text
+    auth = s.http.get(base, headers=agent).json()
+    assert auth["status"] == "approved" and s.available(wal["id"]) == 1_000_000 - 100_000
     assert pay["valid_before"] * 1_000_000 < auth["expires_at_us"] <= (pay["valid_before"] + 61) * 1_000_000

@@ -583,6 +583,7 @@ class Authorizer:
         agent's capture needs a live token (a revoked one's holds are voided)."""
         d = await self._open(auth_id, token_id)
         if actor == "agent":
+            self._not_signed(d)
             token = await self.wallets.token(d.token_id)
             dead = token_state(token, await self.wallets.get(d.wallet_id), self.clock.now_us())
             if dead is not None:
@@ -599,7 +600,22 @@ class Authorizer:
                 d, "declined", "approval_required", actor=actor, reason="approval_required"
             )
         d = await self._open(auth_id, token_id)
+        if actor == "agent":
+            self._not_signed(d)
         return await self._resolve(d, None, actor)
+
+    @staticmethod
+    def _not_signed(d: Decision) -> None:
+        """A hold the broker signed a payment against is the broker's to resolve:
+        the settlement captures it, and it is released once the signature has
+        expired (an agent's void would free money a server can still take)."""
+        if d.also:
+            raise conflict(
+                "authorization_signed",
+                f"authorization {d.id} backs a payment the broker signed: it is captured when the payment"
+                " settles and released when the signature expires",
+                "authorization_id",
+            )
 
     async def _open(self, auth_id: str, token_id: str | None) -> Decision:
         """An approved authorization, from this process's memory or the database."""

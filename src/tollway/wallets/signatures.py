@@ -102,7 +102,7 @@ class Signatures:
                 if e.code not in ("authorization_not_open", "authorization_expired"):
                     raise
                 d = await self.authorizer.get(d.id)
-        if d.status != "captured":
+        if d.status != "captured" or d.captured != d.amount:
             raise PaymentInvalid(
                 wire.INSUFFICIENT_FUNDS,
                 f"the wallet's hold for this payment is {d.status}: it can no longer be settled",
