@@ -64,6 +64,7 @@ async def test_a_dead_token_changes_nothing(agent: Agent, how: str) -> None:
         await agent.post("/deployments/site/rollback", {}),
         await agent.get("/domains"),
         await agent.get("/domains/kill-switch.com/records"),
+        await agent.get("/domains/check", domain="another.com"),
     ):
         assert r.status_code == 403 and r.json()["error"]["code"] == code, r.text
     await _unchanged(agent, record_id)

@@ -123,6 +123,7 @@ async def domains(request: Request) -> dict[str, Any]:
 
 @agent.get("/domains/check", summary="Availability, price and the trademark guard's verdict")
 async def check(request: Request, domain: str = Query(max_length=300)) -> dict[str, Any]:
+    await _wallet_id(request)
     return await runtime(request).provision.domains.check(_agent_token(request), domain)
 
 

@@ -113,8 +113,10 @@ class Devnet:
         A second settlement of the same authorization is ``nonce already used``."""
         tx = self.transaction(auth)
         source, value = self.account_id(auth.payer), auth.value
-        if self.signatures is not None and not await self.nonce_used(auth.payer, auth.nonce):
-            taken = await self.signatures.capture(auth)  # the wallet's one debit
+        if self.signatures is not None:
+            # The wallet's one debit; a hold already captured returns its amount, and the
+            # transfer below, keyed by the nonce, then settles once (a repeat: nonce used).
+            taken = await self.signatures.capture(auth)
             if taken is not None:
                 source, value = SETTLEMENT_ACCOUNT, taken
         usage = Usage(
