@@ -30,6 +30,7 @@ class Stack:
     def __init__(self, url: str, official: str) -> None:
         self.url, self.official = url, official
         self.http = httpx.Client(base_url=url, timeout=60)
+        self.app: Any = None  # tollway's app: app.state.runtime is its Runtime
 
     def wallet(
         self,
@@ -124,8 +125,10 @@ def tollway_with(
     s = settings_for(
         db_url, x402={"pay_to": PAY_TO, "rules": [RULE]}, wallets={"broker_allow": ["127.0.0.1"], **wallets}
     )
-    with ThreadServer(create_app(s)) as tw, ThreadServer(origin(tw.url)) as o:
+    app = create_app(s)
+    with ThreadServer(app) as tw, ThreadServer(origin(tw.url)) as o:
         stack = Stack(tw.url, o.url)
+        stack.app = app
         try:
             yield stack, o.url
         finally:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -123,3 +124,26 @@ def test_a_payment_settled_elsewhere_stays_held_while_it_can_be_spent(hostile: t
     auth = s.http.get(base, headers=agent).json()
     assert auth["status"] == "approved" and s.available(wal["id"]) == 1_000_000 - 100_000
     assert pay["valid_before"] * 1_000_000 < auth["expires_at_us"] <= (pay["valid_before"] + 61) * 1_000_000
+
+
+def test_a_token_revoked_while_its_payment_is_decided_signs_nothing(
+    hostile: tuple[Stack, Hostile], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The revoke lands after the authorization was approved but before the
+    broker signs (its sweep of the token's holds ran first): nothing is signed
+    or sent, and the hold is voided."""
+    s, h = hostile
+    wal, tok = s.wallet()
+    rt = s.app.state.runtime
+    approve = rt.authorizer.authorize
+
+    async def then_revoke(*a: Any, **kw: Any) -> Any:
+        d = await approve(*a, **kw)
+        await rt.wallets.revoke(d.token_id)  # the token only: the hold is left for the broker
+        return d
+
+    monkeypatch.setattr(rt.authorizer, "authorize", then_revoke)
+    r = s.fetch(tok, s.official + "/paid")
+    assert r.status_code == 403 and r.json()["error"]["code"] == "token_revoked", r.text
+    assert h.requests == 1 and h.kept == []  # the unpaid probe only
+    assert s.available(wal["id"]) == 1_000_000

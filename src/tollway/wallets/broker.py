@@ -161,6 +161,7 @@ class Broker:
         if valid_before - 10 <= now:
             raise conflict("authorization_expired", f"authorization {d.id}'s hold is about to expire", None)
         try:
+            await self.authorizer.live(presented)  # revoked or frozen while it was decided: sign nothing
             key_bytes = await self.wallets.signing_key(wallet.id)
             account = Account.from_key(key_bytes)
             payment = client.sign(offer, account, now, nonce=nonce_for(d.id), valid_before=valid_before)
