@@ -51,10 +51,6 @@ def test_paid_tool_is_paid_by_the_broker_from_the_agents_wallet(
             h.post(f"/admin/wallets/{wal['id']}/topup", json={"amount": "$1"}, headers=ADMIN).status_code
             == 200
         )
-        r = h.post(
-            "/admin/x402/devnet/fund", json={"address": wal["evm_address"], "amount": "$1"}, headers=ADMIN
-        )
-        assert r.status_code == 200, r.text
         token = h.post(f"/admin/wallets/{wal['id']}/tokens", json={"limits": {}}, headers=ADMIN).json()[
             "token"
         ]

@@ -8,69 +8,21 @@ from __future__ import annotations
 import base64
 import secrets
 from collections.abc import Iterator
-from typing import Any
 
-import httpx
 import pytest
 
+from broker_support import RULE, Stack, tollway_with
 from conftest import ADMIN, settings_for
 from test_x402_interop import official_server
 from threaded import ThreadServer
 from tollway.api.app import create_app
 from x402_helpers import PAY_TO
 
-RULE = {"name": "weather", "path": "/demo/weather", "origin": "demo", "price": "$0.001"}
-
-
-class Stack:
-    def __init__(self, url: str, official: str) -> None:
-        self.url, self.official = url, official
-        self.http = httpx.Client(base_url=url, timeout=60)
-
-    def wallet(
-        self, policy: dict[str, Any] | None = None, limits: dict[str, Any] | None = None
-    ) -> tuple[dict[str, Any], str]:
-        h = self.http
-        w = h.post(
-            "/admin/wallets", json={"owner": "ops", "policy": policy or {}, "with_key": True}, headers=ADMIN
-        )
-        assert w.status_code == 201, w.text
-        wal = w.json()
-        assert (
-            h.post(f"/admin/wallets/{wal['id']}/topup", json={"amount": "$1"}, headers=ADMIN).status_code
-            == 200
-        )
-        r = h.post(
-            "/admin/x402/devnet/fund", json={"address": wal["evm_address"], "amount": "$1"}, headers=ADMIN
-        )
-        assert r.status_code == 200, r.text
-        tok = h.post(
-            f"/admin/wallets/{wal['id']}/tokens", json={"limits": limits or {}}, headers=ADMIN
-        ).json()["token"]
-        return wal, tok
-
-    def fetch(self, token: str, url: str, **over: Any) -> httpx.Response:
-        return self.http.post(
-            "/v1/broker/fetch", json={"url": url, **over}, headers={"authorization": f"Bearer {token}"}
-        )
-
-    def available(self, wallet_id: str) -> int:
-        out: int = self.http.get(f"/admin/wallets/{wallet_id}", headers=ADMIN).json()["available"]
-        return out
-
 
 @pytest.fixture
 def stack(db_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stack]:
-    monkeypatch.setenv("TOLLWAY_WALLET_KEY", base64.b64encode(secrets.token_bytes(32)).decode())
-    settings = settings_for(
-        db_url,
-        x402={"pay_to": PAY_TO, "rules": [RULE]},
-        wallets={"broker_allow": ["127.0.0.1"]},
-    )
-    with ThreadServer(create_app(settings)) as tw, ThreadServer(official_server(tw.url + "/x402")) as origin:
-        s = Stack(tw.url, origin.url)
+    with tollway_with(db_url, monkeypatch, lambda tollway: official_server(tollway + "/x402")) as (s, _):
         yield s
-        s.http.close()
 
 
 def test_the_broker_pays_tollways_own_gateway(stack: Stack) -> None:
@@ -82,10 +34,17 @@ def test_the_broker_pays_tollways_own_gateway(stack: Stack) -> None:
     pay = out["payment"]
     assert pay["status"] == "paid" and pay["amount"] == 1000 and pay["pay_to"] == PAY_TO
     assert pay["receipt"]["success"] is True and pay["payer"] == wal["evm_address"]
+    # One balance, one debit: the wallet's ledger account paid (no devnet funding
+    # needed or touched), and the settlement moved that amount on to revenue.
     assert stack.available(wal["id"]) == 1_000_000 - 1000
+    assert stack.account(f"x402dev_{wal['evm_address'].lower()}") == 0
+    assert stack.account("sys_revenue") == 1000 and stack.account("sys_settlement") == 0
     assert tok not in r.text and "private" not in r.text.lower()
     audit = stack.http.get(f"/admin/wallets/{wal['id']}/audit", headers=ADMIN).json()["data"]
-    assert [e["event"] for e in audit][:2] == ["capture", "authorization"]
+    assert [(e["event"], e["actor"]) for e in audit][:2] == [
+        ("capture", "x402_settle"),
+        ("authorization", "agent"),
+    ]
 
 
 def test_the_broker_pays_a_server_behind_the_official_middleware(stack: Stack) -> None:

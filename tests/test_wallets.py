@@ -296,3 +296,81 @@ async def test_a_limit_raised_mid_period_applies_to_the_next_authorization(w: W)
     await w.rt.wallets.set_policy(wal["id"], {"spending_limits": [{"amount": "$5", "interval": "daily"}]})
     assert await outcome(1_000_000) == "approved"
     assert await outcome(1_500_000) == "spending_limit_exceeded"
+
+
+@pytest.mark.parametrize(
+    ("spelling", "canonical"),
+    [
+        ("API.Vendor.com.", "api.vendor.com"),
+        ("api.vendor.com:443", "api.vendor.com"),
+        ("https://API.vendor.COM.:443/v1/x?y=1", "api.vendor.com"),
+        ("http://user@api.vendor.com:80", "api.vendor.com"),
+        ("BÜCHER.example", "xn--bcher-kva.example"),
+        ("xn--bcher-kva.example.", "xn--bcher-kva.example"),
+        ("bücher。example", "xn--bcher-kva.example"),  # an ideographic full stop
+        ("[::1]:8080", "::1"),
+        ("0xAbC0000000000000000000000000000000000001", "0xabc0000000000000000000000000000000000001"),
+    ],
+)
+def test_every_spelling_of_a_payee_is_one_payee(spelling: str, canonical: str) -> None:
+    from tollway.wallets.policy import normalize_payee
+
+    assert normalize_payee(spelling) == canonical
+
+
+@pytest.mark.parametrize("spelling", ["API.Vendor.com.", "api.vendor.com:443", "xn--bcher-kva.example"])
+async def test_a_respelled_payee_escapes_no_payee_rule(w: W, spelling: str) -> None:
+    """Blocked payees, the provider cap and the per-payee velocity limit all
+    compare one spelling: a trailing dot, a port, case or IDNA changes nothing."""
+    listed = "bücher.example" if spelling.startswith("xn--") else "api.vendor.com"
+    wal = await w.wallet({"blocked_payees": [listed]})
+    r = await w.authorize(await w.token(wal["id"]), 10, payee=spelling)
+    assert r.status_code == 402 and r.json()["error"]["code"] == "payee_blocked", r.text
+
+    wal = await w.wallet({"provider_caps": {listed: 1500}})
+    tok = await w.token(wal["id"])
+    assert (await w.authorize(tok, 1000, payee=listed)).status_code == 200
+    r = await w.authorize(tok, 1000, payee=spelling)
+    assert r.status_code == 402 and r.json()["error"]["code"] == "spending_limit_exceeded", r.text
+
+    wal = await w.wallet({"velocity": {"max_payments_per_payee_per_minute": 1}})
+    tok = await w.token(wal["id"])
+    assert (await w.authorize(tok, 10, payee=listed)).status_code == 200
+    r = await w.authorize(tok, 10, payee=spelling)
+    assert r.status_code == 402 and r.json()["error"]["code"] == "velocity_limit", r.text
+
+
+async def test_revoking_a_token_voids_its_holds_and_nothing_is_captured(w: W) -> None:
+    """The kill switch: holds made before the revoke are voided at once (the
+    balance is whole again) and the token's capture is refused."""
+    wal = await w.wallet()
+    tok = await w.token(wal["id"])
+    held = [(await w.authorize(tok, 2_000_000)).json()["id"] for _ in range(2)]
+    assert await w.available(wal["id"]) == 50_000_000 - 4_000_000
+    token_id = (await w.http.get(f"/admin/wallets/{wal['id']}/tokens", headers=ADMIN)).json()["data"][0]["id"]
+    r = await w.http.post(f"/admin/agent-tokens/{token_id}/revoke", headers=ADMIN)
+    assert r.status_code == 200 and r.json()["revoked"]
+    assert await w.available(wal["id"]) == 50_000_000
+    for auth_id in held:
+        r = await w.capture(tok, auth_id)
+        assert r.status_code in (403, 409) and r.json()["error"]["code"] in (
+            "token_revoked",
+            "authorization_not_open",
+        )
+        d = await w.rt.authorizer.get(auth_id)
+        assert d.status == "voided" and d.captured == 0
+    wallet = await w.rt.wallets.get(wal["id"])
+    assert await w.rt.wallets.balance(wallet) == (50_000_000, 50_000_000)
+
+
+async def test_a_frozen_token_cannot_capture_what_it_holds(w: W) -> None:
+    wal = await w.wallet()
+    tok = await w.token(wal["id"])
+    auth_id = (await w.authorize(tok, 1000)).json()["id"]
+    token_id = (await w.http.get(f"/admin/wallets/{wal['id']}/tokens", headers=ADMIN)).json()["data"][0]["id"]
+    await w.rt.wallets.freeze(token_id, "test")
+    r = await w.capture(tok, auth_id)
+    assert r.status_code == 403 and r.json()["error"]["code"] == "token_frozen", r.text
+    assert (await w.rt.authorizer.get(auth_id)).status == "approved"  # a human may unfreeze it
+    await w.rt.wallets.unfreeze(token_id)
+    assert (await w.capture(tok, auth_id)).status_code == 200

@@ -84,6 +84,22 @@ async def test_every_bad_payment_gets_its_reason_and_moves_nothing(rt: Runtime, 
     assert await balances(rt, p) == (10_000, 0)
 
 
+async def test_an_authorization_valid_for_too_long_is_refused(rt: Runtime) -> None:
+    """A signature valid for centuries is a standing claim on the payer: the
+    facilitator takes none valid beyond [x402] max_validity_seconds (3600 s)."""
+    p = await funded(rt)
+    reqs, now = requirements(1000), int(time.time())
+    for far in (now + 10**10, now + 3600 + 60):
+        payload = p.v2(reqs, valid_before=far)
+        v = await rt.facilitator.verify(payload, reqs)
+        assert v["invalidReason"] == "invalid_exact_evm_payload_authorization_valid_before", v
+        s = await rt.facilitator.settle(payload, reqs)
+        assert s["success"] is False
+    assert await balances(rt, p) == (10_000, 0)
+    ok = await rt.facilitator.verify(p.v2(reqs, valid_before=now + 3500), reqs)
+    assert ok["isValid"] is True
+
+
 async def test_wrong_chain_in_the_signature_is_a_bad_signature(rt: Runtime) -> None:
     p = await funded(rt)
     reqs = requirements()

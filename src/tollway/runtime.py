@@ -31,6 +31,7 @@ from tollway.vectors.service import Vectors, make_backend
 from tollway.wallets.audit import Audit
 from tollway.wallets.authorize import Authorizer, alerts
 from tollway.wallets.broker import Broker
+from tollway.wallets.signatures import Signatures
 from tollway.wallets.store import Wallets
 from tollway.x402.devnet import Devnet
 from tollway.x402.facilitator import Facilitator, Settlement
@@ -106,6 +107,7 @@ class Runtime:
             settings.wallets.hold_seconds,
             alerts(settings.wallets.alert_webhook_url),
         )
+        devnet.signatures = Signatures(authorizer, x402.asset_decimals)  # broker payments: the wallet pays
         paywall = Paywall(x402, Rules(x402.rules), remote or facilitator, keys, RuleStore(engine, clock))
         paywall.entitled = lambda key, feature: billing.standing(key.customer_id, key.billing).plan.has(
             feature

@@ -1,6 +1,12 @@
 """Provisioning over HTTP: ``/v1/broker/provision/*`` for agents (their
 ``tw_agt_`` token; purchases paid from the wallet within its policy), and
-``/admin/provision/*`` for operators (overrides, the reaper, listings)."""
+``/admin/provision/*`` for operators (overrides, the reaper, listings).
+
+A revoked, expired or frozen token can do nothing here (403). A change or a
+deletion that moves no money (delete a domain, a record or a deployment,
+roll back) is authorized like a purchase: the token must be live and its
+category allowed (``Authorizer.permit``, audited as event ``change``), and
+the object must be its wallet's."""
 
 from __future__ import annotations
 
@@ -95,7 +101,14 @@ async def _answer(work: Awaitable[dict[str, Any]], status: int = 200) -> JSONRes
 
 
 async def _wallet_id(request: Request) -> str:
-    _, wallet = await runtime(request).wallets.verify(_agent_token(request))
+    """The wallet of a live token (a read)."""
+    _, wallet = await runtime(request).authorizer.live(_agent_token(request))
+    return wallet.id
+
+
+async def _permit(request: Request, category: str, action: str, target: str) -> str:
+    """The wallet of a token allowed to make this change (audited either way)."""
+    wallet = await runtime(request).authorizer.permit(_agent_token(request), category, action, target)
     return wallet.id
 
 
@@ -110,6 +123,7 @@ async def domains(request: Request) -> dict[str, Any]:
 
 @agent.get("/domains/check", summary="Availability, price and the trademark guard's verdict")
 async def check(request: Request, domain: str = Query(max_length=300)) -> dict[str, Any]:
+    await _wallet_id(request)
     return await runtime(request).provision.domains.check(_agent_token(request), domain)
 
 
@@ -130,7 +144,7 @@ async def renew(domain: str, body: RenewIn, request: Request) -> JSONResponse:
 @agent.delete("/domains/{domain}", summary="Tear a domain down: its records go, the name is released")
 async def delete_domain(domain: str, request: Request) -> dict[str, Any]:
     p = runtime(request).provision
-    dom = await p.domains.get(domain, await _wallet_id(request))
+    dom = await p.domains.get(domain, await _permit(request, "domains", "delete_domain", domain))
     await p.domains.teardown(dom)
     return {**dom.to_dict(), "deleted": True}
 
@@ -138,6 +152,7 @@ async def delete_domain(domain: str, request: Request) -> dict[str, Any]:
 @agent.get("/domains/{domain}/records", summary="A zone's DNS records")
 async def records(domain: str, request: Request) -> dict[str, Any]:
     p = runtime(request).provision
+    await _wallet_id(request)
     _, dom = await p.domains.zone_of(_agent_token(request), domain)
     return {"object": "list", "data": [r.to_dict() for r in await p.domains.records(dom.name)]}
 
@@ -153,12 +168,14 @@ async def create_record(domain: str, body: RecordIn, request: Request) -> JSONRe
 
 @agent.delete("/domains/{domain}/records/{record_id}", summary="Delete a DNS record")
 async def delete_record(domain: str, record_id: str, request: Request) -> dict[str, Any]:
+    await _permit(request, "dns", "delete_record", f"{domain}/{record_id}")
     return await runtime(request).provision.domains.delete_record(_agent_token(request), domain, record_id)
 
 
 @agent.get("/domains/{domain}/zone", summary="The zone as an RFC 1035 zone file", **_ZONE)
 async def zone(domain: str, request: Request) -> PlainTextResponse:
     p = runtime(request).provision
+    await _wallet_id(request)
     _, dom = await p.domains.zone_of(_agent_token(request), domain)
     return await _zone_file(request, dom.name)
 
@@ -225,6 +242,7 @@ async def deployment(name: str, request: Request) -> dict[str, Any]:
 
 @agent.post("/deployments/{name}/rollback", summary="Make an earlier version live again (free)")
 async def rollback(name: str, body: RollbackIn, request: Request) -> dict[str, Any]:
+    await _permit(request, "hosting", "rollback", name)
     return await runtime(request).provision.deployments.rollback(_agent_token(request), name, body.version)
 
 
@@ -238,7 +256,8 @@ async def bind(name: str, body: HostnameIn, request: Request) -> JSONResponse:
 
 @agent.delete("/deployments/{name}", summary="Delete a deployment and stop its worker")
 async def delete_deployment(name: str, request: Request) -> dict[str, Any]:
-    return await runtime(request).provision.deployments.delete(name, await _wallet_id(request))
+    wallet_id = await _permit(request, "hosting", "delete_deployment", name)
+    return await runtime(request).provision.deployments.delete(name, wallet_id)
 
 
 # ------------------------------------------------------------------ operators

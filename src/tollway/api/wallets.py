@@ -129,9 +129,9 @@ async def tokens(wallet_id: str, request: Request) -> dict[str, Any]:
     return {"object": "list", "data": [t.to_dict() for t in await rt.wallets.tokens(wallet_id)]}
 
 
-@admin.post("/agent-tokens/{token_id}/revoke", summary="Revoke an agent token")
+@admin.post("/agent-tokens/{token_id}/revoke", summary="Revoke an agent token; its open holds are voided")
 async def revoke(token_id: str, request: Request) -> dict[str, Any]:
-    return (await runtime(request).wallets.revoke(token_id)).to_dict()
+    return (await runtime(request).authorizer.revoke(token_id)).to_dict()
 
 
 @admin.post("/agent-tokens/{token_id}/unfreeze", summary="Unfreeze a token the runaway-loop guard froze")

@@ -207,7 +207,7 @@ def wallet_revoke(
     token: str = typer.Argument(..., help="The token's id (agt_...)."), as_json: bool = JsonOpt
 ) -> None:
     """Revoke an agent token."""
-    t = _with_runtime(as_json, lambda rt: rt.wallets.revoke(token, actor="cli"))
+    t = _with_runtime(as_json, lambda rt: rt.authorizer.revoke(token, actor="cli"))
     emit_json(t.to_dict()) if as_json else out.print(f"revoked {token}")
 
 

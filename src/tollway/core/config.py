@@ -235,6 +235,9 @@ class X402Config(_Section):
     asset_decimals: int = Field(6, ge=0, le=36)
     pay_to: str = Field("", pattern=r"^(0x[0-9a-fA-F]{40})?$")  # default payTo of paid routes
     max_timeout_seconds: int = Field(300, ge=10, le=86_400)
+    # The built-in facilitator refuses an authorization whose validBefore is further
+    # out than this: a signature valid for years is a standing claim on the payer.
+    max_validity_seconds: int = Field(3600, ge=60, le=7 * 86_400)
     # An external facilitator (the official API: {url}/verify, {url}/settle) for the
     # paid routes, instead of the built-in one; empty: built in.
     facilitator_url: str = Field("", pattern=r"^(https?://\S+)?$")
@@ -262,6 +265,10 @@ class X402Config(_Section):
                 )
             if not (r.pay_to or self.pay_to):
                 raise ValueError(f"rule {r.name!r}: set pay_to on the rule or in [x402]")
+            if r.max_timeout_seconds > self.max_validity_seconds:
+                raise ValueError(f"rule {r.name!r}: max_timeout_seconds is above max_validity_seconds")
+        if self.max_timeout_seconds > self.max_validity_seconds:
+            raise ValueError("max_timeout_seconds is above max_validity_seconds")
         return self
 
 
@@ -321,6 +328,9 @@ class WalletsConfig(_Section):
     # What the broker pays with; empty: this tollway's own [x402] network and asset.
     broker_assets: list[BrokerAsset] = Field(default_factory=list)
     broker_timeout_seconds: float = Field(30, gt=0, le=600)
+    # How long a payment the broker signs stays valid, at most, whatever the server
+    # asks (its maxTimeoutSeconds): the wallet's hold lasts that long plus a minute.
+    broker_signature_seconds: int = Field(180, ge=10, le=3600)
     broker_max_bytes: int = Field(10 * 1024 * 1024, ge=1024)
 
 

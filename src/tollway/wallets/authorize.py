@@ -25,6 +25,7 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -37,7 +38,7 @@ from tollway.charge import Charger
 from tollway.charge.allocation import Allocations
 from tollway.charge.hold import Cap, Hold, Leg, Payer, Source
 from tollway.core.clock import Clock
-from tollway.core.errors import ErrorType, TollwayError, conflict, invalid, not_found
+from tollway.core.errors import ErrorType, TollwayError, conflict, forbidden, invalid, not_found
 from tollway.core.ids import new_id
 from tollway.core.schema import wallet_authorizations as A
 from tollway.core.storage import writer
@@ -91,6 +92,12 @@ class Decision:
     durable_ns: int = 0  # how long until the decision and its hold were committed (not stored)
     decided_at: float = 0.0
     message: str = ""
+    also: tuple[str, ...] = ()  # further payees it pays (the broker: the payTo behind a host; not stored)
+
+    @property
+    def payees(self) -> tuple[str, ...]:
+        """Every name the payment goes to: the policy's payee rules apply to each."""
+        return (self.payee, *(p for p in self.also if p != self.payee))
 
     def row(self) -> tuple[Any, ...]:
         return (
@@ -145,7 +152,17 @@ class Decision:
         return conflict("authorization_not_open", f"authorization {self.id} is {self.status}", None)
 
 
-_FIELDS = [f for f in Decision.__slots__ if f not in ("decided_ns", "durable_ns", "decided_at", "message")]
+_FIELDS = [
+    f for f in Decision.__slots__ if f not in ("decided_ns", "durable_ns", "decided_at", "message", "also")
+]
+# The broker names the payTo address behind a host in the memo; read back with the row.
+_PAY_TO = re.compile(r"\bpayTo (0x[0-9a-fA-F]{40})\b")
+
+
+def pay_to_memo(memo: str, pay_to: str) -> str:
+    """A memo that carries the payTo address, so the decision read back still names it."""
+    suffix = f" payTo {pay_to.lower()}"
+    return memo[: 500 - len(suffix)] + suffix
 
 
 _BY_KEY = f"SELECT {', '.join(_COLS)} FROM wallet_authorizations WHERE idempotency_key = ?"
@@ -178,6 +195,7 @@ def _from_row(r: Any) -> Decision:
         r.memo,
         r.created_at_us,
         r.updated_at_us,
+        also=tuple(m.lower() for m in _PAY_TO.findall(r.memo or "")),
     )
 
 
@@ -194,6 +212,35 @@ def _periods(now_us: int) -> dict[str, str]:
         "yearly": d.strftime("y%Y"),
         "all_time": "all",
     }
+
+
+def token_state(token: AgentToken, wallet: Wallet, now_us: int) -> tuple[str, str] | None:
+    """Why a token can do nothing at all (revoked, expired, frozen), or None."""
+    lim, pol = token.limits, wallet.policy
+    if token.revoked_at_us is not None:
+        return "token_revoked", "this agent token was revoked"
+    if (lim.expires_at_us is not None and lim.expires_at_us <= now_us) or (
+        pol.expires_at_us is not None and pol.expires_at_us <= now_us
+    ):
+        return "token_expired", "this agent token (or its wallet's policy) has expired"
+    if token.frozen_at_us is not None:
+        why = f"this agent token is frozen ({token.frozen_reason}); a human must unfreeze it"
+        return "velocity_limit", why
+    return None
+
+
+def _dead(state: tuple[str, str]) -> TollwayError:
+    """A token that can do nothing, as a 403."""
+    return forbidden("token_frozen" if state[0] == "velocity_limit" else state[0], state[1])
+
+
+def _category_refused(token: AgentToken, wallet: Wallet, c: str) -> bool:
+    pol, lim = wallet.policy, token.limits
+    return (
+        c in pol.blocked_categories
+        or (pol.allowed_categories is not None and c not in pol.allowed_categories)
+        or (lim.categories is not None and c not in lim.categories)
+    )
 
 
 def _h(*parts: Any) -> str:
@@ -229,6 +276,65 @@ class Authorizer:
     def __post_init__(self) -> None:
         self.funded = Allocations(self.ledger)
 
+    # ------------------------------------------------------------ the token
+
+    async def live(self, presented: str) -> tuple[AgentToken, Wallet]:
+        """The token and its wallet, if the token may act at all: 401 for an
+        unknown token, 403 (``token_revoked``, ``token_expired``, ``token_frozen``)
+        for one that can do nothing. Checked before any work is done for it."""
+        token, wallet = await self.wallets.verify(presented)
+        dead = token_state(token, wallet, self.clock.now_us())
+        if dead is not None:
+            raise _dead(dead)
+        return token, wallet
+
+    async def permit(self, presented: str, category: str, action: str, target: str) -> Wallet:
+        """A change or deletion an agent token asks for (no money moves): the token
+        must be live and its category allowed; the request is audited either way
+        (event ``change``). The caller checks that the wallet owns the object."""
+        token, wallet = await self.wallets.verify(presented)
+        dead = token_state(token, wallet, self.clock.now_us())
+        refused: TollwayError | None = None
+        if dead is not None:
+            refused = _dead(dead)
+        elif _category_refused(token, wallet, category):
+            refused = forbidden("category_blocked", f"category {category!r} is not allowed for this token")
+        row = self.audit.row(
+            wallet.id,
+            "change",
+            token_id=token.id,
+            actor="agent",
+            action=action,
+            target=target,
+            category=category,
+            status="declined" if refused else "allowed",
+            reason=refused.code if refused else None,
+        )
+        await self.audit.write([row])
+        if refused is not None:
+            raise refused
+        return wallet
+
+    async def revoke(self, token_id: str, actor: str = "admin") -> AgentToken:
+        """Revoke a token, then void every hold it made and decline what waits for
+        approval: nothing it authorized before the revoke can be captured."""
+        token = await self.wallets.revoke(token_id, actor)
+        await self.ledger.riders_committed()
+        async with self.engine.connect() as conn:
+            q = select(A).where(A.c.token_id == token_id, A.c.status.in_(("approved", "pending_approval")))
+            rows = [_from_row(r) for r in await conn.execute(q)]
+        for d in rows:
+            try:
+                if d.status == "pending_approval":
+                    why = "the token was revoked"
+                    await self._set(d, "declined", why, actor=actor, reason="token_revoked")
+                else:
+                    await self._resolve(await self._open(d.id, None), None, actor)
+            except TollwayError as e:  # resolved meanwhile (captured before the revoke, or expired)
+                if e.code not in ("authorization_not_open", "authorization_changed", "authorization_expired"):
+                    raise
+        return token
+
     # -------------------------------------------------------------- authorize
 
     async def authorize(
@@ -243,6 +349,9 @@ class Authorizer:
         memo: str = "",
         hold_seconds: int | None = None,
     ) -> Decision:
+        """``payee``: a host or a 0x address; a memo made with :func:`pay_to_memo`
+        names a further payee (the payTo behind a host) that every payee rule,
+        provider cap and velocity limit also applies to."""
         token, wallet = await self.wallets.verify(presented)
         t0 = asyncio.get_running_loop().time()
         amount, payee, category = _check(amount, payee, category, idempotency_key, currency, wallet, memo)
@@ -284,6 +393,7 @@ class Authorizer:
         d = Decision(
             new_id("wauth"), wallet.id, token.id, key, rh, amount, "usd", payee, category, "declined", None,
             [], 0, now + timeout * 1_000_000, memo, now, now,
+            also=tuple(m.lower() for m in _PAY_TO.findall(memo)),
         )  # fmt: skip
         reason, message = self._screen(token, wallet, d)
         if (
@@ -313,30 +423,19 @@ class Authorizer:
         return d
 
     def _screen(self, token: AgentToken, wallet: Wallet, d: Decision) -> tuple[str | None, str]:
-        now, pol, lim = self.clock.now_us(), wallet.policy, token.limits
-        if token.revoked_at_us is not None:
-            return "token_revoked", "this agent token was revoked"
-        if (lim.expires_at_us is not None and lim.expires_at_us <= now) or (
-            pol.expires_at_us is not None and pol.expires_at_us <= now
-        ):
-            return "token_expired", "this agent token (or its wallet's policy) has expired"
+        pol, lim = wallet.policy, token.limits
+        dead = token_state(token, wallet, self.clock.now_us())
+        if dead is not None:
+            return dead
         if lim.single_use and token.used_at_us is not None:
             return "token_expired", "this single-use agent token was already used"
-        if token.frozen_at_us is not None:
-            return (
-                "velocity_limit",
-                f"this agent token is frozen ({token.frozen_reason}); a human must unfreeze it",
-            )
         c = d.category
-        if (
-            c in pol.blocked_categories
-            or (pol.allowed_categories is not None and c not in pol.allowed_categories)
-            or (lim.categories is not None and c not in lim.categories)
-        ):
+        if _category_refused(token, wallet, c):
             return "category_blocked", f"category {c!r} is not allowed for this token"
-        if d.payee in pol.blocked_payees or (
-            pol.allowed_payees is not None and d.payee not in pol.allowed_payees
-        ):
+        blocked = [p for p in d.payees if p in pol.blocked_payees]
+        if blocked:
+            return "payee_blocked", f"payee {blocked[0]!r} is blocked for this token"
+        if pol.allowed_payees is not None and not any(p in pol.allowed_payees for p in d.payees):
             return "payee_blocked", f"payee {d.payee!r} is not allowed for this token"
         if lim.max_per_payment is not None and d.amount > lim.max_per_payment:
             return (
@@ -352,7 +451,7 @@ class Authorizer:
         v = wallet.policy.velocity
         tallies = []
         if v.max_payments_per_payee_per_minute:
-            tallies.append(Tally(f"wv:{token.id}:{d.payee}", v.max_payments_per_payee_per_minute, 1))
+            tallies += [Tally(f"wv:{token.id}:{p}", v.max_payments_per_payee_per_minute, 1) for p in d.payees]
         if v.max_spend_per_minute:
             tallies.append(Tally(f"ws:{token.id}", v.max_spend_per_minute, d.amount))
         if not tallies:
@@ -362,7 +461,7 @@ class Authorizer:
             return None, ""
         which = tallies[verdict.refused]
         why = (
-            f"more than {which.limit} payments to {d.payee} in a minute"
+            f"more than {which.limit} payments to {which.key.split(':', 2)[2]} in a minute"
             if which.key.startswith("wv:")
             else f"spending faster than {which.limit} micro-USD a minute"
         )
@@ -375,22 +474,26 @@ class Authorizer:
             )
         return "velocity_limit", f"runaway-loop guard: {why}; the token is frozen until a human unfreezes it"
 
-    async def caps(self, token: AgentToken, wallet: Wallet, payee: str, category: str) -> tuple[Cap, ...]:
-        """The limit accounts an authorization must also fit, funded and ready."""
+    async def caps(
+        self, token: AgentToken, wallet: Wallet, payee: str, category: str, also: tuple[str, ...] = ()
+    ) -> tuple[Cap, ...]:
+        """The limit accounts an authorization must also fit, funded and ready:
+        each spending limit, the provider cap of each payee, the token's allowance."""
         now = self.clock.now_us()
         allowance = token.id if token.limits.total_allowance is not None else ""
-        key = (wallet.id, allowance, payee, category, now // _DAY_US)
+        payees = " ".join((payee, *also))
+        key = (wallet.id, allowance, payees, category, now // _DAY_US)
         hit = self._caps.get(key)
         if hit is not None and hit[0] is wallet.policy:
             return hit[1]
-        caps = await self._make_caps(token, wallet, payee, category, now)
+        caps = await self._make_caps(token, wallet, (payee, *also), category, now)
         if len(self._caps) > 10_000:
             self._caps.clear()
         self._caps[key] = (wallet.policy, caps)
         return caps
 
     async def _make_caps(
-        self, token: AgentToken, wallet: Wallet, payee: str, category: str, now: int
+        self, token: AgentToken, wallet: Wallet, payees: tuple[str, ...], category: str, now: int
     ) -> tuple[Cap, ...]:
         periods = _periods(now)
         out = []
@@ -402,12 +505,13 @@ class Authorizer:
             name = f"wallet {sl.interval} spending limit"
             await self.funded.ensure(acct, "budget", wallet.customer_id, sl.amount, LIMITS, name)
             out.append(Cap(acct, name, LIMITS, None, "spending_limit_exceeded"))
-        acct = f"wp_{wallet.id}_{_h(payee)[:8]}_{periods['monthly']}"
-        name = f"monthly cap for provider {payee}"
-        await self.funded.ensure(
-            acct, "budget", wallet.customer_id, wallet.policy.cap_for(payee), LIMITS, name
-        )
-        out.append(Cap(acct, name, LIMITS, None, "spending_limit_exceeded"))
+        for payee in dict.fromkeys(payees):
+            acct = f"wp_{wallet.id}_{_h(payee)[:8]}_{periods['monthly']}"
+            name = f"monthly cap for provider {payee}"
+            await self.funded.ensure(
+                acct, "budget", wallet.customer_id, wallet.policy.cap_for(payee), LIMITS, name
+            )
+            out.append(Cap(acct, name, LIMITS, None, "spending_limit_exceeded"))
         if token.limits.total_allowance is not None:
             out.append(
                 Cap(
@@ -436,7 +540,8 @@ class Authorizer:
             if not await self.wallets.claim_single_use(token.id):
                 return "token_expired", "this single-use agent token was already used"
             claimed = True
-        hold = self._hold_for(wallet, d, await self.caps(token, wallet, d.payee, d.category), hold_s)
+        caps = await self.caps(token, wallet, d.payee, d.category, d.payees[1:])
+        hold = self._hold_for(wallet, d, caps, hold_s)
         try:
             await hold.reserve(early=True)
             d.decided_at = asyncio.get_running_loop().time()
@@ -474,8 +579,15 @@ class Authorizer:
     async def capture(
         self, auth_id: str, amount: Any = None, *, token_id: str | None = None, actor: str = "agent"
     ) -> Decision:
-        """Take ``amount`` (default: all held) and release the rest; 0 voids."""
+        """Take ``amount`` (default: all held) and release the rest; 0 voids. An
+        agent's capture needs a live token (a revoked one's holds are voided)."""
         d = await self._open(auth_id, token_id)
+        if actor == "agent":
+            self._not_signed(d)
+            token = await self.wallets.token(d.token_id)
+            dead = token_state(token, await self.wallets.get(d.wallet_id), self.clock.now_us())
+            if dead is not None:
+                raise _dead(dead)
         take = d.amount if amount is None else amount
         if isinstance(take, bool) or not isinstance(take, int) or not 0 <= take <= d.amount:
             raise invalid("invalid_amount", f"amount is an integer from 0 to the {d.amount} held", "amount")
@@ -488,7 +600,22 @@ class Authorizer:
                 d, "declined", "approval_required", actor=actor, reason="approval_required"
             )
         d = await self._open(auth_id, token_id)
+        if actor == "agent":
+            self._not_signed(d)
         return await self._resolve(d, None, actor)
+
+    @staticmethod
+    def _not_signed(d: Decision) -> None:
+        """A hold the broker signed a payment against is the broker's to resolve:
+        the settlement captures it, and it is released once the signature has
+        expired (an agent's void would free money a server can still take)."""
+        if d.also:
+            raise conflict(
+                "authorization_signed",
+                f"authorization {d.id} backs a payment the broker signed: it is captured when the payment"
+                " settles and released when the signature expires",
+                "authorization_id",
+            )
 
     async def _open(self, auth_id: str, token_id: str | None) -> Decision:
         """An approved authorization, from this process's memory or the database."""

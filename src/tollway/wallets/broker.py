@@ -2,20 +2,31 @@
 is an x402 ``402``, pays it from the agent's wallet within policy, signing
 with the wallet's key server-side. The agent never holds a key or a secret.
 
-1. The URL is checked before anything else (``invalid_url``; private and
+1. The token is checked first: a revoked, expired or frozen token gets 403
+   and nothing is fetched. Then the URL (``invalid_url``; private and
    loopback networks are refused unless ``[wallets] broker_allow`` permits
-   them), and fetched through :class:`~tollway.wallets.ssrf.Guard` (pinned
-   to the checked addresses, no redirects followed, size-capped).
+   them), fetched through :class:`~tollway.wallets.ssrf.Guard` (pinned to the
+   checked addresses, no redirects followed, size-capped).
 2. A 402 with x402 requirements: the broker picks an offer it can pay (an
    ``exact`` EIP-3009 offer in an asset of ``[wallets] broker_assets``),
    converts its amount to micro-USD, and asks the wallet for an
-   authorization (payee: the offer's ``payTo``; the agent's category and
-   idempotency key). Declined: the agent gets the decline (402, with its
-   reason); waiting for a human: 202, and the same call with the same
-   idempotency key goes on once approved.
-3. Approved: it signs the payment, retries the request with it, and
-   captures the authorization if the resource answered below 400 with a
-   successful receipt; otherwise it voids it (nothing is spent).
+   authorization. The payee is the URL's host (normalized), and the offer's
+   ``payTo`` is a second payee: blocked and allowed payees, provider caps and
+   the per-payee velocity limit apply to both. The hold lasts as long as the
+   signature can be spent (below) plus a minute. Declined: the agent gets the
+   decline (402, with its reason); waiting for a human: 202, and the same call
+   with the same idempotency key goes on once approved.
+3. Approved: it signs the payment, valid for at most ``[wallets]
+   broker_signature_seconds`` whatever the server asks, with a nonce derived
+   from the authorization (:mod:`~tollway.wallets.signatures`: one
+   authorization, one payment), and retries the request with it.
+4. The outcome follows the money. Settled through tollway's own devnet
+   token, the settlement itself captured the hold; otherwise the broker
+   voids it, which cancels the signature (a devnet payment settles only by
+   capturing its hold). Paid in another asset, the hold is captured when the
+   server's receipt says it settled; when it does not, the hold stays until
+   the signature expires (a hostile server may still settle it), and the
+   sweep then voids it.
 """
 
 from __future__ import annotations
@@ -28,8 +39,10 @@ from typing import Any
 from eth_account import Account
 
 from tollway.core.config import Settings
-from tollway.core.errors import invalid
-from tollway.wallets.authorize import Authorizer, Decision
+from tollway.core.errors import TollwayError, conflict, invalid
+from tollway.wallets.authorize import Authorizer, Decision, pay_to_memo
+from tollway.wallets.policy import normalize_payee
+from tollway.wallets.signatures import HOLD_MARGIN_S, micros, nonce_for
 from tollway.wallets.ssrf import Fetched, Guard
 from tollway.wallets.store import Wallets
 from tollway.x402 import client
@@ -54,16 +67,6 @@ def assets(settings: Settings) -> list[Asset]:
     return [Asset(x.network, x.asset.lower(), x.asset_decimals)]
 
 
-def micros(atomic: int, decimals: int) -> int:
-    """An asset amount in micro-USD (a USD stablecoin), rounded up: a wallet
-    is never charged less than it pays out."""
-    if decimals >= 6:
-        scale: int = 10 ** (decimals - 6)
-        return -(-atomic // scale)
-    up: int = 10 ** (6 - decimals)
-    return atomic * up
-
-
 class Broker:
     def __init__(self, settings: Settings, wallets: Wallets, authorizer: Authorizer) -> None:
         cfg = settings.wallets
@@ -73,6 +76,12 @@ class Broker:
         self.guard = Guard(cfg.broker_allow)
         self.timeout_s = cfg.broker_timeout_seconds
         self.max_bytes = cfg.broker_max_bytes
+        self.signature_s = cfg.broker_signature_seconds
+        x = settings.x402
+        # The asset whose every settlement is a capture of the wallet's hold here.
+        self.ledger_asset = (
+            Asset(x.network, x.asset.lower(), x.asset_decimals) if x.backend == "devnet" else None
+        )
 
     async def aclose(self) -> None:
         await self.guard.aclose()
@@ -95,8 +104,12 @@ class Broker:
         idempotency_key: str | None = None,
         max_amount: int | None = None,
     ) -> dict[str, Any]:
-        _, wallet = await self.wallets.verify(presented)
-        self.guard.check_url(url)  # a bad URL is refused before anything is fetched or held
+        _, wallet = await self.authorizer.live(presented)  # a dead token: 403, nothing fetched
+        u = self.guard.check_url(url)  # a bad URL is refused before anything is fetched or held
+        try:
+            host = normalize_payee(u.raw_host or "")
+        except ValueError as e:
+            raise invalid("invalid_url", str(e), "url") from None
         if max_amount is not None and (
             isinstance(max_amount, bool) or not isinstance(max_amount, int) or max_amount <= 0
         ):
@@ -123,16 +136,19 @@ class Broker:
         asset = self._asset(offer)
         assert asset is not None
         amount = micros(offer.amount, asset.decimals)
+        timeout = offer.max_timeout_seconds or client.DEFAULT_TIMEOUT_V1_S
+        validity = min(timeout, self.signature_s)
         key = (
             idempotency_key or f"broker:{method.upper()}:{url}:{offer.pay_to}:{offer.amount}:{time.time_ns()}"
         )
         d = await self.authorizer.authorize(
             presented,
             amount=amount,
-            payee=offer.pay_to,
+            payee=host,
             category=category,
             idempotency_key=key,
-            memo=f"x402 {method.upper()} {url}"[:500],
+            memo=pay_to_memo(f"x402 {method.upper()} {url}", offer.pay_to),
+            hold_seconds=validity + HOLD_MARGIN_S,
         )
         if d.status == "declined":
             raise d.refusal()
@@ -140,9 +156,15 @@ class Broker:
             return {"object": "broker_response", "status": 202, "authorization": d.to_dict(), "payment": None}
         if d.status != "approved":
             raise d.not_open()
+        now = int(time.time())
+        valid_before = min(now + validity, d.expires_at_us // 1_000_000 - HOLD_MARGIN_S)
+        if valid_before - 10 <= now:
+            raise conflict("authorization_expired", f"authorization {d.id}'s hold is about to expire", None)
         try:
+            await self.authorizer.live(presented)  # revoked or frozen while it was decided: sign nothing
             key_bytes = await self.wallets.signing_key(wallet.id)
-            payment = client.sign(offer, Account.from_key(key_bytes), int(time.time()))
+            account = Account.from_key(key_bytes)
+            payment = client.sign(offer, account, now, nonce=nonce_for(d.id), valid_before=valid_before)
             paid = await self.guard.fetch(
                 method,
                 url,
@@ -154,27 +176,45 @@ class Broker:
             )
             receipt = client.receipt(paid.headers)
         except BaseException:
-            await self.authorizer.void(d.id, actor="broker")
+            await self._conclude(d, asset, False)
             raise
         ok = paid.status < 400 and receipt is not None and bool(receipt.get("success"))
-        if ok:
-            done: Decision = await self.authorizer.capture(d.id, actor="broker")
-        else:
-            done = await self.authorizer.void(d.id, actor="broker")
+        done = await self._conclude(d, asset, ok)
+        status = {"captured": "paid", "approved": "held"}.get(done.status, "not_paid")
         return _answer(
             paid,
             {
                 "authorization_id": done.id,
-                "status": "paid" if ok else "not_paid",
+                "status": status,
                 "amount": done.captured,
+                "held": done.amount if done.status == "approved" else 0,
                 "asset_amount": str(offer.amount),
                 "network": offer.network,
                 "asset": offer.asset,
                 "pay_to": offer.pay_to,
                 "payer": wallet.evm_address,
+                "valid_before": payment.valid_before,
                 "receipt": receipt,
             },
         )
+
+    async def _conclude(self, d: Decision, asset: Asset, ok: bool) -> Decision:
+        """What the paid retry leaves: captured if the payment settled; otherwise
+        void if that cancels the signature (tollway's devnet), else held until
+        the signature expires. Never void while the signature can still be spent."""
+        d = await self.authorizer.get(d.id)
+        if d.status != "approved":
+            return d  # settled (captured by the settlement) or resolved meanwhile
+        try:
+            if asset == self.ledger_asset:
+                return await self.authorizer.void(d.id, actor="broker")
+            if ok:
+                return await self.authorizer.capture(d.id, actor="broker")
+        except TollwayError as e:
+            if e.code not in ("authorization_not_open", "authorization_expired"):
+                raise
+            return await self.authorizer.get(d.id)
+        return d
 
 
 def _answer(r: Fetched, payment: dict[str, Any] | None) -> dict[str, Any]:

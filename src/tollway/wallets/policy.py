@@ -6,8 +6,11 @@ A wallet has a :class:`Policy`; each agent token carries a subset of it
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from typing import Any, Literal
 
+import idna
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from tollway.core.money import parse_amount
@@ -142,11 +145,47 @@ class TokenLimits(_Strict):
         return _categories(v)
 
 
+_HOST = re.compile(r"^[a-z0-9_-]+(\.[a-z0-9_-]+)*$")
+
+
+def normalize_host(host: str) -> str:
+    """One spelling per host, for every comparison (allowed and blocked payees,
+    provider caps, velocity keys): lower case, no trailing dot, IDNA A-labels
+    (``bücher.example`` and ``xn--bcher-kva.example`` are one host), IP
+    addresses in their canonical form. Raises ``ValueError``."""
+    h = host.strip().lower().rstrip(".")
+    if h.startswith("[") and h.endswith("]"):
+        h = h[1:-1]
+    try:
+        return ipaddress.ip_address(h).compressed
+    except ValueError:
+        pass
+    if not h.isascii():
+        try:
+            h = idna.encode(h, uts46=True).decode().lower().rstrip(".")
+        except (idna.IDNAError, UnicodeError):
+            raise ValueError(f"{host!r} is not a valid host name") from None
+    if len(h) > 253 or not _HOST.match(h):
+        raise ValueError(f"{host!r} is not a valid host name")
+    return h
+
+
 def normalize_payee(p: str) -> str:
-    """A host (lowercase, no port or scheme) or a 0x address (lowercase)."""
+    """A payee: a 0x address (lower case), or a host (:func:`normalize_host`),
+    given alone or as a URL; the scheme, credentials, port and path are not
+    part of it (``https://API.Vendor.com.:443/x`` is ``api.vendor.com``)."""
     if not isinstance(p, str) or not p.strip() or len(p) > 255:
         raise ValueError("a payee is a host name or a 0x address")
     p = p.strip().lower()
+    if p.startswith("0x"):
+        return p
     if "://" in p:
         p = p.split("://", 1)[1]
-    return p.split("/", 1)[0].rsplit("@", 1)[-1].split(":", 1)[0] if not p.startswith("0x") else p
+    authority = re.split(r"[/?#]", p, maxsplit=1)[0].rsplit("@", 1)[-1]
+    if authority.startswith("["):  # [IPv6]:port
+        host = authority.split("]", 1)[0] + "]"
+    elif authority.count(":") == 1:
+        host = authority.split(":", 1)[0]
+    else:
+        host = authority
+    return normalize_host(host)

@@ -298,9 +298,17 @@ def _encode(obj: Any) -> str:
     return base64.b64encode(json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()).decode()
 
 
-def sign(offer: Offer, account: LocalAccount, now_s: int, *, nonce: str | None = None) -> Payment:
+def sign(
+    offer: Offer,
+    account: LocalAccount,
+    now_s: int,
+    *,
+    nonce: str | None = None,
+    valid_before: int | None = None,
+) -> Payment:
     """Sign an EIP-3009 ``transferWithAuthorization`` for ``offer`` and build the
-    header the retried request carries. ``nonce`` (0x + 64 hex) is random unless given."""
+    header the retried request carries. ``nonce`` (0x + 64 hex) is random unless
+    given; ``valid_before`` (seconds) bounds the validity below the offer's."""
     why = offer.unpayable()
     if why is not None:
         raise TollwayError(ErrorType.PAYMENT, NO_PAYABLE_OFFER, f"cannot pay {offer.describe()}: {why}")
@@ -310,7 +318,8 @@ def sign(offer: Offer, account: LocalAccount, now_s: int, *, nonce: str | None =
     timeout = offer.max_timeout_seconds or (
         DEFAULT_TIMEOUT_V2_S if offer.version == 2 else DEFAULT_TIMEOUT_V1_S
     )
-    valid_after, valid_before = max(0, now_s - VALID_AFTER_SKEW_S), now_s + timeout
+    valid_after = max(0, now_s - VALID_AFTER_SKEW_S)
+    valid_before = min(now_s + timeout, valid_before) if valid_before is not None else now_s + timeout
     payer, pay_to = str(account.address), to_checksum_address(offer.pay_to)
     dom = exact_evm.domain(offer.extra["name"], offer.extra["version"], chain, offer.asset)
     message = {

@@ -10,11 +10,17 @@ whose balances, used nonces and transfers live in tollway's ledger.
 - A settlement is one ledger transfer from the payer to revenue, with a usage
   event (meter ``x402``) recording the payer, ``payTo``, network, asset and
   transaction reference.
+- A payment the wallet broker signed (``signatures``, see
+  :mod:`tollway.wallets.signatures`) is paid from the wallet's ledger account,
+  the one balance: settling it captures the wallet's hold (into
+  ``sys_settlement``), and the settlement transfer moves that amount on to
+  revenue. No ``x402dev_`` balance is involved, and a payment whose hold is
+  gone (voided, expired) cannot settle.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 from eth_utils.crypto import keccak
 
@@ -28,7 +34,16 @@ from tollway.x402.wire import PaymentInvalid
 
 MINT_ACCOUNT = "sys_devnet"
 REVENUE_ACCOUNT = "sys_revenue"
+SETTLEMENT_ACCOUNT = "sys_settlement"  # where a captured wallet hold waits for its settlement
 METER = "x402"
+
+
+class BrokerSignatures(Protocol):
+    """Payments the wallet broker signed (``tollway.wallets.signatures.Signatures``)."""
+
+    async def covers(self, auth: Authorization) -> bool | None: ...
+
+    async def capture(self, auth: Authorization) -> int | None: ...
 
 
 def authorization_key(network: str, asset: str, authorizer: str, nonce: str) -> str:
@@ -42,6 +57,7 @@ class Devnet:
         self.ledger = ledger
         self.network = network
         self.asset = asset
+        self.signatures: BrokerSignatures | None = None  # set by the runtime
 
     @staticmethod
     def account_id(address: str) -> str:
@@ -71,6 +87,15 @@ class Devnet:
         )
         return int(row[0]) if row is not None else 0
 
+    async def covers(self, auth: Authorization) -> bool:
+        """Whether the payer can pay ``auth``: the wallet's hold for a payment the
+        broker signed, otherwise the address's devnet balance."""
+        if self.signatures is not None:
+            held = await self.signatures.covers(auth)
+            if held is not None:
+                return held
+        return await self.balance(auth.payer) >= auth.value
+
     async def nonce_used(self, authorizer: str, nonce: str) -> bool:
         row = await self.ledger.reads.one(
             "SELECT 1 FROM ledger_transfers WHERE idempotency_key = ?", self.nonce_key(authorizer, nonce)
@@ -87,18 +112,25 @@ class Devnet:
         """Move the authorized value from the payer to revenue; the nonce is then used.
         A second settlement of the same authorization is ``nonce already used``."""
         tx = self.transaction(auth)
+        source, value = self.account_id(auth.payer), auth.value
+        if self.signatures is not None:
+            # The wallet's one debit; a hold already captured returns its amount, and the
+            # transfer below, keyed by the nonce, then settles once (a repeat: nonce used).
+            taken = await self.signatures.capture(auth)
+            if taken is not None:
+                source, value = SETTLEMENT_ACCOUNT, taken
         usage = Usage(
             METER,
             1,
             None,
             {**meta, "transaction": tx, "payer": auth.payer, "pay_to": pay_to},
-            amount=auth.value,
+            amount=value,
         )
         try:
             await self.ledger.transfer(
-                self.account_id(auth.payer),
+                source,
                 REVENUE_ACCOUNT,
-                auth.value,
+                value,
                 # The key is the authorization; the call id makes a repeat a conflict, not a replay.
                 idempotency_key=self.nonce_key(auth.payer, auth.nonce),
                 description=f"x402 {self.network} {tx} ({new_id('call')})",

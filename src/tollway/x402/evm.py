@@ -189,6 +189,9 @@ class EvmSettlement:
         fn = self.token.functions.balanceOf(to_checksum_address(address))
         return int(await self._run(fn.call, {"from": self.facilitator_address}))
 
+    async def covers(self, auth: Authorization) -> bool:
+        return await self.balance(auth.payer) >= auth.value
+
     # ------------------------------------------------------------ settle
 
     async def transfer_with_authorization(

@@ -10,7 +10,8 @@ status).
 
 Checks, in order: the x402 version; scheme and network supported; the asset
 is the one this facilitator settles; ``to`` equals ``payTo``; the value is
-exactly the price; ``validAfter <= now < validBefore - 6 s``; the EIP-712
+exactly the price; ``validAfter <= now < validBefore - 6 s``, and
+``validBefore`` at most ``[x402] max_validity_seconds`` away; the EIP-712
 signature recovers to ``from``; the nonce is unused (across every process
 sharing the database); the payer's balance covers the value.
 """
@@ -50,6 +51,11 @@ class Settlement(Protocol):
 
     async def balance(self, address: str) -> int:
         """The address's spendable balance of the asset, in atomic units."""
+        ...
+
+    async def covers(self, auth: Authorization) -> bool:
+        """Whether the payer can pay ``auth`` now (its balance, or on devnet the
+        wallet hold behind a payment the broker signed)."""
         ...
 
     async def transfer_with_authorization(
@@ -146,12 +152,20 @@ class Facilitator:
             requirements, "amount" if version == 2 else "maxAmountRequired", wire.INVALID_REQUIREMENTS
         )
         auth = Authorization.parse(payload.get("payload"))
-        exact_evm.check(auth, pay_to, amount, self.clock.now_us() // 1_000_000)
+        now_s = self.clock.now_us() // 1_000_000
+        exact_evm.check(auth, pay_to, amount, now_s)
+        if auth.valid_before - now_s > self.cfg.max_validity_seconds:
+            raise PaymentInvalid(
+                wire.VALID_BEFORE,
+                f"validBefore is more than {self.cfg.max_validity_seconds} s away: this facilitator"
+                " does not take authorizations valid that long",
+                auth.payer,
+            )
         if exact_evm.signer(auth, self.domain(requirements.get("extra"))) != auth.payer:
             raise PaymentInvalid(wire.BAD_SIGNATURE, "the signature is not the payer's", auth.payer)
         if await self.devnet.nonce_used(auth.payer, auth.nonce):
             raise PaymentInvalid(wire.NONCE_USED, "this authorization was already used", auth.payer)
-        if await self.devnet.balance(auth.payer) < auth.value:
+        if not await self.devnet.covers(auth):
             raise PaymentInvalid(wire.INSUFFICIENT_FUNDS, "the payer's balance is too low", auth.payer)
         resource = (
             requirements.get("resource") if version == 1 else (payload.get("resource") or {}).get("url")
