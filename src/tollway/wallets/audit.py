@@ -17,6 +17,19 @@ from tollway.ledger import Ledger
 
 _COLS = [c.name for c in W.columns]
 _SQLITE_INSERT = f"INSERT INTO wallet_audit ({', '.join(_COLS)}) VALUES ({', '.join('?' * len(_COLS))})"
+# An authorization's resolution (capture, void, expiry) is audited once: a replay
+# of it (say, a capture re-sent to another process) finds the row and adds none.
+RESOLUTIONS = ("capture", "void", "expire")
+# One row as a SELECT (created_at_us, the last column, cast: PostgreSQL types
+# a SELECT's parameters from the context, and this one has none).
+_SELECTED = (
+    f"INSERT INTO wallet_audit ({', '.join(_COLS)}) SELECT {', '.join(['?'] * (len(_COLS) - 1))},"
+    " CAST(? AS BIGINT)"
+)
+_ONCE = (
+    f"{_SELECTED} WHERE NOT EXISTS (SELECT 1 FROM wallet_audit WHERE authorization_id = ?"
+    f" AND event IN ({', '.join(repr(e) for e in RESOLUTIONS)}))"
+)
 
 
 class Audit:
@@ -53,6 +66,26 @@ class Audit:
             return
         async with writer(self.engine).begin() as conn:
             await conn.execute(insert(W), [dict(zip(_COLS, r, strict=True)) for r in rows])
+
+    async def write_if(self, row: tuple[Any, ...], exists: str, *args: Any) -> None:
+        """Write ``row`` (riding, where rows ride) only if the query ``exists``
+        (``?`` placeholders, ``args``) finds a row in the same transaction."""
+        if self.ledger.ride(f"{_SELECTED} WHERE EXISTS ({exists})", [(*row, *args)], postgres=True):
+            return
+        await self.write([row])
+
+    async def write_resolution(self, row: tuple[Any, ...]) -> None:
+        """Audit an authorization's resolution once, however often it is replayed.
+        It rides after the authorization's own update in one transaction: on
+        PostgreSQL a concurrent replay's update waits for that row's lock, so its
+        check runs once the first resolution (and its audit row) committed."""
+        auth_id = row[_COLS.index("authorization_id")]
+        if self.ledger.ride(_ONCE, [(*row, auth_id)], postgres=True):
+            return
+        async with writer(self.engine).begin() as conn:  # an in-memory SQLite: one process
+            q = select(W.c.id).where(W.c.authorization_id == auth_id, W.c.event.in_(RESOLUTIONS))
+            if (await conn.execute(q.limit(1))).first() is None:
+                await conn.execute(insert(W), [dict(zip(_COLS, row, strict=True))])
 
     async def query(
         self,

@@ -66,7 +66,9 @@ REASONS = (
 _COLS = [c.name for c in A.columns]
 _SQLITE_INSERT = (
     f"INSERT INTO wallet_authorizations ({', '.join(_COLS)}) VALUES ({', '.join('?' * len(_COLS))})"
+    " ON CONFLICT (idempotency_key) DO NOTHING"  # another process's decision stands (read back)
 )
+_RECORDED = "SELECT 1 FROM wallet_authorizations WHERE id = ?"
 
 
 @dataclass(slots=True)
@@ -697,7 +699,7 @@ class Authorizer:
                     .where(A.c.id == d.id, A.c.status == "approved")
                     .values(status=status, captured=captured, updated_at_us=now)
                 )
-        await self.audit.write([arow])
+        await self.audit.write_resolution(arow)
         self._recent.pop(d.idempotency_key, None)
         return replace(d, status=status, captured=captured, updated_at_us=now, message=message or "")
 
@@ -828,8 +830,13 @@ class Authorizer:
             category=d.category,
         )
         if self.ledger.ride(_SQLITE_INSERT, [d.row()], postgres=True):
-            await self.audit.write([arow])
+            await self.audit.write_if(arow, _RECORDED, d.id)
             await self.ledger.riders_committed()
+            # Another process may have decided the same request first (its
+            # row holds the key; ours was not inserted): its answer is ours.
+            r = await self.wallets.reads.one(_BY_KEY, d.idempotency_key)
+            if r is not None and r[0] != d.id:
+                self._adopt(d, _from_row(_Row(*r)))
             return
         try:
             async with writer(self.engine).begin() as conn:
@@ -839,10 +846,18 @@ class Authorizer:
             seen = await self._seen(d.idempotency_key)
             if seen is None:
                 raise
-            for f in _FIELDS:
-                setattr(d, f, getattr(seen, f))
+            self._adopt(d, seen)
             return
         await self.audit.write([arow])
+
+    def _adopt(self, d: Decision, seen: Decision) -> None:
+        """Answer with the decision another process recorded for this key (the
+        holds share their ledger transfers through the key: one reservation)."""
+        self._open_auths.pop(d.id, None)
+        self._holds.pop(d.id, None)
+        for f in _FIELDS:
+            setattr(d, f, getattr(seen, f))
+        self._recent[d.idempotency_key] = seen
 
     async def _set(
         self,
