@@ -305,7 +305,9 @@ async def test_reserve_early_commit_failure_reaches_the_commit_future(rt: Runtim
     acct = await funded(ledger)
     real = ledger._apply
 
-    async def decide_then_fail(ops: list[object], decided: object, riders: object = ()) -> object:
+    async def decide_then_fail(
+        ops: list[object], decided: object, riders: object = (), *, lazy: bool = False
+    ) -> object:
         async def no_commit(*a: object) -> object:
             raise RuntimeError("disk gone")
 

@@ -153,7 +153,8 @@ class Ledger:
         # connection and its commit not yet handed to the writer thread: other
         # jobs wait for it, so they reach the thread after that commit.
         self._open_inline: asyncio.Future[None] | None = None
-        self._sync_level: int | None = None  # the writer connection's PRAGMA synchronous
+        self._sync_level: int | None = None  # the writer connection's PRAGMA synchronous, as configured
+        self._sync_now: int | None = None  # and as set now (see _sync_for)
         cols = ", ".join(c.name for c in ACCOUNT_COLUMNS)
         self._select_account = f"SELECT {cols} FROM ledger_accounts"
 
@@ -501,7 +502,11 @@ class Ledger:
         ops = [op for op, _, _ in batch]
         t0 = time.perf_counter()
         try:
-            results = await self._apply(ops, lambda rs: _decided(batch, rs), riders)
+            # A batch of early reservations only (no riders) is acknowledged to
+            # no one outside the process: the settle (or the caller's record)
+            # that follows it commits durably and covers it. See _sync_for.
+            lazy = bool(batch) and not riders and all(early is not None for _, _, early in batch)
+            results = await self._apply(ops, lambda rs: _decided(batch, rs), riders, lazy=lazy)
         except DRIVER_ERRORS as e:
             if riders:
                 log.warning("dropping %d rider rows with a failed ledger batch: %s", len(riders), e)
@@ -541,10 +546,13 @@ class Ledger:
         log.error("ledger request failed after retries: %s", err)
         return _db_unavailable(err)
 
-    async def _apply(self, ops: list[Op], decided: _Decided | None, riders: _Riders = ()) -> list[Result]:
+    async def _apply(
+        self, ops: list[Op], decided: _Decided | None, riders: _Riders = (), *, lazy: bool = False
+    ) -> list[Result]:
         """Apply one batch in one transaction; ``decided`` hears the results
         once applied under the write lock, before the commit (``riders``:
-        SQLite only, see :meth:`ride`)."""
+        SQLite only, see :meth:`ride`). ``lazy``: the commit need not wait for
+        the disk (see :meth:`_sync_for`)."""
         loop = asyncio.get_running_loop()
         if self._sqlite and sqlite_path(self.engine):
             if self._wexec is None:
@@ -558,14 +566,16 @@ class Ledger:
 
             now = self.clock.now_us()
             if decided is not None and ops and self._wjobs == 0:
-                started = self._decide_inline(ops, now)
+                started = self._decide_inline(ops, now, lazy)
                 if started is not None:
                     inline, state, written = started
-                    await self._finish_after_callers(decided, inline, state, written, riders)
+                    await self._finish_after_callers(decided, inline, state, written, riders, lazy)
                     return inline
-            return await self._on_writer(self._apply_sqlite, ops, now, tell, riders)
+            return await self._on_writer(self._apply_sqlite, ops, now, tell, riders, lazy)
         results: list[Result] = []
         async with raw_transaction(self.engine) as tx:
+            if lazy:  # PostgreSQL: this commit need not wait for the WAL flush
+                await tx.execute("SET LOCAL synchronous_commit = off", ())
             if ops:
                 st = await load_batch(tx, ops, self.clock.now_us(), self.default_timeout_s)
                 results, writes = apply_batch(ops, st)
@@ -592,7 +602,13 @@ class Ledger:
             self._wjobs -= 1
 
     async def _finish_after_callers(
-        self, decided: _Decided, inline: list[Result], state: Any, written: Any, riders: _Riders
+        self,
+        decided: _Decided,
+        inline: list[Result],
+        state: Any,
+        written: Any,
+        riders: _Riders,
+        lazy: bool = False,
     ) -> None:
         """Tell the callers an inline batch's decisions and let them run first
         (one loop turn: they go on to their own I/O), then write the batch and
@@ -620,7 +636,7 @@ class Ledger:
                 try:
                     run_inline(write_batch(inline_tx(conn), state, written))
                     self._write_riders(conn, riders)
-                    if self._commit_fsyncs:
+                    if self._commit_fsyncs and not lazy:
                         job = loop.run_in_executor(self._wexec, self._commit_sqlite)
                     else:
                         self._commit_sqlite()
@@ -640,12 +656,32 @@ class Ledger:
     def _commit_fsyncs(self) -> bool:
         """Whether a COMMIT on the writer's connection waits for the disk: in WAL
         mode only ``synchronous`` FULL (2) and EXTRA (3) fsync at each commit."""
+        return self._configured_sync() >= 2
+
+    def _configured_sync(self) -> int:
+        """The connection's ``PRAGMA synchronous`` as configured (read once)."""
         if self._sync_level is None:
             assert self._wconn is not None
-            self._sync_level = int(self._wconn.execute("PRAGMA synchronous").fetchone()[0])
-        return self._sync_level >= 2
+            self._sync_level = self._sync_now = int(self._wconn.execute("PRAGMA synchronous").fetchone()[0])
+        return self._sync_level
 
-    def _decide_inline(self, ops: list[Op], now_us: int) -> tuple[list[Result], Any, Any] | None:
+    def _sync_for(self, conn: sqlite3.Connection, lazy: bool) -> None:
+        """Before BEGIN (SQLite refuses to change it inside a transaction): a
+        lazy batch commits with ``synchronous = NORMAL``, a WAL append that
+        survives a crash of this process, without the fsync. The next batch
+        that fsyncs (FULL) makes it durable against power loss too, since one
+        fsync of the WAL covers every frame before it. Lazy batches hold only
+        early reservations, whose callers settle (or record) durably before
+        they report anything; a reservation lost to a power cut was never
+        reported, and the call it held for was not charged."""
+        level = min(self._configured_sync(), 1) if lazy else self._configured_sync()
+        if level != self._sync_now:
+            conn.execute(f"PRAGMA synchronous={level}")
+            self._sync_now = level
+
+    def _decide_inline(
+        self, ops: list[Op], now_us: int, lazy: bool = False
+    ) -> tuple[list[Result], Any, Any] | None:
         """Decide a batch on the event loop, with the writer's connection, while
         the writer thread is idle: BEGIN IMMEDIATE, load, apply. The decision
         then costs no thread round trip (see :meth:`_finish_after_callers` for
@@ -658,6 +694,7 @@ class Ledger:
         if self._wconn is None:
             self._wconn = sqlite_connect(self.engine, shared=True)
         conn = self._wconn
+        self._sync_for(conn, lazy)
         conn.execute("PRAGMA busy_timeout=0")
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -696,12 +733,18 @@ class Ledger:
             conn.execute("RELEASE rider")
 
     def _apply_sqlite(
-        self, ops: list[Op], now_us: int, decided: _Decided | None, riders: _Riders = ()
+        self,
+        ops: list[Op],
+        now_us: int,
+        decided: _Decided | None,
+        riders: _Riders = (),
+        lazy: bool = False,
     ) -> list[Result]:
         """One batch on the writer thread: BEGIN IMMEDIATE, load, apply, write, COMMIT."""
         if self._wconn is None:
             self._wconn = sqlite_connect(self.engine, shared=True)
         conn = self._wconn
+        self._sync_for(conn, lazy)
         conn.execute("BEGIN IMMEDIATE")
         results: list[Result] = []
         try:
@@ -736,6 +779,7 @@ class Ledger:
         if self._wconn is None:
             self._wconn = sqlite_connect(self.engine, shared=True)
         conn = self._wconn
+        self._sync_for(conn, False)
         conn.execute("BEGIN IMMEDIATE")
         try:
             n = conn.executemany(sql, rows).rowcount
@@ -747,6 +791,7 @@ class Ledger:
         return n
 
     def _close_wconn(self) -> None:
+        self._sync_level = self._sync_now = None
         if self._wconn is not None:
             self._wconn.close()
             self._wconn = None
