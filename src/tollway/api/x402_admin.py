@@ -72,7 +72,9 @@ async def import_rules(request: Request, body: RuleSet = Body(...)) -> dict[str,
         first = e.errors()[0]
         where = ".".join(str(x) for x in first.get("loc", ()))
         raise invalid(
-            "invalid_rules", f"{where}: {first.get('msg')}" if where else str(first.get("msg")), "rules"
+            "invalid_rules",
+            f"{where}: {first.get('msg')}" if where else str(first.get("msg")),
+            where or "rules",
         ) from None
     if rt.paywall.store is not None:
         await rt.paywall.store.replace(rules)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 from typing import Any
 
 PAYMENT_REQUIRED = "payment-required"
@@ -49,6 +50,61 @@ class PaymentInvalid(Exception):
         self.payer = payer
 
 
+MAX_DEPTH = 64  # JSON nesting x402 reads (payloads are 4 levels deep)
+
+
+class BadJSON(ValueError):
+    """JSON x402 will not read: ``code`` is ``invalid_json`` or ``duplicate_parameter``."""
+
+    def __init__(self, code: str, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.code, self.message, self.param = code, message, param
+
+
+def loads(raw: str | bytes) -> Any:
+    """Strict JSON (RFC 8259): no ``NaN``/``Infinity``, no number that overflows
+    to infinity, no key given twice in an object (parsers differ on which copy
+    wins), at most ``MAX_DEPTH`` levels (100,000 ``[`` is a 400, not a
+    RecursionError)."""
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        seen: set[str] = set()
+        for k, _ in items:
+            if k in seen:
+                raise BadJSON("duplicate_parameter", f"{k!r} is given more than once", k)
+            seen.add(k)
+        return dict(items)
+
+    def number(text: str) -> float:
+        f = float(text)
+        if math.isinf(f):
+            raise BadJSON("invalid_json", f"the number {text[:20]}... is too large")
+        return f
+
+    def constant(name: str) -> Any:
+        raise BadJSON("invalid_json", f"{name} is not JSON")
+
+    try:
+        obj = json.loads(raw, object_pairs_hook=pairs, parse_float=number, parse_constant=constant)
+    except BadJSON:
+        raise
+    except RecursionError:
+        raise BadJSON("invalid_json", f"JSON nested more than {MAX_DEPTH} levels") from None
+    except (ValueError, UnicodeDecodeError):
+        raise BadJSON("invalid_json", "not valid JSON") from None
+    level: list[Any] = [obj]
+    for _ in range(MAX_DEPTH):  # breadth first, one level at a time
+        level = [
+            c
+            for v in level
+            for c in (v.values() if isinstance(v, dict) else v)
+            if isinstance(c, (dict, list))
+        ]
+        if not level:
+            return obj
+    raise BadJSON("invalid_json", f"JSON nested more than {MAX_DEPTH} levels")
+
+
 def encode(obj: Any) -> str:
     """A header value: standard base64 of compact JSON."""
     return base64.b64encode(json.dumps(obj, separators=(",", ":")).encode()).decode()
@@ -58,8 +114,8 @@ def decode(value: str) -> dict[str, Any]:
     """A header value back to its JSON object; garbage is ``invalid_payload``."""
     try:
         raw = base64.b64decode(value.strip(), validate=True)
-        obj = json.loads(raw)
-    except (binascii.Error, ValueError, UnicodeDecodeError):
+        obj = loads(raw)
+    except (binascii.Error, ValueError):  # BadJSON included: deep, NaN, duplicate keys
         raise PaymentInvalid(INVALID_PAYLOAD, "the payment header is not base64 JSON") from None
     if not isinstance(obj, dict):
         raise PaymentInvalid(INVALID_PAYLOAD, "the payment header is not a JSON object")
