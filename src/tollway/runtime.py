@@ -32,6 +32,7 @@ from tollway.wallets.audit import Audit
 from tollway.wallets.authorize import Authorizer, alerts
 from tollway.wallets.broker import Broker
 from tollway.wallets.store import Wallets
+from tollway.x402.claims import Claims
 from tollway.x402.devnet import Devnet
 from tollway.x402.facilitator import Facilitator, Settlement
 from tollway.x402.paywall import Paywall
@@ -106,7 +107,10 @@ class Runtime:
             settings.wallets.hold_seconds,
             alerts(settings.wallets.alert_webhook_url),
         )
-        paywall = Paywall(x402, Rules(x402.rules), remote or facilitator, keys, RuleStore(engine, clock))
+        claims = Claims(engine, ledger, clock)
+        paywall = Paywall(
+            x402, Rules(x402.rules), remote or facilitator, keys, claims, RuleStore(engine, clock)
+        )
         paywall.entitled = lambda key, feature: billing.standing(key.customer_id, key.billing).plan.has(
             feature
         )

@@ -37,6 +37,8 @@ from tollway.core.config import X402Config
 from tollway.core.errors import TollwayError, invalid
 from tollway.identity.keys import ApiKey, ApiKeys, presented_key
 from tollway.x402 import paths, wire
+from tollway.x402.claims import Claims
+from tollway.x402.devnet import authorization_key
 from tollway.x402.facilitator import V1_NAMES, Verifier
 from tollway.x402.paths import canonical
 from tollway.x402.rules import Rule, Rules, atomic, price_of
@@ -88,6 +90,7 @@ class Paywall:
         rules: Rules,
         facilitator: Verifier,
         keys: ApiKeys,
+        claims: Claims,
         store: RuleStore | None = None,
     ) -> None:
         self.cfg = cfg
@@ -97,6 +100,7 @@ class Paywall:
         # Set by the runtime: does an API key's plan include a feature (tollway.billing)?
         self.entitled: Callable[[ApiKey, str], bool] | None = None
         self.store = store
+        self.claims = claims
         self._version: tuple[int, int] | None = None
         # Set by the app: the inference service's quote of an AI request's maximum
         # cost (micro-USD), and the app without its paywall, for origin = "self".
@@ -256,11 +260,28 @@ class Paywall:
         except PaymentInvalid as e:
             await self._required(send, request, rule, v2, v1, e.reason)
             return
-        status, headers, chunks = await self._forward(rule, request, body, checked.auth.payer)
-        if status >= 400:  # the origin failed: nothing is settled
+        # One payment, one execution: claim the authorization before the origin runs.
+        key = authorization_key(v2["network"], v2["asset"], checked.auth.payer, checked.auth.nonce)
+        try:
+            token = await self.claims.claim(key, checked.auth.payer)
+        except PaymentInvalid as e:
+            await self._required(send, request, rule, v2, v1, e.reason)
+            return
+        ran = False
+        try:
+            status, headers, chunks = await self._forward(rule, request, body, checked.auth.payer)
+            if status < 400:
+                ran = True
+                receipt = await self.facilitator.settle(payload, reqs, str(request.url), checked)
+        except BaseException:  # before the origin answered (the client left): give it back
+            done = self.claims.spend(key, token) if ran else self.claims.release(key, token)
+            await asyncio.shield(done)
+            raise
+        if status >= 400:  # the origin failed: nothing is settled, the payment may be retried
+            await self.claims.release(key, token)
             await self._relay(send, status, headers, chunks)
             return
-        receipt = await self.facilitator.settle(payload, reqs, str(request.url), checked)
+        await self.claims.spend(key, token)  # the origin ran: this authorization never runs it again
         receipt_header = (wire.PAYMENT_RESPONSE if version == 2 else wire.X_PAYMENT_RESPONSE).encode()
         if not receipt["success"]:
             await _close(chunks)
