@@ -67,6 +67,7 @@ async def test_a_claim_is_exclusive_released_by_its_owner_and_spent_forever(rt: 
     await claims.release(key, token)
     token = await claims.claim(key, payer)  # given back: usable again
     await claims.spend(key, token)
+    await rt.ledger.riders_committed()  # the spend rides with the next ledger batch
     await claims.release(key, token)  # a spent claim is never released
     late = Claims(rt.engine, rt.ledger, rt.clock, lease_s=-1)
     for c in (claims, late):

@@ -76,15 +76,23 @@ class Claims:
         await self._write(_RELEASE, key=key, token=token)
 
     async def spend(self, key: str, token: str) -> None:
-        """The origin ran for this authorization: it is never claimed again."""
-        await self._write(_SPEND, key=key, token=token)
+        """The origin ran for this authorization: it is never claimed again. The
+        row rides with the next ledger batch (no commit of its own): if it were
+        lost, the claim would only expire, and the settled authorization is
+        refused by the facilitator's own nonce check from then on."""
+        if not self.ledger.ride(*_qmark(_SPEND, key=key, token=token), postgres=True):
+            await self._write(_SPEND, key=key, token=token)
 
     async def _write(self, sql: str, **params: Any) -> int:
         """Rows changed. On SQLite through the ledger's writer thread (the
         database keeps one writer); elsewhere through the engine."""
-        names = re.findall(r":(\w+)", sql)
-        n = await self.ledger.write_aside(re.sub(r":(\w+)", "?", sql), [tuple(params[k] for k in names)])
+        n = await self.ledger.write_aside(*_qmark(sql, **params))
         if n is not None:
             return n
         async with writer(self.engine).begin() as conn:
             return int((await conn.execute(text(sql), params)).rowcount)
+
+
+def _qmark(sql: str, **params: Any) -> tuple[str, list[tuple[Any, ...]]]:
+    """``:name`` placeholders → ``?`` and the one row of values, in order."""
+    return re.sub(r":(\w+)", "?", sql), [tuple(params[k] for k in re.findall(r":(\w+)", sql))]
