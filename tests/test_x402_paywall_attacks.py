@@ -315,3 +315,10 @@ async def test_devnet_funding_refuses_nan_and_huge_amounts(shop: Any) -> None:
         err(
             await c.post("/admin/x402/devnet/fund", json=body, headers=ADMIN), 400, "invalid_amount", "amount"
         )
+
+
+@pytest.mark.parametrize("body", [b"null", b"true", b"3", b'"x"', b"[]", b"[1, [2]]"])
+async def test_the_facilitator_reads_any_json_value_without_a_500(shop: Any, body: bytes) -> None:
+    _, c, _ = shop
+    r = await c.post("/x402/verify", content=body, headers={"content-type": "application/json"})
+    err(r, 400, "invalid_json")

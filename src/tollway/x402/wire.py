@@ -92,7 +92,7 @@ def loads(raw: str | bytes) -> Any:
         raise BadJSON("invalid_json", f"JSON nested more than {MAX_DEPTH} levels") from None
     except (ValueError, UnicodeDecodeError):
         raise BadJSON("invalid_json", "not valid JSON") from None
-    level: list[Any] = [obj]
+    level: list[Any] = [obj] if isinstance(obj, (dict, list)) else []
     for _ in range(MAX_DEPTH):  # breadth first, one level at a time
         level = [
             c
