@@ -12,11 +12,14 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conftest import ADMIN, err, settings_for
 from threaded import ThreadServer
 from tollway.api.app import create_app
 from tollway.runtime import Runtime
+from tollway.x402.paths import canonical
 from x402_gateway_support import Origin, funded, header, required, send_raw
 from x402_helpers import PAY_TO, requirements
 
@@ -322,3 +325,41 @@ async def test_the_facilitator_reads_any_json_value_without_a_500(shop: Any, bod
     _, c, _ = shop
     r = await c.post("/x402/verify", content=body, headers={"content-type": "application/json"})
     err(r, 400, "invalid_json")
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from(
+            [
+                b"/",
+                b".",
+                b"..",
+                b"%2e",
+                b"%2E",
+                b"%2f",
+                b"%5c",
+                b"\\",
+                b";",
+                b"%25",
+                b"%",
+                b"a",
+                b"B",
+                b"%41",
+                b"~",
+                b" ",
+                b"\xc3\xa9",
+                b"%zz",
+            ]
+        ),
+        max_size=12,
+    )
+)
+def test_the_canonical_path_is_a_fixpoint_with_no_dot_or_empty_segments(parts: list[bytes]) -> None:
+    """Whatever is sent, the path forwarded reads the same when canonicalized
+    again (an origin that normalizes gets the path that was priced)."""
+    path, _ = canonical(b"".join(parts))
+    assert canonical(path.encode())[0] == path
+    segments = path.split("/")[1:-1]
+    assert path.startswith("/") and "" not in segments and "." not in segments and ".." not in segments
+    assert path.isascii() and " " not in path

@@ -26,6 +26,8 @@ own routes unchanged.
 
 from __future__ import annotations
 
+import re
+
 from tollway.core.errors import invalid
 
 _UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
@@ -33,6 +35,7 @@ _UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz01
 _KEEP = _UNRESERVED | frozenset(b"!$&'()*+,=:@/")
 _HEX = frozenset(b"0123456789ABCDEFabcdef")
 _SLASHES = (0x2F, 0x5C)  # "/" and "\" written as escapes
+_PLAIN = re.compile(rb"[A-Za-z0-9\-._~!$&'()*+,=:@/]*")  # needs no pass when also free of // and /.
 
 
 def refused() -> Exception:
@@ -47,6 +50,8 @@ def refused() -> Exception:
 def canonical(raw: bytes) -> tuple[str, str | None]:
     """``raw`` (a request target's path, as sent) → (its canonical form, and
     when the path has an ambiguous character, its lenient reading; else None)."""
+    if raw[:1] == b"/" and _PLAIN.fullmatch(raw) and b"//" not in raw and b"/." not in raw:
+        return raw.decode("ascii"), None  # already canonical (most requests): no pass needed
     strict, ambiguous = _read(raw, lenient=False)
     if not ambiguous:
         return resolve(strict.decode("ascii")), None
