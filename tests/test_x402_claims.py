@@ -189,20 +189,17 @@ def _serve(cfg: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
 
 @pytest.mark.slow
 async def test_one_payment_sent_to_two_processes_at_once_runs_the_origin_once(
-    tmp_path: Path, origin: tuple[Origin, str]
+    tmp_path: Path, db_url: str, origin: tuple[Origin, str]
 ) -> None:
+    """Two ``tollway serve`` processes on one database (SQLite, or PostgreSQL
+    when TOLLWAY_TEST_POSTGRES_URL is set), five copies of one payment each."""
     o, url = origin
     o.delay_s = 0.5
     cfg = tmp_path / "tollway.toml"
     cfg.write_text(
-        f'[database]\nurl = "sqlite:///{tmp_path / "tollway.db"}"\n\n[admin]\ntoken = "{ADMIN_TOKEN}"\n\n'
+        f'[database]\nurl = "{db_url}"\n\n[admin]\ntoken = "{ADMIN_TOKEN}"\n\n'
         f'[x402]\npay_to = "{PAY_TO}"\n\n[[x402.rules]]\nname = "api"\npath = "/api/*"\n'
         f'origin = "{url}"\nprice = "$0.001"\n'
-    )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TOLLWAY_")}
-    cli = [sys.executable, "-m", "tollway.cli.main", "--config", str(cfg)]
-    await asyncio.to_thread(
-        subprocess.run, [*cli, "migrate"], env=env, check=True, capture_output=True, timeout=120
     )
     procs: list[tuple[subprocess.Popen[bytes], str]] = []
     try:
