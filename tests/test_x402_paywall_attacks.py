@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import sys
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -363,3 +364,42 @@ def test_the_canonical_path_is_a_fixpoint_with_no_dot_or_empty_segments(parts: l
     segments = path.split("/")[1:-1]
     assert path.startswith("/") and "" not in segments and "." not in segments and ".." not in segments
     assert path.isascii() and " " not in path
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        (DEEP, "invalid_json"),
+        (b'{"rules": [{"name": "x", "path": "/x", "origin": "demo", "price": NaN}]}', "invalid_json"),
+        (b'{"rules": [], "rules": [{"name": "x"}]}', "duplicate_parameter"),
+        (b'{"rules": 3}', "invalid_rules"),
+    ],
+)
+async def test_the_rules_import_reads_its_body_strictly(shop: Any, body: bytes, code: str) -> None:
+    _, c, _ = shop
+    r = await c.put("/admin/x402/rules", content=body, headers={**ADMIN, "content-type": "application/json"})
+    assert r.status_code == 400 and r.json()["error"]["code"] == code, r.text
+    assert (await c.get("/admin/x402/rules", headers=ADMIN)).json()["source"] == "config"
+
+
+async def test_deep_json_is_refused_before_parsing_even_with_a_raised_recursion_limit(shop: Any) -> None:
+    """``json`` recurses on the C stack: with the limit raised (some libraries
+    do), 100,000 levels would crash the process instead of raising."""
+    _, c, _ = shop
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(1_000_000)
+    try:
+        for path in ("/x402/verify", "/x402/settle"):
+            err(
+                await c.post(path, content=DEEP, headers={"content-type": "application/json"}),
+                400,
+                "invalid_json",
+            )
+        r = await c.post(
+            "/count", content=b'{"n": ' + b"[" * 100_000, headers={"content-type": "application/json"}
+        )
+        err(r, 400, "invalid_json")
+        h = {"payment-signature": base64.b64encode(DEEP).decode()}
+        assert required(await c.get("/shop/cheap/x", headers=h))["error"] == "invalid_payload"
+    finally:
+        sys.setrecursionlimit(limit)

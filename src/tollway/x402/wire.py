@@ -13,6 +13,7 @@ import base64
 import binascii
 import json
 import math
+import re
 from typing import Any
 
 PAYMENT_REQUIRED = "payment-required"
@@ -64,8 +65,13 @@ class BadJSON(ValueError):
 def loads(raw: str | bytes) -> Any:
     """Strict JSON (RFC 8259): no ``NaN``/``Infinity``, no number that overflows
     to infinity, no key given twice in an object (parsers differ on which copy
-    wins), at most ``MAX_DEPTH`` levels (100,000 ``[`` is a 400, not a
+    wins), at most ``MAX_DEPTH`` levels. The depth is measured before parsing:
+    ``json`` recurses on the C stack, and where the interpreter's recursion
+    limit has been raised, 100,000 ``[`` overflow it (a segfault, not a
     RecursionError)."""
+    data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
+    if not _shallow(data):
+        raise BadJSON("invalid_json", f"JSON nested more than {MAX_DEPTH} levels")
 
     def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
         seen: set[str] = set()
@@ -85,24 +91,42 @@ def loads(raw: str | bytes) -> Any:
         raise BadJSON("invalid_json", f"{name} is not JSON")
 
     try:
-        obj = json.loads(raw, object_pairs_hook=pairs, parse_float=number, parse_constant=constant)
+        return json.loads(data, object_pairs_hook=pairs, parse_float=number, parse_constant=constant)
     except BadJSON:
         raise
-    except RecursionError:
-        raise BadJSON("invalid_json", f"JSON nested more than {MAX_DEPTH} levels") from None
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise BadJSON("invalid_json", "not valid JSON") from None
-    level: list[Any] = [obj] if isinstance(obj, (dict, list)) else []
-    for _ in range(MAX_DEPTH):  # breadth first, one level at a time
-        level = [
-            c
-            for v in level
-            for c in (v.values() if isinstance(v, dict) else v)
-            if isinstance(c, (dict, list))
-        ]
-        if not level:
-            return obj
-    raise BadJSON("invalid_json", f"JSON nested more than {MAX_DEPTH} levels")
+
+
+_STRUCTURE = re.compile(rb'[\[\]{}"\\]')
+
+
+def _shallow(data: bytes) -> bool:
+    """Whether no array or object in ``data`` opens more than ``MAX_DEPTH``
+    deep (brackets inside strings do not count). Cheap when there are few
+    brackets; otherwise one regex pass over the structural characters."""
+    if data.count(b"[") + data.count(b"{") <= MAX_DEPTH:
+        return True
+    depth, in_string, skip = 0, False, -1
+    for m in _STRUCTURE.finditer(data):
+        i = m.start()
+        if i == skip:  # the character a backslash escapes
+            continue
+        c = data[i]
+        if in_string:
+            if c == 0x5C:
+                skip = i + 1
+            elif c == 0x22:
+                in_string = False
+        elif c == 0x22:
+            in_string = True
+        elif c in b"[{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                return False
+        elif c in b"]}":
+            depth -= 1
+    return True
 
 
 def encode(obj: Any) -> str:
