@@ -13,34 +13,16 @@ from typing import Any
 
 import httpx
 import pytest
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
 
 from conftest import ADMIN, settings_for
 from threaded import ThreadServer
 from tollway.api.app import create_app
 from tollway.core.config import Settings
 from tollway.runtime import Runtime
+from x402_gateway_support import Origin, funded, header, required, revenue
 from x402_helpers import PAY_TO, Payer
 
 PRICE = 1000  # $0.001 in micro-USD units
-
-
-class Origin:
-    """A real HTTP origin that counts what reaches it."""
-
-    def __init__(self) -> None:
-        self.calls: list[dict[str, Any]] = []
-        app = FastAPI()
-
-        @app.api_route("/{rest:path}", methods=["GET", "POST"])
-        async def echo(rest: str, request: Request) -> Any:
-            self.calls.append({"path": rest, "headers": dict(request.headers), "body": await request.body()})
-            if rest == "api/fail":
-                return JSONResponse({"error": "origin down"}, status_code=500)
-            return {"echo": rest, "query": dict(request.query_params)}
-
-        self.app = app
 
 
 @pytest.fixture
@@ -78,25 +60,6 @@ async def gw(db_url: str, origin: tuple[Origin, str]) -> AsyncIterator[tuple[htt
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://tollway.test") as c:
         yield c, rt
     await rt.close()
-
-
-def required(r: httpx.Response) -> dict[str, Any]:
-    out: dict[str, Any] = json.loads(base64.b64decode(r.headers["payment-required"]))
-    return out
-
-
-def header(obj: Any) -> str:
-    return base64.b64encode(json.dumps(obj).encode()).decode()
-
-
-async def funded(rt: Runtime, amount: int = 10_000) -> Payer:
-    p = Payer()
-    await rt.devnet.fund(p.address, amount)
-    return p
-
-
-async def revenue(rt: Runtime) -> int:
-    return (await rt.ledger.get_account("sys_revenue")).balance
 
 
 async def test_unpaid_gets_402_for_both_versions_and_browsers_a_page(gw: Any) -> None:

@@ -33,6 +33,7 @@ from tollway.wallets.authorize import Authorizer, alerts
 from tollway.wallets.broker import Broker
 from tollway.wallets.signatures import Signatures
 from tollway.wallets.store import Wallets
+from tollway.x402.claims import Claims
 from tollway.x402.devnet import Devnet
 from tollway.x402.facilitator import Facilitator, Settlement
 from tollway.x402.paywall import Paywall
@@ -108,7 +109,10 @@ class Runtime:
             alerts(settings.wallets.alert_webhook_url),
         )
         devnet.signatures = Signatures(authorizer, x402.asset_decimals)  # broker payments: the wallet pays
-        paywall = Paywall(x402, Rules(x402.rules), remote or facilitator, keys, RuleStore(engine, clock))
+        claims = Claims(engine, ledger, clock)
+        paywall = Paywall(
+            x402, Rules(x402.rules), remote or facilitator, keys, claims, RuleStore(engine, clock)
+        )
         paywall.entitled = lambda key, feature: billing.standing(key.customer_id, key.billing).plan.has(
             feature
         )

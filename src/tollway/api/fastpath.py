@@ -82,7 +82,11 @@ class TollwayApp(FastAPI):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.paywall is not None and scope["type"] == "http" and "x402_payer" not in scope:
-            rule = self.paywall.match(scope)
+            try:
+                rule = self.paywall.match(scope)
+            except TollwayError as e:  # a path origins could read as another route's
+                await error_response(e)(scope, receive, send)
+                return
             if rule is not None:  # a paid route (x402), in front of everything else
                 scope["x402_rule"] = rule
                 scope["route"] = PaidRoute(rule.path)  # what the metrics label it by

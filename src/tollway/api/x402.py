@@ -9,7 +9,6 @@ JSON at all gets a 400 in tollway's error shape.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from fastapi import APIRouter, Query, Request
@@ -17,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tollway.api.auth import runtime
 from tollway.core.errors import ErrorType, TollwayError
+from tollway.x402 import wire
 
 router = APIRouter(prefix="/x402", tags=["x402"])
 
@@ -51,11 +51,9 @@ class SettleResponse(BaseModel):
 
 async def _body(request: Request) -> dict[str, Any]:
     try:
-        body = json.loads(await request.body())
-    except ValueError:
-        raise TollwayError(
-            ErrorType.INVALID_REQUEST, "invalid_json", "request body is not valid JSON"
-        ) from None
+        body = wire.loads(await request.body())
+    except wire.BadJSON as e:  # also NaN, Infinity, 1e309, 100,000 levels deep, a key twice
+        raise TollwayError(ErrorType.INVALID_REQUEST, e.code, f"request body: {e.message}", e.param) from None
     if not isinstance(body, dict):
         raise TollwayError(ErrorType.INVALID_REQUEST, "invalid_json", "request body must be a JSON object")
     return body

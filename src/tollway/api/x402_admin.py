@@ -12,6 +12,7 @@ from tollway.api.auth import require_admin, runtime
 from tollway.core.config import X402Config
 from tollway.core.errors import invalid
 from tollway.x402 import payments as P
+from tollway.x402 import wire
 from tollway.x402.exact_evm import is_address
 from tollway.x402.rules import atomic
 
@@ -62,17 +63,32 @@ class RuleSet(BaseModel):
 @router.put(
     "/rules",
     summary="Import a rule set: it replaces tollway.toml's rules in every process (within 2 s)",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": RuleSet.model_json_schema()}},
+        }
+    },
 )
-async def import_rules(request: Request, body: RuleSet = Body(...)) -> dict[str, Any]:
+async def import_rules(request: Request) -> dict[str, Any]:
     rt = runtime(request)
     cfg = rt.settings.x402
+    try:  # read here, strictly: NaN, Infinity, deep nesting and repeated keys are 400s
+        body = RuleSet.model_validate(wire.loads(await request.body()))
+    except wire.BadJSON as e:
+        raise invalid(e.code, f"request body: {e.message}", e.param) from None
+    except ValidationError as e:
+        first = e.errors()[0]
+        raise invalid("invalid_rules", str(first.get("msg")), "rules") from None
     try:  # the same checks as tollway.toml's [[x402.rules]]
         rules = X402Config.model_validate({**cfg.model_dump(exclude={"rules"}), "rules": body.rules}).rules
     except ValidationError as e:
         first = e.errors()[0]
         where = ".".join(str(x) for x in first.get("loc", ()))
         raise invalid(
-            "invalid_rules", f"{where}: {first.get('msg')}" if where else str(first.get("msg")), "rules"
+            "invalid_rules",
+            f"{where}: {first.get('msg')}" if where else str(first.get("msg")),
+            where or "rules",
         ) from None
     if rt.paywall.store is not None:
         await rt.paywall.store.replace(rules)

@@ -350,6 +350,18 @@ x402_rules = Table(
 )
 
 
+# x402 authorizations claimed by the paywall between verifying and settling
+# (tollway.x402.claims): a live lease, or NULL once spent (the origin ran).
+x402_claims = Table(
+    "x402_claims",
+    metadata,
+    Column("key", String(250), primary_key=True),
+    Column("token", String(64), nullable=False),
+    Column("lease_until_us", BigInteger, nullable=True),
+    Column("created_us", BigInteger, nullable=False),
+)
+
+
 # Vector indexes (tollway.vectors): the index's config here; its vectors in
 # the configured backend (embedded files, or pgvector tables).
 vector_indexes = Table(

@@ -25,18 +25,22 @@ import logging
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import quote, unquote
 
 import aiohttp
 from starlette.requests import Request
 from starlette.types import Message, Receive, Scope, Send
+from yarl import URL
 
 from tollway.api.errors import error_response
 from tollway.core.config import X402Config
-from tollway.core.errors import TollwayError
+from tollway.core.errors import TollwayError, invalid
 from tollway.identity.keys import ApiKey, ApiKeys, presented_key
-from tollway.x402 import wire
+from tollway.x402 import paths, wire
+from tollway.x402.claims import Claims
+from tollway.x402.devnet import authorization_key
 from tollway.x402.facilitator import V1_NAMES, Verifier
+from tollway.x402.paths import canonical
 from tollway.x402.rules import Rule, Rules, atomic, price_of
 from tollway.x402.rulestore import RuleStore
 from tollway.x402.wire import PaymentInvalid
@@ -59,6 +63,12 @@ _HOP = {
     wire.PAYMENT_SIGNATURE,
     wire.X_PAYMENT,
 }
+# Never sent to an external origin: the caller's credentials for tollway (an API
+# key in Authorization or x-api-key would reach a third party on an
+# unauthenticated_only rule). Cookies: see _cookies.
+_CREDENTIALS = {"authorization", "x-api-key"}
+# Cookie names tollway reserves (it sets none today); other cookies are the origin's.
+_OUR_COOKIES = ("tollway", "tw_")
 Chunks = AsyncIterable[bytes]
 _READS_BODY = {"body", "body_kib", "ai_max_cost"}  # prices that depend on the request body
 
@@ -80,6 +90,7 @@ class Paywall:
         rules: Rules,
         facilitator: Verifier,
         keys: ApiKeys,
+        claims: Claims,
         store: RuleStore | None = None,
     ) -> None:
         self.cfg = cfg
@@ -89,6 +100,7 @@ class Paywall:
         # Set by the runtime: does an API key's plan include a feature (tollway.billing)?
         self.entitled: Callable[[ApiKey, str], bool] | None = None
         self.store = store
+        self.claims = claims
         self._version: tuple[int, int] | None = None
         # Set by the app: the inference service's quote of an AI request's maximum
         # cost (micro-USD), and the app without its paywall, for origin = "self".
@@ -136,10 +148,21 @@ class Paywall:
             await asyncio.sleep(interval_s)
 
     def match(self, scope: Scope) -> Rule | None:
+        """The rule for this request, matched on its canonical path (``paths.py``),
+        which is kept in ``scope["x402_path"]``: the path the origin gets. Raises
+        ``invalid_path`` for an ambiguous path that a rule matches under either
+        reading."""
         if not self.rules.rules:
             return None
         host = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"host"), "")
-        return self.rules.match(scope["method"], scope["path"], host)
+        raw = scope.get("raw_path") or quote(scope["path"]).encode()
+        path, lenient = canonical(raw.split(b"?", 1)[0])
+        rule = self.rules.match(scope["method"], path, host)
+        if lenient is not None and (rule or self.rules.match(scope["method"], lenient, host)):
+            raise paths.refused()
+        if rule is not None:
+            scope["x402_path"] = path
+        return rule
 
     # ------------------------------------------------------------ requirements
 
@@ -214,18 +237,10 @@ class Paywall:
             await self._relay(send, *await self._forward(rule, request, body))
             return
         try:
-            json_body = json.loads(body) if body else None
-        except ValueError:
-            json_body = None
-        if rule.price_by == "ai_max_cost":
-            try:
-                amount = await self._ai_price(request.url.path, json_body)
-            except TollwayError as e:  # a bad AI request: its own error, before any payment
-                await error_response(e)(scope, receive, send)
-                return
-        else:
-            query = dict(parse_qsl(scope.get("query_string", b"").decode()))
-            amount = price_of(rule, self.cfg.asset_decimals, body or b"", query, json_body)
+            amount = await self._price(rule, scope, body)
+        except TollwayError as e:  # a bad request (or AI request): its own error, before any payment
+            await error_response(e)(scope, receive, send)
+            return
         v2, v1 = self.requirements(rule, str(request.url), amount)
         sig, xpay = request.headers.get(wire.PAYMENT_SIGNATURE), request.headers.get(wire.X_PAYMENT)
         if sig is None and xpay is None:
@@ -245,11 +260,28 @@ class Paywall:
         except PaymentInvalid as e:
             await self._required(send, request, rule, v2, v1, e.reason)
             return
-        status, headers, chunks = await self._forward(rule, request, body, checked.auth.payer)
-        if status >= 400:  # the origin failed: nothing is settled
+        # One payment, one execution: claim the authorization before the origin runs.
+        key = authorization_key(v2["network"], v2["asset"], checked.auth.payer, checked.auth.nonce)
+        try:
+            token = await self.claims.claim(key, checked.auth.payer)
+        except PaymentInvalid as e:
+            await self._required(send, request, rule, v2, v1, e.reason)
+            return
+        ran = False
+        try:
+            status, headers, chunks = await self._forward(rule, request, body, checked.auth.payer)
+            if status < 400:
+                ran = True
+                receipt = await self.facilitator.settle(payload, reqs, str(request.url), checked)
+        except BaseException:  # before the origin answered (the client left): give it back
+            done = self.claims.spend(key, token) if ran else self.claims.release(key, token)
+            await asyncio.shield(done)
+            raise
+        if status >= 400:  # the origin failed: nothing is settled, the payment may be retried
+            await self.claims.release(key, token)
             await self._relay(send, status, headers, chunks)
             return
-        receipt = await self.facilitator.settle(payload, reqs, str(request.url), checked)
+        await self.claims.spend(key, token)  # the origin ran: this authorization never runs it again
         receipt_header = (wire.PAYMENT_RESPONSE if version == 2 else wire.X_PAYMENT_RESPONSE).encode()
         if not receipt["success"]:
             await _close(chunks)
@@ -266,6 +298,22 @@ class Paywall:
         headers.append((receipt_header, wire.encode(receipt).encode()))
         headers.append((b"access-control-expose-headers", b"PAYMENT-RESPONSE, X-PAYMENT-RESPONSE"))
         await self._relay(send, status, headers, chunks)
+
+    async def _price(self, rule: Rule, scope: Scope, body: bytes | None) -> int:
+        """What this request costs, in the asset's units; a 400 (TollwayError) for
+        a request whose price is ambiguous: a body priced by its JSON that is not
+        strict JSON (``NaN``, 100,000 levels, a key twice), a price field given
+        twice or not a number."""
+        json_body = None
+        if body and rule.price_by in ("body", "ai_max_cost"):
+            try:
+                json_body = wire.loads(body)
+            except wire.BadJSON as e:
+                raise invalid(e.code, f"request body: {e.message}", e.param) from None
+        if rule.price_by == "ai_max_cost":
+            return await self._ai_price(unquote(scope["x402_path"]), json_body)
+        query = scope.get("query_string", b"").decode("latin-1")
+        return price_of(rule, self.cfg.asset_decimals, body or b"", query, json_body)
 
     async def _has_valid_key(self, request: Request, feature: str) -> bool:
         """A valid API key (whose plan includes ``feature``, when one is named)."""
@@ -324,8 +372,18 @@ class Paywall:
             return _demo(request)
         if rule.origin == "self":
             return await self._self(request, body, payer)
-        url = rule.origin + request.url.path + (f"?{request.url.query}" if request.url.query else "")
-        headers = [(k, v) for k, v in request.headers.items() if k.lower() not in _HOP]
+        # The canonical path the rule matched, byte for byte (yarl must not re-quote
+        # it), and the query as the client sent it.
+        query = request.scope.get("query_string", b"").decode("latin-1")
+        url = URL(rule.origin + request.scope["x402_path"] + (f"?{query}" if query else ""), encoded=True)
+        headers = []
+        for k, v in request.headers.items():
+            name = k.lower()
+            if name in _HOP or name in _CREDENTIALS:
+                continue
+            if name == "cookie" and not (v := _cookies(v)):
+                continue
+            headers.append((k, v))
         headers.append(("x-forwarded-host", request.headers.get("host", "")))
         try:
             r = await self.session.request(
@@ -367,6 +425,8 @@ class Paywall:
         streaming its response back."""
         assert self.inner is not None, "the app sets Paywall.inner"
         scope = dict(request.scope)
+        scope["path"] = unquote(scope["x402_path"])  # what the rule matched, decoded as ASGI has it
+        scope["raw_path"] = scope["x402_path"].encode()
         if payer:  # paid: runs as the payer, no account charged
             scope["x402_payer"] = payer
         # else an API key passed an unauthenticated_only rule: its own key is charged
@@ -440,6 +500,16 @@ async def _next(q: asyncio.Queue[Message], task: asyncio.Future[None]) -> Messag
     get.cancel()
     task.result()
     raise RuntimeError("the app ended without a response")
+
+
+def _cookies(header: str) -> str:
+    """A Cookie header without tollway's cookies (names starting ``tollway`` or ``tw_``)."""
+    kept = [
+        c.strip()
+        for c in header.split(";")
+        if c.strip() and not c.strip().split("=", 1)[0].strip().lower().startswith(_OUR_COOKIES)
+    ]
+    return "; ".join(kept)
 
 
 async def _once(data: bytes) -> AsyncIterator[bytes]:

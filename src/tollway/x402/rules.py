@@ -1,7 +1,8 @@
 """Paid routes: which requests pay, how much, and where they go once paid.
 
 A rule matches on one or more HTTP methods, a path pattern (``*`` matches
-any rest of the path, ``:name`` one segment) and optionally a host. Its price
+any rest of the path, ``:name`` one segment; case-insensitive, against the
+request's canonical path: see ``paths.py``) and optionally a host. Its price
 is fixed (``"$0.001"``, or atomic units as a plain integer string), or
 variable: per KiB of request body, or per unit of a named query or JSON body
 field. Routes no rule matches are free and pass through.
@@ -11,31 +12,43 @@ from __future__ import annotations
 
 import math
 import re
-from decimal import Decimal, InvalidOperation
 from typing import Any, Literal
+from urllib.parse import parse_qsl
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from tollway.core.errors import invalid
+from tollway.x402.paths import canonical
 
 _ADDRESS = r"^(0x[0-9a-fA-F]{40})?$"
 _METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 
 
+MAX_UNITS = 2**256 - 1  # an EVM uint256: no price or payment is larger
+_DOLLARS = re.compile(r"\$(\d{1,78})(?:\.(\d{1,78}))?")
+_COUNT = re.compile(r"(\d{1,30})(?:\.(\d{1,30}))?")  # a price field's value, as text
+
+
 def atomic(price: str, decimals: int) -> int:
     """``"$0.001"`` → atomic units of a USD asset with ``decimals``; ``"1000"`` → 1000.
-    A dollar price must come to a whole number of atomic units."""
+    A dollar price must come to a whole number of atomic units; only digits and
+    one point are read (no ``NaN``, ``Infinity``, exponents or signs)."""
     p = price.strip()
     if p.startswith("$"):
-        try:
-            d = Decimal(p[1:])
-        except InvalidOperation:
-            raise ValueError(f"price {price!r} is not a dollar amount") from None
-        units = d * (10**decimals)
-        if d < 0 or units != units.to_integral_value():
+        m = _DOLLARS.fullmatch(p)
+        if m is None:
+            raise ValueError(f'price {price!r} is not a dollar amount like "$0.001"')
+        whole, frac = m.group(1), (m.group(2) or "").rstrip("0")
+        if len(frac) > decimals:
             raise ValueError(f"price {price!r} is not a whole number of the asset's units")
-        return int(units)
-    if not p.isdigit():
+        units: int = int(whole) * 10**decimals + int(frac.ljust(decimals, "0") or "0")
+    elif p.isascii() and p.isdigit() and len(p) <= 78:
+        units = int(p)
+    else:
         raise ValueError(f'price {price!r}: write dollars as "$0.001" or atomic units as "1000"')
-    return int(p)
+    if units > MAX_UNITS:
+        raise ValueError(f"price {price!r} is too large")
+    return units
 
 
 class Rule(BaseModel):
@@ -79,6 +92,21 @@ class Rule(BaseModel):
             raise ValueError(f"unknown method {bad[0]!r}")
         return up
 
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        canon, ambiguous = canonical(v.encode("utf-8"))
+        if canon != v or ambiguous is not None:
+            raise ValueError(f"path must be canonical ({canon!r}): no '//', dot segments, '%', '\\' or ';'")
+        return v
+
+    @field_validator("price")
+    @classmethod
+    def _price_form(cls, v: str) -> str:
+        if v:
+            atomic(v, 6)  # the form; the asset's decimals are applied when pricing
+        return v
+
     @field_validator("origin")
     @classmethod
     def _origin(cls, v: str) -> str:
@@ -106,7 +134,7 @@ class Rule(BaseModel):
             out += ".*" if m.group() == "*" else "[^/]+"
             i = m.end()
         out += re.escape(self.path[i:])
-        return re.compile(f"^{out}$")
+        return re.compile(f"^{out}$", re.IGNORECASE)
 
 
 class Rules:
@@ -132,9 +160,13 @@ class Rules:
         return [r.model_dump() for r in self.rules]
 
 
-def price_of(rule: Rule, decimals: int, body: bytes, query: dict[str, str], json_body: Any) -> int:
-    """The price of one request under ``rule``, in atomic units (a variable price
-    rounds the unit count up; a missing or bad field counts as one unit)."""
+def price_of(rule: Rule, decimals: int, body: bytes, query: str, json_body: Any) -> int:
+    """The price of one request under ``rule``, in atomic units. A variable price
+    counts its field (rounded up, at least one unit); a missing field counts one
+    unit. The field given twice (names compared case-insensitively: origins
+    differ on which copy they read) is ``duplicate_parameter``; a value that is
+    not a non-negative decimal number is ``invalid_parameter``; a price above
+    ``MAX_UNITS`` is ``price_too_large`` (all 400s naming the field)."""
     if rule.price_by == "ai_max_cost":
         raise ValueError("an ai_max_cost price comes from the inference service (Paywall.quote)")
     unit = atomic(rule.price, decimals)
@@ -142,11 +174,32 @@ def price_of(rule: Rule, decimals: int, body: bytes, query: dict[str, str], json
         return unit
     if rule.price_by == "body_kib":
         return unit * max(1, math.ceil(len(body) / 1024))
-    raw = query.get(rule.price_field) if rule.price_by == "query" else None
-    if rule.price_by == "body" and isinstance(json_body, dict):
-        raw = json_body.get(rule.price_field)
-    try:
-        n = Decimal(str(raw))
-    except (InvalidOperation, ValueError):
+    name = rule.price_field
+    if rule.price_by == "query":
+        given: list[Any] = [v for k, v in parse_qsl(query, keep_blank_values=True) if _same(k, name)]
+    else:
+        given = [v for k, v in json_body.items() if _same(k, name)] if isinstance(json_body, dict) else []
+    if len(given) > 1:
+        raise invalid("duplicate_parameter", f"{name!r} is given more than once: it sets the price", name)
+    if not given:
         return unit
-    return unit * max(1, math.ceil(n)) if n.is_finite() else unit
+    price = unit * max(1, _count(given[0], name))
+    if price > MAX_UNITS:
+        raise invalid("price_too_large", f"the price for this {name!r} is larger than any payment", name)
+    return price
+
+
+def _same(key: str, name: str) -> bool:
+    return key.casefold() == name.casefold()
+
+
+def _count(v: Any, name: str) -> int:
+    """A price field's value, rounded up: a non-negative JSON number or decimal text."""
+    if isinstance(v, int) and not isinstance(v, bool) and v >= 0:
+        return v
+    if isinstance(v, float) and math.isfinite(v) and v >= 0:
+        return math.ceil(v)
+    m = _COUNT.fullmatch(v) if isinstance(v, str) else None
+    if m is None:
+        raise invalid("invalid_parameter", f"{name!r} must be a non-negative decimal number", name)
+    return int(m.group(1)) + (1 if (m.group(2) or "").strip("0") else 0)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
+import re
 from typing import Any
 
 PAYMENT_REQUIRED = "payment-required"
@@ -49,6 +51,84 @@ class PaymentInvalid(Exception):
         self.payer = payer
 
 
+MAX_DEPTH = 64  # JSON nesting x402 reads (payloads are 4 levels deep)
+
+
+class BadJSON(ValueError):
+    """JSON x402 will not read: ``code`` is ``invalid_json`` or ``duplicate_parameter``."""
+
+    def __init__(self, code: str, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.code, self.message, self.param = code, message, param
+
+
+def loads(raw: str | bytes) -> Any:
+    """Strict JSON (RFC 8259): no ``NaN``/``Infinity``, no number that overflows
+    to infinity, no key given twice in an object (parsers differ on which copy
+    wins), at most ``MAX_DEPTH`` levels. The depth is measured before parsing:
+    ``json`` recurses on the C stack, and where the interpreter's recursion
+    limit has been raised, 100,000 ``[`` overflow it (a segfault, not a
+    RecursionError)."""
+    data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
+    if not _shallow(data):
+        raise BadJSON("invalid_json", f"JSON nested more than {MAX_DEPTH} levels")
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        seen: set[str] = set()
+        for k, _ in items:
+            if k in seen:
+                raise BadJSON("duplicate_parameter", f"{k!r} is given more than once", k)
+            seen.add(k)
+        return dict(items)
+
+    def number(text: str) -> float:
+        f = float(text)
+        if math.isinf(f):
+            raise BadJSON("invalid_json", f"the number {text[:20]}... is too large")
+        return f
+
+    def constant(name: str) -> Any:
+        raise BadJSON("invalid_json", f"{name} is not JSON")
+
+    try:
+        return json.loads(data, object_pairs_hook=pairs, parse_float=number, parse_constant=constant)
+    except BadJSON:
+        raise
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise BadJSON("invalid_json", "not valid JSON") from None
+
+
+_STRUCTURE = re.compile(rb'[\[\]{}"\\]')
+
+
+def _shallow(data: bytes) -> bool:
+    """Whether no array or object in ``data`` opens more than ``MAX_DEPTH``
+    deep (brackets inside strings do not count). Cheap when there are few
+    brackets; otherwise one regex pass over the structural characters."""
+    if data.count(b"[") + data.count(b"{") <= MAX_DEPTH:
+        return True
+    depth, in_string, skip = 0, False, -1
+    for m in _STRUCTURE.finditer(data):
+        i = m.start()
+        if i == skip:  # the character a backslash escapes
+            continue
+        c = data[i]
+        if in_string:
+            if c == 0x5C:
+                skip = i + 1
+            elif c == 0x22:
+                in_string = False
+        elif c == 0x22:
+            in_string = True
+        elif c in b"[{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                return False
+        elif c in b"]}":
+            depth -= 1
+    return True
+
+
 def encode(obj: Any) -> str:
     """A header value: standard base64 of compact JSON."""
     return base64.b64encode(json.dumps(obj, separators=(",", ":")).encode()).decode()
@@ -58,8 +138,8 @@ def decode(value: str) -> dict[str, Any]:
     """A header value back to its JSON object; garbage is ``invalid_payload``."""
     try:
         raw = base64.b64decode(value.strip(), validate=True)
-        obj = json.loads(raw)
-    except (binascii.Error, ValueError, UnicodeDecodeError):
+        obj = loads(raw)
+    except (binascii.Error, ValueError):  # BadJSON included: deep, NaN, duplicate keys
         raise PaymentInvalid(INVALID_PAYLOAD, "the payment header is not base64 JSON") from None
     if not isinstance(obj, dict):
         raise PaymentInvalid(INVALID_PAYLOAD, "the payment header is not a JSON object")

@@ -1,0 +1,29 @@
+"""x402 claims: one execution per payment authorization (tollway.x402.claims).
+
+Revision ID: 0011
+Revises: 0010
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0011"
+down_revision = "0010"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_table(
+        "x402_claims",
+        sa.Column("key", sa.String(250), primary_key=True),
+        sa.Column("token", sa.String(64), nullable=False),
+        sa.Column("lease_until_us", sa.BigInteger, nullable=True),
+        sa.Column("created_us", sa.BigInteger, nullable=False),
+    )
+
+
+def downgrade() -> None:
+    op.drop_table("x402_claims")

@@ -1,0 +1,98 @@
+"""One payment, one execution: an authorization is claimed before its request
+is forwarded.
+
+The paywall verifies a payment, then forwards the request, then settles. Without
+a claim, the same payment header sent N times at once passes N verifications
+(nothing is settled yet) and runs the origin N times for one settlement. So
+between verifying and forwarding, the paywall claims the authorization: a row
+in ``x402_claims`` keyed by the authorization (network, asset, payer, nonce),
+inserted only if no live claim holds it. The database's primary key makes the
+claim atomic across every process sharing it (SQLite or PostgreSQL).
+
+- A claim carries a lease (``lease_s``): a process that dies while the origin
+  works leaves a claim that expires, after which the payment can be used again.
+- If the request is not settled (the origin failed, answered >= 400, or the
+  client went away first), the claim is released, fenced by its token, so the
+  client can retry with the same payment.
+- Once settled (or once the origin ran and the settlement failed), the claim
+  is spent: it never expires, so the authorization never runs the origin again.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tollway.core.clock import Clock
+from tollway.core.ids import new_id
+from tollway.core.storage import writer
+from tollway.ledger import Ledger
+from tollway.x402 import wire
+from tollway.x402.wire import PaymentInvalid
+
+PAYMENT_IN_USE = "payment_in_use"  # reason code: another request is using this authorization now
+LEASE_S = 900  # how long a claim holds without its process (origin answer + settlement fit well within)
+
+_CLAIM = (
+    "INSERT INTO x402_claims (key, token, lease_until_us, created_us) VALUES (:key, :token, :lease, :now)"
+    " ON CONFLICT (key) DO UPDATE SET token = excluded.token, lease_until_us = excluded.lease_until_us,"
+    " created_us = excluded.created_us"
+    " WHERE x402_claims.lease_until_us IS NOT NULL AND x402_claims.lease_until_us < :now"
+)
+_RELEASE = "DELETE FROM x402_claims WHERE key = :key AND token = :token AND lease_until_us IS NOT NULL"
+_SPEND = "UPDATE x402_claims SET lease_until_us = NULL WHERE key = :key AND token = :token"
+
+
+class Claims:
+    def __init__(self, engine: AsyncEngine, ledger: Ledger, clock: Clock, lease_s: int = LEASE_S) -> None:
+        self.engine = engine
+        self.ledger = ledger
+        self.clock = clock
+        self.lease_s = lease_s
+
+    async def claim(self, key: str, payer: str) -> str:
+        """Claim the authorization ``key``; returns the claim's token. Raises
+        ``PaymentInvalid``: ``payment_in_use`` while another request holds it,
+        ``invalid_exact_evm_nonce_already_used`` once it was spent."""
+        token = new_id("claim")
+        now = self.clock.now_us()
+        if await self._write(_CLAIM, key=key, token=token, lease=now + self.lease_s * 1_000_000, now=now):
+            return token
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    text("SELECT lease_until_us FROM x402_claims WHERE key = :key"), {"key": key}
+                )
+            ).first()
+        if row is not None and row[0] is None:
+            raise PaymentInvalid(wire.NONCE_USED, "this authorization was already used", payer)
+        raise PaymentInvalid(PAYMENT_IN_USE, "another request is using this payment right now", payer)
+
+    async def release(self, key: str, token: str) -> None:
+        """Give the authorization back (nothing was settled): it may be used again."""
+        await self._write(_RELEASE, key=key, token=token)
+
+    async def spend(self, key: str, token: str) -> None:
+        """The origin ran for this authorization: it is never claimed again. The
+        row rides with the next ledger batch (no commit of its own): if it were
+        lost, the claim would only expire, and the settled authorization is
+        refused by the facilitator's own nonce check from then on."""
+        if not self.ledger.ride(*_qmark(_SPEND, key=key, token=token), postgres=True):
+            await self._write(_SPEND, key=key, token=token)
+
+    async def _write(self, sql: str, **params: Any) -> int:
+        """Rows changed. On SQLite through the ledger's writer thread (the
+        database keeps one writer); elsewhere through the engine."""
+        n = await self.ledger.write_aside(*_qmark(sql, **params))
+        if n is not None:
+            return n
+        async with writer(self.engine).begin() as conn:
+            return int((await conn.execute(text(sql), params)).rowcount)
+
+
+def _qmark(sql: str, **params: Any) -> tuple[str, list[tuple[Any, ...]]]:
+    """``:name`` placeholders → ``?`` and the one row of values, in order."""
+    return re.sub(r":(\w+)", "?", sql), [tuple(params[k] for k in re.findall(r":(\w+)", sql))]
