@@ -763,23 +763,26 @@ class Ledger:
             raise
         return results
 
-    async def write_aside(self, sql: str, rows: list[tuple[Any, ...]]) -> int | None:
+    async def write_aside(self, sql: str, rows: list[tuple[Any, ...]], *, lazy: bool = False) -> int | None:
         """SQLite: insert ``rows`` in a transaction of their own on the ledger's
         writer thread, between batches, so the database keeps one writer and
         nobody sleeps in SQLite's busy handler (its back-off costs milliseconds).
         Returns the rows changed, or None where there is no such thread
-        (PostgreSQL, in-memory): the caller writes through its own connection."""
+        (PostgreSQL, in-memory): the caller writes through its own connection.
+        ``lazy``: the commit survives a crash of this process but need not wait
+        for the disk (see :meth:`_sync_for`), for rows whose loss to a power cut
+        is harmless."""
         if not (self._sqlite and sqlite_path(self.engine)):
             return None
         if self._wexec is None:
             self._wexec = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tollway-ledger")
-        return await self._on_writer(self._write_aside, sql, rows)
+        return await self._on_writer(self._write_aside, sql, rows, lazy)
 
-    def _write_aside(self, sql: str, rows: list[tuple[Any, ...]]) -> int:
+    def _write_aside(self, sql: str, rows: list[tuple[Any, ...]], lazy: bool = False) -> int:
         if self._wconn is None:
             self._wconn = sqlite_connect(self.engine, shared=True)
         conn = self._wconn
-        self._sync_for(conn, False)
+        self._sync_for(conn, lazy)
         conn.execute("BEGIN IMMEDIATE")
         try:
             n = conn.executemany(sql, rows).rowcount
