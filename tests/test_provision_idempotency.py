@@ -2,11 +2,15 @@
 concurrent calls with one idempotency key do the purchase once and all get
 its answer; the key with another request is a 409 that changes nothing; a
 failed purchase answers the same failure to a retry. Two runtimes on one
-database (no shared memory: the claim row is all they share) agree too."""
+database (no shared memory: the claim row is all they share) agree too, and
+so do two processes."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -133,3 +137,87 @@ async def test_two_runtimes_on_one_database_buy_once_per_key(db_url: str, tmp_pa
                 409,
                 "idempotency_key_reused",
             )
+
+
+WORKER = r"""
+import asyncio, json, sys
+from tollway.core.config import Settings
+from tollway.runtime import Runtime
+
+cfg = json.loads(sys.argv[1])
+
+
+async def main():
+    s = {"database": {"url": cfg["url"]}, "provision": {"edge_port": 0, "data_dir": cfg["dir"]}}
+    rt = Runtime.build(Settings.model_validate(s))
+    try:
+        await rt.wallets.verify(cfg["token"])  # connected and warm
+        print("ready", flush=True)
+        sys.stdin.readline()
+
+        async def one():
+            try:
+                d = rt.provision.domains
+                return await d.create_record(cfg["token"], cfg["zone"], cfg["body"], "txt-1")
+            except Exception as e:
+                return {"raised": repr(e)}
+
+        print(json.dumps(await asyncio.gather(*[one() for _ in range(cfg["n"])])), flush=True)
+    finally:
+        await rt.close()
+
+asyncio.run(main())
+"""
+
+
+def test_two_processes_buy_once_per_key(db_url: str, tmp_path: Path) -> None:
+    """Each process with its own runtime, ledger writer and engine, 3 calls each, one key."""
+
+    async def setup() -> tuple[dict[str, Any], str, int]:
+        async with provisioned(db_url, tmp_path / "prov", edge=False) as a:
+            assert (await a.post("/domains", {"domain": ZONE})).status_code == 201
+            return a.wallet, a.token, await a.available()
+
+    wallet, token, before = asyncio.run(setup())
+    body = {k: v for k, v in TXT.items() if k != "idempotency_key"}
+    cfg = {"url": db_url, "dir": str(tmp_path / "prov"), "token": token, "zone": ZONE, "body": body, "n": 3}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WORKER, json.dumps(cfg)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=(tmp_path / f"w{i}.log").open("w"),
+            text=True,
+        )
+        for i in range(2)
+    ]
+    got: list[dict[str, Any]] = []
+    try:
+        for i, p in enumerate(procs):
+            assert p.stdout is not None and p.stdout.readline().strip() == "ready", (
+                tmp_path / f"w{i}.log"
+            ).read_text()
+        for p in procs:
+            assert p.stdin is not None
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        for i, p in enumerate(procs):
+            out, _ = p.communicate(timeout=120)
+            assert p.returncode == 0, (tmp_path / f"w{i}.log").read_text()
+            got += json.loads(out.strip().splitlines()[-1])
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert len(got) == 6 and all(g == got[0] for g in got), got
+    assert got[0]["charged"] == 1000 and got[0]["content"] == "token=abc"
+
+    async def after() -> tuple[list[str], int]:
+        async with provisioned(db_url, tmp_path / "prov", edge=False) as a:
+            a.wallet = wallet  # the first agent's, read through this runtime
+            recs = [r.id for r in await a.rt.provision.domains.records(ZONE)]
+            return recs, await a.available()
+
+    recs, left = asyncio.run(after())
+    assert recs == [got[0]["id"]] and before - left == 1000
