@@ -4,13 +4,18 @@ wallet with an agent token talking to tollway over HTTP."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import zipfile
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 
-from conftest import ADMIN
+from conftest import ADMIN, settings_for
+from threaded import free_port
+from tollway.api.app import create_app
 from tollway.runtime import Runtime
 
 HELLO = """
@@ -86,3 +91,21 @@ class Agent:
 
     async def delete(self, path: str) -> httpx.Response:
         return await self.http.delete(f"/v1/broker/provision{path}", headers=self.auth)
+
+
+@contextlib.asynccontextmanager
+async def provisioned(
+    db_url: str, data_dir: Path, *, edge: bool = True, policy: dict[str, Any] | None = None
+) -> AsyncIterator[Agent]:
+    """A runtime with provisioning started (the edge on a free port, or none),
+    its app over ASGI, and a funded agent."""
+    port = free_port() if edge else 0
+    s = settings_for(db_url, provision={"edge_port": port, "data_dir": str(data_dir)})
+    rt = Runtime.build(s)
+    app = create_app(rt=rt)
+    await rt.provision.start()
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
+            yield await Agent(rt, http).setup(policy)
+    finally:
+        await rt.close()

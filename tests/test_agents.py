@@ -13,7 +13,8 @@ import httpx
 import pytest
 
 from agent_helpers import AgentModel, ToolServer, agent_settings, customer_key, tool
-from conftest import ADMIN, err
+from conftest import ADMIN, err, settings_for
+from tollway.agents.store import COUNTERS, scoped
 from tollway.inference.service import Caller
 from tollway.runtime import Runtime
 
@@ -77,6 +78,46 @@ async def test_unknown_agent_or_session_is_404(http: httpx.AsyncClient, art: Run
     err(await http.get(f"{BASE}/s1", headers=other), 404, "session_not_found")
     err(await http.post(BASE, json={"id": "s1"}, headers=auth), 409, "session_exists", "id")
     err(await http.post(BASE, json={"id": "bad id!"}, headers=auth), 400, "invalid_session_id", "id")
+    err(await http.post(BASE, json={"id": "x" * 116}, headers=auth), 400, "invalid_session_id", "id")
+
+
+async def test_another_customers_session_id_is_like_an_absent_one(
+    http: httpx.AsyncClient, art: Runtime
+) -> None:
+    """Session ids are each customer's own: another customer's id answers exactly as
+    an id nobody uses (404 on every route, and free to create), and reveals nothing."""
+    victim = await customer_key(http, art)
+    await open_session(http, victim)
+    await say(http, victim, "my secret order 1234")
+    attacker = await customer_key(http, art)
+
+    def same_404(taken: httpx.Response, absent: httpx.Response) -> None:
+        assert taken.status_code == absent.status_code == 404, (taken.text, absent.text)
+        assert taken.json()["error"] == {
+            **absent.json()["error"],
+            "message": taken.json()["error"]["message"],
+        }
+        assert taken.json()["error"]["message"] == absent.json()["error"]["message"].replace("nobody", "s1")
+
+    for method, suffix, body in (
+        ("GET", "", None),
+        ("GET", "/messages", None),
+        ("GET", "/tool_calls", None),
+        ("GET", "/schedules", None),
+        ("PATCH", "/state", {"state": {"k": "v"}}),
+        ("POST", "/messages", {"content": "hi"}),
+        ("POST", "/messages", {"content": "hi", "stream": True}),
+        ("POST", "/schedules", {"content": "hi", "delay_seconds": 60}),
+    ):
+        taken = await http.request(method, f"{BASE}/s1{suffix}", json=body, headers=attacker)
+        absent = await http.request(method, f"{BASE}/nobody{suffix}", json=body, headers=attacker)
+        same_404(taken, absent)
+    # Creating it is what creating an unused id is: the attacker's own, empty session.
+    r = await http.post(BASE, json={"id": "s1"}, headers=attacker)
+    assert r.status_code == 201 and r.json()["id"] == "s1" and r.json()["turns"] == 0, r.text
+    assert (await http.get(f"{BASE}/s1/messages", headers=attacker)).json()["data"] == []
+    mine = (await http.get(f"{BASE}/s1/messages", headers=victim)).json()["data"]
+    assert mine[0]["content"] == "my secret order 1234"
 
 
 async def test_too_long_message_is_400_and_changes_nothing(http: httpx.AsyncClient, art: Runtime) -> None:
@@ -216,7 +257,7 @@ async def test_turns_apply_in_the_order_sent(http: httpx.AsyncClient, art: Runti
     caller = Caller(key.customer_id, key.account_id, key.id)
     tasks = [asyncio.ensure_future(art.agents.send(caller, "support", "s1", f"m {i}")) for i in range(30)]
     await asyncio.sleep(0)
-    assert art.agents.writers.queued("support", "s1") == 30
+    assert art.agents.writers.queued("support", scoped(key.customer_id, "s1")) == 30
     outs = await asyncio.gather(*tasks)
     assert [o["turn"] for o in outs] == list(range(1, 31))
     msgs = (await http.get(f"{BASE}/s1/messages?limit=1000", headers=auth)).json()["data"]
@@ -548,5 +589,46 @@ async def test_many_sessions_at_once_on_a_small_pool(
 
         turns = await asyncio.wait_for(asyncio.gather(*(user(i) for i in range(n))), 120)
         assert turns == [[1, 2, 3]] * n
+    finally:
+        await rt.close()
+
+
+async def test_sessions_made_before_namespaces_are_their_customers_after_the_migration(
+    tmp_path: Path,
+) -> None:
+    """Migration 0012 moves each session (its messages, tool log, escalations and
+    schedules) to its customer's namespace: the customer still finds it by its id."""
+    from sqlalchemy import text
+
+    from tollway.core import migrate
+    from tollway.runtime import Runtime
+
+    rt = Runtime.build(settings_for(f"sqlite:///{tmp_path / 'old.db'}"))
+    try:
+        await migrate.upgrade(rt.engine, "0011")
+        counters = ", ".join(f"{c}" for c in COUNTERS)
+        async with rt.engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO agent_sessions (agent, id, customer_id, version, status, turns, next_seq,"
+                    f" summary, summary_through, state, {counters}, created_at_us, updated_at_us)"
+                    f" VALUES ('support', 'old-1', 'cus_a', 1, 'active', 1, 3, '', 1, '{{}}',"
+                    f" {', '.join('0' for _ in COUNTERS)}, 0, 0)"
+                )
+            )
+            await conn.execute(
+                text(
+                    "INSERT INTO agent_messages (agent, session_id, seq, turn, role, content, meta,"
+                    " created_at_us) VALUES ('support', 'old-1', 1, 1, 'user', 'hello', '{}', 0)"
+                )
+            )
+        await migrate.upgrade(rt.engine, "head")
+        new = scoped("cus_a", "old-1")
+        async with rt.engine.connect() as conn:
+            assert (await conn.execute(text("SELECT id FROM agent_sessions"))).scalars().all() == [new]
+            got = (await conn.execute(text("SELECT session_id FROM agent_messages"))).scalars().all()
+            assert got == [new]
+        s = await rt.agents.store.load("support", new, "cus_a")
+        assert s.to_dict()["id"] == "old-1" and [m.content for m in s.recent] == ["hello"]
     finally:
         await rt.close()

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from conftest import ADMIN
+from conftest import ADMIN, err
 from fake_upstream import FakeUpstream, model
 from test_inference import Env, make_env
 
@@ -211,3 +211,38 @@ async def test_unknown_plan_and_unpayable_upgrade_change_nothing(db_url: str, up
         assert await env.balances() == before
         sub = (await env.http.get("/v1/billing/subscription", headers=env.auth)).json()
         assert sub["plan"] == "free"
+
+
+async def test_a_key_with_only_balance_read_consumes_no_quota(env: Env) -> None:
+    """Every route that uses a quota needs its own scope: a read-only key gets 403 and uses nothing."""
+    await set_plan(env, "pro")
+    r = await env.http.post(
+        "/admin/keys", json={"customer_id": env.customer["id"], "scopes": ["balance:read"]}, headers=ADMIN
+    )
+    assert r.status_code == 201, r.text
+    ro = {"authorization": f"Bearer {r.json()['key']}"}
+
+    async def quotas() -> dict[tuple[str, str], int]:
+        got = (await env.http.get("/v1/entitlements", headers=env.auth)).json()["quotas"]
+        return {(q["feature"], q["period"]): q["remaining"] for q in got}
+
+    before, balances = await quotas(), await env.balances()
+    assert before[("reports", "billing_period")] == 2
+    for amount in (1, 2):
+        r = await env.http.post(
+            "/v1/entitlements/check",
+            json={"feature": "reports", "amount": amount, "consume": True},
+            headers=ro,
+        )
+        err(r, 403, "missing_scope")
+    for path, body in (
+        ("/v1/chat/completions", {"model": "a", "messages": HI, "max_tokens": 6}),
+        ("/v1/embeddings", {"model": "e", "input": "hi"}),
+    ):
+        err(await env.http.post(path, json=body, headers=ro), 403, "missing_scope")
+    assert await quotas() == before and await env.balances() == balances
+    assert (await env.http.get("/v1/balance", headers=ro)).status_code == 200  # what it may do
+    r = await env.http.post(
+        "/v1/entitlements/check", json={"feature": "reports", "consume": True}, headers=env.auth
+    )
+    assert r.status_code == 200 and (await quotas())[("reports", "billing_period")] == 1

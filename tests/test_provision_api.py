@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from conftest import ADMIN, settings_for
-from provision_support import CRASHING, WSGI, Agent, hello, zipped
+from provision_support import CRASHING, WSGI, Agent, hello, provisioned, zipped
 from threaded import free_port
 from tollway.api.app import create_app
 from tollway.runtime import Runtime
@@ -27,14 +27,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture
 async def agent(db_url: str, tmp_path: Path) -> AsyncIterator[Agent]:
-    port = free_port()
-    s = settings_for(db_url, provision={"edge_port": port, "data_dir": str(tmp_path / "prov")})
-    rt = Runtime.build(s)
-    app = create_app(rt=rt)
-    await rt.provision.start()
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
-        yield await Agent(rt, http).setup()
-    await rt.close()
+    async with provisioned(db_url, tmp_path / "prov") as a:
+        yield a
 
 
 async def edge(a: Agent, host: str, path: str = "/") -> httpx.Response:

@@ -1,4 +1,4 @@
-# ruff: noqa: RUF001, RUF003  (lookalike letters are what is tested)
+# ruff: noqa: RUF001, RUF002, RUF003  (lookalike letters are what is tested)
 """The trademark guard: normalization (case, IDNA, homoglyphs, leetspeak,
 hyphens), edit distance scaled to the mark's length, brand + generic words;
 and properties that must hold for any mark and any disguise of it."""
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tollway.provision.trademark import GENERIC, Guard, distance, normalize, starter_marks, threshold
+from tollway.provision.trademark import GENERIC, Guard, _tr39, distance, normalize, starter_marks, threshold
 
 guard = Guard(["acmecorp"])
 
@@ -31,6 +31,20 @@ guard = Guard(["acmecorp"])
         ("micr0s0ft-help.com", "microsoft", "brand_plus_generic"),
         ("acme-corp.com", "acmecorp", "exact"),  # the operator's own mark
         ("acmec0rp-login.com", "acmecorp", "brand_plus_generic"),
+        # issue 18: TR39 confusables, and brand + generic words (numbers count as generic)
+        (idna.encode("gօօgle.com", uts46=True).decode(), "google", "exact"),  # Armenian օ
+        (idna.encode("кindle.com", uts46=True).decode(), "kindle", "exact"),  # Cyrillic к (of К)
+        (idna.encode("nеtflіx.com", uts46=True).decode(), "netflix", "exact"),  # Cyrillic е, і
+        (idna.encode("ɡіthub.com", uts46=True).decode(), "github", "exact"),  # Latin script ɡ
+        (idna.encode("spøtify.com", uts46=True).decode(), "spotify", "exact"),  # ø reads o
+        ("chatgpt-pro.app", "chatgpt", "brand_plus_generic"),
+        ("microsoft365-billing.com", "microsoft", "brand_plus_generic"),
+        ("microsoft365.com", "microsoft", "brand_plus_generic"),
+        ("amazon-prime-refund.com", "amazon", "brand_plus_generic"),
+        ("openaichat.com", "openai", "brand_plus_generic"),
+        ("paypal-invoice.com", "paypal", "brand_plus_generic"),
+        ("dhl-tracking.com", "dhl", "brand_plus_generic"),
+        ("netflix-renewal.com", "netflix", "brand_plus_generic"),
     ],
 )
 def test_disguised_marks_are_caught(domain: str, mark: str, reason: str) -> None:
@@ -41,8 +55,17 @@ def test_disguised_marks_are_caught(domain: str, mark: str, reason: str) -> None
 
 @pytest.mark.parametrize(
     "domain",
-    ["my-shop.com", "bakery.com", "weather-bot.dev", "pineapple.com", "amazing.com", "hello-world.org"],
-)
+    [
+        "my-shop.com", "bakery.com", "weather-bot.dev", "pineapple.com", "amazing.com", "hello-world.org",
+        # a mark inside an ordinary word is not the mark (only generic words or numbers around it are)
+        "grapefruit.com", "metaphysics.dev", "amazonian-plants.org", "snapple-fan.org",
+        "pineapple-recipes.com", "applebee-farm.com", "bingo-night.com", "intelligent-design.org",
+        "affordable-pro.com", "catering-pro.com", "attic-shop.com", "upstairs.com", "visionary.dev",
+        "fordham-news.com", "appleseed-pro.com", "the-chatbot.dev", "mintchat.app", "solar-pro.com",
+        "365-days.com", "web3-dev.com", "b2b-billing.com", "kraken-tales.org", "chatroom-pro.app",
+        idna.encode("bücher-laden.com", uts46=True).decode(), idna.encode("café-olé.fr", uts46=True).decode(),
+    ],
+)  # fmt: skip
 def test_ordinary_names_pass(domain: str) -> None:
     assert guard.check(domain) is None
 
@@ -109,3 +132,32 @@ def test_distance_is_a_metric_within_its_limit(a: str, b: str) -> None:
 def test_normalize_always_gives_letters_and_digits_only(label: str) -> None:
     for n in normalize(label):
         assert all(c.isalnum() for c in n)
+
+
+def _idna_ok(ch: str) -> bool:
+    """``ch`` stays itself in a domain name (UTS 46 maps some, e.g. ``ſ`` to ``s``)."""
+    try:
+        return bool(idna.decode(idna.encode(f"a{ch}a", uts46=True)) == f"a{ch}a")
+    except idna.IDNAError:
+        return False
+
+
+# Every character TR39 reads as an ASCII letter that a domain may hold (IDNA 2008 + UTS 46).
+_TR39 = sorted((ch, r) for ch, r in _tr39().items() if len(r) == 1 and ch.islower() and _idna_ok(ch))
+_LOOKALIKES = {c: [ch for ch, r in _TR39 if r == c] for c in "abcdefghijklmnopqrstuvwxyz"}
+
+
+def test_the_tr39_data_is_loaded_from_the_package() -> None:
+    assert len(_TR39) >= 100  # far beyond the 53 letters of the old hand list
+    assert {"օ", "о", "а", "ɑ", "ꮃ"} <= {ch for ch, _ in _tr39().items()}
+
+
+@settings(max_examples=300, deadline=None)
+@given(marks, st.data())
+def test_any_tr39_lookalike_of_a_mark_is_blocked(mark: str, data: st.DataObject) -> None:
+    label = "".join(
+        data.draw(st.sampled_from(_LOOKALIKES[c])) if _LOOKALIKES.get(c) and data.draw(st.booleans()) else c
+        for c in mark
+    )
+    domain = idna.encode(f"{label}.com", uts46=True).decode()
+    assert Guard().check(domain) is not None, (mark, label)

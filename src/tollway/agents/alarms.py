@@ -1,7 +1,7 @@
 """A session's alarms (Durable Object alarms): a message delivered to the
 session later — after a delay, at a time, or on a cron — through the same
 single-writer turn as any other message. Persisted and run at least once by
-tollway.schedules (owner ``agent:{agent}:{session}``, task ``agent.message``);
+tollway.schedules (owner ``agent:{agent}:{stored session id}``, task ``agent.message``);
 a run delivered twice makes one turn."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import logging
 from typing import Any
 
 from tollway.agents.service import Agents
+from tollway.agents.store import public, scoped
 from tollway.core.errors import TollwayError, invalid
 from tollway.inference.service import Caller
 from tollway.schedules import Schedule, Scheduler
@@ -32,7 +33,8 @@ class Alarms:
         scheduler.register(TASK, self.deliver)
 
     async def deliver(self, s: Schedule) -> None:
-        _, agent, session_id = s.owner.split(":", 2)
+        _, agent, stored = s.owner.split(":", 2)
+        session_id = public(stored)  # send() names it in the customer's namespace again
         p = s.payload
         caller = Caller(p["customer_id"], p["account_id"])
         origin = {"schedule": s.id, "run_us": s.next_run_us}
@@ -68,7 +70,7 @@ class Alarms:
         }
         try:
             return await self.scheduler.schedule(
-                owner(agent, session_id),
+                owner(agent, scoped(caller.customer_id, session_id)),
                 TASK,
                 payload,
                 delay_s=body.get("delay_seconds"),
@@ -85,12 +87,14 @@ class Alarms:
 
     async def list(self, customer_id: str, agent: str, session_id: str, include_done: bool) -> list[Schedule]:
         await self.agents.session(customer_id, agent, session_id)
-        return await self.scheduler.list(owner(agent, session_id), include_done=include_done)
+        return await self.scheduler.list(
+            owner(agent, scoped(customer_id, session_id)), include_done=include_done
+        )
 
     async def get(self, customer_id: str, agent: str, session_id: str, schedule_id: str) -> Schedule:
         await self.agents.session(customer_id, agent, session_id)
-        return await self.scheduler.get(owner(agent, session_id), schedule_id)
+        return await self.scheduler.get(owner(agent, scoped(customer_id, session_id)), schedule_id)
 
     async def cancel(self, customer_id: str, agent: str, session_id: str, schedule_id: str) -> Schedule:
         await self.agents.session(customer_id, agent, session_id)
-        return await self.scheduler.cancel(owner(agent, session_id), schedule_id)
+        return await self.scheduler.cancel(owner(agent, scoped(customer_id, session_id)), schedule_id)

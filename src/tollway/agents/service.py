@@ -27,7 +27,7 @@ from tollway.agents.definitions import Registry
 from tollway.agents.guardrails import GuardPolicy, check_input, check_output, escalation_for, screen_untrusted
 from tollway.agents.model import Model, Reply, assistant_calls, tool_result
 from tollway.agents.spec import AgentSpec
-from tollway.agents.store import SESSION_ID, Message, Session, Store, Turn
+from tollway.agents.store import SESSION_ID, Message, Session, Store, Turn, public, scoped
 from tollway.agents.tools import MAX_FOR_MODEL, Tools, invalid_arguments
 from tollway.agents.writer import Writers
 from tollway.charge.allocation import Allocations
@@ -96,12 +96,18 @@ class Agents:
     async def create_session(self, customer_id: str, agent: str, session_id: str | None = None) -> Session:
         sid = session_id if session_id is not None else new_id("ses")
         if not isinstance(sid, str) or not SESSION_ID.match(sid):
-            raise invalid("invalid_session_id", "id: letters, digits and _.:- (at most 128)", "id")
+            raise invalid("invalid_session_id", "id: letters, digits and _.:- (at most 115)", "id")
         version, _ = await self.registry.latest(agent)
-        return await self.store.create(agent, sid, customer_id, version)
+        return await self.store.create(agent, scoped(customer_id, sid), customer_id, version)
 
     async def session(self, customer_id: str | None, agent: str, session_id: str) -> dict[str, Any]:
+        """A customer's session by the id it chose (``customer_id`` None: an
+        operator's look-up, by that id if one customer uses it, or the stored id)."""
         await self.registry.latest(agent)  # 404 for an unknown agent
+        if customer_id is not None:
+            session_id = scoped(customer_id, session_id)
+        else:
+            session_id = await self.store.find(agent, session_id)
         s = await self.store.load(agent, session_id, customer_id)
         spec = await self.registry.get(agent, s.version)
         out = s.to_dict()
@@ -125,6 +131,7 @@ class Agents:
                 raise invalid(
                     "invalid_state", f"state.{k} is a string, number, boolean or null", f"state.{k}"
                 )
+        session_id = scoped(customer_id, session_id)
         async with self.writers.hold(agent, session_id):
             await self.registry.latest(agent)
             s = await self.store.load(agent, session_id, customer_id)
@@ -189,7 +196,7 @@ class Agents:
         if not isinstance(content, str) or not content.strip():
             raise invalid("invalid_content", "content is a non-empty string", "content")
         await self.registry.latest(agent)
-        version = await self.store.version_of(agent, session_id, customer_id)
+        version = await self.store.version_of(agent, scoped(customer_id, session_id), customer_id)
         policy = self.policy(await self.registry.get(agent, version), version)
         if len(content) > policy.max_input_chars:
             raise invalid(
@@ -213,6 +220,7 @@ class Agents:
             raise invalid("invalid_content", "content is a non-empty string", "content")
         # The queue is joined before anything else is awaited: turns apply in
         # the order they were sent.
+        session_id = scoped(caller.customer_id, session_id)
         async with self.writers.hold(agent, session_id):
             await self.registry.latest(agent)  # 404 for an unknown agent
             return await self._turn(caller, agent, session_id, content, emit or _quiet, origin)
@@ -223,7 +231,7 @@ class Agents:
         t0 = time.perf_counter()
         s = await self.store.load(agent, sid, caller.customer_id)
         if origin is not None and any(m.meta.get("origin") == origin for m in s.recent):
-            return {"object": "agent.turn", "agent": agent, "session_id": sid, "duplicate": True}
+            return {"object": "agent.turn", "agent": agent, "session_id": public(sid), "duplicate": True}
         spec = await self.registry.get(agent, s.version)
         policy = self.policy(spec, s.version)
         v = check_input(content, policy)
@@ -394,7 +402,7 @@ class Agents:
         return {
             "object": "agent.turn",
             "agent": s.agent,
-            "session_id": s.id,
+            "session_id": public(s.id),
             "turn": s.turns,
             "status": s.status,
             "reply": None if reply is None else reply.to_dict(),
@@ -417,8 +425,9 @@ class Agents:
         esc = await self.store.escalation(escalation_id)
         if esc["status"] != "open":
             raise conflict("escalation_answered", f"escalation {escalation_id} is already answered", "id")
-        async with self.writers.hold(esc["agent"], esc["session_id"]):
-            s = await self.store.load(esc["agent"], esc["session_id"], None)
+        sid = scoped(esc["customer_id"], esc["session_id"])
+        async with self.writers.hold(esc["agent"], sid):
+            s = await self.store.load(esc["agent"], sid, None)
             turn = Turn(status="active", answers=(escalation_id, by))
             turn.messages.append(("human", content, {"by": by, "escalation": escalation_id}))
             added = await self.store.commit(s, turn)

@@ -7,6 +7,7 @@ absent. Only the session's single writer (tollway.agents.writer) calls it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -24,7 +25,26 @@ from tollway.core.schema import agent_sessions as S
 from tollway.core.schema import agent_tool_log as T
 from tollway.core.storage import writer
 
-SESSION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+SESSION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,114}$")  # 115 + "~" + 12 = the column's 128
+
+
+def scoped(customer_id: str, session_id: str) -> str:
+    """The stored id of a customer's session ``session_id``: each customer names its
+    sessions in its own namespace, so another customer's ids neither collide with
+    nor reveal its own (a session id taken elsewhere is simply free here)."""
+    digest = hashlib.blake2b(customer_id.encode(), digest_size=6).hexdigest()
+    return f"{session_id}~{digest}"
+
+
+def _like(s: str) -> str:
+    return s.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def public(stored_id: str) -> str:
+    """The id the customer chose (``~`` is not in :data:`SESSION_ID`'s alphabet)."""
+    return stored_id.rsplit("~", 1)[0]
+
+
 COUNTERS = ("input_tokens", "output_tokens", "mneurons", "cost", "latency_us", "tool_calls", "retrievals")
 
 
@@ -69,7 +89,7 @@ class Session:
         return {
             "object": "agent.session",
             "agent": self.agent,
-            "id": self.id,
+            "id": public(self.id),
             "version": self.version,
             "status": self.status,
             "turns": self.turns,
@@ -151,8 +171,30 @@ class Store:
             async with self.engine.begin() as conn:
                 await conn.execute(S.insert().values(**row))
         except IntegrityError:
-            raise conflict("session_exists", f"session {session_id!r} exists", "id") from None
+            raise conflict("session_exists", f"session {public(session_id)!r} exists", "id") from None
         return _session(row)
+
+    async def find(self, agent: str, session_id: str) -> str:
+        """An operator's look-up: the stored id of the session a customer calls
+        ``session_id`` (a stored id is taken as it is); 404 if none, 409 if
+        several customers use that id."""
+        async with self.engine.connect() as conn:
+            if "~" in session_id:
+                q = select(S.c.id).where(S.c.agent == agent, S.c.id == session_id)
+            else:
+                q = select(S.c.id).where(
+                    S.c.agent == agent, S.c.id.like(f"{_like(session_id)}~%", escape="\\")
+                )
+            found = (await conn.execute(q.limit(2))).scalars().all()
+        if not found:
+            raise not_found("session_not_found", f"no session {session_id!r} of agent {agent!r}", "id")
+        if len(found) > 1:
+            raise conflict(
+                "session_ambiguous",
+                f"customers share the session id {session_id!r}: name it by its stored id ({found[0]}, …)",
+                "id",
+            )
+        return str(found[0])
 
     async def version_of(self, agent: str, session_id: str, customer_id: str | None) -> int:
         """The definition version a session runs; 404 if absent (or another customer's)."""
@@ -163,7 +205,9 @@ class Store:
                 )
             ).first()
         if row is None or (customer_id is not None and row.customer_id != customer_id):
-            raise not_found("session_not_found", f"no session {session_id!r} of agent {agent!r}", "id")
+            raise not_found(
+                "session_not_found", f"no session {public(session_id)!r} of agent {agent!r}", "id"
+            )
         return int(row.version)
 
     async def load(self, agent: str, session_id: str, customer_id: str | None) -> Session:
@@ -171,7 +215,9 @@ class Store:
         async with self.engine.connect() as conn:
             row = (await conn.execute(select(S).where(S.c.agent == agent, S.c.id == session_id))).first()
             if row is None or (customer_id is not None and row.customer_id != customer_id):
-                raise not_found("session_not_found", f"no session {session_id!r} of agent {agent!r}", "id")
+                raise not_found(
+                    "session_not_found", f"no session {public(session_id)!r} of agent {agent!r}", "id"
+                )
             s = _session(row._asdict())
             rows = (
                 await conn.execute(
@@ -362,14 +408,14 @@ class Store:
             q = q.where(E.c.status == status)
         async with self.engine.connect() as conn:
             rows = (await conn.execute(q.order_by(E.c.created_at_us, E.c.id).limit(limit))).all()
-        return [{"object": "agent.escalation", **r._asdict()} for r in rows]
+        return [_escalation(r) for r in rows]
 
     async def escalation(self, escalation_id: str) -> dict[str, Any]:
         async with self.engine.connect() as conn:
             row = (await conn.execute(select(E).where(E.c.id == escalation_id))).first()
         if row is None:
             raise not_found("escalation_not_found", f"no escalation {escalation_id!r}", "id")
-        return {"object": "agent.escalation", **row._asdict()}
+        return _escalation(row)
 
     # ------------------------------------------------------------------- purge
 
@@ -388,6 +434,11 @@ class Store:
                     .values(summary="", state="{}", summary_through=r.next_seq)
                 )
         return len(rows)
+
+
+def _escalation(r: Any) -> dict[str, Any]:
+    d = r._asdict()
+    return {"object": "agent.escalation", **d, "session_id": public(d["session_id"])}
 
 
 def text(s: str) -> str:

@@ -1,6 +1,7 @@
 """Agent sessions over HTTP: ``/v1/agents/{agent}/sessions/{id}`` (scope
-``agents``), messages as JSON, SSE or a WebSocket; and the human queue at
-``/v1/escalations`` (the admin token: the people who answer are operators)."""
+``agents``; each customer names its sessions in its own namespace), messages
+as JSON, SSE or a WebSocket; and the human queue at ``/v1/escalations`` (the
+admin token: the people who answer are operators)."""
 
 from __future__ import annotations
 
@@ -13,13 +14,16 @@ import orjson
 from fastapi import APIRouter, Depends, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from tollway.agents.alarms import owner
 from tollway.agents.service import Agents, Emit
+from tollway.agents.store import scoped
 from tollway.api.auth import require_admin, require_key, require_scope, runtime
 from tollway.billing.plans import AI_CHAT
 from tollway.core.errors import TollwayError, invalid, unauthenticated
 from tollway.identity.keys import ApiKey, presented_key
 from tollway.inference.service import Caller
 from tollway.runtime import Runtime
+from tollway.schedules import Schedule
 
 router = APIRouter(prefix="/v1/agents", tags=["agents"])
 escalations = APIRouter(prefix="/v1/escalations", tags=["agents"], dependencies=[Depends(require_admin)])
@@ -112,9 +116,10 @@ async def messages(
     limit: int = 100,
     key: ApiKey = Depends(require_key),
 ) -> dict[str, Any]:
-    a = agents_of(request)
-    await a.session(_caller(key).customer_id, agent, session_id)
-    found = await a.store.messages(agent, session_id, after=after, limit=max(1, min(limit, 1000)))
+    a, c = agents_of(request), _caller(key)
+    await a.session(c.customer_id, agent, session_id)
+    sid = scoped(c.customer_id, session_id)
+    found = await a.store.messages(agent, sid, after=after, limit=max(1, min(limit, 1000)))
     return {"object": "list", "data": [m.to_dict() for m in found]}
 
 
@@ -122,11 +127,12 @@ async def messages(
 async def tool_calls(
     agent: str, session_id: str, request: Request, limit: int = 100, key: ApiKey = Depends(require_key)
 ) -> dict[str, Any]:
-    a = agents_of(request)
-    await a.session(_caller(key).customer_id, agent, session_id)
+    a, c = agents_of(request), _caller(key)
+    await a.session(c.customer_id, agent, session_id)
+    sid = scoped(c.customer_id, session_id)
     return {
         "object": "list",
-        "data": await a.store.tool_log(agent, session_id, limit=max(1, min(limit, 1000))),
+        "data": await a.store.tool_log(agent, sid, limit=max(1, min(limit, 1000))),
     }
 
 
@@ -266,6 +272,11 @@ async def ws(websocket: WebSocket, agent: str, session_id: str) -> None:
 # -------------------------------------------------------------------- schedules
 
 
+def _schedule(s: Schedule, agent: str, session_id: str) -> dict[str, Any]:
+    """A schedule as its customer names the session (stored under the customer's namespace)."""
+    return {**s.to_dict(), "owner": owner(agent, session_id)}
+
+
 @router.post(
     "/{agent}/sessions/{session_id}/schedules",
     status_code=201,
@@ -276,7 +287,7 @@ async def schedule_create(
 ) -> dict[str, Any]:
     b = await _obj(request, {"content", "delay_seconds", "at", "cron", "max_attempts", "idempotency_key"})
     s = await runtime(request).alarms.schedule(_caller(key), agent, session_id, b)
-    return s.to_dict()
+    return _schedule(s, agent, session_id)
 
 
 @router.get("/{agent}/sessions/{session_id}/schedules", summary="The session's schedules, soonest first")
@@ -288,7 +299,7 @@ async def schedule_list(
     key: ApiKey = Depends(require_key),
 ) -> dict[str, Any]:
     found = await runtime(request).alarms.list(_caller(key).customer_id, agent, session_id, include_done)
-    return {"object": "list", "data": [s.to_dict() for s in found]}
+    return {"object": "list", "data": [_schedule(s, agent, session_id) for s in found]}
 
 
 @router.get("/{agent}/sessions/{session_id}/schedules/{schedule_id}", summary="A schedule")
@@ -296,7 +307,7 @@ async def schedule_get(
     agent: str, session_id: str, schedule_id: str, request: Request, key: ApiKey = Depends(require_key)
 ) -> dict[str, Any]:
     s = await runtime(request).alarms.get(_caller(key).customer_id, agent, session_id, schedule_id)
-    return s.to_dict()
+    return _schedule(s, agent, session_id)
 
 
 @router.delete("/{agent}/sessions/{session_id}/schedules/{schedule_id}", summary="Cancel a schedule")
@@ -304,7 +315,7 @@ async def schedule_cancel(
     agent: str, session_id: str, schedule_id: str, request: Request, key: ApiKey = Depends(require_key)
 ) -> dict[str, Any]:
     s = await runtime(request).alarms.cancel(_caller(key).customer_id, agent, session_id, schedule_id)
-    return s.to_dict()
+    return _schedule(s, agent, session_id)
 
 
 # ------------------------------------------------------------------ escalations

@@ -55,5 +55,5 @@ async def usage(name: str, request: Request) -> dict[str, Any]:
 async def session(name: str, session_id: str, request: Request) -> dict[str, Any]:
     a = agents_of(request)
     out = await a.session(None, name, session_id)
-    out["tool_calls"] = await a.store.tool_log(name, session_id)
+    out["tool_calls"] = await a.store.tool_log(name, await a.store.find(name, session_id))
     return out

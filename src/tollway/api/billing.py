@@ -117,7 +117,8 @@ async def entitlements(request: Request, key: ApiKey = Depends(require_key)) -> 
 async def check(body: CheckIn, request: Request, key: ApiKey = Depends(require_key)) -> dict[str, Any]:
     b = runtime(request).billing
     s = b.standing(key.customer_id, key.billing)
-    if body.consume:
+    if body.consume:  # using a quota records usage: the scope of /v1/usage/events
+        require_scope(key, "usage:write")
         await b.consume(s, body.feature, body.amount)
     else:
         await b.check(s, body.feature, body.amount)

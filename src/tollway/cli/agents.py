@@ -138,7 +138,8 @@ def show(
 
     async def go(rt: Runtime) -> dict[str, Any]:
         s = await rt.agents.session(None, agent, session_id)
-        s["messages"] = [m.to_dict() for m in await rt.agents.store.messages(agent, session_id, limit=1000)]
+        sid = await rt.agents.store.find(agent, session_id)
+        s["messages"] = [m.to_dict() for m in await rt.agents.store.messages(agent, sid, limit=1000)]
         return s
 
     s = _with_runtime(as_json, go)

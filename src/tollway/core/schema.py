@@ -456,6 +456,23 @@ provision_overrides = Table(
     Index("ix_provision_overrides_name_wallet", "name", "wallet_id", unique=True),
 )
 
+# A purchase's idempotency key, claimed before any money is held: one row per
+# (wallet, key), with the fingerprint of the request it was first used for and
+# its outcome, so concurrent or later calls with the key get that one outcome.
+provision_claims = Table(
+    "provision_claims",
+    metadata,
+    Column("wallet_id", String(64), primary_key=True),
+    Column("key", String(200), primary_key=True),
+    Column("fingerprint", String(64), nullable=False),  # sha256 of the canonical request
+    Column("status", String(16), nullable=False),  # running | pending | done | failed
+    Column("owner", String(64), nullable=False),  # the claim of the call doing the work now
+    Column("lease_until_us", BigInteger, nullable=False),  # past it, a running claim is taken over
+    Column("response", Text, nullable=True),  # JSON: the answer (done, pending) or the error (failed)
+    Column("created_at_us", BigInteger, nullable=False),
+    Column("updated_at_us", BigInteger, nullable=False),
+)
+
 # --- agents (issue 9) ---
 # Durable agents (tollway.agents): versioned definitions, sessions with their
 # messages, tool log and human escalations. A turn is written in one

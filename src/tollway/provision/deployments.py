@@ -23,6 +23,7 @@ from tollway.core.ids import new_id
 from tollway.core.schema import provision_deployments as P
 from tollway.core.schema import provision_records as R
 from tollway.core.schema import provision_versions as V
+from tollway.core.storage import writer
 from tollway.provision import bundles
 from tollway.provision.domains import Domains, in_zone
 from tollway.provision.names import to_ascii
@@ -170,21 +171,18 @@ class Deployments:
             existing = (await conn.execute(select(P).where(P.c.name == name))).first()
         if existing is not None and (existing.wallet_id != wallet.id or existing.status != "active"):
             raise conflict("name_taken", f"the deployment name {name!r} is taken", "name")
-        key = idempotency(idempotency_key, "deploy", name, b.sha256)
+        key = idempotency(idempotency_key)
+        request = {
+            "op": "deploy",
+            "name": name,
+            "kind": b.kind,
+            "entrypoint": b.entrypoint,
+            "sha256": b.sha256,
+        }
 
         async def work(d: Decision) -> dict[str, Any]:
             dep = existing or await self._create(name, wallet.id)
-            async with self.engine.begin() as conn:
-                last = (
-                    await conn.execute(select(func.max(V.c.version)).where(V.c.deployment_id == dep.id))
-                ).scalar()
-                n = (last or 0) + 1
-                vrow = {
-                    "id": new_id("dver"), "deployment_id": dep.id, "version": n, "kind": b.kind,
-                    "entrypoint": b.entrypoint, "sha256": b.sha256, "size": b.size, "status": "deploying",
-                    "error": None, "authorization_id": d.id, "created_at_us": self.clock.now_us(),
-                }  # fmt: skip
-                await conn.execute(insert(V), [vrow])
+            n, vrow = await self._new_version(dep.id, b, d.id)
             t0 = time.perf_counter()
             dest = self._dir(dep.id, n)
             b.unpack(dest)
@@ -218,7 +216,8 @@ class Deployments:
             }
 
         return await self.purchases.buy(
-            presented, amount=self.cfg.deploy_price, category="hosting", key=key,
+            presented, wallet_id=wallet.id, request=request,
+            amount=self.cfg.deploy_price, category="hosting", key=key,
             memo=f"deploy {name}", work=work, replay=replay,
         )  # fmt: skip
 
@@ -230,18 +229,42 @@ class Deployments:
             "created_at_us": now, "updated_at_us": now,
         }  # fmt: skip
         try:
-            async with self.engine.begin() as conn:
+            async with writer(self.engine).begin() as conn:
                 await conn.execute(insert(P), [row])
-        except IntegrityError:
+        except IntegrityError:  # created meanwhile: by this wallet (another deploy), or taken
+            pass
+        try:
+            return await self._row(name, wallet_id)
+        except TollwayError:
             raise conflict("name_taken", f"the deployment name {name!r} is taken", "name") from None
-        return await self._row(name, wallet_id)
+
+    async def _new_version(self, deployment_id: str, b: bundles.Bundle, auth_id: str) -> tuple[int, Any]:
+        """The next version's row (deploying). The SQLite write lock is taken at
+        BEGIN (a read then a write); on PostgreSQL a concurrent deploy that took
+        the same number first makes this one try the next."""
+        for attempt in range(8):
+            try:
+                async with writer(self.engine).begin() as conn:
+                    q = select(func.max(V.c.version)).where(V.c.deployment_id == deployment_id)
+                    n = ((await conn.execute(q)).scalar() or 0) + 1
+                    vrow = {
+                        "id": new_id("dver"), "deployment_id": deployment_id, "version": n, "kind": b.kind,
+                        "entrypoint": b.entrypoint, "sha256": b.sha256, "size": b.size, "status": "deploying",
+                        "error": None, "authorization_id": auth_id, "created_at_us": self.clock.now_us(),
+                    }  # fmt: skip
+                    await conn.execute(insert(V), [vrow])
+                return n, vrow
+            except IntegrityError:
+                if attempt == 7:
+                    raise
+        raise AssertionError("unreachable")
 
     async def _set_version(self, version_id: str, status: str, error: str | None = None) -> None:
-        async with self.engine.begin() as conn:
+        async with writer(self.engine).begin() as conn:
             await conn.execute(update(V).where(V.c.id == version_id).values(status=status, error=error))
 
     async def _go_live(self, deployment_id: str, version_id: str, n: int) -> None:
-        async with self.engine.begin() as conn:
+        async with writer(self.engine).begin() as conn:
             await conn.execute(
                 update(V)
                 .where(V.c.deployment_id == deployment_id, V.c.status == "live")
@@ -295,12 +318,14 @@ class Deployments:
             body = {"name": h, "type": "A", "content": self.cfg.edge_host}
         else:
             body = {"name": h, "type": "CNAME", "content": self.host(dep.name)}
-        rec = await self.domains.create_record(presented, zone.name, body, idempotency_key)
+        rec = await self.domains.create_record(
+            presented, zone.name, body, idempotency_key, purpose={"bind": dep.name}
+        )
         await self.provider.bind(dep.name, h)
         hosts = json.loads(dep.hostnames)
         if h not in hosts:
             hosts.append(h)
-            async with self.engine.begin() as conn:
+            async with writer(self.engine).begin() as conn:
                 await conn.execute(update(P).where(P.c.id == dep.id).values(hostnames=json.dumps(hosts)))
         self.invalidate()
         return {**(await self.get(name)), "record": rec}
@@ -308,7 +333,7 @@ class Deployments:
     async def delete(self, name: str, wallet_id: str | None) -> dict[str, Any]:
         dep = await self._row(name, wallet_id)
         await self.provider.delete_deployment(dep.id, dep.name, json.loads(dep.hostnames))
-        async with self.engine.begin() as conn:
+        async with writer(self.engine).begin() as conn:
             await conn.execute(
                 update(P).where(P.c.id == dep.id).values(status="deleted", updated_at_us=self.clock.now_us())
             )

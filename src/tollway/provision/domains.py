@@ -17,6 +17,7 @@ from tollway.core.ids import new_id
 from tollway.core.schema import provision_domains as D
 from tollway.core.schema import provision_overrides as O
 from tollway.core.schema import provision_records as R
+from tollway.core.storage import writer
 from tollway.provision import dns
 from tollway.provision.names import registrable, to_ascii, to_unicode, within
 from tollway.provision.providers.base import Provider
@@ -130,7 +131,7 @@ class Domains:
             "created_at_us": self.clock.now_us(),
         }
         try:
-            async with self.engine.begin() as conn:
+            async with writer(self.engine).begin() as conn:
                 await conn.execute(insert(O), [row])
         except IntegrityError:
             raise conflict("override_exists", f"{n} is already allowed for {wallet_id}", "domain") from None
@@ -191,7 +192,7 @@ class Domains:
         token, wallet = await self.wallets.verify(presented)
         n, tld = registrable(name, set(self.cfg.tlds))
         y = _years(years)
-        key = idempotency(idempotency_key, "domain", n)
+        key = idempotency(idempotency_key)
         m, allowed = await self.blocked(n, wallet.id)
         if m is not None and not allowed:
             await self.audit.write(
@@ -228,7 +229,7 @@ class Domains:
                 "updated_at_us": now,
             }
             try:
-                async with self.engine.begin() as conn:
+                async with writer(self.engine).begin() as conn:
                     await conn.execute(insert(D), [row])
             except IntegrityError:
                 raise conflict("domain_unavailable", f"{n} was registered meanwhile", "domain") from None
@@ -244,7 +245,8 @@ class Domains:
             return {**dom.to_dict(), "charged": d.captured, "authorization_id": d.id}
 
         return await self.purchases.buy(
-            presented, amount=q.register * y, category="domains", key=key,
+            presented, wallet_id=wallet.id, request={"op": "domain.register", "domain": n, "years": y},
+            amount=q.register * y, category="domains", key=key,
             memo=f"register {n} for {y}y", work=work, replay=replay,
         )  # fmt: skip
 
@@ -254,12 +256,12 @@ class Domains:
         _, wallet = await self.wallets.verify(presented)
         dom = await self.get(name, wallet.id)
         y = _years(years)
-        key = idempotency(idempotency_key, "renew", dom.name)
+        key = idempotency(idempotency_key)
 
         async def work(d: Decision) -> dict[str, Any]:
             await self.provider.renew(dom.name, y)
             until = dom.expires_at_us + y * YEAR_US
-            async with self.engine.begin() as conn:
+            async with writer(self.engine).begin() as conn:
                 await conn.execute(
                     update(D)
                     .where(D.c.id == dom.id)
@@ -272,7 +274,8 @@ class Domains:
             return {**(await self.get(dom.name)).to_dict(), "charged": d.captured, "authorization_id": d.id}
 
         return await self.purchases.buy(
-            presented, amount=dom.renew_price * y, category="domains", key=key,
+            presented, wallet_id=wallet.id, request={"op": "domain.renew", "domain": dom.name, "years": y},
+            amount=dom.renew_price * y, category="domains", key=key,
             memo=f"renew {dom.name} for {y}y", work=work, replay=replay,
         )  # fmt: skip
 
@@ -281,7 +284,7 @@ class Domains:
         for r in await self.records(dom.name):
             await self.provider.delete_record(dom.name, r.id)
         await self.provider.release_domain(dom.name)
-        async with self.engine.begin() as conn:
+        async with writer(self.engine).begin() as conn:
             await conn.execute(delete(R).where(R.c.zone == dom.name))
             await conn.execute(delete(D).where(D.c.id == dom.id))
         self._changed()
@@ -293,21 +296,34 @@ class Domains:
         return wallet.id, await self.get(zone, wallet.id)
 
     async def create_record(
-        self, presented: str, zone: str, body: dict[str, Any], idempotency_key: object = None
+        self,
+        presented: str,
+        zone: str,
+        body: dict[str, Any],
+        idempotency_key: object = None,
+        purpose: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
+        """Add a record (category dns). ``purpose``: what else the idempotency
+        key covers (a hostname binding names its deployment)."""
         wallet_id, dom = await self.zone_of(presented, zone)
         rec = dns.record(dom.name, body)
-        dns.check_exclusive(dom.name, rec, await self.records(dom.name))
-        key = idempotency(idempotency_key, "dns", rec.name, rec.type)
+        key = idempotency(idempotency_key)
+        if key is None:  # with a key, a retry finds its own record: checked once the key is claimed
+            dns.check_exclusive(dom.name, rec, await self.records(dom.name))
+        request = {
+            "op": "dns.create", "zone": dom.name, "name": rec.name, "type": rec.type, "content": rec.content,
+            "ttl": rec.ttl, "priority": rec.priority, **(purpose or {}),
+        }  # fmt: skip
 
         async def work(d: Decision) -> dict[str, Any]:
+            dns.check_exclusive(dom.name, rec, await self.records(dom.name))
             ref = await self.provider.create_record(dom.name, rec)
             row = {
                 "id": new_id("rec"), "zone": dom.name, "name": rec.name, "type": rec.type,
                 "content": rec.content, "ttl": rec.ttl, "priority": rec.priority, "provider_ref": ref,
                 "wallet_id": wallet_id, "authorization_id": d.id, "created_at_us": self.clock.now_us(),
             }  # fmt: skip
-            async with self.engine.begin() as conn:
+            async with writer(self.engine).begin() as conn:
                 await conn.execute(insert(R), [row])
             self._changed()
             out = _record(_Row(row)).to_dict()
@@ -321,7 +337,8 @@ class Domains:
             return {**_record(r).to_dict(), "zone": dom.name, "charged": d.captured, "authorization_id": d.id}
 
         return await self.purchases.buy(
-            presented, amount=self.cfg.dns_record_price, category="dns", key=key,
+            presented, wallet_id=wallet_id, request=request,
+            amount=self.cfg.dns_record_price, category="dns", key=key,
             memo=f"dns {rec.type} {rec.name}", work=work, replay=replay,
         )  # fmt: skip
 
@@ -332,7 +349,7 @@ class Domains:
         if r is None:
             raise not_found("record_not_found", f"no record {record_id!r} in {dom.name}", "record_id")
         await self.provider.delete_record(dom.name, r.provider_ref)
-        async with self.engine.begin() as conn:
+        async with writer(self.engine).begin() as conn:
             await conn.execute(delete(R).where(R.c.id == record_id))
         self._changed()
         return {**_record(r).to_dict(), "deleted": True}

@@ -1,15 +1,20 @@
 """Every purchase is one wallet authorization: category ``domains``, ``dns``
 or ``hosting``, payee the provider's name (so the wallet's per-provider cap
 applies), captured when the provider did the work and voided when it did
-not. A refusal, a bad request or a failed deploy therefore costs nothing."""
+not. A refusal, a bad request or a failed deploy therefore costs nothing.
+
+A purchase with a client's idempotency key runs under a claim of that key
+(``claims.py``): concurrent calls with the key do the purchase once and all
+get its answer; the key with another request is a 409."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from tollway.core.errors import invalid
+from tollway.core.ids import new_id
+from tollway.provision.claims import Claims, Outcome
 from tollway.wallets.authorize import Authorizer, Decision
 
 T = TypeVar("T")
@@ -31,9 +36,10 @@ class Pending(Exception):
         }
 
 
-def idempotency(key: object, *parts: object) -> str:
+def idempotency(key: object) -> str | None:
+    """The client's idempotency key (None: none given, every call is a new purchase)."""
     if key is None:
-        return ":".join(["prov", *(str(p) for p in parts), str(time.time_ns())])
+        return None
     if not isinstance(key, str) or not 1 <= len(key) <= 200:
         raise invalid(
             "invalid_idempotency_key", "idempotency_key is a string of 1-200 characters", "idempotency_key"
@@ -42,14 +48,41 @@ def idempotency(key: object, *parts: object) -> str:
 
 
 class Purchases:
-    def __init__(self, authorizer: Authorizer, payee: str) -> None:
+    def __init__(self, authorizer: Authorizer, payee: str, claims: Claims) -> None:
         self.authorizer = authorizer
         self.payee = payee
+        self.claims = claims
 
     async def buy(
         self,
         presented: str,
         *,
+        wallet_id: str,
+        request: dict[str, Any],
+        amount: int,
+        category: str,
+        key: str | None,
+        memo: str,
+        work: Callable[[Decision], Awaitable[dict[str, Any]]],
+        replay: Callable[[Decision], Awaitable[dict[str, Any]]],
+    ) -> dict[str, Any]:
+        """Hold ``amount``, run ``work``, capture; void if ``work`` raises. With a
+        ``key``, once per key and ``request`` (the canonical request: every field
+        that shapes the purchase); a retry gets the first call's answer."""
+        if key is None:
+            return await self._buy(presented, amount, category, new_id("prov"), memo, work, replay)
+
+        async def once() -> dict[str, Any]:
+            try:
+                return await self._buy(presented, amount, category, key, memo, work, replay)
+            except Pending as p:
+                raise Outcome("pending", p.to_dict(), p) from None
+
+        return await self.claims.run(wallet_id, key, {**request, "category": category}, once)
+
+    async def _buy(
+        self,
+        presented: str,
         amount: int,
         category: str,
         key: str,
@@ -57,8 +90,6 @@ class Purchases:
         work: Callable[[Decision], Awaitable[T]],
         replay: Callable[[Decision], Awaitable[T]],
     ) -> T:
-        """Hold ``amount``, run ``work``, capture; void if ``work`` raises.
-        A retry of a purchase already made (same key) returns ``replay``'s answer."""
         d = await self.authorizer.authorize(
             presented,
             amount=amount,

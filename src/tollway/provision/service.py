@@ -16,7 +16,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from tollway.core.clock import Clock
 from tollway.core.config import Settings
 from tollway.core.schema import provision_deployments as P
-from tollway.core.storage import sqlite_path
+from tollway.core.storage import sqlite_path, writer
+from tollway.provision.claims import Claims
 from tollway.provision.deployments import Deployments
 from tollway.provision.domains import Domains
 from tollway.provision.edge import Edge
@@ -47,7 +48,7 @@ class Provisioner:
         self.engine, self.clock = engine, clock
         self.runner = Runner(cfg, self._live_spec)
         self.provider = _provider(settings, self.runner, engine)
-        purchases = Purchases(authorizer, self.provider.name)
+        purchases = Purchases(authorizer, self.provider.name, Claims(engine, clock))
         self.domains = Domains(cfg, engine, clock, wallets, wallets.audit, self.provider, purchases)
         self.deployments = Deployments(
             cfg, engine, clock, wallets, self.provider, purchases, self.domains, data_dir(settings, engine)
@@ -111,7 +112,7 @@ class Provisioner:
         if not changed:
             return
         now_us, mono = self.clock.now_us(), time.monotonic()
-        async with self.engine.begin() as conn:
+        async with writer(self.engine).begin() as conn:
             for dep, t in changed.items():
                 at = now_us - int((mono - t) * 1_000_000)
                 await conn.execute(update(P).where(P.c.id == dep).values(last_request_at_us=at))

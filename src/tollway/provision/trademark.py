@@ -1,20 +1,24 @@
-# ruff: noqa: RUF001  (the lookalike letters are the point)
+# ruff: noqa: RUF001, RUF002  (the lookalike letters are the point)
 """The trademark guard: every label of a domain to buy is checked against a
 list of marks (a shipped starter list plus the operator's own) before any
 money is held.
 
-A label is normalized first: case folded, IDNA decoded (``xn--`` labels),
-lookalike letters folded (Cyrillic and Greek homoglyphs, accents, ``rn`` for
-``m``), digits that stand in for letters read as letters (``0`` → o, ``1`` →
-l or i, ``3`` → e, ``4`` → a, ``5`` → s, ``7`` → t, ``8`` → b) and hyphens
-dropped. It then matches a mark:
+A label is normalized first: IDNA decoded (``xn--`` labels), read through the
+Unicode TR39 confusables (the data shipped in the ``confusable_homoglyphs``
+package, no download at run time: each lookalike of an ASCII letter becomes
+that letter, as in TR39's skeleton), case folded, accents dropped, ``rn`` read
+also as ``m``, digits that stand in for letters read as letters (``0`` → o,
+``1`` → l or i, ``3`` → e, ``4`` → a, ``5`` → s, ``7`` → t, ``8`` → b) and
+hyphens dropped. It then matches a mark:
 
 - ``exact``: the same letters;
 - ``similar``: within an edit distance that grows with the mark's length
   (marks of up to 4 letters must match exactly, 5-7 letters allow 1 edit,
   longer ones 2);
-- ``brand_plus_generic``: the mark (or a near miss of it) with generic words
-  around it, such as ``apple-support-ai`` or ``paypallogin``.
+- ``brand_plus_generic``: the mark (or a near miss of it) with only generic
+  words or numbers around it, such as ``apple-support-ai``, ``paypallogin``,
+  ``chatgpt-pro`` or ``microsoft365-billing``. A mark inside an ordinary word
+  is not matched: ``pineapple``, ``snapple-fan``, ``amazonian-plants``.
 """
 
 from __future__ import annotations
@@ -28,17 +32,9 @@ from importlib import resources
 
 import idna
 
-_CONFUSABLES = {
-    # Cyrillic
-    "а": "a", "в": "b", "е": "e", "ё": "e", "к": "k", "м": "m", "н": "h", "о": "o", "р": "p",
-    "с": "c", "т": "t", "у": "y", "х": "x", "ѕ": "s", "і": "i", "ї": "i", "ј": "j", "ԁ": "d",
-    "һ": "h", "ӏ": "l", "ԛ": "q", "ԝ": "w", "ү": "y", "ɡ": "g", "п": "n", "г": "r", "ь": "b",
-    # Greek
-    "α": "a", "β": "b", "γ": "y", "ε": "e", "η": "n", "ι": "i", "κ": "k", "μ": "u", "ν": "v",
-    "ο": "o", "ρ": "p", "σ": "o", "τ": "t", "υ": "u", "χ": "x", "ω": "w", "ϲ": "c", "ϳ": "j",
-    # Latin lookalikes
-    "ı": "i", "ł": "l", "ø": "o", "đ": "d", "ß": "ss", "æ": "ae", "œ": "oe", "ƒ": "f",
-}  # fmt: skip
+# Readings TR39 does not give as ASCII letters but a reader does (a sharp s, Greek mu and
+# omega, Cyrillic pe); every other lookalike comes from the TR39 data (``_tr39``).
+_EXTRA = {"ß": "ss", "μ": "u", "ω": "w", "п": "n", "ԛ": "q"}
 _LEET = {"0": "o", "3": "e", "4": "a", "5": "s", "7": "t", "8": "b", "9": "g", "2": "z", "6": "g"}
 _ONE = ("l", "i")  # "1" reads as either
 _MAX_VARIANTS = 16
@@ -48,7 +44,10 @@ GENERIC = frozenset(
     verification update billing pay payment payments wallet bank banking app apps ai online official
     service services team store shop mail email id auth portal cloud web site www my get go hq inc
     corp co group global customer care desk recovery reset unlock claim bonus gift promo deals sale
-    free offer token crypto nft dao airdrop connect sync download install api dev labs net""".split()
+    free offer token crypto nft dao airdrop connect sync download install api dev labs net
+    pro plus premium prime vip chat bot gpt assistant refund refunds invoice invoices order orders
+    tracking delivery shipping rewards member members membership renew renewal subscription
+    status alert alerts notice""".split()
 )
 
 
@@ -68,13 +67,46 @@ class Match:
         return f"label {self.label!r} (read as {self.normalized!r}) {how} {self.mark!r}"
 
 
+def _plain(s: str) -> str:
+    return "".join(c for c in unicodedata.normalize("NFD", s) if not unicodedata.combining(c))
+
+
+@functools.cache
+def _tr39() -> dict[str, str]:
+    """Each non-ASCII character that Unicode TR39's confusables (the data shipped in
+    ``confusable_homoglyphs``) give an ASCII-letter reading for: its prototype, accents
+    dropped (``ø`` → ``o``, Armenian ``օ`` → ``o``); a lowercase letter with none reads
+    as the lowercase of its capital's reading (Cyrillic ``к``: ``К`` → ``K`` → ``k``)."""
+    from confusable_homoglyphs.confusables import confusables_data as data
+
+    def ascii_reading(ch: str) -> str | None:
+        readings = [_plain(g["c"]) for g in data.get(ch, ())]
+        letters = [r for r in readings if r.isascii() and r.isalpha()]
+        if not letters:
+            return None
+        lower = [r for r in letters if r.islower()]
+        return min(lower or letters, key=len).lower()
+
+    out: dict[str, str] = {}
+    for ch in data:
+        if len(ch) == 1 and not ch.isascii() and (r := ascii_reading(ch)) is not None:
+            out[ch] = r
+    for ch in data:
+        if len(ch) == 1 and ch not in out and not ch.isascii() and ch.islower():
+            cap = ch.upper()
+            if len(cap) == 1 and (r := ascii_reading(cap)) is not None:
+                out[ch] = r
+    for ch, r in _EXTRA.items():
+        out.setdefault(ch, r)
+    return out
+
+
 def _fold(text: str) -> str:
-    out = []
-    for ch in unicodedata.normalize("NFKD", text.casefold()):
-        if unicodedata.combining(ch):
-            continue
-        out.append(_CONFUSABLES.get(ch, ch))
-    return "".join(out)
+    """The TR39 skeleton, read as ASCII: NFD, each character to its prototype
+    (before case folding: TR39 maps capitals too), case folded, NFD, accents dropped."""
+    table = _tr39()
+    mapped = "".join(table.get(ch, ch) for ch in unicodedata.normalize("NFKD", text))
+    return "".join(table.get(ch, ch) for ch in _plain(mapped.casefold()))
 
 
 def normalize(label: str) -> set[str]:
@@ -159,17 +191,33 @@ class Guard:
                     return Match(written, "similar", label, norm)
                 if len(mark) >= 3 and mark in norm and _generic_rest(norm, mark):
                     return Match(written, "brand_plus_generic", label, norm)
+        bare = _letters(label)  # numbers beside a mark are generic: microsoft365-billing
+        if bare not in readings:
+            for mark, written in self.marks.items():
+                if len(mark) >= 3 and mark in bare and _generic_rest(bare, mark):
+                    return Match(written, "brand_plus_generic", label, bare)
         if len(words) > 1:  # a near miss of the mark beside generic words: app1e-support
             for i, w in enumerate(words):
                 rest = [x for j, x in enumerate(words) if j != i]
                 if not all(any(r in GENERIC for r in normalize(x)) for x in rest):
                     continue
-                for wn in sorted(normalize(w)):
+                for wn in sorted(normalize(w) | {_letters(w)}):
                     for mark, written in self.marks.items():
                         lim = threshold(mark)
                         if wn == mark or (lim and distance(wn, mark, lim) <= lim):
                             return Match(written, "brand_plus_generic", label, "-".join([wn, *rest]))
         return None
+
+
+def _letters(label: str) -> str:
+    """The label's letters only, digits dropped (read without leetspeak)."""
+    text = label
+    if text.lower().startswith("xn--"):
+        try:
+            text = idna.decode(text.lower())
+        except idna.IDNAError:
+            pass
+    return "".join(c for c in _fold(text) if c.isalpha())
 
 
 def _generic_rest(norm: str, mark: str) -> bool:
