@@ -596,7 +596,7 @@ async def test_many_sessions_at_once_on_a_small_pool(
 async def test_sessions_made_before_namespaces_are_their_customers_after_the_migration(
     tmp_path: Path,
 ) -> None:
-    """Migration 0012 moves each session (its messages, tool log, escalations and
+    """Migration 0013 moves each session (its messages, tool log, escalations and
     schedules) to its customer's namespace: the customer still finds it by its id."""
     from sqlalchemy import text
 
@@ -605,7 +605,7 @@ async def test_sessions_made_before_namespaces_are_their_customers_after_the_mig
 
     rt = Runtime.build(settings_for(f"sqlite:///{tmp_path / 'old.db'}"))
     try:
-        await migrate.upgrade(rt.engine, "0011")
+        await migrate.upgrade(rt.engine, "0012")
         counters = ", ".join(f"{c}" for c in COUNTERS)
         async with rt.engine.begin() as conn:
             await conn.execute(

@@ -4,8 +4,8 @@ stored id becomes ``{id}~{blake2b(customer_id, 6 bytes)}`` (what
 that names them. A session's budget account is named from its stored id, so
 a migrated session starts a new budget account.
 
-Revision ID: 0012
-Revises: 0011
+Revision ID: 0013
+Revises: 0012
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import hashlib
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0012"
-down_revision = "0011"
+revision = "0013"
+down_revision = "0012"
 branch_labels = None
 depends_on = None
 
