@@ -195,11 +195,11 @@ class Deployments:
                 await self._set_version(vrow["id"], "failed", str(e)[:2000])
                 shutil.rmtree(dest, ignore_errors=True)
                 raise TollwayError(
-                    ErrorType.INVALID_REQUEST,
-                    "deploy_failed",
+                    ErrorType.API if e.status >= 500 else ErrorType.INVALID_REQUEST,
+                    e.code,
                     f"version {n} of {dep.name} did not go live (the previous version keeps serving): {e}",
                     "bundle",
-                    status=422,
+                    status=e.status,
                 ) from None
             live_ms = (time.perf_counter() - t0) * 1000
             await self._go_live(dep.id, vrow["id"], n)
@@ -275,8 +275,9 @@ class Deployments:
             await self.provider.deploy(self._release(dep, target), json.loads(dep.hostnames))
         except DeployFailed as e:
             raise TollwayError(
-                ErrorType.INVALID_REQUEST, "deploy_failed", f"rollback failed: {e}", "version", status=422
-            ) from None
+                ErrorType.API if e.status >= 500 else ErrorType.INVALID_REQUEST,
+                e.code, f"rollback failed: {e}", "version", status=e.status,
+            ) from None  # fmt: skip
         await self._go_live(dep.id, target.id, target.version)
         return await self.get(name)
 

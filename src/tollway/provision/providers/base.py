@@ -38,6 +38,10 @@ class Release:
 class DeployFailed(Exception):
     """The version did not go live; the previous one still serves."""
 
+    def __init__(self, message: str, code: str = "deploy_failed", status: int = 422) -> None:
+        super().__init__(message)
+        self.code, self.status = code, status
+
 
 class Provider(Protocol):
     name: str  # the wallet payee: its per-provider cap applies
