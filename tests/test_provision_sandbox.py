@@ -202,6 +202,22 @@ async def test_a_fork_bomb_stops_at_the_process_limit(probe: Probe) -> None:
     assert not got["ok"] and got["error"] == "EAGAIN" and got["forked"] < 32, got
 
 
+def _cgroup_state(d: Path) -> tuple[list[str], str]:
+    """The live pids in a cgroup, and its limit."""
+    pids = [p for p in (d / "cgroup.procs").read_text().split() if Path(f"/proc/{p}").exists()]
+    limit = d / "pids.max" if (d / "pids.max").exists() else d / "memory.limit_in_bytes"
+    return pids, limit.read_text().strip()
+
+
+async def test_the_workers_processes_share_its_cgroups(probe: Probe) -> None:
+    w = probe.a.rt.provision.runner.running[probe.port]
+    if w.cgroup is None:
+        pytest.skip("no writable cgroup v1 hierarchy here: rlimits only")
+    for d in w.cgroup.dirs:
+        pids, limit = _cgroup_state(d)
+        assert pids and limit in ("32", str(512 * 1024 * 1024)), (d, pids, limit)
+
+
 async def test_a_huge_file_stops_at_the_scratch_cap(probe: Probe) -> None:
     got = await probe.ask("/write", mb=10_240)  # 10 GB
     assert not got["ok"] and got["error"] in ("EFBIG", "ENOSPC") and got["mb"] <= 16, got

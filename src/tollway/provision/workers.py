@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tollway.core.config import ProvisionConfig
+from tollway.provision import cgroups
 from tollway.provision.sandbox import APP, PATH, Limits, Sandbox, SandboxUnavailable, unsafe_command
 
 log = logging.getLogger("tollway.provision")
@@ -39,6 +40,7 @@ class Worker:
     log: Path | None = None
     proc: subprocess.Popen[bytes] | None = None
     seen: mmap.mmap | None = None  # 8 bytes shared with the worker: the monotonic time of its last request
+    cgroup: cgroups.Cgroup | None = None
     _channel: socket.socket | None = field(default=None, repr=False)
 
     def hand(self, data: bytes, fd: int) -> bool:
@@ -97,6 +99,7 @@ class Pool:
         self._n = itertools.count()
         self._uids: set[int] = set()  # of the workers started and not yet stopped
         self._checked = False
+        self._dead_cgroups: list[cgroups.Cgroup] = []  # of killed workers, removed once empty
         if cfg.unsafe_no_sandbox:
             log.warning(
                 "UNSAFE: [provision] unsafe_no_sandbox = true: deployed apps run WITHOUT a sandbox, as"
@@ -126,6 +129,7 @@ class Pool:
         handoff = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         seen_fd = os.memfd_create("tollway-seen")
         logfile = home / "worker.log"
+        cg: cgroups.Cgroup | None = None
         try:
             listen.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             listen.bind(("127.0.0.1", 0))
@@ -143,6 +147,9 @@ class Pool:
                 cmd = unsafe_command(self.limits, [*argv, "--dir", str(home / "app")])
             else:
                 cmd = self.sandbox.command(uid=uid, app_dir=home / "app", env=env, argv=[*argv, "--dir", APP])
+            cg = cgroups.create(home.name, self.cfg.worker_memory_mb, self.cfg.worker_processes)
+            if cg is not None:
+                cmd = cg.wrap(cmd)
             with logfile.open("ab") as out:
                 proc = subprocess.Popen(
                     cmd, stdin=subprocess.PIPE, stdout=out, stderr=out, pass_fds=fds, env=env,
@@ -151,12 +158,14 @@ class Pool:
         except BaseException:
             self._uids.discard(uid)
             shutil.rmtree(home, ignore_errors=True)
+            if cg is not None:
+                cg.remove()
             raise
         finally:
             listen.close()
             handoff.close()
             os.close(seen_fd)
-        return Worker(proc.pid, port, time.monotonic(), name, uid, home, logfile, proc, seen)
+        return Worker(proc.pid, port, time.monotonic(), name, uid, home, logfile, proc, seen, cg)
 
     def take(self) -> Worker:
         """A warm worker (started now if none is waiting); :class:`SandboxUnavailable` if none can be."""
@@ -200,6 +209,9 @@ class Pool:
     def stop(self, w: Worker) -> None:
         stop(w)
         self._uids.discard(w.uid)
+        if w.cgroup is not None:
+            self._dead_cgroups.append(w.cgroup)
+        self._dead_cgroups = [cg for cg in self._dead_cgroups if not cg.remove()]
 
     def close(self) -> None:
         for w in self.warm:
