@@ -93,7 +93,19 @@ def ids(q):
 def env(q):
     return dict(os.environ)
 
-ROUTES = {"/read": read, "/connect": connect, "/fork": fork, "/write": write, "/ids": ids, "/env": env}
+def userns(q):
+    import ctypes, threading
+    libc = ctypes.CDLL(None, use_errno=True)
+    ran = []
+    t = threading.Thread(target=ran.append, args=(1,))
+    t.start()
+    t.join()
+    if libc.unshare(0x10000000) == 0:  # CLONE_NEWUSER
+        return {"ok": True, "threads": ran}
+    return {"ok": False, "error": errno.errorcode[ctypes.get_errno()], "threads": ran}
+
+ROUTES = {"/userns": userns, "/read": read, "/connect": connect, "/fork": fork, "/write": write,
+          "/ids": ids, "/env": env}
 
 async def app(scope, receive, send):
     if scope["type"] != "http":
@@ -195,6 +207,11 @@ async def test_the_app_reaches_no_loopback_service(probe: Probe) -> None:
         for port in (edge, api.getsockname()[1], 5432, 6379, other.port):
             got = await probe.ask("/connect", port=port)
             assert not got["ok"], (port, got)
+
+
+async def test_the_app_cannot_make_a_user_namespace(probe: Probe) -> None:
+    got = await probe.ask("/userns")
+    assert got == {"ok": False, "error": "EPERM", "threads": [1]}, got  # and threads still start
 
 
 async def test_a_fork_bomb_stops_at_the_process_limit(probe: Probe) -> None:

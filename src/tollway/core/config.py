@@ -385,7 +385,7 @@ class ProvisionConfig(_Section):
     worker_open_files: int = Field(1_024, ge=32)  # RLIMIT_NOFILE
     worker_scratch_mb: int = Field(64, ge=1)  # its /tmp (a tmpfs) and RLIMIT_FSIZE
     worker_request_seconds: float = Field(60, gt=0)  # wall time of one request, then 504
-    warm_workers: int = Field(1, ge=0, le=64)  # sandboxes started ahead of need
+    warm_workers: int = Field(2, ge=0, le=64)  # sandboxes started ahead of need
     health_path: str = Field("/", pattern=r"^/\S*$")
     health_timeout_seconds: float = Field(10, gt=0, le=300)
     idle_seconds: float = Field(300, gt=0)  # a worker with no requests this long is stopped

@@ -127,8 +127,11 @@ class Sandbox:
     def of(cls, cfg: ProvisionConfig) -> Sandbox:
         return cls(find_bwrap(cfg), Limits.of(cfg))
 
-    def command(self, *, uid: int, app_dir: Path, env: dict[str, str], argv: list[str]) -> list[str]:
-        """The command line that runs ``python -I warm.py argv...`` as ``uid`` in the sandbox."""
+    def command(
+        self, *, uid: int, app_dir: Path, env: dict[str, str], argv: list[str], seccomp_fd: int | None
+    ) -> list[str]:
+        """The command line that runs ``python -I warm.py argv...`` as ``uid`` in the sandbox
+        (``seccomp_fd``: the filter of :mod:`tollway.provision.seccomp`, to pass along)."""
         args = [
             self.bwrap,
             "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
@@ -138,6 +141,8 @@ class Sandbox:
         ]  # fmt: skip
         for k, v in env.items():
             args += ["--setenv", k, v]
+        if seccomp_fd is not None:
+            args += ["--seccomp", str(seccomp_fd)]
         made: set[str] = set()
         args += ["--ro-bind", "/usr", "/usr"]
         for top in _TOP:

@@ -42,6 +42,19 @@ with contextlib.suppress(ImportError):  # what uvicorn[standard] runs on: warm t
 with contextlib.suppress(ImportError):
     import uvicorn.middleware.wsgi
 
+
+async def _noop(scope: Any, receive: Any, send: Any) -> None:
+    """An app for :func:`_preload`."""
+
+
+def _preload() -> None:
+    """What uvicorn imports only when it loads an app (websockets, lifespan, logging): now, while warm."""
+    with contextlib.suppress(Exception):
+        uvicorn.config.Config(_noop, log_level="warning", access_log=False).load()
+
+
+_preload()
+
 _MAX_HEAD = 64 * 1024 + 1024
 _TIMEOUT = json.dumps({
     "error": {"type": "api_error", "code": "request_timeout", "param": None,

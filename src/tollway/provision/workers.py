@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tollway.core.config import ProvisionConfig
-from tollway.provision import cgroups
+from tollway.provision import cgroups, seccomp
 from tollway.provision.sandbox import APP, PATH, Limits, Sandbox, SandboxUnavailable, unsafe_command
 
 log = logging.getLogger("tollway.provision")
@@ -130,6 +130,7 @@ class Pool:
         seen_fd = os.memfd_create("tollway-seen")
         logfile = home / "worker.log"
         cg: cgroups.Cgroup | None = None
+        filter_fd: int | None = None
         try:
             listen.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             listen.bind(("127.0.0.1", 0))
@@ -139,14 +140,22 @@ class Pool:
             handoff.listen(64)
             os.ftruncate(seen_fd, 8)
             seen = mmap.mmap(seen_fd, 8)
-            fds = (listen.fileno(), handoff.fileno(), seen_fd)
+            fds: tuple[int, ...] = (listen.fileno(), handoff.fileno(), seen_fd)
             port = listen.getsockname()[1]
             argv = ["--listen", str(fds[0]), "--handoff", str(fds[1]), "--seen", str(fds[2])]
             env = {"PATH": PATH, "LANG": "C.UTF-8", "HOME": "/tmp", "TMPDIR": "/tmp", "PORT": str(port)}
             if self.sandbox is None:
                 cmd = unsafe_command(self.limits, [*argv, "--dir", str(home / "app")])
             else:
-                cmd = self.sandbox.command(uid=uid, app_dir=home / "app", env=env, argv=[*argv, "--dir", APP])
+                filt = seccomp.program()
+                if filt is not None:
+                    filter_fd = os.memfd_create("tollway-seccomp")
+                    os.write(filter_fd, filt)
+                    os.lseek(filter_fd, 0, os.SEEK_SET)
+                    fds = (*fds, filter_fd)
+                cmd = self.sandbox.command(
+                    uid=uid, app_dir=home / "app", env=env, argv=[*argv, "--dir", APP], seccomp_fd=filter_fd
+                )
             cg = cgroups.create(home.name, self.cfg.worker_memory_mb, self.cfg.worker_processes)
             if cg is not None:
                 cmd = cg.wrap(cmd)
@@ -165,6 +174,8 @@ class Pool:
             listen.close()
             handoff.close()
             os.close(seen_fd)
+            if filter_fd is not None:
+                os.close(filter_fd)
         return Worker(proc.pid, port, time.monotonic(), name, uid, home, logfile, proc, seen, cg)
 
     def take(self) -> Worker:
