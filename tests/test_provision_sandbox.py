@@ -100,9 +100,13 @@ def userns(q):
     t = threading.Thread(target=ran.append, args=(1,))
     t.start()
     t.join()
-    if libc.unshare(0x10000000) == 0:  # CLONE_NEWUSER
+    pid = os.fork()  # a single-threaded process (the kernel refuses a threaded one anyway)
+    if pid == 0:
+        os._exit(0 if libc.unshare(0x10000000) == 0 else ctypes.get_errno())  # CLONE_NEWUSER
+    code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    if code == 0:
         return {"ok": True, "threads": ran}
-    return {"ok": False, "error": errno.errorcode[ctypes.get_errno()], "threads": ran}
+    return {"ok": False, "error": errno.errorcode.get(code, code), "threads": ran}
 
 ROUTES = {"/userns": userns, "/read": read, "/connect": connect, "/fork": fork, "/write": write,
           "/ids": ids, "/env": env}
