@@ -6,15 +6,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import signal
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from tollway.core.config import ProvisionConfig
-from tollway.provision.workers import Pool, Worker, WorkerFailed, healthy
+from tollway.provision.workers import Pool, Worker, WorkerFailed, healthy, kill_sandbox
 
 log = logging.getLogger("tollway.provision")
 
@@ -46,7 +44,7 @@ def kill_recorded(run_dir: Path) -> int:
         with contextlib.suppress(ValueError, OSError):
             pid, started = f.read_text().split()
             if _started(int(pid)) == started:
-                os.kill(int(pid), signal.SIGKILL)
+                kill_sandbox(int(pid))
                 killed += 1
         f.unlink(missing_ok=True)
     return killed

@@ -250,12 +250,40 @@ async def probe(port: int, host: str, path: str) -> int | None:
             await writer.wait_closed()
 
 
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (from /proc/*/stat: not every kernel has .../children)."""
+    out: list[int] = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                with open(f"/proc/{name}/stat", "rb") as f:
+                    if int(f.read().rsplit(b")", 1)[1].split()[1]) == pid:
+                        out.append(int(name))
+    return out
+
+
+def kill_sandbox(pid: int) -> None:
+    """SIGKILL bwrap (``pid``) and its children: the sandbox's init, whose pid namespace dies
+    with it. bwrap is stopped first, so it starts nothing meanwhile: ``--die-with-parent`` alone
+    misses a sandbox killed while bwrap was still setting it up."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, signal.SIGSTOP)
+        for child in _children(pid):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(child, signal.SIGKILL)
+        os.kill(pid, signal.SIGKILL)
+
+
 def stop(w: Worker) -> None:
-    """Kill the worker's sandbox (bwrap; its pid namespace, and every process in it, die with it)."""
+    """Kill the worker's sandbox, and every process in its cgroups."""
     w.close_channel()
     if w.proc is not None:
-        with contextlib.suppress(OSError):
-            w.proc.kill()
+        kill_sandbox(w.proc.pid)
+        for d in w.cgroup.dirs if w.cgroup is not None else ():
+            with contextlib.suppress(OSError, ValueError):
+                for p in (d / "cgroup.procs").read_text().split():
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.kill(int(p), signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             w.proc.wait(1)
         if w.proc.stdin is not None:
