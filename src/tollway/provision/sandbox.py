@@ -80,8 +80,11 @@ def _tool(name: str) -> str:
 def find_bwrap(cfg: ProvisionConfig) -> str:
     """The bubblewrap binary: ``[provision] bwrap_path`` if set (only it), else ``bwrap`` on PATH,
     else /usr/bin/bwrap."""
-    cands = (cfg.bwrap_path,) if cfg.bwrap_path else (shutil.which("bwrap") or "", "/usr/bin/bwrap")
-    for cand in cands:
+    if cfg.bwrap_path:
+        if os.access(cfg.bwrap_path, os.X_OK):
+            return cfg.bwrap_path
+        raise SandboxUnavailable(f"[provision] bwrap_path {cfg.bwrap_path} is not an executable bubblewrap")
+    for cand in (shutil.which("bwrap") or "", "/usr/bin/bwrap"):
         if cand and os.access(cand, os.X_OK):
             return cand
     raise SandboxUnavailable(
