@@ -1,7 +1,8 @@
 """The sandbox every worker of the local provider runs in: bubblewrap.
 
-``bwrap`` runs as tollway's user (root on a server) so it can bind the
-runtime, then starts the app in new pid, network, IPC, UTS and cgroup
+``bwrap`` runs as tollway's user, which must be root (it switches each
+worker to a uid of its own; as another user deploys are refused). It binds
+the runtime, then starts the app in new pid, network, IPC, UTS and cgroup
 namespaces, with all capabilities dropped but the two ``setpriv`` needs to
 become the worker's own unprivileged uid/gid (``no_new_privs`` set, groups
 cleared) before Python starts. ``prlimit`` sets the resource limits first.
@@ -169,19 +170,24 @@ class Sandbox:
         args += ["--inh-caps=-all", "--"]
         return [*args, sys.executable, "-I", INSIDE_WARM, *argv]
 
-    def check(self) -> None:
-        """Set up a sandbox once and run ``true`` in it: :class:`SandboxUnavailable` with why not."""
+    def check(self, uid: int) -> None:
+        """Set up a sandbox once, as the workers' will be, and switch to ``uid`` in it:
+        :class:`SandboxUnavailable` with why not (tollway must run as root to do that)."""
+        cmd = [
+            self.bwrap, "--unshare-pid", "--unshare-net", "--ro-bind", "/", "/", "--proc", "/proc",
+            "--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--",
+            _tool("setpriv"), f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--", "true",
+        ]  # fmt: skip
         try:
-            r = subprocess.run(
-                [self.bwrap, "--unshare-pid", "--unshare-net", "--ro-bind", "/", "/", "--proc", "/proc",
-                 "--cap-drop", "ALL", "--", "true"],
-                capture_output=True, timeout=30, check=False,
-            )  # fmt: skip
+            r = subprocess.run(cmd, capture_output=True, timeout=30, check=False)
         except (OSError, subprocess.TimeoutExpired) as e:
             raise SandboxUnavailable(f"bubblewrap could not start: {e}") from None
         if r.returncode != 0:
             why = r.stderr.decode(errors="replace").strip()[:300]
-            raise SandboxUnavailable(f"bubblewrap cannot create namespaces here: {why}")
+            raise SandboxUnavailable(
+                f"bubblewrap cannot set up a sandbox here (tollway needs root to run apps as their own"
+                f" uids): {why}"
+            )
 
 
 def unsafe_command(limits: Limits, argv: list[str]) -> list[str]:

@@ -110,7 +110,7 @@ class Pool:
         if self.cfg.unsafe_no_sandbox or self._checked:
             return
         sb = Sandbox.of(self.cfg)
-        sb.check()
+        sb.check(self.cfg.worker_uid_base)
         self.sandbox, self._checked = sb, True
 
     def _uid(self) -> int:
