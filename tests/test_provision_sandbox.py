@@ -30,6 +30,7 @@ from tollway.runtime import Runtime
 pytestmark = pytest.mark.slow
 
 SECRET = "planted-wallet-key-0123456789"
+DECLARED = {"GREETING": "hello", "APP_MODE": "probe"}
 PROBE = r"""
 import asyncio, errno, json, os, signal, socket, time
 from urllib.parse import parse_qs
@@ -161,9 +162,13 @@ async def probe(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
         a = await Agent(rt, h).setup()
         r = await a.post("/deployments", {"name": "other", "entrypoint": "app:app", "bundle": hello("o")})
         assert r.status_code == 201, r.text
-        r = await a.post(
-            "/deployments", {"name": "probe", "entrypoint": "app:app", "bundle": zipped({"app.py": PROBE})}
-        )
+        body = {
+            "name": "probe",
+            "entrypoint": "app:app",
+            "bundle": zipped({"app.py": PROBE}),
+            "env": DECLARED,
+        }
+        r = await a.post("/deployments", body)
         assert r.status_code == 201, r.text
         yield Probe(a, r.json()["id"])
     await rt.close()
@@ -173,7 +178,36 @@ async def test_the_app_sees_only_its_declared_environment(probe: Probe) -> None:
     env = await probe.ask("/env")
     assert SECRET not in json.dumps(env)
     assert not [k for k in env if k.startswith("TOLLWAY_")]
-    assert set(env) <= {"PATH", "LANG", "HOME", "TMPDIR", "PORT", "PWD"}, env
+    assert set(env) == {"PATH", "LANG", "HOME", "TMPDIR", "PORT", "PWD", *DECLARED}, env
+    assert {k: env[k] for k in DECLARED} == DECLARED
+    runner = probe.a.rt.provision.runner
+    runner.stop(probe.port)  # scaled to zero, and the version read again from the database on wake
+    runner.live.pop(probe.port)
+    woken = await probe.ask("/env")
+    assert {k: woken[k] for k in DECLARED} == DECLARED and SECRET not in json.dumps(woken)
+
+
+@pytest.mark.parametrize(
+    "env",
+    [["A=1"], {"PORT": "1"}, {"PATH": "/x"}, {"1X": "y"}, {"A-B": "y"}, {"A": 1}, {"A": "x\0y"},
+     {f"K{i}": "v" for i in range(65)}, {"BIG": "x" * 40_000}],
+    ids=["list", "port", "path", "digit", "dash", "number", "nul", "too-many", "too-big"],
+)  # fmt: skip
+async def test_a_bad_declared_environment_is_400_and_charges_nothing(
+    db_url: str, tmp_path: Path, env: Any
+) -> None:
+    rt = Runtime.build(settings_for(db_url, provision=_prov(tmp_path)))
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=create_app(rt=rt)), base_url="http://t"
+    ) as h:
+        a = await Agent(rt, h).setup()
+        before = await a.available()
+        r = await a.post(
+            "/deployments", {"name": "e", "entrypoint": "app:app", "bundle": hello("e"), "env": env}
+        )
+        err(r, 400, "invalid_env", "env")
+        assert await a.available() == before and rt.provision.runner.running == {}
+    await rt.close()
 
 
 async def test_the_app_runs_as_its_own_unprivileged_uid(probe: Probe) -> None:

@@ -25,6 +25,7 @@ class Spec:
     kind: str
     entrypoint: str
     host: str  # the deployment's default host name (sent in the health check)
+    env: tuple[tuple[str, str], ...] = ()  # the environment the deployment declares
 
 
 def _started(pid: int) -> str:
@@ -76,7 +77,7 @@ class Runner:
             run = self._run_dir(spec.deployment_id)
             run.mkdir(parents=True, exist_ok=True)
             (run / f"{w.pid}.pid").write_text(f"{w.pid} {_started(w.pid)}\n")
-            self.pool.assign(w, spec.dir, spec.kind, spec.entrypoint, logfile)
+            self.pool.assign(w, spec.dir, spec.kind, spec.entrypoint, logfile, dict(spec.env))
             await healthy(w, spec.host, self.cfg.health_path, self.cfg.health_timeout_seconds, logfile)
         except BaseException:
             self._stop(spec.deployment_id, w)

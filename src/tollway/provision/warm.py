@@ -7,7 +7,7 @@ Arguments: ``--listen FD`` (a TCP socket tollway bound on its loopback),
 ``--handoff FD`` (a listening SOCK_SEQPACKET Unix socket: the edge hands
 accepted connections over it), ``--seen FD`` (8 bytes of shared memory: the
 time of the last request) and ``--dir`` (the bundle). stdin then gets one JSON
-line, ``{"kind", "entrypoint", "request_seconds"}``; the process serves that
+line, ``{"kind", "entrypoint", "env", "request_seconds"}``; the process serves that
 app until it is killed, or exits if stdin closes first (tollway exited).
 Each request gets ``request_seconds`` of wall time, then a 504.
 
@@ -180,6 +180,7 @@ def main() -> None:
     if not line.strip():
         return
     req = json.loads(line)
+    os.environ.update(req.get("env") or {})  # what the deployment declares, before its code runs
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.close(devnull)

@@ -197,8 +197,10 @@ class Pool:
         except (SandboxUnavailable, WorkerFailed, OSError) as e:
             log.warning("could not start a warm worker: %s", e)
 
-    def assign(self, w: Worker, bundle: Path, kind: str, entrypoint: str, logfile: Path) -> None:
-        """Give ``w`` the version unpacked at ``bundle`` to serve."""
+    def assign(
+        self, w: Worker, bundle: Path, kind: str, entrypoint: str, logfile: Path, env: dict[str, str]
+    ) -> None:
+        """Give ``w`` the version unpacked at ``bundle`` to serve, with the environment it declares."""
         assert w.dir is not None and w.proc is not None and w.proc.stdin is not None
         shutil.copytree(bundle, w.dir / "app", dirs_exist_ok=True)
         for root, dirs, files in os.walk(w.dir / "app"):
@@ -210,7 +212,10 @@ class Pool:
             with contextlib.suppress(OSError):
                 os.replace(w.log, logfile)  # the worker keeps writing to it
                 w.log = logfile
-        req = {"kind": kind, "entrypoint": entrypoint, "request_seconds": self.cfg.worker_request_seconds}
+        req = {
+            "kind": kind, "entrypoint": entrypoint, "env": env,
+            "request_seconds": self.cfg.worker_request_seconds,
+        }  # fmt: skip
         try:
             w.proc.stdin.write(json.dumps(req).encode() + b"\n")
             w.proc.stdin.close()

@@ -33,6 +33,7 @@ class Release:
     entrypoint: str
     dir: Path  # the unpacked bundle
     host: str  # the deployment's default host name
+    env: tuple[tuple[str, str], ...] = ()  # what the deployment declares for its environment
 
 
 class DeployFailed(Exception):

@@ -66,6 +66,7 @@ class LocalProvider:
             release.kind,
             release.entrypoint,
             release.host,
+            release.env,
         )
         try:
             await self.runner.activate(spec)
