@@ -17,6 +17,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet 'torch==2.13.0'
 	@# llama-cpp-python compiles llama.cpp (~4 min on 2 cores); pip caches the wheel.
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@# Deployed apps run in bubblewrap (docs/provisioning.md#the-sandbox); CI runs as root.
+	@command -v bwrap >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -q bubblewrap; } \
+		|| echo "warning: bubblewrap (bwrap) is missing: deploys will be refused (apt-get install bubblewrap)"
 	@touch $(STAMP)
 
 venv: $(STAMP)

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
+import time
 from pathlib import Path
 
 import httpx
@@ -45,6 +47,11 @@ def test_the_edge_under_uvicorn_and_uvloop(tmp_path: Path, handoff: bool) -> Non
         runner = srv.server.config.app.state.runtime.provision.runner
         (worker,) = runner.running.values()
         os.killpg(worker.pid, signal.SIGKILL)  # the worker dies after going live
+        for _ in range(200):  # its sandbox's processes die asynchronously: until its port is closed
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", worker.port)) != 0:
+                    break
+            time.sleep(0.01)
         with httpx.Client(
             base_url=f"http://127.0.0.1:{edge}", headers={"host": "live.tollway.localhost"}
         ) as e:

@@ -68,6 +68,7 @@ class DeployIn(Strict):
     kind: Any = Field("asgi", description="asgi, wsgi or static")
     entrypoint: Any = Field(None, description="module:attribute for an app; a directory for a static site")
     bundle: Any = Field(description="A zip or tar(.gz) archive, base64")
+    env: Any = Field(None, description="Environment variables for the app, {NAME: value} (all it gets)")
     idempotency_key: Any = None
 
 
@@ -203,6 +204,7 @@ async def deploy(body: DeployIn, request: Request) -> JSONResponse:
         kind=body.kind,
         entrypoint=body.entrypoint,
         bundle=raw,
+        env=body.env,
         idempotency_key=body.idempotency_key,
     )
     return await _answer(work, 201)

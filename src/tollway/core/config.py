@@ -388,8 +388,19 @@ class ProvisionConfig(_Section):
     # Hand each connection to its worker (SCM_RIGHTS) once the Host is known,
     # rather than relaying its bytes (false: relay, for platforms without it).
     edge_handoff: bool = True
+    # Each worker runs in a bubblewrap sandbox (docs/provisioning.md#the-sandbox) with its own uid.
+    bwrap_path: str = ""  # empty: bwrap on PATH, else /usr/bin/bwrap
+    # true: run apps WITHOUT a sandbox, as tollway's user (logged loudly). Never on a shared host.
+    unsafe_no_sandbox: bool = False
+    worker_uid_base: int = Field(200_000, ge=1_000)  # workers get uids base .. base+count-1 (and gid = uid)
+    worker_uid_count: int = Field(50_000, ge=1)
     worker_memory_mb: int = Field(512, ge=64)  # RLIMIT_AS of each worker process
     worker_cpu_seconds: int = Field(3_600, ge=1)  # RLIMIT_CPU of each worker process
+    worker_processes: int = Field(128, ge=8)  # RLIMIT_NPROC of a worker's uid (threads count)
+    worker_open_files: int = Field(1_024, ge=32)  # RLIMIT_NOFILE
+    worker_scratch_mb: int = Field(64, ge=1)  # its /tmp (a tmpfs) and RLIMIT_FSIZE
+    worker_request_seconds: float = Field(60, gt=0)  # wall time of one request, then 504
+    warm_workers: int = Field(2, ge=0, le=64)  # sandboxes started ahead of need
     health_path: str = Field("/", pattern=r"^/\S*$")
     health_timeout_seconds: float = Field(10, gt=0, le=300)
     idle_seconds: float = Field(300, gt=0)  # a worker with no requests this long is stopped

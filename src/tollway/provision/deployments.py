@@ -34,6 +34,34 @@ from tollway.wallets.authorize import Decision
 from tollway.wallets.store import Wallets
 
 _NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+ENV_RESERVED = frozenset({"PATH", "LANG", "HOME", "TMPDIR", "PORT", "PWD"})  # the sandbox sets these
+MAX_ENV, MAX_ENV_BYTES = 64, 32 * 1024
+
+
+def check_env(env: object) -> tuple[tuple[str, str], ...]:
+    """A deployment's declared environment: {NAME: value} strings, or 400 ``invalid_env``."""
+    if env is None:
+        return ()
+    if not isinstance(env, dict) or len(env) > MAX_ENV:
+        raise invalid("invalid_env", f"env is an object of up to {MAX_ENV} NAME: value strings", "env")
+    size = 0
+    for k, v in env.items():
+        if not isinstance(k, str) or not _ENV_NAME.match(k) or k in ENV_RESERVED:
+            raise invalid(
+                "invalid_env",
+                f"env name {k!r}: letters, digits and '_' (not a digit first), and not one of"
+                f" {', '.join(sorted(ENV_RESERVED))}",
+                "env",
+            )
+        if not isinstance(v, str) or "\0" in v:
+            raise invalid("invalid_env", f"env {k}: the value is a string without NUL", "env")
+        size += len(k.encode()) + len(v.encode())
+    if size > MAX_ENV_BYTES:
+        raise invalid("invalid_env", f"env is larger than {MAX_ENV_BYTES} bytes", "env")
+    return tuple(sorted((str(k), str(v)) for k, v in env.items()))
+
+
 ROUTES_TTL_S = 2.0  # how stale another process's changes may be at this edge
 
 
@@ -118,7 +146,17 @@ class Deployments:
     def _dir(self, deployment_id: str, version: int) -> Path:
         return self.data_dir / "deployments" / deployment_id / f"v{version}"
 
+    def _env_file(self, deployment_id: str, version: int) -> Path:
+        """The environment a version declares (beside its bundle, outside what the app sees)."""
+        return self.data_dir / "deployments" / deployment_id / f"v{version}.env.json"
+
     def _release(self, dep: Any, v: Any) -> Release:
+        try:
+            env = tuple(
+                (str(k), str(x)) for k, x in json.loads(self._env_file(dep.id, v.version).read_text())
+            )
+        except FileNotFoundError:
+            env = ()
         return Release(
             dep.id,
             dep.name,
@@ -127,6 +165,7 @@ class Deployments:
             v.entrypoint,
             self._dir(dep.id, v.version),
             self.host(dep.name),
+            env,
         )
 
     async def live_spec(self, deployment_id: str) -> Spec | None:
@@ -142,7 +181,7 @@ class Deployments:
         if v is None:
             return None
         r = self._release(dep, v)
-        return Spec(r.deployment_id, r.version, r.dir, r.kind, r.entrypoint, r.host)
+        return Spec(r.deployment_id, r.version, r.dir, r.kind, r.entrypoint, r.host, r.env)
 
     # ---------------------------------------------------------------- deploy
 
@@ -154,6 +193,7 @@ class Deployments:
         kind: object,
         entrypoint: object,
         bundle: bytes,
+        env: object = None,
         idempotency_key: object = None,
     ) -> dict[str, Any]:
         """Upload a new version and make it live: 400 for a bad name or bundle
@@ -167,6 +207,7 @@ class Deployments:
         b = bundles.load(
             bundle, kind, entrypoint, max_bytes=self.cfg.max_bundle_bytes, max_files=self.cfg.max_bundle_files
         )
+        declared = check_env(env)
         async with self.engine.connect() as conn:
             existing = (await conn.execute(select(P).where(P.c.name == name))).first()
         if existing is not None and (existing.wallet_id != wallet.id or existing.status != "active"):
@@ -186,18 +227,21 @@ class Deployments:
             t0 = time.perf_counter()
             dest = self._dir(dep.id, n)
             b.unpack(dest)
-            release = Release(dep.id, dep.name, n, b.kind, b.entrypoint, dest, self.host(dep.name))
+            if declared:
+                self._env_file(dep.id, n).write_text(json.dumps(declared))
+            release = Release(dep.id, dep.name, n, b.kind, b.entrypoint, dest, self.host(dep.name), declared)
             try:
                 await self.provider.deploy(release, json.loads(dep.hostnames))
             except DeployFailed as e:
                 await self._set_version(vrow["id"], "failed", str(e)[:2000])
                 shutil.rmtree(dest, ignore_errors=True)
+                self._env_file(dep.id, n).unlink(missing_ok=True)
                 raise TollwayError(
-                    ErrorType.INVALID_REQUEST,
-                    "deploy_failed",
+                    ErrorType.API if e.status >= 500 else ErrorType.INVALID_REQUEST,
+                    e.code,
                     f"version {n} of {dep.name} did not go live (the previous version keeps serving): {e}",
                     "bundle",
-                    status=422,
+                    status=e.status,
                 ) from None
             live_ms = (time.perf_counter() - t0) * 1000
             await self._go_live(dep.id, vrow["id"], n)
@@ -298,8 +342,9 @@ class Deployments:
             await self.provider.deploy(self._release(dep, target), json.loads(dep.hostnames))
         except DeployFailed as e:
             raise TollwayError(
-                ErrorType.INVALID_REQUEST, "deploy_failed", f"rollback failed: {e}", "version", status=422
-            ) from None
+                ErrorType.API if e.status >= 500 else ErrorType.INVALID_REQUEST,
+                e.code, f"rollback failed: {e}", "version", status=e.status,
+            ) from None  # fmt: skip
         await self._go_live(dep.id, target.id, target.version)
         return await self.get(name)
 

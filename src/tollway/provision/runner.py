@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tollway.core.config import ProvisionConfig
-from tollway.provision.workers import Worker, WorkerFailed, Zygote, handoff_name, healthy, stop
+from tollway.provision.workers import Pool, Worker, WorkerFailed, healthy, kill_sandbox
 
 log = logging.getLogger("tollway.provision")
 
@@ -25,13 +25,40 @@ class Spec:
     kind: str
     entrypoint: str
     host: str  # the deployment's default host name (sent in the health check)
+    env: tuple[tuple[str, str], ...] = ()  # the environment the deployment declares
+
+
+def _started(pid: int) -> str:
+    """A process's start time (field 22 of /proc/<pid>/stat): with the pid, names it across pid reuse."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def kill_recorded(run_dir: Path) -> int:
+    """Kill the workers recorded under ``run_dir`` (by any process: the CLI's reaper
+    too); each is named by pid and start time, so a reused pid is left alone."""
+    killed = 0
+    for f in run_dir.glob("*.pid") if run_dir.is_dir() else ():
+        with contextlib.suppress(ValueError, OSError):
+            pid, started = f.read_text().split()
+            if _started(int(pid)) == started:
+                kill_sandbox(int(pid))
+                killed += 1
+        f.unlink(missing_ok=True)
+    return killed
 
 
 class Runner:
-    def __init__(self, cfg: ProvisionConfig, load: Callable[[str], Awaitable[Spec | None]]) -> None:
+    def __init__(
+        self, cfg: ProvisionConfig, load: Callable[[str], Awaitable[Spec | None]], data_dir: Path
+    ) -> None:
         self.cfg = cfg
         self.load = load  # the live version of a deployment, from the database
-        self.zygote = Zygote()
+        self.data_dir = data_dir
+        self.pool = Pool(cfg, data_dir / "workers")
         self.live: dict[str, Spec] = {}
         self.running: dict[str, Worker] = {}
         self.last_seen: dict[str, float] = {}  # monotonic time of the last request
@@ -39,25 +66,29 @@ class Runner:
         self.wakes: list[float] = []  # seconds each wake took (the latest 1000)
         self._starting: dict[str, asyncio.Task[Worker]] = {}
 
+    def _run_dir(self, deployment_id: str) -> Path:
+        return self.data_dir / "deployments" / deployment_id / "run"
+
     async def launch(self, spec: Spec) -> Worker:
-        """A worker for ``spec`` that has passed its health check."""
+        """A worker for ``spec`` that has passed its health check (SandboxUnavailable if none can run)."""
         logfile = spec.dir.parent / f"v{spec.version}.log"
-        w = await self.zygote.fork(
-            handoff=handoff_name(),
-            seen=str(spec.dir.parent / f"v{spec.version}.{time.monotonic_ns()}.seen"),
-            dir=str(spec.dir),
-            kind=spec.kind,
-            entrypoint=spec.entrypoint,
-            memory_mb=self.cfg.worker_memory_mb,
-            cpu_seconds=self.cfg.worker_cpu_seconds,
-            log=str(logfile),
-        )
+        w = self.pool.take()
         try:
+            run = self._run_dir(spec.deployment_id)
+            run.mkdir(parents=True, exist_ok=True)
+            (run / f"{w.pid}.pid").write_text(f"{w.pid} {_started(w.pid)}\n")
+            self.pool.assign(w, spec.dir, spec.kind, spec.entrypoint, logfile, dict(spec.env))
             await healthy(w, spec.host, self.cfg.health_path, self.cfg.health_timeout_seconds, logfile)
         except BaseException:
-            stop(w)
+            self._stop(spec.deployment_id, w)
             raise
+        finally:
+            self.pool.refill()
         return w
+
+    def _stop(self, deployment_id: str, w: Worker) -> None:
+        self.pool.stop(w)
+        (self._run_dir(deployment_id) / f"{w.pid}.pid").unlink(missing_ok=True)
 
     async def activate(self, spec: Spec) -> None:
         """Start ``spec``; once healthy it becomes the live version and the old
@@ -68,15 +99,16 @@ class Runner:
         self.running[spec.deployment_id] = w
         self.last_seen[spec.deployment_id] = time.monotonic()
         if old is not None:
-            stop(old)
+            self._stop(spec.deployment_id, old)
 
     def stop(self, deployment_id: str, *, forget: bool = False) -> None:
         w = self.running.pop(deployment_id, None)
         if w is not None:
-            stop(w)
+            self._stop(deployment_id, w)
         if forget:
             self.live.pop(deployment_id, None)
             self.last_seen.pop(deployment_id, None)
+            kill_recorded(self._run_dir(deployment_id))  # workers another process started
 
     def touch(self, deployment_id: str) -> None:
         self.last_seen[deployment_id] = time.monotonic()
@@ -90,6 +122,7 @@ class Runner:
             return w
         if fresh and w is not None:
             self.running.pop(deployment_id, None)
+            self._stop(deployment_id, w)
         task = self._starting.get(deployment_id)
         if task is None:
             task = asyncio.get_running_loop().create_task(self._wake(deployment_id))
@@ -136,4 +169,4 @@ class Runner:
             task.cancel()
             with contextlib.suppress(BaseException):
                 await task
-        await self.zygote.close()
+        self.pool.close()

@@ -46,7 +46,7 @@ class Provisioner:
     ) -> None:
         cfg = self.cfg = settings.provision
         self.engine, self.clock = engine, clock
-        self.runner = Runner(cfg, self._live_spec)
+        self.runner = Runner(cfg, self._live_spec, data_dir(settings, engine))
         self.provider = _provider(settings, self.runner, engine)
         purchases = Purchases(authorizer, self.provider.name, Claims(engine, clock))
         self.domains = Domains(cfg, engine, clock, wallets, wallets.audit, self.provider, purchases)

@@ -1,6 +1,7 @@
-"""Worker processes for local deployments: forked by the zygote, one per
-running version, on loopback only, with memory and CPU-time limits; a
-version is live once it answers its health check."""
+"""Worker processes for local deployments: each one a warm process in its own
+sandbox (:mod:`tollway.provision.sandbox`) with its own uid, started ahead of
+need (a small pool) and given one deployment version to serve; a version is
+live once it answers its health check."""
 
 from __future__ import annotations
 
@@ -11,31 +12,36 @@ import json
 import logging
 import mmap
 import os
+import shutil
 import signal
 import socket
 import struct
-import sys
+import subprocess
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import tollway
+from tollway.core.config import ProvisionConfig
+from tollway.provision import cgroups, seccomp
+from tollway.provision.sandbox import APP, PATH, Limits, Sandbox, SandboxUnavailable, unsafe_command
 
 log = logging.getLogger("tollway.provision")
-_SRC = str(Path(tollway.__file__).resolve().parent.parent)  # for the zygote's PYTHONPATH
 
 
 @dataclass(slots=True)
 class Worker:
-    pid: int
+    pid: int  # bwrap's (its pid namespace dies with it)
     port: int
     started: float  # monotonic
-    handoff: str = ""  # the abstract Unix socket that takes connections handed over by the edge
-    seen: Path | None = None  # 8 bytes: the monotonic time of the worker's last request
-    _channel: socket.socket | None = None
-    _seen_mm: mmap.mmap | None = None
+    handoff: str = ""  # the abstract Unix socket (tollway's namespace) that takes connections from the edge
+    uid: int = 0
+    dir: Path | None = None  # the worker's own directory: app/ (its bundle, read-only inside) and its log
+    log: Path | None = None
+    proc: subprocess.Popen[bytes] | None = None
+    seen: mmap.mmap | None = None  # 8 bytes shared with the worker: the monotonic time of its last request
+    cgroup: cgroups.Cgroup | None = None
+    _channel: socket.socket | None = field(default=None, repr=False)
 
     def hand(self, data: bytes, fd: int) -> bool:
         """Pass an accepted client socket (and the bytes already read from it) to the worker."""
@@ -57,18 +63,17 @@ class Worker:
 
     def last_request(self) -> float:
         """When the worker last served a request (monotonic; 0 if never)."""
+        if self.seen is None:
+            return 0.0
         try:
-            if self._seen_mm is None and self.seen is not None:
-                with open(self.seen, "rb") as f:
-                    self._seen_mm = mmap.mmap(f.fileno(), 8, access=mmap.ACCESS_READ)
-            if self._seen_mm is None:
-                return 0.0
-            value: float = struct.unpack_from("d", self._seen_mm, 0)[0]
+            value: float = struct.unpack_from("d", self.seen, 0)[0]
             return value
-        except (OSError, ValueError):
+        except ValueError:
             return 0.0
 
     def alive(self) -> bool:
+        if self.proc is not None:
+            return self.proc.poll() is None
         try:
             os.kill(self.pid, 0)
         except ProcessLookupError:
@@ -82,76 +87,152 @@ class WorkerFailed(Exception):
     """The app did not come up: it crashed, or failed its health check."""
 
 
-class Zygote:
-    """The warm forking process (``tollway.provision.zygote``), started on first use."""
+class Pool:
+    """Warm workers, each in its own sandbox with its own uid, waiting for a
+    deployment; a worker serves one version, then is killed (never reused)."""
 
-    def __init__(self) -> None:
-        self._proc: asyncio.subprocess.Process | None = None
-        self._lock = asyncio.Lock()
-        self._ids = itertools.count(1)
-        self._waiting: dict[int, asyncio.Future[dict[str, Any]]] = {}
-        self._reader: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        async with self._lock:
-            if self._proc is not None and self._proc.returncode is None:
-                return
-            src = _SRC
-            env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
-            self._proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "tollway.provision.zygote",
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                env=env,
-                start_new_session=True,
+    def __init__(self, cfg: ProvisionConfig, run_dir: Path) -> None:
+        self.cfg, self.run_dir = cfg, run_dir
+        self.limits = Limits.of(cfg)
+        self.sandbox: Sandbox | None = None
+        self.warm: list[Worker] = []
+        self._n = itertools.count()
+        self._uids: set[int] = set()  # of the workers started and not yet stopped
+        self._checked = False
+        self._dead_cgroups: list[cgroups.Cgroup] = []  # of killed workers, removed once empty
+        if cfg.unsafe_no_sandbox:
+            log.warning(
+                "UNSAFE: [provision] unsafe_no_sandbox = true: deployed apps run WITHOUT a sandbox, as"
+                " tollway's own user, and can read its files, its database and other deployments"
             )
-            assert self._proc.stdout is not None
-            ready = await asyncio.wait_for(self._proc.stdout.readline(), 60)
-            if not ready:
-                raise WorkerFailed("the zygote did not start")
-            self._reader = asyncio.get_running_loop().create_task(self._read(self._proc))
 
-    async def _read(self, proc: asyncio.subprocess.Process) -> None:
-        assert proc.stdout is not None
-        while line := await proc.stdout.readline():
-            msg = json.loads(line)
-            fut = self._waiting.pop(int(msg.get("id") or 0), None)
-            if fut is not None and not fut.done():
-                fut.set_result(msg)
-        for fut in self._waiting.values():
-            if not fut.done():
-                fut.set_exception(WorkerFailed("the zygote exited"))
-        self._waiting.clear()
-
-    async def fork(self, **req: Any) -> Worker:
-        await self.start()
-        assert self._proc is not None and self._proc.stdin is not None
-        rid = next(self._ids)
-        fut = self._waiting[rid] = asyncio.get_running_loop().create_future()
-        self._proc.stdin.write(json.dumps({"id": rid, **req}).encode() + b"\n")
-        await self._proc.stdin.drain()
-        msg = await asyncio.wait_for(fut, 30)
-        if "error" in msg:
-            raise WorkerFailed(f"could not start a worker: {msg['error']}")
-        return Worker(int(msg["pid"]), int(msg["port"]), time.monotonic(), req["handoff"], Path(req["seen"]))
-
-    async def close(self) -> None:
-        proc, self._proc = self._proc, None
-        if proc is None:
+    def _ready(self) -> None:
+        if self.cfg.unsafe_no_sandbox or self._checked:
             return
-        if proc.stdin is not None:
-            proc.stdin.close()
+        sb = Sandbox.of(self.cfg)
+        sb.check(self.cfg.worker_uid_base)
+        self.sandbox, self._checked = sb, True
+
+    def _uid(self) -> int:
+        for _ in range(self.cfg.worker_uid_count):
+            uid = self.cfg.worker_uid_base + next(self._n) % self.cfg.worker_uid_count
+            if uid not in self._uids and uid != os.getuid():
+                self._uids.add(uid)
+                return uid
+        raise WorkerFailed("every worker uid is in use: raise [provision] worker_uid_count")
+
+    def _spawn(self) -> Worker:
+        uid = self._uid()
+        home = self.run_dir / f"w{uid}-{uuid.uuid4().hex[:8]}"
+        (home / "app").mkdir(parents=True, mode=0o755)
+        listen = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        handoff = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        seen_fd = os.memfd_create("tollway-seen")
+        logfile = home / "worker.log"
+        cg: cgroups.Cgroup | None = None
+        filter_fd: int | None = None
         try:
-            await asyncio.wait_for(proc.wait(), 5)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
+            listen.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listen.bind(("127.0.0.1", 0))
+            listen.listen(1024)
+            name = f"\0tollway-worker-{uuid.uuid4().hex}"
+            handoff.bind(name)
+            handoff.listen(64)
+            os.ftruncate(seen_fd, 8)
+            seen = mmap.mmap(seen_fd, 8)
+            fds: tuple[int, ...] = (listen.fileno(), handoff.fileno(), seen_fd)
+            port = listen.getsockname()[1]
+            argv = ["--listen", str(fds[0]), "--handoff", str(fds[1]), "--seen", str(fds[2])]
+            env = {"PATH": PATH, "LANG": "C.UTF-8", "HOME": "/tmp", "TMPDIR": "/tmp", "PORT": str(port)}
+            if self.sandbox is None:
+                cmd = unsafe_command(self.limits, [*argv, "--dir", str(home / "app")])
+            else:
+                filt = seccomp.program()
+                if filt is not None:
+                    filter_fd = os.memfd_create("tollway-seccomp")
+                    os.write(filter_fd, filt)
+                    os.lseek(filter_fd, 0, os.SEEK_SET)
+                    fds = (*fds, filter_fd)
+                cmd = self.sandbox.command(
+                    uid=uid, app_dir=home / "app", env=env, argv=[*argv, "--dir", APP], seccomp_fd=filter_fd
+                )
+            cg = cgroups.create(home.name, self.cfg.worker_memory_mb, self.cfg.worker_processes)
+            if cg is not None:
+                cmd = cg.wrap(cmd)
+            with logfile.open("ab") as out:
+                proc = subprocess.Popen(
+                    cmd, stdin=subprocess.PIPE, stdout=out, stderr=out, pass_fds=fds, env=env,
+                    start_new_session=True, close_fds=True,
+                )  # fmt: skip
+        except BaseException:
+            self._uids.discard(uid)
+            shutil.rmtree(home, ignore_errors=True)
+            if cg is not None:
+                cg.remove()
+            raise
+        finally:
+            listen.close()
+            handoff.close()
+            os.close(seen_fd)
+            if filter_fd is not None:
+                os.close(filter_fd)
+        return Worker(proc.pid, port, time.monotonic(), name, uid, home, logfile, proc, seen, cg)
+
+    def take(self) -> Worker:
+        """A warm worker (started now if none is waiting); :class:`SandboxUnavailable` if none can be."""
+        self._ready()
+        while self.warm:
+            w = self.warm.pop(0)
+            if w.alive():
+                return w
+            self.stop(w)
+        return self._spawn()
+
+    def refill(self) -> None:
+        """Start workers until ``warm_workers`` wait (after a deploy, so it does not compete with it)."""
+        try:
+            self._ready()
+            while len(self.warm) < self.cfg.warm_workers:
+                self.warm.append(self._spawn())
+        except (SandboxUnavailable, WorkerFailed, OSError) as e:
+            log.warning("could not start a warm worker: %s", e)
+
+    def assign(
+        self, w: Worker, bundle: Path, kind: str, entrypoint: str, logfile: Path, env: dict[str, str]
+    ) -> None:
+        """Give ``w`` the version unpacked at ``bundle`` to serve, with the environment it declares."""
+        assert w.dir is not None and w.proc is not None and w.proc.stdin is not None
+        shutil.copytree(bundle, w.dir / "app", dirs_exist_ok=True)
+        for root, dirs, files in os.walk(w.dir / "app"):
+            for d in dirs:
+                os.chmod(os.path.join(root, d), 0o755)
+            for f in files:
+                os.chmod(os.path.join(root, f), 0o644)
+        if w.log is not None:
+            with contextlib.suppress(OSError):
+                os.replace(w.log, logfile)  # the worker keeps writing to it
+                w.log = logfile
+        req = {
+            "kind": kind, "entrypoint": entrypoint, "env": env,
+            "request_seconds": self.cfg.worker_request_seconds,
+        }  # fmt: skip
+        try:
+            w.proc.stdin.write(json.dumps(req).encode() + b"\n")
+            w.proc.stdin.close()
+        except OSError as e:
+            raise WorkerFailed(f"the worker exited before it was given the app: {tail(logfile)}") from e
+
+    def stop(self, w: Worker) -> None:
+        stop(w)
+        self._uids.discard(w.uid)
+        if w.cgroup is not None:
+            self._dead_cgroups.append(w.cgroup)
+        self._dead_cgroups = [cg for cg in self._dead_cgroups if not cg.remove()]
+
+    def close(self) -> None:
+        for w in self.warm:
+            self.stop(w)
+        self.warm = []
 
 
 async def probe(port: int, host: str, path: str) -> int | None:
@@ -174,15 +255,50 @@ async def probe(port: int, host: str, path: str) -> int | None:
             await writer.wait_closed()
 
 
-def handoff_name() -> str:
-    """A fresh name in Linux's abstract Unix socket namespace."""
-    return f"\0tollway-worker-{uuid.uuid4().hex}"
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (from /proc/*/stat: not every kernel has .../children)."""
+    out: list[int] = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                with open(f"/proc/{name}/stat", "rb") as f:
+                    if int(f.read().rsplit(b")", 1)[1].split()[1]) == pid:
+                        out.append(int(name))
+    return out
+
+
+def kill_sandbox(pid: int) -> None:
+    """SIGKILL bwrap (``pid``) and its children: the sandbox's init, whose pid namespace dies
+    with it. bwrap is stopped first, so it starts nothing meanwhile: ``--die-with-parent`` alone
+    misses a sandbox killed while bwrap was still setting it up."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, signal.SIGSTOP)
+        for child in _children(pid):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(child, signal.SIGKILL)
+        os.kill(pid, signal.SIGKILL)
 
 
 def stop(w: Worker) -> None:
+    """Kill the worker's sandbox, and every process in its cgroups."""
     w.close_channel()
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(w.pid, signal.SIGKILL)
+    if w.proc is not None:
+        kill_sandbox(w.proc.pid)
+        for d in w.cgroup.dirs if w.cgroup is not None else ():
+            with contextlib.suppress(OSError, ValueError):
+                for p in (d / "cgroup.procs").read_text().split():
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.kill(int(p), signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            w.proc.wait(1)
+        if w.proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                w.proc.stdin.close()
+    else:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(w.pid, signal.SIGKILL)
+    if w.dir is not None:
+        shutil.rmtree(w.dir, ignore_errors=True)
 
 
 def tail(path: Path, limit: int = 1500) -> str:

@@ -33,10 +33,15 @@ class Release:
     entrypoint: str
     dir: Path  # the unpacked bundle
     host: str  # the deployment's default host name
+    env: tuple[tuple[str, str], ...] = ()  # what the deployment declares for its environment
 
 
 class DeployFailed(Exception):
     """The version did not go live; the previous one still serves."""
+
+    def __init__(self, message: str, code: str = "deploy_failed", status: int = 422) -> None:
+        super().__init__(message)
+        self.code, self.status = code, status
 
 
 class Provider(Protocol):

@@ -18,6 +18,7 @@ from tollway.core.schema import provision_domains as D
 from tollway.provision.dns import Record
 from tollway.provision.providers.base import DeployFailed, Quote, Release
 from tollway.provision.runner import Runner, Spec
+from tollway.provision.sandbox import SandboxUnavailable
 from tollway.provision.workers import WorkerFailed
 
 
@@ -65,9 +66,12 @@ class LocalProvider:
             release.kind,
             release.entrypoint,
             release.host,
+            release.env,
         )
         try:
             await self.runner.activate(spec)
+        except SandboxUnavailable as e:
+            raise DeployFailed(f"no sandbox for the app: {e}", "sandbox_unavailable", 503) from None
         except WorkerFailed as e:
             raise DeployFailed(str(e)) from None
 
