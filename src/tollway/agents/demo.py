@@ -12,6 +12,7 @@ from typing import Any
 from fastapi import APIRouter
 
 from tollway.agents.memory import ingest
+from tollway.api.jsonroute import JsonRoute
 from tollway.core.errors import TollwayError, not_found
 from tollway.inference.service import Caller
 
@@ -27,7 +28,7 @@ ORDERS: dict[str, dict[str, Any]] = {
     "A1003": {"status": "delivered", "carrier": "USPS", "tracking": "9400100000000000000000", "eta": None},
 }
 
-router = APIRouter(tags=["demo"])
+router = APIRouter(route_class=JsonRoute, tags=["demo"])
 
 
 @router.get("/demo/orders/{order_id}", summary="The demo shop's order status (the support agent's tool)")

@@ -5,16 +5,17 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 from fastapi import APIRouter, Depends, Request
 
 from tollway.api.auth import require_key, require_scope, runtime
+from tollway.api.jsonroute import JsonRoute
+from tollway.core import jsonparse
 from tollway.core.errors import invalid
 from tollway.identity.keys import ApiKey
 from tollway.inference.service import Caller
 from tollway.vectors.service import Vectors
 
-router = APIRouter(prefix="/v1/vectorize/indexes", tags=["vectors"])
+router = APIRouter(route_class=JsonRoute, prefix="/v1/vectorize/indexes", tags=["vectors"])
 
 _QUERY_FIELDS = {
     "vector",
@@ -37,12 +38,9 @@ def _vectors(request: Request) -> Vectors:
 async def _body(request: Request) -> Any:
     raw = await request.body()
     ctype = request.headers.get("content-type", "")
-    try:
-        if "ndjson" in ctype:  # Vectorize's wire format for insert / upsert
-            return {"vectors": [orjson.loads(line) for line in raw.splitlines() if line.strip()]}
-        return orjson.loads(raw) if raw else {}
-    except orjson.JSONDecodeError:
-        raise invalid("invalid_json", "the body is not valid JSON", "body") from None
+    if "ndjson" in ctype:  # Vectorize's wire format for insert / upsert
+        return {"vectors": [jsonparse.body(line, "body") for line in raw.splitlines() if line.strip()]}
+    return jsonparse.body(raw, "body") if raw else {}
 
 
 async def _obj(request: Request, allowed: set[str]) -> dict[str, Any]:

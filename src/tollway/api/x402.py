@@ -9,16 +9,17 @@ JSON at all gets a 400 in tollway's error shape.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from tollway.api.auth import runtime
+from tollway.api.jsonroute import JsonRoute
+from tollway.core import jsonparse
 from tollway.core.errors import ErrorType, TollwayError
 
-router = APIRouter(prefix="/x402", tags=["x402"])
+router = APIRouter(route_class=JsonRoute, prefix="/x402", tags=["x402"])
 
 
 class FacilitatorRequest(BaseModel):
@@ -50,12 +51,7 @@ class SettleResponse(BaseModel):
 
 
 async def _body(request: Request) -> dict[str, Any]:
-    try:
-        body = json.loads(await request.body())
-    except ValueError:
-        raise TollwayError(
-            ErrorType.INVALID_REQUEST, "invalid_json", "request body is not valid JSON"
-        ) from None
+    body = jsonparse.body(await request.body())
     if not isinstance(body, dict):
         raise TollwayError(ErrorType.INVALID_REQUEST, "invalid_json", "request body must be a JSON object")
     return body

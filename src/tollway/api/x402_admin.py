@@ -9,13 +9,16 @@ from fastapi import APIRouter, Body, Depends, Query, Request
 from pydantic import BaseModel, Field, ValidationError
 
 from tollway.api.auth import require_admin, runtime
+from tollway.api.jsonroute import JsonRoute
 from tollway.core.config import X402Config
 from tollway.core.errors import invalid
 from tollway.x402 import payments as P
 from tollway.x402.exact_evm import is_address
 from tollway.x402.rules import atomic
 
-router = APIRouter(prefix="/admin/x402", tags=["x402"], dependencies=[Depends(require_admin)])
+router = APIRouter(
+    route_class=JsonRoute, prefix="/admin/x402", tags=["x402"], dependencies=[Depends(require_admin)]
+)
 
 
 @router.get("/payments", summary="Settled x402 payments, newest first")

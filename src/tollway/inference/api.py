@@ -18,6 +18,7 @@ from fastapi.responses import Response, StreamingResponse
 from starlette.background import BackgroundTask
 
 from tollway.api.auth import require_key, require_scope, runtime
+from tollway.api.jsonroute import JsonRoute
 from tollway.billing.plans import AI_CHAT, AI_EMBEDDINGS
 from tollway.core.config import ModelConfig
 from tollway.core.errors import TollwayError, invalid
@@ -43,7 +44,7 @@ class JSONResponse(Response):
         return orjson.dumps(content)
 
 
-router = APIRouter(tags=["inference"])
+router = APIRouter(route_class=JsonRoute, tags=["inference"])
 log = logging.getLogger("tollway.inference")
 
 Lead = asyncio.Future[CacheEntry | None]  # a cache leader's promise to its followers

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from tollway.core.config import ModelConfig
+from tollway.core.errors import invalid
 from tollway.inference.backends.base import (
     Cancel,
     ChatEvent,
@@ -85,10 +86,10 @@ class LlamaInstance:
         tokens, template_stops = params.prepared or self.prompt(params.messages)
         progress.prompt_tokens = len(tokens)
         stops = [s for s in params.stop + template_stops if s]
-        grammar = None
-        if params.json_schema is not None:
-            grammar = LlamaGrammar.from_json_schema(json.dumps(params.json_schema), verbose=False)
-        elif params.json_object:
+        grammar = params.grammar
+        if grammar is None and params.json_schema is not None:
+            grammar = compile_schema(params.json_schema)
+        elif grammar is None and params.json_object:
             grammar = LlamaGrammar.from_string(JSON_GBNF, verbose=False)
         if params.seed is not None:
             self.llm.set_seed(params.seed)
@@ -128,6 +129,43 @@ class LlamaInstance:
         if rest:
             yield Delta(rest)
         yield Finish(reason, len(tokens), produced)
+
+
+SCHEMA_PARAM = "response_format.json_schema.schema"
+# What llama.cpp's converter says, and the keyword it is about.
+_KEYWORDS = (("pattern", "pattern"), ("ref", "$ref"), ("Unrecognized schema", "type"))
+
+
+def compile_schema(schema: dict[str, Any]) -> Any:
+    """The llama.cpp grammar for a JSON schema, or ``400 unsupported_schema``
+    naming the keyword it cannot compile. A ``pattern`` without ``^``/``$``
+    is anchored: every string the anchored pattern matches also matches the
+    schema's (unanchored) one, so the output stays valid."""
+    from llama_cpp.llama_grammar import LlamaGrammar
+
+    try:
+        return LlamaGrammar.from_json_schema(json.dumps(_anchored(schema)), verbose=False)
+    except Exception as e:  # the converter asserts, or raises ValueError/KeyError/RecursionError
+        why = str(e).split("\n")[-1][:200] or type(e).__name__
+        keyword = next((k for hint, k in _KEYWORDS if hint.lower() in why.lower()), None)
+        what = f"keyword {keyword!r}" if keyword else "schema"
+        raise invalid(
+            "unsupported_schema",
+            f"the local model's grammar cannot compile this {what}: {why}",
+            SCHEMA_PARAM,
+        ) from None
+
+
+def _anchored(node: Any) -> Any:
+    if isinstance(node, list):
+        return [_anchored(v) for v in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: _anchored(v) for k, v in node.items()}
+    p = node.get("pattern")
+    if isinstance(p, str) and isinstance(node.get("type", "string"), str):
+        out["pattern"] = ("" if p.startswith("^") else "^") + p + ("" if p.endswith("$") else "$")
+    return out
 
 
 class TextAssembler:
@@ -205,6 +243,8 @@ class LlamaCppBackend:
 
     def prompt_tokens(self, params: ChatParams) -> int:
         params.prepared = self.instances[0].prompt(params.messages)  # every instance shares the tokenizer
+        if params.json_schema is not None:  # compiled before any money moves: 400 if it cannot be
+            params.grammar = compile_schema(params.json_schema)
         return len(params.prepared[0])
 
     async def stream(
