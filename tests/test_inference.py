@@ -153,6 +153,23 @@ async def test_json_schema_is_enforced(env: Env) -> None:
     assert isinstance(obj["name"], str) and isinstance(obj["age"], int)
 
 
+async def test_a_seed_fixes_its_own_request_and_no_other(env: Env) -> None:
+    """llama.cpp keeps the seed on the shared model: one customer's seed used to
+    make every later unseeded request (anyone's) sample the same tokens."""
+
+    async def ask(**seed: int) -> str:
+        body = {"model": CHAT, "messages": HI, "max_tokens": 24, "temperature": 1.5, **seed}
+        r = await env.http.post("/v1/chat/completions", json=body, headers=env.auth)
+        assert r.status_code == 200, r.text
+        text: str = r.json()["choices"][0]["message"]["content"]
+        return text
+
+    seeded = await ask(seed=7)
+    assert await ask(seed=7) == seeded  # a seed still makes its own request repeatable
+    later = {await ask() for _ in range(4)}
+    assert later != {seeded} and len(later) > 1
+
+
 async def test_a_pattern_without_anchors_is_compiled(env: Env) -> None:
     """JSON Schema's pattern is unanchored; llama.cpp's grammar wants ^…$. The
     grammar anchors it, and what it lets through matches the schema's pattern."""

@@ -36,6 +36,7 @@ from tollway.inference.pool import InstancePool
 
 _DEFAULT_TEMPERATURE = 0.7
 _DEFAULT_TOP_P = 0.95
+_RANDOM_SEED = 0xFFFFFFFF  # LLAMA_DEFAULT_SEED: llama.cpp draws a fresh seed per sampler
 
 
 class LlamaInstance:
@@ -91,8 +92,9 @@ class LlamaInstance:
             grammar = compile_schema(params.json_schema)
         elif grammar is None and params.json_object:
             grammar = LlamaGrammar.from_string(JSON_GBNF, verbose=False)
-        if params.seed is not None:
-            self.llm.set_seed(params.seed)
+        # Every call sets the seed: llama.cpp keeps it on the shared model, so a
+        # seed left by one request would fix the sampling of every later one.
+        self.llm.set_seed(_RANDOM_SEED if params.seed is None else params.seed % _RANDOM_SEED)
         temperature = _DEFAULT_TEMPERATURE if params.temperature is None else params.temperature
         gen = self.llm.generate(
             tokens,
