@@ -39,8 +39,9 @@ async def order_status(order_id: str) -> dict[str, Any]:
     return {"order_id": order_id.upper(), **order}
 
 
-def demo_config(port: int = 8787) -> str:
-    """The ``[agents]`` section ``tollway init --demo`` appends."""
+def demo_config() -> str:
+    """The ``[agents]`` section ``tollway init --demo`` appends. The tool's URL
+    is a path: this server, on whatever port it serves."""
     return f'''
 # The demo support agent (docs/agents.md). Its tool is served by tollway
 # itself, on this machine: tool_allow lets agents' tools reach it.
@@ -69,7 +70,7 @@ ttl_seconds = 604800
 name = "order_status"
 description = "The status, carrier and tracking number of an order."
 method = "GET"
-url = "http://127.0.0.1:{port}/demo/orders/{{order_id}}"
+url = "/demo/orders/{{order_id}}"
 timeout_seconds = 5
 
 [agents.definitions.tools.parameters]
