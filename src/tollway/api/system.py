@@ -42,7 +42,13 @@ async def healthz(request: Request) -> Any:
             )
         )
     metrics.READY.set(1)
-    return {"status": "ok", "database": rt.engine.dialect.name, "migration": current}
+    background = dict(getattr(request.app.state, "startup", {}))  # e.g. demo_ingest: running | done
+    return {
+        "status": "ok",
+        "database": rt.engine.dialect.name,
+        "migration": current,
+        "background": background,
+    }
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
