@@ -399,3 +399,13 @@ async def test_embeddings_200_that_is_not_an_answer_is_a_failed_attempt(
         r = await env.http.post("/v1/embeddings", json={"model": "e", "input": "x"}, headers=env.auth)
         err(r, 502, "upstream_error")
         assert await env.balances() == before
+
+
+async def test_a_stream_reports_its_charge_without_include_usage(env: Env) -> None:
+    r = await post(env, chat("a", stream=True))
+    chunks = [json.loads(ln[6:]) for ln in r.text.splitlines() if ln.startswith("data: {")]
+    final = chunks[-1]
+    assert final["choices"][0]["finish_reason"] == "length" and "usage" not in final
+    [row] = await logged(env)
+    assert final["x_tollway"]["charged"] == row["cost"] > 0
+    assert all("x_tollway" not in c for c in chunks[:-1])

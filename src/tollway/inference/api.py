@@ -412,29 +412,36 @@ async def _openai_stream(
     model: str,
     usage: bool,
 ) -> AsyncIterator[bytes]:
-    def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
-        return _sse(
-            {
-                "id": cid,
-                "object": "chat.completion.chunk",
-                "created": created,
-                "model": model,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
-            }
-        )
+    def piece(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+        return {
+            "id": cid,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
+        }
+
+    def chunk(delta: dict[str, Any]) -> bytes:
+        return _sse(piece(delta))
 
     yield chunk({"role": "assistant", "content": ""})
+    finish: str | None = None
     try:
         async for ev in events:
             if isinstance(ev, Delta):
                 yield chunk({"content": ev.text})
             elif isinstance(ev, Finish):
-                yield chunk({}, _FINISH.get(ev.reason, "stop"))
+                finish = _FINISH.get(ev.reason, "stop")
     except TollwayError as e:  # headers are gone: report in-band, then end
         yield _sse(e.to_dict())
         yield b"data: [DONE]\n\n"
         raise
     m = metered()
+    if finish is not None:  # the final chunk carries the charge, with or without include_usage
+        last = piece({}, finish)
+        if m is not None:
+            last["x_tollway"] = _tollway(m)
+        yield _sse(last)
     if usage and m is not None:
         yield _sse(
             {
@@ -559,7 +566,7 @@ async def _workers_stream(
         raise
     m = metered()
     if m is not None:
-        yield _sse({"response": "", "usage": _usage(m)})
+        yield _sse({"response": "", "usage": _usage(m), "x_tollway": _tollway(m)})
     yield b"data: [DONE]\n\n"
 
 
