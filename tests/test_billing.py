@@ -211,3 +211,28 @@ async def test_unknown_plan_and_unpayable_upgrade_change_nothing(db_url: str, up
         assert await env.balances() == before
         sub = (await env.http.get("/v1/billing/subscription", headers=env.auth)).json()
         assert sub["plan"] == "free"
+
+
+async def test_vector_text_operations_are_held_to_the_plan_like_embeddings(env: Env) -> None:
+    """upsert_text / query_text embed through the charge path: the free plan has
+    no ai.embeddings, so they are refused as /v1/embeddings is, before any money moves."""
+    base = "/v1/vectorize/indexes"
+    r = await env.http.post(base, json={"name": "t", "dimensions": 4, "metric": "cosine"}, headers=env.auth)
+    assert r.status_code == 200, r.text
+    before = await env.balances()
+    for path, body in (
+        ("upsert_text", {"vectors": [{"id": "a", "text": "hello"}], "model": "e"}),
+        ("query_text", {"text": "hello", "model": "e"}),
+    ):
+        r = await env.http.post(f"{base}/t/{path}", json=body, headers=env.auth)
+        assert r.status_code == 402, r.text
+        assert (r.json()["error"]["code"], r.json()["error"]["param"]) == (
+            "feature_not_in_plan",
+            "ai.embeddings",
+        )
+    assert await env.balances() == before and await env.events() == []
+    await set_plan(env, "max")
+    r = await env.http.post(
+        f"{base}/t/upsert_text", json={"vectors": [{"id": "a", "text": "hi"}], "model": "e"}, headers=env.auth
+    )
+    assert r.status_code == 200 and r.json()["charged"] > 0, r.text
