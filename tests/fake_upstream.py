@@ -3,6 +3,7 @@ server (uvicorn in a thread) that counts calls and can be told to fail.
 
     with FakeUpstream() as up:
         up.fail_next(2, status=500)     # the next 2 chat calls answer 500
+        up.garble_next(1, b"<html>")    # the next call answers 200 with this body
         up.delay_s = 0.2                # every answer waits this long
         ... up.url ...  up.calls
 """
@@ -30,12 +31,18 @@ class FakeUpstream:
         self.delay_s = 0.0
         self.prompt_tokens = PROMPT_TOKENS  # what usage reports for the prompt
         self._fail: list[int] = []
+        self._garbled: list[bytes] = []
         self._lock = threading.Lock()
         self._server = ThreadServer(self, lifespan="off", port=self.port)
 
     def fail_next(self, n: int, status: int = 500) -> None:
         with self._lock:
             self._fail += [status] * n
+
+    def garble_next(self, n: int, body: bytes = b"<html>502 Bad Gateway</html>") -> None:
+        """The next ``n`` calls answer 200 with ``body`` (not an OpenAI answer)."""
+        with self._lock:
+            self._garbled += [body] * n
 
     # ------------------------------------------------------------------ ASGI
 
@@ -56,10 +63,14 @@ class FakeUpstream:
         with self._lock:
             self.calls += 1
             status = self._fail.pop(0) if self._fail else 200
+            garbled = self._garbled.pop(0) if self._garbled and status == 200 else None
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
         if status != 200:
             await self._send(send, status, b'{"error":{"message":"injected failure"}}', b"application/json")
+            return
+        if garbled is not None:
+            await self._send(send, 200, garbled, b"application/json")
             return
         req = json.loads(body or b"{}")
         n = min(int(req.get("max_tokens") or len(WORDS)), len(WORDS))

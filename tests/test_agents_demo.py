@@ -49,7 +49,8 @@ def test_demo_support_agent_end_to_end(
     text = cfg.read_text()
     text = text.replace('url = "sqlite:///.tollway/tollway.db"', f'url = "{db_url}"')
     text = re.sub(r'^token = ".*"$', f'token = "{ADMIN_TOKEN}"', text, count=1, flags=re.M)
-    text = text.replace("127.0.0.1:8787/demo", f"127.0.0.1:{port}/demo")
+    # The tool's URL is a path: it follows the port the server runs on.
+    text = re.sub(r"^port = 8787\b", f"port = {port}", text, count=1, flags=re.M)
     text = text.replace('model = "smollm2-135m-instruct"', 'model = "agent-model"')
     text += f'''
 [[models]]

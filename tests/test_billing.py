@@ -246,3 +246,28 @@ async def test_a_key_with_only_balance_read_consumes_no_quota(env: Env) -> None:
         "/v1/entitlements/check", json={"feature": "reports", "consume": True}, headers=env.auth
     )
     assert r.status_code == 200 and (await quotas())[("reports", "billing_period")] == 1
+
+
+async def test_vector_text_operations_are_held_to_the_plan_like_embeddings(env: Env) -> None:
+    """upsert_text / query_text embed through the charge path: the free plan has
+    no ai.embeddings, so they are refused as /v1/embeddings is, before any money moves."""
+    base = "/v1/vectorize/indexes"
+    r = await env.http.post(base, json={"name": "t", "dimensions": 4, "metric": "cosine"}, headers=env.auth)
+    assert r.status_code == 200, r.text
+    before = await env.balances()
+    for path, body in (
+        ("upsert_text", {"vectors": [{"id": "a", "text": "hello"}], "model": "e"}),
+        ("query_text", {"text": "hello", "model": "e"}),
+    ):
+        r = await env.http.post(f"{base}/t/{path}", json=body, headers=env.auth)
+        assert r.status_code == 402, r.text
+        assert (r.json()["error"]["code"], r.json()["error"]["param"]) == (
+            "feature_not_in_plan",
+            "ai.embeddings",
+        )
+    assert await env.balances() == before and await env.events() == []
+    await set_plan(env, "max")
+    r = await env.http.post(
+        f"{base}/t/upsert_text", json={"vectors": [{"id": "a", "text": "hi"}], "model": "e"}, headers=env.auth
+    )
+    assert r.status_code == 200 and r.json()["charged"] > 0, r.text

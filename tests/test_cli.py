@@ -214,3 +214,38 @@ def test_wallet_and_approvals_commands(cfg: str) -> None:
     assert run(cfg, "wallet", "revoke", t["id"])["revoked"] is True
     events = [e["event"] for e in run(cfg, "wallet", "audit", w["id"])["data"]]
     assert events[:3] == ["token_revoked", "token_granted", "topup"]
+
+
+def test_a_command_outside_the_home_finds_its_database_or_refuses(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Never a new empty database made silently (it used to answer account_not_found,
+    or $0 for a funded payer): the home's database, or database_not_found."""
+    home, elsewhere = tmp_path / "home", tmp_path / "elsewhere"
+    home.mkdir(), elsewhere.mkdir()
+    monkeypatch.chdir(home)
+    assert runner.invoke(app, ["init", "--json"]).exit_code == 0
+    assert runner.invoke(app, ["migrate", "--json"]).exit_code == 0
+    c = json.loads(runner.invoke(app, ["customers", "create", "--name", "Ada", "--json"]).stdout)
+
+    monkeypatch.chdir(elsewhere)
+    for env, args in (({"TOLLWAY_HOME": str(home)}, []), ({}, ["-c", str(home / "tollway.toml")])):
+        r = runner.invoke(app, [*args, "customers", "list", "--json"], env=env)
+        assert r.exit_code == 0, r.output
+        assert [x["id"] for x in json.loads(r.stdout)["data"]] == [c["id"]]
+    r = runner.invoke(app, ["customers", "list", "--json"], env={"TOLLWAY_HOME": None})
+    assert r.exit_code == 1 and json.loads(r.stdout)["error"]["code"] == "database_not_found"
+    assert list(elsewhere.iterdir()) == []  # nothing created here
+
+
+def test_init_demo_tool_follows_the_servers_port(tmp_path: Path) -> None:
+    from tollway.agents.service import self_url
+    from tollway.core.config import load_settings
+
+    path = tmp_path / "tollway.toml"
+    assert runner.invoke(app, ["init", "--path", str(path), "--demo", "--json"]).exit_code == 0
+    s = load_settings(str(path))
+    [tool] = s.agents.definitions[0].tools
+    assert tool.url == "/demo/orders/{order_id}"  # a path: this server
+    s.server.port = 8799  # what `serve --port 8799` sets
+    assert self_url(s) == "http://127.0.0.1:8799"

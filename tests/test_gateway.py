@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from conftest import ADMIN
+from conftest import ADMIN, err
 from fake_upstream import PROMPT_TOKENS, WORDS, FakeUpstream, model
 from test_inference import Env, make_env
 
@@ -355,3 +355,57 @@ async def test_request_log_prunes_rows_past_retention(env: Env) -> None:
     await log.flush()  # writes both, then prunes what is past log_retention_days (30)
     assert [x["model"] for x in await logged(env)] == ["a"]
     assert await log.prune() == 0
+
+
+# ------------------------------------------------------- an upstream's bad 200s
+
+NOT_ANSWERS = [
+    b"<html>502 Bad Gateway</html>",
+    b"[1, 2]",
+    b'{"choices": "x"}',
+    b'{"choices": [{"message": {"content": 5}, "delta": {"content": 5}}]}',
+    b'"\\ud800"',
+]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("body", NOT_ANSWERS)
+async def test_a_200_that_is_not_an_answer_is_a_failed_attempt(
+    env: Env, up: FakeUpstream, body: bytes, stream: bool
+) -> None:
+    """Retried like a 5xx; when every attempt gets one, 502 and nothing charged."""
+    up.garble_next(1, body if not stream else b"data: " + body + b"\n\n")
+    r = await post(env, chat("a", stream=stream))
+    assert r.status_code == 200, r.text
+    assert r.headers["x-tollway-attempts"] == "2" and up.calls == 2
+    before, spent = await env.balances(), await env.spent()
+    up.garble_next(2, body)
+    err(await post(env, chat("a", stream=stream)), 502, "upstream_error")
+    assert await env.balances() == before and await env.spent() == spent
+
+
+@pytest.mark.parametrize(
+    "body", [b"<html>", b'{"data": [{"index": 0}]}', b'{"data": [{"index": 0, "embedding": 1}]}']
+)
+async def test_embeddings_200_that_is_not_an_answer_is_a_failed_attempt(
+    db_url: str, up: FakeUpstream, body: bytes
+) -> None:
+    async for env in make_env(db_url, models=[model("e", up.url, task="embeddings", retry=FAST_RETRY)]):
+        up.garble_next(1, body)
+        r = await env.http.post("/v1/embeddings", json={"model": "e", "input": "x"}, headers=env.auth)
+        assert r.status_code == 200 and r.headers["x-tollway-attempts"] == "2", r.text
+        before = await env.balances()
+        up.garble_next(2, body)
+        r = await env.http.post("/v1/embeddings", json={"model": "e", "input": "x"}, headers=env.auth)
+        err(r, 502, "upstream_error")
+        assert await env.balances() == before
+
+
+async def test_a_stream_reports_its_charge_without_include_usage(env: Env) -> None:
+    r = await post(env, chat("a", stream=True))
+    chunks = [json.loads(ln[6:]) for ln in r.text.splitlines() if ln.startswith("data: {")]
+    final = chunks[-1]
+    assert final["choices"][0]["finish_reason"] == "length" and "usage" not in final
+    [row] = await logged(env)
+    assert final["x_tollway"]["charged"] == row["cost"] > 0
+    assert all("x_tollway" not in c for c in chunks[:-1])

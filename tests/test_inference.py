@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 import struct
 from collections.abc import AsyncIterator
 from typing import Any
@@ -16,7 +17,7 @@ import openai
 import pytest
 from sqlalchemy import func, select
 
-from conftest import ADMIN, settings_for
+from conftest import ADMIN, err, settings_for
 from tollway.api.app import create_app
 from tollway.core.schema import usage_events
 from tollway.runtime import Runtime
@@ -150,6 +151,58 @@ async def test_json_schema_is_enforced(env: Env) -> None:
     )
     obj = json.loads(c.choices[0].message.content or "")
     assert isinstance(obj["name"], str) and isinstance(obj["age"], int)
+
+
+async def test_a_seed_fixes_its_own_request_and_no_other(env: Env) -> None:
+    """llama.cpp keeps the seed on the shared model: one customer's seed used to
+    make every later unseeded request (anyone's) sample the same tokens."""
+
+    async def ask(**seed: int) -> str:
+        body = {"model": CHAT, "messages": HI, "max_tokens": 24, "temperature": 1.5, **seed}
+        r = await env.http.post("/v1/chat/completions", json=body, headers=env.auth)
+        assert r.status_code == 200, r.text
+        text: str = r.json()["choices"][0]["message"]["content"]
+        return text
+
+    seeded = await ask(seed=7)
+    assert await ask(seed=7) == seeded  # a seed still makes its own request repeatable
+    later = {await ask() for _ in range(4)}
+    assert later != {seeded} and len(later) > 1
+
+
+async def test_a_pattern_without_anchors_is_compiled(env: Env) -> None:
+    """JSON Schema's pattern is unanchored; llama.cpp's grammar wants ^…$. The
+    grammar anchors it, and what it lets through matches the schema's pattern."""
+    schema = {
+        "type": "object",
+        "properties": {"code": {"type": "string", "pattern": "[A-Z]{3}"}},
+        "required": ["code"],
+    }
+    rf = {"type": "json_schema", "json_schema": {"name": "c", "schema": schema}}
+    r = await env.http.post(
+        "/v1/chat/completions",
+        json={"model": CHAT, "messages": HI, "max_tokens": 20, "temperature": 0, "response_format": rf},
+        headers=env.auth,
+    )
+    assert r.status_code == 200, r.text
+    assert re.search("[A-Z]{3}", json.loads(r.json()["choices"][0]["message"]["content"])["code"])
+
+
+@pytest.mark.parametrize(
+    ("schema", "keyword"),
+    [({"type": "string", "pattern": "^(?=a)b$"}, "pattern"), ({"$ref": "#/nowhere"}, "$ref")],
+)
+async def test_a_schema_the_grammar_cannot_compile_is_400_naming_the_keyword(
+    env: Env, schema: dict[str, Any], keyword: str
+) -> None:
+    before = await env.balances()
+    rf = {"type": "json_schema", "json_schema": {"name": "c", "schema": schema}}
+    r = await env.http.post(
+        "/v1/chat/completions", json={"model": CHAT, "messages": HI, "response_format": rf}, headers=env.auth
+    )
+    err(r, 400, "unsupported_schema", "response_format.json_schema.schema")
+    assert repr(keyword) in r.json()["error"]["message"]
+    assert await env.balances() == before and await env.events() == []
 
 
 async def test_embeddings_string_list_float_and_base64(env: Env) -> None:

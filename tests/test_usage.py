@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 from collections.abc import AsyncIterator
 
 import httpx
@@ -15,6 +16,7 @@ from tollway.api.app import create_app
 from tollway.billing import usage as U
 from tollway.billing.periods import to_us
 from tollway.core.clock import ManualClock
+from tollway.observe import metrics
 from tollway.runtime import Runtime
 
 DAY = dt.date(2026, 11, 20)
@@ -85,6 +87,24 @@ async def test_a_day_above_k_times_the_trailing_median_is_flagged(rt: Runtime) -
         await U.rollup_day(rt.engine, rt.clock, DAY - dt.timedelta(days=back))
     flagged = await U.rollups(rt.engine, start=DAY - dt.timedelta(days=10), end=DAY, anomalies_only=True)
     assert [(r["day"], r["quantity"]) for r in flagged] == [(DAY.isoformat(), 31)]
+
+
+async def test_an_anomaly_is_reported_once_per_customer_day_not_per_rebuild(
+    rt: Runtime, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The billing tick rebuilds today's rollups every few minutes: 10 warnings in 15 minutes."""
+    c = await rt.customers.create("Ada")
+    past = [ev(back, q=10, ts=T0 - back * 86_400_000_000) for back in range(1, 5)]
+    await U.ingest(rt.engine, rt.clock, c.id, [*past, ev(0, q=31, ts=T0)])
+    for back in range(4, 0, -1):
+        await U.rollup_day(rt.engine, rt.clock, DAY - dt.timedelta(days=back))
+    before = metrics.USAGE_ANOMALIES._value.get()
+    with caplog.at_level(logging.WARNING, logger="tollway"):
+        for _ in range(5):
+            await U.rollup_day(rt.engine, rt.clock, DAY)
+            await U.ingest(rt.engine, rt.clock, c.id, [ev(100 + _, q=1, ts=T0)])  # still growing
+    assert metrics.USAGE_ANOMALIES._value.get() == before + 1
+    assert len([r for r in caplog.records if "usage anomaly" in r.getMessage()]) == 1
 
 
 async def test_usage_over_http_and_bad_input(rt: Runtime) -> None:

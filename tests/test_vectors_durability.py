@@ -13,7 +13,9 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import pytest
 
+from tollway.core.errors import TollwayError
 from tollway.vectors import filter as F
 from tollway.vectors.backends.embedded import Embedded
 from tollway.vectors.shapes import IndexInfo, Record
@@ -126,3 +128,54 @@ def test_llama_cpp_still_loads_models_after_the_embedded_backend(tmp_path: Path)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent / "src")}
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert r.stdout.strip() == "loaded", r.stderr[-2000:]
+
+
+HOLDER = textwrap.dedent(
+    """
+    import asyncio, sys
+    from pathlib import Path
+    import numpy as np
+    from tollway.vectors.backends.embedded import Embedded
+    from tollway.vectors.shapes import IndexInfo, Record
+
+    async def main() -> None:
+        b = Embedded(Path(sys.argv[1]))
+        info = IndexInfo("vix_durable", "cus_x", "d", 8, "cosine", "", 0)
+        await b.write(info, [Record("held", np.ones(8, dtype=np.float32))], replace=True)
+        print("holding", flush=True)
+        sys.stdin.readline()
+        await b.close()
+
+    asyncio.run(main())
+    """
+)
+
+
+def _holder(root: Path) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent / "src")}
+    cmd = [sys.executable, "-c", HOLDER, str(root)]
+    return subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+
+
+@pytest.mark.slow
+async def test_a_second_process_is_refused_naming_pgvector(tmp_path: Path) -> None:
+    """Two processes writing one embedded index used to hit UNIQUE constraint failed: v.key
+    (a 500) and leave their graphs diverged: the second is refused, clearly."""
+    p = _holder(tmp_path)
+    assert p.stdout is not None and p.stdin is not None
+    assert p.stdout.readline().strip() == "holding"
+    b = Embedded(tmp_path)
+    rec = Record("mine", np.ones(8, dtype=np.float32))
+    try:
+        for op in (b.write(INFO, [rec], replace=True), b.count(INFO)):
+            with pytest.raises(TollwayError) as e:
+                await op
+            assert (e.value.code, e.value.status) == ("vector_backend_single_process", 409)
+            assert "pgvector" in e.value.message
+    finally:
+        p.stdin.write("\n")
+        p.stdin.close()
+        p.wait(30)
+    await b.write(INFO, [rec], replace=True)  # the other process is gone: this one serves
+    assert await b.count(INFO) == 2
+    await b.close()

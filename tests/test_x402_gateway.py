@@ -408,3 +408,13 @@ async def test_unauthenticated_only_can_require_a_plan_feature(
         assert r.status_code == 200, r.text
         assert (await c.get("/members/7", headers=auth)).status_code == 200
     await rt.close()
+
+
+async def test_rules_get_output_puts_back_as_is(gw: Any) -> None:
+    c, _ = gw
+    got = (await c.get("/admin/x402/rules", headers=ADMIN)).json()
+    r = await c.put("/admin/x402/rules", json=got, headers=ADMIN)
+    assert r.status_code == 200, r.text
+    assert r.json()["source"] == "imported" and r.json()["data"] == got["data"]
+    again = (await c.get("/admin/x402/rules", headers=ADMIN)).json()
+    assert (await c.put("/admin/x402/rules", json=again, headers=ADMIN)).json()["data"] == got["data"]

@@ -12,6 +12,7 @@ from typing import Any
 from fastapi import APIRouter
 
 from tollway.agents.memory import ingest
+from tollway.api.jsonroute import JsonRoute
 from tollway.core.errors import TollwayError, not_found
 from tollway.inference.service import Caller
 
@@ -27,7 +28,7 @@ ORDERS: dict[str, dict[str, Any]] = {
     "A1003": {"status": "delivered", "carrier": "USPS", "tracking": "9400100000000000000000", "eta": None},
 }
 
-router = APIRouter(tags=["demo"])
+router = APIRouter(route_class=JsonRoute, tags=["demo"])
 
 
 @router.get("/demo/orders/{order_id}", summary="The demo shop's order status (the support agent's tool)")
@@ -38,8 +39,9 @@ async def order_status(order_id: str) -> dict[str, Any]:
     return {"order_id": order_id.upper(), **order}
 
 
-def demo_config(port: int = 8787) -> str:
-    """The ``[agents]`` section ``tollway init --demo`` appends."""
+def demo_config() -> str:
+    """The ``[agents]`` section ``tollway init --demo`` appends. The tool's URL
+    is a path: this server, on whatever port it serves."""
     return f'''
 # The demo support agent (docs/agents.md). Its tool is served by tollway
 # itself, on this machine: tool_allow lets agents' tools reach it.
@@ -68,7 +70,7 @@ ttl_seconds = 604800
 name = "order_status"
 description = "The status, carrier and tracking number of an order."
 method = "GET"
-url = "http://127.0.0.1:{port}/demo/orders/{{order_id}}"
+url = "/demo/orders/{{order_id}}"
 timeout_seconds = 5
 
 [agents.definitions.tools.parameters]

@@ -486,7 +486,14 @@ def build(
         Store(engine, clock),
         Writers(engine, max_held=settings.database.pool_size),
         Model(inference),
-        Tools(Guard(cfg.tool_allow), broker, cfg.max_tool_bytes),
+        Tools(Guard(cfg.tool_allow), broker, cfg.max_tool_bytes, self_url(settings)),
         vectors,
         ledger,
     )
+
+
+def self_url(settings: Settings) -> str:
+    """This server's own base URL, from the port it serves on (``serve --port`` included)."""
+    host = settings.server.host
+    host = "127.0.0.1" if host in ("", "0.0.0.0") else "[::1]" if host == "::" else host
+    return f"http://{host}:{settings.server.port}"

@@ -41,12 +41,13 @@ class _Strict(BaseModel):
 class ToolSpec(_Strict):
     """An HTTP endpoint the model may call. ``url`` is a template: ``{name}``
     takes the argument of that name (URL-quoted); the other arguments go in the
-    query string (GET, DELETE) or the JSON body."""
+    query string (GET, DELETE) or the JSON body. A ``url`` that is a path
+    (``/demo/orders/{id}``) is on this tollway server, at the port it serves on."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
     description: str = Field("", max_length=1000)
     method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = "GET"
-    url: str = Field(pattern=r"^https?://\S+$")
+    url: str = Field(pattern=r"^(https?://|/)\S*$")
     parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
     idempotent: bool = True  # a failed idempotent call is retried once
     rate_limit_per_minute: int = Field(60, ge=0)  # per session; 0 = none

@@ -57,7 +57,8 @@ def request_for(tool: ToolSpec, args: dict[str, Any]) -> tuple[str, bytes | None
 
 
 class Tools:
-    def __init__(self, guard: Guard, broker: Broker, max_bytes: int) -> None:
+    def __init__(self, guard: Guard, broker: Broker, max_bytes: int, self_url: str = "") -> None:
+        self.self_url = self_url  # where a tool URL that is a path goes: this server
         self.guard = guard
         self.broker = broker
         self.max_bytes = max_bytes
@@ -84,6 +85,8 @@ class Tools:
         self, spec: AgentSpec, tool: ToolSpec, args: dict[str, Any], *, session_id: str, step: int
     ) -> ToolCall:
         url, body = request_for(tool, args)
+        if url.startswith("/"):
+            url = self.self_url + url
         request: dict[str, Any] = {"method": tool.method, "url": url}
         if body is not None:
             request["body"] = body.decode()

@@ -7,9 +7,12 @@ from typing import Any
 from fastapi import APIRouter, Depends, Header, Query, Request
 
 from tollway.api.auth import require_admin, runtime
+from tollway.api.jsonroute import JsonRoute
 from tollway.api.models import AccountIn, ApiKeyIn, CustomerIn, PostIn, TransferIn
 
-router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)])
+router = APIRouter(
+    route_class=JsonRoute, prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)]
+)
 
 _ID = r"^[A-Za-z0-9_.:-]{1,64}$"
 

@@ -11,22 +11,29 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import orjson
-from fastapi import APIRouter, Depends, Request, WebSocket, WebSocketDisconnect
+from fastapi import APIRouter, Depends, Query, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from tollway.agents.alarms import owner
 from tollway.agents.service import Agents, Emit
 from tollway.agents.store import scoped
 from tollway.api.auth import require_admin, require_key, require_scope, runtime
+from tollway.api.jsonroute import JsonRoute
 from tollway.billing.plans import AI_CHAT
+from tollway.core import jsonparse
 from tollway.core.errors import TollwayError, invalid, unauthenticated
 from tollway.identity.keys import ApiKey, presented_key
 from tollway.inference.service import Caller
 from tollway.runtime import Runtime
 from tollway.schedules import Schedule
 
-router = APIRouter(prefix="/v1/agents", tags=["agents"])
-escalations = APIRouter(prefix="/v1/escalations", tags=["agents"], dependencies=[Depends(require_admin)])
+router = APIRouter(route_class=JsonRoute, prefix="/v1/agents", tags=["agents"])
+escalations = APIRouter(
+    route_class=JsonRoute, prefix="/v1/escalations", tags=["agents"], dependencies=[Depends(require_admin)]
+)
+
+
+_LIMIT: Any = Query(100, ge=1, le=1000, description="At most this many (1 to 1000)")
 
 
 def agents_of(request: Request) -> Agents:
@@ -41,10 +48,7 @@ def _caller(key: ApiKey) -> Caller:
 
 async def _obj(request: Request, allowed: set[str]) -> dict[str, Any]:
     raw = await request.body()
-    try:
-        body = orjson.loads(raw) if raw.strip() else {}
-    except orjson.JSONDecodeError:
-        raise invalid("invalid_json", "the body is not valid JSON", "body") from None
+    body = jsonparse.body(raw, "body") if raw.strip() else {}
     if not isinstance(body, dict):
         raise invalid("invalid_body", "the body is a JSON object", "body")
     extra = sorted(set(body) - allowed)
@@ -73,12 +77,12 @@ async def session_create(agent: str, request: Request, key: ApiKey = Depends(req
 
 @router.get("/{agent}/sessions", summary="The calling customer's sessions of an agent")
 async def session_list(
-    agent: str, request: Request, limit: int = 100, key: ApiKey = Depends(require_key)
+    agent: str, request: Request, limit: int = _LIMIT, key: ApiKey = Depends(require_key)
 ) -> dict[str, Any]:
     c = _caller(key)
     a = agents_of(request)
     await a.registry.latest(agent)
-    found = await a.store.sessions(agent, c.customer_id, limit=max(1, min(limit, 1000)))
+    found = await a.store.sessions(agent, c.customer_id, limit=limit)
     return {"object": "list", "data": [s.to_dict() for s in found]}
 
 
@@ -112,27 +116,27 @@ async def messages(
     agent: str,
     session_id: str,
     request: Request,
-    after: int = 0,
-    limit: int = 100,
+    after: int = Query(0, ge=0, le=2**63 - 1, description="Only messages after this seq"),
+    limit: int = _LIMIT,
     key: ApiKey = Depends(require_key),
 ) -> dict[str, Any]:
     a, c = agents_of(request), _caller(key)
     await a.session(c.customer_id, agent, session_id)
     sid = scoped(c.customer_id, session_id)
-    found = await a.store.messages(agent, sid, after=after, limit=max(1, min(limit, 1000)))
+    found = await a.store.messages(agent, sid, after=after, limit=limit)
     return {"object": "list", "data": [m.to_dict() for m in found]}
 
 
 @router.get("/{agent}/sessions/{session_id}/tool_calls", summary="A session's tool log")
 async def tool_calls(
-    agent: str, session_id: str, request: Request, limit: int = 100, key: ApiKey = Depends(require_key)
+    agent: str, session_id: str, request: Request, limit: int = _LIMIT, key: ApiKey = Depends(require_key)
 ) -> dict[str, Any]:
     a, c = agents_of(request), _caller(key)
     await a.session(c.customer_id, agent, session_id)
     sid = scoped(c.customer_id, session_id)
     return {
         "object": "list",
-        "data": await a.store.tool_log(agent, sid, limit=max(1, min(limit, 1000))),
+        "data": await a.store.tool_log(agent, sid, limit=limit),
     }
 
 
@@ -250,14 +254,9 @@ async def ws(websocket: WebSocket, agent: str, session_id: str) -> None:
         while True:
             raw = await websocket.receive_text()
             try:
-                msg = orjson.loads(raw)
+                msg = jsonparse.body(raw, "message")
                 content = msg.get("content") if isinstance(msg, dict) else None
                 await a.check(c.customer_id, agent, session_id, content)
-            except orjson.JSONDecodeError:
-                await websocket.send_json(
-                    {"event": "error", "data": invalid("invalid_json", "not JSON").to_dict()}
-                )
-                continue
             except TollwayError as e:
                 await websocket.send_json({"event": "error", "data": e.to_dict()})
                 continue
@@ -322,8 +321,10 @@ async def schedule_cancel(
 
 
 @escalations.get("", summary="The human queue (oldest first)")
-async def escalation_list(request: Request, status: str | None = "open", limit: int = 100) -> dict[str, Any]:
-    found = await agents_of(request).store.escalations(status or None, limit=max(1, min(limit, 1000)))
+async def escalation_list(
+    request: Request, status: str | None = "open", limit: int = _LIMIT
+) -> dict[str, Any]:
+    found = await agents_of(request).store.escalations(status or None, limit=limit)
     return {"object": "list", "data": found}
 
 

@@ -11,9 +11,12 @@ from tollway.agents import definitions, memory
 from tollway.agents.spec import AgentSpec
 from tollway.api.agents import _obj, agents_of
 from tollway.api.auth import require_admin, runtime
+from tollway.api.jsonroute import JsonRoute
 from tollway.inference.service import Caller
 
-router = APIRouter(prefix="/admin/agents", tags=["agents"], dependencies=[Depends(require_admin)])
+router = APIRouter(
+    route_class=JsonRoute, prefix="/admin/agents", tags=["agents"], dependencies=[Depends(require_admin)]
+)
 
 
 @router.get("", summary="Every agent, at its latest version")

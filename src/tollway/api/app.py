@@ -92,6 +92,17 @@ class MetricsMiddleware:
             series[1].observe(time.perf_counter() - t0)
 
 
+async def _demo_ingest(rt: Runtime, startup: dict[str, str]) -> None:
+    """The demo agent's knowledge base (it loads the embeddings model): after start-up."""
+    startup["demo_ingest"] = "running"
+    try:
+        await agents_demo.seed(rt)
+        startup["demo_ingest"] = "done"
+    except Exception as e:  # the demo's knowledge base is not worth failing the server for
+        log.exception("the demo agent's knowledge base could not be ingested")
+        startup["demo_ingest"] = f"failed: {type(e).__name__}"
+
+
 def create_app(settings: Settings | None = None, *, rt: Runtime | None = None) -> FastAPI:
     if rt is None:
         rt = Runtime.build(settings or Settings())
@@ -110,11 +121,10 @@ def create_app(settings: Settings | None = None, *, rt: Runtime | None = None) -
         await rt.provision.start()  # the deployments' edge, idle workers, the reaper
         schedules = asyncio.create_task(rt.scheduler.run(rt.settings.schedules.tick_seconds))
         agents_purge = asyncio.create_task(rt.agents.run_purge(rt.settings.agents.purge_seconds))
-        if rt.settings.agents.demo:
-            try:
-                await agents_demo.seed(rt)
-            except Exception:  # the demo's knowledge base is not worth failing start-up for
-                log.exception("the demo agent's knowledge base could not be ingested")
+        # Work that loads models runs after start-up, reported by /healthz (ready at once).
+        background = (
+            [asyncio.create_task(_demo_ingest(rt, app.state.startup))] if rt.settings.agents.demo else []
+        )
         if rt.stripe is not None:  # usage to Stripe's meter (stopped by rt.close)
             rt.stripe.pusher().start()
         # What start-up made (modules, config, models' Python objects) lives as
@@ -124,7 +134,7 @@ def create_app(settings: Settings | None = None, *, rt: Runtime | None = None) -
         try:
             yield
         finally:
-            for task in (sweeper, rules, billing_tick, wallet_sweep, agents_purge, schedules):
+            for task in (sweeper, rules, billing_tick, wallet_sweep, agents_purge, schedules, *background):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
@@ -137,6 +147,7 @@ def create_app(settings: Settings | None = None, *, rt: Runtime | None = None) -
         lifespan=lifespan,
     )
     app.state.runtime = rt
+    app.state.startup = {}  # what start-up still does in the background, by name: /healthz shows it
     errors.install(app)
     app.include_router(system.router, responses=errors.error_responses(503))
     app.include_router(admin.router, responses=errors.error_responses(400, 401, 402, 404, 409))

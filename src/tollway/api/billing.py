@@ -7,20 +7,23 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-import orjson
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import Field
 
 from tollway.api.auth import require_admin, require_key, require_scope, runtime
+from tollway.api.jsonroute import JsonRoute
 from tollway.api.models import Strict
 from tollway.billing import usage as U
 from tollway.billing.preview import preview
 from tollway.billing.service import plan_dict
+from tollway.core import jsonparse
 from tollway.core.errors import invalid
 from tollway.identity.keys import ApiKey
 
-router = APIRouter(tags=["billing"])
-admin = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)])
+router = APIRouter(route_class=JsonRoute, tags=["billing"])
+admin = APIRouter(
+    route_class=JsonRoute, prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)]
+)
 
 _DAY = r"^\d{4}-\d{2}-\d{2}$"
 _ID = r"^[A-Za-z0-9_.:-]{1,64}$"
@@ -135,10 +138,7 @@ _EVENTS_BODY = {
 
 async def _events(request: Request) -> Any:
     """The ``events`` of an ingest body, parsed with orjson (batches are large)."""
-    try:
-        body = orjson.loads(await request.body())
-    except orjson.JSONDecodeError:
-        raise invalid("invalid_json", "the body is not valid JSON", None) from None
+    body = jsonparse.body(await request.body())
     if not isinstance(body, dict) or set(body) != {"events"}:
         raise invalid("invalid_events", 'the body is {"events": [...]} and nothing else', "events")
     return body["events"]

@@ -56,7 +56,18 @@ _HTTP_CODES = {
 _FIELD_CODES = {
     "amount": ("invalid_amount", "must be a positive integer of micro-USD (1 USD = 1000000)"),
     "timeout": ("invalid_timeout", "must be a positive integer of seconds"),
+    "schema": ("invalid_schema", ""),  # the validator's own words
 }
+
+
+def field_code(err: TollwayError) -> TollwayError:
+    """An integer past 64 bits in a field with its own code (``amount``) gets that code."""
+    field = (err.param or "").rsplit(".", 1)[-1]
+    if err.code == "integer_out_of_range" and field in _FIELD_CODES and _FIELD_CODES[field][1]:
+        return TollwayError(
+            err.type, _FIELD_CODES[field][0], f"{err.param} {_FIELD_CODES[field][1]}", err.param
+        )
+    return err
 
 
 def error_response(err: TollwayError) -> JSONResponse:
@@ -84,7 +95,8 @@ def validation_error(exc: RequestValidationError) -> TollwayError:
         return TollwayError(ErrorType.INVALID_REQUEST, "invalid_json", "request body must be a JSON object")
     param = ".".join(loc) or None
     field = loc[-1] if loc else ""
-    code, why = _FIELD_CODES.get(field, ("invalid_parameter", str(e.get("msg"))))
+    code, why = _FIELD_CODES.get(field, ("invalid_parameter", ""))
+    why = why or str(e.get("msg")).removeprefix("Value error, ")
     if e.get("type") == "missing":
         code, why = "missing_parameter", "is required"
     elif e.get("type") == "extra_forbidden":

@@ -5,7 +5,7 @@ dependency solving took about two thirds of the event loop's time
 (docs/benchmarks.md). :class:`TollwayApp` answers ``POST /v1/chat/completions``
 and ``POST /v1/embeddings`` itself, with the same steps in the same order:
 
-1. read the body; bad JSON is ``400 invalid_json``;
+1. read the body; bad JSON is ``400 invalid_json`` (``json_too_deep``: :mod:`tollway.core.jsonparse`);
 2. check the API key (``401`` before any validation error, as FastAPI does);
 3. validate the body with the route's own pydantic model;
 4. call the route's own handler, and send its response.
@@ -17,7 +17,6 @@ still define it), goes through FastAPI unchanged.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -31,6 +30,7 @@ from starlette.types import Receive, Scope, Send
 
 from tollway.api.auth import require_key
 from tollway.api.errors import error_response, validation_error
+from tollway.core import jsonparse
 from tollway.core.errors import ErrorType, TollwayError
 from tollway.identity.keys import ApiKey
 from tollway.x402.paywall import Paywall
@@ -123,12 +123,7 @@ class TollwayApp(FastAPI):
         raw = await request.body()
         obj: Any = None
         if raw:
-            try:
-                obj = json.loads(raw)
-            except ValueError:
-                raise TollwayError(
-                    ErrorType.INVALID_REQUEST, "invalid_json", "request body is not valid JSON"
-                ) from None
+            obj = jsonparse.body(raw)
         key = await require_key(request)
         if obj is None:
             raise TollwayError(ErrorType.INVALID_REQUEST, "missing_body", "request body is required")

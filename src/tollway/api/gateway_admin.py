@@ -8,10 +8,13 @@ from typing import Any
 from fastapi import APIRouter, Body, Depends, Query, Request
 
 from tollway.api.auth import require_admin, runtime
+from tollway.api.jsonroute import JsonRoute
 from tollway.gateway import limits as L
 from tollway.runtime import Runtime
 
-router = APIRouter(prefix="/admin", tags=["gateway"], dependencies=[Depends(require_admin)])
+router = APIRouter(
+    route_class=JsonRoute, prefix="/admin", tags=["gateway"], dependencies=[Depends(require_admin)]
+)
 
 _ID = r"^[A-Za-z0-9_.:-]{1,64}$"
 _MAX_US = 2**63 - 1  # a time in µs that fits a 64-bit column

@@ -19,12 +19,13 @@ from pydantic import Field
 
 from tollway.api.auth import require_admin, runtime
 from tollway.api.errors import ErrorBody
+from tollway.api.jsonroute import JsonRoute
 from tollway.api.models import Strict
 from tollway.api.wallets import _agent_token
 from tollway.provision import bundles
 from tollway.provision.purchase import Pending
 
-agent = APIRouter(prefix="/v1/broker/provision", tags=["provision"])
+agent = APIRouter(route_class=JsonRoute, prefix="/v1/broker/provision", tags=["provision"])
 # The zone files are text; their errors are JSON like every other error.
 _ZONE: dict[str, Any] = {
     "response_class": PlainTextResponse,
@@ -40,7 +41,12 @@ async def _zone_file(request: Request, zone: str) -> PlainTextResponse:
     return PlainTextResponse(text, media_type="text/plain")
 
 
-admin = APIRouter(prefix="/admin/provision", tags=["provision"], dependencies=[Depends(require_admin)])
+admin = APIRouter(
+    route_class=JsonRoute,
+    prefix="/admin/provision",
+    tags=["provision"],
+    dependencies=[Depends(require_admin)],
+)
 
 
 class DomainIn(Strict):

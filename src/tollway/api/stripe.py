@@ -11,13 +11,14 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import Field
 
 from tollway.api.auth import require_key, require_scope, runtime
+from tollway.api.jsonroute import JsonRoute
 from tollway.api.models import Strict
 from tollway.identity.keys import ApiKey
 
 if TYPE_CHECKING:
     from tollway.billing.stripe.service import StripeBilling
 
-router = APIRouter(tags=["stripe"])
+router = APIRouter(route_class=JsonRoute, tags=["stripe"])
 
 
 class CheckoutIn(Strict):

@@ -9,12 +9,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from tollway.api.auth import runtime
 from tollway.api.errors import error_response
+from tollway.api.jsonroute import JsonRoute
 from tollway.core import migrate
 from tollway.core.errors import ErrorType, TollwayError
 from tollway.core.storage import ping
 from tollway.observe import metrics
 
-router = APIRouter(tags=["system"])
+router = APIRouter(route_class=JsonRoute, tags=["system"])
 
 
 @router.get("/healthz", summary="Liveness and readiness")
@@ -41,7 +42,13 @@ async def healthz(request: Request) -> Any:
             )
         )
     metrics.READY.set(1)
-    return {"status": "ok", "database": rt.engine.dialect.name, "migration": current}
+    background = dict(getattr(request.app.state, "startup", {}))  # e.g. demo_ingest: running | done
+    return {
+        "status": "ok",
+        "database": rt.engine.dialect.name,
+        "migration": current,
+        "background": background,
+    }
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)

@@ -7,9 +7,10 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 
 from tollway.api.auth import require_key, require_scope, runtime
+from tollway.api.jsonroute import JsonRoute
 from tollway.identity.keys import ApiKey
 
-router = APIRouter(prefix="/v1", tags=["customer"])
+router = APIRouter(route_class=JsonRoute, prefix="/v1", tags=["customer"])
 
 
 @router.get("/balance", summary="The calling customer's prepaid balance")

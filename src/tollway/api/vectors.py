@@ -5,16 +5,18 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 from fastapi import APIRouter, Depends, Request
 
 from tollway.api.auth import require_key, require_scope, runtime
+from tollway.api.jsonroute import JsonRoute
+from tollway.billing.plans import AI_EMBEDDINGS, REQUESTS
+from tollway.core import jsonparse
 from tollway.core.errors import invalid
 from tollway.identity.keys import ApiKey
 from tollway.inference.service import Caller
 from tollway.vectors.service import Vectors
 
-router = APIRouter(prefix="/v1/vectorize/indexes", tags=["vectors"])
+router = APIRouter(route_class=JsonRoute, prefix="/v1/vectorize/indexes", tags=["vectors"])
 
 _QUERY_FIELDS = {
     "vector",
@@ -37,12 +39,9 @@ def _vectors(request: Request) -> Vectors:
 async def _body(request: Request) -> Any:
     raw = await request.body()
     ctype = request.headers.get("content-type", "")
-    try:
-        if "ndjson" in ctype:  # Vectorize's wire format for insert / upsert
-            return {"vectors": [orjson.loads(line) for line in raw.splitlines() if line.strip()]}
-        return orjson.loads(raw) if raw else {}
-    except orjson.JSONDecodeError:
-        raise invalid("invalid_json", "the body is not valid JSON", "body") from None
+    if "ndjson" in ctype:  # Vectorize's wire format for insert / upsert
+        return {"vectors": [jsonparse.body(line, "body") for line in raw.splitlines() if line.strip()]}
+    return jsonparse.body(raw, "body") if raw else {}
 
 
 async def _obj(request: Request, allowed: set[str]) -> dict[str, Any]:
@@ -138,16 +137,25 @@ async def delete_by_ids(name: str, request: Request, key: ApiKey = Depends(requi
     return await _vectors(request).delete_by_ids(_write(key), name, b.get("ids"))
 
 
-def _caller(key: ApiKey) -> Caller:
+async def _caller(request: Request, key: ApiKey) -> Caller:
+    """Who pays for the embeddings, held to the plan like /v1/embeddings: its
+    features (ai.embeddings) and its request quotas, before any money moves."""
     require_scope(key, "inference")
-    return Caller(key.customer_id, key.account_id, key.id)
+    if key.prepaid:
+        return Caller(key.customer_id, key.account_id, key.id, prepaid=True)
+    b = runtime(request).billing
+    s = b.standing(key.customer_id, key.billing)
+    caps = (*await b.require(s, AI_EMBEDDINGS), *await b.require(s, REQUESTS))
+    return Caller(key.customer_id, key.account_id, key.id, caps, False, s)
 
 
 @router.post("/{name}/upsert_text", summary="Embed texts and upsert them (charged as embeddings)")
 async def upsert_text(name: str, request: Request, key: ApiKey = Depends(require_key)) -> dict[str, Any]:
     b = await _obj(request, {"vectors", "model"})
     _write(key)
-    return await _vectors(request).upsert_text(_caller(key), name, b.get("vectors"), model=b.get("model"))
+    return await _vectors(request).upsert_text(
+        await _caller(request, key), name, b.get("vectors"), model=b.get("model")
+    )
 
 
 @router.post("/{name}/query_text", summary="Embed a text and query with it (charged as embeddings)")
@@ -155,5 +163,5 @@ async def query_text(name: str, request: Request, key: ApiKey = Depends(require_
     b = await _obj(request, (_QUERY_FIELDS - {"vector", "id"}) | {"text", "model"})
     _read(key)
     return await _vectors(request).query_text(
-        _caller(key), name, b.get("text"), model=b.get("model"), **_opts(b)
+        await _caller(request, key), name, b.get("text"), model=b.get("model"), **_opts(b)
     )

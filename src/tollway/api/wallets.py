@@ -10,13 +10,16 @@ from fastapi.responses import JSONResponse
 from pydantic import Field
 
 from tollway.api.auth import bearer, require_admin, runtime
+from tollway.api.jsonroute import JsonRoute
 from tollway.api.models import Strict
 from tollway.core.errors import invalid, unauthenticated
 from tollway.wallets.store import AgentToken, Wallet
 
-admin = APIRouter(prefix="/admin", tags=["wallets"], dependencies=[Depends(require_admin)])
-agent = APIRouter(prefix="/v1/wallet", tags=["wallets"])
-broker = APIRouter(prefix="/v1/broker", tags=["wallets"])
+admin = APIRouter(
+    route_class=JsonRoute, prefix="/admin", tags=["wallets"], dependencies=[Depends(require_admin)]
+)
+agent = APIRouter(route_class=JsonRoute, prefix="/v1/wallet", tags=["wallets"])
+broker = APIRouter(route_class=JsonRoute, prefix="/v1/broker", tags=["wallets"])
 
 _ID = r"^[A-Za-z0-9_.:-]{1,64}$"
 

@@ -15,10 +15,11 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from tollway.api.auth import runtime
+from tollway.api.jsonroute import JsonRoute
 from tollway.core.errors import ErrorType, TollwayError
 from tollway.x402 import wire
 
-router = APIRouter(prefix="/x402", tags=["x402"])
+router = APIRouter(route_class=JsonRoute, prefix="/x402", tags=["x402"])
 
 
 class FacilitatorRequest(BaseModel):

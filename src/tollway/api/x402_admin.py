@@ -6,9 +6,10 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Body, Depends, Query, Request
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from tollway.api.auth import require_admin, runtime
+from tollway.api.jsonroute import JsonRoute
 from tollway.core.config import X402Config
 from tollway.core.errors import invalid
 from tollway.x402 import payments as P
@@ -16,7 +17,9 @@ from tollway.x402 import wire
 from tollway.x402.exact_evm import is_address
 from tollway.x402.rules import atomic
 
-router = APIRouter(prefix="/admin/x402", tags=["x402"], dependencies=[Depends(require_admin)])
+router = APIRouter(
+    route_class=JsonRoute, prefix="/admin/x402", tags=["x402"], dependencies=[Depends(require_admin)]
+)
 
 
 @router.get("/payments", summary="Settled x402 payments, newest first")
@@ -52,12 +55,27 @@ async def export_rules(request: Request) -> dict[str, Any]:
 
 
 class RuleSet(BaseModel):
-    rules: list[dict[str, Any]] = Field(
+    """``{"rules": [...]}``, or what GET /admin/x402/rules answers, as is (its ``data``)."""
+
+    rules: list[dict[str, Any]] | None = Field(
+        None,
         description="The whole rule set, in order (the first match wins); [] for none",
         examples=[
             [{"name": "weather", "path": "/weather", "origin": "http://127.0.0.1:9000", "price": "$0.001"}]
         ],
     )
+    data: list[dict[str, Any]] | None = Field(None, description="The same, as GET answers it")
+    object: str | None = Field(None, description="Ignored (GET's output)")
+    source: str | None = Field(None, description="Ignored (GET's output)")
+
+    @model_validator(mode="after")
+    def _one_list(self) -> RuleSet:
+        if (self.rules is None) == (self.data is None):
+            raise ValueError("send the rule set as rules (or GET's data), one of them")
+        return self
+
+    def given(self) -> list[dict[str, Any]]:
+        return self.rules if self.rules is not None else self.data or []
 
 
 @router.put(
@@ -81,7 +99,7 @@ async def import_rules(request: Request) -> dict[str, Any]:
         first = e.errors()[0]
         raise invalid("invalid_rules", str(first.get("msg")), "rules") from None
     try:  # the same checks as tollway.toml's [[x402.rules]]
-        rules = X402Config.model_validate({**cfg.model_dump(exclude={"rules"}), "rules": body.rules}).rules
+        rules = X402Config.model_validate({**cfg.model_dump(exclude={"rules"}), "rules": body.given()}).rules
     except ValidationError as e:
         first = e.errors()[0]
         where = ".".join(str(x) for x in first.get("loc", ()))

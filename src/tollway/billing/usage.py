@@ -172,6 +172,13 @@ async def rollup_day(
         "updated_at_us",
     ]
     async with writer(engine).begin() as conn:
+        # What an earlier rebuild of this day already flagged: reported once, not per rebuild.
+        seen = {
+            (c, f)
+            for c, f in await conn.execute(
+                select(R.c.customer_id, R.c.feature).where(R.c.day == name, R.c.anomaly == 1).distinct()
+            )
+        }
         await conn.execute(delete(R).where(R.c.day == name))
         await conn.execute(insert(R).from_select(cols, agg))
         # Anomalies: per customer and feature, the day's total against the trailing days'.
@@ -200,10 +207,20 @@ async def rollup_day(
                 .values(anomaly=1)
             )
         n = (await conn.execute(select(func.count()).select_from(R).where(R.c.day == name))).scalar_one()
+    known = {c for c, _ in seen}
+    new: dict[str, list[str]] = {}
     for c, f in flagged:
-        metrics.USAGE_ANOMALIES.inc()
+        if (c, f) not in seen:
+            new.setdefault(c, []).append(f)
+    for c, features in new.items():
+        if c not in known:  # once per customer-day
+            metrics.USAGE_ANOMALIES.inc()
         log.warning(
-            "usage anomaly: customer %s feature %s on %s is above %.1fx its trailing median", c, f, day, k
+            "usage anomaly: customer %s %s on %s above %.1fx the trailing median",
+            c,
+            ", ".join(features),
+            day,
+            k,
         )
     return int(n)
 

@@ -13,8 +13,15 @@ import typer
 
 from tollway import __version__
 from tollway.cli.output import emit_json, err, fail, out, table, usd
-from tollway.core.config import DEFAULT_PATH, ConfigError, Settings, default_config_text, load_settings
-from tollway.core.errors import TollwayError
+from tollway.core.config import (
+    DEFAULT_PATH,
+    ConfigError,
+    Settings,
+    default_config_text,
+    load_settings,
+    sqlite_file,
+)
+from tollway.core.errors import ErrorType, TollwayError
 from tollway.core.money import parse_amount
 from tollway.runtime import Runtime
 
@@ -64,6 +71,18 @@ def _settings(as_json: bool) -> Settings:
 
 def _with_runtime(as_json: bool, fn: Callable[[Runtime], Awaitable[T]], migrate: bool = True) -> T:
     settings = _settings(as_json)
+    db = sqlite_file(settings.database.url)
+    if migrate and db is not None and not db.exists():  # only `tollway migrate` (and serve) create one
+        fail(
+            TollwayError(
+                ErrorType.NOT_FOUND,
+                "database_not_found",
+                f"no database at {db}: run tollway in its home (where tollway.toml is), set TOLLWAY_HOME"
+                " or -c, or create it with `tollway migrate`",
+                "database.url",
+            ),
+            as_json,
+        )
 
     async def go() -> T:
         rt = Runtime.build(settings)

@@ -583,12 +583,17 @@ def load_settings(
 ) -> Settings:
     """Load ``tollway.toml`` (if present) and apply ``TOLLWAY_*`` overrides.
 
-    ``path`` defaults to ``$TOLLWAY_CONFIG`` or ``./tollway.toml``; a missing
-    default file means built-in defaults, a missing explicit file is an error.
+    ``path`` defaults to ``$TOLLWAY_CONFIG``, else ``tollway.toml`` in the
+    home: ``$TOLLWAY_HOME`` or the current directory. A missing default file
+    means built-in defaults, a missing explicit file is an error. A relative
+    SQLite path is taken from the home (``$TOLLWAY_HOME``, else the config
+    file's directory), so every command finds the same database wherever it runs.
     """
     env = os.environ if env is None else env
     explicit = path is not None or "TOLLWAY_CONFIG" in env
-    file = Path(path if path is not None else env.get("TOLLWAY_CONFIG", DEFAULT_PATH))
+    home = env.get("TOLLWAY_HOME")
+    default = str(Path(home) / DEFAULT_PATH) if home else DEFAULT_PATH
+    file = Path(path if path is not None else env.get("TOLLWAY_CONFIG", default))
     data: dict[str, Any] = {}
     if file.exists():
         try:
@@ -599,10 +604,12 @@ def load_settings(
             raise ConfigError(str(file), "", f"cannot read: {e.strerror}") from None
     elif explicit:
         raise ConfigError(str(file), "", "file not found (run `tollway init` to write one)")
-    overrides, origin = _env_overrides({k: v for k, v in env.items() if k != "TOLLWAY_CONFIG"})
+    overrides, origin = _env_overrides(
+        {k: v for k, v in env.items() if k not in ("TOLLWAY_CONFIG", "TOLLWAY_HOME")}
+    )
     merged = _merge(data, overrides)
     try:
-        return Settings.model_validate(merged)
+        settings = Settings.model_validate(merged)
     except ValidationError as e:
         err = e.errors()[0]
         key = ".".join(str(p) for p in err["loc"])
@@ -613,3 +620,24 @@ def load_settings(
         elif "input" in err and not isinstance(err["input"], dict):
             reason = f"{reason} (got {err['input']!r})"
         raise ConfigError(source, key, reason) from None
+    base = Path(home) if home else (file.parent if file.exists() else Path("."))
+    settings.database.url = anchored_sqlite(settings.database.url, base)
+    return settings
+
+
+def anchored_sqlite(url: str, base: Path) -> str:
+    """A relative ``sqlite:///path`` taken from ``base``; any other URL as is."""
+    prefix = "sqlite:///"
+    rest = url[len(prefix) :] if url.startswith(prefix) else None
+    if rest is None or rest.startswith("/") or rest in ("", ":memory:") or base == Path("."):
+        return url
+    return prefix + str((base / rest).absolute())
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The file a ``sqlite:///`` URL names (None for PostgreSQL or memory)."""
+    prefix = url.split("://", 1)[0]
+    rest = url.split(":///", 1)[1] if ":///" in url else ""
+    if not prefix.startswith("sqlite") or rest in ("", ":memory:"):
+        return None
+    return Path(rest.split("?", 1)[0])

@@ -18,6 +18,7 @@ from fastapi.responses import Response, StreamingResponse
 from starlette.background import BackgroundTask
 
 from tollway.api.auth import require_key, require_scope, runtime
+from tollway.api.jsonroute import JsonRoute
 from tollway.billing.plans import AI_CHAT, AI_EMBEDDINGS
 from tollway.core.config import ModelConfig
 from tollway.core.errors import ErrorType, TollwayError, invalid
@@ -43,7 +44,7 @@ class JSONResponse(Response):
         return orjson.dumps(content)
 
 
-router = APIRouter(tags=["inference"])
+router = APIRouter(route_class=JsonRoute, tags=["inference"])
 log = logging.getLogger("tollway.inference")
 
 Lead = asyncio.Future[CacheEntry | None]  # a cache leader's promise to its followers
@@ -440,29 +441,36 @@ async def _openai_stream(
     model: str,
     usage: bool,
 ) -> AsyncIterator[bytes]:
-    def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
-        return _sse(
-            {
-                "id": cid,
-                "object": "chat.completion.chunk",
-                "created": created,
-                "model": model,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
-            }
-        )
+    def piece(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+        return {
+            "id": cid,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
+        }
+
+    def chunk(delta: dict[str, Any]) -> bytes:
+        return _sse(piece(delta))
 
     yield chunk({"role": "assistant", "content": ""})
+    finish: str | None = None
     try:
         async for ev in events:
             if isinstance(ev, Delta):
                 yield chunk({"content": ev.text})
             elif isinstance(ev, Finish):
-                yield chunk({}, _FINISH.get(ev.reason, "stop"))
-        m = await metered()  # the charge is durable before the stream ends
+                finish = _FINISH.get(ev.reason, "stop")
+        m = await metered()  # the charge is durable before the stream reports it
     except TollwayError as e:  # headers are gone: report in-band, then end
         yield _sse(e.to_dict())
         yield b"data: [DONE]\n\n"
         raise
+    if finish is not None:  # the final chunk carries the charge, with or without include_usage
+        last = piece({}, finish)
+        if m is not None:
+            last["x_tollway"] = _tollway(m)
+        yield _sse(last)
     if usage and m is not None:
         yield _sse(
             {
@@ -589,7 +597,7 @@ async def _workers_stream(
         yield b"data: [DONE]\n\n"
         raise
     if m is not None:
-        yield _sse({"response": "", "usage": _usage(m)})
+        yield _sse({"response": "", "usage": _usage(m), "x_tollway": _tollway(m)})
     yield b"data: [DONE]\n\n"
 
 

@@ -42,6 +42,23 @@ class JsonSchemaSpec(_Body):
     strict: bool | None = None
     description: str | None = None
 
+    @field_validator("schema_")
+    @classmethod
+    def _valid_schema(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        """A schema that is not a JSON Schema is refused (400 invalid_schema) on every backend."""
+        if v is not None:
+            from jsonschema import Draft202012Validator
+            from jsonschema.exceptions import SchemaError
+            from jsonschema.validators import validator_for
+
+            try:
+                validator_for(v, default=Draft202012Validator).check_schema(v)
+            except SchemaError as e:
+                where = "/".join(str(p) for p in e.path)
+                at = f" (at {where})" if where else ""
+                raise ValueError(f"is not a valid JSON Schema: {e.message}{at}") from None
+        return v
+
 
 class ResponseFormat(_Body):
     type: Literal["text", "json_object", "json_schema"]

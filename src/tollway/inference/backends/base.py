@@ -26,6 +26,7 @@ class ChatParams:
     # What the backend worked out while counting the prompt (llama_cpp: the
     # token ids and template stops), so generation does not redo it.
     prepared: Any = None
+    grammar: Any = None  # llama_cpp: the compiled json_schema grammar
 
 
 @dataclass(slots=True)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from tollway.core.config import ModelConfig
+from tollway.core.errors import invalid
 from tollway.inference.backends.base import (
     Cancel,
     ChatEvent,
@@ -35,6 +36,7 @@ from tollway.inference.pool import InstancePool
 
 _DEFAULT_TEMPERATURE = 0.7
 _DEFAULT_TOP_P = 0.95
+_RANDOM_SEED = 0xFFFFFFFF  # LLAMA_DEFAULT_SEED: llama.cpp draws a fresh seed per sampler
 
 
 class LlamaInstance:
@@ -85,13 +87,14 @@ class LlamaInstance:
         tokens, template_stops = params.prepared or self.prompt(params.messages)
         progress.prompt_tokens = len(tokens)
         stops = [s for s in params.stop + template_stops if s]
-        grammar = None
-        if params.json_schema is not None:
-            grammar = LlamaGrammar.from_json_schema(json.dumps(params.json_schema), verbose=False)
-        elif params.json_object:
+        grammar = params.grammar
+        if grammar is None and params.json_schema is not None:
+            grammar = compile_schema(params.json_schema)
+        elif grammar is None and params.json_object:
             grammar = LlamaGrammar.from_string(JSON_GBNF, verbose=False)
-        if params.seed is not None:
-            self.llm.set_seed(params.seed)
+        # Every call sets the seed: llama.cpp keeps it on the shared model, so a
+        # seed left by one request would fix the sampling of every later one.
+        self.llm.set_seed(_RANDOM_SEED if params.seed is None else params.seed % _RANDOM_SEED)
         temperature = _DEFAULT_TEMPERATURE if params.temperature is None else params.temperature
         gen = self.llm.generate(
             tokens,
@@ -128,6 +131,43 @@ class LlamaInstance:
         if rest:
             yield Delta(rest)
         yield Finish(reason, len(tokens), produced)
+
+
+SCHEMA_PARAM = "response_format.json_schema.schema"
+# What llama.cpp's converter says, and the keyword it is about.
+_KEYWORDS = (("pattern", "pattern"), ("ref", "$ref"), ("Unrecognized schema", "type"))
+
+
+def compile_schema(schema: dict[str, Any]) -> Any:
+    """The llama.cpp grammar for a JSON schema, or ``400 unsupported_schema``
+    naming the keyword it cannot compile. A ``pattern`` without ``^``/``$``
+    is anchored: every string the anchored pattern matches also matches the
+    schema's (unanchored) one, so the output stays valid."""
+    from llama_cpp.llama_grammar import LlamaGrammar
+
+    try:
+        return LlamaGrammar.from_json_schema(json.dumps(_anchored(schema)), verbose=False)
+    except Exception as e:  # the converter asserts, or raises ValueError/KeyError/RecursionError
+        why = str(e).split("\n")[-1][:200] or type(e).__name__
+        keyword = next((k for hint, k in _KEYWORDS if hint.lower() in why.lower()), None)
+        what = f"keyword {keyword!r}" if keyword else "schema"
+        raise invalid(
+            "unsupported_schema",
+            f"the local model's grammar cannot compile this {what}: {why}",
+            SCHEMA_PARAM,
+        ) from None
+
+
+def _anchored(node: Any) -> Any:
+    if isinstance(node, list):
+        return [_anchored(v) for v in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: _anchored(v) for k, v in node.items()}
+    p = node.get("pattern")
+    if isinstance(p, str) and isinstance(node.get("type", "string"), str):
+        out["pattern"] = ("" if p.startswith("^") else "^") + p + ("" if p.endswith("$") else "$")
+    return out
 
 
 class TextAssembler:
@@ -205,6 +245,8 @@ class LlamaCppBackend:
 
     def prompt_tokens(self, params: ChatParams) -> int:
         params.prepared = self.instances[0].prompt(params.messages)  # every instance shares the tokenizer
+        if params.json_schema is not None:  # compiled before any money moves: 400 if it cannot be
+            params.grammar = compile_schema(params.json_schema)
         return len(params.prepared[0])
 
     async def stream(

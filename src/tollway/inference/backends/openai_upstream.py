@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from tollway.core import jsonparse
 from tollway.core.config import ModelConfig
 from tollway.inference.backends.base import (
     Cancel,
@@ -23,6 +24,7 @@ from tollway.inference.backends.base import (
     Delta,
     Finish,
     Progress,
+    UpstreamError,
     upstream_failed,
 )
 from tollway.inference.backends.http1 import Http1Pool, TransportError
@@ -119,45 +121,64 @@ class OpenAIUpstream:
                         self.provider, f"HTTP {r.status}: {detail}", retryable=_retryable(r.status)
                     )
                 if not params.stream:  # one answer, read whole: no SSE to parse
-                    whole = orjson.loads(await r.read())
-                    choice = (whole.get("choices") or [{}])[0]
-                    message = choice.get("message") or {}
+                    whole = _object(self.provider, await r.read())
+                    choice = _first(self.provider, whole.get("choices"))
+                    message = choice.get("message")
+                    message = message if isinstance(message, dict) else {}
                     text = message.get("content") or ""
+                    if not isinstance(text, str):
+                        raise _malformed(self.provider, "choices[0].message.content is not a string")
                     if text:
                         progress.completion_tokens = 1
                         yield Delta(text)
-                    u = whole.get("usage") or {}
+                    u = whole.get("usage")
+                    u = u if isinstance(u, dict) else {}
+                    calls = message.get("tool_calls")
                     yield Finish(
-                        choice.get("finish_reason") or "stop",
-                        int(u.get("prompt_tokens") or self.prompt_tokens(params)),
-                        int(u.get("completion_tokens") or (1 if text else 0)),
-                        message.get("tool_calls") or None,
+                        str(choice.get("finish_reason") or "stop"),
+                        _count(u.get("prompt_tokens")) or self.prompt_tokens(params),
+                        _count(u.get("completion_tokens")) or (1 if text else 0),
+                        calls if isinstance(calls, list) and calls else None,
                     )
                     return
+                events = 0
                 async for line in r.lines():
                     if cancel.is_set():
                         reason = "cancelled"
                         break
                     if not line.startswith(b"data:"):
                         continue
+                    events += 1
                     data = line[5:].strip()
                     if data == b"[DONE]":
                         break
-                    chunk = orjson.loads(data)
-                    if chunk.get("usage"):
+                    chunk = _object(self.provider, data)
+                    if isinstance(chunk.get("usage"), dict):
                         usage = chunk["usage"]
-                    for choice in chunk.get("choices") or []:
-                        text = (choice.get("delta") or {}).get("content") or ""
+                    choices = chunk.get("choices") or []
+                    if not isinstance(choices, list) or not all(isinstance(c, dict) for c in choices):
+                        raise _malformed(self.provider, "a chunk's choices are not a list of objects")
+                    for choice in choices:
+                        delta = choice.get("delta")
+                        text = (delta.get("content") if isinstance(delta, dict) else None) or ""
+                        if not isinstance(text, str):
+                            raise _malformed(self.provider, "a chunk's delta.content is not a string")
                         if text:
                             produced_chunks += 1
                             progress.completion_tokens = produced_chunks
                             yield Delta(text)
                         if choice.get("finish_reason"):
                             reason = choice["finish_reason"]
+                if not events and reason != "cancelled":
+                    raise _malformed(self.provider, "the body is not an event stream (no data: lines)")
         except _TRANSPORT_ERRORS as e:
             raise upstream_failed(self.provider, f"{type(e).__name__}: {e}") from e
         if usage is not None:
-            yield Finish(reason, int(usage["prompt_tokens"]), int(usage["completion_tokens"]))
+            yield Finish(
+                str(reason),
+                _count(usage.get("prompt_tokens")) or self.prompt_tokens(params),
+                _count(usage.get("completion_tokens")) or produced_chunks,
+            )
         else:  # an upstream that does not report usage: count what we saw, bound the prompt
             yield Finish(reason, self.prompt_tokens(params), produced_chunks)
 
@@ -174,10 +195,46 @@ class OpenAIUpstream:
                 f"HTTP {r.status}: {raw.decode(errors='replace')[:300]}",
                 retryable=_retryable(r.status),
             )
-        body = orjson.loads(raw)
-        data = sorted(body["data"], key=lambda d: d["index"])
-        tokens = int((body.get("usage") or {}).get("prompt_tokens") or sum(self.token_counts(texts)))
-        return [d["embedding"] for d in data], tokens
+        answer = _object(self.provider, raw)
+        try:
+            data = sorted(answer["data"], key=lambda d: int(d["index"]))
+            vectors = [d["embedding"] for d in data]
+        except (KeyError, TypeError, ValueError, OverflowError):
+            raise _malformed(self.provider, "the body is not an embeddings list") from None
+        if not all(isinstance(v, list) for v in vectors):
+            raise _malformed(self.provider, "an embedding is not a list of numbers")
+        if len(vectors) != len(texts):
+            raise _malformed(self.provider, f"{len(vectors)} embeddings for {len(texts)} inputs")
+        u = answer.get("usage")
+        tokens = _count(u.get("prompt_tokens") if isinstance(u, dict) else None)
+        return vectors, tokens or sum(self.token_counts(texts))
+
+
+def _malformed(provider: str, why: str) -> UpstreamError:
+    """A 200 that is not the answer asked for: a failed attempt (retried, then the fallbacks)."""
+    return upstream_failed(provider, f"HTTP 200 but {why}")
+
+
+def _object(provider: str, raw: bytes) -> dict[str, Any]:
+    try:
+        obj = jsonparse.loads(raw)
+    except jsonparse.BadJson as e:
+        raise _malformed(provider, f"the body is {e.message}: {raw[:100]!r}") from None
+    if not isinstance(obj, dict):
+        raise _malformed(provider, "the body is not a JSON object")
+    return obj
+
+
+def _first(provider: str, choices: Any) -> dict[str, Any]:
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        raise _malformed(provider, "choices is not a list of objects")
+    first: dict[str, Any] = choices[0]
+    return first
+
+
+def _count(v: Any) -> int:
+    """A token count an upstream reported, or 0 (then tollway's own bound applies)."""
+    return v if isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**31 else 0
 
 
 def _retryable(status: int) -> bool:

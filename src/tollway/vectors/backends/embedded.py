@@ -9,12 +9,18 @@ namespaces, metadata, vectors) and a usearch HNSW graph in memory.
 - Filters apply before top k: an HNSW search widened until k matches pass
   the filter, and an exact scan of the matching vectors when widening would
   reach a large share of the index.
+- One process: the graph lives in that process's memory, so a second
+  process would write the same file and diverge. The first to open a root
+  holds an exclusive ``flock`` on ``<root>/.lock``; any other process gets
+  ``409 vector_backend_single_process`` naming pgvector (the backend that
+  several processes share).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import os
 import sqlite3
 import threading
@@ -25,6 +31,7 @@ from typing import Any, TypeVar
 import numpy as np
 import orjson
 
+from tollway.core.errors import ErrorType, TollwayError
 from tollway.vectors import filter as F
 from tollway.vectors.backends._usearch import Index
 from tollway.vectors.backends.base import distances, score
@@ -265,6 +272,42 @@ class _Store:
         return [(keys[i], float(d[i])) for i in top]
 
 
+_HELD: dict[Path, tuple[int, int]] = {}  # root -> (locked fd, users in this process)
+_HELD_LOCK = threading.Lock()
+
+
+def _hold(root: Path) -> None:
+    """This process's exclusive hold on ``root`` (shared by its own users)."""
+    root = root.resolve()
+    with _HELD_LOCK:
+        fd, users = _HELD.get(root, (-1, 0))
+        if fd < 0:
+            root.mkdir(parents=True, exist_ok=True)
+            fd = os.open(root / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise TollwayError(
+                    ErrorType.CONFLICT,
+                    "vector_backend_single_process",
+                    f"the embedded vector backend serves one process, and another holds {root}:"
+                    ' for several processes use [vectors] backend = "pgvector"',
+                ) from None
+        _HELD[root] = (fd, users + 1)
+
+
+def _release(root: Path) -> None:
+    root = root.resolve()
+    with _HELD_LOCK:
+        fd, users = _HELD.get(root, (-1, 0))
+        if users > 1:
+            _HELD[root] = (fd, users - 1)
+        elif fd >= 0:
+            del _HELD[root]
+            os.close(fd)  # the flock goes with it
+
+
 class Embedded:
     """Stores under ``root``: ``<index id>.db`` and ``<index id>.usearch``."""
 
@@ -274,6 +317,7 @@ class Embedded:
         self.root = root
         self._stores: dict[str, _Store] = {}
         self._open = threading.Lock()
+        self._held = False
 
     def _store(self, info: IndexInfo) -> _Store:
         st = self._stores.get(info.id)
@@ -281,7 +325,9 @@ class Embedded:
             with self._open:
                 st = self._stores.get(info.id)
                 if st is None:
-                    self.root.mkdir(parents=True, exist_ok=True)
+                    if not self._held:  # on first use: a process that never touches vectors holds nothing
+                        _hold(self.root)
+                        self._held = True
                     st = _Store(self.root / f"{info.id}.db", info.dimensions, info.metric)
                     self._stores[info.id] = st
         return st
@@ -357,5 +403,8 @@ class Embedded:
                 with st.lock:
                     st.close()
             self._stores.clear()
+            if self._held:
+                self._held = False
+                _release(self.root)
 
         await asyncio.to_thread(go)
