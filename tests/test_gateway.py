@@ -134,6 +134,42 @@ async def test_every_attempt_failing_is_502_naming_provider_and_attempts_and_cos
     assert await env.balances() == before and await env.events() == []
     rows = await logged(env)
     assert [(x["status"], x["error_code"]) for x in rows] == [(502, "upstream_error")] * 2
+    # What was tried: the deployment and the attempts (were null and 0).
+    assert [(x["deployment"], x["attempts"]) for x in rows] == [("dead", 2)] * 2
+
+
+async def test_every_authenticated_request_is_logged_400_and_500_included(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A body refused by validation after the key was checked, and a handler
+    that failed unexpectedly, are in the request log; an unauthenticated one is not."""
+    bad = [
+        {"model": "a", "messages": "not a list"},
+        {"model": "a", "messages": HI, "max_tokens": -1},
+        {"model": "a", "messages": HI, "n": 2},
+    ]
+    for body in bad:
+        assert (await post(env, body)).status_code == 400
+    r = await env.http.post("/v1/embeddings", json={"model": "e", "input": []}, headers=env.auth)
+    assert r.status_code == 400, r.text
+    r = await env.http.post("/ai/run/a", json={"prompt": 1}, headers=env.auth)
+    assert r.status_code == 400, r.text
+    assert (await env.http.post("/v1/chat/completions", json=bad[0])).status_code == 401  # no key: not logged
+
+    async def broken(*a: Any, **kw: Any) -> Any:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(env.rt.inference, "start_chat", broken)
+    r = await post(env, chat("a"))
+    assert r.status_code == 500, r.text
+    await env.rt.gateway.log.flush()
+    rows = await logged(env)
+    got = sorted((x["endpoint"], x["status"]) for x in rows)
+    assert got == sorted(
+        [("chat.completions", 400)] * 3 + [("embeddings", 400), ("ai.run", 400), ("chat.completions", 500)]
+    ), rows
+    assert all(x["key_id"] and x["error_code"] for x in rows), rows
+    assert [x["error_code"] for x in rows if x["status"] == 500] == ["internal_error"]
 
 
 # --------------------------------------------------------------------- cache

@@ -32,6 +32,7 @@ from tollway.api import (
 )
 from tollway.api import stripe as stripe_api
 from tollway.api.fastpath import TollwayApp
+from tollway.api.requestlog import LogEveryRequest
 from tollway.core.config import Settings
 from tollway.inference import api as inference_api
 from tollway.inference.schemas import ChatRequest, EmbeddingsRequest
@@ -174,10 +175,12 @@ def create_app(settings: Settings | None = None, *, rt: Runtime | None = None) -
     app.include_router(agents_admin.router, responses=errors.error_responses(400, 401, 404))
     if rt.settings.agents.demo:
         app.include_router(agents_demo.router, responses=errors.error_responses(404))
+    app.add_middleware(LogEveryRequest, log=rt.gateway.log)
     app.add_middleware(MetricsMiddleware)
     # The hot AI routes skip FastAPI's per-request machinery (tollway.api.fastpath).
     app.fast("/v1/chat/completions", ChatRequest, inference_api.chat_completions)
     app.fast("/v1/embeddings", EmbeddingsRequest, inference_api.embeddings)
+    app.wrap_fast(lambda inner: LogEveryRequest(inner, rt.gateway.log))
     app.wrap_fast(MetricsMiddleware)
     # Paid routes (x402) answer before anything else.
     app.paywall = rt.paywall

@@ -67,8 +67,9 @@ class TollwayApp(FastAPI):
         self._fast[path] = FastRoute(model, handler, route)
 
     def wrap_fast(self, wrap: Callable[[ASGI], ASGI]) -> None:
-        """Put ASGI middleware (the metrics) around the fast routes too."""
-        self._fast_app = wrap(self._serve_fast)
+        """Put ASGI middleware (the request log's, the metrics) around the fast
+        routes too; each call wraps what the calls before built."""
+        self._fast_app = wrap(self._fast_app or self._serve_fast)
 
     paywall: Paywall | None = None
     _paid_app: ASGI | None = None

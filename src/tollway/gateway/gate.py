@@ -162,6 +162,9 @@ class Gateway:
 
     def fail(self, e: Entry, err: TollwayError) -> None:
         e.status, e.error_code = err.status, err.code
+        provider, attempts = getattr(err, "provider", None), getattr(err, "attempts", None)
+        if isinstance(provider, str) and isinstance(attempts, int):  # every attempt failed: what was tried
+            e.deployment, e.attempts = provider, attempts
         self.log.record(e)
 
 

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from contextvars import ContextVar
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -54,9 +55,14 @@ class Entry:
     id: str = ""
     created_at_us: int = 0
     t0: float = 0.0  # perf_counter at the start (not stored)
+    recorded: bool = False  # written (or queued): record() takes each entry once (not stored)
 
 
-_FIELDS = [f.name for f in fields(Entry) if f.name != "t0"]
+_FIELDS = [f.name for f in fields(Entry) if f.name not in ("t0", "recorded")]
+# The entries opened while one HTTP request is served (set by
+# tollway.api.requestlog.LogEveryRequest): what it must still record when the
+# request ends without its handler having done so (an unexpected error).
+OPEN: ContextVar[list[Entry] | None] = ContextVar("tollway_request_log_open", default=None)
 _COLUMNS = [c.name for c in R.columns]
 assert sorted(_FIELDS) == sorted(_COLUMNS), "request_log columns and Entry fields differ"
 
@@ -85,9 +91,16 @@ class RequestLog:
         self._insert_pg = numbered(self._insert_sqlite)
 
     def start(self, endpoint: str) -> Entry:
-        return Entry(endpoint, id=new_id("req"), created_at_us=self.clock.now_us(), t0=time.perf_counter())
+        e = Entry(endpoint, id=new_id("req"), created_at_us=self.clock.now_us(), t0=time.perf_counter())
+        opened = OPEN.get()
+        if opened is not None:
+            opened.append(e)
+        return e
 
     def record(self, e: Entry) -> None:
+        if e.recorded:
+            return
+        e.recorded = True
         e.latency_ms = round((time.perf_counter() - e.t0) * 1000)
         if self.ledger is not None and self.ledger.can_ride():
             # SQLite: rows gather for flush_ms, then ride with the ledger's next

@@ -87,6 +87,7 @@ async def first_success(
     why = last.message if isinstance(last, TollwayError) else repr(last)
     provider = name(targets[-1])
     err = upstream_failed(provider, f"{attempts} attempts failed; last: {why}")
+    err.attempts = attempts
     err.message = (
         f"model {model!r}: every deployment failed after {attempts} attempts "
         f"(last provider {provider!r}): {why}"

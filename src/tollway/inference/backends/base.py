@@ -107,6 +107,7 @@ class UpstreamError(TollwayError):
         )
         self.provider = provider
         self.retryable = retryable
+        self.attempts = 1  # the router sets how many were made in all when every one failed
 
 
 def upstream_failed(provider: str, why: str, *, retryable: bool = True) -> UpstreamError:
