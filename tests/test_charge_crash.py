@@ -239,7 +239,8 @@ async def crash_run(db_url: str, tmp_path: Path) -> dict[str, int]:
                     )
                     for lane in lanes
                 ]
-                if kills < KILLS:
+                killed = kills < KILLS
+                if killed:
                     # Kill at a random moment once a share of the requests went by.
                     target = count[0] + rng.randint(TOTAL // (KILLS + 2), TOTAL // (KILLS + 1))
                     while count[0] < target and not all(t.done() for t in loops):  # noqa: ASYNC110
@@ -248,7 +249,8 @@ async def crash_run(db_url: str, tmp_path: Path) -> dict[str, int]:
                     kills += 1
                     stop.set()
                 await asyncio.wait_for(asyncio.gather(*loops), 120)
-                await server.start()
+                if killed:
+                    await server.start()
             # Let every reservation expire (holds of 2 s, swept every 0.2 s).
             await asyncio.sleep(3.5)
             async with httpx.AsyncClient(base_url=server.url, headers=ADMIN, timeout=30) as c:
