@@ -106,6 +106,25 @@ async def test_one_payment_sent_ten_times_at_once_runs_the_origin_once(
     assert again.status_code == 402 and reason(again) == NONCE_USED and len(o.calls) == 1
 
 
+async def test_ten_payments_against_one_balance_run_the_origin_only_as_often_as_it_pays(
+    gw: Any, origin: tuple[Origin, str]
+) -> None:
+    """A payer whose balance covers 2 payments signs 10 (different nonces) and
+    sends them at once: each passes verification alone, but the claims hold the
+    balance while the origin works, so the origin runs twice and both settle."""
+    c, rt = gw
+    o, _ = origin
+    o.delay_s = 0.3
+    p = await funded(rt, 2 * PRICE)
+    accept = required(await c.get("/api/x"))["accepts"][0]
+    headers = [{"payment-signature": header(p.v2(accept))} for _ in range(10)]
+    rs = await asyncio.gather(*(c.get("/api/x", headers=h) for h in headers))
+    assert sorted(r.status_code for r in rs) == [200] * 2 + [402] * 8
+    assert {reason(r) for r in rs if r.status_code == 402} == {"insufficient_funds"}
+    assert len(o.calls) == 2
+    assert await revenue(rt) == 2 * PRICE and await rt.devnet.balance(p.address) == 0
+
+
 async def test_a_failed_origin_gives_the_payment_back_for_a_retry(
     gw: Any, origin: tuple[Origin, str]
 ) -> None:

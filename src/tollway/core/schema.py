@@ -359,6 +359,9 @@ x402_claims = Table(
     Column("token", String(64), nullable=False),
     Column("lease_until_us", BigInteger, nullable=True),
     Column("created_us", BigInteger, nullable=False),
+    Column("payer", String(64), nullable=True),  # a live claim holds ``amount`` of the payer's balance
+    Column("amount", BigInteger, nullable=True),
+    Index("ix_x402_claims_payer", "payer", "lease_until_us"),
 )
 
 

@@ -33,14 +33,28 @@ from tollway.ledger import Ledger
 from tollway.x402 import wire
 from tollway.x402.wire import PaymentInvalid
 
+_INT64 = 2**63 - 1
 PAYMENT_IN_USE = "payment_in_use"  # reason code: another request is using this authorization now
 LEASE_S = 900  # how long a claim holds without its process (origin answer + settlement fit well within)
 
-_CLAIM = (
-    "INSERT INTO x402_claims (key, token, lease_until_us, created_us) VALUES (:key, :token, :lease, :now)"
+_UPSERT = (
     " ON CONFLICT (key) DO UPDATE SET token = excluded.token, lease_until_us = excluded.lease_until_us,"
-    " created_us = excluded.created_us"
+    " created_us = excluded.created_us, payer = excluded.payer, amount = excluded.amount"
     " WHERE x402_claims.lease_until_us IS NOT NULL AND x402_claims.lease_until_us < :now"
+)
+_CLAIM = (
+    "INSERT INTO x402_claims (key, token, lease_until_us, created_us, payer, amount)"
+    " VALUES (:key, :token, :lease, :now, :payer, :amount)" + _UPSERT
+)
+# The same, only while the payer's live claims and this one fit in what it can spend.
+_CLAIM_WITHIN = (
+    "INSERT INTO x402_claims (key, token, lease_until_us, created_us, payer, amount)"
+    " SELECT CAST(:key AS VARCHAR(250)), CAST(:token AS VARCHAR(64)), CAST(:lease AS BIGINT),"
+    " CAST(:now AS BIGINT), CAST(:payer AS VARCHAR(64)), CAST(:amount AS BIGINT)"
+    " WHERE CAST(:amount AS BIGINT) <= CAST(:spendable AS BIGINT) - (SELECT COALESCE(SUM(amount), 0)"
+    " FROM x402_claims"
+    " WHERE payer = CAST(:payer AS VARCHAR(64)) AND lease_until_us >= CAST(:now AS BIGINT)"
+    " AND key <> CAST(:key AS VARCHAR(250)))" + _UPSERT
 )
 _RELEASE = "DELETE FROM x402_claims WHERE key = :key AND token = :token AND lease_until_us IS NOT NULL"
 _SPEND = "UPDATE x402_claims SET lease_until_us = NULL WHERE key = :key AND token = :token"
@@ -53,13 +67,30 @@ class Claims:
         self.clock = clock
         self.lease_s = lease_s
 
-    async def claim(self, key: str, payer: str) -> str:
-        """Claim the authorization ``key``; returns the claim's token. Raises
-        ``PaymentInvalid``: ``payment_in_use`` while another request holds it,
-        ``invalid_exact_evm_nonce_already_used`` once it was spent."""
+    async def claim(self, key: str, payer: str, amount: int = 0, spendable: int | None = None) -> str:
+        """Claim the authorization ``key`` for ``amount`` of ``payer``'s balance;
+        returns the claim's token. With ``spendable`` (the payer's balance, where
+        nothing else holds it), the claim is taken only while the payer's live
+        claims and this one fit in it: N payments signed against one balance,
+        sent at once, run the origin only as often as the balance can pay.
+        Raises ``PaymentInvalid``: ``payment_in_use`` while another request holds
+        it, ``invalid_exact_evm_nonce_already_used`` once it was spent,
+        ``insufficient_funds`` when the payer's other payments in flight leave
+        too little."""
         token = new_id("claim")
         now = self.clock.now_us()
-        if await self._write(_CLAIM, key=key, token=token, lease=now + self.lease_s * 1_000_000, now=now):
+        lease = now + self.lease_s * 1_000_000
+        payer = payer.lower()
+        if spendable is None:
+            taken = await self._write(
+                _CLAIM, key=key, token=token, lease=lease, now=now, payer=payer, amount=0
+            )
+        elif not 0 <= amount <= _INT64 or spendable < amount:
+            raise PaymentInvalid(wire.INSUFFICIENT_FUNDS, "the payer's balance is too low", payer)
+        else:
+            params = {"payer": payer, "amount": amount, "spendable": min(spendable, _INT64)}
+            taken = await self._write(_CLAIM_WITHIN, key=key, token=token, lease=lease, now=now, **params)
+        if taken:
             return token
         async with self.engine.connect() as conn:
             row = (
@@ -69,6 +100,10 @@ class Claims:
             ).first()
         if row is not None and row[0] is None:
             raise PaymentInvalid(wire.NONCE_USED, "this authorization was already used", payer)
+        if row is None or row[0] < now:  # nothing holds this payment: the payer's others do
+            raise PaymentInvalid(
+                wire.INSUFFICIENT_FUNDS, "the payer's payments in flight leave too little for this one", payer
+            )
         raise PaymentInvalid(PAYMENT_IN_USE, "another request is using this payment right now", payer)
 
     async def release(self, key: str, token: str) -> None:
@@ -96,6 +131,10 @@ class Claims:
         async with writer(self.engine).begin() as conn:
             if conn.dialect.name == "postgresql":
                 await conn.execute(text("SET LOCAL synchronous_commit = off"))
+                if "payer" in params:  # one payer's claims one at a time: their sum is read, then added to
+                    await conn.execute(
+                        text("SELECT pg_advisory_xact_lock(hashtext(:payer))"), {"payer": params["payer"]}
+                    )
             return int((await conn.execute(text(sql), params)).rowcount)
 
 

@@ -96,6 +96,13 @@ class Devnet:
                 return held
         return await self.balance(auth.payer) >= auth.value
 
+    async def spendable(self, auth: Authorization) -> int | None:
+        """The address's devnet balance; None for a payment the broker signed
+        (the wallet's hold reserved exactly it)."""
+        if self.signatures is not None and await self.signatures.covers(auth) is not None:
+            return None
+        return await self.balance(auth.payer)
+
     async def nonce_used(self, authorizer: str, nonce: str) -> bool:
         row = await self.ledger.reads.one(
             "SELECT 1 FROM ledger_transfers WHERE idempotency_key = ?", self.nonce_key(authorizer, nonce)

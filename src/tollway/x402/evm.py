@@ -192,6 +192,9 @@ class EvmSettlement:
     async def covers(self, auth: Authorization) -> bool:
         return await self.balance(auth.payer) >= auth.value
 
+    async def spendable(self, auth: Authorization) -> int | None:
+        return await self.balance(auth.payer)
+
     # ------------------------------------------------------------ settle
 
     async def transfer_with_authorization(

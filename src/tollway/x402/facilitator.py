@@ -58,6 +58,11 @@ class Settlement(Protocol):
         wallet hold behind a payment the broker signed)."""
         ...
 
+    async def spendable(self, auth: Authorization) -> int | None:
+        """What the payer of ``auth`` can spend now, shared by its payments in
+        flight; None where a hold reserved this payment already (the broker's)."""
+        ...
+
     async def transfer_with_authorization(
         self, auth: Authorization, pay_to: str, meta: dict[str, Any]
     ) -> str:
@@ -94,6 +99,9 @@ class Checked:
     amount: int
     auth: Authorization
     resource: str
+    # What the payer can spend now, where no hold already covers the payment
+    # (the claim holds this much of it while the request runs); None: not known here.
+    spendable: int | None = None
 
 
 class Facilitator:
@@ -170,7 +178,15 @@ class Facilitator:
         resource = (
             requirements.get("resource") if version == 1 else (payload.get("resource") or {}).get("url")
         )
-        return Checked(version, network, pay_to, amount, auth, resource if isinstance(resource, str) else "")
+        return Checked(
+            version,
+            network,
+            pay_to,
+            amount,
+            auth,
+            resource if isinstance(resource, str) else "",
+            await self.devnet.spendable(auth),
+        )
 
     # --------------------------------------------------------------- the API
 

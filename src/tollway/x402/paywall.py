@@ -263,7 +263,7 @@ class Paywall:
         # One payment, one execution: claim the authorization before the origin runs.
         key = authorization_key(v2["network"], v2["asset"], checked.auth.payer, checked.auth.nonce)
         try:
-            token = await self.claims.claim(key, checked.auth.payer)
+            token = await self.claims.claim(key, checked.auth.payer, checked.auth.value, checked.spendable)
         except PaymentInvalid as e:
             await self._required(send, request, rule, v2, v1, e.reason)
             return

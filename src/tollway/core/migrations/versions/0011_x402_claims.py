@@ -22,7 +22,12 @@ def upgrade() -> None:
         sa.Column("token", sa.String(64), nullable=False),
         sa.Column("lease_until_us", sa.BigInteger, nullable=True),
         sa.Column("created_us", sa.BigInteger, nullable=False),
+        # What a live claim holds of its payer's balance (atomic units), so that
+        # concurrent payments cannot promise more than the payer has.
+        sa.Column("payer", sa.String(64), nullable=True),
+        sa.Column("amount", sa.BigInteger, nullable=True),
     )
+    op.create_index("ix_x402_claims_payer", "x402_claims", ["payer", "lease_until_us"])
 
 
 def downgrade() -> None:
