@@ -24,7 +24,7 @@ from tollway.core.schema import SYSTEM_ACCOUNTS, metadata
 from tollway.core.storage import make_engine
 from tollway.runtime import Runtime
 
-pytest_plugins = ["stripe_support"]  # the Stripe stand-in's fixtures (tests/stripe_support.py)
+pytest_plugins = ["stripe_support", "x402_gateway_support"]  # fixtures: Stripe stand-in, x402 origin
 
 PG_URL = os.environ.get("TOLLWAY_TEST_POSTGRES_URL")
 REDIS_URL = os.environ.get("TOLLWAY_TEST_REDIS_URL")

@@ -10,7 +10,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from conftest import ADMIN, ADMIN_TOKEN, settings_for
-from threaded import ThreadServer, free_port
+from threaded import free_port
 from tollway.api.app import create_app
 from tollway.runtime import Runtime
 from tollway.x402.claims import PAYMENT_IN_USE, Claims
@@ -27,13 +27,6 @@ from x402_helpers import PAY_TO, Payer
 
 PRICE = 1000
 NONCE_USED = "invalid_exact_evm_nonce_already_used"
-
-
-@pytest.fixture
-def origin() -> Iterator[tuple[Origin, str]]:
-    o = Origin()
-    with ThreadServer(o.app) as srv:
-        yield o, srv.url
 
 
 @pytest.fixture

@@ -8,14 +8,13 @@ import asyncio
 import base64
 import json
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
 
 from conftest import ADMIN, settings_for
-from threaded import ThreadServer
 from tollway.api.app import create_app
 from tollway.core.config import Settings
 from tollway.runtime import Runtime
@@ -23,13 +22,6 @@ from x402_gateway_support import Origin, funded, header, required, revenue
 from x402_helpers import PAY_TO, Payer
 
 PRICE = 1000  # $0.001 in micro-USD units
-
-
-@pytest.fixture
-def origin() -> Iterator[tuple[Origin, str]]:
-    o = Origin()
-    with ThreadServer(o.app) as srv:
-        yield o, srv.url
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from __future__ import annotations
 import base64
 import json
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -17,7 +17,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import ADMIN, err, settings_for
-from threaded import ThreadServer
 from tollway.api.app import create_app
 from tollway.runtime import Runtime
 from tollway.x402.paths import canonical
@@ -26,13 +25,6 @@ from x402_helpers import PAY_TO, requirements
 
 PREMIUM = 5_000_000  # $5
 DEEP = b"[" * 100_000 + b"]" * 100_000
-
-
-@pytest.fixture
-def origin() -> Iterator[tuple[Origin, str]]:
-    o = Origin()
-    with ThreadServer(o.app) as srv:
-        yield o, srv.url
 
 
 @pytest.fixture

@@ -7,13 +7,16 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import unquote
 
 import httpx
+import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from threaded import ThreadServer
 from tollway.runtime import Runtime
 from x402_helpers import Payer
 
@@ -116,3 +119,11 @@ async def send_raw(
 
     await app(scope, receive, send)
     return httpx.Response(status, headers=out_headers, content=b"".join(chunks))
+
+
+@pytest.fixture
+def origin() -> Iterator[tuple[Origin, str]]:
+    """A recording origin served over HTTP: (the origin, its base URL)."""
+    o = Origin()
+    with ThreadServer(o.app) as srv:
+        yield o, srv.url

@@ -111,13 +111,7 @@ def _fold(text: str) -> str:
 
 def normalize(label: str) -> set[str]:
     """Every reading of a label (ones as l and as i; ``rn`` as is and as ``m``), letters only."""
-    text = label
-    if text.lower().startswith("xn--"):
-        try:
-            text = idna.decode(text.lower())
-        except idna.IDNAError:
-            pass
-    text = _fold(text)
+    text = _fold(_decoded(label))
     text = "".join(_LEET.get(c, c) for c in text if c.isalnum())
     ones = text.count("1")
     readings: set[str] = set()
@@ -211,13 +205,17 @@ class Guard:
 
 def _letters(label: str) -> str:
     """The label's letters only, digits dropped (read without leetspeak)."""
-    text = label
-    if text.lower().startswith("xn--"):
+    return "".join(c for c in _fold(_decoded(label)) if c.isalpha())
+
+
+def _decoded(label: str) -> str:
+    """An ``xn--`` label as its Unicode (as given when it is not valid punycode)."""
+    if label.lower().startswith("xn--"):
         try:
-            text = idna.decode(text.lower())
+            return str(idna.decode(label.lower()))
         except idna.IDNAError:
             pass
-    return "".join(c for c in _fold(text) if c.isalpha())
+    return label
 
 
 def _generic_rest(norm: str, mark: str) -> bool:
