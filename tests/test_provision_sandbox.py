@@ -368,3 +368,20 @@ async def test_reap_apply_from_the_cli_stops_the_worker(db_url: str, tmp_path: P
         assert json.loads(out.stdout)["torn_down"] == [r.json()["id"]]
         assert await _gone(w.port)
     await rt.close()
+
+
+def test_a_runtime_below_tmp_stays_visible_under_the_scratch_tmpfs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A clone checked out below /tmp (its virtualenv too): the scratch tmpfs is
+    mounted before the runtime's binds, which would otherwise be hidden under it
+    (the app then could not even start its Python)."""
+    from tollway.core.config import ProvisionConfig
+    from tollway.provision import sandbox
+
+    monkeypatch.setattr(sandbox, "_runtime", lambda: ["/tmp/clone/.venv", "/opt/python"])
+    box = sandbox.Sandbox("/usr/bin/bwrap", sandbox.Limits.of(ProvisionConfig()))
+    args = box.command(uid=100_001, app_dir=Path("/tmp/data/v1"), env={}, argv=[], seccomp_fd=None)
+    tmpfs = args.index("--tmpfs")
+    binds = [i for i, a in enumerate(args) if a == "--ro-bind" and args[i + 1].startswith("/tmp/")]
+    assert binds and all(i > tmpfs for i in binds)
+    dirs = [args[i + 1] for i, a in enumerate(args) if a == "--dir"]
+    assert "/tmp" not in dirs  # the scratch keeps its 1777

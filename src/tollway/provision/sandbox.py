@@ -147,7 +147,11 @@ class Sandbox:
             args += ["--setenv", k, v]
         if seccomp_fd is not None:
             args += ["--seccomp", str(seccomp_fd)]
-        made: set[str] = set()
+        # The scratch /tmp first: the runtime may live below /tmp (a clone checked out
+        # there, its virtualenv), and a tmpfs mounted after its bind would hide it.
+        size = self.limits.scratch_mb * 1024 * 1024
+        args += ["--perms", "1777", "--size", str(size), "--tmpfs", "/tmp"]
+        made: set[str] = {"/tmp"}  # never re-created (that would make it 0755)
         args += ["--ro-bind", "/usr", "/usr"]
         for top in _TOP:
             p = Path("/" + top)
@@ -162,8 +166,6 @@ class Sandbox:
             _ro_bind(args, made, d, d)
         _ro_bind(args, made, str(WARM), INSIDE_WARM)
         args += ["--ro-bind", str(app_dir), APP]
-        size = self.limits.scratch_mb * 1024 * 1024
-        args += ["--perms", "1777", "--size", str(size), "--tmpfs", "/tmp"]
         args += ["--proc", "/proc", "--dev", "/dev", "--chdir", APP, "--"]
         args += self.limits.prlimit()
         args += [_tool("setpriv"), f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--no-new-privs"]
