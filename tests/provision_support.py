@@ -95,15 +95,23 @@ class Agent:
 
 @contextlib.asynccontextmanager
 async def provisioned(
-    db_url: str, data_dir: Path, *, edge: bool = True, policy: dict[str, Any] | None = None
+    db_url: str,
+    data_dir: Path,
+    *,
+    edge: bool = True,
+    policy: dict[str, Any] | None = None,
+    start: bool = True,
+    **provision: Any,
 ) -> AsyncIterator[Agent]:
-    """A runtime with provisioning started (the edge on a free port, or none),
-    its app over ASGI, and a funded agent."""
+    """A runtime with provisioning (``[provision]`` overrides in ``provision``)
+    started unless ``start`` is False (the edge on a free port, or none), its
+    app over ASGI, and a funded agent."""
     port = free_port() if edge else 0
-    s = settings_for(db_url, provision={"edge_port": port, "data_dir": str(data_dir)})
+    s = settings_for(db_url, provision={"edge_port": port, "data_dir": str(data_dir), **provision})
     rt = Runtime.build(s)
     app = create_app(rt=rt)
-    await rt.provision.start()
+    if start:
+        await rt.provision.start()
     try:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
             yield await Agent(rt, http).setup(policy)

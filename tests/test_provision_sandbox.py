@@ -20,12 +20,9 @@ import pytest
 from typer.testing import CliRunner
 
 import tollway
-from conftest import ADMIN, err, settings_for
-from provision_support import Agent, hello, zipped
-from threaded import free_port
-from tollway.api.app import create_app
+from conftest import ADMIN, err
+from provision_support import Agent, hello, provisioned, zipped
 from tollway.cli.main import app as cli
-from tollway.runtime import Runtime
 
 pytestmark = pytest.mark.slow
 
@@ -141,25 +138,13 @@ class Probe:
         return r.json()
 
 
-def _prov(tmp_path: Path, **over: Any) -> dict[str, Any]:
-    return {"edge_port": free_port(), "data_dir": str(tmp_path / "prov"), **over}
-
-
 @pytest.fixture
 async def probe(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Probe]:
     monkeypatch.setenv("TOLLWAY_WALLET_KEY", SECRET)  # as a server's environment holds it
     monkeypatch.setenv("STRIPE_SECRET_KEY", SECRET)
     (tmp_path / "tollway.toml").write_text(f'[admin]\ntoken = "{SECRET}"\n')
-    s = settings_for(
-        db_url,
-        provision=_prov(tmp_path, worker_processes=32, worker_scratch_mb=16, worker_request_seconds=1),
-    )
-    rt = Runtime.build(s)
-    await rt.provision.start()
-    async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=create_app(rt=rt)), base_url="http://t"
-    ) as h:
-        a = await Agent(rt, h).setup()
+    prov = {"worker_processes": 32, "worker_scratch_mb": 16, "worker_request_seconds": 1}
+    async with provisioned(db_url, tmp_path / "prov", **prov) as a:
         r = await a.post("/deployments", {"name": "other", "entrypoint": "app:app", "bundle": hello("o")})
         assert r.status_code == 201, r.text
         body = {
@@ -171,7 +156,6 @@ async def probe(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
         r = await a.post("/deployments", body)
         assert r.status_code == 201, r.text
         yield Probe(a, r.json()["id"])
-    await rt.close()
 
 
 async def test_the_app_sees_only_its_declared_environment(probe: Probe) -> None:
@@ -196,18 +180,13 @@ async def test_the_app_sees_only_its_declared_environment(probe: Probe) -> None:
 async def test_a_bad_declared_environment_is_400_and_charges_nothing(
     db_url: str, tmp_path: Path, env: Any
 ) -> None:
-    rt = Runtime.build(settings_for(db_url, provision=_prov(tmp_path)))
-    async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=create_app(rt=rt)), base_url="http://t"
-    ) as h:
-        a = await Agent(rt, h).setup()
+    async with provisioned(db_url, tmp_path / "prov", start=False) as a:
         before = await a.available()
         r = await a.post(
             "/deployments", {"name": "e", "entrypoint": "app:app", "bundle": hello("e"), "env": env}
         )
         err(r, 400, "invalid_env", "env")
-        assert await a.available() == before and rt.provision.runner.running == {}
-    await rt.close()
+        assert await a.available() == before and a.rt.provision.runner.running == {}
 
 
 async def test_the_app_runs_as_its_own_unprivileged_uid(probe: Probe) -> None:
@@ -286,36 +265,25 @@ async def test_a_request_past_its_wall_time_gets_504(probe: Probe) -> None:
 
 
 async def test_no_sandbox_no_deploy_and_nothing_charged(db_url: str, tmp_path: Path) -> None:
-    s = settings_for(db_url, provision=_prov(tmp_path, bwrap_path=str(tmp_path / "no-bwrap")))
-    rt = Runtime.build(s)
-    async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=create_app(rt=rt)), base_url="http://t"
-    ) as h:
-        a = await Agent(rt, h).setup()
+    no_bwrap = str(tmp_path / "no-bwrap")
+    async with provisioned(db_url, tmp_path / "prov", start=False, bwrap_path=no_bwrap) as a:
         before = await a.available()
         r = await a.post("/deployments", {"name": "nope", "entrypoint": "app:app", "bundle": hello("n")})
         err(r, 503, "sandbox_unavailable", "bundle")
         assert "bubblewrap" in r.json()["error"]["message"]
         assert await a.available() == before
-        assert rt.provision.runner.running == {}
-    await rt.close()
+        assert a.rt.provision.runner.running == {}
 
 
 async def test_unsafe_no_sandbox_is_loud(
     db_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    s = settings_for(db_url, provision=_prov(tmp_path, bwrap_path="/nonexistent", unsafe_no_sandbox=True))
+    unsafe = {"bwrap_path": "/nonexistent", "unsafe_no_sandbox": True}
     with caplog.at_level(logging.WARNING, "tollway.provision"):
-        rt = Runtime.build(s)
-    assert any("UNSAFE" in r.message and r.levelno == logging.WARNING for r in caplog.records)
-    await rt.provision.start()
-    async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=create_app(rt=rt)), base_url="http://t"
-    ) as h:
-        a = await Agent(rt, h).setup()
-        r = await a.post("/deployments", {"name": "bare", "entrypoint": "app:app", "bundle": hello("b")})
-        assert r.status_code == 201, r.text
-    await rt.close()
+        async with provisioned(db_url, tmp_path / "prov", **unsafe) as a:
+            assert any("UNSAFE" in r.message and r.levelno == logging.WARNING for r in caplog.records)
+            r = await a.post("/deployments", {"name": "bare", "entrypoint": "app:app", "bundle": hello("b")})
+            assert r.status_code == 201, r.text
 
 
 async def _answers(port: int) -> bool:
@@ -344,22 +312,16 @@ async def test_delete_stops_the_sandbox(probe: Probe) -> None:
 
 
 async def test_reap_apply_from_the_cli_stops_the_worker(db_url: str, tmp_path: Path) -> None:
-    db = db_url
-    prov = _prov(tmp_path, reap_after_seconds=0.001)
-    rt = Runtime.build(settings_for(db, provision=prov))
-    await rt.provision.start()
-    async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=create_app(rt=rt)), base_url="http://t"
-    ) as h:
-        a = await Agent(rt, h).setup()
+    db, data_dir = db_url, tmp_path / "prov"
+    async with provisioned(db, data_dir, reap_after_seconds=0.001) as a:
         r = await a.post("/deployments", {"name": "idle", "entrypoint": "app:app", "bundle": hello("i")})
         assert r.status_code == 201, r.text
-        (w,) = rt.provision.runner.running.values()
+        (w,) = a.rt.provision.runner.running.values()
         assert await _answers(w.port)
         cfg = tmp_path / "cli.toml"
         cfg.write_text(
             f'[database]\nurl = "{db}"\n[admin]\ntoken = "{ADMIN["Authorization"].split()[1]}"\n'
-            f'[provision]\nedge_port = 0\ndata_dir = "{prov["data_dir"]}"\nreap_after_seconds = 0.001\n'
+            f'[provision]\nedge_port = 0\ndata_dir = "{data_dir}"\nreap_after_seconds = 0.001\n'
         )
         out = await asyncio.to_thread(
             CliRunner().invoke, cli, ["--config", str(cfg), "provision", "reap", "--apply", "--json"]
@@ -367,7 +329,6 @@ async def test_reap_apply_from_the_cli_stops_the_worker(db_url: str, tmp_path: P
         assert out.exit_code == 0, out.output
         assert json.loads(out.stdout)["torn_down"] == [r.json()["id"]]
         assert await _gone(w.port)
-    await rt.close()
 
 
 def test_a_runtime_below_tmp_stays_visible_under_the_scratch_tmpfs(monkeypatch: pytest.MonkeyPatch) -> None:

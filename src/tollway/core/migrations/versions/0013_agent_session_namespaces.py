@@ -35,17 +35,7 @@ def upgrade() -> None:
         new = _scoped(customer, sid)
         if len(new) > 128:  # an id of 116-128 characters: kept as it was (unreachable by its customer)
             continue
-        args = {"agent": agent, "old": sid, "new": new}
-        conn.execute(sa.text("UPDATE agent_sessions SET id = :new WHERE agent = :agent AND id = :old"), args)
-        for table in ("agent_messages", "agent_tool_log", "agent_escalations"):
-            conn.execute(
-                sa.text(f"UPDATE {table} SET session_id = :new WHERE agent = :agent AND session_id = :old"),
-                args,
-            )
-        conn.execute(
-            sa.text("UPDATE schedules SET owner = :new_owner WHERE owner = :old_owner"),
-            {"new_owner": f"agent:{agent}:{new}", "old_owner": f"agent:{agent}:{sid}"},
-        )
+        _rename(conn, agent, sid, new)
 
 
 def downgrade() -> None:
@@ -55,14 +45,18 @@ def downgrade() -> None:
         if "~" not in new:
             continue
         sid = new.rsplit("~", 1)[0]
-        args = {"agent": agent, "old": sid, "new": new}
-        conn.execute(sa.text("UPDATE agent_sessions SET id = :old WHERE agent = :agent AND id = :new"), args)
-        for table in ("agent_messages", "agent_tool_log", "agent_escalations"):
-            conn.execute(
-                sa.text(f"UPDATE {table} SET session_id = :old WHERE agent = :agent AND session_id = :new"),
-                args,
-            )
+        _rename(conn, agent, new, sid)
+
+
+def _rename(conn: sa.Connection, agent: str, old: str, new: str) -> None:
+    """Give a session a new stored id, in its table and every table that names it."""
+    args = {"agent": agent, "old": old, "new": new}
+    conn.execute(sa.text("UPDATE agent_sessions SET id = :new WHERE agent = :agent AND id = :old"), args)
+    for table in ("agent_messages", "agent_tool_log", "agent_escalations"):
         conn.execute(
-            sa.text("UPDATE schedules SET owner = :old_owner WHERE owner = :new_owner"),
-            {"new_owner": f"agent:{agent}:{new}", "old_owner": f"agent:{agent}:{sid}"},
+            sa.text(f"UPDATE {table} SET session_id = :new WHERE agent = :agent AND session_id = :old"), args
         )
+    conn.execute(
+        sa.text("UPDATE schedules SET owner = :new_owner WHERE owner = :old_owner"),
+        {"new_owner": f"agent:{agent}:{new}", "old_owner": f"agent:{agent}:{old}"},
+    )
