@@ -154,8 +154,11 @@ def upstream() -> Iterator[str]:
     proc = subprocess.Popen(
         [
             sys.executable,
-            "-m",
-            "llama_cpp.server",
+            "-c",
+            # llama.cpp's own server, loading without the AMX weight repacking
+            # that segfaults on some CPUs (see no_weight_repacking).
+            "import runpy; from tollway.inference.backends.llama_cpp import no_weight_repacking; "
+            "no_weight_repacking(); runpy.run_module('llama_cpp.server', run_name='__main__')",
             "--model",
             str(default_gguf()),
             "--port",

@@ -39,6 +39,27 @@ _DEFAULT_TOP_P = 0.95
 _RANDOM_SEED = 0xFFFFFFFF  # LLAMA_DEFAULT_SEED: llama.cpp draws a fresh seed per sampler
 
 
+def no_weight_repacking() -> None:
+    """Load models without llama.cpp's extra CPU buffer types (weights repacked
+    for AMX and similar kernels): on AMX hardware ``ggml_backend_amx_mul_mat``
+    segfaults at random during generation (ggml-org/llama.cpp#20824; seen here
+    in the test suite). ``Llama()`` takes no such argument, so the default model
+    parameters it starts from are wrapped, once, for this process."""
+    import llama_cpp.llama_cpp as lc  # the module Llama() reads its defaults from
+
+    default = lc.llama_model_default_params
+    if getattr(default, "tollway_no_repacking", False):
+        return
+
+    def params() -> Any:
+        p = default()
+        p.use_extra_bufts = False
+        return p
+
+    params.tollway_no_repacking = True  # type: ignore[attr-defined]
+    lc.llama_model_default_params = params
+
+
 class LlamaInstance:
     """One loaded model (not thread-safe: one generation at a time)."""
 
@@ -51,6 +72,7 @@ class LlamaInstance:
         # OpenMP keeps a team of spinning workers per calling thread, and teams
         # left behind by other threads would compete for the same cores.
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"llama-{cfg.name}")
+        no_weight_repacking()
         self.llm = Llama(
             model_path=str(path),
             n_ctx=cfg.n_ctx,
