@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,11 @@ neurons_per_m_output = 200000
         auth = {"Authorization": f"Bearer {key}"}
         assert httpx.get(srv.url + "/demo/orders/A1001").json()["status"] == "shipped"
         assert httpx.get(srv.url + "/demo/orders/Z9").status_code == 404
+        # The knowledge base is ingested in the background after start-up (/healthz says when).
+        deadline = time.monotonic() + 120
+        while httpx.get(srv.url + "/healthz").json()["background"].get("demo_ingest") != "done":
+            assert time.monotonic() < deadline, "the demo's ingest did not finish"
+            time.sleep(0.1)
         base = srv.url + "/v1/agents/support/sessions"
         assert httpx.post(base, json={"id": "demo"}, headers=auth).status_code == 201
         r = httpx.post(
