@@ -25,6 +25,12 @@ async def test_migrated_schema_matches_metadata(rt: Runtime) -> None:
     assert changes == []
 
 
+def test_head_constant_is_the_script_directory_head() -> None:
+    """A server on a current database never imports Alembic: it compares the
+    database's revision with ``migrate.HEAD``, which must name the newest migration."""
+    assert migrate.HEAD == migrate.script_head()
+
+
 async def test_upgrade_is_idempotent(rt: Runtime) -> None:
     before, after = await rt.migrate()
     assert before == after == migrate.head_revision()

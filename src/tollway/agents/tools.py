@@ -14,7 +14,6 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 import orjson
-from jsonschema import Draft202012Validator
 
 from tollway.agents.spec import AgentSpec, ToolSpec
 from tollway.agents.store import ToolCall
@@ -34,6 +33,8 @@ def invalid_arguments(tool: ToolSpec, args: Any) -> str | None:
     """Why ``args`` do not fit the tool's schema (None: they do)."""
     if not isinstance(args, dict):
         return "the arguments are not a JSON object"
+    from jsonschema import Draft202012Validator  # imported on first use: start-up stays fast
+
     err = next(iter(Draft202012Validator(tool.parameters).iter_errors(args)), None)
     if err is None:
         return None

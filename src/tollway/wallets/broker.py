@@ -36,8 +36,6 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from eth_account import Account
-
 from tollway.core.config import Settings
 from tollway.core.errors import TollwayError, conflict, invalid
 from tollway.wallets.authorize import Authorizer, Decision, pay_to_memo
@@ -163,6 +161,8 @@ class Broker:
         try:
             await self.authorizer.live(presented)  # revoked or frozen while it was decided: sign nothing
             key_bytes = await self.wallets.signing_key(wallet.id)
+            from eth_account import Account  # imported on first use: start-up stays fast
+
             account = Account.from_key(key_bytes)
             payment = client.sign(offer, account, now, nonce=nonce_for(d.id), valid_before=valid_before)
             paid = await self.guard.fetch(

@@ -49,19 +49,24 @@ name) lets through.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import re
 import socket
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import aiohttp
-from aiohttp.abc import AbstractResolver, ResolveResult
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from tollway.core.errors import ErrorType, TollwayError, invalid
+from tollway.core.lazy import aiohttp_client_error
+
+if TYPE_CHECKING:  # aiohttp is imported on first fetch: start-up stays fast
+    import aiohttp
+    from aiohttp.abc import AbstractResolver, ResolveResult
 
 IP = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -229,34 +234,40 @@ class Allow:
 _PIN: ContextVar[tuple[str, list[ResolveResult]] | None] = ContextVar("tollway_ssrf_pin", default=None)
 
 
-class _PinnedResolver(AbstractResolver):
-    """Answers aiohttp's lookups with the addresses the guard just checked, and
-    nothing else: a host it was not asked about does not resolve."""
+@functools.cache
+def _pinned_resolver() -> type[AbstractResolver]:
+    from aiohttp.abc import AbstractResolver, ResolveResult
 
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        pin = _PIN.get()
-        if pin is None or pin[0] != _host_key(host):
-            raise OSError(f"{host} was not checked by the SSRF guard")
-        out = [
-            ResolveResult(
-                hostname=r["hostname"],
-                host=r["host"],
-                port=port,
-                family=r["family"],
-                proto=r["proto"],
-                flags=r["flags"],
-            )
-            for r in pin[1]
-            if family in (socket.AF_UNSPEC, r["family"])
-        ]
-        if not out:
-            raise OSError(f"{host} has no checked address of family {family}")
-        return out
+    class _PinnedResolver(AbstractResolver):
+        """Answers aiohttp's lookups with the addresses the guard just checked, and
+        nothing else: a host it was not asked about does not resolve."""
 
-    async def close(self) -> None:
-        return None
+        async def resolve(
+            self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+        ) -> list[ResolveResult]:
+            pin = _PIN.get()
+            if pin is None or pin[0] != _host_key(host):
+                raise OSError(f"{host} was not checked by the SSRF guard")
+            out = [
+                ResolveResult(
+                    hostname=r["hostname"],
+                    host=r["host"],
+                    port=port,
+                    family=r["family"],
+                    proto=r["proto"],
+                    flags=r["flags"],
+                )
+                for r in pin[1]
+                if family in (socket.AF_UNSPEC, r["family"])
+            ]
+            if not out:
+                raise OSError(f"{host} has no checked address of family {family}")
+            return out
+
+        async def close(self) -> None:
+            return None
+
+    return _PinnedResolver
 
 
 async def _getaddrinfo(host: str, port: int) -> list[str]:
@@ -293,9 +304,11 @@ class Guard:
     @property
     def session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
+            import aiohttp
+
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(
-                    resolver=_PinnedResolver(), use_dns_cache=False, limit=self._connections
+                    resolver=_pinned_resolver()(), use_dns_cache=False, limit=self._connections
                 ),
                 cookie_jar=aiohttp.DummyCookieJar(),
                 trust_env=False,  # no HTTP(S)_PROXY: a proxy would connect wherever it likes
@@ -366,7 +379,14 @@ class Guard:
             family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
             flags = socket.AI_NUMERICHOST | socket.AI_NUMERICSERV
             pinned.append(
-                ResolveResult(hostname=host, host=str(ip), port=port, family=family, proto=0, flags=flags)
+                {
+                    "hostname": host,
+                    "host": str(ip),
+                    "port": port,
+                    "family": family,
+                    "proto": 0,
+                    "flags": flags,
+                }
             )
         return u, pinned
 
@@ -411,7 +431,7 @@ class Guard:
             raise upstream(
                 "upstream_timeout", f"{_shown(url)} did not answer within {timeout_s:g} s", 504
             ) from None
-        except (aiohttp.ClientError, OSError) as e:
+        except (aiohttp_client_error(), OSError) as e:
             raise upstream(
                 "upstream_unreachable", f"{_shown(url)} could not be fetched: {type(e).__name__}"
             ) from None

@@ -41,14 +41,15 @@ import json
 import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
-
-from eth_account.signers.local import LocalAccount
-from eth_utils.address import to_checksum_address
+from typing import TYPE_CHECKING, Any
 
 from tollway.core.errors import ErrorType, TollwayError
 from tollway.x402 import exact_evm, wire
+from tollway.x402.exact_evm import to_checksum_address
 from tollway.x402.facilitator import V1_NAMES
+
+if TYPE_CHECKING:
+    from eth_account.signers.local import LocalAccount
 
 # The legacy v1 chain names this client pays on (the facilitator's list).
 V1_CHAINS: dict[str, int] = {name: int(net.split(":")[1]) for net, name in V1_NAMES.items()}

@@ -22,14 +22,12 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from eth_utils.crypto import keccak
-
 from tollway.core.errors import TollwayError
 from tollway.core.ids import new_id
 from tollway.ledger import Ledger, Transfer
 from tollway.ledger.ops import Usage
 from tollway.x402 import wire
-from tollway.x402.exact_evm import Authorization
+from tollway.x402.exact_evm import Authorization, keccak
 from tollway.x402.wire import PaymentInvalid
 
 MINT_ACCOUNT = "sys_devnet"

@@ -11,16 +11,40 @@ from __future__ import annotations
 import functools
 import re
 from dataclasses import dataclass
-from typing import Any
-
-from eth_account import Account
-from eth_account.messages import encode_typed_data
-from eth_keys.main import KeyAPI
-from eth_utils.address import to_checksum_address
-from eth_utils.crypto import keccak
+from typing import TYPE_CHECKING, Any
 
 from tollway.x402 import wire
 from tollway.x402.wire import PaymentInvalid
+
+if TYPE_CHECKING:
+    from eth_keys.main import KeyAPI
+
+
+# The eth libraries take a noticeable share of start-up: imported on first use.
+def keccak(primitive: bytes | None = None, *, text: str | None = None) -> bytes:
+    return bytes(_eth().keccak(primitive, text=text))
+
+
+def to_checksum_address(address: str) -> str:
+    return str(_eth().to_checksum_address(address))
+
+
+@functools.cache
+def _eth() -> Any:
+    import types
+
+    from eth_utils.address import to_checksum_address
+    from eth_utils.crypto import keccak
+
+    return types.SimpleNamespace(keccak=keccak, to_checksum_address=to_checksum_address)
+
+
+@functools.cache
+def _keys() -> KeyAPI:
+    from eth_keys.main import KeyAPI
+
+    return KeyAPI()
+
 
 TRANSFER_WITH_AUTHORIZATION = [
     {"name": "from", "type": "address"},
@@ -101,21 +125,23 @@ def domain(name: str, version: str, chain: int, asset: str) -> dict[str, Any]:
     }
 
 
-_DOMAIN_TYPEHASH = keccak(
-    text="EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)"
-)
-_TWA_TYPEHASH = keccak(
-    text="TransferWithAuthorization(address from,address to,uint256 value,"
+_DOMAIN_TYPE = "EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)"
+_TWA_TYPE = (
+    "TransferWithAuthorization(address from,address to,uint256 value,"
     "uint256 validAfter,uint256 validBefore,bytes32 nonce)"
 )
 _HALF_N = 0x7FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF5D576E7357A4501DDFE92F46681B20A0  # secp256k1 n / 2
-_KEYS = KeyAPI()
+
+
+@functools.cache
+def _typehash(text: str) -> bytes:
+    return keccak(text=text)
 
 
 @functools.lru_cache(maxsize=64)
 def _separator(name: str, version: str, chain: int, asset: str) -> bytes:
     return keccak(
-        _DOMAIN_TYPEHASH
+        _typehash(_DOMAIN_TYPE)
         + keccak(text=name)
         + keccak(text=version)
         + chain.to_bytes(32, "big")
@@ -129,7 +155,7 @@ def digest(auth: Authorization, dom: dict[str, Any]) -> bytes:
     domain separator is cached, and this is on every paid request)."""
     sep = _separator(dom["name"], dom["version"], dom["chainId"], dom["verifyingContract"].lower())
     struct = keccak(
-        _TWA_TYPEHASH
+        _typehash(_TWA_TYPE)
         + bytes(12)
         + bytes.fromhex(auth.payer[2:])
         + bytes(12)
@@ -150,7 +176,7 @@ def signer(auth: Authorization, dom: dict[str, Any]) -> str:
     if v not in (27, 28) or not 0 < s_ <= _HALF_N or r == 0:
         raise PaymentInvalid(wire.BAD_SIGNATURE, "the signature's v or s is not canonical", auth.payer)
     try:
-        sig = _KEYS.Signature(vrs=(v - 27, r, s_))
+        sig = _keys().Signature(vrs=(v - 27, r, s_))
         return str(sig.recover_public_key_from_msg_hash(digest(auth, dom)).to_checksum_address())
     except Exception:  # r or s off the curve
         raise PaymentInvalid(wire.BAD_SIGNATURE, "the signature does not recover", auth.payer) from None
@@ -158,6 +184,9 @@ def signer(auth: Authorization, dom: dict[str, Any]) -> str:
 
 def sign(key: Any, dom: dict[str, Any], auth: dict[str, Any]) -> str:
     """Sign an authorization (tests, the demo and agent wallets pay with this)."""
+    from eth_account import Account
+    from eth_account.messages import encode_typed_data
+
     msg = encode_typed_data(
         domain_data=dom,
         message_types={"TransferWithAuthorization": TRANSFER_WITH_AUTHORIZATION},

@@ -24,10 +24,9 @@ import json
 import logging
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote
 
-import aiohttp
 from starlette.requests import Request
 from starlette.types import Message, Receive, Scope, Send
 from yarl import URL
@@ -35,6 +34,7 @@ from yarl import URL
 from tollway.api.errors import error_response
 from tollway.core.config import X402Config
 from tollway.core.errors import TollwayError, invalid
+from tollway.core.lazy import aiohttp_client_error
 from tollway.identity.keys import ApiKey, ApiKeys, presented_key
 from tollway.x402 import paths, wire
 from tollway.x402.claims import Claims
@@ -44,6 +44,9 @@ from tollway.x402.paths import canonical
 from tollway.x402.rules import Rule, Rules, atomic, price_of
 from tollway.x402.rulestore import RuleStore
 from tollway.x402.wire import PaymentInvalid
+
+if TYPE_CHECKING:  # aiohttp is imported on first use: start-up stays fast
+    import aiohttp
 
 log = logging.getLogger("tollway.x402")
 
@@ -114,6 +117,8 @@ class Paywall:
     @property
     def session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
+            import aiohttp
+
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60),
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=300),
@@ -389,7 +394,7 @@ class Paywall:
             r = await self.session.request(
                 request.method, url, headers=headers, data=_outgoing(request, body)
             )
-        except (aiohttp.ClientError, TimeoutError) as e:
+        except (aiohttp_client_error(), TimeoutError) as e:
             log.warning("x402 origin %s failed: %s", url, e)
             msg = json.dumps(
                 {

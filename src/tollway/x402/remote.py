@@ -12,18 +12,20 @@ HTTP 200, fails the payment with ``unexpected_verify_error`` or
 from __future__ import annotations
 
 import logging
-from typing import Any
-
-import aiohttp
+from typing import TYPE_CHECKING, Any
 
 from tollway.core.clock import Clock
 from tollway.core.config import X402Config
+from tollway.core.lazy import aiohttp_client_error
 from tollway.ledger import Ledger
 from tollway.x402 import wire
 from tollway.x402.exact_evm import Authorization
 from tollway.x402.facilitator import Checked
 from tollway.x402.payments import record_received
 from tollway.x402.wire import PaymentInvalid
+
+if TYPE_CHECKING:  # aiohttp is imported on first use: start-up stays fast
+    import aiohttp
 
 log = logging.getLogger("tollway.x402")
 
@@ -42,6 +44,8 @@ class RemoteFacilitator:
     @property
     def session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
+            import aiohttp
+
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(keepalive_timeout=60),
                 timeout=aiohttp.ClientTimeout(total=90, sock_connect=10),
@@ -61,7 +65,7 @@ class RemoteFacilitator:
                 if r.status != 200:
                     raise PaymentInvalid(failure, f"the facilitator answered {r.status}: {text[:200]}")
                 out = await r.json(content_type=None)
-        except (aiohttp.ClientError, TimeoutError, ValueError) as e:
+        except (aiohttp_client_error(), TimeoutError, ValueError) as e:
             raise PaymentInvalid(failure, f"the facilitator did not answer: {type(e).__name__}") from None
         if not isinstance(out, dict):
             raise PaymentInvalid(failure, "the facilitator's answer is not a JSON object")
