@@ -56,13 +56,14 @@ LITELLM_VERSION = "1.100.5"
 LITELLM_MASTER_KEY = "sk-bench-litellm-master"
 MODEL = "mock"
 BODY = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
-SETUPS = ("direct", "tollway", "tollway_fast", "tollway_normal", "litellm")
+SETUPS: tuple[str, ...] = ("direct", "tollway", "tollway_fast", "tollway_normal", "litellm")
 # SQLite synchronous = FULL (the default); FULL with [ledger] acknowledge = "fast"
 # (the response before the settle's commit: the behaviour before durable charging); NORMAL
-TOLLWAYS = ("tollway", "tollway_fast", "tollway_normal")
+TOLLWAYS: tuple[str, ...] = ("tollway", "tollway_fast", "tollway_normal")
 LABELS = {
     "direct": "Direct to the mock upstream",
     "tollway": "tollway, SQLite `FULL` (default)",
+    "tollway_before": "tollway before (the `--before` revision), SQLite `FULL`",
     "tollway_fast": 'tollway, SQLite `FULL`, `acknowledge = "fast"`',
     "tollway_normal": "tollway, SQLite `NORMAL`",
     "litellm": "LiteLLM proxy",
@@ -347,15 +348,19 @@ def run(a: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             spawn("mock upstream", mock_cmd, f"{upstream}/models", tmp / "mock.log", env, 30)
         )
         srvs, keys = {}, {}
-        tollways = (
-            ("tollway", gateway_config),
-            ("tollway_fast", fast_config),
-            ("tollway_normal", normal_config),
-        )
-        for name, edit in tollways:
+        edits = {
+            "tollway": gateway_config,
+            "tollway_before": gateway_config,
+            "tollway_fast": fast_config,
+            "tollway_normal": normal_config,
+        }
+        for name in TOLLWAYS:
             home = tmp / name
             home.mkdir()
-            srvs[name] = srv = stack.enter_context(serve(home, tollway_toml(upstream), edit=edit))
+            src = a.before if name == "tollway_before" else None
+            srvs[name] = srv = stack.enter_context(
+                serve(home, tollway_toml(upstream), edit=edits[name], src=src)
+            )
             print(f"{name} up in {srv.ready_s} s: {srv.cmd}", flush=True)
             keys[name] = setup_customer(srv.url, admin_token(home))
         litellm_pid = stack.enter_context(
@@ -400,7 +405,10 @@ def run(a: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         metered = {n: usage_events(tmp / n) for n in TOLLWAYS}
 
     return {
-        "command": "python bench/gateway.py" + (" --quick" if a.quick else ""),
+        "command": "python bench/gateway.py"
+        + (" --quick" if a.quick else "")
+        + (f" --before {a.before}" if a.before else "")
+        + (" --no-variants" if a.no_variants else ""),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine(wrk=wrk_version, wrk_threads=a.threads, load_avg_before=load_before),
         "setup": {
@@ -451,7 +459,12 @@ def summarize(r: dict[str, Any]) -> None:
     }
     rows: list[tuple[str, float, float, bool]] = []
     for n in TOLLWAYS:
-        sync = {"tollway": "FULL", "tollway_fast": "FULL, fast", "tollway_normal": "NORMAL"}[n]
+        sync = {
+            "tollway": "FULL",
+            "tollway_before": "FULL, before",
+            "tollway_fast": "FULL, fast",
+            "tollway_normal": "NORMAL",
+        }[n]
         if n in lat:
             rows += [
                 (
@@ -561,7 +574,19 @@ def main() -> None:
     p.add_argument("--settle", type=float, default=1.0, help="pause (s) before each point")
     p.add_argument("--litellm-version", default=LITELLM_VERSION)
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument(
+        "--before",
+        type=Path,
+        help="the src/ directory of an earlier revision (git archive REV src | tar -x -C DIR): "
+        "adds a tollway_before setup, its defaults, interleaved with the others for an A/B",
+    )
+    p.add_argument("--no-variants", action="store_true", help="skip tollway_fast and tollway_normal")
     a = p.parse_args()
+    global SETUPS, TOLLWAYS
+    tollways = ["tollway", *(["tollway_before"] if a.before else [])]
+    tollways += [] if a.no_variants else ["tollway_fast", "tollway_normal"]
+    TOLLWAYS = tuple(tollways)
+    SETUPS = ("direct", *TOLLWAYS, "litellm")
     if a.quick:
         a.duration, a.warmup, a.settle = 3, 1, 0.5
     with tempfile.TemporaryDirectory(prefix="tollway-bench-") as d:
