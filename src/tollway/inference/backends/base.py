@@ -19,7 +19,10 @@ class ChatParams:
     seed: int | None = None
     json_schema: dict[str, Any] | None = None  # enforce this JSON Schema
     json_object: bool = False  # any JSON object
-    tools: list[dict[str, Any]] | None = None  # OpenAI function calling (upstream backends)
+    tools: list[dict[str, Any]] | None = None  # OpenAI function calling: [{"type": "function", ...}]
+    # OpenAI's tool_choice: "auto" | "none" | "required" | {"type": "function", "function": {"name": ...}}
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool = True
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
     stream: bool = True  # the caller reads tokens as they come (an upstream may answer whole otherwise)
@@ -42,6 +45,19 @@ class Finish:
     prompt_tokens: int
     completion_tokens: int
     tool_calls: list[dict[str, Any]] | None = None  # OpenAI's message.tool_calls, when the model made any
+
+
+@dataclass(slots=True)
+class ToolCallDelta:
+    """A piece of a tool call as it streams, in OpenAI's shape: the first piece of
+    call ``index`` carries its ``id`` and ``name``, later ones argument fragments.
+    The whole calls also come in :attr:`Finish.tool_calls`. (Joins
+    :data:`ChatEvent` once the chat route streams tool calls.)"""
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
 
 
 ChatEvent = Delta | Finish
