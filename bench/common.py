@@ -61,14 +61,22 @@ def cli() -> list[str]:
 
 @contextmanager
 def serve(
-    tmp: Path, extra_toml: str = "", edit: Callable[[str], str] | None = None, src: Path | None = None
+    tmp: Path,
+    extra_toml: str = "",
+    edit: Callable[[str], str] | None = None,
+    src: Path | None = None,
+    init: bool = True,
 ) -> Iterator[Server]:
     """`tollway init` + `tollway serve` on a free port (SQLite under ``tmp``), until healthy.
-    ``src``: run another revision's sources (its ``src/`` directory) for an A/B."""
+    ``src``: run another revision's sources (its ``src/`` directory) for an A/B.
+    ``init=False``: serve the config and database already in ``tmp`` (a restart)."""
     cfg, env = tmp / "tollway.toml", {k: v for k, v in os.environ.items() if not k.startswith("TOLLWAY_")}
     if src is not None:
         env["PYTHONPATH"] = str(src)
-    subprocess.run([*cli(), "init", "--path", str(cfg)], cwd=tmp, env=env, check=True, capture_output=True)
+    if init:
+        subprocess.run(
+            [*cli(), "init", "--path", str(cfg)], cwd=tmp, env=env, check=True, capture_output=True
+        )
     if edit is not None:
         cfg.write_text(edit(cfg.read_text()))
     if extra_toml:
