@@ -13,7 +13,18 @@ import subprocess
 import sys
 from pathlib import Path
 
-LAZY = ("eth_account", "eth_keys", "eth_utils", "web3", "aiohttp", "jsonschema", "alembic", "stripe")
+LAZY = (
+    "eth_account",
+    "eth_keys",
+    "eth_utils",
+    "web3",
+    "aiohttp",
+    "jsonschema",
+    "alembic",
+    "stripe",
+    "numpy",
+    "usearch",
+)
 
 PROBE = """
 import asyncio, json, sys

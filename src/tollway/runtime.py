@@ -118,7 +118,11 @@ class Runtime:
         )
         inference = Inference(settings, charger, clock, billing)
         vectors = Vectors(
-            engine, clock, make_backend(settings, engine), inference, settings.vectors.embeddings_model
+            engine,
+            clock,
+            make_backend(settings, engine),
+            inference,
+            settings.vectors.embeddings_model,
         )
         scheduler = Scheduler(engine, clock, lease_s=settings.schedules.lease_seconds)
         broker = Broker(settings, wallets, authorizer)

@@ -4,10 +4,11 @@ embeds through the inference service's charge path."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from types import FunctionType
+from typing import TYPE_CHECKING, Any, cast
 
-import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -18,12 +19,13 @@ from tollway.core.errors import conflict, invalid
 from tollway.core.ids import new_id
 from tollway.core.schema import vector_indexes as T
 from tollway.core.storage import sqlite_path
-from tollway.vectors import mmr
 from tollway.vectors import shapes as S
-from tollway.vectors.backends.base import Backend
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from tollway.inference.service import Caller, Inference
+    from tollway.vectors.backends.base import Backend
 
 
 def data_dir(settings: Settings, engine: AsyncEngine) -> Path:
@@ -35,20 +37,32 @@ def data_dir(settings: Settings, engine: AsyncEngine) -> Path:
     return Path(".tollway/vectors")
 
 
-def make_backend(settings: Settings, engine: AsyncEngine) -> Backend:
+def make_backend(settings: Settings, engine: AsyncEngine) -> Callable[[], Backend]:
+    """The configured backend's maker: the configuration is checked now, the
+    backend (and numpy, usearch or pgvector's driver) is made on first use."""
     if settings.vectors.backend == "pgvector":
         from tollway.core.config import ConfigError
-        from tollway.vectors.backends.pgvector import PgVector
 
         url = settings.vectors.pgvector_url or settings.database.url
         if not url.startswith(("postgresql://", "postgres://", "postgresql+asyncpg://")):
             raise ConfigError(
                 "tollway.toml", "vectors.pgvector_url", 'backend = "pgvector" needs a postgresql:// URL'
             )
-        return PgVector(url)
-    from tollway.vectors.backends.embedded import Embedded
 
-    return Embedded(data_dir(settings, engine))
+        def pgvector() -> Backend:
+            from tollway.vectors.backends.pgvector import PgVector
+
+            return PgVector(url)
+
+        return pgvector
+    root = data_dir(settings, engine)
+
+    def embedded() -> Backend:
+        from tollway.vectors.backends.embedded import Embedded
+
+        return Embedded(root)
+
+    return embedded
 
 
 class Vectors:
@@ -56,11 +70,19 @@ class Vectors:
         self,
         engine: AsyncEngine,
         clock: Clock,
-        backend: Backend,
+        backend: Backend | Callable[[], Backend],
         inference: Inference | None = None,
         embeddings_model: str = "all-minilm-l6-v2",
     ) -> None:
-        self.engine, self.clock, self.backend = engine, clock, backend
+        """``backend``: the backend, or a function making it on first use (so a
+        server that never touches vectors never imports numpy or usearch)."""
+        self.engine, self.clock = engine, clock
+        self._backend: Backend | None = None
+        self._make_backend: Callable[[], Backend] | None = None
+        if isinstance(backend, FunctionType):
+            self._make_backend = cast("Callable[[], Backend]", backend)
+        else:
+            self._backend = cast("Backend", backend)
         self.inference = inference
         self.embeddings_model = embeddings_model
         self._cache: dict[tuple[str, str], S.IndexInfo] = {}
@@ -206,6 +228,10 @@ class Vectors:
 
     async def _search(self, info: S.IndexInfo, vec: np.ndarray, q: S.Query) -> dict[str, Any]:
         if q.rerank == "mmr":
+            import numpy as np
+
+            from tollway.vectors import mmr
+
             fetch = min(max(4 * q.top_k, 40), S.MAX_TOP_K)
             cands = await self.backend.search(info, vec, fetch, q.namespace, q.conds, True)
             mat = np.asarray([m.values for m in cands], dtype=np.float32)
@@ -281,8 +307,16 @@ class Vectors:
         out["charged"] = charged
         return out
 
+    @property
+    def backend(self) -> Backend:
+        if self._backend is None:
+            assert self._make_backend is not None
+            self._backend = self._make_backend()
+        return self._backend
+
     async def close(self) -> None:
-        await self.backend.close()
+        if self._backend is not None:
+            await self._backend.close()
 
 
 _snake = {

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import numpy as np
 import orjson
 
 from tollway.core.errors import invalid
 from tollway.vectors import filter as F
+
+if TYPE_CHECKING:  # numpy is imported on first use: start-up stays fast
+    import numpy as np
 
 MAX_DIMENSIONS = 4096
 MAX_BATCH = 5000
@@ -114,6 +116,8 @@ def check_config(dimensions: Any, metric: Any) -> tuple[int, Metric]:
 
 
 def vector(values: Any, dims: int, param: str) -> np.ndarray:
+    import numpy as np
+
     if not isinstance(values, list | tuple | np.ndarray):
         raise invalid("invalid_vector", "values is a list of numbers", param)
     if len(values) != dims:
