@@ -63,7 +63,6 @@ TOLLWAYS: tuple[str, ...] = ("tollway", "tollway_fast", "tollway_normal")
 LABELS = {
     "direct": "Direct to the mock upstream",
     "tollway": "tollway, SQLite `FULL` (default)",
-    "tollway_before": "tollway before (the `--before` revision), SQLite `FULL`",
     "tollway_fast": 'tollway, SQLite `FULL`, `acknowledge = "fast"`',
     "tollway_normal": "tollway, SQLite `NORMAL`",
     "litellm": "LiteLLM proxy",
@@ -350,14 +349,14 @@ def run(a: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         srvs, keys = {}, {}
         edits = {
             "tollway": gateway_config,
-            "tollway_before": gateway_config,
             "tollway_fast": fast_config,
             "tollway_normal": normal_config,
+            **{f"tollway@{rev}": gateway_config for rev in a.before},
         }
         for name in TOLLWAYS:
             home = tmp / name
             home.mkdir()
-            src = a.before if name == "tollway_before" else None
+            src = a.before.get(name.removeprefix("tollway@")) if "@" in name else None
             srvs[name] = srv = stack.enter_context(
                 serve(home, tollway_toml(upstream), edit=edits[name], src=src)
             )
@@ -407,7 +406,7 @@ def run(a: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     return {
         "command": "python bench/gateway.py"
         + (" --quick" if a.quick else "")
-        + (f" --before {a.before}" if a.before else "")
+        + "".join(f" --before {rev}={src}" for rev, src in a.before.items())
         + (" --no-variants" if a.no_variants else ""),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine(wrk=wrk_version, wrk_threads=a.threads, load_avg_before=load_before),
@@ -459,12 +458,9 @@ def summarize(r: dict[str, Any]) -> None:
     }
     rows: list[tuple[str, float, float, bool]] = []
     for n in TOLLWAYS:
-        sync = {
-            "tollway": "FULL",
-            "tollway_before": "FULL, before",
-            "tollway_fast": "FULL, fast",
-            "tollway_normal": "NORMAL",
-        }[n]
+        sync = {"tollway": "FULL", "tollway_fast": "FULL, fast", "tollway_normal": "NORMAL"}.get(
+            n, f"FULL, at {n.removeprefix('tollway@')}"
+        )
         if n in lat:
             rows += [
                 (
@@ -494,6 +490,9 @@ def markdown(r: dict[str, Any]) -> str:
     levels = list(p["direct"])
     ver = r["setup"]["litellm"]["version"]
     label = {**LABELS, "litellm": f"LiteLLM proxy {ver}"}
+    label |= {
+        n: f"tollway at `{n.removeprefix('tollway@')}` (before), SQLite `FULL`" for n in TOLLWAYS if "@" in n
+    }
     threads = f"{m['wrk_threads']} thread" + ("s" if m["wrk_threads"] > 1 else "")
     out = [
         "## AI gateway overhead",
@@ -576,14 +575,17 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument(
         "--before",
-        type=Path,
-        help="the src/ directory of an earlier revision (git archive REV src | tar -x -C DIR): "
-        "adds a tollway_before setup, its defaults, interleaved with the others for an A/B",
+        action="append",
+        default=[],
+        metavar="REV=SRC",
+        help="an earlier revision and its src/ directory (git archive REV src | tar -x -C DIR); "
+        "adds a tollway@REV setup on its defaults, interleaved with the others (an A/B); repeatable",
     )
     p.add_argument("--no-variants", action="store_true", help="skip tollway_fast and tollway_normal")
     a = p.parse_args()
     global SETUPS, TOLLWAYS
-    tollways = ["tollway", *(["tollway_before"] if a.before else [])]
+    a.before = {rev: Path(src) for rev, _, src in (b.partition("=") for b in a.before)}
+    tollways = ["tollway", *(f"tollway@{rev}" for rev in a.before)]
     tollways += [] if a.no_variants else ["tollway_fast", "tollway_normal"]
     TOLLWAYS = tuple(tollways)
     SETUPS = ("direct", *TOLLWAYS, "litellm")
