@@ -29,6 +29,7 @@ class FakeUpstream:
         self.calls = 0
         self.streamed: list[bool] = []  # per chat call: did tollway ask for a stream
         self.delay_s = 0.0
+        self.chunk_delay_s = 0.0  # streams: a pause before each chunk (a slow model)
         self.prompt_tokens = PROMPT_TOKENS  # what usage reports for the prompt
         self._fail: list[int] = []
         self._garbled: list[bytes] = []
@@ -99,8 +100,20 @@ class FakeUpstream:
         chunks = [{**base, "choices": [{"index": 0, "delta": {"content": w}}]} for w in WORDS[:n]]
         chunks.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "length"}]})
         chunks.append({**base, "choices": [], "usage": usage})
-        sse = b"".join(b"data: " + json.dumps(c).encode() + b"\n\n" for c in chunks) + b"data: [DONE]\n\n"
-        await self._send(send, 200, sse, b"text/event-stream")
+        events = [b"data: " + json.dumps(c).encode() + b"\n\n" for c in chunks] + [b"data: [DONE]\n\n"]
+        if not self.chunk_delay_s:
+            await self._send(send, 200, b"".join(events), b"text/event-stream")
+            return
+        start = {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"text/event-stream")],
+        }
+        await send(start)
+        for e in events:
+            await asyncio.sleep(self.chunk_delay_s)
+            await send({"type": "http.response.body", "body": e, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
 
     @staticmethod
     async def _send(

@@ -62,6 +62,9 @@ sqlite_synchronous = "FULL"
 token = "{ADMIN_TOKEN}"
 [ledger]
 expiry_interval_seconds = 0.2
+# Checkpoints off: this test counts what goes uncharged without them (its
+# streams are short; test_charge_recovery.py covers recovering long ones).
+progress_seconds = 0
 [inference]
 free_neurons_per_day = 0
 usd_per_1000_neurons = "$1"

@@ -15,6 +15,7 @@ from tollway.agents.service import build as build_agents
 from tollway.billing import stripe as stripe_billing
 from tollway.billing.service import Billing
 from tollway.charge import Charger
+from tollway.charge.recovery import Recovery
 from tollway.core import migrate
 from tollway.core.clock import Clock, SystemClock
 from tollway.core.config import ConfigError, Settings, X402Config
@@ -68,6 +69,7 @@ class Runtime:
     scheduler: Scheduler  # persisted timers, run by the server's loop (tollway.schedules)
     agents: Agents
     alarms: Alarms  # agents' scheduled messages (on rt.scheduler)
+    recovery: Recovery  # long calls' progress, charged after a crash (tollway.charge.recovery)
     remote_facilitator: RemoteFacilitator | None = None  # [x402] facilitator_url
     stripe: StripeBilling | None = None  # STRIPE_API_KEY set: Stripe billing (tollway.billing.stripe)
 
@@ -148,6 +150,7 @@ class Runtime:
             provision=Provisioner(settings, engine, clock, wallets, authorizer),
             scheduler=scheduler,
             agents=agents,
+            recovery=Recovery(engine, ledger, charger, clock, settings.ledger.progress_seconds),
             alarms=Alarms(agents, scheduler),
             remote_facilitator=remote,
             stripe=stripe_billing.from_env(settings, engine, clock, customers, billing.subscriptions),

@@ -115,6 +115,7 @@ def create_app(settings: Settings | None = None, *, rt: Runtime | None = None) -
             if before != after:
                 log.info("database migrated %s -> %s", before, after)
         sweeper = asyncio.create_task(rt.ledger.run_expiry(rt.settings.ledger.expiry_interval_seconds))
+        recovery = [asyncio.create_task(rt.recovery.run())] if rt.settings.ledger.progress_seconds else []
         await rt.paywall.refresh()
         rules = asyncio.create_task(rt.paywall.watch())
         billing_tick = asyncio.create_task(rt.billing.run(rt.settings.billing.tick_seconds))
@@ -136,7 +137,16 @@ def create_app(settings: Settings | None = None, *, rt: Runtime | None = None) -
         try:
             yield
         finally:
-            for task in (sweeper, rules, billing_tick, wallet_sweep, agents_purge, schedules, *background):
+            for task in (
+                sweeper,
+                rules,
+                billing_tick,
+                wallet_sweep,
+                agents_purge,
+                schedules,
+                *recovery,
+                *background,
+            ):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task

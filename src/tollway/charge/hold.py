@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Sequence
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -131,6 +132,9 @@ class Charger:
         self.ledger = ledger
         self.payee = payee
         self.timeout_s = timeout_s
+        # Holds reserved and not yet settled or released, by id(hold): what
+        # charge.recovery checkpoints (those with a progress function).
+        self.live: dict[int, Hold] = {}
 
     def hold(
         self,
@@ -153,6 +157,7 @@ class Charger:
             description=description,
             idempotency_key=idempotency_key,
             timeout_s=timeout_s or self.timeout_s,
+            live=self.live,
         )
 
 
@@ -181,6 +186,17 @@ class Hold:
     _committing: list[asyncio.Future[Any]] = field(default_factory=list)  # reserve(early=True)
     _refused: TollwayError | None = None  # the reservation's commit failed (see confirm)
     _hold_id: str = ""
+    # What the work so far costs: (amount, quantity, usage metadata). A long
+    # call sets it so a crash mid-call can still charge what was delivered
+    # (charge.recovery checkpoints it).
+    progress: Callable[[], tuple[int, int, dict[str, Any]]] | None = None
+    reserved_at: float = 0.0  # time.monotonic() when the reservation stood
+    live: dict[int, Hold] | None = None  # the charger's live holds (see Charger.live)
+
+    @property
+    def hold_id(self) -> str:
+        """The first reservation's id, which names the hold ("" before it is reserved)."""
+        return self._hold_id
 
     @property
     def pending(self) -> Transfer | None:
@@ -312,6 +328,9 @@ class Hold:
                 raise src.refusal(self.max_amount) from None
             raise err
         self.legs, self._committing, self._hold_id = legs, committing, legs[0].pending.id
+        self.reserved_at = time.monotonic()
+        if self.live is not None:
+            self.live[id(self)] = self
 
     async def confirm(self) -> None:
         """Join the commit of a reservation made with ``early``. If it did not
@@ -337,6 +356,7 @@ class Hold:
             )
         )
         self.legs = []
+        self._forget()
         metrics.CHARGES.labels("refused").inc()
         err = bad[0]
         self._refused = (
@@ -372,8 +392,13 @@ class Hold:
     ) -> asyncio.Future[Receipt]:
         self._check_actual(actual)
         if self._settling is None:
+            self._forget()
             self._settling = asyncio.ensure_future(self._settle(actual, quantity, metadata, linger=linger))
         return self._settling
+
+    def _forget(self) -> None:
+        if self.live is not None:
+            self.live.pop(id(self), None)
 
     async def wait(self) -> Receipt | None:
         """Wait for a settle or release already started (None if none was)."""
@@ -434,6 +459,7 @@ class Hold:
         if self._refused is not None:
             return  # the reservation never stood: nothing is held
         if self._settling is None:
+            self._forget()
             self._settling = asyncio.ensure_future(self._release())
         await asyncio.shield(self._settling)
 

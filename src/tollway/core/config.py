@@ -59,6 +59,10 @@ class LedgerConfig(_Section):
     # "fast": the response goes out first and the settle commits just after it
     # (a crash in that window leaves the call uncharged; see docs/ledger.md).
     acknowledge: Literal["durable", "fast"] = "durable"
+    # Long calls (a stream) checkpoint what they produced this often, so a
+    # crash mid-call still charges it on recovery (tollway.charge.recovery);
+    # 0 turns checkpoints off.
+    progress_seconds: float = Field(1.0, ge=0)
 
 
 class AdminConfig(_Section):

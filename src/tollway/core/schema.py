@@ -365,6 +365,25 @@ x402_claims = Table(
 )
 
 
+# Long calls' progress (tollway.charge.recovery): what a call produced so far,
+# checkpointed while it runs, so a crash mid-call still charges it on recovery.
+charge_progress = Table(
+    "charge_progress",
+    metadata,
+    Column("hold_id", String(64), primary_key=True),
+    Column("legs", Text, nullable=False),  # JSON: [[pending_id, "source"|"cap", unbounded|units], ...]
+    Column("customer_id", String(64), nullable=True),
+    Column("meter", String(64), nullable=False),
+    Column("max_amount", BigInteger, nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    Column("quantity", BigInteger, nullable=False),
+    Column("metadata", Text, nullable=False),  # JSON: the usage event's
+    Column("idempotency_key", String(250), nullable=True),
+    Column("updated_at_us", BigInteger, nullable=False),
+    Index("ix_charge_progress_updated", "updated_at_us"),
+)
+
+
 # Vector indexes (tollway.vectors): the index's config here; its vectors in
 # the configured backend (embedded files, or pgvector tables).
 vector_indexes = Table(

@@ -403,6 +403,10 @@ class ChatCall:
         ttft: float | None = None
         finish: Finish | None = None
         settled = False
+        if stream and self.hold is not None:
+            # Tokens reach the client before the charge: a crash mid-stream
+            # still charges what was checkpointed (tollway.charge.recovery).
+            self.hold.progress = self._so_far
         try:
             async for ev in self._stream():
                 if isinstance(ev, Finish):
@@ -430,6 +434,14 @@ class ChatCall:
                 elif self.hold is not None:
                     await self.hold.release()
             raise
+
+    def _so_far(self) -> tuple[int, int, dict[str, Any]]:
+        """What the stream produced so far costs: (amount, neurons, usage metadata)."""
+        served = self.served.cfg if self.served else self.cfg
+        p = self.progress
+        mn, cost = self.svc.price(served, p.prompt_tokens, p.completion_tokens, self.caller.rate)
+        m = Metered(p.prompt_tokens, p.completion_tokens, mn, cost, 0.0, None, "recovered", served.name)
+        return cost, mn, Inference._usage(self.caller, self.cfg, m, stream=True, attempts=self.attempts)
 
     def _settle(
         self, prompt: int, completion: int, reason: str, t0: float, ttft: float | None, stream: bool
