@@ -425,8 +425,8 @@ class ChatCall:
                     reason = "cancelled"
                     p = self.progress
                     self._settle(p.prompt_tokens, p.completion_tokens, reason, t0, ttft, stream)
-                    assert self.hold is not None
-                    await self.hold.wait()
+                    if self.hold is not None:  # None: paid up front (x402), nothing to settle
+                        await self.hold.wait()
                 elif self.hold is not None:
                     await self.hold.release()
             raise
