@@ -77,6 +77,9 @@ class Caller:
     caps: tuple[Cap, ...] = ()  # spend limits and quotas every charge must also fit (the gateway sets them)
     prepaid: bool = False  # paid in full up front (an x402 payment of the maximum): no hold
     standing: Standing | None = None  # the customer's plan (None: the default plan)
+    # Who pays, with all the caps: built once, on first use (dataclasses.replace,
+    # by which a caller gains caps, starts a new one: init=False is not copied).
+    payer: Payer | None = field(default=None, init=False, repr=False)
 
     @property
     def rate(self) -> int | None:
@@ -94,10 +97,6 @@ class Metered:
     finish_reason: str = "stop"
     deployment: str = ""
     attempts: int = 1
-    # The settle's commit while it is still running. The API joins it before it
-    # reports the charge ([ledger] acknowledge = "durable"), or just after the
-    # response ("fast"; see tollway.inference.api.acknowledged).
-    committing: asyncio.Future[Any] | None = None
 
     def headers(self) -> dict[str, str]:
         return {
@@ -168,10 +167,16 @@ class Inference:
             caller.standing = await self.billing.standing_of(caller.customer_id)
 
     async def payer(self, caller: Caller) -> Payer:
-        await self.know(caller)
-        assert caller.standing is not None
-        payer = await self.billing.payer(caller.standing, caller.account_id)
-        return replace(payer, caps=caller.caps) if caller.caps else payer
+        """Who pays for the caller's calls, with all its caps: built once per caller."""
+        payer = caller.payer
+        if payer is None:
+            await self.know(caller)
+            assert caller.standing is not None
+            funding = await self.billing.payer(caller.standing, caller.account_id)
+            if caller.caps:
+                funding = Payer(funding.account_id, funding.customer_id, funding.sources, caller.caps)
+            caller.payer = payer = funding
+        return payer
 
     async def _hold(self, caller: Caller, cfg: ModelConfig, max_cost: int) -> Hold | None:
         """Reserve ``max_cost`` and return once the ledger has decided it: the
@@ -287,6 +292,13 @@ class Inference:
     async def embed(
         self, caller: Caller, cfg: ModelConfig, texts: list[str]
     ) -> tuple[list[list[float]], Metered]:
+        """Embed ``texts``, charged: returns once the charge has committed."""
+        e = await self.start_embed(caller, cfg, texts)
+        await e.committed()
+        return e.vectors, e.metered
+
+    async def start_embed(self, caller: Caller, cfg: ModelConfig, texts: list[str]) -> Embedding:
+        """Embed ``texts`` and start the charge's settle (:meth:`Embedding.committed` joins it)."""
         t0 = time.perf_counter()
         await self.know(caller)
         plan, max_cost = await self.plan_embed(cfg, texts, caller.rate)
@@ -305,14 +317,15 @@ class Inference:
             mn, cost = self.price(t, tokens, rate=caller.rate)
             m = Metered(tokens, 0, mn, min(cost, max_cost), (time.perf_counter() - t0) * 1000)
             m.deployment, m.attempts = t.name, attempts
+            out = Embedding(vectors, m)
             if hold is not None:
-                m.committing = hold.settle_soon(
+                out.settling = hold.settle_soon(
                     m.charged,
                     quantity=mn,
                     linger=self.linger,
                     **self._usage(caller, cfg, m, stream=False, attempts=attempts),
                 )
-            return vectors, m
+            return out
         except BaseException:
             if hold is not None:
                 await hold.release()
@@ -332,6 +345,24 @@ class Inference:
             "deployment": m.deployment or cfg.name,
             **extra,
         }
+
+
+async def _joined(settling: asyncio.Future[Any] | None) -> None:
+    if settling is not None:
+        await asyncio.shield(settling)
+
+
+@dataclass(slots=True)
+class Embedding:
+    """An embeddings call's result; its charge's settle runs until :meth:`committed`."""
+
+    vectors: list[list[float]]
+    metered: Metered
+    settling: asyncio.Future[Any] | None = None  # the settle's commit, while it runs
+
+    async def committed(self) -> None:
+        """Wait until the charge is in the ledger (a no-op for an uncharged call)."""
+        await _joined(self.settling)
 
 
 @dataclass(slots=True)
@@ -354,6 +385,7 @@ class ChatCall:
     hold: Hold | None
     progress: Progress = field(default_factory=Progress)
     metered: Metered | None = None
+    settling: asyncio.Future[Any] | None = None  # the settle's commit, while it runs
     served: Deployment | None = None
     attempts: int = 0
     t0: float = field(default_factory=time.perf_counter)
@@ -384,6 +416,10 @@ class ChatCall:
             self.cfg.name, self.plan, lambda d: d.cfg.name, self.cfg.retry, first_event
         )
         self.served, self._it, self._first = served, it, first
+
+    async def committed(self) -> None:
+        """Wait until the charge is in the ledger (a no-op before the settle starts)."""
+        await _joined(self.settling)
 
     async def abort(self) -> None:
         """Stop a call that was opened but will not be consumed."""
@@ -434,7 +470,7 @@ class ChatCall:
     def _settle(
         self, prompt: int, completion: int, reason: str, t0: float, ttft: float | None, stream: bool
     ) -> None:
-        """Meter the call and start its settle (``metered.committing`` joins it)."""
+        """Meter the call and start its settle (:meth:`committed` joins it)."""
         served = self.served.cfg if self.served else self.cfg
         mn, cost = self.svc.price(served, prompt, completion, self.caller.rate)
         charged = cost
@@ -453,7 +489,7 @@ class ChatCall:
         )
         self.metered = m
         if self.hold is not None:
-            m.committing = self.hold.settle_soon(
+            self.settling = self.hold.settle_soon(
                 m.charged,
                 quantity=mn,
                 linger=self.svc.linger,
