@@ -31,7 +31,7 @@ class Served:
     """One chat answer for a shape to render. ``headers`` lack the charge for a
     stream that has not run yet; a whole answer's are completed by ``metered``."""
 
-    __slots__ = ("_end", "events", "headers", "metered", "model", "text")
+    __slots__ = ("_end", "charged", "events", "headers", "metered", "model", "text")
 
     def __init__(
         self,
@@ -45,12 +45,11 @@ class Served:
     ) -> None:
         self.model, self.headers, self.text, self.metered = model, headers, text, metered
         self.events, self._end = events, end
+        # The stream's metering, once its charge is durable (acknowledge = "durable").
+        self.charged: Callable[[], Awaitable[Metered | None]] = self._known if end is None else end.charged
 
-    async def charged(self) -> Metered | None:
-        """The stream's metering, once its charge is durable (``acknowledge = "durable"``)."""
-        if self._end is None:
-            return self.metered
-        return await self._end.charged()
+    async def _known(self) -> Metered | None:
+        return self.metered
 
     def guard(self, gen: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         """The rendered stream, with the call's end run when it ends, however it ends."""
