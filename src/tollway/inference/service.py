@@ -1,5 +1,7 @@
-"""Inference on the charge path: identify → price the maximum → reserve →
-generate → count tokens → post the actual → usage event.
+"""Inference, the face the gateway calls (:class:`tollway.gateway.face.Face`):
+model calls on the charge path: price the maximum → reserve → generate →
+count tokens → post the actual → usage event. A call owns its settle
+(``settling``); the gateway joins it before the charge is reported.
 
 Model weights load lazily, once per process (a failed load is reported to
 that model's callers; other models keep serving).  Pools and locks belong to
