@@ -102,9 +102,13 @@ class Gateway:
         self._settling: set[asyncio.Future[Any]] = set()
 
     async def aclose(self) -> None:
-        if self._settling:
-            await asyncio.gather(*self._settling, return_exceptions=True)
+        await self.drain()
         await self.log.close()
+
+    async def drain(self) -> None:
+        """Wait for the settles handed over (``acknowledge = "fast"``) to commit."""
+        while self._settling:
+            await asyncio.gather(*self._settling, return_exceptions=True)
         await self.windows.aclose()
 
     # ------------------------------------------------------------------ admit
