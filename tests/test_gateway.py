@@ -295,10 +295,19 @@ async def test_budget_downgrades_to_the_cheaper_model(env: Env, up: FakeUpstream
     assert (
         await env.http.patch(f"/admin/keys/{key_id}/limits", json=limits, headers=ADMIN)
     ).status_code == 200
+    billing, built = env.rt.billing, []
+    payer = billing.payer
+
+    async def counted(*args: Any) -> Any:
+        built.append(args)
+        return await payer(*args)
+
+    billing.payer = counted  # type: ignore[method-assign]
     r = await post(env, chat("a"))
     assert r.status_code == 200, r.text
     assert r.headers["x-tollway-model"] == "cheap" and r.headers["x-tollway-downgraded-from"] == "a"
     assert up2.calls == 1
+    assert len(built) == 1  # who pays is built once for the request, and reused by the downgrade
     rows = await logged(env)
     assert rows[0]["downgraded_from"] == "a" and rows[0]["model"] == "a"
 
