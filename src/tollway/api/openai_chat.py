@@ -18,8 +18,8 @@ from tollway.core.errors import TollwayError
 from tollway.core.ids import new_id
 from tollway.identity.keys import ApiKey
 from tollway.inference.backends.base import Delta, Finish
+from tollway.inference.call import Metered
 from tollway.inference.schemas import ChatRequest
-from tollway.inference.service import Metered
 
 router = APIRouter(route_class=JsonRoute, tags=["inference"])
 

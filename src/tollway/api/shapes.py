@@ -9,8 +9,8 @@ import orjson
 from fastapi.responses import Response
 
 from tollway.inference.backends.base import ChatParams
+from tollway.inference.call import Metered
 from tollway.inference.schemas import ChatRequest, Message, RunRequest
-from tollway.inference.service import Metered
 
 FINISH = {"stop": "stop", "length": "length", "cancelled": "stop"}  # a finish reason, as OpenAI names it
 DONE = b"data: [DONE]\n\n"

@@ -16,8 +16,8 @@ from tollway.billing.plans import AI_CHAT, AI_EMBEDDINGS
 from tollway.core.errors import TollwayError, invalid
 from tollway.identity.keys import ApiKey
 from tollway.inference.backends.base import Delta, Finish
+from tollway.inference.call import Metered
 from tollway.inference.schemas import Message, RunRequest
-from tollway.inference.service import Metered
 
 router = APIRouter(route_class=JsonRoute, tags=["inference"])
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from tollway.core.config import ModelConfig
     from tollway.inference.backends.base import ChatParams
-    from tollway.inference.service import Caller, ChatCall, Embedding
+    from tollway.inference.call import Caller, ChatCall, Embedding
 
 
 class Call(Protocol):

@@ -44,7 +44,7 @@ from tollway.gateway.requestlog import Entry, RequestLog
 from tollway.gateway.served import Ending, Lead, Served, replayed
 from tollway.identity.keys import ApiKey
 from tollway.inference.backends.base import ChatParams
-from tollway.inference.service import Caller, Embedding, Metered
+from tollway.inference.call import Caller, Embedding, Metered
 from tollway.ledger import Ledger
 
 log = logging.getLogger("tollway.gateway")

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from tollway.core.errors import TollwayError
 from tollway.gateway.cache import Entry as CacheEntry
 from tollway.inference.backends.base import Delta, Finish
-from tollway.inference.service import ChatCall, Metered
+from tollway.inference.call import ChatCall, Metered
 
 if TYPE_CHECKING:
     from tollway.gateway.face import Face
