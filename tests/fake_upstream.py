@@ -5,6 +5,7 @@ server (uvicorn in a thread) that counts calls and can be told to fail.
         up.fail_next(2, status=500)     # the next 2 chat calls answer 500
         up.garble_next(1, b"<html>")    # the next call answers 200 with this body
         up.delay_s = 0.2                # every answer waits this long
+        up.chunk_delay_s = 0.05         # a stream's chunks come one by one, this far apart
         ... up.url ...  up.calls
 """
 
@@ -29,7 +30,7 @@ class FakeUpstream:
         self.calls = 0
         self.streamed: list[bool] = []  # per chat call: did tollway ask for a stream
         self.delay_s = 0.0
-        self.chunk_delay_s = 0.0  # streams: a pause before each chunk (a slow model)
+        self.chunk_delay_s = 0.0  # a stream's chunks are sent one by one, this far apart
         self.prompt_tokens = PROMPT_TOKENS  # what usage reports for the prompt
         self._fail: list[int] = []
         self._garbled: list[bytes] = []
@@ -101,19 +102,15 @@ class FakeUpstream:
         chunks.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "length"}]})
         chunks.append({**base, "choices": [], "usage": usage})
         events = [b"data: " + json.dumps(c).encode() + b"\n\n" for c in chunks] + [b"data: [DONE]\n\n"]
-        if not self.chunk_delay_s:
-            await self._send(send, 200, b"".join(events), b"text/event-stream")
+        if self.chunk_delay_s:
+            ctype = [(b"content-type", b"text/event-stream")]
+            await send({"type": "http.response.start", "status": 200, "headers": ctype})
+            for ev in events:
+                await send({"type": "http.response.body", "body": ev, "more_body": True})
+                await asyncio.sleep(self.chunk_delay_s)
+            await send({"type": "http.response.body", "body": b""})
             return
-        start = {
-            "type": "http.response.start",
-            "status": 200,
-            "headers": [(b"content-type", b"text/event-stream")],
-        }
-        await send(start)
-        for e in events:
-            await asyncio.sleep(self.chunk_delay_s)
-            await send({"type": "http.response.body", "body": e, "more_body": True})
-        await send({"type": "http.response.body", "body": b""})
+        await self._send(send, 200, b"".join(events), b"text/event-stream")
 
     @staticmethod
     async def _send(

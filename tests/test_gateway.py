@@ -295,10 +295,19 @@ async def test_budget_downgrades_to_the_cheaper_model(env: Env, up: FakeUpstream
     assert (
         await env.http.patch(f"/admin/keys/{key_id}/limits", json=limits, headers=ADMIN)
     ).status_code == 200
+    billing, built = env.rt.billing, []
+    payer = billing.payer
+
+    async def counted(*args: Any) -> Any:
+        built.append(args)
+        return await payer(*args)
+
+    billing.payer = counted  # type: ignore[method-assign]
     r = await post(env, chat("a"))
     assert r.status_code == 200, r.text
     assert r.headers["x-tollway-model"] == "cheap" and r.headers["x-tollway-downgraded-from"] == "a"
     assert up2.calls == 1
+    assert len(built) == 1  # who pays is built once for the request, and reused by the downgrade
     rows = await logged(env)
     assert rows[0]["downgraded_from"] == "a" and rows[0]["model"] == "a"
 
@@ -445,3 +454,27 @@ async def test_a_stream_reports_its_charge_without_include_usage(env: Env) -> No
     [row] = await logged(env)
     assert final["x_tollway"]["charged"] == row["cost"] > 0
     assert all("x_tollway" not in c for c in chunks[:-1])
+
+
+async def test_fast_acknowledgement_hands_the_settle_to_the_gateway(db_url: str, up: FakeUpstream) -> None:
+    """With [ledger] acknowledge = "fast" the charge is reported before it
+    commits: the gateway keeps the settle and drains it (as on close), and
+    then the ledger holds exactly what every answer reported."""
+    emb = model("e", up.url, task="embeddings")
+    pricing = {"usd_per_1000_neurons": "$1", "free_neurons_per_day": 0}
+    over: dict[str, Any] = {"ledger": {"acknowledge": "fast"}, "inference": pricing}
+    async for env in make_env(db_url, credit=10_000_000, models=[model("a", up.url), emb], **over):
+        charged = 0
+        whole = await post(env, chat("a"))
+        streamed = await post(env, chat("a", stream=True))
+        vectors = await env.http.post("/v1/embeddings", json={"model": "e", "input": ["x"]}, headers=env.auth)
+        run = await env.http.post("/ai/run/a", json={"prompt": "hi", "max_tokens": 3}, headers=env.auth)
+        for r in (whole, streamed, vectors, run):
+            assert r.status_code == 200, r.text
+            charged += int(r.headers.get("x-tollway-charged", 0))
+        last = [json.loads(ln[6:]) for ln in streamed.text.splitlines() if ln.startswith("data: {")][-1]
+        charged += last["x_tollway"]["charged"]
+        assert charged > 0
+        await env.rt.gateway.drain()
+        account = await env.rt.ledger.get_account(env.customer["account_id"])
+        assert account.debits_pending == 0 and account.balance == 10_000_000 - charged

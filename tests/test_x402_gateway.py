@@ -410,3 +410,91 @@ async def test_rules_get_output_puts_back_as_is(gw: Any) -> None:
     assert r.json()["source"] == "imported" and r.json()["data"] == got["data"]
     again = (await c.get("/admin/x402/rules", headers=ADMIN)).json()
     assert (await c.put("/admin/x402/rules", json=again, headers=ADMIN)).json()["data"] == got["data"]
+
+
+async def test_a_paid_stream_cut_after_output_ends_in_the_cancellation(
+    db_url: str, origin: tuple[Origin, str]
+) -> None:
+    """An x402-paid streamed chat (no hold: the payment was the charge) whose
+    client goes away after some output ends in the cancellation, not in an
+    error of the charge path."""
+    from fake_upstream import FakeUpstream, model
+
+    with FakeUpstream() as up:
+        up.chunk_delay_s = 0.05
+        rule = {"name": "ai", "methods": ["POST"], "path": "/v1/chat/completions", "origin": "self"}
+        rule["price_by"] = "ai_max_cost"
+        settings = settings_for(db_url, x402={"pay_to": PAY_TO, "rules": [rule]}, models=[model("m", up.url)])
+        rt = Runtime.build(settings)
+        app = create_app(rt=rt)
+        assert app.paywall is not None
+        ended: list[BaseException | None] = []
+        served = app.paywall.inner
+        assert served is not None
+
+        async def inner(scope: Any, receive: Any, send: Any) -> None:
+            try:
+                await served(scope, receive, send)
+            except BaseException as e:
+                ended.append(e)
+                raise
+            ended.append(None)
+
+        app.paywall.inner = inner
+        try:
+            body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+            async with httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app), base_url="http://t.test"
+            ) as c:
+                accept = required(await c.post("/v1/chat/completions", json=body))["accepts"][0]
+            p = await funded(rt, 1_000_000)
+            raw = json.dumps(body).encode()
+            headers = [
+                (b"host", b"t.test"),
+                (b"content-type", b"application/json"),
+                (b"payment-signature", header(p.v2(accept)).encode()),
+            ]
+            scope = {
+                "type": "http",
+                "asgi": {"version": "3.0"},
+                "http_version": "1.1",
+                "method": "POST",
+                "scheme": "http",
+                "path": "/v1/chat/completions",
+                "raw_path": b"/v1/chat/completions",
+                "query_string": b"",
+                "root_path": "",
+                "headers": headers,
+                "client": ("127.0.0.1", 50000),
+                "server": ("t.test", 80),
+            }
+            sent = False
+
+            async def receive() -> dict[str, Any]:
+                nonlocal sent
+                if not sent:
+                    sent = True
+                    return {"type": "http.request", "body": raw, "more_body": False}
+                await asyncio.Event().wait()
+                return {}
+
+            chunks: list[bytes] = []
+            task: asyncio.Task[None]
+
+            async def send(msg: dict[str, Any]) -> None:
+                if msg["type"] == "http.response.body" and msg.get("body"):
+                    chunks.append(msg["body"])
+                    if b"Hello" in msg["body"]:  # output reached the client: it goes away
+                        task.cancel()
+
+            task = asyncio.ensure_future(app(scope, receive, send))
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            for _ in range(100):
+                if ended:
+                    break
+                await asyncio.sleep(0.01)
+            assert any(b"Hello" in ch for ch in chunks)
+            assert len(ended) == 1 and isinstance(ended[0], asyncio.CancelledError), ended
+        finally:
+            await rt.close()

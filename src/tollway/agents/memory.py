@@ -87,8 +87,6 @@ async def ingest(
             )
     cfg = inference.model(vectors.embeddings_model, "embeddings")
     vecs, m = await inference.embed(owner, cfg, [it["text"] for it in items])
-    if m.committing is not None:
-        await m.committing
     try:
         await vectors.index(owner.customer_id, r.index)
     except TollwayError as e:
@@ -115,8 +113,6 @@ async def retrieve(vectors: Vectors, caller: Caller, spec: AgentSpec, query: str
     assert inference is not None
     cfg = inference.model(vectors.embeddings_model, "embeddings")
     vecs, m = await inference.embed(caller, cfg, [query[:2000]])
-    if m.committing is not None:
-        await m.committing
     try:
         found = await vectors.query(r.owner, r.index, vecs[0], topK=r.top_k, returnMetadata="all")
     except TollwayError as e:

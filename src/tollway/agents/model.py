@@ -99,8 +99,7 @@ class Model:
                 finish = ev
         m = call.metered
         assert m is not None and finish is not None
-        if m.committing is not None:
-            await m.committing
+        await call.committed()
         reply = Reply("".join(parts), [], m.input_tokens, m.output_tokens, m.mneurons, m.charged, 0)
         if grammar:
             _parse_local(reply, {t.name for t in tools or []})

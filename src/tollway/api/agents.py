@@ -153,15 +153,14 @@ async def _gated(
     """One turn through the gateway, as a chat completion goes: the key's and
     customer's rate limits, plan entitlements and quotas, spend limits as caps
     on every model call, and one request-log entry for the turn."""
-    c = _caller(key)
+    require_scope(key, "agents")
     _, spec = await rt.agents.registry.latest(agent)
     gw = rt.gateway
     p = await gw.admit(key, "agents.messages", headers, spec.model, stream, AI_CHAT)
     e = p.entry
     out: dict[str, Any] | None = None
     try:
-        who = Caller(c.customer_id, c.account_id, c.key_id, await gw.caps(p), key.prepaid, p.standing)
-        out = await rt.agents.send(who, agent, session_id, content, emit)
+        out = await rt.agents.send(await gw.caller(p), agent, session_id, content, emit)
         return out
     except TollwayError as err:
         e.status, e.error_code = err.status, err.code

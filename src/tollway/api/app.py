@@ -19,22 +19,26 @@ from tollway.api import (
     admin,
     agents,
     agents_admin,
+    ai_models,
     billing,
     errors,
     gateway_admin,
+    openai_chat,
+    openai_embeddings,
     provision,
     system,
     v1,
     vectors,
     wallets,
+    workers_ai,
     x402,
     x402_admin,
 )
 from tollway.api import stripe as stripe_api
 from tollway.api.fastpath import TollwayApp
+from tollway.api.quote import quote as ai_quote
 from tollway.api.requestlog import LogEveryRequest
 from tollway.core.config import Settings
-from tollway.inference import api as inference_api
 from tollway.inference.schemas import ChatRequest, EmbeddingsRequest
 from tollway.observe import metrics
 from tollway.runtime import Runtime
@@ -164,9 +168,10 @@ def create_app(settings: Settings | None = None, *, rt: Runtime | None = None) -
     app.include_router(system.router, responses=errors.error_responses(503))
     app.include_router(admin.router, responses=errors.error_responses(400, 401, 402, 404, 409))
     app.include_router(v1.router, responses=errors.error_responses(401, 403, 404))
-    app.include_router(
-        inference_api.router, responses=errors.error_responses(400, 401, 402, 403, 404, 429, 502, 503)
-    )
+    for shape in (ai_models, openai_chat, openai_embeddings, workers_ai):  # the AI routes: one module a shape
+        app.include_router(
+            shape.router, responses=errors.error_responses(400, 401, 402, 403, 404, 429, 502, 503)
+        )
     app.include_router(gateway_admin.router, responses=errors.error_responses(400, 401, 404))
     app.include_router(x402.router, responses=errors.error_responses(400))
     app.include_router(x402_admin.router, responses=errors.error_responses(400, 401))
@@ -189,8 +194,8 @@ def create_app(settings: Settings | None = None, *, rt: Runtime | None = None) -
     app.add_middleware(LogEveryRequest, log=rt.gateway.log)
     app.add_middleware(MetricsMiddleware)
     # The hot AI routes skip FastAPI's per-request machinery (tollway.api.fastpath).
-    app.fast("/v1/chat/completions", ChatRequest, inference_api.chat_completions)
-    app.fast("/v1/embeddings", EmbeddingsRequest, inference_api.embeddings)
+    app.fast("/v1/chat/completions", ChatRequest, openai_chat.chat_completions)
+    app.fast("/v1/embeddings", EmbeddingsRequest, openai_embeddings.embeddings)
     app.wrap_fast(lambda inner: LogEveryRequest(inner, rt.gateway.log))
     app.wrap_fast(MetricsMiddleware)
     # Paid routes (x402) answer before anything else.
@@ -199,7 +204,7 @@ def create_app(settings: Settings | None = None, *, rt: Runtime | None = None) -
     rt.paywall.inner = app.unpaid  # origin = "self": AI routes paid over x402
 
     async def quote(path: str, body: Any) -> int:
-        return await inference_api.quote(rt, path, body)
+        return await ai_quote(rt, path, body)
 
     rt.paywall.quote = quote
 

@@ -154,6 +154,11 @@ class ResponseCache:
         if not fut.done():
             fut.set_result(entry)
 
+    async def unlead(self, key: str, fut: asyncio.Future[Entry | None]) -> None:
+        """Give up leading ``key``: its followers call the model themselves."""
+        self.finish(key, fut, None)
+        await self.release_remote(key)
+
     async def release_remote(self, key: str) -> None:
         if self.redis is not None:
             try:

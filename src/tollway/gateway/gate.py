@@ -1,19 +1,29 @@
 """The gateway's policies around one AI request, in the order they apply:
 
-1. rate limits (requests and tokens per minute, per key and per customer) → 429;
-2. the response cache (``x-tollway-cache-*`` headers, single-flight);
-3. spend limits, as ledger budget caps on the call's reservation → 402
-   ``budget_exceeded``, or a downgrade to a cheaper model;
-4. the call itself (routing, retries and fallbacks live in the inference service);
-5. the request log, written in batches off the hot path.
+1. rate limits (requests and tokens per minute, per key and per customer) → 429,
+   and the plan's entitlements and request quotas (:meth:`Gateway.admit`);
+2. the response cache (``x-tollway-cache-*`` headers, single-flight): a hit is
+   replayed at the cache price (:meth:`Gateway.chat`);
+3. who pays, built once with every cap: quotas, and spend limits as ledger
+   budget caps on the call's reservation → 402 ``budget_exceeded``, or a
+   downgrade to a cheaper model;
+4. the call itself, through the :class:`~tollway.gateway.face.Face` (routing,
+   retries, fallbacks and the charge live in the inference face);
+5. the call's end (:class:`~tollway.gateway.served.Ending`): the request log,
+   written in batches off the hot path, the tokens booked, the cache entry;
+   the settle joined before the charge is reported, or, with ``[ledger]
+   acknowledge = "fast"``, handed to the gateway's set of settles (drained on
+   close).
 
 A :class:`Pass` carries one request through them and produces its headers.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,15 +31,20 @@ from tollway.billing.plans import AI_CHAT, REQUESTS
 from tollway.billing.service import Billing, Standing
 from tollway.charge.hold import Cap
 from tollway.core.clock import Clock
-from tollway.core.config import GatewayConfig
+from tollway.core.config import GatewayConfig, ModelConfig
 from tollway.core.errors import ErrorType, TollwayError
 from tollway.core.money import parse_price
 from tollway.gateway.budgets import Budgets
-from tollway.gateway.cache import CacheControl, ResponseCache, control
+from tollway.gateway.cache import CacheControl, ResponseCache, cache_key, control
+from tollway.gateway.cache import Entry as CacheEntry
+from tollway.gateway.face import Call, Face
 from tollway.gateway.limits import Limits, defaults, effective
 from tollway.gateway.ratelimit import LocalWindows, RedisWindows, Tally, Verdict, Windows
 from tollway.gateway.requestlog import Entry, RequestLog
+from tollway.gateway.served import Ending, Lead, Served, replayed
 from tollway.identity.keys import ApiKey
+from tollway.inference.backends.base import ChatParams
+from tollway.inference.call import Caller, Embedding, Metered
 from tollway.ledger import Ledger
 
 log = logging.getLogger("tollway.gateway")
@@ -52,6 +67,7 @@ class Pass:
     headers: dict[str, str] = field(default_factory=dict)
     standing: Standing | None = None  # the customer's plan (None: paid up front over x402)
     quota_caps: tuple[Cap, ...] = ()
+    caller: Caller | None = None  # who pays, with every cap: built once (Gateway.caller)
 
     @property
     def downgrade_model(self) -> str | None:
@@ -81,9 +97,18 @@ class Gateway:
         self.cache = ResponseCache(cfg.cache_max_entries, redis)
         self.budgets = Budgets(ledger, clock)
         self.log = request_log
+        # Settles handed over with acknowledge = "fast": they commit after their
+        # responses went out, and are drained on close.
+        self._settling: set[asyncio.Future[Any]] = set()
 
     async def aclose(self) -> None:
+        await self.drain()
         await self.log.close()
+
+    async def drain(self) -> None:
+        """Wait for the settles handed over (``acknowledge = "fast"``) to commit."""
+        while self._settling:
+            await asyncio.gather(*self._settling, return_exceptions=True)
         await self.windows.aclose()
 
     # ------------------------------------------------------------------ admit
@@ -148,15 +173,176 @@ class Gateway:
             if tokens:
                 await self.windows.add(key, now_s, tokens)
 
-    # ---------------------------------------------------------------- budgets
+    # ---------------------------------------------------------------- who pays
 
-    async def caps(self, p: Pass) -> tuple[Cap, ...]:
-        k = p.key
-        return (
-            *p.quota_caps,
-            *await self.budgets.caps("key", k.id, k.customer_id, p.key_limits),
-            *await self.budgets.caps("customer", k.customer_id, k.customer_id, p.customer_limits),
+    async def caller(self, p: Pass) -> Caller:
+        """Who pays for the request, with every cap its charges must also fit
+        (the plan's quotas, the key's and customer's budgets): built once, when
+        the request first needs it (a cache hit at no price never does)."""
+        c = p.caller
+        if c is None:
+            k = p.key
+            caps = (
+                *p.quota_caps,
+                *await self.budgets.caps("key", k.id, k.customer_id, p.key_limits),
+                *await self.budgets.caps("customer", k.customer_id, k.customer_id, p.customer_limits),
+            )
+            c = p.caller = Caller(k.customer_id, k.account_id, k.id, caps, k.prepaid, p.standing)
+        return c
+
+    # ------------------------------------------------------------------- call
+
+    async def chat(
+        self,
+        face: Face,
+        p: Pass,
+        model: str,
+        params: ChatParams,
+        requested_max: int | None,
+        norm: dict[str, Any],
+        receive: Callable[[], Awaitable[Any]],
+    ) -> Served:
+        """One chat call: the cache (a hit is replayed), the call with its caps
+        (or a downgrade when a budget refuses it), then its end. ``norm`` is the
+        request as the cache keys it; ``receive`` tells a client that went away."""
+        ck: str | None = None
+        lead: Lead | None = None
+        try:
+            cfg = face.model(model, "chat")
+            if p.cache.active:
+                ck = cache_key(p.key.customer_id, "chat", cfg.name, norm, p.cache.key)
+                hit, lead = await self.cache.lookup(ck)
+                if hit is not None:
+                    return await self._replay(face, p, hit, params.stream)
+            p.entry.cache = "MISS"
+            who = await self.caller(p)
+            try:
+                call = await face.start_chat(who, cfg, params, requested_max)
+            except TollwayError as e:
+                down = p.downgrade_model
+                if e.code != "budget_exceeded" or down is None or down == cfg.name:
+                    raise
+                p.entry.downgraded_from = cfg.name
+                cfg = face.model(down, "chat")
+                call = await face.start_chat(who, cfg, params, requested_max)
+        except BaseException as e:
+            if ck is not None and lead is not None:
+                await self.cache.unlead(ck, lead)
+            if isinstance(e, TollwayError):
+                self.fail(p.entry, e)
+            raise
+        headers = p.headers
+        headers["x-tollway-model"] = cfg.name
+        headers["x-tollway-provider"] = call.provider
+        headers["x-tollway-attempts"] = str(call.attempts)
+        headers["x-tollway-cache"] = "MISS"
+        if p.entry.downgraded_from:
+            headers["x-tollway-downgraded-from"] = p.entry.downgraded_from
+        end = Ending(self, face, p, call, ck, lead)
+        if params.stream:
+            return Served(cfg.name, headers, events=end.track(call.events(stream=True)), end=end)
+        try:
+            text, m = await end.collect_unless_gone(receive)
+            await self.acknowledged(face, call)
+        except BaseException as e:
+            await end.done(e)
+            raise
+        await end.done(None)
+        return Served(cfg.name, headers, text=text, metered=m)
+
+    async def _replay(self, face: Face, p: Pass, hit: CacheEntry, stream: bool) -> Served:
+        """Answer from the cache: charged the cache price (free by default), logged as a HIT."""
+        charged = 0
+        e = p.entry
+        if self.cache_hit_price:
+            who = await self.caller(p)
+            charged = await face.charge_flat(who, self.cache_hit_price, "cache_hit", e.model or "")
+        e.cache, e.deployment, e.attempts, e.cost = "HIT", hit.deployment, 0, charged
+        e.input_tokens, e.output_tokens = hit.prompt_tokens, hit.completion_tokens
+        e.ttft_ms = 0
+        self.log.record(e)
+        m = Metered(
+            hit.prompt_tokens, hit.completion_tokens, 0, charged, 0.0, 0.0, hit.finish_reason, hit.deployment
         )
+        headers = {
+            **p.headers,
+            "x-tollway-model": e.model or "",
+            "x-tollway-provider": hit.deployment,
+            "x-tollway-attempts": "0",
+            "x-tollway-cache": "HIT",
+            **m.headers(),
+        }
+        if stream:
+            return Served(e.model or "", headers, metered=m, events=replayed(hit))
+        return Served(e.model or "", headers, text="".join(hit.pieces), metered=m)
+
+    async def embed(self, face: Face, p: Pass, cfg: ModelConfig, texts: list[str]) -> Embedding:
+        """One embeddings call, its tokens booked and its row logged, its charge
+        joined as the acknowledgement asks."""
+        done = await face.start_embed(await self.caller(p), cfg, texts)
+        m, e = done.metered, p.entry
+        e.deployment, e.attempts = m.deployment, m.attempts
+        e.input_tokens, e.mneurons, e.cost = m.input_tokens, m.mneurons, m.charged
+        headers = p.headers
+        headers["x-tollway-model"] = cfg.name
+        headers["x-tollway-provider"] = m.deployment
+        headers["x-tollway-attempts"] = str(m.attempts)
+        await self.book_tokens(p, m.input_tokens)
+        self.log.record(e)
+        await self.acknowledged(face, done)
+        return done
+
+    # ------------------------------------------------------------ the settle
+
+    async def acknowledged(self, face: Face, call: Call) -> None:
+        """Before anything reports a call's charge: with ``[ledger] acknowledge =
+        "durable"`` (the default) wait until its settle has committed (one that
+        did not is a 503: the reservation expires, the call goes uncharged, the
+        ledger stays exact); with ``"fast"`` hand it to the set of settles that
+        commit after their responses."""
+        fut = call.settling
+        if fut is None:
+            return
+        if face.linger:
+            self._hand_off(fut)
+            return
+        try:
+            await asyncio.shield(fut)
+        except TollwayError:
+            raise
+        except Exception as e:
+            log.exception("a settle failed before its response")
+            raise TollwayError(
+                ErrorType.API, "database_unavailable", "the charge could not be recorded; retry", status=503
+            ) from e
+
+    async def joined(self, face: Face, call: Call) -> None:
+        """A stream ended (however it ended): its settle, if one started, is
+        joined (durable) or handed over (fast); a failure is logged."""
+        fut = call.settling
+        if fut is None:
+            return
+        if face.linger and not fut.done():
+            self._hand_off(fut)
+            return
+        try:
+            await asyncio.shield(fut)
+        except Exception:  # the hold stays pending and expires: the call goes uncharged
+            log.exception("a settle failed after its response was sent")
+
+    def _hand_off(self, fut: asyncio.Future[Any]) -> None:
+        if fut in self._settling:
+            return
+        if fut.done():
+            self._settled(fut)
+            return
+        self._settling.add(fut)
+        fut.add_done_callback(self._settled)
+
+    def _settled(self, fut: asyncio.Future[Any]) -> None:
+        self._settling.discard(fut)
+        if not fut.cancelled() and (err := fut.exception()) is not None:
+            log.error("a settle failed after its response was sent", exc_info=err)
 
     # -------------------------------------------------------------------- log
 

@@ -1,5 +1,7 @@
-"""Inference on the charge path: identify → price the maximum → reserve →
-generate → count tokens → post the actual → usage event.
+"""Inference, the face the gateway calls (:class:`tollway.gateway.face.Face`):
+model calls on the charge path: price the maximum → reserve → generate →
+count tokens → post the actual → usage event. A call owns its settle
+(``settling``); the gateway joins it before the charge is reported.
 
 Model weights load lazily, once per process (a failed load is reported to
 that model's callers; other models keep serving).  Pools and locks belong to
@@ -14,30 +16,30 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable
-from dataclasses import dataclass, field, replace
+from collections.abc import Awaitable
+from dataclasses import replace
 from typing import Any
 
-from tollway.billing.service import Billing, Standing
+from tollway.billing.service import Billing
 from tollway.charge import Charger, Hold
-from tollway.charge.hold import Cap, Payer
+from tollway.charge.hold import Payer
 from tollway.core.clock import Clock
 from tollway.core.config import ModelConfig, Settings
 from tollway.core.errors import TollwayError, invalid, not_found
 from tollway.core.money import parse_amount
 from tollway.inference import routing
-from tollway.inference.backends.base import (
-    Cancel,
-    ChatBackend,
-    ChatParams,
-    Delta,
-    Finish,
-    Progress,
-    context_exceeded,
-)
+from tollway.inference.backends.base import ChatBackend, ChatParams, context_exceeded
 from tollway.inference.backends.llama_cpp import LlamaCppBackend
 from tollway.inference.backends.openai_upstream import OpenAIUpstream
 from tollway.inference.backends.sentence_transformers import SentenceTransformersBackend
+
+# The call's types live in inference/call.py; they are named here too, where
+# the faces that call inference (agents, vectors) import them from.
+from tollway.inference.call import Caller as Caller
+from tollway.inference.call import ChatCall as ChatCall
+from tollway.inference.call import Deployment
+from tollway.inference.call import Embedding as Embedding
+from tollway.inference.call import Metered as Metered
 from tollway.inference.metering import milli_neurons, price_micros
 
 log = logging.getLogger("tollway.inference")
@@ -67,43 +69,6 @@ def _load_weights(cfg: ModelConfig) -> Any:
             _LOADED[key] = loader(cfg)
             log.info("loaded model %s in %.2fs", cfg.name, time.perf_counter() - t0)
         return _LOADED[key]
-
-
-@dataclass(slots=True)
-class Caller:
-    customer_id: str
-    account_id: str
-    key_id: str | None = None
-    caps: tuple[Cap, ...] = ()  # spend limits and quotas every charge must also fit (the gateway sets them)
-    prepaid: bool = False  # paid in full up front (an x402 payment of the maximum): no hold
-    standing: Standing | None = None  # the customer's plan (None: the default plan)
-
-    @property
-    def rate(self) -> int | None:
-        return None if self.standing is None else self.standing.rate
-
-
-@dataclass(slots=True)
-class Metered:
-    input_tokens: int
-    output_tokens: int
-    mneurons: int
-    charged: int
-    latency_ms: float
-    ttft_ms: float | None = None
-    finish_reason: str = "stop"
-    deployment: str = ""
-    attempts: int = 1
-    # The settle's commit while it is still running. The API joins it before it
-    # reports the charge ([ledger] acknowledge = "durable"), or just after the
-    # response ("fast"; see tollway.inference.api.acknowledged).
-    committing: asyncio.Future[Any] | None = None
-
-    def headers(self) -> dict[str, str]:
-        return {
-            "x-tollway-neurons": f"{self.mneurons / 1000:.3f}",
-            "x-tollway-charged": str(self.charged),
-        }
 
 
 class Inference:
@@ -168,10 +133,16 @@ class Inference:
             caller.standing = await self.billing.standing_of(caller.customer_id)
 
     async def payer(self, caller: Caller) -> Payer:
-        await self.know(caller)
-        assert caller.standing is not None
-        payer = await self.billing.payer(caller.standing, caller.account_id)
-        return replace(payer, caps=caller.caps) if caller.caps else payer
+        """Who pays for the caller's calls, with all its caps: built once per caller."""
+        payer = caller.payer
+        if payer is None:
+            await self.know(caller)
+            assert caller.standing is not None
+            funding = await self.billing.payer(caller.standing, caller.account_id)
+            if caller.caps:
+                funding = Payer(funding.account_id, funding.customer_id, funding.sources, caller.caps)
+            caller.payer = payer = funding
+        return payer
 
     async def _hold(self, caller: Caller, cfg: ModelConfig, max_cost: int) -> Hold | None:
         """Reserve ``max_cost`` and return once the ledger has decided it: the
@@ -287,6 +258,13 @@ class Inference:
     async def embed(
         self, caller: Caller, cfg: ModelConfig, texts: list[str]
     ) -> tuple[list[list[float]], Metered]:
+        """Embed ``texts``, charged: returns once the charge has committed."""
+        e = await self.start_embed(caller, cfg, texts)
+        await e.committed()
+        return e.vectors, e.metered
+
+    async def start_embed(self, caller: Caller, cfg: ModelConfig, texts: list[str]) -> Embedding:
+        """Embed ``texts`` and start the charge's settle (:meth:`Embedding.committed` joins it)."""
         t0 = time.perf_counter()
         await self.know(caller)
         plan, max_cost = await self.plan_embed(cfg, texts, caller.rate)
@@ -305,21 +283,22 @@ class Inference:
             mn, cost = self.price(t, tokens, rate=caller.rate)
             m = Metered(tokens, 0, mn, min(cost, max_cost), (time.perf_counter() - t0) * 1000)
             m.deployment, m.attempts = t.name, attempts
+            out = Embedding(vectors, m)
             if hold is not None:
-                m.committing = hold.settle_soon(
+                out.settling = hold.settle_soon(
                     m.charged,
                     quantity=mn,
                     linger=self.linger,
-                    **self._usage(caller, cfg, m, stream=False, attempts=attempts),
+                    **self.usage(caller, cfg, m, stream=False, attempts=attempts),
                 )
-            return vectors, m
+            return out
         except BaseException:
             if hold is not None:
                 await hold.release()
             raise
 
     @staticmethod
-    def _usage(caller: Caller, cfg: ModelConfig, m: Metered, **extra: Any) -> dict[str, Any]:
+    def usage(caller: Caller, cfg: ModelConfig, m: Metered, **extra: Any) -> dict[str, Any]:
         return {
             "model": cfg.name,
             "key_id": caller.key_id,
@@ -332,149 +311,3 @@ class Inference:
             "deployment": m.deployment or cfg.name,
             **extra,
         }
-
-
-@dataclass(slots=True)
-class Deployment:
-    cfg: ModelConfig
-    backend: ChatBackend
-    params: ChatParams
-    prompt_tokens: int
-
-
-@dataclass
-class ChatCall:
-    """One chat generation with its money held: :meth:`open` finds a deployment
-    that answers (retrying and falling back), then iterate :meth:`events` once."""
-
-    svc: Inference
-    caller: Caller
-    cfg: ModelConfig
-    plan: list[Deployment]
-    hold: Hold | None
-    progress: Progress = field(default_factory=Progress)
-    metered: Metered | None = None
-    served: Deployment | None = None
-    attempts: int = 0
-    t0: float = field(default_factory=time.perf_counter)
-    _cancel: Cancel = field(default_factory=Cancel)
-    _it: AsyncIterator[Delta | Finish] | None = None
-    _first: Delta | Finish | None = None
-
-    @property
-    def provider(self) -> str:
-        return self.served.cfg.name if self.served else self.plan[0].cfg.name
-
-    async def open(self) -> None:
-        """Start the call on the first deployment that answers (retrying, falling back)."""
-
-        async def first_event(d: Deployment) -> tuple[AsyncIterator[Delta | Finish], Delta | Finish]:
-            if self._cancel.is_set():  # a fresh flag for a retry
-                self._cancel = Cancel()
-            self.progress = Progress()
-            it = d.backend.stream(d.params, self._cancel, self.progress).__aiter__()
-            try:
-                return it, await anext(it)
-            except BaseException:
-                self._cancel.set()
-                await _aclose(it)
-                raise
-
-        served, (it, first), self.attempts = await routing.first_success(
-            self.cfg.name, self.plan, lambda d: d.cfg.name, self.cfg.retry, first_event
-        )
-        self.served, self._it, self._first = served, it, first
-
-    async def abort(self) -> None:
-        """Stop a call that was opened but will not be consumed."""
-        self._cancel.set()
-        await _aclose(self._it)
-
-    async def _stream(self) -> AsyncIterator[Delta | Finish]:
-        assert self._it is not None and self._first is not None
-        yield self._first
-        async for ev in self._it:
-            yield ev
-
-    async def events(self, *, stream: bool) -> AsyncIterator[Delta | Finish]:
-        """Yields deltas, then the Finish; settles the charge exactly once, also
-        when the consumer goes away mid-stream (only produced tokens are charged)."""
-        t0 = self.t0
-        ttft: float | None = None
-        finish: Finish | None = None
-        settled = False
-        if stream and self.hold is not None:
-            # Tokens reach the client before the charge: a crash mid-stream
-            # still charges what was checkpointed (tollway.charge.recovery).
-            self.hold.progress = self._so_far
-        try:
-            async for ev in self._stream():
-                if isinstance(ev, Finish):
-                    finish = ev
-                    break
-                if ttft is None:
-                    ttft = (time.perf_counter() - t0) * 1000
-                yield ev
-            assert finish is not None
-            await _aclose(self._it)  # hand the instance back before settling
-            self._settle(finish.prompt_tokens, finish.completion_tokens, finish.reason, t0, ttft, stream)
-            settled = True
-            yield finish
-        except BaseException as e:
-            self._cancel.set()
-            await _aclose(self._it)
-            if not settled:
-                if self.progress.completion_tokens and not isinstance(e, TollwayError):
-                    # The client went away (or the stream broke) after output: charge what was made.
-                    reason = "cancelled"
-                    p = self.progress
-                    self._settle(p.prompt_tokens, p.completion_tokens, reason, t0, ttft, stream)
-                    assert self.hold is not None
-                    await self.hold.wait()
-                elif self.hold is not None:
-                    await self.hold.release()
-            raise
-
-    def _so_far(self) -> tuple[int, int, dict[str, Any]]:
-        """What the stream produced so far costs: (amount, neurons, usage metadata)."""
-        served = self.served.cfg if self.served else self.cfg
-        p = self.progress
-        mn, cost = self.svc.price(served, p.prompt_tokens, p.completion_tokens, self.caller.rate)
-        m = Metered(p.prompt_tokens, p.completion_tokens, mn, cost, 0.0, None, "recovered", served.name)
-        return cost, mn, Inference._usage(self.caller, self.cfg, m, stream=True, attempts=self.attempts)
-
-    def _settle(
-        self, prompt: int, completion: int, reason: str, t0: float, ttft: float | None, stream: bool
-    ) -> None:
-        """Meter the call and start its settle (``metered.committing`` joins it)."""
-        served = self.served.cfg if self.served else self.cfg
-        mn, cost = self.svc.price(served, prompt, completion, self.caller.rate)
-        charged = cost
-        if self.hold is not None and cost > self.hold.max_amount:
-            log.error("call cost %d over its reservation %d; capped", cost, self.hold.max_amount)
-            charged = self.hold.max_amount
-        m = Metered(
-            prompt,
-            completion,
-            mn,
-            charged if self.hold else 0,
-            (time.perf_counter() - t0) * 1000,
-            ttft,
-            reason,
-            served.name,
-        )
-        self.metered = m
-        if self.hold is not None:
-            m.committing = self.hold.settle_soon(
-                m.charged,
-                quantity=mn,
-                linger=self.svc.linger,
-                **Inference._usage(self.caller, self.cfg, m, stream=stream, attempts=self.attempts),
-            )
-
-
-async def _aclose(it: AsyncIterator[Any] | None) -> None:
-    close = getattr(it, "aclose", None)
-    if close is not None:
-        with contextlib.suppress(BaseException):
-            await close()

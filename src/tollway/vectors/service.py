@@ -257,9 +257,7 @@ class Vectors:
         if self.inference is None:
             raise invalid("embeddings_unavailable", "no inference service to embed with", "model")
         cfg = self.inference.model(model or self.embeddings_model, "embeddings")
-        vecs, m = await self.inference.embed(caller, cfg, texts)
-        if m.committing is not None:
-            await m.committing  # the charge is settled before the vectors are used
+        vecs, m = await self.inference.embed(caller, cfg, texts)  # charged before the vectors are used
         return vecs, m.charged
 
     async def upsert_text(
