@@ -199,7 +199,7 @@ class Billing:
     async def _quota(self, s: Standing, feature: str, amount: int, quota: int, *, daily: bool) -> Cap:
         self._new_day()
         tag = "r" if feature == REQUESTS else hashlib.sha256(feature.encode()).hexdigest()[:8]
-        period = "d" + self._day if daily else since(s.period_start_us)
+        period = self.limits.periods()["daily"] if daily else since(s.period_start_us)
         acct = f"q_{s.customer_id}_{tag}_{period}"
         cap = self._caps.get((acct, amount, quota))
         if cap is not None:
