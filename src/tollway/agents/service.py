@@ -30,14 +30,13 @@ from tollway.agents.spec import AgentSpec
 from tollway.agents.store import SESSION_ID, Message, Session, Store, Turn, public, scoped
 from tollway.agents.tools import MAX_FOR_MODEL, Tools, invalid_arguments
 from tollway.agents.writer import Writers
-from tollway.charge.allocation import Allocations
 from tollway.charge.hold import Cap
+from tollway.charge.limits import BUDGETS, Limit, LimitAccounts
 from tollway.core.clock import Clock
 from tollway.core.config import Settings
 from tollway.core.errors import ErrorType, TollwayError, conflict, invalid
 from tollway.core.ids import new_id
 from tollway.core.money import parse_amount
-from tollway.gateway.budgets import SOURCE as BUDGET_SOURCE
 from tollway.inference.service import Caller, Inference
 from tollway.ledger import Ledger
 from tollway.vectors.service import Vectors
@@ -81,7 +80,7 @@ class Agents:
         self.tools = tools
         self.vectors = vectors
         self.ledger = ledger
-        self.budgets = Allocations(ledger)
+        self.budgets = LimitAccounts(ledger, registry.clock)
         self._policies: dict[tuple[str, int], GuardPolicy] = {}
 
     @property
@@ -167,25 +166,22 @@ class Agents:
         amount = self._budget_amount(spec)
         if not amount:
             return ()
-        acct = await self.budgets.ensure(
+        budget = Limit(
             self._budget_account(s),
-            "budget",
-            s.customer_id,
             amount,
-            BUDGET_SOURCE,
-            f"agent {s.agent} session {s.id} budget"[:200],
+            "agent session budget",
+            BUDGETS,
+            s.customer_id,
+            name=f"agent {s.agent} session {s.id} budget"[:200],
+            code=SESSION_BUDGET,
         )
-        return (Cap(acct, "agent session budget", BUDGET_SOURCE, code=SESSION_BUDGET),)
+        return (await self.budgets.cap(budget),)
 
     async def _budget_status(self, spec: AgentSpec, s: Session) -> dict[str, Any] | None:
         amount = self._budget_amount(spec)
         if not amount:
             return None
-        try:
-            a = await self.ledger.get_account(self._budget_account(s))
-            spent, held = a.debits_posted, a.debits_pending
-        except TollwayError:
-            spent = held = 0
+        spent, held = await self.budgets.used(self._budget_account(s))
         return {"limit": amount, "spent": spent, "held": held}
 
     # -------------------------------------------------------------------- turn

@@ -6,10 +6,10 @@ read also reads the customer's subscription (plan, status, period, and a
 ``rev`` every billing change bumps). So a plan change applies on the next
 request, in every process, with no restart, and a warm check reads nothing.
 
-Quotas are ledger accounts, so they are exact: a feature's quota for a
-period is an account funded with the quota (``sys_quotas``), and a request
-reserves its units there in the same ledger batch as its payment
-(:class:`~tollway.charge.hold.Cap` with ``units``). Neurons are money: what a
+Quotas are ledger limits (:mod:`tollway.charge.limits`), so they are exact:
+a feature's quota for a period is a ``quota`` account funded with the quota
+(``sys_quotas``), and a request reserves its units there in the same ledger
+batch as its payment (a :class:`~tollway.charge.hold.Cap` with ``units``). Neurons are money: what a
 plan includes is a funding source drawn before credit and the prepaid balance.
 """
 
@@ -31,6 +31,7 @@ from tollway.billing.subscriptions import LIVE, Subscriptions
 from tollway.charge.allocation import Allocations
 from tollway.charge.allowance import GRANTS, DailyAllowance, utc_day
 from tollway.charge.hold import Cap, Payer, Source
+from tollway.charge.limits import Limit, LimitAccounts, since
 from tollway.core.clock import Clock
 from tollway.core.config import Settings
 from tollway.core.errors import ErrorType, TollwayError
@@ -94,7 +95,8 @@ class Billing:
         )
         self.credits = Credits(self.engine, self.ledger, self.clock, self.subscriptions)
         self.daily = DailyAllowance(self.ledger, self.clock, 0)
-        self.funded = Allocations(self.ledger)
+        self.funded = Allocations(self.ledger)  # the funding sources: included neurons, overage
+        self.limits = LimitAccounts(self.ledger, self.clock)  # the quotas
         self._grants: dict[str, tuple[int, tuple[Source, ...]]] = {}  # customer → (rev, its live grants)
         self._periods: dict[int, tuple[int, int]] = {}  # anchor → its current period
         self._caps: dict[tuple[str, int, int], Cap] = {}  # (quota account, amount, limit) → its cap
@@ -197,14 +199,26 @@ class Billing:
     async def _quota(self, s: Standing, feature: str, amount: int, quota: int, *, daily: bool) -> Cap:
         self._new_day()
         tag = "r" if feature == REQUESTS else hashlib.sha256(feature.encode()).hexdigest()[:8]
-        period = "d" + self._day if daily else f"p{s.period_start_us // 1_000_000}"
+        period = self.limits.periods()["daily"] if daily else since(s.period_start_us)
         acct = f"q_{s.customer_id}_{tag}_{period}"
         cap = self._caps.get((acct, amount, quota))
         if cap is not None:
             return cap
         what = "daily quota" if daily else "quota this period"
-        await self.funded.ensure(acct, "quota", s.customer_id, quota, QUOTAS, f"{feature} {what}")
-        cap = Cap(acct, f"{s.plan.title} plan's {feature} {what}", QUOTAS, amount, "quota_exceeded", UPGRADE)
+        cap = await self.limits.cap(
+            Limit(
+                acct,
+                quota,
+                f"{s.plan.title} plan's {feature} {what}",
+                QUOTAS,
+                s.customer_id,
+                kind="quota",
+                name=f"{feature} {what}",
+                units=amount,
+                code="quota_exceeded",
+                hint=UPGRADE,
+            )
+        )
         self._caps[(acct, amount, quota)] = cap
         return cap
 

@@ -198,6 +198,24 @@ class Hold:
         """The first reservation's id, which names the hold ("" before it is reserved)."""
         return self._hold_id
 
+    @classmethod
+    def attach(
+        cls,
+        ledger: Ledger,
+        payer: Payer,
+        max_amount: int,
+        legs: list[Leg],
+        *,
+        meter: str,
+        payee: str,
+        idempotency_key: str | None = None,
+    ) -> Hold:
+        """A hold on a reservation made earlier (by another process, or before
+        a restart): ``legs`` are its pending transfers, first one first."""
+        hold = cls(ledger, payer, max_amount, meter, payee, idempotency_key=idempotency_key, legs=legs)
+        hold._hold_id = legs[0].pending.id
+        return hold
+
     @property
     def pending(self) -> Transfer | None:
         """The first reservation (its id names the hold)."""

@@ -142,7 +142,7 @@ class Recovery:
         caps: list[Cap] = []
         for pending_id, kind, extra in json.loads(r["legs"]):
             t = await self.ledger.get_transfer(pending_id)
-            if t.kind != TransferKind.PENDING or await self._resolved(pending_id):
+            if t.kind != TransferKind.PENDING or await self.ledger.resolution_of(pending_id) is not None:
                 return False  # already settled or expired
             src: Source | Cap
             if kind == "cap":
@@ -154,30 +154,21 @@ class Recovery:
             legs.append(Leg(src, t))
         if not legs:
             return False
-        hold = Hold(
+        hold = Hold.attach(
             self.ledger,
             Payer(sources[0].account_id, r["customer_id"], tuple(sources), tuple(caps)),
             int(r["max_amount"]),
+            legs,
             meter=r["meter"],
-            payee="",
+            payee="",  # a settle posts each leg to its pending transfer's own payee
             idempotency_key=r["idempotency_key"],
         )
-        hold.legs, hold._hold_id = legs, legs[0].pending.id
         metadata = {**json.loads(r["metadata"]), "recovered": True}
         await hold.settle(int(r["amount"]), quantity=int(r["quantity"]), **metadata)
         log.warning(
             "hold %s: recovered %d micro-USD of a call its process did not settle", r["hold_id"], r["amount"]
         )
         return True
-
-    async def _resolved(self, pending_id: str) -> bool:
-        from tollway.core.schema import ledger_transfers as LT
-
-        async with self.engine.connect() as conn:
-            n = await conn.scalar(
-                sa.select(sa.func.count()).select_from(LT).where(LT.c.pending_id == pending_id)
-            )
-        return bool(n)
 
     # ------------------------------------------------------------------- loop
 

@@ -343,6 +343,13 @@ class Ledger:
             raise errors.transfer_not_found(transfer_id, "transfer_id")
         return transfer_from_row(row)
 
+    async def resolution_of(self, pending_id: str) -> Transfer | None:
+        """The transfer that resolved a pending one (its post, void or expiry),
+        or None while it is still pending (or unknown)."""
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(*T.columns).where(T.c.pending_id == pending_id))).first()
+        return None if row is None else transfer_from_row(row)
+
     async def history(
         self, account_id: str, *, limit: int = 100, before: str | None = None
     ) -> list[Transfer]:

@@ -138,6 +138,12 @@ _VERIFY = (
 )
 
 
+def allowance_account(token_id: str) -> str:
+    """The ``budget`` account holding a token's total allowance: a limit for
+    the token's lifetime, funded when it is granted (see wallets/caps.py)."""
+    return f"wt_{token_id}"
+
+
 class Wallets:
     def __init__(self, engine: AsyncEngine, ledger: Ledger, clock: Clock, audit: Audit, key_env: str) -> None:
         self.engine = engine
@@ -294,7 +300,7 @@ class Wallets:
         now = self.clock.now_us()
         if lim.total_allowance is not None:
             acct = await self.ledger.create_account(
-                "budget", id=f"wt_{tid}", name=f"agent token {tid} allowance"
+                "budget", id=allowance_account(tid), name=f"agent token {tid} allowance"
             )
             await self.ledger.transfer(
                 "sys_wallet_limits", acct.id, lim.total_allowance, description="allowance"
