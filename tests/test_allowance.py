@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from tollway.charge.allowance import DailyAllowance, utc_day
 from tollway.core.clock import ManualClock
 from tollway.core.config import ModelConfig, Settings
-from tollway.inference.metering import milli_neurons, price_micros
+from tollway.core.money import price_micros
+from tollway.inference.metering import milli_neurons
 from tollway.runtime import Runtime
 
 

@@ -34,8 +34,7 @@ from tollway.charge.hold import Cap, Payer, Source
 from tollway.core.clock import Clock
 from tollway.core.config import Settings
 from tollway.core.errors import ErrorType, TollwayError
-from tollway.core.money import parse_amount, parse_price
-from tollway.inference.metering import price_micros
+from tollway.core.money import parse_amount, parse_price, price_micros
 from tollway.ledger import Ledger
 
 log = logging.getLogger("tollway.billing")

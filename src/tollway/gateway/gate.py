@@ -24,10 +24,10 @@ from tollway.core.clock import Clock
 from tollway.core.config import GatewayConfig
 from tollway.core.errors import ErrorType, TollwayError
 from tollway.core.money import parse_price
+from tollway.core.ratelimit import LocalWindows, RedisWindows, Tally, Verdict, Windows
 from tollway.gateway.budgets import Budgets
 from tollway.gateway.cache import CacheControl, ResponseCache, control
 from tollway.gateway.limits import Limits, defaults, effective
-from tollway.gateway.ratelimit import LocalWindows, RedisWindows, Tally, Verdict, Windows
 from tollway.gateway.requestlog import Entry, RequestLog
 from tollway.identity.keys import ApiKey
 from tollway.ledger import Ledger

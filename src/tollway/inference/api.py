@@ -23,12 +23,12 @@ from tollway.billing.plans import AI_CHAT, AI_EMBEDDINGS
 from tollway.core.config import ModelConfig
 from tollway.core.errors import ErrorType, TollwayError, invalid
 from tollway.core.ids import new_id
+from tollway.core.money import price_micros
 from tollway.gateway.cache import Entry as CacheEntry
 from tollway.gateway.cache import cache_key
 from tollway.gateway.gate import Gateway, Pass
 from tollway.identity.keys import ApiKey
 from tollway.inference.backends.base import ChatParams, Delta, Finish
-from tollway.inference.metering import price_micros
 from tollway.inference.schemas import ChatRequest, EmbeddingsRequest, Message, RunRequest
 from tollway.inference.service import Caller, ChatCall, Inference, Metered
 from tollway.inference.usage import rollup

@@ -24,7 +24,7 @@ from tollway.charge.hold import Cap, Payer
 from tollway.core.clock import Clock
 from tollway.core.config import ModelConfig, Settings
 from tollway.core.errors import TollwayError, invalid, not_found
-from tollway.core.money import parse_amount
+from tollway.core.money import parse_amount, price_micros
 from tollway.inference import routing
 from tollway.inference.backends.base import (
     Cancel,
@@ -38,7 +38,7 @@ from tollway.inference.backends.base import (
 from tollway.inference.backends.llama_cpp import LlamaCppBackend
 from tollway.inference.backends.openai_upstream import OpenAIUpstream
 from tollway.inference.backends.sentence_transformers import SentenceTransformersBackend
-from tollway.inference.metering import milli_neurons, price_micros
+from tollway.inference.metering import milli_neurons
 
 log = logging.getLogger("tollway.inference")
 

@@ -40,9 +40,9 @@ from tollway.charge.hold import Cap, Hold, Leg, Payer, Source
 from tollway.core.clock import Clock
 from tollway.core.errors import ErrorType, TollwayError, conflict, forbidden, invalid, not_found
 from tollway.core.ids import new_id
+from tollway.core.ratelimit import Tally, Windows
 from tollway.core.schema import wallet_authorizations as A
 from tollway.core.storage import writer
-from tollway.gateway.ratelimit import Tally, Windows
 from tollway.ledger import Ledger
 from tollway.observe import metrics
 from tollway.wallets.audit import Audit

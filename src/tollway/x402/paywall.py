@@ -32,9 +32,9 @@ from starlette.requests import Request
 from starlette.types import Message, Receive, Scope, Send
 from yarl import URL
 
-from tollway.api.errors import error_response
 from tollway.core.config import X402Config
 from tollway.core.errors import TollwayError, invalid
+from tollway.core.responses import error_response
 from tollway.identity.keys import ApiKey, ApiKeys, presented_key
 from tollway.x402 import paths, wire
 from tollway.x402.claims import Claims
