@@ -14,6 +14,7 @@ from tollway.agents.service import Agents
 from tollway.agents.service import build as build_agents
 from tollway.billing import stripe as stripe_billing
 from tollway.billing.service import Billing
+from tollway.billing.subscriptions import KEY_JOIN
 from tollway.charge import Charger
 from tollway.core import migrate
 from tollway.core.clock import Clock, SystemClock
@@ -88,7 +89,7 @@ class Runtime:
         remote = (
             RemoteFacilitator(x402.facilitator_url, x402, ledger, clock) if x402.facilitator_url else None
         )
-        keys = ApiKeys(engine, clock, ledger.reads)
+        keys = ApiKeys(engine, clock, ledger.reads, KEY_JOIN)
         billing = Billing(settings, engine, ledger, clock)
         customers = Customers(engine, clock)
         request_log = RequestLog(

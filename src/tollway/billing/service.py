@@ -35,6 +35,7 @@ from tollway.core.clock import Clock
 from tollway.core.config import Settings
 from tollway.core.errors import ErrorType, TollwayError
 from tollway.core.money import parse_amount, parse_price, price_micros
+from tollway.identity.keys import PlanStanding
 from tollway.ledger import Ledger
 
 log = logging.getLogger("tollway.billing")
@@ -101,8 +102,8 @@ class Billing:
 
     # ---------------------------------------------------------------- standing
 
-    def standing(self, customer_id: str, row: tuple[Any, ...] | None) -> Standing:
-        """From the subscription columns read with the API key (``None``: no row).
+    def standing(self, customer_id: str, row: PlanStanding | None) -> Standing:
+        """From the subscription read with the API key (:data:`KEY_JOIN`; ``None``: no row).
         A canceled subscription, or a plan no longer configured, is the default plan."""
         now = self.clock.now_us()
         if row is None:
@@ -128,7 +129,7 @@ class Billing:
 
     async def standing_of(self, customer_id: str) -> Standing:
         s = await self.subscriptions.get(customer_id)
-        row = (s.plan, s.status, s.period_start_us, s.period_end_us, s.anchor_us, s.rev)
+        row = PlanStanding(s.plan, s.status, s.period_start_us, s.period_end_us, s.anchor_us, s.rev)
         return self.standing(customer_id, row)
 
     # ------------------------------------------------------------ entitlements
