@@ -33,11 +33,11 @@ from tollway.api import (
 from tollway.api import stripe as stripe_api
 from tollway.api.fastpath import TollwayApp
 from tollway.api.requestlog import LogEveryRequest
-from tollway.core.config import Settings
 from tollway.inference import api as inference_api
 from tollway.inference.schemas import ChatRequest, EmbeddingsRequest
 from tollway.observe import metrics
 from tollway.runtime import Runtime
+from tollway.settings import Settings
 
 log = logging.getLogger("tollway")
 

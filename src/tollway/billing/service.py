@@ -24,6 +24,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from tollway.billing.config import BillingSettings, configured_plans
 from tollway.billing.credits import Credits
 from tollway.billing.periods import CALENDAR, period_at
 from tollway.billing.plans import NEURONS, REQUESTS, Plan
@@ -32,7 +33,6 @@ from tollway.charge.allocation import Allocations
 from tollway.charge.allowance import GRANTS, DailyAllowance, utc_day
 from tollway.charge.hold import Cap, Payer, Source
 from tollway.core.clock import Clock
-from tollway.core.config import Settings
 from tollway.core.errors import ErrorType, TollwayError
 from tollway.core.money import parse_amount, parse_price, price_micros
 from tollway.identity.keys import PlanStanding
@@ -73,7 +73,7 @@ def not_entitled(s: Standing, feature: str) -> TollwayError:
 
 @dataclass
 class Billing:
-    settings: Settings
+    settings: BillingSettings
     engine: AsyncEngine
     ledger: Ledger
     clock: Clock
@@ -82,7 +82,7 @@ class Billing:
     credits: Credits = field(init=False)
 
     def __post_init__(self) -> None:
-        self.plans = self.settings.plans()
+        self.plans = configured_plans(self.settings)
         self.default_plan = self.settings.billing.default_plan
         default_rate = parse_amount(self.settings.inference.usd_per_1000_neurons)
         self.rates = {

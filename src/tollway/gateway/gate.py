@@ -21,12 +21,12 @@ from tollway.billing.plans import AI_CHAT, REQUESTS
 from tollway.billing.service import Billing, Standing
 from tollway.charge.hold import Cap
 from tollway.core.clock import Clock
-from tollway.core.config import GatewayConfig
 from tollway.core.errors import ErrorType, TollwayError
 from tollway.core.money import parse_price
 from tollway.core.ratelimit import LocalWindows, RedisWindows, Tally, Verdict, Windows
 from tollway.gateway.budgets import Budgets
 from tollway.gateway.cache import CacheControl, ResponseCache, control
+from tollway.gateway.config import GatewayConfig
 from tollway.gateway.limits import Limits, defaults, effective
 from tollway.gateway.requestlog import Entry, RequestLog
 from tollway.identity.keys import ApiKey

@@ -20,7 +20,6 @@ from starlette.background import BackgroundTask
 from tollway.api.auth import require_key, require_scope, runtime
 from tollway.api.jsonroute import JsonRoute
 from tollway.billing.plans import AI_CHAT, AI_EMBEDDINGS
-from tollway.core.config import ModelConfig
 from tollway.core.errors import ErrorType, TollwayError, invalid
 from tollway.core.ids import new_id
 from tollway.core.money import price_micros
@@ -29,6 +28,7 @@ from tollway.gateway.cache import cache_key
 from tollway.gateway.gate import Gateway, Pass
 from tollway.identity.keys import ApiKey
 from tollway.inference.backends.base import ChatParams, Delta, Finish
+from tollway.inference.config import ModelConfig
 from tollway.inference.schemas import ChatRequest, EmbeddingsRequest, Message, RunRequest
 from tollway.inference.service import Caller, ChatCall, Inference, Metered
 from tollway.inference.usage import rollup

@@ -6,7 +6,7 @@ rounded up to whole neurons; money is rounded up once, to the micro-USD.
 
 from __future__ import annotations
 
-from tollway.core.config import ModelConfig
+from tollway.inference.config import ModelConfig
 
 
 def milli_neurons(model: ModelConfig, input_tokens: int, output_tokens: int = 0) -> int:

@@ -22,7 +22,6 @@ from tollway.billing.service import Billing, Standing
 from tollway.charge import Charger, Hold
 from tollway.charge.hold import Cap, Payer
 from tollway.core.clock import Clock
-from tollway.core.config import ModelConfig, Settings
 from tollway.core.errors import TollwayError, invalid, not_found
 from tollway.core.money import parse_amount, price_micros
 from tollway.inference import routing
@@ -38,6 +37,7 @@ from tollway.inference.backends.base import (
 from tollway.inference.backends.llama_cpp import LlamaCppBackend
 from tollway.inference.backends.openai_upstream import OpenAIUpstream
 from tollway.inference.backends.sentence_transformers import SentenceTransformersBackend
+from tollway.inference.config import InferenceSettings, ModelConfig
 from tollway.inference.metering import milli_neurons
 
 log = logging.getLogger("tollway.inference")
@@ -107,7 +107,7 @@ class Metered:
 
 
 class Inference:
-    def __init__(self, settings: Settings, charger: Charger, clock: Clock, billing: Billing) -> None:
+    def __init__(self, settings: InferenceSettings, charger: Charger, clock: Clock, billing: Billing) -> None:
         self.configs = {m.name: m for m in settings.models}
         self.charger = charger
         self.clock = clock

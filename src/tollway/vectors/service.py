@@ -13,7 +13,6 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tollway.core.clock import Clock
-from tollway.core.config import Settings
 from tollway.core.errors import conflict, invalid
 from tollway.core.ids import new_id
 from tollway.core.schema import vector_indexes as T
@@ -21,12 +20,13 @@ from tollway.core.storage import sqlite_path
 from tollway.vectors import mmr
 from tollway.vectors import shapes as S
 from tollway.vectors.backends.base import Backend
+from tollway.vectors.config import VectorsSettings
 
 if TYPE_CHECKING:
     from tollway.inference.service import Caller, Inference
 
 
-def data_dir(settings: Settings, engine: AsyncEngine) -> Path:
+def data_dir(settings: VectorsSettings, engine: AsyncEngine) -> Path:
     if settings.vectors.path:
         return Path(settings.vectors.path)
     db = sqlite_path(engine)
@@ -35,7 +35,7 @@ def data_dir(settings: Settings, engine: AsyncEngine) -> Path:
     return Path(".tollway/vectors")
 
 
-def make_backend(settings: Settings, engine: AsyncEngine) -> Backend:
+def make_backend(settings: VectorsSettings, engine: AsyncEngine) -> Backend:
     if settings.vectors.backend == "pgvector":
         from tollway.core.config import ConfigError
         from tollway.vectors.backends.pgvector import PgVector
