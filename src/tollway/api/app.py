@@ -20,6 +20,7 @@ from tollway.api import (
     agents,
     agents_admin,
     billing,
+    demo,
     errors,
     gateway_admin,
     provision,
@@ -174,7 +175,7 @@ def create_app(settings: Settings | None = None, *, rt: Runtime | None = None) -
     app.include_router(agents.escalations, responses=errors.error_responses(400, 401, 404, 409))
     app.include_router(agents_admin.router, responses=errors.error_responses(400, 401, 404))
     if rt.settings.agents.demo:
-        app.include_router(agents_demo.router, responses=errors.error_responses(404))
+        app.include_router(demo.router, responses=errors.error_responses(404))
     app.add_middleware(LogEveryRequest, log=rt.gateway.log)
     app.add_middleware(MetricsMiddleware)
     # The hot AI routes skip FastAPI's per-request machinery (tollway.api.fastpath).
