@@ -31,6 +31,8 @@ run: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check src tests $(wildcard bench)
 	$(BIN)/ruff format --check src tests $(wildcard bench)
+	@# The layering (docs/architecture.md#who-may-import-whom): contracts in pyproject.toml.
+	PYTHONPATH=src $(BIN)/lint-imports
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -45,4 +47,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/inference.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis .import_linter_cache .grimp_cache

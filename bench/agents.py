@@ -43,9 +43,10 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from common import admin_token, dist, machine, serve
 from threaded import free_port
-from tollway.core.config import Settings, default_models
+from tollway.inference.config import default_models
 from tollway.inference.service import Caller
 from tollway.runtime import Runtime
+from tollway.settings import Settings
 
 RESULTS = Path(__file__).parent / "results" / "agents.json"
 HERE = Path(__file__).resolve().parent

@@ -40,8 +40,8 @@ from common import dist, machine
 from tollway.api.app import create_app
 from tollway.billing import usage as U
 from tollway.billing.periods import to_us
-from tollway.core.config import Settings
 from tollway.runtime import Runtime
+from tollway.settings import Settings
 
 RESULTS = Path(__file__).parent / "results" / "billing.json"
 ADMIN = "bench-admin-token-0123456789"

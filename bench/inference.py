@@ -26,8 +26,8 @@ from typing import Any
 import httpx
 
 from common import admin_token, dist, machine, rss_mb, serve
-from tollway.core.config import default_models
 from tollway.inference.backends.embedded import default_gguf, default_sentence_transformer
+from tollway.inference.config import default_models
 
 RESULTS = Path(__file__).parent / "results" / "inference.json"
 CHAT, EMBED = default_models()

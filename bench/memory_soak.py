@@ -25,7 +25,8 @@ import httpx
 
 from common import machine
 from tollway.api.app import create_app
-from tollway.core.config import Settings, default_models
+from tollway.inference.config import default_models
+from tollway.settings import Settings
 
 RESULTS = Path(__file__).parent / "results" / "memory_soak.json"
 CHAT, EMBED = default_models()

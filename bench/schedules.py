@@ -37,10 +37,10 @@ from typing import Any
 from common import dist, write_results
 from tollway.agents.guardrails import GuardPolicy, check_input, check_output, screen_untrusted
 from tollway.core.clock import SystemClock
-from tollway.core.config import Settings
 from tollway.core.storage import make_engine
 from tollway.runtime import Runtime
 from tollway.schedules import Schedule, Scheduler
+from tollway.settings import Settings
 from wallets import drop, pg_database
 
 RESULTS = Path(__file__).parent / "results" / "schedules.json"

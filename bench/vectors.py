@@ -41,8 +41,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
-from tollway.core.config import Settings
 from tollway.runtime import Runtime
+from tollway.settings import Settings
 from tollway.vectors.backends import embedded as E
 from tollway.vectors.service import Vectors
 

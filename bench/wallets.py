@@ -42,8 +42,8 @@ import asyncpg
 from sqlalchemy.engine import make_url
 
 from common import admin_token, dist, machine, serve
-from tollway.core.config import Settings
 from tollway.runtime import Runtime
+from tollway.settings import Settings
 
 RESULTS = Path(__file__).parent / "results" / "wallets.json"
 POLICY = {"spending_limits": [{"amount": "$1000000", "interval": "daily"}], "provider_cap": "$1000000"}

@@ -131,8 +131,8 @@ def api_key(url: str, token: str) -> str:
 async def verify_in_process(n: int) -> dict[str, float]:
     """The facilitator's verify on ``n`` fresh authorizations, in-process (SQLite)."""
     sys.path.insert(0, str(ROOT / "src"))
-    from tollway.core.config import Settings
     from tollway.runtime import Runtime
+    from tollway.settings import Settings
     from x402_helpers import requirements
 
     with tempfile.TemporaryDirectory() as d:

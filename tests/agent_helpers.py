@@ -14,8 +14,9 @@ from typing import Any
 import httpx
 
 from conftest import ADMIN, settings_for
-from tollway.core.config import Settings, default_models
+from tollway.inference.config import default_models
 from tollway.runtime import Runtime
+from tollway.settings import Settings
 
 
 def _bench_module(name: str) -> ModuleType:

@@ -20,7 +20,7 @@ from starlette.routing import Route
 from conftest import ADMIN, settings_for
 from threaded import ThreadServer
 from tollway.api.app import create_app
-from tollway.core.config import DEVNET_ASSET
+from tollway.x402.config import DEVNET_ASSET
 from x402_helpers import EXTRA, PAY_TO
 
 RULE = {"name": "weather", "path": "/demo/weather", "origin": "demo", "price": "$0.001"}

@@ -19,10 +19,10 @@ import httpx
 import pytest
 from sqlalchemy import text
 
-from tollway.core.config import Settings
 from tollway.core.schema import SYSTEM_ACCOUNTS, metadata
 from tollway.core.storage import make_engine
 from tollway.runtime import Runtime
+from tollway.settings import Settings
 
 pytest_plugins = ["stripe_support", "x402_gateway_support"]  # fixtures: Stripe stand-in, x402 origin
 

@@ -135,8 +135,8 @@ async def use(rt: Runtime, customer: Customer, mneurons: int, **metadata: Any) -
     """Charge ``mneurons`` milli-neurons through the charge path; returns the usage event's id."""
     from sqlalchemy import select
 
+    from tollway.core.money import price_micros
     from tollway.core.schema import usage_events as U
-    from tollway.inference.metering import price_micros
 
     amount = max(price_micros(mneurons, 11_000), 1)
     payer = Payer(customer.account_id, customer.id)

@@ -20,7 +20,7 @@ from agent_helpers import AgentModel
 from conftest import ADMIN, ADMIN_TOKEN
 from threaded import ThreadServer, free_port
 from tollway.cli.main import app
-from tollway.core.config import Settings
+from tollway.settings import Settings
 
 pytest_plugins = ["agent_support"]
 runner = CliRunner()
@@ -65,7 +65,7 @@ neurons_per_m_output = 200000
 '''
     cfg.write_text(text)
     from tollway.api.app import create_app
-    from tollway.core.config import load_settings
+    from tollway.settings import load_settings
 
     settings = load_settings(str(cfg))
     assert any(m.name == "smollm2-135m-instruct" for m in settings.models)

@@ -11,9 +11,11 @@ from hypothesis import strategies as st
 
 from tollway.charge.allowance import DailyAllowance, utc_day
 from tollway.core.clock import ManualClock
-from tollway.core.config import ModelConfig, Settings
-from tollway.inference.metering import milli_neurons, price_micros
+from tollway.core.money import price_micros
+from tollway.inference.config import ModelConfig
+from tollway.inference.metering import milli_neurons
 from tollway.runtime import Runtime
+from tollway.settings import Settings
 
 
 def test_neurons_and_price_are_exact() -> None:

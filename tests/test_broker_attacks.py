@@ -13,7 +13,7 @@ import pytest
 
 from broker_support import Hostile, Stack, tollway_with
 from conftest import ADMIN
-from tollway.core.config import DEVNET_ASSET
+from tollway.x402.config import DEVNET_ASSET
 
 BASE_USDC = {"network": "eip155:8453", "asset": "0x833589fCD6eDb6E08f4c7C32D4f71b54bdA02913"}
 

@@ -10,10 +10,10 @@ from sqlalchemy import select
 from tollway.charge import Charger, Payer
 from tollway.charge.hold import Source
 from tollway.core.clock import ManualClock
-from tollway.core.config import Settings
 from tollway.core.errors import TollwayError
 from tollway.core.schema import usage_events
 from tollway.runtime import Runtime
+from tollway.settings import Settings
 
 
 async def payer(rt: Runtime, amount: int = 1_000) -> Payer:

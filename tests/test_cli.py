@@ -158,7 +158,7 @@ def test_devnet_fund_balance_new_payer_and_revenue(cfg: str) -> None:
 def test_init_demo_writes_a_paid_route_that_loads(tmp_path: Path) -> None:
     path = tmp_path / "tollway.toml"
     r = json.loads(runner.invoke(app, ["init", "--path", str(path), "--demo", "--json"]).stdout)
-    from tollway.core.config import load_settings
+    from tollway.settings import load_settings
 
     s = load_settings(str(path))
     [rule] = s.x402.rules
@@ -240,7 +240,7 @@ def test_a_command_outside_the_home_finds_its_database_or_refuses(
 
 def test_init_demo_tool_follows_the_servers_port(tmp_path: Path) -> None:
     from tollway.agents.service import self_url
-    from tollway.core.config import load_settings
+    from tollway.settings import load_settings
 
     path = tmp_path / "tollway.toml"
     assert runner.invoke(app, ["init", "--path", str(path), "--demo", "--json"]).exit_code == 0

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tollway.core.config import ConfigError, default_config_text, load_settings
+from tollway.core.config import ConfigError, default_config_text
+from tollway.settings import load_settings
 
 
 def test_defaults_without_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -72,9 +73,10 @@ def test_the_commented_plans_example_is_valid() -> None:
     text = default_config_text()
     snippet = text[text.index("# [[billing.plans]]") : text.index("# Agent wallets")]
     uncommented = "\n".join(ln[2:] if ln.startswith("# ") else "" for ln in snippet.splitlines())
-    from tollway.core.config import Settings
+    from tollway.billing.config import configured_plans
+    from tollway.settings import Settings
 
-    plans = Settings.model_validate(tomllib.loads(uncommented)).plans()
+    plans = configured_plans(Settings.model_validate(tomllib.loads(uncommented)))
     assert list(plans) == ["free", "pro"] and plans["pro"].overage
 
 

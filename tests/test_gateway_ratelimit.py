@@ -37,8 +37,8 @@ from test_inference import Env, make_env
 from test_inference_servers import stop
 from tollway.core.clock import ManualClock
 from tollway.core.errors import TollwayError
+from tollway.core.ratelimit import WINDOW_S, LocalWindows, RedisWindows, Tally, Verdict, Windows
 from tollway.core.schema import usage_events
-from tollway.gateway.ratelimit import WINDOW_S, LocalWindows, RedisWindows, Tally, Verdict, Windows
 from tollway.runtime import Runtime
 
 REDIS_SKIP = "TOLLWAY_TEST_REDIS_URL not set (e.g. redis://127.0.0.1:6379/0): Redis rate limits not tested"

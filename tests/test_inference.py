@@ -388,7 +388,7 @@ async def test_broken_model_reports_load_error_and_others_keep_serving(db_url: s
 
 
 async def test_queue_full_is_503_with_retry_after(db_url: str) -> None:
-    from tollway.core.config import default_models
+    from tollway.inference.config import default_models
 
     chat = default_models()[0].model_copy(update={"queue_max": 0})
     async for env in make_env(db_url, models=[chat.model_dump()]):

@@ -63,7 +63,7 @@ HELD = 10  # the amount of each
 # "ready" once connected, waits for a line on stdin, works, prints a JSON report.
 WORKER = r"""
 import asyncio, json, sys
-from tollway.core.config import Settings
+from tollway.settings import Settings
 from tollway.core.errors import TollwayError
 from tollway.runtime import Runtime
 

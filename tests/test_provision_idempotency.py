@@ -141,7 +141,7 @@ async def test_two_runtimes_on_one_database_buy_once_per_key(db_url: str, tmp_pa
 
 WORKER = r"""
 import asyncio, json, sys
-from tollway.core.config import Settings
+from tollway.settings import Settings
 from tollway.runtime import Runtime
 
 cfg = json.loads(sys.argv[1])

@@ -335,8 +335,8 @@ def test_a_runtime_below_tmp_stays_visible_under_the_scratch_tmpfs(monkeypatch: 
     """A clone checked out below /tmp (its virtualenv too): the scratch tmpfs is
     mounted before the runtime's binds, which would otherwise be hidden under it
     (the app then could not even start its Python)."""
-    from tollway.core.config import ProvisionConfig
     from tollway.provision import sandbox
+    from tollway.provision.config import ProvisionConfig
 
     monkeypatch.setattr(sandbox, "_runtime", lambda: ["/tmp/clone/.venv", "/opt/python"])
     box = sandbox.Sandbox("/usr/bin/bwrap", sandbox.Limits.of(ProvisionConfig()))

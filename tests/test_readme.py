@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tollway.core.config import Settings
+from tollway.settings import Settings
 
 README = Path(__file__).parents[1] / "README.md"
 TOLLWAY = [str(Path(sys.executable).parent / "tollway")]  # .venv/bin/tollway, the README's own

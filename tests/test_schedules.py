@@ -423,7 +423,7 @@ async def test_a_held_lease_blocks_others_until_it_runs_out(engine: AsyncEngine,
 CHILD = r"""
 import asyncio, os, signal, sys
 from tollway.core.clock import ManualClock
-from tollway.core.config import Settings
+from tollway.settings import Settings
 from tollway.core.storage import make_engine
 from tollway.schedules import Scheduler
 

@@ -30,7 +30,7 @@ PROBE = """
 import asyncio, json, sys
 from tollway.api.app import create_app
 from tollway.cli.main import app  # the CLI that runs `serve`
-from tollway.core.config import Settings
+from tollway.settings import Settings
 from tollway.runtime import Runtime
 
 url = sys.argv[1]

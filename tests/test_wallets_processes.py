@@ -24,7 +24,7 @@ AMOUNT = 370_000  # $0.37: 27 fit in $10 ($9.99), a 28th would not
 
 WORKER = r"""
 import asyncio, json, sys
-from tollway.core.config import Settings
+from tollway.settings import Settings
 from tollway.runtime import Runtime
 
 cfg = json.loads(sys.argv[1])

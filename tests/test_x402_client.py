@@ -25,11 +25,12 @@ from conftest import settings_for
 from test_x402_interop import SPEND, official_server, on_devnet
 from threaded import ThreadServer
 from tollway.api.app import create_app
-from tollway.core.config import DEVNET_ASSET, Settings
 from tollway.core.errors import TollwayError
 from tollway.runtime import Runtime
+from tollway.settings import Settings
 from tollway.x402 import client
 from tollway.x402.client import Offer
+from tollway.x402.config import DEVNET_ASSET
 from x402_helpers import EXTRA, NETWORK, PAY_TO, requirements
 
 RULE = {"name": "weather", "path": "/demo/weather", "origin": "demo", "price": "$0.001"}

@@ -16,8 +16,8 @@ import pytest
 
 from conftest import ADMIN, settings_for
 from tollway.api.app import create_app
-from tollway.core.config import Settings
 from tollway.runtime import Runtime
+from tollway.settings import Settings
 from x402_gateway_support import Origin, funded, header, required, revenue
 from x402_helpers import PAY_TO, Payer
 

@@ -26,8 +26,9 @@ from x402.schemas import AssetAmount
 from conftest import settings_for
 from threaded import ThreadServer
 from tollway.api.app import create_app
-from tollway.core.config import DEVNET_ASSET, Settings
 from tollway.runtime import Runtime
+from tollway.settings import Settings
+from tollway.x402.config import DEVNET_ASSET
 from x402_helpers import EXTRA, NETWORK, PAY_TO
 
 SPEND = {"allowed_assets": [{"network": NETWORK, "asset": DEVNET_ASSET, "max_amount_per_payment": "1000000"}]}

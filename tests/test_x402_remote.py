@@ -16,8 +16,8 @@ import pytest
 from conftest import settings_for
 from threaded import ThreadServer
 from tollway.api.app import create_app
-from tollway.core.config import Settings
 from tollway.runtime import Runtime
+from tollway.settings import Settings
 from x402_helpers import PAY_TO, Payer
 
 RULE = {"name": "demo", "path": "/demo/weather", "origin": "demo", "price": "$0.001"}

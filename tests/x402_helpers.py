@@ -11,8 +11,8 @@ from typing import Any
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
-from tollway.core.config import DEVNET_ASSET
 from tollway.x402 import exact_evm
+from tollway.x402.config import DEVNET_ASSET
 
 NETWORK = "eip155:31337"
 PAY_TO = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"

@@ -14,11 +14,12 @@ from tollway.agents.service import Agents
 from tollway.agents.service import build as build_agents
 from tollway.billing import stripe as stripe_billing
 from tollway.billing.service import Billing
+from tollway.billing.subscriptions import KEY_JOIN
 from tollway.charge import Charger
 from tollway.charge.recovery import Recovery
 from tollway.core import migrate
 from tollway.core.clock import Clock, SystemClock
-from tollway.core.config import ConfigError, Settings, X402Config
+from tollway.core.config import ConfigError
 from tollway.core.storage import make_engine
 from tollway.gateway.gate import Gateway
 from tollway.gateway.requestlog import RequestLog
@@ -28,6 +29,7 @@ from tollway.inference.service import Inference
 from tollway.ledger import Ledger
 from tollway.provision.service import Provisioner
 from tollway.schedules import Scheduler
+from tollway.settings import Settings
 from tollway.vectors.service import Vectors, make_backend
 from tollway.wallets.audit import Audit
 from tollway.wallets.authorize import Authorizer, alerts
@@ -35,6 +37,7 @@ from tollway.wallets.broker import Broker
 from tollway.wallets.signatures import Signatures
 from tollway.wallets.store import Wallets
 from tollway.x402.claims import Claims
+from tollway.x402.config import X402Config
 from tollway.x402.devnet import Devnet
 from tollway.x402.facilitator import Facilitator, Settlement
 from tollway.x402.paywall import Paywall
@@ -90,7 +93,7 @@ class Runtime:
         remote = (
             RemoteFacilitator(x402.facilitator_url, x402, ledger, clock) if x402.facilitator_url else None
         )
-        keys = ApiKeys(engine, clock, ledger.reads)
+        keys = ApiKeys(engine, clock, ledger.reads, KEY_JOIN)
         billing = Billing(settings, engine, ledger, clock)
         customers = Customers(engine, clock)
         request_log = RequestLog(

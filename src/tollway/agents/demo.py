@@ -1,7 +1,7 @@
 """``tollway init --demo``'s support-triage agent: a small knowledge base
 shipped with tollway (``demo_kb/*.md``), one tool — an order-status endpoint
-tollway itself serves at ``GET /demo/orders/{order_id}`` while ``[agents]
-demo = true`` — and escalation to a person when a customer asks for one."""
+tollway itself serves at ``GET /demo/orders/{order_id}`` (``tollway.api.demo``)
+while ``[agents] demo = true`` — and escalation to a person when a customer asks for one."""
 
 from __future__ import annotations
 
@@ -9,11 +9,8 @@ import logging
 from importlib import resources
 from typing import Any
 
-from fastapi import APIRouter
-
 from tollway.agents.memory import ingest
-from tollway.api.jsonroute import JsonRoute
-from tollway.core.errors import TollwayError, not_found
+from tollway.core.errors import TollwayError
 from tollway.inference.service import Caller
 
 log = logging.getLogger("tollway.agents")
@@ -27,16 +24,6 @@ ORDERS: dict[str, dict[str, Any]] = {
     "A1002": {"status": "processing", "carrier": None, "tracking": None, "eta": "ships tomorrow"},
     "A1003": {"status": "delivered", "carrier": "USPS", "tracking": "9400100000000000000000", "eta": None},
 }
-
-router = APIRouter(route_class=JsonRoute, tags=["demo"])
-
-
-@router.get("/demo/orders/{order_id}", summary="The demo shop's order status (the support agent's tool)")
-async def order_status(order_id: str) -> dict[str, Any]:
-    order = ORDERS.get(order_id.upper())
-    if order is None:
-        raise not_found("order_not_found", f"no order {order_id!r}", "order_id")
-    return {"order_id": order_id.upper(), **order}
 
 
 def demo_config() -> str:

@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tollway.agents.spec import AgentSpec, ToolSpec
-from tollway.core.config import ModelConfig
 from tollway.core.ids import new_id
 from tollway.inference import routing
 from tollway.inference.backends.base import ChatParams, Delta
+from tollway.inference.config import ModelConfig
 from tollway.inference.service import Caller, Inference
 
 NO_TOOL = "none"

@@ -23,6 +23,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tollway.agents import memory
+from tollway.agents.config import AgentsSettings
 from tollway.agents.definitions import Registry
 from tollway.agents.guardrails import GuardPolicy, check_input, check_output, escalation_for, screen_untrusted
 from tollway.agents.model import Model, Reply, assistant_calls, tool_result
@@ -33,7 +34,6 @@ from tollway.agents.writer import Writers
 from tollway.charge.hold import Cap
 from tollway.charge.limits import BUDGETS, Limit, LimitAccounts
 from tollway.core.clock import Clock
-from tollway.core.config import Settings
 from tollway.core.errors import ErrorType, TollwayError, conflict, invalid
 from tollway.core.ids import new_id
 from tollway.core.money import parse_amount
@@ -468,7 +468,7 @@ def _invalid_call(spec: AgentSpec, r: Reply) -> str | None:
 
 
 def build(
-    settings: Settings,
+    settings: AgentsSettings,
     engine: AsyncEngine,
     clock: Clock,
     inference: Inference,
@@ -488,7 +488,7 @@ def build(
     )
 
 
-def self_url(settings: Settings) -> str:
+def self_url(settings: AgentsSettings) -> str:
     """This server's own base URL, from the port it serves on (``serve --port`` included)."""
     host = settings.server.host
     host = "127.0.0.1" if host in ("", "0.0.0.0") else "[::1]" if host == "::" else host

@@ -10,8 +10,8 @@ from fastapi import APIRouter, Depends, Request
 
 from tollway.api.auth import require_key, require_scope, runtime
 from tollway.api.jsonroute import JsonRoute
+from tollway.core.money import price_micros
 from tollway.identity.keys import ApiKey
-from tollway.inference.metering import price_micros
 from tollway.inference.usage import rollup
 
 router = APIRouter(route_class=JsonRoute, tags=["inference"])

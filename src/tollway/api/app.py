@@ -21,6 +21,7 @@ from tollway.api import (
     agents_admin,
     ai_models,
     billing,
+    demo,
     errors,
     gateway_admin,
     openai_chat,
@@ -38,10 +39,10 @@ from tollway.api import stripe as stripe_api
 from tollway.api.fastpath import TollwayApp
 from tollway.api.quote import quote as ai_quote
 from tollway.api.requestlog import LogEveryRequest
-from tollway.core.config import Settings
 from tollway.inference.schemas import ChatRequest, EmbeddingsRequest
 from tollway.observe import metrics
 from tollway.runtime import Runtime
+from tollway.settings import Settings
 
 log = logging.getLogger("tollway")
 
@@ -190,7 +191,7 @@ def create_app(settings: Settings | None = None, *, rt: Runtime | None = None) -
     app.include_router(agents.escalations, responses=errors.error_responses(400, 401, 404, 409))
     app.include_router(agents_admin.router, responses=errors.error_responses(400, 401, 404))
     if rt.settings.agents.demo:
-        app.include_router(agents_demo.router, responses=errors.error_responses(404))
+        app.include_router(demo.router, responses=errors.error_responses(404))
     app.add_middleware(LogEveryRequest, log=rt.gateway.log)
     app.add_middleware(MetricsMiddleware)
     # The hot AI routes skip FastAPI's per-request machinery (tollway.api.fastpath).

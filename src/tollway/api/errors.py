@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tollway.core.errors import ErrorType, TollwayError
+from tollway.core.responses import error_response
 
 log = logging.getLogger("tollway.api")
 
@@ -68,10 +69,6 @@ def field_code(err: TollwayError) -> TollwayError:
             err.type, _FIELD_CODES[field][0], f"{err.param} {_FIELD_CODES[field][1]}", err.param
         )
     return err
-
-
-def error_response(err: TollwayError) -> JSONResponse:
-    return JSONResponse(err.to_dict(), status_code=err.status, headers=err.headers or None)
 
 
 _TYPE_NAMES = {"str", "int", "float", "bool", "list", "dict", "none", "literal"}

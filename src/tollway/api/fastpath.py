@@ -29,9 +29,10 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from tollway.api.auth import require_key
-from tollway.api.errors import error_response, validation_error
+from tollway.api.errors import validation_error
 from tollway.core import jsonparse
 from tollway.core.errors import ErrorType, TollwayError
+from tollway.core.responses import error_response
 from tollway.identity.keys import ApiKey
 from tollway.x402.paywall import Paywall
 

@@ -8,10 +8,10 @@ from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from tollway.api.auth import runtime
-from tollway.api.errors import error_response
 from tollway.api.jsonroute import JsonRoute
 from tollway.core import migrate
 from tollway.core.errors import ErrorType, TollwayError
+from tollway.core.responses import error_response
 from tollway.core.storage import ping
 from tollway.observe import metrics
 

@@ -10,10 +10,10 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from tollway.api.auth import require_admin, runtime
 from tollway.api.jsonroute import JsonRoute
-from tollway.core.config import X402Config
 from tollway.core.errors import invalid
 from tollway.x402 import payments as P
 from tollway.x402 import wire
+from tollway.x402.config import X402Config
 from tollway.x402.exact_evm import is_address
 from tollway.x402.rules import atomic
 

@@ -24,6 +24,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from tollway.billing.config import BillingSettings, configured_plans
 from tollway.billing.credits import Credits
 from tollway.billing.periods import CALENDAR, period_at
 from tollway.billing.plans import NEURONS, REQUESTS, Plan
@@ -33,10 +34,9 @@ from tollway.charge.allowance import GRANTS, DailyAllowance, utc_day
 from tollway.charge.hold import Cap, Payer, Source
 from tollway.charge.limits import Limit, LimitAccounts, since
 from tollway.core.clock import Clock
-from tollway.core.config import Settings
 from tollway.core.errors import ErrorType, TollwayError
-from tollway.core.money import parse_amount, parse_price
-from tollway.inference.metering import price_micros
+from tollway.core.money import parse_amount, parse_price, price_micros
+from tollway.identity.keys import PlanStanding
 from tollway.ledger import Ledger
 
 log = logging.getLogger("tollway.billing")
@@ -74,7 +74,7 @@ def not_entitled(s: Standing, feature: str) -> TollwayError:
 
 @dataclass
 class Billing:
-    settings: Settings
+    settings: BillingSettings
     engine: AsyncEngine
     ledger: Ledger
     clock: Clock
@@ -83,7 +83,7 @@ class Billing:
     credits: Credits = field(init=False)
 
     def __post_init__(self) -> None:
-        self.plans = self.settings.plans()
+        self.plans = configured_plans(self.settings)
         self.default_plan = self.settings.billing.default_plan
         default_rate = parse_amount(self.settings.inference.usd_per_1000_neurons)
         self.rates = {
@@ -104,8 +104,8 @@ class Billing:
 
     # ---------------------------------------------------------------- standing
 
-    def standing(self, customer_id: str, row: tuple[Any, ...] | None) -> Standing:
-        """From the subscription columns read with the API key (``None``: no row).
+    def standing(self, customer_id: str, row: PlanStanding | None) -> Standing:
+        """From the subscription read with the API key (:data:`KEY_JOIN`; ``None``: no row).
         A canceled subscription, or a plan no longer configured, is the default plan."""
         now = self.clock.now_us()
         if row is None:
@@ -131,7 +131,7 @@ class Billing:
 
     async def standing_of(self, customer_id: str) -> Standing:
         s = await self.subscriptions.get(customer_id)
-        row = (s.plan, s.status, s.period_start_us, s.period_end_us, s.anchor_us, s.rev)
+        row = PlanStanding(s.plan, s.status, s.period_start_us, s.period_end_us, s.anchor_us, s.rev)
         return self.standing(customer_id, row)
 
     # ------------------------------------------------------------ entitlements

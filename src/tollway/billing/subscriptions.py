@@ -30,10 +30,18 @@ from tollway.core.money import parse_price
 from tollway.core.schema import customers as C
 from tollway.core.schema import subscriptions as S
 from tollway.core.storage import writer
+from tollway.identity.keys import KeyJoin
 from tollway.ledger import Ledger
 
 STATUSES = ("trialing", "active", "past_due", "canceled")
 LIVE = ("trialing", "active")  # statuses whose plan applies in full
+
+# The subscription read with every API key, in its one point read
+# (tollway.identity.keys): a plan change applies on the next request.
+KEY_JOIN = KeyJoin(
+    "s.plan, s.status, s.period_start_us, s.period_end_us, s.anchor_us, s.rev",
+    "LEFT JOIN subscriptions s ON s.customer_id = k.customer_id",
+)
 
 
 @dataclass(frozen=True, slots=True)

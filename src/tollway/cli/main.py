@@ -13,17 +13,11 @@ import typer
 
 from tollway import __version__
 from tollway.cli.output import emit_json, err, fail, out, table, usd
-from tollway.core.config import (
-    DEFAULT_PATH,
-    ConfigError,
-    Settings,
-    default_config_text,
-    load_settings,
-    sqlite_file,
-)
+from tollway.core.config import DEFAULT_PATH, ConfigError, default_config_text, sqlite_file
 from tollway.core.errors import ErrorType, TollwayError
 from tollway.core.money import parse_amount
 from tollway.runtime import Runtime
+from tollway.settings import Settings, load_settings
 
 app = typer.Typer(
     help="tollway: serve AI, sell it, and let agents spend safely.",

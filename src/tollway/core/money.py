@@ -61,6 +61,11 @@ def check_amount(amount: int, param: str = "amount") -> int:
     return amount
 
 
+def price_micros(mneurons: int, micros_per_1000_neurons: int) -> int:
+    """Cost of ``mneurons`` milli-neurons, rounded up to the micro-USD."""
+    return -(-mneurons * micros_per_1000_neurons // 1_000_000)
+
+
 def format_usd(micros: int) -> str:
     """``1234567`` → ``"$1.234567"``; exact, no float."""
     sign = "-" if micros < 0 else ""

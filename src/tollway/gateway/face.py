@@ -13,9 +13,9 @@ import asyncio
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from tollway.core.config import ModelConfig
     from tollway.inference.backends.base import ChatParams
     from tollway.inference.call import Caller, ChatCall, Embedding
+    from tollway.inference.config import ModelConfig
 
 
 class Call(Protocol):

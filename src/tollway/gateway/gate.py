@@ -31,20 +31,21 @@ from tollway.billing.plans import AI_CHAT, REQUESTS
 from tollway.billing.service import Billing, Standing
 from tollway.charge.hold import Cap
 from tollway.core.clock import Clock
-from tollway.core.config import GatewayConfig, ModelConfig
 from tollway.core.errors import ErrorType, TollwayError
 from tollway.core.money import parse_price
+from tollway.core.ratelimit import LocalWindows, RedisWindows, Tally, Verdict, Windows
 from tollway.gateway.budgets import Budgets
 from tollway.gateway.cache import CacheControl, ResponseCache, cache_key, control
 from tollway.gateway.cache import Entry as CacheEntry
+from tollway.gateway.config import GatewayConfig
 from tollway.gateway.face import Call, Face
 from tollway.gateway.limits import Limits, defaults, effective
-from tollway.gateway.ratelimit import LocalWindows, RedisWindows, Tally, Verdict, Windows
 from tollway.gateway.requestlog import Entry, RequestLog
 from tollway.gateway.served import Ending, Lead, Served, replayed
 from tollway.identity.keys import ApiKey
 from tollway.inference.backends.base import ChatParams
 from tollway.inference.call import Caller, Embedding, Metered
+from tollway.inference.config import ModelConfig
 from tollway.ledger import Ledger
 
 log = logging.getLogger("tollway.gateway")

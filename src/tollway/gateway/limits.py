@@ -8,9 +8,9 @@ from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 from typing import Any
 
-from tollway.core.config import LimitsConfig
 from tollway.core.errors import invalid
 from tollway.core.money import format_usd, parse_amount
+from tollway.gateway.config import LimitsConfig
 
 _INT_FIELDS = ("rpm", "tpm")
 _MONEY_FIELDS = ("daily_budget", "monthly_budget")

@@ -14,7 +14,7 @@ import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -63,6 +63,29 @@ def presented_key(headers: Mapping[str, str]) -> str | None:
     return headers.get("x-api-key") or None
 
 
+class PlanStanding(NamedTuple):
+    """The customer's plan as the key's point read found it: the columns a
+    :class:`KeyJoin` adds, in this order (``tollway.billing`` supplies the join)."""
+
+    plan: str
+    status: str
+    period_start_us: int
+    period_end_us: int
+    anchor_us: int
+    rev: int  # bumped by every billing change
+
+
+@dataclass(frozen=True, slots=True)
+class KeyJoin:
+    """Another face's row read with the key, in the key's one point read (so a
+    change there applies on the next request, in every process, at no extra
+    read). ``columns`` are a :class:`PlanStanding`'s, in order; ``join`` may
+    use ``k`` (the key) and ``c`` (its customer). A missed join: no standing."""
+
+    columns: str
+    join: str
+
+
 @dataclass(frozen=True, slots=True)
 class ApiKey:
     id: str
@@ -77,9 +100,9 @@ class ApiKey:
     account_id: str = ""
     limits: str | None = None
     customer_limits: str | None = None
-    # The customer's subscription, read with the key (tollway.billing): (plan,
-    # status, period start, period end, anchor, rev), or None with no row.
-    billing: tuple[Any, ...] | None = None
+    # The customer's plan, read with the key (the join tollway.billing supplies),
+    # or None with no row (or no join).
+    billing: PlanStanding | None = None
     prepaid: bool = False  # not a stored key: a request paid up front over x402 (see x402_caller)
 
     def to_dict(self) -> dict[str, Any]:
@@ -103,25 +126,32 @@ def _from_row(r: Any) -> ApiKey:
     return ApiKey(r[0], r[1], r[2], r[3], json.loads(r[4]), r[5], r[6], *r[7:])
 
 
-# Verification is on every request: one point read, joined to the customer
-# and its subscription (so a plan change applies on the next request).
-_VERIFY = (
-    "SELECT k.id, k.customer_id, k.prefix, k.name, k.scopes, k.created_at_us, k.revoked_at_us,"
-    " c.account_id, k.limits, c.limits, k.secret_hash,"
-    " s.plan, s.status, s.period_start_us, s.period_end_us, s.anchor_us, s.rev"
-    " FROM api_keys k JOIN customers c ON c.id = k.customer_id"
-    " LEFT JOIN subscriptions s ON s.customer_id = k.customer_id"
-    " WHERE k.prefix = ?"
-)
+def _verify_sql(join: KeyJoin | None) -> str:
+    """Verification is on every request: one point read, joined to the customer
+    (and to the plan standing, with ``join``)."""
+    return (
+        "SELECT k.id, k.customer_id, k.prefix, k.name, k.scopes, k.created_at_us, k.revoked_at_us,"
+        " c.account_id, k.limits, c.limits, k.secret_hash"
+        + (", " + join.columns if join else "")
+        + " FROM api_keys k JOIN customers c ON c.id = k.customer_id"
+        + (" " + join.join if join else "")
+        + " WHERE k.prefix = ?"
+    )
 
 
 class ApiKeys:
     def __init__(
-        self, engine: AsyncEngine, clock: Clock | None = None, reads: PointReader | None = None
+        self,
+        engine: AsyncEngine,
+        clock: Clock | None = None,
+        reads: PointReader | None = None,
+        join: KeyJoin | None = None,
     ) -> None:
         self.engine = engine
         self.clock = clock or SystemClock()
         self.reads = reads or PointReader(engine)
+        self._verify = _verify_sql(join)
+        self._joined = join is not None
 
     async def create(
         self, customer_id: str, *, name: str = "", scopes: list[str] | None = None
@@ -191,12 +221,13 @@ class ApiKeys:
         m = _KEY.match(presented or "")
         if m is None:
             raise unauthenticated("invalid_api_key", "invalid API key")
-        r = await self.reads.one(_VERIFY, m.group(1))
+        r = await self.reads.one(self._verify, m.group(1))
         if r is None or not hmac.compare_digest(r[10], _hash(presented)):
             raise unauthenticated("invalid_api_key", "invalid API key")
         if r[6] is not None:
             raise unauthenticated("api_key_revoked", "this API key was revoked")
-        return _from_row((*r[:10], None if r[11] is None else tuple(r[11:17])))
+        standing = PlanStanding._make(r[11:17]) if self._joined and r[11] is not None else None
+        return _from_row((*r[:10], standing))
 
 
 async def get_limits(

@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any
 from tollway.billing.service import Standing
 from tollway.charge import Hold
 from tollway.charge.hold import Cap, Payer
-from tollway.core.config import ModelConfig
 from tollway.core.errors import TollwayError
 from tollway.inference import routing
 from tollway.inference.backends.base import Cancel, ChatBackend, ChatParams, Delta, Finish, Progress
+from tollway.inference.config import ModelConfig
 
 if TYPE_CHECKING:
     from tollway.inference.service import Inference

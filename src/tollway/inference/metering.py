@@ -1,4 +1,4 @@
-"""Neurons from token counts, and their exact price in micro-USD.
+"""Neurons from token counts (their price: :func:`tollway.core.money.price_micros`).
 
 Neurons are kept in milli-neurons (integers) so small requests are not
 rounded up to whole neurons; money is rounded up once, to the micro-USD.
@@ -6,17 +6,12 @@ rounded up to whole neurons; money is rounded up once, to the micro-USD.
 
 from __future__ import annotations
 
-from tollway.core.config import ModelConfig
+from tollway.inference.config import ModelConfig
 
 
 def milli_neurons(model: ModelConfig, input_tokens: int, output_tokens: int = 0) -> int:
     per_m = input_tokens * model.neurons_per_m_input + output_tokens * model.neurons_per_m_output
     return -(-per_m // 1_000)  # per million tokens → milli-neurons, rounded up
-
-
-def price_micros(mneurons: int, micros_per_1000_neurons: int) -> int:
-    """Cost of ``mneurons`` milli-neurons, rounded up to the micro-USD."""
-    return -(-mneurons * micros_per_1000_neurons // 1_000_000)
 
 
 def neurons(mneurons: int) -> float:

@@ -14,9 +14,9 @@ import random
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
-from tollway.core.config import ModelConfig, RetryConfig
 from tollway.core.errors import TollwayError
 from tollway.inference.backends.base import UpstreamError, upstream_failed
+from tollway.inference.config import ModelConfig, RetryConfig
 
 log = logging.getLogger("tollway.inference")
 _rng = random.Random()

@@ -24,9 +24,8 @@ from tollway.billing.service import Billing
 from tollway.charge import Charger, Hold
 from tollway.charge.hold import Payer
 from tollway.core.clock import Clock
-from tollway.core.config import ModelConfig, Settings
 from tollway.core.errors import TollwayError, invalid, not_found
-from tollway.core.money import parse_amount
+from tollway.core.money import parse_amount, price_micros
 from tollway.inference import routing
 from tollway.inference.backends.base import ChatBackend, ChatParams, context_exceeded
 from tollway.inference.backends.llama_cpp import LlamaCppBackend
@@ -40,7 +39,8 @@ from tollway.inference.call import ChatCall as ChatCall
 from tollway.inference.call import Deployment
 from tollway.inference.call import Embedding as Embedding
 from tollway.inference.call import Metered as Metered
-from tollway.inference.metering import milli_neurons, price_micros
+from tollway.inference.config import InferenceSettings, ModelConfig
+from tollway.inference.metering import milli_neurons
 
 log = logging.getLogger("tollway.inference")
 
@@ -72,7 +72,7 @@ def _load_weights(cfg: ModelConfig) -> Any:
 
 
 class Inference:
-    def __init__(self, settings: Settings, charger: Charger, clock: Clock, billing: Billing) -> None:
+    def __init__(self, settings: InferenceSettings, charger: Charger, clock: Clock, billing: Billing) -> None:
         self.configs = {m.name: m for m in settings.models}
         self.charger = charger
         self.clock = clock

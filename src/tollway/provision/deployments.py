@@ -17,7 +17,6 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tollway.core.clock import Clock
-from tollway.core.config import ProvisionConfig
 from tollway.core.errors import ErrorType, TollwayError, conflict, invalid, not_found
 from tollway.core.ids import new_id
 from tollway.core.schema import provision_deployments as P
@@ -25,6 +24,7 @@ from tollway.core.schema import provision_records as R
 from tollway.core.schema import provision_versions as V
 from tollway.core.storage import writer
 from tollway.provision import bundles
+from tollway.provision.config import ProvisionConfig
 from tollway.provision.domains import Domains, in_zone
 from tollway.provision.names import to_ascii
 from tollway.provision.providers.base import DeployFailed, Provider, Release

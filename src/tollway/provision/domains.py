@@ -11,7 +11,6 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tollway.core.clock import Clock
-from tollway.core.config import ProvisionConfig
 from tollway.core.errors import ErrorType, TollwayError, conflict, invalid, not_found
 from tollway.core.ids import new_id
 from tollway.core.schema import provision_domains as D
@@ -19,6 +18,7 @@ from tollway.core.schema import provision_overrides as O
 from tollway.core.schema import provision_records as R
 from tollway.core.storage import writer
 from tollway.provision import dns
+from tollway.provision.config import ProvisionConfig
 from tollway.provision.names import registrable, to_ascii, to_unicode, within
 from tollway.provision.providers.base import Provider
 from tollway.provision.purchase import Purchases, idempotency

@@ -12,10 +12,10 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tollway.core.clock import Clock
-from tollway.core.config import ProvisionConfig
 from tollway.core.schema import provision_deployments as P
 from tollway.core.schema import provision_domains as D
 from tollway.core.schema import provision_records as R
+from tollway.provision.config import ProvisionConfig
 from tollway.provision.deployments import Deployments
 from tollway.provision.domains import Domains
 

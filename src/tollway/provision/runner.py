@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from tollway.core.config import ProvisionConfig
+from tollway.provision.config import ProvisionConfig
 from tollway.provision.workers import Pool, Worker, WorkerFailed, healthy, kill_sandbox
 
 log = logging.getLogger("tollway.provision")

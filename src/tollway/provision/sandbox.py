@@ -25,7 +25,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from tollway.core.config import ProvisionConfig
+from tollway.provision.config import ProvisionConfig
 
 WARM = Path(__file__).with_name("warm.py")  # the process each worker runs (imports nothing of tollway)
 INSIDE_WARM = "/opt/tollway/warm.py"

@@ -14,10 +14,10 @@ from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tollway.core.clock import Clock
-from tollway.core.config import Settings
 from tollway.core.schema import provision_deployments as P
 from tollway.core.storage import sqlite_path, writer
 from tollway.provision.claims import Claims
+from tollway.provision.config import ProvisionSettings
 from tollway.provision.deployments import Deployments
 from tollway.provision.domains import Domains
 from tollway.provision.edge import Edge
@@ -31,7 +31,7 @@ from tollway.wallets.store import Wallets
 log = logging.getLogger("tollway.provision")
 
 
-def data_dir(settings: Settings, engine: AsyncEngine) -> Path:
+def data_dir(settings: ProvisionSettings, engine: AsyncEngine) -> Path:
     if settings.provision.data_dir:
         return Path(settings.provision.data_dir)
     db = sqlite_path(engine)
@@ -42,7 +42,12 @@ def data_dir(settings: Settings, engine: AsyncEngine) -> Path:
 
 class Provisioner:
     def __init__(
-        self, settings: Settings, engine: AsyncEngine, clock: Clock, wallets: Wallets, authorizer: Authorizer
+        self,
+        settings: ProvisionSettings,
+        engine: AsyncEngine,
+        clock: Clock,
+        wallets: Wallets,
+        authorizer: Authorizer,
     ) -> None:
         cfg = self.cfg = settings.provision
         self.engine, self.clock = engine, clock
@@ -136,7 +141,7 @@ class Provisioner:
             await self.runner.close()
 
 
-def _provider(settings: Settings, runner: Runner, engine: AsyncEngine) -> Provider:
+def _provider(settings: ProvisionSettings, runner: Runner, engine: AsyncEngine) -> Provider:
     if settings.provision.provider == "cloudflare":
         from tollway.provision.providers.cloudflare import CloudflareProvider  # the SDK loads only when used
 

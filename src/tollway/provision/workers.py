@@ -22,8 +22,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tollway.core.config import ProvisionConfig
 from tollway.provision import cgroups, seccomp
+from tollway.provision.config import ProvisionConfig
 from tollway.provision.sandbox import APP, PATH, Limits, Sandbox, SandboxUnavailable, unsafe_command
 
 log = logging.getLogger("tollway.provision")

@@ -14,12 +14,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tollway.core.clock import Clock
-from tollway.core.config import Settings
 from tollway.core.errors import conflict, invalid
 from tollway.core.ids import new_id
 from tollway.core.schema import vector_indexes as T
 from tollway.core.storage import sqlite_path
 from tollway.vectors import shapes as S
+from tollway.vectors.config import VectorsSettings
 
 if TYPE_CHECKING:
     import numpy as np
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from tollway.vectors.backends.base import Backend
 
 
-def data_dir(settings: Settings, engine: AsyncEngine) -> Path:
+def data_dir(settings: VectorsSettings, engine: AsyncEngine) -> Path:
     if settings.vectors.path:
         return Path(settings.vectors.path)
     db = sqlite_path(engine)
@@ -37,7 +37,7 @@ def data_dir(settings: Settings, engine: AsyncEngine) -> Path:
     return Path(".tollway/vectors")
 
 
-def make_backend(settings: Settings, engine: AsyncEngine) -> Callable[[], Backend]:
+def make_backend(settings: VectorsSettings, engine: AsyncEngine) -> Callable[[], Backend]:
     """The configured backend's maker: the configuration is checked now, the
     backend (and numpy, usearch or pgvector's driver) is made on first use."""
     if settings.vectors.backend == "pgvector":

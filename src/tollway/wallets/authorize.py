@@ -38,6 +38,7 @@ from tollway.charge import Charger
 from tollway.core.clock import Clock
 from tollway.core.errors import TollwayError, conflict, forbidden, invalid
 from tollway.core.ids import new_id
+from tollway.core.ratelimit import Windows
 from tollway.core.schema import wallet_authorizations as A
 from tollway.ledger import Ledger
 from tollway.wallets.alerts import alerts
@@ -50,7 +51,7 @@ from tollway.wallets.records import Records
 from tollway.wallets.screening import category_refused, check_request, dead_token, screen, token_state
 from tollway.wallets.store import AgentToken, Wallet, Wallets
 from tollway.wallets.sweep import Sweep
-from tollway.wallets.velocity import Velocity, Windows
+from tollway.wallets.velocity import Velocity
 
 __all__ = ["PAID_OUT", "REASONS", "Authorizer", "Decision", "alerts", "pay_to_memo", "token_state"]
 

@@ -36,9 +36,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from tollway.core.config import Settings
 from tollway.core.errors import TollwayError, conflict, invalid
 from tollway.wallets.authorize import Authorizer, Decision, pay_to_memo
+from tollway.wallets.config import BrokerSettings
 from tollway.wallets.policy import normalize_payee
 from tollway.wallets.signatures import HOLD_MARGIN_S, micros, nonce_for
 from tollway.wallets.ssrf import Fetched, Guard
@@ -56,7 +56,7 @@ class Asset:
     decimals: int
 
 
-def assets(settings: Settings) -> list[Asset]:
+def assets(settings: BrokerSettings) -> list[Asset]:
     """What the broker pays with: ``[wallets] broker_assets``, else this tollway's own x402 asset."""
     configured = settings.wallets.broker_assets
     if configured:
@@ -66,7 +66,7 @@ def assets(settings: Settings) -> list[Asset]:
 
 
 class Broker:
-    def __init__(self, settings: Settings, wallets: Wallets, authorizer: Authorizer) -> None:
+    def __init__(self, settings: BrokerSettings, wallets: Wallets, authorizer: Authorizer) -> None:
         cfg = settings.wallets
         self.wallets = wallets
         self.authorizer = authorizer

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tollway.core.clock import Clock
-from tollway.gateway.ratelimit import Tally, Windows
+from tollway.core.ratelimit import Tally, Windows
 from tollway.observe import metrics
 from tollway.wallets.decision import Decision
 from tollway.wallets.store import AgentToken, Wallet, Wallets

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from tollway.core.clock import Clock
-from tollway.core.config import X402Config
 from tollway.x402 import exact_evm, wire
+from tollway.x402.config import X402Config
 from tollway.x402.exact_evm import Authorization
 from tollway.x402.wire import PaymentInvalid
 

@@ -31,13 +31,13 @@ from starlette.requests import Request
 from starlette.types import Message, Receive, Scope, Send
 from yarl import URL
 
-from tollway.api.errors import error_response
-from tollway.core.config import X402Config
 from tollway.core.errors import TollwayError, invalid
 from tollway.core.lazy import aiohttp_client_error
+from tollway.core.responses import error_response
 from tollway.identity.keys import ApiKey, ApiKeys, presented_key
 from tollway.x402 import paths, wire
 from tollway.x402.claims import Claims
+from tollway.x402.config import X402Config
 from tollway.x402.devnet import authorization_key
 from tollway.x402.facilitator import V1_NAMES, Verifier
 from tollway.x402.paths import canonical

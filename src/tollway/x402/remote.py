@@ -15,10 +15,10 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from tollway.core.clock import Clock
-from tollway.core.config import X402Config
 from tollway.core.lazy import aiohttp_client_error
 from tollway.ledger import Ledger
 from tollway.x402 import wire
+from tollway.x402.config import X402Config
 from tollway.x402.exact_evm import Authorization
 from tollway.x402.facilitator import Checked
 from tollway.x402.payments import record_received

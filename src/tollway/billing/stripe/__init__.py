@@ -24,17 +24,17 @@ from tollway.billing.stripe.env import StripeEnv
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
+    from tollway.billing.config import BillingSettings
     from tollway.billing.stripe.service import StripeBilling
     from tollway.billing.subscriptions import Subscriptions
     from tollway.core.clock import Clock
-    from tollway.core.config import Settings
     from tollway.identity.customers import Customers
 
 __all__ = ["StripeEnv", "from_env"]
 
 
 def from_env(
-    settings: Settings,
+    settings: BillingSettings,
     engine: AsyncEngine,
     clock: Clock,
     customers: Customers,

@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING, Any
 import stripe
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from tollway.billing.config import BillingSettings, configured_plans
 from tollway.billing.plans import Plan
 from tollway.billing.stripe import units
 from tollway.billing.stripe.env import StripeEnv
 from tollway.billing.stripe.store import StripeStore
 from tollway.core.clock import Clock
-from tollway.core.config import Settings
 from tollway.core.errors import ErrorType, TollwayError
 from tollway.core.money import parse_amount, parse_price
 from tollway.identity.customers import Customers
@@ -84,7 +84,7 @@ class StripeBilling:
     def __init__(
         self,
         env: StripeEnv,
-        settings: Settings,
+        settings: BillingSettings,
         engine: AsyncEngine,
         clock: Clock,
         customers: Customers,
@@ -97,7 +97,7 @@ class StripeBilling:
         self.customers = customers
         self.subscriptions = subscriptions
         self.store = StripeStore(engine, clock)
-        self.plans: dict[str, Plan] = settings.plans()
+        self.plans: dict[str, Plan] = configured_plans(settings)
         default_rate = parse_amount(settings.inference.usd_per_1000_neurons)
         self.rates = {
             k: parse_amount(p.usd_per_1000_neurons) if p.usd_per_1000_neurons else default_rate

@@ -20,7 +20,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from tollway.core.config import ModelConfig
 from tollway.core.errors import invalid
 from tollway.inference.backends.base import (
     Cancel,
@@ -32,6 +31,7 @@ from tollway.inference.backends.base import (
     load_failed,
 )
 from tollway.inference.backends.embedded import default_gguf
+from tollway.inference.config import ModelConfig
 from tollway.inference.pool import InstancePool
 
 _DEFAULT_TEMPERATURE = 0.7

@@ -16,7 +16,6 @@ from urllib.parse import urlsplit
 import orjson
 
 from tollway.core import jsonparse
-from tollway.core.config import ModelConfig
 from tollway.inference.backends.base import (
     Cancel,
     ChatEvent,
@@ -28,6 +27,7 @@ from tollway.inference.backends.base import (
     upstream_failed,
 )
 from tollway.inference.backends.http1 import Http1Pool, TransportError
+from tollway.inference.config import ModelConfig
 
 # Without the upstream's tokenizer, reserve for the worst case: a token is at
 # least one byte, plus the chat template's overhead per message.

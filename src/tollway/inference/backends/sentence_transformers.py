@@ -8,9 +8,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from tollway.core.config import ModelConfig
 from tollway.inference.backends.base import load_failed
 from tollway.inference.backends.embedded import default_sentence_transformer
+from tollway.inference.config import ModelConfig
 
 
 class SentenceTransformersBackend:

@@ -24,8 +24,9 @@ from typing import Any
 import cloudflare
 from cloudflare import AsyncCloudflare
 
-from tollway.core.config import ConfigError, ProvisionConfig
+from tollway.core.config import ConfigError
 from tollway.core.errors import ErrorType, TollwayError, invalid
+from tollway.provision.config import ProvisionConfig
 from tollway.provision.dns import Record
 from tollway.provision.providers.base import DeployFailed, Quote, Release
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tollway.core.config import ProvisionConfig
 from tollway.core.ids import new_id
 from tollway.core.schema import provision_domains as D
+from tollway.provision.config import ProvisionConfig
 from tollway.provision.dns import Record
 from tollway.provision.providers.base import DeployFailed, Quote, Release
 from tollway.provision.runner import Runner, Spec

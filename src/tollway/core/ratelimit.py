@@ -1,4 +1,5 @@
-"""Sliding-window rate limits: requests and tokens per minute, per key and customer.
+"""Sliding-window rate limits: counts per minute (the gateway's requests and tokens
+per key and customer; the wallets' runaway-loop guard).
 
 The window is the last 60 seconds, counted in 1-second buckets: a request is
 admitted when, for every counter it touches, what the last 60 s used plus its
