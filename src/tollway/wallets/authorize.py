@@ -44,6 +44,7 @@ from tollway.core.schema import wallet_authorizations as A
 from tollway.core.storage import writer
 from tollway.gateway.ratelimit import Tally, Windows
 from tollway.ledger import Ledger
+from tollway.ledger.riders import Statement
 from tollway.observe import metrics
 from tollway.wallets.audit import Audit
 from tollway.wallets.policy import CATEGORIES, Policy, SpendingLimit, normalize_payee
@@ -67,6 +68,13 @@ _COLS = [c.name for c in A.columns]
 _SQLITE_INSERT = (
     f"INSERT INTO wallet_authorizations ({', '.join(_COLS)}) VALUES ({', '.join('?' * len(_COLS))})"
     " ON CONFLICT (idempotency_key) DO NOTHING"  # another process's decision stands (read back)
+)
+# What rides with the ledger's batches (the rows carry the column types).
+_RIDE_INSERT: Statement[tuple[Any, ...]] = Statement(_SQLITE_INSERT, postgres=True)
+_RIDE_FINISH: Statement[tuple[str, int, int, str]] = Statement(
+    "UPDATE wallet_authorizations SET status = ?, captured = ?, updated_at_us = ?"
+    " WHERE id = ? AND status = 'approved'",
+    postgres=True,
 )
 _RECORDED = "SELECT 1 FROM wallet_authorizations WHERE id = ?"
 
@@ -688,11 +696,7 @@ class Authorizer:
             message=message,
             captured=captured,
         )
-        sql = (
-            "UPDATE wallet_authorizations SET status = ?, captured = ?, updated_at_us = ?"
-            " WHERE id = ? AND status = 'approved'"
-        )
-        if not self.ledger.ride(sql, [(status, captured, now, d.id)], postgres=True):
+        if not self.ledger.ride(_RIDE_FINISH, [(status, captured, now, d.id)]):
             async with writer(self.engine).begin() as conn:
                 await conn.execute(
                     update(A)
@@ -829,7 +833,7 @@ class Authorizer:
             payee=d.payee,
             category=d.category,
         )
-        if self.ledger.ride(_SQLITE_INSERT, [d.row()], postgres=True):
+        if self.ledger.ride(_RIDE_INSERT, [d.row()]):
             await self.audit.write_if(arow, _RECORDED, d.id)
             await self.ledger.riders_committed()
             # Another process may have decided the same request first (its
