@@ -284,7 +284,8 @@ class Ledger:
         other one ``linked_event_failed`` naming it, and no balance moves.
         Split legs (``CreateTransfer.split``) divide one amount between
         their accounts under the write lock (see :mod:`tollway.ledger.apply`)."""
-        return list(await asyncio.gather(*(c for _, c in self.queue_chain(ops, early=False))))
+        # One batch commits the whole chain: await its futures in turn (no gather).
+        return [await c for _, c in self.queue_chain(ops, early=False)]
 
     def queue_chain(
         self, ops: Sequence[Op], *, early: bool = True
