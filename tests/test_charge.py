@@ -254,38 +254,37 @@ async def test_settle_completes_once_even_if_its_caller_is_cancelled(rt: Runtime
 
 
 async def test_early_reservation_that_fails_to_commit_holds_and_charges_nothing(rt: Runtime) -> None:
-    """reserve(early=True) returns on the ledger's decision. If one leg then
-    fails to commit, confirm() voids the legs that did and raises: nothing is
-    held, and a later settle or release changes nothing."""
+    """reserve(early=True) returns on the ledger's decision. If its chain then
+    fails to commit, confirm() raises: nothing is held, and a later settle or
+    release changes nothing."""
     c = await rt.customers.create("Ada")
     await rt.ledger.transfer("sys_funding", c.account_id, 1_000)
     free = await rt.ledger.create_account("customer", name="free")
     await rt.ledger.transfer("sys_funding", free.id, 100)
     p = Payer(c.account_id, c.id, (Source(free.id), Source(c.account_id)))
-    real = rt.ledger.queue_reserve
-    calls = 0
+    real = rt.ledger.queue_chain
     background: list[asyncio.Future[None]] = []
 
-    def second_leg_lost(*a: object, **k: object) -> object:
-        nonlocal calls
-        calls += 1
-        decision, committed = real(*a, **k)  # type: ignore[arg-type]
-        if calls != 2:
-            return decision, committed
-        lost: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+    def chain_lost(ops: list[object], **k: object) -> object:
+        queued = real(ops, **k)  # type: ignore[arg-type]
+        lost = [asyncio.get_running_loop().create_future() for _ in queued]
 
-        async def fail() -> None:  # decided, but its commit "failed": void what did commit
-            t = await committed
-            assert not isinstance(t, TollwayError)
-            await rt.ledger.void(t.id)
-            lost.set_result(TollwayError("api_error", "database_unavailable", "lost", status=503))
+        async def fail() -> None:  # decided, but its commit "failed": undo what did commit
+            for _, committed in queued:
+                t = await committed
+                assert not isinstance(t, TollwayError)
+                if t.id:
+                    await rt.ledger.void(t.id)
+            for f in lost:
+                f.set_result(TollwayError("api_error", "database_unavailable", "lost", status=503))
 
         background.append(asyncio.ensure_future(fail()))
-        return decision, lost
+        return [(decision, f) for (decision, _), f in zip(queued, lost, strict=True)]
 
-    rt.ledger.queue_reserve = second_leg_lost  # type: ignore[method-assign,assignment]
+    rt.ledger.queue_chain = chain_lost  # type: ignore[method-assign,assignment]
     h = rt.charger.hold(p, 300, meter="tokens")
     await h.reserve(early=True)
+    assert [lg.pending.amount for lg in h.legs] == [100, 200]
     with pytest.raises(TollwayError) as e:
         await h.confirm()
     assert e.value.code == "database_unavailable"

@@ -6,10 +6,12 @@ import asyncio
 
 import pytest
 
+from ledger_support import reserve_early
 from tollway.core.clock import ManualClock
 from tollway.core.errors import TollwayError
 from tollway.ledger import Ledger
 from tollway.ledger.ops import Usage
+from tollway.ledger.riders import Statement
 from tollway.runtime import Runtime
 
 pytestmark = pytest.mark.asyncio
@@ -285,7 +287,7 @@ async def test_reserve_early_is_decided_before_its_commit(rt: Runtime) -> None:
     future then holds the same transfer, and the money is held."""
     ledger = rt.ledger
     acct = await funded(ledger)
-    t, committed = await ledger.reserve_early(acct, "sys_revenue", 300)
+    t, committed = await reserve_early(ledger, acct, "sys_revenue", 300)
     assert await committed == t
     a = await ledger.get_account(acct)
     assert (a.balance, a.debits_pending) == (1_000, 300)
@@ -294,7 +296,7 @@ async def test_reserve_early_is_decided_before_its_commit(rt: Runtime) -> None:
 async def test_reserve_early_refusal_waits_for_the_commit(rt: Runtime) -> None:
     ledger = rt.ledger
     acct = await funded(ledger, 100)
-    assert await codes(ledger.reserve_early(acct, "sys_revenue", 300)) == "insufficient_funds"
+    assert await codes(reserve_early(ledger, acct, "sys_revenue", 300)) == "insufficient_funds"
     assert (await ledger.get_account(acct)).debits_pending == 0
 
 
@@ -319,7 +321,7 @@ async def test_reserve_early_commit_failure_reaches_the_commit_future(rt: Runtim
 
     ledger._apply = decide_then_fail  # type: ignore[assignment,method-assign]
     try:
-        t, committed = await ledger.reserve_early(acct, "sys_revenue", 300)
+        t, committed = await reserve_early(ledger, acct, "sys_revenue", 300)
         r = await committed
         assert isinstance(r, TollwayError) and r.code == "database_unavailable"
         assert t.amount == 300
@@ -348,14 +350,14 @@ async def test_riders_commit_with_the_next_batch_and_never_fail_it(rt: Runtime) 
     back to its savepoint and dropped, and the batch still commits."""
     ledger = rt.ledger
     acct = await funded(ledger)
-    if not ledger.ride("INSERT INTO customers (id) VALUES (?)", [("no-such-columns-given",)]):
+    if not ledger.ride(Statement("INSERT INTO customers (id) VALUES (?)"), [("no-such-columns-given",)]):
         pytest.skip("riders exist only on a SQLite file database")
-    ledger.ride("UPDATE customers SET name = ? WHERE id = ?", [("x", "none")])
-    ledger.ride("INSERT INTO nowhere VALUES (?)", [(1,)])  # fails: rolled back, dropped
+    ledger.ride(Statement("UPDATE customers SET name = ? WHERE id = ?"), [("x", "none")])
+    ledger.ride(Statement("INSERT INTO nowhere VALUES (?)"), [(1,)])  # fails: rolled back, dropped
     t = await ledger.reserve(acct, "sys_revenue", 10)
     await ledger.riders_committed()
     assert t.amount == 10 and (await ledger.get_account(acct)).debits_pending == 10
-    ledger.ride("UPDATE customers SET name = ? WHERE id = ?", [("y", "none")])
+    ledger.ride(Statement("UPDATE customers SET name = ? WHERE id = ?"), [("y", "none")])
     await ledger.riders_committed()  # alone, with no batch to ride: still written
 
 
@@ -370,8 +372,8 @@ async def test_a_job_sent_to_the_writer_as_a_decision_lands_waits_for_that_batch
     acct = await funded(ledger, 100_000)
 
     async def decided_then_write_aside() -> int | None:
-        await ledger.reserve_early(acct, "sys_revenue", 1)
-        return await ledger.write_aside("DELETE FROM request_log WHERE created_at_us < ?", [(0,)])
+        await reserve_early(ledger, acct, "sys_revenue", 1)
+        return await ledger.write_aside(Statement("DELETE FROM request_log WHERE created_at_us < ?"), [(0,)])
 
     for _ in range(20):
         await asyncio.gather(*(decided_then_write_aside() for _ in range(3)))

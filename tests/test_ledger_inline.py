@@ -16,6 +16,7 @@ import pytest
 
 import tollway.ledger.ledger as ledger_module
 from conftest import settings_for
+from ledger_support import reserve_early
 from tollway.core.errors import TollwayError
 from tollway.gateway.requestlog import RequestLog
 from tollway.ledger import Ledger
@@ -82,7 +83,7 @@ async def test_batches_of_any_size_are_decided_on_the_loop_and_commit_where_the_
 
     async def one(i: int) -> int:
         acct = accounts[i % len(accounts)]
-        t, committed = await ledger.reserve_early(acct, "sys_revenue", 30)
+        t, committed = await reserve_early(ledger, acct, "sys_revenue", 30)
         await committed
         take = 1 + i % 30
         await ledger.post(t.id, take)
@@ -121,7 +122,7 @@ async def test_a_write_that_fails_after_the_decision_rolls_back_and_the_op_commi
         await real_write(*a)
 
     monkeypatch.setattr(ledger_module, "write_batch", write_batch)
-    t, committed = await ledger.reserve_early(acct, "sys_revenue", 300, idempotency_key="k1")
+    t, committed = await reserve_early(ledger, acct, "sys_revenue", 300, idempotency_key="k1")
     assert t.amount == 300
     final = await committed  # the retry's transfer: Hold.confirm takes it as the real one
     assert not isinstance(final, TollwayError)

@@ -32,13 +32,11 @@ from typing import Any
 from tollway.core.errors import ErrorType, TollwayError, invalid
 from tollway.core.money import check_amount
 from tollway.ledger import Ledger, Transfer
-from tollway.ledger import errors as ledger_errors
-from tollway.ledger.ops import Usage
+from tollway.ledger.apply import Result
+from tollway.ledger.ops import CreateTransfer, Usage
 from tollway.observe import metrics
 
 log = logging.getLogger("tollway.charge")
-
-_RESERVE_ATTEMPTS = 3
 
 
 async def _all(aws: Sequence[Awaitable[Any]], *, return_exceptions: bool = False) -> list[Any]:
@@ -183,7 +181,8 @@ class Hold:
     _quantity: int = 0
     _metadata: dict[str, Any] = field(default_factory=dict)
     _settling: asyncio.Future[Receipt] | None = None
-    _committing: list[asyncio.Future[Any]] = field(default_factory=list)  # reserve(early=True)
+    _committing: list[asyncio.Future[Result]] = field(default_factory=list)  # reserve(early=True)
+    _chained: list[Source | Cap] = field(default_factory=list)  # what each leg of the chain draws on
     _refused: TollwayError | None = None  # the reservation's commit failed (see confirm)
     _hold_id: str = ""
     # What the work so far costs: (amount, quantity, usage metadata). A long
@@ -244,146 +243,100 @@ class Hold:
     # ------------------------------------------------------------------ reserve
 
     async def reserve(self, *, early: bool = False) -> None:
-        """Reserve the maximum. ``early``: return once the ledger has *decided*
-        the reservation, before its commit, so the work can start while it
-        commits (settle and release join the commit through :meth:`confirm`).
+        """Reserve the maximum: every source leg and every cap leg in one linked
+        chain, so they all stand or none does. ``early``: return once the ledger
+        has *decided* the reservation, before its commit, so the work can start
+        while it commits (settle and release join the commit through
+        :meth:`confirm`).
 
-        With several sources the split is planned from their balances, which
-        concurrent requests move: a leg the ledger refuses means another
-        request took that money first, so the plan is made again. The last try
-        draws on the last source alone (the prepaid balance, after a contended
-        free allowance): a customer who can pay is never refused because an
-        earlier source was being used up at that moment."""
-        sources = self.payer.funding()
-        for attempt in range(_RESERVE_ATTEMPTS):
-            last = attempt == _RESERVE_ATTEMPTS - 1
-            plan = (
-                [(sources[-1], self.max_amount)] if last and len(sources) > 1 else await self._plan(sources)
-            )
-            try:
-                await self._reserve_legs(plan, early, attempt)
-                return
-            except TollwayError as e:
-                # Another request took the money between the plan and the reserve
-                # (only a split across several sources can be planned again).
-                if e.code != "insufficient_funds" or last or len(sources) == 1:
-                    metrics.CHARGES.labels("refused").inc()
-                    raise
-
-    async def _plan(self, sources: tuple[Source, ...]) -> list[tuple[Source, int]]:
-        if len(sources) == 1:
-            return [(sources[0], self.max_amount)]
-        need = self.max_amount
-        plan: list[tuple[Source, int]] = []
-        for s in sources:
-            if s.unbounded:
-                plan.append((s, need))
-                return plan
-            available = max((await self.ledger.get_account(s.account_id)).available, 0)
-            take = min(need, available)
-            if take:
-                plan.append((s, take))
-                need -= take
-            if not need:
-                return plan
-        metrics.CHARGES.labels("refused").inc()
-        raise ledger_errors.exceeds_credits(sources[-1].account_id, self.max_amount - need, self.max_amount)
-
-    async def _reserve_legs(self, plan: list[tuple[Source, int]], early: bool, attempt: int = 0) -> None:
-        caps: list[tuple[Source | Cap, int]] = [
-            (c, self.max_amount if c.units is None else c.units) for c in self.payer.caps
-        ]
-        plan_all: list[tuple[Source | Cap, int]] = [*plan, *caps]
-
-        async def leg(i: int, s: Source | Cap, amount: int) -> tuple[Transfer, asyncio.Future[Any] | None]:
-            kw: dict[str, Any] = {
-                "timeout_s": self.timeout_s,
-                "description": self.description or self.meter,
-                "idempotency_key": self._key("reserve" if not attempt else f"reserve{attempt}", i),
-            }
-            if early:
-                return await self.ledger.reserve_early(s.account_id, s.payee or self.payee, amount, **kw)
-            return await self.ledger.reserve(s.account_id, s.payee or self.payee, amount, **kw), None
-
-        results: list[Any]
+        With several sources the legs are split legs: the ledger divides the
+        maximum between them in order, on the balances it reads under the write
+        lock, so concurrent requests that drain an earlier source never get a
+        payer who can pay refused. A refusal names its leg: a cap's own error,
+        or ``insufficient_funds`` for the balance."""
+        chain = self._chain()
+        ops = [op for _, op in chain]
+        results: list[Result]
         if early:  # queued together, decided in one batch: no task per leg
-            queued = [
-                self.ledger.queue_reserve(
+            queued = self.ledger.queue_chain(ops)
+            results = []
+            for decision, _ in queued:
+                assert decision is not None
+                results.append(await decision)
+            commits = [c for _, c in queued]
+        else:
+            results, commits = await self.ledger.chain(ops), []
+        for (src, _), r in zip(chain, results, strict=True):
+            if isinstance(r, TollwayError) and r.code != "linked_event_failed":
+                metrics.CHARGES.labels("refused").inc()
+                if isinstance(src, Cap) and r.code == "insufficient_funds":
+                    # The budget or quota, not the balance, is what ran out.
+                    raise src.refusal(self.max_amount) from None
+                raise r
+        self._chained = [s for s, _ in chain]
+        self._taken([r for r in results if isinstance(r, Transfer)])  # all of them: the chain stood
+        self._committing = commits
+        self.reserved_at = time.monotonic()
+        if self.live is not None:  # checkpointed while it runs, if it has a progress function
+            self.live[id(self)] = self
+
+    def _chain(self) -> list[tuple[Source | Cap, CreateTransfer]]:
+        """The reservation's legs: the sources (split legs when there are
+        several; none after an unbounded one, which covers all the rest), then
+        the caps."""
+        sources = self.payer.funding()
+        for i, s in enumerate(sources):
+            if s.unbounded:
+                sources = sources[: i + 1]
+                break
+        split = len(sources) > 1
+        legs: list[tuple[Source | Cap, int, bool]] = [(s, self.max_amount, split) for s in sources]
+        legs += [(c, self.max_amount if c.units is None else c.units, False) for c in self.payer.caps]
+        description = self.description or self.meter
+        return [
+            (
+                s,
+                CreateTransfer(
                     s.account_id,
                     s.payee or self.payee,
                     amount,
+                    pending=True,
                     timeout_s=self.timeout_s,
-                    description=self.description or self.meter,
-                    idempotency_key=self._key("reserve" if not attempt else f"reserve{attempt}", i),
-                )
-                for i, (s, amount) in enumerate(plan_all)
-            ]
-            results = []
-            for decision, commit in queued:
-                r = await decision
-                results.append(r if isinstance(r, TollwayError) else (r, commit))
-        else:
-            results = await _all(
-                [leg(i, s, amount) for i, (s, amount) in enumerate(plan_all)], return_exceptions=True
+                    description=description,
+                    idempotency_key=self._key("reserve", i),
+                    split=is_split,
+                ),
             )
-        done = [
-            (s, r) for (s, _), r in zip(plan_all, results, strict=True) if not isinstance(r, BaseException)
+            for i, (s, amount, is_split) in enumerate(legs)
         ]
-        legs = [Leg(s, t) for s, (t, _) in done]
-        committing = [c for _, (_, c) in done if c is not None]
-        failed = [(s, r) for (s, _), r in zip(plan_all, results, strict=True) if isinstance(r, BaseException)]
-        if failed:
-            if early:  # legs and committing line up: void only what committed
-                outcomes = await _all(committing)
-                for lg, r in zip(legs, outcomes, strict=True):
-                    if isinstance(r, Transfer):
-                        lg.pending = r
-                legs = [lg for lg, r in zip(legs, outcomes, strict=True) if isinstance(r, Transfer)]
-            await _all([self.ledger.void(lg.pending.id) for lg in legs])
-            src, err = failed[0]
-            if isinstance(src, Cap) and isinstance(err, TollwayError) and err.code == "insufficient_funds":
-                # Not a retry case: the budget or quota, not the balance, is what ran out.
-                raise src.refusal(self.max_amount) from None
-            raise err
-        self.legs, self._committing, self._hold_id = legs, committing, legs[0].pending.id
-        self.reserved_at = time.monotonic()
-        if self.live is not None:
-            self.live[id(self)] = self
+
+    def _taken(self, transfers: list[Transfer]) -> None:
+        """The legs that took something (a split leg may take nothing)."""
+        self.legs = [Leg(s, t) for s, t in zip(self._chained, transfers, strict=True) if t.id]
+        self._hold_id = self.legs[0].pending.id
 
     async def confirm(self) -> None:
         """Join the commit of a reservation made with ``early``. If it did not
-        commit as decided, void whatever legs did, and raise (nothing is held
-        or charged). A no-op once joined, or for a plain reservation."""
+        commit as decided, raise: the chain committed whole or not at all, so
+        nothing is held or charged. A no-op once joined, or for a plain
+        reservation."""
         if self._refused is not None:
             raise self._refused
         futs, self._committing = self._committing, []
         if not futs:
             return
-        results = await _all(futs)
-        for lg, r in zip(self.legs, results, strict=True):
-            if isinstance(r, Transfer):
-                lg.pending = r  # after a retried batch, the committed transfer is the real one
-        bad = [r for r in results if not isinstance(r, Transfer)]
+        results: list[Result] = await _all(futs)
+        bad = [r for r in results if isinstance(r, TollwayError)]
         if not bad:
+            self._taken(
+                [r for r in results if isinstance(r, Transfer)]
+            )  # after a retried batch, the committed transfers are the real ones
             return
-        await asyncio.gather(
-            *(
-                self.ledger.void(lg.pending.id)
-                for lg, r in zip(self.legs, results, strict=True)
-                if isinstance(r, Transfer)
-            )
-        )
         self.legs = []
         self._forget()
         metrics.CHARGES.labels("refused").inc()
-        err = bad[0]
-        self._refused = (
-            err
-            if isinstance(err, TollwayError)
-            else TollwayError(
-                ErrorType.API, "database_unavailable", f"the reservation did not commit: {err}", status=503
-            )
-        )
+        err = next((r for r in bad if r.code != "linked_event_failed"), bad[0])
+        self._refused = err
         raise self._refused
 
     # ------------------------------------------------------------------- settle

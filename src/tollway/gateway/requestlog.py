@@ -20,11 +20,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tollway.core.clock import Clock
 from tollway.core.ids import new_id
-from tollway.core.pointread import numbered
 from tollway.core.schema import request_log as R
 from tollway.core.storage import writer
 from tollway.ledger import Ledger
 from tollway.ledger.rawsql import raw_transaction
+from tollway.ledger.riders import Statement
 
 log = logging.getLogger("tollway.gateway")
 
@@ -64,6 +64,7 @@ _FIELDS = [f.name for f in fields(Entry) if f.name not in ("t0", "recorded")]
 # request ends without its handler having done so (an unexpected error).
 OPEN: ContextVar[list[Entry] | None] = ContextVar("tollway_request_log_open", default=None)
 _COLUMNS = [c.name for c in R.columns]
+_PRUNE: Statement[tuple[int]] = Statement("DELETE FROM request_log WHERE created_at_us < ?")
 assert sorted(_FIELDS) == sorted(_COLUMNS), "request_log columns and Entry fields differ"
 
 
@@ -87,8 +88,9 @@ class RequestLog:
         self._task: asyncio.Task[None] | None = None
         self._last_prune: float | None = None  # never yet (monotonic time may start near 0)
         cols = ", ".join(_COLUMNS)
-        self._insert_sqlite = f"INSERT INTO request_log ({cols}) VALUES ({', '.join('?' * len(_COLUMNS))})"
-        self._insert_pg = numbered(self._insert_sqlite)
+        self._insert: Statement[tuple[Any, ...]] = Statement(
+            f"INSERT INTO request_log ({cols}) VALUES ({', '.join('?' * len(_COLUMNS))})"
+        )
 
     def start(self, endpoint: str) -> Entry:
         e = Entry(endpoint, id=new_id("req"), created_at_us=self.clock.now_us(), t0=time.perf_counter())
@@ -102,7 +104,7 @@ class RequestLog:
             return
         e.recorded = True
         e.latency_ms = round((time.perf_counter() - e.t0) * 1000)
-        if self.ledger is not None and self.ledger.can_ride():
+        if self.ledger is not None and self.ledger.can_ride(self._insert):
             # SQLite: rows gather for flush_ms, then ride with the ledger's next
             # batch (no commit of their own). One batch's worth of request-log
             # pages, not one per commit: with its four indexes a row dirtied
@@ -125,7 +127,7 @@ class RequestLog:
         rows, self._riding = self._riding, []
         if rows:
             assert self.ledger is not None
-            self.ledger.ride(self._insert_sqlite, rows)
+            self.ledger.ride(self._insert, rows)
 
     def _row(self, e: Entry) -> tuple[Any, ...]:
         return tuple(int(v) if isinstance(v, bool) else v for v in map(e.__getattribute__, _COLUMNS))
@@ -161,12 +163,12 @@ class RequestLog:
     async def _write(self, rows: list[Entry]) -> None:
         data = [self._row(e) for e in rows]
         async with raw_transaction(self.engine) as tx:
-            await tx.executemany(self._insert_sqlite if tx.sqlite else self._insert_pg, data)
+            await tx.executemany(self._insert.sql if tx.sqlite else self._insert.pg_sql, data)
 
     async def prune(self) -> int:
         cutoff = self.clock.now_us() - self.retention_days * 86_400_000_000
         if self.ledger is not None:
-            n = await self.ledger.write_aside("DELETE FROM request_log WHERE created_at_us < ?", [(cutoff,)])
+            n = await self.ledger.write_aside(_PRUNE, [(cutoff,)])
             if n is not None:
                 return n
         async with writer(self.engine).begin() as conn:

@@ -68,3 +68,19 @@ def idempotency_conflict(key: str) -> TollwayError:
 
 def account_exists(account_id: str) -> TollwayError:
     return conflict("account_exists", f"account {account_id!r} already exists", "id")
+
+
+def linked_event_failed(failed_at: int, cause: TollwayError) -> TollwayError:
+    """A transfer of a chain that did not fail itself: transfer ``failed_at``
+    (its index in the chain) did, with ``cause``, so nothing of the chain applied."""
+    return conflict(
+        "linked_event_failed",
+        f"transfer {failed_at} of this linked chain failed ({cause.code}); nothing in the chain was applied",
+        "linked",
+    )
+
+
+def linked_event_chain_open() -> TollwayError:
+    return invalid(
+        "linked_event_chain_open", "the last transfer of a batch may not be linked to a next one", "linked"
+    )

@@ -7,9 +7,10 @@ PostgreSQL, so several processes can share one database — and acknowledges
 each request only after the commit.  A batch that the database refuses is
 retried one request at a time, so one bad request never sinks its neighbours.
 
-:meth:`Ledger.reserve_early` also hears a reservation's *decision* as soon as
-the batch has applied it under the write lock, before the commit: a caller
-can start slow work (an upstream call) while the commit runs, and joins the
+:meth:`Ledger.chain` commits several transfers as one (all or nothing), and
+:meth:`Ledger.queue_chain` also hears a chain's *decision* as soon as the
+batch has applied it under the write lock, before the commit: a caller can
+start slow work (an upstream call) while the commit runs, and joins the
 commit before it shows anyone a result.
 """
 
@@ -20,7 +21,7 @@ import contextlib
 import logging
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -33,7 +34,7 @@ from tollway.core.clock import Clock, SystemClock
 from tollway.core.errors import ErrorType, TollwayError, invalid
 from tollway.core.ids import new_id
 from tollway.core.money import check_amount
-from tollway.core.pointread import PointReader, numbered
+from tollway.core.pointread import PointReader
 from tollway.core.schema import ledger_accounts as A
 from tollway.core.schema import ledger_pending as P
 from tollway.core.schema import ledger_transfers as T
@@ -42,8 +43,10 @@ from tollway.ledger import errors
 from tollway.ledger.apply import Result, apply_batch
 from tollway.ledger.ops import CreateTransfer, Op, ResolvePending, Usage
 from tollway.ledger.rawsql import DRIVER_ERRORS, inline_tx, raw_transaction, run_inline
+from tollway.ledger.riders import Row, Statement
 from tollway.ledger.store import (
     ACCOUNT_COLUMNS,
+    TRANSFER_COLUMNS,
     account_from_row,
     load_batch,
     select_accounts,
@@ -74,36 +77,31 @@ def _check_key(key: str | None) -> None:
         )
 
 
-def _create(
-    debit_account_id: str,
-    credit_account_id: str,
-    amount: int,
-    pending: bool,
-    timeout_s: int | None,
-    description: str,
-    idempotency_key: str | None,
-    usage: Usage | None,
-) -> CreateTransfer:
-    """A checked transfer request (bad input is refused before it is queued)."""
-    check_amount(amount)
-    _check_key(idempotency_key)
+def _check_timeout(timeout_s: int | None, pending: bool) -> None:
     if timeout_s is not None and (
         isinstance(timeout_s, bool) or not isinstance(timeout_s, int) or timeout_s <= 0
     ):
         raise invalid("invalid_timeout", "timeout must be a positive integer of seconds", "timeout")
     if timeout_s is not None and not pending:
         raise invalid("invalid_timeout", "timeout applies only to pending transfers", "timeout")
-    if len(description) > 500:
-        raise invalid("invalid_description", "description is at most 500 characters", "description")
-    return CreateTransfer(
-        debit_account_id, credit_account_id, amount, pending, timeout_s, description, idempotency_key, usage
-    )
 
 
-# A queued request: the op, its commit's future, and (reserve_early) its decision's.
+def check_op(op: Op) -> None:
+    """Refuse bad input before it is queued (raises ``TollwayError``)."""
+    _check_key(op.idempotency_key)
+    if isinstance(op, CreateTransfer):
+        check_amount(op.amount)
+        _check_timeout(op.timeout_s, op.pending)
+        if len(op.description) > 500:
+            raise invalid("invalid_description", "description is at most 500 characters", "description")
+    elif op.amount is not None:
+        check_amount(op.amount)
+
+
+# A queued request: the op, its commit's future, and (queue_chain) its decision's.
 _Item = tuple[Op, "asyncio.Future[Result]", "asyncio.Future[Result] | None"]
 _Decided = Callable[[list[Result]], None]
-_Riders = list[tuple[str, list[tuple[Any, ...]]]] | tuple[()]
+_Riders = list[tuple[Statement[Any], list[Any]]] | tuple[()]
 
 
 def _decided(batch: list[_Item], results: list[Result]) -> None:
@@ -112,6 +110,19 @@ def _decided(batch: list[_Item], results: list[Result]) -> None:
     for (_, _, early), r in zip(batch, results, strict=True):
         if early is not None and not early.done() and isinstance(r, Transfer):
             early.set_result(r)
+
+
+def _chains(batch: list[_Item]) -> list[list[_Item]]:
+    """The batch's requests as their chains (a request on its own: a chain of one)."""
+    out: list[list[_Item]] = []
+    start = 0
+    for i, item in enumerate(batch):
+        if not item[0].linked:
+            out.append(batch[start : i + 1])
+            start = i + 1
+    if start < len(batch):
+        out.append(batch[start:])
+    return out
 
 
 class Ledger:
@@ -134,7 +145,7 @@ class Ledger:
         self._linger: asyncio.TimerHandle | None = None
         # Rows that ride with the next batch's transaction (see ride()), and
         # futures waiting for the riders queued before them to commit.
-        self._riders: list[tuple[str, list[tuple[Any, ...]]]] = []
+        self._riders: list[tuple[Statement[Any], list[Any]]] = []
         self._rider_waiters: list[asyncio.Future[None]] = []
         self._riders_writing: asyncio.Future[None] | None = None  # riders of the batch being committed
         self.linger_s = linger_s
@@ -157,6 +168,7 @@ class Ledger:
         self._sync_now: int | None = None  # and as set now (see _sync_for)
         cols = ", ".join(c.name for c in ACCOUNT_COLUMNS)
         self._select_account = f"SELECT {cols} FROM ledger_accounts"
+        self._select_transfer = f"SELECT {', '.join(TRANSFER_COLUMNS)} FROM ledger_transfers"
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -224,6 +236,11 @@ class Ledger:
             raise errors.account_not_found(account_id, "account_id")
         return account_from_row(row)
 
+    async def find_account(self, account_id: str) -> Account | None:
+        """:meth:`get_account`, or None where there is no such account."""
+        row = await self.reads.one(self._select_account + " WHERE id = ?", account_id)
+        return None if row is None else account_from_row(row)
+
     async def accounts(self, ids: list[str] | None = None) -> list[Account]:
         async with self.engine.connect() as conn:
             return await select_accounts(conn, ids)
@@ -242,7 +259,7 @@ class Ledger:
         idempotency_key: str | None = None,
         usage: Usage | None = None,
     ) -> Transfer:
-        op = _create(
+        op = CreateTransfer(
             debit_account_id,
             credit_account_id,
             amount,
@@ -252,6 +269,7 @@ class Ledger:
             idempotency_key,
             usage,
         )
+        check_op(op)
         return await self._submit(op)
 
     async def reserve(
@@ -260,50 +278,40 @@ class Ledger:
         """A pending transfer: the amount is held until posted, voided or expired."""
         return await self.transfer(debit_account_id, credit_account_id, amount, pending=True, **kw)
 
-    async def reserve_early(
-        self,
-        debit_account_id: str,
-        credit_account_id: str,
-        amount: int,
-        *,
-        timeout_s: int | None = None,
-        description: str = "",
-        idempotency_key: str | None = None,
-    ) -> tuple[Transfer, asyncio.Future[Result]]:
-        """:meth:`reserve`, returning as soon as the reservation is *decided*
-        (applied under the write lock), with a future for its commit. The
-        commit is what counts: it can still fail (a lost disk or connection)
-        or, if the batch had to be retried, come out differently, so join it
-        before showing anyone the result. A refusal is returned only once
-        committed, so a refused caller never leaves a hold behind."""
-        op = _create(
-            debit_account_id, credit_account_id, amount, True, timeout_s, description, idempotency_key, None
-        )
-        early: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
-        committed = self._enqueue(op, early)
-        r = await early
-        if isinstance(r, TollwayError):
-            raise r
-        return r, committed
+    async def chain(self, ops: Sequence[Op]) -> list[Result]:
+        """Commit ``ops`` as one linked chain (TigerBeetle's ``linked`` flag):
+        all of them or none. If one is refused, it gets its own error, every
+        other one ``linked_event_failed`` naming it, and no balance moves.
+        Split legs (``CreateTransfer.split``) divide one amount between
+        their accounts under the write lock (see :mod:`tollway.ledger.apply`)."""
+        # One batch commits the whole chain: await its futures in turn (no gather).
+        return [await c for _, c in self.queue_chain(ops, early=False)]
 
-    def queue_reserve(
-        self,
-        debit_account_id: str,
-        credit_account_id: str,
-        amount: int,
-        *,
-        timeout_s: int | None = None,
-        description: str = "",
-        idempotency_key: str | None = None,
-    ) -> tuple[asyncio.Future[Result], asyncio.Future[Result]]:
-        """:meth:`reserve_early` without a task of its own: queue the reservation
-        and return (its decision, its commit) as futures. Several reservations
-        queued together are decided in one batch."""
-        op = _create(
-            debit_account_id, credit_account_id, amount, True, timeout_s, description, idempotency_key, None
-        )
-        early: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
-        return early, self._enqueue(op, early)
+    def queue_chain(
+        self, ops: Sequence[Op], *, early: bool = True
+    ) -> list[tuple[asyncio.Future[Result] | None, asyncio.Future[Result]]]:
+        """Queue ``ops`` as one linked chain (see :meth:`chain`), in one batch,
+        and return (its decision, its commit) for each, as futures, without a
+        task of their own. With ``early`` a decision is heard once the batch has
+        applied the chain under the write lock, before its commit: the caller
+        may start slow work while it commits, but must join the commit before
+        showing anyone the result (it can still fail, or, if the batch had to
+        be retried, come out differently). A refused chain is told only once
+        committed, so a refused caller never leaves a hold behind."""
+        for op in ops:
+            check_op(op)
+        loop = asyncio.get_running_loop()
+        out: list[tuple[asyncio.Future[Result] | None, asyncio.Future[Result]]] = []
+        last = len(ops) - 1
+        for i, op in enumerate(ops):
+            op.linked = i < last
+            decided: asyncio.Future[Result] | None = loop.create_future() if early else None
+            fut: asyncio.Future[Result] = loop.create_future()
+            self._queue.append((op, fut, decided))
+            out.append((decided, fut))
+        if ops:
+            self._poke(loop, False)
+        return out
 
     async def post(
         self,
@@ -316,10 +324,8 @@ class Ledger:
     ) -> Transfer:
         """Take ``amount`` (default: all) of a pending transfer; release the rest.
         ``linger``: see :meth:`_enqueue` (for a settle nobody waits on)."""
-        if amount is not None:
-            check_amount(amount)
-        _check_key(idempotency_key)
         op = ResolvePending(pending_id, True, amount, False, idempotency_key, usage)
+        check_op(op)
         return await self._submit(op, linger)
 
     async def void(
@@ -343,11 +349,14 @@ class Ledger:
             raise errors.transfer_not_found(transfer_id, "transfer_id")
         return transfer_from_row(row)
 
+    async def transfer_by_key(self, idempotency_key: str) -> Transfer | None:
+        """The transfer made under an idempotency key, if any (a point read)."""
+        row = await self.reads.one(self._select_transfer + " WHERE idempotency_key = ?", idempotency_key)
+        return None if row is None else transfer_from_row(row)
+
     async def resolution_of(self, pending_id: str) -> Transfer | None:
-        """The transfer that resolved a pending one (its post, void or expiry),
-        or None while it is still pending (or unknown)."""
-        async with self.engine.connect() as conn:
-            row = (await conn.execute(select(*T.columns).where(T.c.pending_id == pending_id))).first()
+        """The transfer that posted, voided or expired a pending one (None while it is open)."""
+        row = await self.reads.one(self._select_transfer + " WHERE pending_id = ?", pending_id)
         return None if row is None else transfer_from_row(row)
 
     async def history(
@@ -412,25 +421,25 @@ class Ledger:
         elif self._linger is None:
             self._linger = loop.call_later(self.linger_s, self._wake.set)
 
-    def can_ride(self, *, postgres: bool = False) -> bool:
-        """Whether :meth:`ride` takes rows here (see its ``postgres``)."""
-        return bool((self._sqlite and sqlite_path(self.engine)) or (postgres and not self._sqlite))
+    def can_ride(self, stmt: Statement[Any]) -> bool:
+        """Whether :meth:`ride` takes rows of ``stmt`` here (see ``Statement.postgres``)."""
+        return bool((self._sqlite and sqlite_path(self.engine)) or (stmt.postgres and not self._sqlite))
 
-    def ride(self, sql: str, rows: list[tuple[Any, ...]], *, postgres: bool = False) -> bool:
-        """Write ``rows`` inside the next batch's transaction (after its
-        decisions, before its commit; within ``linger_s`` if no batch comes), so
-        side tables such as the request log cost no commit of their own and
-        never make a ledger batch wait for the write lock. A rider that fails
-        is rolled back to its savepoint and logged: it never fails the batch.
-        ``sql`` uses ``?`` placeholders. SQLite always; PostgreSQL when the
-        caller says its rows carry exactly the column types (``postgres``).
-        Returns False where rows cannot ride (the caller writes them itself)."""
-        if not self.can_ride(postgres=postgres):
+    def ride(self, stmt: Statement[Row], rows: Sequence[Row]) -> bool:
+        """Write ``rows`` with ``stmt`` inside the next batch's transaction
+        (after its decisions, before its commit; within ``linger_s`` if no
+        batch comes), so side tables such as the request log cost no commit of
+        their own and never make a ledger batch wait for the write lock. A
+        rider that fails is rolled back to its savepoint and logged: it never
+        fails the batch. SQLite always; PostgreSQL when the statement says its
+        rows carry exactly the column types (``Statement.postgres``). Returns
+        False where rows cannot ride (the caller writes them itself)."""
+        if not self.can_ride(stmt):
             return False
-        if self._riders and self._riders[-1][0] == sql:
+        if self._riders and self._riders[-1][0] == stmt:
             self._riders[-1][1].extend(rows)  # safe: the writer swaps the list out on this loop
         else:
-            self._riders.append((sql, list(rows)))
+            self._riders.append((stmt, list(rows)))
         self._poke(asyncio.get_running_loop(), linger=True)
         return True
 
@@ -491,8 +500,11 @@ class Ledger:
                 self._linger.cancel()
                 self._linger = None
             while self._queue or self._riders:
-                batch = self._queue[: self.batch_max]
-                del self._queue[: self.batch_max]
+                cut = min(self.batch_max, len(self._queue))
+                while cut < len(self._queue) and self._queue[cut - 1][0].linked:
+                    cut += 1  # a chain is never split between batches
+                batch = self._queue[:cut]
+                del self._queue[:cut]
                 riders, self._riders = self._riders, []
                 waiters, self._rider_waiters = self._rider_waiters, []
                 if riders:  # riders_committed() waits for these too
@@ -519,12 +531,13 @@ class Ledger:
                 log.warning("dropping %d rider rows with a failed ledger batch: %s", len(riders), e)
             if not batch:
                 return
-            if len(batch) > 1:
-                # Isolate the request the database refused; the rest still commit.
-                for item in batch:
-                    await self._commit_batch([item])
+            chains = _chains(batch)
+            if len(chains) > 1:
+                # Isolate the request (or chain) the database refused; the rest still commit.
+                for c in chains:
+                    await self._commit_batch(c)
                 return
-            results = [await self._retry_single(ops[0], e)]
+            results = await self._retry_alone(ops, e)
         except Exception as e:  # never leave a caller waiting forever
             log.exception("ledger batch failed")
             results = [_db_unavailable(e)] * len(batch)
@@ -542,16 +555,17 @@ class Ledger:
         if len(batch) - ok:
             metrics.LEDGER_OPS.labels("rejected").inc(len(batch) - ok)
 
-    async def _retry_single(self, op: Op, first: Exception) -> Result:
+    async def _retry_alone(self, ops: list[Op], first: Exception) -> list[Result]:
+        """One request, or one chain, in batches of its own until it commits."""
         err: Exception = first
         for attempt in range(5):
             await asyncio.sleep(0.001 * 2**attempt)
             try:
-                return (await self._apply([op], None))[0]
+                return await self._apply(ops, None)
             except DRIVER_ERRORS as e:
                 err = e
         log.error("ledger request failed after retries: %s", err)
-        return _db_unavailable(err)
+        return [_db_unavailable(err)] * len(ops)
 
     async def _apply(
         self, ops: list[Op], decided: _Decided | None, riders: _Riders = (), *, lazy: bool = False
@@ -589,10 +603,10 @@ class Ledger:
                 if decided is not None:
                     decided(results)
                 await write_batch(tx, st, writes)
-            for sql, rows in riders:  # PostgreSQL riders, each in a savepoint
+            for stmt, rows in riders:  # PostgreSQL riders, each in a savepoint
                 try:
                     async with tx.driver.transaction():
-                        await tx.executemany(numbered(sql), rows)
+                        await tx.executemany(stmt.pg_sql, rows)
                 except asyncpg.PostgresError:
                     log.exception("dropping %d rider rows", len(rows))
         return results
@@ -730,10 +744,10 @@ class Ledger:
 
     @staticmethod
     def _write_riders(conn: sqlite3.Connection, riders: _Riders) -> None:
-        for sql, rows in riders:
+        for stmt, rows in riders:
             conn.execute("SAVEPOINT rider")
             try:
-                conn.executemany(sql, rows)
+                conn.executemany(stmt.sql, rows)
             except sqlite3.Error:
                 log.exception("dropping %d rider rows", len(rows))
                 conn.execute("ROLLBACK TO rider")
@@ -770,8 +784,10 @@ class Ledger:
             raise
         return results
 
-    async def write_aside(self, sql: str, rows: list[tuple[Any, ...]], *, lazy: bool = False) -> int | None:
-        """SQLite: insert ``rows`` in a transaction of their own on the ledger's
+    async def write_aside(
+        self, stmt: Statement[Row], rows: Sequence[Row], *, lazy: bool = False
+    ) -> int | None:
+        """SQLite: run ``stmt`` with ``rows`` in a transaction of their own on the ledger's
         writer thread, between batches, so the database keeps one writer and
         nobody sleeps in SQLite's busy handler (its back-off costs milliseconds).
         Returns the rows changed, or None where there is no such thread
@@ -783,9 +799,9 @@ class Ledger:
             return None
         if self._wexec is None:
             self._wexec = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tollway-ledger")
-        return await self._on_writer(self._write_aside, sql, rows, lazy)
+        return await self._on_writer(self._write_aside, stmt.sql, rows, lazy)
 
-    def _write_aside(self, sql: str, rows: list[tuple[Any, ...]], lazy: bool = False) -> int:
+    def _write_aside(self, sql: str, rows: Sequence[tuple[Any, ...]], lazy: bool = False) -> int:
         if self._wconn is None:
             self._wconn = sqlite_connect(self.engine, shared=True)
         conn = self._wconn

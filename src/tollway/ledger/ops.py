@@ -31,9 +31,15 @@ class CreateTransfer:
     description: str = ""
     idempotency_key: str | None = None
     usage: Usage | None = None
+    # Linked to the next request: the chain commits or fails as one (see Ledger.chain).
+    linked: bool = False
+    # One of a chain's split legs: together they take ``amount``, each as much
+    # as its debit account has available of what is still needed, the last
+    # one all of the rest (see tollway.ledger.apply).
+    split: bool = False
 
     def request_hash(self) -> str:
-        return _hash(
+        parts: tuple[Any, ...] = (
             "create",
             self.debit_account_id,
             self.credit_account_id,
@@ -42,6 +48,9 @@ class CreateTransfer:
             self.timeout_s,
             self.description,
         )
+        # A split leg's amount is a most, not the amount: part of what it asks.
+        # (Stored hashes never change: nothing is added for a plain transfer.)
+        return _hash(*parts, "split") if self.split else _hash(*parts)
 
 
 @dataclass(slots=True)
@@ -54,6 +63,7 @@ class ResolvePending:
     expired: bool = False
     idempotency_key: str | None = None
     usage: Usage | None = None
+    linked: bool = False  # see CreateTransfer.linked
 
     def request_hash(self) -> str:
         return _hash("post" if self.post else "void", self.pending_id, self.amount)

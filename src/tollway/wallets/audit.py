@@ -3,6 +3,7 @@ approval, freeze and change is a row, queryable per wallet and per token."""
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any
 
@@ -14,9 +15,12 @@ from tollway.core.ids import new_id
 from tollway.core.schema import wallet_audit as W
 from tollway.core.storage import writer
 from tollway.ledger import Ledger
+from tollway.ledger.riders import Statement
 
 _COLS = [c.name for c in W.columns]
-_SQLITE_INSERT = f"INSERT INTO wallet_audit ({', '.join(_COLS)}) VALUES ({', '.join('?' * len(_COLS))})"
+_INSERT: Statement[tuple[Any, ...]] = Statement(
+    f"INSERT INTO wallet_audit ({', '.join(_COLS)}) VALUES ({', '.join('?' * len(_COLS))})", postgres=True
+)
 # An authorization's resolution (capture, void, expiry) is audited once: a replay
 # of it (say, a capture re-sent to another process) finds the row and adds none.
 RESOLUTIONS = ("capture", "void", "expire")
@@ -26,10 +30,16 @@ _SELECTED = (
     f"INSERT INTO wallet_audit ({', '.join(_COLS)}) SELECT {', '.join(['?'] * (len(_COLS) - 1))},"
     " CAST(? AS BIGINT)"
 )
-_ONCE = (
+_ONCE: Statement[tuple[Any, ...]] = Statement(
     f"{_SELECTED} WHERE NOT EXISTS (SELECT 1 FROM wallet_audit WHERE authorization_id = ?"
-    f" AND event IN ({', '.join(repr(e) for e in RESOLUTIONS)}))"
+    f" AND event IN ({', '.join(repr(e) for e in RESOLUTIONS)}))",
+    postgres=True,
 )
+
+
+@functools.cache
+def _if_exists(exists: str) -> Statement[tuple[Any, ...]]:
+    return Statement(f"{_SELECTED} WHERE EXISTS ({exists})", postgres=True)
 
 
 class Audit:
@@ -62,7 +72,7 @@ class Audit:
     async def write(self, rows: list[tuple[Any, ...]]) -> None:
         """On SQLite the rows ride with the ledger's next batch (no commit of their
         own); elsewhere they are inserted in a transaction of their own."""
-        if not rows or self.ledger.ride(_SQLITE_INSERT, rows, postgres=True):
+        if not rows or self.ledger.ride(_INSERT, rows):
             return
         async with writer(self.engine).begin() as conn:
             await conn.execute(insert(W), [dict(zip(_COLS, r, strict=True)) for r in rows])
@@ -70,7 +80,7 @@ class Audit:
     async def write_if(self, row: tuple[Any, ...], exists: str, *args: Any) -> None:
         """Write ``row`` (riding, where rows ride) only if the query ``exists``
         (``?`` placeholders, ``args``) finds a row in the same transaction."""
-        if self.ledger.ride(f"{_SELECTED} WHERE EXISTS ({exists})", [(*row, *args)], postgres=True):
+        if self.ledger.ride(_if_exists(exists), [(*row, *args)]):
             return
         await self.write([row])
 
@@ -80,7 +90,7 @@ class Audit:
         PostgreSQL a concurrent replay's update waits for that row's lock, so its
         check runs once the first resolution (and its audit row) committed."""
         auth_id = row[_COLS.index("authorization_id")]
-        if self.ledger.ride(_ONCE, [(*row, auth_id)], postgres=True):
+        if self.ledger.ride(_ONCE, [(*row, auth_id)]):
             return
         async with writer(self.engine).begin() as conn:  # an in-memory SQLite: one process
             q = select(W.c.id).where(W.c.authorization_id == auth_id, W.c.event.in_(RESOLUTIONS))

@@ -18,6 +18,7 @@ from tollway.core.errors import conflict, not_found
 from tollway.core.schema import wallet_authorizations as A
 from tollway.core.storage import writer
 from tollway.ledger import Ledger
+from tollway.ledger.riders import Statement
 from tollway.wallets.audit import Audit
 from tollway.wallets.decision import COLS, FIELDS, Decision, Row, from_row
 from tollway.wallets.store import Wallets
@@ -25,6 +26,13 @@ from tollway.wallets.store import Wallets
 _SQLITE_INSERT = (
     f"INSERT INTO wallet_authorizations ({', '.join(COLS)}) VALUES ({', '.join('?' * len(COLS))})"
     " ON CONFLICT (idempotency_key) DO NOTHING"  # another process's decision stands (read back)
+)
+# What rides with the ledger's batches (the rows carry the column types).
+_RIDE_INSERT: Statement[tuple[Any, ...]] = Statement(_SQLITE_INSERT, postgres=True)
+_RIDE_FINISH: Statement[tuple[str, int, int, str]] = Statement(
+    "UPDATE wallet_authorizations SET status = ?, captured = ?, updated_at_us = ?"
+    " WHERE id = ? AND status = 'approved'",
+    postgres=True,
 )
 _RECORDED = "SELECT 1 FROM wallet_authorizations WHERE id = ?"
 _BY_KEY = f"SELECT {', '.join(COLS)} FROM wallet_authorizations WHERE idempotency_key = ?"
@@ -69,11 +77,7 @@ class Records:
             message=message,
             captured=captured,
         )
-        sql = (
-            "UPDATE wallet_authorizations SET status = ?, captured = ?, updated_at_us = ?"
-            " WHERE id = ? AND status = 'approved'"
-        )
-        if not self.ledger.ride(sql, [(status, captured, now, d.id)], postgres=True):
+        if not self.ledger.ride(_RIDE_FINISH, [(status, captured, now, d.id)]):
             async with writer(self.engine).begin() as conn:
                 await conn.execute(
                     update(A)
@@ -109,7 +113,7 @@ class Records:
             payee=d.payee,
             category=d.category,
         )
-        if self.ledger.ride(_SQLITE_INSERT, [d.row()], postgres=True):
+        if self.ledger.ride(_RIDE_INSERT, [d.row()]):
             await self.audit.write_if(arow, _RECORDED, d.id)
             await self.ledger.riders_committed()
             # Another process may have decided the same request first (its

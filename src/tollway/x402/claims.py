@@ -20,6 +20,7 @@ claim atomic across every process sharing it (SQLite or PostgreSQL).
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any
 
@@ -30,6 +31,7 @@ from tollway.core.clock import Clock
 from tollway.core.ids import new_id
 from tollway.core.storage import writer
 from tollway.ledger import Ledger
+from tollway.ledger.riders import Statement
 from tollway.x402 import wire
 from tollway.x402.wire import PaymentInvalid
 
@@ -115,7 +117,7 @@ class Claims:
         row rides with the next ledger batch (no commit of its own): if it were
         lost, the claim would only expire, and the settled authorization is
         refused by the facilitator's own nonce check from then on."""
-        if not self.ledger.ride(*_qmark(_SPEND, key=key, token=token), postgres=True):
+        if not self.ledger.ride(*_qmark(_SPEND, key=key, token=token)):
             await self._write(_SPEND, key=key, token=token)
 
     async def _write(self, sql: str, **params: Any) -> int:
@@ -138,6 +140,18 @@ class Claims:
             return int((await conn.execute(text(sql), params)).rowcount)
 
 
-def _qmark(sql: str, **params: Any) -> tuple[str, list[tuple[Any, ...]]]:
+def _qmark(sql: str, **params: Any) -> tuple[Statement[tuple[Any, ...]], list[tuple[Any, ...]]]:
     """``:name`` placeholders → ``?`` and the one row of values, in order."""
-    return re.sub(r":(\w+)", "?", sql), [tuple(params[k] for k in re.findall(r":(\w+)", sql))]
+    return _statement(sql), [tuple(params[k] for k in _names(sql))]
+
+
+@functools.cache
+def _statement(sql: str) -> Statement[tuple[Any, ...]]:
+    """The claims' statements as the ledger's writer runs them (their rows
+    carry the column types: they may ride on PostgreSQL too)."""
+    return Statement(re.sub(r":(\w+)", "?", sql), postgres=True)
+
+
+@functools.cache
+def _names(sql: str) -> tuple[str, ...]:
+    return tuple(re.findall(r":(\w+)", sql))

@@ -79,11 +79,8 @@ class Devnet:
         return await self.ledger.transfer(MINT_ACCOUNT, acct, amount, description=f"devnet mint to {address}")
 
     async def balance(self, address: str) -> int:
-        row = await self.ledger.reads.one(
-            "SELECT credits_posted - debits_posted - debits_pending FROM ledger_accounts WHERE id = ?",
-            self.account_id(address),
-        )
-        return int(row[0]) if row is not None else 0
+        acct = await self.ledger.find_account(self.account_id(address))
+        return acct.available if acct is not None else 0
 
     async def covers(self, auth: Authorization) -> bool:
         """Whether the payer can pay ``auth``: the wallet's hold for a payment the
@@ -102,10 +99,7 @@ class Devnet:
         return await self.balance(auth.payer)
 
     async def nonce_used(self, authorizer: str, nonce: str) -> bool:
-        row = await self.ledger.reads.one(
-            "SELECT 1 FROM ledger_transfers WHERE idempotency_key = ?", self.nonce_key(authorizer, nonce)
-        )
-        return row is not None
+        return await self.ledger.transfer_by_key(self.nonce_key(authorizer, nonce)) is not None
 
     def transaction(self, auth: Authorization) -> str:
         """The settlement's transaction reference: deterministic per authorization."""
