@@ -26,6 +26,7 @@ from tollway.core.config import ModelConfig, Settings
 from tollway.core.errors import TollwayError, invalid, not_found
 from tollway.core.money import parse_amount
 from tollway.inference import routing
+from tollway.inference.backends.anthropic_upstream import AnthropicUpstream
 from tollway.inference.backends.base import (
     Cancel,
     ChatBackend,
@@ -139,6 +140,8 @@ class Inference:
             if b is None:
                 if cfg.backend == "openai":
                     b = OpenAIUpstream(cfg)
+                elif cfg.backend == "anthropic":
+                    b = AnthropicUpstream(cfg)
                 else:
                     weights = await asyncio.to_thread(_load_weights, cfg)
                     b = (
@@ -151,7 +154,7 @@ class Inference:
 
     async def aclose(self) -> None:
         for b in self._backends.values():
-            if isinstance(b, OpenAIUpstream):
+            if isinstance(b, OpenAIUpstream | AnthropicUpstream):
                 await b.aclose()
         self._backends.clear()
 
