@@ -25,6 +25,7 @@ from tollway.inference.backends.base import (
     Progress,
     UpstreamError,
 )
+from tollway.inference.service import Caller
 
 HI = [{"role": "user", "content": "hi"}]
 WEATHER = {
@@ -241,3 +242,33 @@ async def test_gateway_does_not_retry_an_anthropic_refusal(env: Env, api: Anthro
     )
     assert r.status_code == 502 and api.calls == 1
     assert await env.spent() == 0
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_tool_loop_through_the_charge_path(env: Env, api: AnthropicStandin, stream: bool) -> None:
+    """The path agents take (Inference.start_chat with tools): the call and the
+    answer to its result, each charged on the stand-in's usage."""
+    inference = env.rt.inference
+    caller = Caller(env.customer["id"], env.customer["account_id"])
+    cfg = inference.model("claude-a", "chat")
+    messages: list[dict[str, Any]] = [{"role": "user", "content": "use get_weather"}]
+    finishes: list[Finish] = []
+    for _ in range(2):
+        params = ChatParams(messages=list(messages), max_tokens=0, tools=[WEATHER], stream=stream)
+        call = await inference.start_chat(caller, cfg, params, 50)
+        evs = [ev async for ev in call.events(stream=stream)]
+        finish = evs[-1]
+        assert isinstance(finish, Finish) and call.metered is not None
+        if call.metered.committing is not None:
+            await call.metered.committing
+        finishes.append(finish)
+        if finish.tool_calls:
+            [tc] = finish.tool_calls
+            messages += [
+                {"role": "assistant", "content": None, "tool_calls": finish.tool_calls},
+                {"role": "tool", "tool_call_id": tc["id"], "content": "sunny"},
+            ]
+    assert [f.reason for f in finishes] == ["tool_calls", "stop"]
+    assert api.refused == [] and api.calls == 2
+    spent = sum(inference.price(cfg, f.prompt_tokens, f.completion_tokens)[1] for f in finishes)
+    assert await env.spent() == spent > 0
