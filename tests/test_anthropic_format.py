@@ -150,6 +150,16 @@ def test_tool_choice(choice: Any, parallel: bool, expected: dict[str, Any] | Non
             ChatParams(messages=[{"role": "user", "content": "x"}], max_tokens=5, json_object=True),
             "response_format",
         ),
+        (ChatParams(messages=[{"role": "system", "content": "x"}], max_tokens=5), "messages"),
+        (
+            ChatParams(
+                messages=[
+                    {"role": "assistant", "content": None, "tool_calls": [{"function": {"name": "f"}}]}
+                ],
+                max_tokens=5,
+            ),
+            "messages[0]",
+        ),
         (
             ChatParams(messages=[{"role": "user", "content": "x"}], max_tokens=5, tools=[{"type": "code"}]),
             "tools[0]",
@@ -271,6 +281,9 @@ def test_a_malformed_stream_is_a_bad_answer() -> None:
     cut.feed(start)
     with pytest.raises(BadAnswer, match="before message_stop"):
         cut.finish()
+    assert StreamReader().feed({"type": "some_future_event", "x": 1}) == []  # ignored, as Anthropic asks
+    with pytest.raises(BadAnswer, match="without a type"):
+        StreamReader().feed({"index": 0})
     with pytest.raises(BadAnswer, match="outside a tool_use"):
         StreamReader().feed({**bad_json, "index": 7})
     with pytest.raises(BadAnswer) as e:

@@ -96,6 +96,8 @@ def to_messages_request(params: ChatParams, model: str) -> dict[str, Any]:
                 prev.extend(blocks)
         else:
             turns.append({"role": role, "content": blocks})
+    if not turns:
+        raise invalid("no_messages", "the chat needs a user or assistant message with content", "messages")
     body: dict[str, Any] = {"model": model, "messages": turns}
     if system:
         body["system"] = "\n\n".join(system)
@@ -142,7 +144,11 @@ def _assistant_blocks(m: dict[str, Any], i: int) -> list[dict[str, Any]]:
             args = None
         if not isinstance(args, dict):
             raise invalid("invalid_tool_call", "a tool call's arguments must be a JSON object", where)
-        blocks.append({"type": "tool_use", "id": call.get("id"), "name": fn.get("name"), "input": args})
+        if not isinstance(call.get("id"), str) or not isinstance(fn.get("name"), str):
+            raise invalid(
+                "invalid_tool_call", "a tool call needs an id and a function name", f"messages[{i}]"
+            )
+        blocks.append({"type": "tool_use", "id": call["id"], "name": fn["name"], "input": args})
     return blocks
 
 
@@ -308,8 +314,9 @@ class StreamReader:
             self.done = True
         elif kind == "error":
             raise _error_event(event)
-        elif kind not in ("content_block_stop", "ping"):
-            raise BadAnswer(f"an event of unknown type {kind!r}")
+        elif not isinstance(kind, str):
+            raise BadAnswer("an event without a type")
+        # content_block_stop, ping, and event types Anthropic may add: nothing to report
         return []
 
     def tool_calls(self) -> list[dict[str, Any]]:
