@@ -8,6 +8,8 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from anthropic_standin import answer, check_request, events
 from tollway.core.errors import TollwayError
@@ -292,3 +294,35 @@ def test_a_malformed_stream_is_a_bad_answer() -> None:
     with pytest.raises(BadAnswer) as e:
         StreamReader().feed({"type": "error", "error": {"type": "invalid_request_error", "message": "no"}})
     assert not e.value.retryable
+
+
+# Any OpenAI tool loop: user texts, assistant texts and tool calls, each call
+# answered by a tool message, system messages anywhere.
+_text = st.text(alphabet="abc xyz", min_size=1, max_size=8).filter(str.strip)
+_step = st.one_of(
+    st.tuples(st.just("user"), _text),
+    st.tuples(st.just("system"), _text),
+    st.tuples(st.just("assistant"), st.one_of(st.none(), _text), st.integers(0, 3)),
+)
+
+
+@given(st.lists(_step, min_size=1, max_size=12))
+@settings(max_examples=200, deadline=None)
+def test_any_openai_tool_loop_is_a_request_anthropic_accepts(steps: list[tuple[Any, ...]]) -> None:
+    messages: list[dict[str, Any]] = [{"role": "user", "content": "start"}]
+    calls = 0
+    for step in steps:
+        if step[0] == "assistant":
+            _, text, n = step
+            made = [call(f"call_{calls + k}", "get_weather", '{"city": "Oslo"}') for k in range(n)]
+            calls += n
+            messages.append({"role": "assistant", "content": text, **({"tool_calls": made} if made else {})})
+            messages += [{"role": "tool", "tool_call_id": c["id"], "content": "ok"} for c in made]
+        else:
+            messages.append({"role": step[0], "content": step[1]})
+    body = request(ChatParams(messages=messages, max_tokens=5, tools=[WEATHER]))
+    used = [b for m in body["messages"] for b in m["content"] if b["type"] == "tool_use"]
+    answered = [b for m in body["messages"] for b in m["content"] if b["type"] == "tool_result"]
+    assert len(used) == len(answered) == calls
+    texts = [b["text"] for m in body["messages"] for b in m["content"] if b["type"] == "text"]
+    assert texts == [m["content"] for m in messages if m["role"] in ("user", "assistant") and m["content"]]
