@@ -47,7 +47,7 @@ class ModelConfig(Section):
 
     name: str = Field(pattern=_MODEL_NAME)
     task: Literal["chat", "embeddings"]
-    backend: Literal["llama_cpp", "sentence_transformers", "openai", "router"]
+    backend: Literal["llama_cpp", "sentence_transformers", "openai", "anthropic", "router"]
     # Local backends: a GGUF file (llama_cpp) or model directory (sentence_transformers);
     # empty means the embedded default shipped in a PyPI package.
     path: str = ""
@@ -78,6 +78,8 @@ class ModelConfig(Section):
             raise ValueError("backend sentence_transformers serves task 'embeddings'")
         if self.backend == "openai" and not self.base_url.startswith(("http://", "https://")):
             raise ValueError("backend openai needs base_url = 'http(s)://…/v1'")
+        if self.backend == "anthropic" and (self.task != "chat" or not self.base_url.startswith("http")):
+            raise ValueError("backend anthropic serves task 'chat' and needs base_url = 'http(s)://…'")
         if (self.backend == "router") != bool(self.deployments):
             raise ValueError("deployments = [...] is for backend 'router', which needs at least one")
         if self.backend == "router" and not any(d.weight for d in self.deployments):

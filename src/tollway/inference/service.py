@@ -27,6 +27,7 @@ from tollway.core.clock import Clock
 from tollway.core.errors import TollwayError, invalid, not_found
 from tollway.core.money import parse_amount, price_micros
 from tollway.inference import routing
+from tollway.inference.backends.anthropic_upstream import AnthropicUpstream
 from tollway.inference.backends.base import ChatBackend, ChatParams, context_exceeded
 from tollway.inference.backends.llama_cpp import LlamaCppBackend
 from tollway.inference.backends.openai_upstream import OpenAIUpstream
@@ -104,6 +105,8 @@ class Inference:
             if b is None:
                 if cfg.backend == "openai":
                     b = OpenAIUpstream(cfg)
+                elif cfg.backend == "anthropic":
+                    b = AnthropicUpstream(cfg)
                 else:
                     weights = await asyncio.to_thread(_load_weights, cfg)
                     b = (
@@ -116,7 +119,7 @@ class Inference:
 
     async def aclose(self) -> None:
         for b in self._backends.values():
-            if isinstance(b, OpenAIUpstream):
+            if isinstance(b, OpenAIUpstream | AnthropicUpstream):
                 await b.aclose()
         self._backends.clear()
 
