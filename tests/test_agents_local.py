@@ -46,6 +46,11 @@ async def test_local_model_tool_loop_with_a_grammar(
     if reply.calls:
         assert reply.calls[0].name == "order_status" and isinstance(reply.calls[0].arguments, dict)
         assert reply.calls[0].raw["function"]["name"] == "order_status"  # OpenAI's tool_calls, as upstream
+    # max_tokens too small for any call: a malformed reply (retried by the turn), not an error.
+    short = await model.ask(
+        caller, AgentSpec.model_validate(spec.model_dump()), messages, list(spec.tools), 3
+    )
+    assert not short.calls and (short.malformed is None or short.charged == 0)
     # The one mechanism the chat API uses: text, or one call of a tool it has.
     text, calling = tool_calls.answer_schema([t.function() for t in spec.tools], "auto", parallel=False)[
         "anyOf"

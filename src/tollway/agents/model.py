@@ -81,10 +81,10 @@ class Model:
             params.tool_choice = "auto"
             params.parallel_tool_calls = not self.local(cfg)  # a small local model: one call a step
         t0 = time.perf_counter()
-        call = await self.inference.start_chat(caller, cfg, params, max_tokens or spec.max_tokens)
         parts: list[str] = []
         finish = None
-        try:
+        try:  # a local model's answer is whole before its first event: a call cut short stops start_chat
+            call = await self.inference.start_chat(caller, cfg, params, max_tokens or spec.max_tokens)
             async for ev in call.events(stream=False):
                 if isinstance(ev, Delta):
                     parts.append(ev.text)
