@@ -241,3 +241,22 @@ def test_every_answer_the_schema_allows_parses_into_valid_calls(
     assert parsed.calls
     for c in parsed.calls:
         assert valid(own[c["function"]["name"]], json.loads(c["function"]["arguments"]))
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.text(max_size=30), st.lists(st.integers(1, 7), max_size=40), st.booleans())
+def test_a_text_answer_streams_as_it_is_written(text: str, cuts: list[int], ascii_only: bool) -> None:
+    """Whatever the pieces the tokens make (escapes and surrogate pairs split
+    included), the streamed text is the answer's text, and a call streams none."""
+    for output, expected in (
+        (json.dumps({"content": text}, ensure_ascii=ascii_only), text),
+        (json.dumps({"tool_calls": [{"name": "order", "arguments": {"id": text}}]}), ""),
+        ('{\n  "content": ' + json.dumps(text) + "}", text),
+    ):
+        stream, streamed, at = tc.ContentStream(), "", 0
+        for n in [*cuts, len(output)]:
+            streamed += stream.feed(output[at : at + n])
+            at += n
+        whole = tc.parse(output)
+        assert whole.text == expected and whole.text.startswith(streamed)
+        assert streamed + whole.text[stream.sent :] == expected

@@ -68,6 +68,7 @@ def llama() -> Iterator[LlamaCppBackend]:
 def ask(backend: LlamaCppBackend, p: ChatParams) -> tuple[str, Finish]:
     backend.prompt_tokens(p)
     events = list(backend.instances[0].generate(p, Cancel(), Progress()))
+    backend.last_deltas = sum(isinstance(e, Delta) for e in events)  # type: ignore[attr-defined]
     finish = events[-1]
     assert isinstance(finish, Finish)
     return "".join(e.text for e in events if isinstance(e, Delta)), finish
@@ -120,8 +121,9 @@ def test_auto_answers_in_text_or_valid_calls_and_none_in_plain_text(llama: Llama
         if finish.reason == "tool_calls":
             assert text == ""
             assert_valid_calls(finish, {"get_weather", "order_status"})
-        else:
+        else:  # streamed as it is written, not whole at the end
             assert finish.reason in ("stop", "length") and not finish.tool_calls and not text.startswith("{")
+            assert llama.last_deltas > 1 or len(text) < 8
     plain = params("Say hello.", [WEATHER], "none", max_tokens=8)
     text, finish = ask(llama, plain)
     assert plain.grammar is None and finish.tool_calls is None and finish.reason in ("stop", "length")

@@ -331,6 +331,38 @@ def _complete_calls(output: str) -> list[Any]:
         at = sep.end()
 
 
+class ContentStream:
+    """The text of a ``{"content": "..."}`` answer as the model writes it, so a
+    text answer streams (a call is parsed whole): :meth:`feed` takes the raw
+    output piece by piece and returns the text it completes."""
+
+    __slots__ = ("off", "raw", "sent")
+
+    def __init__(self) -> None:
+        self.raw = ""
+        self.sent = 0  # characters of text returned so far
+        self.off = False  # not a text answer (or a text held to a schema)
+
+    def feed(self, piece: str) -> str:
+        if self.off:
+            return ""
+        self.raw += piece
+        partial = _PARTIAL_TEXT.match(self.raw)
+        if partial is None:
+            compact = re.sub(r"\s", "", self.raw)
+            self.off = not _OPENING.startswith(compact)
+            return ""
+        text = _unescape(partial.group(1))
+        if text and "\ud800" <= text[-1] <= "\udbff":  # half a surrogate pair: wait for the rest
+            text = text[:-1]
+        out = text[self.sent :]
+        self.sent = len(text)
+        return out
+
+
+_OPENING = '{"content":"'
+
+
 def truncated() -> TollwayError:
     return invalid(
         "tool_call_truncated",

@@ -152,7 +152,10 @@ class LlamaInstance:
         text = TextAssembler(stops)
         produced = 0
         reason = "length"
-        held: list[str] | None = [] if tools else None  # a tool answer is parsed whole
+        # A tool answer is parsed whole; a text answer streams, cut by the stop sequences.
+        held: list[str] | None = [] if tools else None
+        content = tool_calls.ContentStream()
+        said = TextAssembler(params.stop)
         try:
             for tok in gen:
                 if cancel.is_set():
@@ -166,7 +169,9 @@ class LlamaInstance:
                 piece, stopped = text.feed(self.llm.detokenize([tok], special=False))
                 if held is not None:
                     held.append(piece)
-                elif piece:
+                    piece, cut = said.feed(content.feed(piece).encode())
+                    stopped = stopped or cut
+                if piece:
                     yield Delta(piece)
                 if stopped:
                     reason = "stop"
@@ -176,7 +181,7 @@ class LlamaInstance:
         finally:
             gen.close()
         rest = text.flush() if reason != "stop" or not text.stopped else ""
-        if held is not None:
+        if held is not None and not said.stopped:
             if reason == "cancelled":
                 yield Finish(reason, len(tokens), produced)
                 return
@@ -184,11 +189,11 @@ class LlamaInstance:
             if answer.calls:
                 yield Finish("tool_calls", len(tokens), produced, answer.calls)
                 return
-            rest = answer.text
-            for s in params.stop:
-                cut = rest.find(s) if s else -1
-                if cut >= 0:
-                    rest, reason = rest[:cut], "stop"
+            rest, stopped = said.feed(answer.text[content.sent :].encode())
+            rest += "" if stopped else said.flush()
+            reason = "stop" if stopped else reason
+        elif held is not None:
+            rest = ""
         if rest:
             yield Delta(rest)
         yield Finish(reason, len(tokens), produced)
