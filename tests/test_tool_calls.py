@@ -108,6 +108,7 @@ def test_output_cut_short_keeps_what_is_whole_or_is_a_clear_error() -> None:
         ([{"type": "function"}], None, "tools[0].function"),
         ([tool("has space")], None, "tools[0].function.name"),
         ([tool("x" * 65)], None, "tools[0].function.name"),
+        ([tool("x\n")], None, "tools[0].function.name"),
         ([tool("a"), tool("a")], None, "tools[1].function.name"),
         ([tool("a", {"type": "object", "properties": 3})], None, "tools[0].function.parameters"),
         ([tool("a", [])], None, "tools[0].function.parameters"),  # type: ignore[arg-type]

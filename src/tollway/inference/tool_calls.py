@@ -28,7 +28,7 @@ from typing import Any
 from tollway.core.errors import TollwayError, invalid
 from tollway.core.ids import new_id
 
-NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")  # fullmatch: "$" would let a newline through
 CHOICES = ("auto", "none", "required")
 _EMPTY = {"type": "object", "properties": {}}
 _REF = re.compile(r"^#/(\$defs|definitions)/")
@@ -50,7 +50,7 @@ def check(tools: list[dict[str, Any]] | None, tool_choice: str | dict[str, Any] 
         if not isinstance(fn, dict):
             raise invalid("invalid_tool", "a function tool needs a function object", f"{where}.function")
         name = fn.get("name")
-        if not isinstance(name, str) or not NAME.match(name):
+        if not isinstance(name, str) or not NAME.fullmatch(name):
             raise invalid(
                 "invalid_tool",
                 "a function's name is 1 to 64 letters, digits, '_' or '-'",
@@ -59,7 +59,8 @@ def check(tools: list[dict[str, Any]] | None, tool_choice: str | dict[str, Any] 
         if name in names:
             raise invalid("invalid_tool", f"two tools are named {name!r}", f"{where}.function.name")
         names.add(name)
-        params = fn.get("parameters", _EMPTY)
+        params = fn.get("parameters")
+        params = _EMPTY if params is None else params
         try:
             if not isinstance(params, dict):
                 raise SchemaError("it is not an object")
