@@ -1,6 +1,7 @@
-"""The tool loop on a local model (SmolLM2-135M on llama.cpp): the model
-answers in JSON constrained by a grammar built from the tools' schema, so
-its output always parses into a tool call or an answer."""
+"""The tool loop on a local model (SmolLM2-135M on llama.cpp): the agent offers
+its tools with OpenAI function calling, and the model answers in the grammar
+tollway.inference.tool_calls builds from them (as the chat API does), so its
+output always parses into a tool call or an answer."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ import httpx
 import pytest
 
 from agent_helpers import ToolServer, customer_key
-from tollway.agents.model import NO_TOOL, Model, tool_schema
+from tollway.agents.model import Model
 from tollway.agents.spec import AgentSpec
+from tollway.inference import tool_calls
 from tollway.inference.service import Caller
 from tollway.runtime import Runtime
 
@@ -43,8 +45,19 @@ async def test_local_model_tool_loop_with_a_grammar(
     assert reply.malformed is None and reply.charged > 0  # the grammar made it valid JSON
     if reply.calls:
         assert reply.calls[0].name == "order_status" and isinstance(reply.calls[0].arguments, dict)
-    choices = tool_schema(list(spec.tools))["anyOf"]
-    assert [c["properties"]["tool"]["const"] for c in choices] == ["order_status", NO_TOOL]
+        assert reply.calls[0].raw["function"]["name"] == "order_status"  # OpenAI's tool_calls, as upstream
+    # max_tokens too small for any call: a malformed reply (retried by the turn), not an error.
+    short = await model.ask(
+        caller, AgentSpec.model_validate(spec.model_dump()), messages, list(spec.tools), 3
+    )
+    assert not short.calls and (short.malformed is None or short.charged == 0)
+    # The one mechanism the chat API uses: text, or one call of a tool it has.
+    text, calling = tool_calls.answer_schema([t.function() for t in spec.tools], "auto", parallel=False)[
+        "anyOf"
+    ]
+    assert text["required"] == ["content"]
+    listed = calling["properties"]["tool_calls"]
+    assert listed["items"]["properties"]["name"] == {"const": "order_status"} and listed["maxItems"] == 1
 
     # A whole turn over HTTP: recorded, charged, whatever the small model chose.
     await http.post("/v1/agents/support/sessions", json={"id": "local"}, headers=auth)

@@ -295,7 +295,6 @@ class Agents:
             chunks = screened
             await emit("retrieval", {"citations": [ch.cite() for ch in chunks]})
         cfg = self.model.config(spec)
-        local = self.model.local(cfg)
 
         messages = memory.context(spec, s, chunks, text, await self.model.counter(cfg))
         tools = list(spec.tools) or None
@@ -327,7 +326,7 @@ class Agents:
                     messages.append({"role": "user", "content": ANSWER_NOW})
                     continue
                 made.update(asked_now)
-                messages.append(assistant_calls(reply.calls, local))
+                messages.append(assistant_calls(reply.calls))
                 for asked in reply.calls:
                     tool = spec.tool(asked.name)
                     assert tool is not None and isinstance(asked.arguments, dict)
@@ -344,7 +343,7 @@ class Agents:
                             self._escalate(turn, reason, f"tool {tool.name} failed: {call.error}")
                     sv = screen_untrusted(body, policy, source=f"tool:{tool.name}")
                     flags += [f"{f}:{tool.name}" for f in sv.flags]
-                    messages.append(tool_result(asked, sv.text, local))
+                    messages.append(tool_result(asked, sv.text))
                 if turn.escalation is not None:  # a person takes over: no more model calls
                     break
         except TollwayError as e:

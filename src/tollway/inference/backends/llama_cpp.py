@@ -5,11 +5,18 @@ tollway counts prompt and completion tokens exactly, stops within one token
 when the client goes away, and applies stop sequences and JSON-Schema
 grammars itself.  Each instance serves one generation at a time
 (:class:`~tollway.inference.pool.InstancePool` hands them out).
+
+Tool calls: the model answers in the grammar of
+:func:`tollway.inference.tool_calls.answer_schema` (exactly what
+``tool_choice`` allows), with the tools in the prompt (the chat template's
+own tool format when it has one), and its output is parsed into
+``Finish.tool_calls`` or text.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import threading
@@ -21,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from tollway.core.errors import invalid
+from tollway.inference import tool_calls
 from tollway.inference.backends.base import (
     Cancel,
     ChatEvent,
@@ -93,9 +101,20 @@ class LlamaInstance:
             else "",
             stop_token_ids=[eos_id],
         )
+        self.tool_format = "tools" in template  # the template renders tools itself
 
-    def prompt(self, messages: list[dict[str, str]]) -> tuple[list[int], list[str]]:
-        r = self.formatter(messages=messages)  # type: ignore[arg-type]
+    def prompt(self, params: ChatParams) -> tuple[list[int], list[str]]:
+        """The prompt's token ids (tools included) and the template's stops."""
+        messages = params.messages
+        if tool_calls.has_tool_history(messages):
+            render = tool_calls.template_messages if self.tool_format else tool_calls.plain_messages
+            messages = render(messages)
+        tools = params.tools if self.tool_format and params.tools else None
+        if tool_calls.active(params.tools, params.tool_choice):
+            assert params.tools is not None
+            note = tool_calls.prompt_note(params.tools, params.tool_choice, listing=tools is None)
+            messages = tool_calls.with_note(messages, note)
+        r = self.formatter(messages=messages, tools=tools)  # type: ignore[arg-type]
         tokens = self.llm.tokenize(r.prompt.encode("utf-8"), add_bos=True, special=True)
         stops = [r.stop] if isinstance(r.stop, str) else list(r.stop or [])
         return tokens, stops
@@ -106,11 +125,15 @@ class LlamaInstance:
         from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
 
         vocab = self.llm._model.vocab
-        tokens, template_stops = params.prepared or self.prompt(params.messages)
+        tokens, template_stops = params.prepared or self.prompt(params)
         progress.prompt_tokens = len(tokens)
-        stops = [s for s in params.stop + template_stops if s]
+        tools = tool_calls.active(params.tools, params.tool_choice)
+        # With tools the output is the answer's JSON: stop sequences apply to its text, once parsed.
+        stops = [s for s in (template_stops if tools else params.stop + template_stops) if s]
         grammar = params.grammar
-        if grammar is None and params.json_schema is not None:
+        if grammar is None and tools:
+            grammar = compile_schema(answer_schema(params), "tools")
+        elif grammar is None and params.json_schema is not None:
             grammar = compile_schema(params.json_schema)
         elif grammar is None and params.json_object:
             grammar = LlamaGrammar.from_string(JSON_GBNF, verbose=False)
@@ -129,6 +152,10 @@ class LlamaInstance:
         text = TextAssembler(stops)
         produced = 0
         reason = "length"
+        # A tool answer is parsed whole; a text answer streams, cut by the stop sequences.
+        held: list[str] | None = [] if tools else None
+        content = tool_calls.ContentStream()
+        said = TextAssembler(params.stop)
         try:
             for tok in gen:
                 if cancel.is_set():
@@ -140,6 +167,10 @@ class LlamaInstance:
                 produced += 1
                 progress.completion_tokens = produced
                 piece, stopped = text.feed(self.llm.detokenize([tok], special=False))
+                if held is not None:
+                    held.append(piece)
+                    piece, cut = said.feed(content.feed(piece).encode())
+                    stopped = stopped or cut
                 if piece:
                     yield Delta(piece)
                 if stopped:
@@ -150,9 +181,30 @@ class LlamaInstance:
         finally:
             gen.close()
         rest = text.flush() if reason != "stop" or not text.stopped else ""
+        if held is not None and not said.stopped:
+            if reason == "cancelled":
+                yield Finish(reason, len(tokens), produced)
+                return
+            answer = tool_calls.parse("".join(held) + rest)
+            if answer.calls:
+                yield Finish("tool_calls", len(tokens), produced, answer.calls)
+                return
+            rest, stopped = said.feed(answer.text[content.sent :].encode())
+            rest += "" if stopped else said.flush()
+            reason = "stop" if stopped else reason
+        elif held is not None:
+            rest = ""
         if rest:
             yield Delta(rest)
         yield Finish(reason, len(tokens), produced)
+
+
+def answer_schema(params: ChatParams) -> dict[str, Any]:
+    """The schema a tool-calling answer is held to (``params.tools`` active)."""
+    assert params.tools is not None
+    return tool_calls.answer_schema(
+        params.tools, params.tool_choice, params.parallel_tool_calls, params.json_schema
+    )
 
 
 SCHEMA_PARAM = "response_format.json_schema.schema"
@@ -160,15 +212,14 @@ SCHEMA_PARAM = "response_format.json_schema.schema"
 _KEYWORDS = (("pattern", "pattern"), ("ref", "$ref"), ("Unrecognized schema", "type"))
 
 
-def compile_schema(schema: dict[str, Any]) -> Any:
+def compile_schema(schema: dict[str, Any], param: str = SCHEMA_PARAM) -> Any:
     """The llama.cpp grammar for a JSON schema, or ``400 unsupported_schema``
     naming the keyword it cannot compile. A ``pattern`` without ``^``/``$``
     is anchored: every string the anchored pattern matches also matches the
-    schema's (unanchored) one, so the output stays valid."""
-    from llama_cpp.llama_grammar import LlamaGrammar
-
+    schema's (unanchored) one, so the output stays valid. Grammars are cached
+    by schema (an agent's tools, a client's tools: the same every call)."""
     try:
-        return LlamaGrammar.from_json_schema(json.dumps(_anchored(schema)), verbose=False)
+        return _compiled(json.dumps(schema))  # key order kept: it orders the output
     except Exception as e:  # the converter asserts, or raises ValueError/KeyError/RecursionError
         why = str(e).split("\n")[-1][:200] or type(e).__name__
         keyword = next((k for hint, k in _KEYWORDS if hint.lower() in why.lower()), None)
@@ -176,8 +227,16 @@ def compile_schema(schema: dict[str, Any]) -> Any:
         raise invalid(
             "unsupported_schema",
             f"the local model's grammar cannot compile this {what}: {why}",
-            SCHEMA_PARAM,
+            param,
         ) from None
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled(schema: str) -> Any:
+    """A grammar is an immutable GBNF string: safe to share between calls and threads."""
+    from llama_cpp.llama_grammar import LlamaGrammar
+
+    return LlamaGrammar.from_json_schema(json.dumps(_anchored(json.loads(schema))), verbose=False)
 
 
 def _anchored(node: Any) -> Any:
@@ -266,8 +325,13 @@ class LlamaCppBackend:
             raise load_failed(cfg.name, f"{type(e).__name__}: {e}") from e
 
     def prompt_tokens(self, params: ChatParams) -> int:
-        params.prepared = self.instances[0].prompt(params.messages)  # every instance shares the tokenizer
-        if params.json_schema is not None:  # compiled before any money moves: 400 if it cannot be
+        # Checked and compiled before any money moves: 400 if it cannot be.
+        if params.tools is not None or params.tool_choice is not None:
+            tool_calls.check(params.tools, params.tool_choice)
+        params.prepared = self.instances[0].prompt(params)  # every instance shares the tokenizer
+        if tool_calls.active(params.tools, params.tool_choice):
+            params.grammar = compile_schema(answer_schema(params), "tools")
+        elif params.json_schema is not None:
             params.grammar = compile_schema(params.json_schema)
         return len(params.prepared[0])
 
