@@ -259,8 +259,7 @@ async def test_a_tool_loop_through_the_charge_path(env: Env, api: AnthropicStand
         evs = [ev async for ev in call.events(stream=stream)]
         finish = evs[-1]
         assert isinstance(finish, Finish) and call.metered is not None
-        if call.metered.committing is not None:
-            await call.metered.committing
+        await call.committed()
         finishes.append(finish)
         if finish.tool_calls:
             [tc] = finish.tool_calls
