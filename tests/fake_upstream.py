@@ -30,6 +30,7 @@ class FakeUpstream:
         self.calls = 0
         self.streamed: list[bool] = []  # per chat call: did tollway ask for a stream
         self.delay_s = 0.0
+        self.last_request: dict[str, Any] = {}  # the last chat request's body
         self.chunk_delay_s = 0.0  # a stream's chunks are sent one by one, this far apart
         self.prompt_tokens = PROMPT_TOKENS  # what usage reports for the prompt
         self._fail: list[int] = []
@@ -85,6 +86,11 @@ class FakeUpstream:
             await self._send(send, 200, json.dumps(out).encode(), b"application/json")
             return
         self.streamed.append(bool(req.get("stream")))
+        self.last_request = req
+        msgs = req.get("messages") or [{}]
+        if req.get("tools") and req.get("tool_choice") != "none" and msgs[-1].get("role") != "tool":
+            await self._tool_call(send, req, usage)
+            return
         if not req.get("stream"):
             msg = {"role": "assistant", "content": "".join(WORDS[:n])}
             whole = {
@@ -111,6 +117,51 @@ class FakeUpstream:
             await send({"type": "http.response.body", "body": b""})
             return
         await self._send(send, 200, b"".join(events), b"text/event-stream")
+
+    TOOL_ARGS = '{"city": "Paris"}'
+
+    async def _tool_call(
+        self, send: Callable[[dict[str, Any]], Awaitable[None]], req: dict[str, Any], usage: dict[str, int]
+    ) -> None:
+        """Tools offered and the turn is not a tool's result: call the named tool (or the first) with
+        ``TOOL_ARGS``, as OpenAI answers: whole, or streamed head first, then the arguments in two pieces."""
+        choice = req.get("tool_choice")
+        name = choice["function"]["name"] if isinstance(choice, dict) else req["tools"][0]["function"]["name"]
+        call = {
+            "id": "call_fake1",
+            "type": "function",
+            "function": {"name": name, "arguments": self.TOOL_ARGS},
+        }
+        if not req.get("stream"):
+            msg = {"role": "assistant", "content": None, "tool_calls": [call]}
+            whole = {
+                "id": "chatcmpl-fake",
+                "object": "chat.completion",
+                "created": 0,
+                "model": "fake",
+                "choices": [{"index": 0, "message": msg, "finish_reason": "tool_calls"}],
+                "usage": usage,
+            }
+            await self._send(send, 200, json.dumps(whole).encode(), b"application/json")
+            return
+        base = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 0, "model": "fake"}
+        head = {
+            "index": 0,
+            "id": "call_fake1",
+            "type": "function",
+            "function": {"name": name, "arguments": ""},
+        }
+        half = len(self.TOOL_ARGS) // 2
+        deltas = [
+            {"role": "assistant", "content": None, "tool_calls": [head]},
+            {"tool_calls": [{"index": 0, "function": {"arguments": self.TOOL_ARGS[:half]}}]},
+            {"tool_calls": [{"index": 0, "function": {"arguments": self.TOOL_ARGS[half:]}}]},
+        ]
+        chunks = [{**base, "choices": [{"index": 0, "delta": d, "finish_reason": None}]} for d in deltas]
+        chunks.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]})
+        chunks.append({**base, "choices": [], "usage": usage})
+        sse = b"".join(b"data: " + json.dumps(c).encode() + b"\n\n" for c in chunks) + b"data: [DONE]\n\n"
+        await self._send(send, 200, sse, b"text/event-stream")
 
     @staticmethod
     async def _send(

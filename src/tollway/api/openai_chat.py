@@ -44,23 +44,24 @@ async def chat_completions(body: ChatRequest, request: Request, key: ApiKey = De
         return StreamingResponse(out.guard(gen), media_type="text/event-stream", headers=headers)
     m = out.metered
     assert m is not None
-    return JSONResponse(_whole(cid, created, out.model, out.text, m), headers={**out.headers, **m.headers()})
+    whole = _whole(cid, created, out.model, out.text, m, out.tool_calls)
+    return JSONResponse(whole, headers={**out.headers, **m.headers()})
 
 
-def _whole(cid: str, created: int, model: str, text: str, m: Metered) -> dict[str, Any]:
+def _whole(
+    cid: str, created: int, model: str, text: str, m: Metered, calls: list[dict[str, Any]] | None
+) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": text}
+    finish = FINISH.get(m.finish_reason, "stop")
+    if calls:
+        message = {"role": "assistant", "content": text or None, "tool_calls": calls}
+        finish = "tool_calls"
     return {
         "id": cid,
         "object": "chat.completion",
         "created": created,
         "model": model,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": text},
-                "finish_reason": FINISH.get(m.finish_reason, "stop"),
-                "logprobs": None,
-            }
-        ],
+        "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": None}],
         "usage": usage(m),
         "x_tollway": tollway(m),
     }
@@ -94,6 +95,16 @@ async def _stream(
                 yield chunk({"content": ev.text})
             elif isinstance(ev, Finish):
                 finish = FINISH.get(ev.reason, "stop")
+                for i, call in enumerate(ev.tool_calls or ()):  # as OpenAI streams them: head, then arguments
+                    fn = call.get("function") or {}
+                    head = {"index": i, "id": call.get("id"), "type": "function"}
+                    head["function"] = {"name": fn.get("name"), "arguments": ""}
+                    yield chunk({"tool_calls": [head]})
+                    yield chunk(
+                        {"tool_calls": [{"index": i, "function": {"arguments": fn.get("arguments", "")}}]}
+                    )
+                if ev.tool_calls:
+                    finish = "tool_calls"
         m = await charged()  # the charge is durable before the stream reports it
     except TollwayError as e:  # headers are gone: report in-band, then end
         yield sse(e.to_dict())

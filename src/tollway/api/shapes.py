@@ -7,12 +7,15 @@ from typing import Any
 
 import orjson
 from fastapi.responses import Response
+from pydantic import BaseModel
 
 from tollway.inference.backends.base import ChatParams
 from tollway.inference.call import Metered
 from tollway.inference.schemas import ChatRequest, Message, RunRequest
+from tollway.inference.tool_calls import check
 
-FINISH = {"stop": "stop", "length": "length", "cancelled": "stop"}  # a finish reason, as OpenAI names it
+# A finish reason, as OpenAI names it.
+FINISH = {"stop": "stop", "length": "length", "cancelled": "stop", "tool_calls": "tool_calls"}
 DONE = b"data: [DONE]\n\n"
 
 
@@ -44,9 +47,7 @@ def tollway(m: Metered) -> dict[str, Any]:
 def chat_params(messages: list[Message], body: ChatRequest | RunRequest) -> ChatParams:
     """The model call a chat request asks for (``max_tokens`` is set per deployment)."""
     p = ChatParams(
-        messages=[
-            {"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in messages
-        ],
+        messages=[m.chat() for m in messages],
         max_tokens=0,
         temperature=body.temperature,
         stream=body.stream,
@@ -63,4 +64,12 @@ def chat_params(messages: list[Message], body: ChatRequest | RunRequest) -> Chat
             p.json_schema = rf.json_schema.schema_
         elif rf is not None and rf.type == "json_object":
             p.json_object = True
+        if body.tools is not None or body.tool_choice is not None:
+            tools = [t.model_dump(mode="json", exclude_none=True) for t in body.tools or []]
+            choice = body.tool_choice
+            p.tool_choice = choice.model_dump(mode="json") if isinstance(choice, BaseModel) else choice
+            check(tools, p.tool_choice)  # 400 naming the parameter, before any money moves
+            p.tools = tools or None
+            if body.parallel_tool_calls is not None:
+                p.parallel_tool_calls = body.parallel_tool_calls
     return p

@@ -249,7 +249,7 @@ class Gateway:
             await end.done(e)
             raise
         await end.done(None)
-        return Served(cfg.name, headers, text=text, metered=m)
+        return Served(cfg.name, headers, text=text, metered=m, tool_calls=end.tool_calls)
 
     async def _replay(self, face: Face, p: Pass, hit: CacheEntry, stream: bool) -> Served:
         """Answer from the cache: charged the cache price (free by default), logged as a HIT."""

@@ -31,7 +31,7 @@ class Served:
     """One chat answer for a shape to render. ``headers`` lack the charge for a
     stream that has not run yet; a whole answer's are completed by ``metered``."""
 
-    __slots__ = ("_end", "charged", "events", "headers", "metered", "model", "text")
+    __slots__ = ("_end", "charged", "events", "headers", "metered", "model", "text", "tool_calls")
 
     def __init__(
         self,
@@ -42,8 +42,10 @@ class Served:
         metered: Metered | None = None,
         events: Events | None = None,
         end: Ending | None = None,
+        tool_calls: list[dict[str, Any]] | None = None,
     ) -> None:
         self.model, self.headers, self.text, self.metered = model, headers, text, metered
+        self.tool_calls = tool_calls  # a whole answer's calls (OpenAI's message.tool_calls)
         self.events, self._end = events, end
         # The stream's metering, once its charge is durable (acknowledge = "durable").
         self.charged: Callable[[], Awaitable[Metered | None]] = self._known if end is None else end.charged
@@ -69,19 +71,22 @@ class Ending:
     """What happens when a call ends, however it ends: log it, book its tokens
     against the rate limits, and (as the cache leader) store or give up its entry."""
 
-    __slots__ = ("call", "ck", "ended", "face", "gw", "lead", "p", "pieces")
+    __slots__ = ("call", "ck", "ended", "face", "gw", "lead", "p", "pieces", "tool_calls")
 
     def __init__(
         self, gw: Gateway, face: Face, p: Pass, call: ChatCall, ck: str | None, lead: Lead | None
     ) -> None:
         self.gw, self.face, self.p, self.call, self.ck, self.lead = gw, face, p, call, ck, lead
         self.pieces: list[str] = []
+        self.tool_calls: list[dict[str, Any]] | None = None
         self.ended = False
 
     async def track(self, events: Events) -> Events:
         async for ev in events:
             if isinstance(ev, Delta):
                 self.pieces.append(ev.text)
+            elif ev.tool_calls:
+                self.tool_calls = ev.tool_calls
             yield ev
 
     async def charged(self) -> Metered | None:
@@ -122,7 +127,7 @@ class Ending:
         gw.log.record(e)
         if self.ck is None or self.lead is None:
             return
-        if e.status == 200 and m is not None:
+        if e.status == 200 and m is not None and not self.tool_calls:  # the cache replays text only
             entry = CacheEntry(self.pieces, m.input_tokens, m.output_tokens, m.finish_reason, m.deployment)
             await gw.cache.put(self.ck, entry, self.p.cache.ttl_s)
             gw.cache.finish(self.ck, self.lead, entry)

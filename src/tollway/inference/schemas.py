@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 
 class _Body(BaseModel):
@@ -21,15 +22,89 @@ class TextPart(_Body):
     text: str
 
 
+class FunctionCall(_Body):
+    name: str = Field(min_length=1, max_length=64)
+    arguments: str  # JSON, as the model wrote it
+
+
+class ToolCall(_Body):
+    id: str = Field(min_length=1, max_length=200)
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class Message(_Body):
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     name: str | None = None
+    tool_calls: list[ToolCall] | None = Field(None, min_length=1)  # assistant
+    tool_call_id: str | None = Field(None, min_length=1, max_length=200, validate_default=True)  # tool
+    # None (or absent): only an assistant message that called tools. Validated
+    # after the fields above, so it knows the message's role and calls.
+    content: str | list[TextPart] | None = Field(None, validate_default=True)
+
+    @field_validator("tool_calls")
+    @classmethod
+    def _calls_by_assistant(cls, v: list[ToolCall] | None, info: ValidationInfo) -> list[ToolCall] | None:
+        if v is not None and info.data.get("role") != "assistant":
+            raise ValueError("only an assistant message has tool_calls")
+        return v
+
+    @field_validator("tool_call_id")
+    @classmethod
+    def _id_of_tool(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if (info.data.get("role") == "tool") != (v is not None):
+            raise ValueError("a tool message needs tool_call_id, and only a tool message has one")
+        return v
+
+    @field_validator("content")
+    @classmethod
+    def _content(cls, v: str | list[TextPart] | None, info: ValidationInfo) -> str | list[TextPart] | None:
+        if v is None and not (info.data.get("role") == "assistant" and info.data.get("tool_calls")):
+            raise PydanticCustomError(
+                "missing", "Field required (null only in an assistant message with tool_calls)"
+            )
+        return v
 
     def text(self) -> str:
+        if self.content is None:
+            return ""
         if isinstance(self.content, str):
             return self.content
         return "".join(p.text for p in self.content)
+
+    def chat(self) -> dict[str, Any]:
+        """The message as tollway's chat (OpenAI's format) carries it to a model."""
+        m: dict[str, Any] = {
+            "role": "system" if self.role == "developer" else self.role,
+            "content": self.text(),
+        }
+        if self.tool_calls is not None:
+            m["content"] = self.text() or None
+            m["tool_calls"] = [c.model_dump(mode="json") for c in self.tool_calls]
+        if self.tool_call_id is not None:
+            m["tool_call_id"] = self.tool_call_id
+        return m
+
+
+class FunctionDef(_Body):
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class Tool(_Body):
+    type: Literal["function"]
+    function: FunctionDef
+
+
+class NamedFunction(_Body):
+    name: str
+
+
+class NamedToolChoice(_Body):
+    type: Literal["function"]
+    function: NamedFunction
 
 
 class StreamOptions(_Body):
@@ -87,6 +162,9 @@ class ChatRequest(_Body):
     presence_penalty: float | None = Field(None, ge=-2, le=2, strict=False)
     frequency_penalty: float | None = Field(None, ge=-2, le=2, strict=False)
     user: str | None = None
+    tools: list[Tool] | None = Field(None, max_length=128)
+    tool_choice: Literal["auto", "none", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
 
     @field_validator("stop")
     @classmethod

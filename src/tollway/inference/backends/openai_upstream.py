@@ -103,6 +103,10 @@ class OpenAIUpstream:
             body["response_format"] = {"type": "json_object"}
         if params.tools:
             body["tools"] = params.tools
+            if not params.parallel_tool_calls:
+                body["parallel_tool_calls"] = False
+        if params.tool_choice is not None:
+            body["tool_choice"] = params.tool_choice
         return body
 
     async def stream(
@@ -133,15 +137,16 @@ class OpenAIUpstream:
                         yield Delta(text)
                     u = whole.get("usage")
                     u = u if isinstance(u, dict) else {}
-                    calls = message.get("tool_calls")
+                    calls = _calls(self.provider, message.get("tool_calls"))
                     yield Finish(
-                        str(choice.get("finish_reason") or "stop"),
+                        "tool_calls" if calls else str(choice.get("finish_reason") or "stop"),
                         _count(u.get("prompt_tokens")) or self.prompt_tokens(params),
                         _count(u.get("completion_tokens")) or (1 if text else 0),
-                        calls if isinstance(calls, list) and calls else None,
+                        calls,
                     )
                     return
                 events = 0
+                pieces: dict[int, dict[str, Any]] = {}  # streamed tool calls, by index
                 async for line in r.lines():
                     if cancel.is_set():
                         reason = "cancelled"
@@ -167,20 +172,28 @@ class OpenAIUpstream:
                             produced_chunks += 1
                             progress.completion_tokens = produced_chunks
                             yield Delta(text)
+                        if isinstance(delta, dict) and delta.get("tool_calls") is not None:
+                            _merge_calls(self.provider, pieces, delta["tool_calls"])
+                            produced_chunks += 1
+                            progress.completion_tokens = produced_chunks
                         if choice.get("finish_reason"):
                             reason = choice["finish_reason"]
                 if not events and reason != "cancelled":
                     raise _malformed(self.provider, "the body is not an event stream (no data: lines)")
         except _TRANSPORT_ERRORS as e:
             raise upstream_failed(self.provider, f"{type(e).__name__}: {e}") from e
+        streamed = _calls(self.provider, [pieces[i] for i in sorted(pieces)]) if pieces else None
+        if streamed and reason != "cancelled":
+            reason = "tool_calls"
         if usage is not None:
             yield Finish(
                 str(reason),
                 _count(usage.get("prompt_tokens")) or self.prompt_tokens(params),
                 _count(usage.get("completion_tokens")) or produced_chunks,
+                streamed,
             )
         else:  # an upstream that does not report usage: count what we saw, bound the prompt
-            yield Finish(reason, self.prompt_tokens(params), produced_chunks)
+            yield Finish(reason, self.prompt_tokens(params), produced_chunks, streamed)
 
     async def embed_with_usage(self, texts: list[str]) -> tuple[list[list[float]], int]:
         try:
@@ -240,3 +253,50 @@ def _count(v: Any) -> int:
 def _retryable(status: int) -> bool:
     """Server errors, timeouts and rate limits are worth another try; other refusals are not."""
     return status >= 500 or status in (408, 409, 429)
+
+
+def _calls(provider: str, raw: Any) -> list[dict[str, Any]] | None:
+    """An upstream's tool calls, checked: each ``{id, type: function, function: {name,
+    arguments}}`` with JSON-object arguments. A malformed one fails the attempt."""
+    if raw is None or raw == []:
+        return None
+    if not isinstance(raw, list):
+        raise _malformed(provider, "message.tool_calls is not a list")
+    out: list[dict[str, Any]] = []
+    for i, c in enumerate(raw):
+        fn = c.get("function") if isinstance(c, dict) else None
+        name = fn.get("name") if isinstance(fn, dict) else None
+        args = fn.get("arguments") if isinstance(fn, dict) else None
+        if not isinstance(c, dict) or not isinstance(c.get("id"), str) or not c["id"]:
+            raise _malformed(provider, f"tool_calls[{i}] has no id")
+        if not isinstance(name, str) or not name or not isinstance(args, str):
+            raise _malformed(provider, f"tool_calls[{i}].function needs a name and string arguments")
+        try:
+            parsed = orjson.loads(args or "{}")
+        except orjson.JSONDecodeError:
+            raise _malformed(provider, f"tool_calls[{i}].function.arguments is not JSON") from None
+        if not isinstance(parsed, dict):
+            raise _malformed(provider, f"tool_calls[{i}].function.arguments is not a JSON object")
+        out.append({"id": c["id"], "type": "function", "function": {"name": name, "arguments": args}})
+    return out
+
+
+def _merge_calls(provider: str, pieces: dict[int, dict[str, Any]], deltas: Any) -> None:
+    """Fold one chunk's ``delta.tool_calls`` into the calls so far (OpenAI streams
+    each call's id and name first, then fragments of its arguments)."""
+    if not isinstance(deltas, list):
+        raise _malformed(provider, "a chunk's delta.tool_calls is not a list")
+    for d in deltas:
+        if not isinstance(d, dict) or not isinstance(d.get("index"), int):
+            raise _malformed(provider, "a streamed tool call has no index")
+        call = pieces.setdefault(
+            d["index"], {"id": "", "type": "function", "function": {"name": "", "arguments": ""}}
+        )
+        if isinstance(d.get("id"), str):
+            call["id"] = d["id"]
+        fn = d.get("function")
+        if isinstance(fn, dict):
+            if isinstance(fn.get("name"), str):
+                call["function"]["name"] += fn["name"]
+            if isinstance(fn.get("arguments"), str):
+                call["function"]["arguments"] += fn["arguments"]
