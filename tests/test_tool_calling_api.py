@@ -139,3 +139,50 @@ async def test_a_local_model_forced_to_call_a_tool_always_parses(db_url: str) ->
         args = json.loads(call.function.arguments)
         assert set(args) == {"city"} and isinstance(args["city"], str)
         assert c.usage is not None and await env.spent() > 0
+
+
+# ------------------------------------------------ the rest of what clients send
+
+
+async def test_models_retrieve(uenv: Env) -> None:
+    m = await uenv.sdk.models.retrieve("up")
+    assert m.id == "up" and m.object == "model" and m.model_dump()["task"] == "chat"
+    with pytest.raises(openai.NotFoundError):
+        await uenv.sdk.models.retrieve("nope")
+
+
+async def test_neutral_parameters_are_accepted_and_user_and_metadata_logged(uenv: Env) -> None:
+    from conftest import ADMIN
+
+    c = await uenv.sdk.chat.completions.create(
+        model="up",
+        messages=[{"role": "user", "content": "hi"}],
+        logprobs=False,
+        store=False,
+        service_tier="auto",
+        user="end-user-7",
+        metadata={"team": "search"},
+    )
+    assert c.choices[0].message.content
+    r = await uenv.http.get("/admin/requests", params={"limit": 1}, headers=ADMIN)
+    [row] = r.json()["data"]
+    assert row["end_user"] == "end-user-7" and json.loads(row["tags"]) == {"team": "search"}
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"n": 2}, "n"),
+        ({"logprobs": True}, "logprobs"),
+        ({"service_tier": "flex"}, "service_tier"),
+        ({"metadata": {f"k{i}": "v" for i in range(17)}}, "metadata"),
+        ({"metadata": {"k": "v" * 513}}, "metadata"),
+    ],
+)
+async def test_what_tollway_does_not_do_is_a_400_naming_it(
+    uenv: Env, extra: dict[str, Any], param: str
+) -> None:
+    body = {"model": "up", "messages": [{"role": "user", "content": "hi"}], **extra}
+    r = await uenv.http.post("/v1/chat/completions", json=body, headers=uenv.auth)
+    assert r.status_code == 400 and r.json()["error"]["param"].startswith(param), r.text
+    assert await uenv.spent() == 0

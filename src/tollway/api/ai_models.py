@@ -12,35 +12,41 @@ from tollway.api.auth import require_key, require_scope, runtime
 from tollway.api.jsonroute import JsonRoute
 from tollway.core.money import price_micros
 from tollway.identity.keys import ApiKey
+from tollway.inference.config import ModelConfig
 from tollway.inference.usage import rollup
 
 router = APIRouter(route_class=JsonRoute, tags=["inference"])
 
 
+def _card(m: ModelConfig, micros_per_1000_neurons: int) -> dict[str, Any]:
+    """One model, in OpenAI's shape with tollway's context, limits and rates."""
+    return {
+        "id": m.name,
+        "object": "model",
+        "created": 0,
+        "owned_by": "tollway",
+        "task": m.task,
+        "backend": m.backend,
+        "context_length": m.n_ctx,
+        "max_tokens": m.max_tokens if m.task == "chat" else None,
+        "pricing": {
+            "neurons_per_m_input_tokens": m.neurons_per_m_input,
+            "neurons_per_m_output_tokens": m.neurons_per_m_output,
+            "usd_micros_per_1000_neurons": micros_per_1000_neurons,
+        },
+    }
+
+
 @router.get("/v1/models", summary="The model registry")
 async def models(request: Request, _: ApiKey = Depends(require_key)) -> dict[str, Any]:
     svc = runtime(request).inference
-    return {
-        "object": "list",
-        "data": [
-            {
-                "id": m.name,
-                "object": "model",
-                "created": 0,
-                "owned_by": "tollway",
-                "task": m.task,
-                "backend": m.backend,
-                "context_length": m.n_ctx,
-                "max_tokens": m.max_tokens if m.task == "chat" else None,
-                "pricing": {
-                    "neurons_per_m_input_tokens": m.neurons_per_m_input,
-                    "neurons_per_m_output_tokens": m.neurons_per_m_output,
-                    "usd_micros_per_1000_neurons": svc.micros_per_1000_neurons,
-                },
-            }
-            for m in svc.configs.values()
-        ],
-    }
+    return {"object": "list", "data": [_card(m, svc.micros_per_1000_neurons) for m in svc.configs.values()]}
+
+
+@router.get("/v1/models/{model_id:path}", summary="One model of the registry (the SDK's models.retrieve)")
+async def model(model_id: str, request: Request, _: ApiKey = Depends(require_key)) -> dict[str, Any]:
+    svc = runtime(request).inference
+    return _card(svc.model(model_id), svc.micros_per_1000_neurons)  # 404 model_not_found
 
 
 @router.get("/v1/usage", summary="Today's usage and remaining free allocation for the calling customer")

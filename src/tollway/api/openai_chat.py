@@ -7,6 +7,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import orjson
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
@@ -30,6 +31,9 @@ async def chat_completions(body: ChatRequest, request: Request, key: ApiKey = De
     rt = runtime(request)
     gw = rt.gateway
     p = await gw.admit(key, "chat.completions", request.headers, body.model, body.stream, AI_CHAT)
+    if body.user is not None or body.metadata:
+        p.entry.end_user = body.user
+        p.entry.tags = orjson.dumps(body.metadata).decode() if body.metadata else None
     params = chat_params(body.messages, body)
     norm = body.model_dump(mode="json", exclude_none=True)
     out = await gw.chat(

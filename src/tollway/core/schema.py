@@ -168,6 +168,8 @@ request_log = Table(
     Column("latency_ms", BigInteger, nullable=False),  # microseconds would be overkill; see ttft
     Column("ttft_ms", BigInteger, nullable=True),
     Column("downgraded_from", String(100), nullable=True),
+    Column("end_user", String(256), nullable=True),  # the request's `user`
+    Column("tags", Text, nullable=True),  # the request's `metadata` (JSON, bounded)
 )
 
 # Billing (tollway.billing). A customer with no row is on the default plan.

@@ -52,6 +52,8 @@ class Entry:
     latency_ms: int = 0
     ttft_ms: int | None = None
     downgraded_from: str | None = None
+    end_user: str | None = None  # the request's `user` (the customer's own end user)
+    tags: str | None = None  # the request's `metadata`, as JSON
     id: str = ""
     created_at_us: int = 0
     t0: float = 0.0  # perf_counter at the start (not stored)

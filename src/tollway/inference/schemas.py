@@ -161,10 +161,23 @@ class ChatRequest(_Body):
     n: Literal[1] | None = None
     presence_penalty: float | None = Field(None, ge=-2, le=2, strict=False)
     frequency_penalty: float | None = Field(None, ge=-2, le=2, strict=False)
-    user: str | None = None
+    user: str | None = Field(None, max_length=256)  # the customer's end user: kept in the request log
     tools: list[Tool] | None = Field(None, max_length=128)
     tool_choice: Literal["auto", "none", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
+    # Accepted with the values that change nothing here (docs/inference.md#parameters).
+    logprobs: Literal[False] | None = None
+    store: bool | None = None  # chat completions are not stored (the Responses API stores)
+    service_tier: Literal["auto", "default"] | None = None
+    # Kept in the request log as its tags (OpenAI's bounds: 16 pairs, 64 / 512 characters).
+    metadata: dict[str, str] | None = Field(None, max_length=16)
+
+    @field_validator("metadata")
+    @classmethod
+    def _tags(cls, v: dict[str, str] | None) -> dict[str, str] | None:
+        if v is not None and any(len(k) > 64 or len(x) > 512 for k, x in v.items()):
+            raise ValueError("metadata keys are at most 64 characters and values at most 512")
+        return v
 
     @field_validator("stop")
     @classmethod
