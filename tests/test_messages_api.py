@@ -190,6 +190,13 @@ async def test_a_bad_or_missing_key_is_a_401_in_anthropic_s_shape(uenv: Env) -> 
     anthropic_shaped(r.json(), "authentication_error")
 
 
+async def test_another_method_is_a_405_in_anthropic_s_shape(uenv: Env) -> None:
+    for method in ("GET", "PUT", "QUERY"):
+        r = await uenv.http.request(method, "/v1/messages", headers={"x-api-key": uenv.key})
+        assert r.status_code == 405 and r.headers["allow"] == "POST"
+        anthropic_shaped(r.json(), "invalid_request_error")
+
+
 async def test_an_unknown_model_is_a_404_in_anthropic_s_shape(uenv: Env) -> None:
     with pytest.raises(anthropic.NotFoundError) as e:
         await client(uenv).messages.create(model="nope", max_tokens=4, messages=HI)

@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
+from pydantic import BaseModel
+from starlette.routing import Route
 
 from tollway.api.auth import require_key, require_scope, runtime
 from tollway.api.jsonroute import JsonRoute
@@ -37,10 +40,32 @@ from tollway.inference.call import Metered
 
 log = logging.getLogger("tollway.api")
 
-router = APIRouter(route_class=JsonRoute, tags=["inference"])
+
+class AnthropicErrorDetail(BaseModel):
+    type: str  # invalid_request_error, authentication_error, billing_error, ...
+    message: str
 
 
-@router.post("/v1/messages", summary="Anthropic-compatible Messages API (and SSE streaming)")
+class AnthropicErrorBody(BaseModel):
+    """Anthropic's error shape, on this route only."""
+
+    type: Literal["error"]
+    error: AnthropicErrorDetail
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    s: {"model": AnthropicErrorBody, "description": "Error, in Anthropic's shape"}
+    for s in (400, 401, 402, 403, 404, 429, 500, 502, 503)
+}
+router = APIRouter(route_class=JsonRoute, tags=["inference"], responses=_ERRORS)
+
+
+@router.post(
+    "/v1/messages",
+    summary="Anthropic-compatible Messages API (and SSE streaming)",
+    response_class=JSONResponse,
+    responses={200: {"content": {"text/event-stream": {}}}},
+)
 async def messages(request: Request) -> Response:
     try:
         return await _messages(request)
@@ -50,6 +75,19 @@ async def messages(request: Request) -> Response:
         log.exception("POST /v1/messages failed")
         err = TollwayError(ErrorType.API, "internal_error", "Internal server error")
         return JSONResponse(anthropic_error(err), status_code=500)
+
+
+class _OtherMethods:
+    """The route's other methods (any of them, hence an ASGI app: Starlette gives a
+    function endpoint GET only): a 405, in Anthropic's shape too."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        err = TollwayError(ErrorType.INVALID_REQUEST, "method_not_allowed", "Method Not Allowed", status=405)
+        response = JSONResponse(anthropic_error(err), status_code=405, headers={"allow": "POST"})
+        await response(scope, receive, send)
+
+
+router.routes.append(Route("/v1/messages", _OtherMethods(), include_in_schema=False))
 
 
 async def _messages(request: Request) -> Response:
