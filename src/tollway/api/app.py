@@ -20,6 +20,7 @@ from tollway.api import (
     agents,
     agents_admin,
     ai_models,
+    anthropic_messages,
     billing,
     demo,
     errors,
@@ -173,6 +174,7 @@ def create_app(settings: Settings | None = None, *, rt: Runtime | None = None) -
         app.include_router(
             shape.router, responses=errors.error_responses(400, 401, 402, 403, 404, 429, 502, 503)
         )
+    app.include_router(anthropic_messages.router)  # its errors are in Anthropic's shape
     app.include_router(gateway_admin.router, responses=errors.error_responses(400, 401, 404))
     app.include_router(x402.router, responses=errors.error_responses(400))
     app.include_router(x402_admin.router, responses=errors.error_responses(400, 401))

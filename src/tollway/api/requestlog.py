@@ -17,7 +17,11 @@ import orjson
 
 from tollway.gateway.requestlog import OPEN, Entry, RequestLog
 
-_EXACT = {"/v1/chat/completions": "chat.completions", "/v1/embeddings": "embeddings"}
+_EXACT = {
+    "/v1/chat/completions": "chat.completions",
+    "/v1/messages": "messages",
+    "/v1/embeddings": "embeddings",
+}
 _MAX_ERROR_BODY = 4096
 
 
