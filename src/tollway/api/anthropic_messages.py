@@ -99,6 +99,8 @@ async def _messages(request: Request) -> Response:
     rt = runtime(request)
     gw = rt.gateway
     p = await gw.admit(key, "messages", request.headers, req.model, params.stream, AI_CHAT)
+    if req.user is not None:
+        p.entry.end_user = req.user  # metadata.user_id: kept in the request log
     out = await gw.chat(rt.inference, p, req.model, params, params.max_tokens, body, request.receive)
     mid = "msg_" + new_id("m")[2:]
     if out.events is not None:
