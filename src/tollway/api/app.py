@@ -27,6 +27,7 @@ from tollway.api import (
     gateway_admin,
     openai_chat,
     openai_embeddings,
+    openai_responses,
     provision,
     system,
     v1,
@@ -170,7 +171,13 @@ def create_app(settings: Settings | None = None, *, rt: Runtime | None = None) -
     app.include_router(system.router, responses=errors.error_responses(503))
     app.include_router(admin.router, responses=errors.error_responses(400, 401, 402, 404, 409))
     app.include_router(v1.router, responses=errors.error_responses(401, 403, 404))
-    for shape in (ai_models, openai_chat, openai_embeddings, workers_ai):  # the AI routes: one module a shape
+    for shape in (
+        ai_models,
+        openai_chat,
+        openai_responses,
+        openai_embeddings,
+        workers_ai,
+    ):  # the AI routes: one module a shape
         app.include_router(
             shape.router, responses=errors.error_responses(400, 401, 402, 403, 404, 429, 502, 503)
         )
