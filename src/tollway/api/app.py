@@ -41,6 +41,7 @@ from tollway.api import stripe as stripe_api
 from tollway.api.fastpath import TollwayApp
 from tollway.api.quote import quote as ai_quote
 from tollway.api.requestlog import LogEveryRequest
+from tollway.inference.responses_format import ResponsesRequest
 from tollway.inference.schemas import ChatRequest, EmbeddingsRequest
 from tollway.observe import metrics
 from tollway.runtime import Runtime
@@ -206,6 +207,7 @@ def create_app(settings: Settings | None = None, *, rt: Runtime | None = None) -
     # The hot AI routes skip FastAPI's per-request machinery (tollway.api.fastpath).
     app.fast("/v1/chat/completions", ChatRequest, openai_chat.chat_completions)
     app.fast("/v1/embeddings", EmbeddingsRequest, openai_embeddings.embeddings)
+    app.fast("/v1/responses", ResponsesRequest, openai_responses.create_response)
     app.wrap_fast(lambda inner: LogEveryRequest(inner, rt.gateway.log))
     app.wrap_fast(MetricsMiddleware)
     # Paid routes (x402) answer before anything else.
