@@ -14,7 +14,7 @@ import pytest
 
 from conftest import ADMIN
 from fake_upstream import FakeUpstream, model
-from test_inference import Env, make_env
+from test_inference import CHAT, Env, make_env
 
 WEATHER = {
     "type": "function",
@@ -219,3 +219,29 @@ async def test_neutral_parameters_are_accepted_and_logged(uenv: Env) -> None:
     [row] = r.json()["data"]
     assert row["endpoint"] == "responses" and row["end_user"] == "end-user-7"
     assert json.loads(row["tags"]) == {"team": "search"}
+
+
+async def test_a_local_model_forced_to_call_a_tool_always_parses(db_url: str) -> None:
+    async for env in make_env(db_url):
+        resp = await env.sdk.responses.create(
+            model=CHAT,
+            input=ASK,
+            tools=[WEATHER],  # type: ignore[list-item]
+            tool_choice={"type": "function", "name": "get_weather"},
+            max_output_tokens=64,
+            temperature=0,
+        )
+        [call] = resp.output
+        assert call.type == "function_call" and call.name == "get_weather"
+        args = json.loads(call.arguments)
+        assert set(args) == {"city"} and isinstance(args["city"], str)
+        assert resp.usage is not None and await env.spent() > 0
+
+
+async def test_a_refused_request_is_in_the_request_log(uenv: Env) -> None:
+    body = {"model": "up", "input": "hi", "previous_response_id": "resp_nope"}
+    r = await uenv.http.post("/v1/responses", json=body, headers=uenv.auth)
+    assert r.status_code == 404 and r.json()["error"]["code"] == "response_not_found"
+    r = await uenv.http.get("/admin/requests", params={"limit": 1}, headers=ADMIN)
+    [row] = r.json()["data"]
+    assert (row["endpoint"], row["status"], row["error_code"]) == ("responses", 404, "response_not_found")

@@ -50,17 +50,11 @@ async def create_response(
     if body.user is not None or body.metadata:
         p.entry.end_user = body.user
         p.entry.tags = orjson.dumps(body.metadata).decode() if body.metadata else None
-    try:
-        items = []
-        if body.previous_response_id is not None:  # the stored conversation: its items count as input
-            items = await response_store.items(
-                rt.engine, rt.clock, key.customer_id, body.previous_response_id
-            )
-        items.extend(body.input_items())
-        params = chat_params(body, items)
-    except TollwayError as e:
-        gw.fail(p.entry, e)
-        raise
+    items = []  # a refusal below is logged by the request log's middleware, as chat's
+    if body.previous_response_id is not None:  # the stored conversation: its items count as input
+        items = await response_store.items(rt.engine, rt.clock, key.customer_id, body.previous_response_id)
+    items.extend(body.input_items())
+    params = chat_params(body, items)
     norm = body.model_dump(mode="json", exclude_none=True)
     if body.previous_response_id is not None:
         norm["input"] = items  # the cache keys the whole conversation
