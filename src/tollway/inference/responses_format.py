@@ -58,6 +58,7 @@ class ResponsesRequest(_Body):
     metadata: dict[str, str] | None = Field(None, max_length=16)  # request-log tags, as chat's
     service_tier: Literal["auto", "default"] | None = None
     truncation: Literal["disabled"] | None = None
+    include: list[str] | None = Field(None, max_length=0)  # no extra output to include (logprobs, ...)
 
     @field_validator("metadata")
     @classmethod
