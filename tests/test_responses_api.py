@@ -245,3 +245,16 @@ async def test_a_refused_request_is_in_the_request_log(uenv: Env) -> None:
     r = await uenv.http.get("/admin/requests", params={"limit": 1}, headers=ADMIN)
     [row] = r.json()["data"]
     assert (row["endpoint"], row["status"], row["error_code"]) == ("responses", 404, "response_not_found")
+
+
+async def test_the_sdk_s_stream_helper_builds_the_final_response(uenv: Env) -> None:
+    async with uenv.sdk.responses.stream(model="up", input=ASK, tools=[WEATHER]) as stream:  # type: ignore[list-item]
+        async for _ in stream:
+            pass
+        final = await stream.get_final_response()
+    [call] = final.output
+    assert call.type == "function_call" and json.loads(call.arguments) == {"city": "Paris"}
+    async with uenv.sdk.responses.stream(model="up", input="Say hello.") as stream:
+        text = "".join([ev.delta async for ev in stream if ev.type == "response.output_text.delta"])
+        final = await stream.get_final_response()
+    assert final.output_text == text == "Hello from the fake upstream!"

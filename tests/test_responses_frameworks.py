@@ -69,3 +69,27 @@ async def test_openai_agents_sdk_with_its_default_responses_model(served: Served
     result = await Runner.run(agent, ASK)
     assert cities == ["Paris"] and result.final_output == ANSWER
     assert served.spent() > 0
+
+
+async def test_openai_agents_sdk_streamed_over_the_responses_model(served: Served) -> None:
+    from openai import AsyncOpenAI
+
+    from agents import Agent, OpenAIResponsesModel, Runner, function_tool, set_tracing_disabled
+
+    set_tracing_disabled(True)
+    cities: list[str] = []
+
+    @function_tool
+    def get_weather(city: str) -> str:
+        """The weather in a city."""
+        cities.append(city)
+        return "sunny"
+
+    client = AsyncOpenAI(base_url=served.url + "/v1", api_key=served.key)
+    model = OpenAIResponsesModel(model="up", openai_client=client)
+    agent = Agent(name="weather", instructions="Answer with the tool.", model=model, tools=[get_weather])
+    result = Runner.run_streamed(agent, ASK)
+    async for _ in result.stream_events():
+        pass
+    assert cities == ["Paris"] and result.final_output == ANSWER
+    assert served.spent() > 0

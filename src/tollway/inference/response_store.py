@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from tollway.core.clock import Clock
 from tollway.core.errors import not_found
 from tollway.core.schema import responses
+from tollway.core.storage import writer
 
 RETENTION_DAYS = 30
 _DAY_US = 86_400 * 1_000_000
@@ -35,7 +36,7 @@ async def put(
         "body": orjson.dumps(body).decode(),
         "items": orjson.dumps(items).decode(),
     }
-    async with engine.begin() as conn:
+    async with writer(engine).begin() as conn:
         await conn.execute(insert(responses).values(row))
 
 
@@ -69,7 +70,7 @@ async def get(engine: AsyncEngine, clock: Clock, customer_id: str, rid: str) -> 
 
 async def remove(engine: AsyncEngine, clock: Clock, customer_id: str, rid: str) -> None:
     q = delete(responses).where(responses.c.id == rid, responses.c.customer_id == customer_id)
-    async with engine.begin() as conn:
+    async with writer(engine).begin() as conn:
         n = (await conn.execute(q)).rowcount
     if not n:
         raise _missing(rid, None)
