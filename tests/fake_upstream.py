@@ -21,6 +21,7 @@ from threaded import ThreadServer, free_port
 
 WORDS = ["Hello", " from", " the", " fake", " upstream", "!"]
 PROMPT_TOKENS = 10
+FINISH = "length"  # a text answer's finish reason (a test may set "stop")
 
 
 class FakeUpstream:
@@ -33,6 +34,7 @@ class FakeUpstream:
         self.last_request: dict[str, Any] = {}  # the last chat request's body
         self.chunk_delay_s = 0.0  # a stream's chunks are sent one by one, this far apart
         self.prompt_tokens = PROMPT_TOKENS  # what usage reports for the prompt
+        self.finish_reason = FINISH  # a text answer's
         self._fail: list[int] = []
         self._garbled: list[bytes] = []
         self._lock = threading.Lock()
@@ -98,14 +100,14 @@ class FakeUpstream:
                 "object": "chat.completion",
                 "created": 0,
                 "model": "fake",
-                "choices": [{"index": 0, "message": msg, "finish_reason": "length"}],
+                "choices": [{"index": 0, "message": msg, "finish_reason": self.finish_reason}],
                 "usage": usage,
             }
             await self._send(send, 200, json.dumps(whole).encode(), b"application/json")
             return
         base = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 0, "model": "fake"}
         chunks = [{**base, "choices": [{"index": 0, "delta": {"content": w}}]} for w in WORDS[:n]]
-        chunks.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "length"}]})
+        chunks.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": self.finish_reason}]})
         chunks.append({**base, "choices": [], "usage": usage})
         events = [b"data: " + json.dumps(c).encode() + b"\n\n" for c in chunks] + [b"data: [DONE]\n\n"]
         if self.chunk_delay_s:

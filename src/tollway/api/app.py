@@ -27,6 +27,7 @@ from tollway.api import (
     gateway_admin,
     openai_chat,
     openai_embeddings,
+    openai_responses,
     provision,
     system,
     v1,
@@ -40,6 +41,7 @@ from tollway.api import stripe as stripe_api
 from tollway.api.fastpath import TollwayApp
 from tollway.api.quote import quote as ai_quote
 from tollway.api.requestlog import LogEveryRequest
+from tollway.inference.responses_format import ResponsesRequest
 from tollway.inference.schemas import ChatRequest, EmbeddingsRequest
 from tollway.observe import metrics
 from tollway.runtime import Runtime
@@ -170,7 +172,13 @@ def create_app(settings: Settings | None = None, *, rt: Runtime | None = None) -
     app.include_router(system.router, responses=errors.error_responses(503))
     app.include_router(admin.router, responses=errors.error_responses(400, 401, 402, 404, 409))
     app.include_router(v1.router, responses=errors.error_responses(401, 403, 404))
-    for shape in (ai_models, openai_chat, openai_embeddings, workers_ai):  # the AI routes: one module a shape
+    for shape in (
+        ai_models,
+        openai_chat,
+        openai_responses,
+        openai_embeddings,
+        workers_ai,
+    ):  # the AI routes: one module a shape
         app.include_router(
             shape.router, responses=errors.error_responses(400, 401, 402, 403, 404, 429, 502, 503)
         )
@@ -199,6 +207,7 @@ def create_app(settings: Settings | None = None, *, rt: Runtime | None = None) -
     # The hot AI routes skip FastAPI's per-request machinery (tollway.api.fastpath).
     app.fast("/v1/chat/completions", ChatRequest, openai_chat.chat_completions)
     app.fast("/v1/embeddings", EmbeddingsRequest, openai_embeddings.embeddings)
+    app.fast("/v1/responses", ResponsesRequest, openai_responses.create_response)
     app.wrap_fast(lambda inner: LogEveryRequest(inner, rt.gateway.log))
     app.wrap_fast(MetricsMiddleware)
     # Paid routes (x402) answer before anything else.

@@ -20,6 +20,7 @@ from tollway.gateway.requestlog import OPEN, Entry, RequestLog
 _EXACT = {
     "/v1/chat/completions": "chat.completions",
     "/v1/messages": "messages",
+    "/v1/responses": "responses",
     "/v1/embeddings": "embeddings",
 }
 _MAX_ERROR_BODY = 4096

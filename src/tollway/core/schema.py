@@ -612,3 +612,16 @@ schedules = Table(
     Index("ix_schedules_owner", "owner", "status"),
     Index("ix_schedules_owner_key", "owner", "idempotency_key", unique=True),
 )
+
+# The Responses API's stored responses (tollway.inference.response_store), per customer.
+responses = Table(
+    "responses",
+    metadata,
+    Column("id", String(64), primary_key=True),  # resp_...
+    Column("customer_id", String(64), ForeignKey("customers.id"), nullable=False),
+    Column("created_at_us", BigInteger, nullable=False),
+    Column("expires_at_us", BigInteger, nullable=False),  # kept until then (the retention period)
+    Column("body", Text, nullable=False),  # the Response object, as GET returns it (JSON)
+    Column("items", Text, nullable=False),  # the conversation so far: input then output items (JSON)
+    Index("ix_responses_expires", "expires_at_us"),
+)

@@ -1,0 +1,76 @@
+"""The Responses API's stored responses: each kept per customer for
+:data:`RETENTION_DAYS` (as OpenAI keeps them), with the conversation's items
+(input then output) for a later request's ``previous_response_id``. Another
+customer's response, or an expired one, is not found."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from sqlalchemy import delete, insert, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tollway.core.clock import Clock
+from tollway.core.errors import not_found
+from tollway.core.schema import responses
+from tollway.core.storage import writer
+
+RETENTION_DAYS = 30
+_DAY_US = 86_400 * 1_000_000
+
+
+def _missing(rid: str, param: str | None) -> Exception:
+    return not_found("response_not_found", f"no response {rid!r}", param)
+
+
+async def put(
+    engine: AsyncEngine, clock: Clock, customer_id: str, body: dict[str, Any], items: list[dict[str, Any]]
+) -> None:
+    now = clock.now_us()
+    row = {
+        "id": body["id"],
+        "customer_id": customer_id,
+        "created_at_us": now,
+        "expires_at_us": now + RETENTION_DAYS * _DAY_US,
+        "body": orjson.dumps(body).decode(),
+        "items": orjson.dumps(items).decode(),
+    }
+    async with writer(engine).begin() as conn:
+        await conn.execute(insert(responses).values(row))
+
+
+async def _row(
+    engine: AsyncEngine, clock: Clock, customer_id: str, rid: str, col: Any, param: str | None
+) -> Any:
+    q = select(col).where(
+        responses.c.id == rid,
+        responses.c.customer_id == customer_id,
+        responses.c.expires_at_us > clock.now_us(),
+    )
+    async with engine.connect() as conn:
+        v = (await conn.execute(q)).scalar_one_or_none()
+    if v is None:
+        raise _missing(rid, param)
+    return orjson.loads(v)
+
+
+async def items(engine: AsyncEngine, clock: Clock, customer_id: str, rid: str) -> list[dict[str, Any]]:
+    """The conversation a stored response ends (a 404 naming ``previous_response_id``)."""
+    out: list[dict[str, Any]] = await _row(
+        engine, clock, customer_id, rid, responses.c["items"], "previous_response_id"
+    )
+    return out
+
+
+async def get(engine: AsyncEngine, clock: Clock, customer_id: str, rid: str) -> dict[str, Any]:
+    out: dict[str, Any] = await _row(engine, clock, customer_id, rid, responses.c.body, None)
+    return out
+
+
+async def remove(engine: AsyncEngine, clock: Clock, customer_id: str, rid: str) -> None:
+    q = delete(responses).where(responses.c.id == rid, responses.c.customer_id == customer_id)
+    async with writer(engine).begin() as conn:
+        n = (await conn.execute(q)).rowcount
+    if not n:
+        raise _missing(rid, None)
