@@ -1,5 +1,6 @@
 """API-shape overhead: a plain chat completion against the same call with tools
-offered, and against Anthropic's ``/v1/messages``, through one `tollway serve`.
+offered, Anthropic's ``/v1/messages`` and OpenAI's ``/v1/responses`` (stored, and
+with ``store: false``), through one `tollway serve`.
 
     .venv/bin/python bench/shapes.py [--rounds 3] [--duration 5]
 
@@ -46,6 +47,12 @@ SHAPES: dict[str, tuple[str, dict[str, Any]]] = {
         {"model": MODEL, "messages": HI, "max_tokens": 8, "tools": [WEATHER], "tool_choice": "auto"},
     ),
     "messages": ("/v1/messages", {"model": MODEL, "messages": HI, "max_tokens": 8}),
+    # store defaults to true, as OpenAI's: each response is kept (one row written per request).
+    "responses": ("/v1/responses", {"model": MODEL, "input": "hi", "max_output_tokens": 8}),
+    "responses_nostore": (
+        "/v1/responses",
+        {"model": MODEL, "input": "hi", "max_output_tokens": 8, "store": False},
+    ),
 }
 
 
