@@ -67,7 +67,7 @@ async def create_response(
         async def whole(output: list[dict[str, Any]], m: Metered | None) -> dict[str, Any]:
             r = response_body(rid, created, out.model, body, output, m)
             if keep:
-                await response_store.put(rt.engine, rt.clock, key.customer_id, r, items + output)
+                await response_store.put(rt.engine, rt.clock, key.customer_id, r, items + output, rt.ledger)
             return r
 
         gen = _stream(out.events, out.charged, response_body(rid, created, out.model, body, [], None), whole)
@@ -78,7 +78,7 @@ async def create_response(
     output = output_items(out.text, out.tool_calls)
     r = response_body(rid, created, out.model, body, output, m)
     if keep:
-        await response_store.put(rt.engine, rt.clock, key.customer_id, r, items + output)
+        await response_store.put(rt.engine, rt.clock, key.customer_id, r, items + output, rt.ledger)
     return JSONResponse(r, headers={**out.headers, **m.headers()})
 
 

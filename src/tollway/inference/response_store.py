@@ -15,6 +15,8 @@ from tollway.core.clock import Clock
 from tollway.core.errors import not_found
 from tollway.core.schema import responses
 from tollway.core.storage import writer
+from tollway.ledger import Ledger
+from tollway.ledger.riders import Statement
 
 RETENTION_DAYS = 30
 _DAY_US = 86_400 * 1_000_000
@@ -24,20 +26,40 @@ def _missing(rid: str, param: str | None) -> Exception:
     return not_found("response_not_found", f"no response {rid!r}", param)
 
 
+_INSERT: Statement[tuple[str, str, int, int, str, str]] = Statement(
+    "INSERT INTO responses (id, customer_id, created_at_us, expires_at_us, body, items)"
+    " VALUES (?, ?, ?, ?, ?, ?)"
+)
+
+
 async def put(
-    engine: AsyncEngine, clock: Clock, customer_id: str, body: dict[str, Any], items: list[dict[str, Any]]
+    engine: AsyncEngine,
+    clock: Clock,
+    customer_id: str,
+    body: dict[str, Any],
+    items: list[dict[str, Any]],
+    ledger: Ledger | None = None,
 ) -> None:
+    """Keep a response. On SQLite it is written by the ledger's writer thread,
+    between batches, in a lazy commit (it survives a crash of the process, not
+    a power cut: a stored response is not money), so it neither waits for the
+    database's lock nor for an fsync (docs/benchmarks.md, "API shapes")."""
     now = clock.now_us()
-    row = {
-        "id": body["id"],
-        "customer_id": customer_id,
-        "created_at_us": now,
-        "expires_at_us": now + RETENTION_DAYS * _DAY_US,
-        "body": orjson.dumps(body).decode(),
-        "items": orjson.dumps(items).decode(),
-    }
+    row = (
+        body["id"],
+        customer_id,
+        now,
+        now + RETENTION_DAYS * _DAY_US,
+        orjson.dumps(body).decode(),
+        orjson.dumps(items).decode(),
+    )
+    if ledger is not None and await ledger.write_aside(_INSERT, [row], lazy=True) is not None:
+        return
     async with writer(engine).begin() as conn:
-        await conn.execute(insert(responses).values(row))
+        await conn.execute(insert(responses).values(dict(zip(_COLUMNS, row, strict=True))))
+
+
+_COLUMNS = ("id", "customer_id", "created_at_us", "expires_at_us", "body", "items")
 
 
 async def _row(
