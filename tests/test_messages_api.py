@@ -6,7 +6,7 @@ that answers tool calls, streaming (text and ``input_json_delta``), auth by
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import anthropic
@@ -19,6 +19,8 @@ from tollway.api.anthropic_messages import _stream
 from tollway.core.errors import ErrorType, TollwayError
 from tollway.inference.anthropic_messages import MessageStream
 from tollway.inference.backends.base import Delta, Finish
+
+pytest_plugins = ["upstream_env"]  # the fixtures up and uenv
 
 WEATHER = {
     "name": "get_weather",
@@ -41,18 +43,6 @@ def client(env: Env, *, bearer: bool = False, key: str | None = None) -> anthrop
     if bearer:
         return anthropic.AsyncAnthropic(base_url="http://tollway.test", auth_token=k, http_client=http)
     return anthropic.AsyncAnthropic(base_url="http://tollway.test", api_key=k, http_client=http)
-
-
-@pytest.fixture(scope="module")
-def up() -> Iterator[FakeUpstream]:
-    with FakeUpstream() as u:
-        yield u
-
-
-@pytest.fixture
-async def uenv(db_url: str, up: FakeUpstream) -> AsyncIterator[Env]:
-    async for e in make_env(db_url, models=[model("up", up.url)]):
-        yield e
 
 
 async def test_a_plain_message_is_answered_and_charged_once(uenv: Env) -> None:

@@ -6,15 +6,16 @@ the typed streaming events, refusals naming the parameter, and the charge."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import openai
 import pytest
 
 from conftest import ADMIN
-from fake_upstream import FakeUpstream, model
+from fake_upstream import FakeUpstream
 from test_inference import CHAT, Env, make_env
+
+pytest_plugins = ["upstream_env"]  # the fixtures up and uenv
 
 WEATHER = {
     "type": "function",
@@ -29,18 +30,6 @@ WEATHER = {
     "strict": True,
 }
 ASK = "What is the weather in Paris?"
-
-
-@pytest.fixture(scope="module")
-def up() -> Iterator[FakeUpstream]:
-    with FakeUpstream() as u:
-        yield u
-
-
-@pytest.fixture
-async def uenv(db_url: str, up: FakeUpstream) -> AsyncIterator[Env]:
-    async for e in make_env(db_url, models=[model("up", up.url)]):
-        yield e
 
 
 async def test_text_is_answered_and_charged(uenv: Env, up: FakeUpstream) -> None:

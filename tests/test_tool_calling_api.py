@@ -6,14 +6,15 @@ and a local llama.cpp model forced to call a tool through the grammar."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import openai
 import pytest
 
-from fake_upstream import FakeUpstream, model
+from fake_upstream import FakeUpstream
 from test_inference import CHAT, Env, make_env
+
+pytest_plugins = ["upstream_env"]  # the fixtures up and uenv
 
 WEATHER = {
     "type": "function",
@@ -29,18 +30,6 @@ WEATHER = {
     },
 }
 ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
-
-
-@pytest.fixture(scope="module")
-def up() -> Iterator[FakeUpstream]:
-    with FakeUpstream() as u:
-        yield u
-
-
-@pytest.fixture
-async def uenv(db_url: str, up: FakeUpstream) -> AsyncIterator[Env]:
-    async for e in make_env(db_url, models=[model("up", up.url)]):
-        yield e
 
 
 async def test_an_upstream_s_tool_call_is_passed_through_and_charged(uenv: Env, up: FakeUpstream) -> None:

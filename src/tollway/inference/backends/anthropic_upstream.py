@@ -11,10 +11,8 @@ malformed answer or tool call too; other 4xx are not.
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import urlsplit
 
 import orjson
 
@@ -35,7 +33,6 @@ from tollway.inference.backends.base import (
     Progress,
     upstream_failed,
 )
-from tollway.inference.backends.http1 import Http1Pool
 from tollway.inference.backends.openai_upstream import (
     _TEMPLATE_TOKENS,
     _TEMPLATE_TOKENS_PER_MESSAGE,
@@ -43,6 +40,7 @@ from tollway.inference.backends.openai_upstream import (
     _malformed,
     _retryable,
 )
+from tollway.inference.backends.pooled import PooledUpstream
 from tollway.inference.config import ModelConfig
 
 # Anthropic adds a system prompt of its own when tools are offered (about 350
@@ -50,34 +48,14 @@ from tollway.inference.config import ModelConfig
 _TOOLS_SYSTEM_TOKENS = 400
 
 
-class AnthropicUpstream:
+class AnthropicUpstream(PooledUpstream):
     def __init__(self, cfg: ModelConfig) -> None:
-        self.cfg = cfg
-        self.provider = f"anthropic:{urlsplit(cfg.base_url).hostname}"
-        self.base = cfg.base_url.rstrip("/")
-        self.headers: dict[str, str] = {
-            "Accept": "application/json, text/event-stream",
-            "anthropic-version": API_VERSION,
-        }
-        if cfg.api_key_env:
-            key = os.environ.get(cfg.api_key_env, "")
-            if key:
-                self.headers["x-api-key"] = key
-        self._pool: Http1Pool | None = None
-        self.model = cfg.upstream_model or cfg.name
-
-    @property
-    def http(self) -> Http1Pool:
-        if self._pool is None:
-            self._pool = Http1Pool(
-                self.base, self.headers, connect_timeout=5.0, read_timeout=self.cfg.timeout_seconds
-            )
-        return self._pool
-
-    async def aclose(self) -> None:
-        if self._pool is not None:
-            await self._pool.aclose()
-            self._pool = None
+        super().__init__(
+            cfg,
+            "anthropic",
+            {"Accept": "application/json, text/event-stream", "anthropic-version": API_VERSION},
+            lambda k: {"x-api-key": k},
+        )
 
     def prompt_tokens(self, params: ChatParams) -> int:
         """A safe upper bound (a token is at least one byte of the request), from

@@ -8,10 +8,8 @@ model's config names, never from the config file.
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import urlsplit
 
 import orjson
 
@@ -26,7 +24,8 @@ from tollway.inference.backends.base import (
     UpstreamError,
     upstream_failed,
 )
-from tollway.inference.backends.http1 import Http1Pool, TransportError
+from tollway.inference.backends.http1 import TransportError
+from tollway.inference.backends.pooled import PooledUpstream
 from tollway.inference.config import ModelConfig
 
 # Without the upstream's tokenizer, reserve for the worst case: a token is at
@@ -39,36 +38,19 @@ _TEMPLATE_TOKENS = 16
 _TRANSPORT_ERRORS = (TransportError, OSError, asyncio.TimeoutError)
 
 
-class OpenAIUpstream:
+class OpenAIUpstream(PooledUpstream):
     """The HTTP client is :mod:`tollway.inference.backends.http1`: on the
     gateway's hot path a general-purpose client was the largest cost left
     (docs/benchmarks.md). Connections are pooled and kept alive; the pool is
     made on first use, inside the event loop."""
 
     def __init__(self, cfg: ModelConfig) -> None:
-        self.cfg = cfg
-        self.provider = f"openai:{urlsplit(cfg.base_url).hostname}"
-        self.base = cfg.base_url.rstrip("/")
-        self.headers: dict[str, str] = {"Accept": "application/json, text/event-stream"}
-        if cfg.api_key_env:
-            key = os.environ.get(cfg.api_key_env, "")
-            if key:
-                self.headers["Authorization"] = f"Bearer {key}"
-        self._pool: Http1Pool | None = None
-        self.model = cfg.upstream_model or cfg.name
-
-    @property
-    def http(self) -> Http1Pool:
-        if self._pool is None:
-            self._pool = Http1Pool(
-                self.base, self.headers, connect_timeout=5.0, read_timeout=self.cfg.timeout_seconds
-            )
-        return self._pool
-
-    async def aclose(self) -> None:
-        if self._pool is not None:
-            await self._pool.aclose()
-            self._pool = None
+        super().__init__(
+            cfg,
+            "openai",
+            {"Accept": "application/json, text/event-stream"},
+            lambda k: {"Authorization": f"Bearer {k}"},
+        )
 
     def prompt_tokens(self, params: ChatParams) -> int:
         messages = params.messages
