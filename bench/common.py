@@ -66,6 +66,7 @@ def serve(
     edit: Callable[[str], str] | None = None,
     src: Path | None = None,
     init: bool = True,
+    init_args: tuple[str, ...] = (),
 ) -> Iterator[Server]:
     """`tollway init` + `tollway serve` on a free port (SQLite under ``tmp``), until healthy.
     ``src``: run another revision's sources (its ``src/`` directory) for an A/B.
@@ -75,7 +76,11 @@ def serve(
         env["PYTHONPATH"] = str(src)
     if init:
         subprocess.run(
-            [*cli(), "init", "--path", str(cfg)], cwd=tmp, env=env, check=True, capture_output=True
+            [*cli(), "init", "--path", str(cfg), *init_args],
+            cwd=tmp,
+            env=env,
+            check=True,
+            capture_output=True,
         )
     if edit is not None:
         cfg.write_text(edit(cfg.read_text()))

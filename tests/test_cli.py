@@ -17,7 +17,7 @@ runner = CliRunner()
 @pytest.fixture
 def cfg(tmp_path: Path, db_url: str) -> str:
     path = tmp_path / "tollway.toml"
-    r = runner.invoke(app, ["init", "--path", str(path), "--json"])
+    r = runner.invoke(app, ["init", "--path", str(path), "--no-database", "--json"])
     assert r.exit_code == 0, r.output
     text = path.read_text().replace('url = "sqlite:///.tollway/tollway.db"', f'url = "{db_url}"')
     path.write_text(text)
@@ -38,6 +38,23 @@ def test_init_writes_token_and_refuses_to_overwrite(tmp_path: Path) -> None:
     assert oct(path.stat().st_mode)[-3:] == "600"
     again = json.loads(runner.invoke(app, ["init", "--path", str(path), "--json"]).stdout)
     assert again == {"path": str(path), "created": False}
+
+
+def test_init_creates_the_database_so_the_first_serve_is_a_restart(tmp_path: Path) -> None:
+    """`tollway init` migrates the database its config names (next to the config), so the
+    first `tollway serve` finds it current; --no-database leaves that to serve."""
+    path = tmp_path / "home" / "tollway.toml"
+    path.parent.mkdir()
+    r = json.loads(runner.invoke(app, ["init", "--path", str(path), "--json"]).stdout)
+    from tollway.core import migrate
+
+    assert r["database_revision"] == migrate.HEAD
+    assert (path.parent / ".tollway" / "tollway.db").is_file()
+    assert run(str(path), "migrate") == {"from": migrate.HEAD, "to": migrate.HEAD, "changed": False}
+    other = tmp_path / "other" / "tollway.toml"
+    other.parent.mkdir()
+    r = json.loads(runner.invoke(app, ["init", "--path", str(other), "--no-database", "--json"]).stdout)
+    assert r["database_revision"] is None and not (other.parent / ".tollway").exists()
 
 
 def test_full_flow(cfg: str) -> None:

@@ -105,9 +105,13 @@ def init(
         "--demo",
         help="Add the demos: GET /demo/weather at $0.001 over x402 (devnet), and a support-triage agent.",
     ),
+    database: bool = typer.Option(
+        True, "--database/--no-database", help="Create the database and run its migrations now."
+    ),
     as_json: bool = JsonOpt,
 ) -> None:
-    """Write a commented tollway.toml with a fresh admin token."""
+    """Write a commented tollway.toml with a fresh admin token, and create its database
+    (so the first `tollway serve` starts as fast as every later one)."""
     if path.exists() and not force:
         if as_json:
             emit_json({"path": str(path), "created": False})
@@ -125,14 +129,39 @@ def init(
         text += agent_demo()
     path.write_text(text)
     path.chmod(0o600)
+    revision = _create_database(path) if database else None
     if as_json:
-        emit_json({"path": str(path), "created": True, "admin_token": token, "demo_pay_to": pay_to})
+        emit_json(
+            {"path": str(path), "created": True, "admin_token": token, "demo_pay_to": pay_to,
+             "database_revision": revision}
+        )  # fmt: skip
     else:
         out.print(f"wrote [bold]{path}[/]")
+        if revision is not None:
+            out.print(f"database migrated to [bold]{revision}[/]")
         out.print(f"admin token: [bold]{token}[/]  (Authorization: Bearer … on /admin/*)")
         if pay_to:
             out.print(f"demo: GET /demo/weather costs $0.001 over x402, paid to {pay_to} on devnet")
             out.print("demo: agent 'support' at /v1/agents/support/sessions (docs/agents.md)")
+
+
+def _create_database(path: Path) -> str | None:
+    """Migrate the database ``path`` names (a warning, not a failure, when it can't be reached:
+    `tollway serve` migrates it too)."""
+    try:
+        settings = load_settings(str(path))
+
+        async def go() -> str | None:
+            rt = Runtime.build(settings)
+            try:
+                return (await rt.migrate())[1]
+            finally:
+                await rt.close()
+
+        return asyncio.run(go())
+    except Exception as e:  # any failure only defers the migration to serve
+        err.print(f"[yellow]warning[/] the database was not created now ({e}); `tollway serve` will")
+        return None
 
 
 # --------------------------------------------------------------------------- serve
