@@ -51,7 +51,7 @@ async def rules_of(a: Agent) -> list[dict[str, Any]]:
         "OTHER.tollway.localhost",
         "other.tollway.localhost.",
         "Other.Tollway.Localhost.",
-        "оther.tollway.localhost",  # a Cyrillic о: another name (xn--), owned by no one
+        "\u043ether.tollway.localhost",  # a Cyrillic o: another name (xn--), owned by no one
         "other.tollway.localhost:80",
         "shop.tollway.localhost:80",
         "*.tollway.localhost",
