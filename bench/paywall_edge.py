@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from x402 import fund, presign
+from x402 import fund, lua_paid, presign
 
 from common import admin_token, machine, serve
 from gateway import free_port, wrk
@@ -44,22 +44,11 @@ RESULTS = Path(__file__).parent / "results" / "paywall_edge.json"
 APPS = "tollway.localhost"
 
 
-def lua(path: Path, host: str, route: str, headers_file: Path | None) -> Path:
-    """A wrk script: ``route`` on ``host``, with the next pre-signed payment when given."""
-    if headers_file is None:
-        path.write_text(
-            f'local h = {{["Host"] = "{host}"}}\n'
-            f'request = function() return wrk.format("GET", "{route}", h) end\n'
-        )
-        return path
+def lua(path: Path, host: str, route: str) -> Path:
+    """A wrk script: ``route`` on ``host``."""
     path.write_text(
-        "local h = {}\n"
-        f'for line in io.lines("{headers_file}") do h[#h + 1] = line end\n'
-        "local i = 0\n"
-        "request = function()\n"
-        "  i = i + 1\n"
-        f'  return wrk.format("GET", "{route}", {{["Host"] = "{host}", ["PAYMENT-SIGNATURE"] = h[i]}})\n'
-        "end\n"
+        f'local h = {{["Host"] = "{host}"}}\n'
+        f'request = function() return wrk.format("GET", "{route}", h) end\n'
     )
     return path
 
@@ -113,9 +102,9 @@ def run(a: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         hfile = tmp / "payments.txt"
         payer, sign_ms = presign(required, n, hfile)
         fund(srv.url, admin, payer.address, str(n * 1000 + 10**6))
-        free_lua = lua(tmp / "free.lua", f"free.{APPS}", "/", None)
+        free_lua = lua(tmp / "free.lua", f"free.{APPS}", "/")
         wrk(edge + "/", free_lua, a.conns, 1, 1)  # warm
-        paid_lua = lua(tmp / "paid.lua", f"paid.{APPS}", "/", hfile)
+        paid_lua = lua_paid(tmp / "paid.lua", hfile, "/", f"paid.{APPS}")
         done = 0
         for _ in range(a.rounds):
             runs["unpriced"].append(wrk(edge + "/", free_lua, a.conns, 1, a.duration))
