@@ -107,3 +107,24 @@ async def test_earnings_pay_for_the_next_deploy(agent: Agent) -> None:
     assert r.status_code == 201, r.text  # paid from its earnings
     assert await poor.available() == 9_000
     assert (await edge(poor, "/free", host)).text == "hello v2 /free"
+
+
+async def test_a_name_of_the_wallets_domain_bound_to_its_deployment_is_priced_too(agent: Agent) -> None:
+    assert (await agent.post("/domains", {"domain": "shop-demo.dev"})).status_code == 201
+    r = await agent.post("/deployments/shop/hostnames", {"hostname": "www.shop-demo.dev"})
+    assert r.status_code == 200, r.text
+    assert (
+        await rule(agent, name="www", host="WWW.Shop-Demo.dev", path="/p", price="$0.01")
+    ).status_code == 201
+    # A name within the domain that nothing serves yet may be priced; the edge has nothing there.
+    assert (await rule(agent, name="api", host="api.shop-demo.dev", path="/*", price="1")).status_code == 201
+    assert (await edge(agent, "/x", "api.shop-demo.dev")).status_code == 404
+    other = await Agent(agent.rt, agent.http).setup()
+    r = await rule(other, name="www", host="www.shop-demo.dev", path="/p", price="1")
+    assert r.status_code == 403 and r.json()["error"]["code"] == "host_not_owned"
+    payer = Payer()
+    await agent.rt.devnet.fund(payer.address, 10_000)
+    before = await balance(agent, agent.wallet["account_id"])
+    r, _ = await pay(agent, payer, "/p", "www.shop-demo.dev")
+    assert r.status_code == 200 and r.text == "hello v1 /p"
+    assert await balance(agent, agent.wallet["account_id"]) == before + 9_500
