@@ -19,6 +19,7 @@ from earnings_support import HOST, balance, deploy, edge, rule, shop, wallet_key
 from provision_support import Agent
 from tollway.x402.owned import DEPLOYMENT_ORIGIN
 from tollway.x402.rules import Rule
+from x402_gateway_support import required
 from x402_helpers import PAY_TO
 
 pytestmark = pytest.mark.slow
@@ -186,7 +187,7 @@ async def rules_of_admin(a: Agent) -> list[Any]:
 async def test_a_rule_left_on_a_host_that_changed_hands_prices_nothing(two: tuple[Agent, Agent]) -> None:
     """A stale rule (A's, on the host B's deployment now serves): the edge
     serves the host free, and nothing is credited to A."""
-    a, _ = two
+    a, b = two
     store = a.rt.paywall.owned
     assert store is not None
     address = await a.rt.wallets.ensure_address(a.wallet["id"])
@@ -197,6 +198,10 @@ async def test_a_rule_left_on_a_host_that_changed_hands_prices_nothing(two: tupl
     r = await edge(a, "/anything", host=OTHER)
     assert r.status_code == 200 and r.text == "hello v1 /anything"
     assert await balance(a, a.wallet["account_id"]) == before
+    # Nor does it hide the owner's own rule, made after it.
+    assert (await rule(b, name="mine", host=OTHER, path="/paid", price="$0.01")).status_code == 201
+    r = await edge(a, "/paid", host=OTHER)
+    assert r.status_code == 402 and required(r)["accepts"][0]["payTo"] != address
     # A deleted deployment: its host answers nothing, priced or not.
     assert (await rule(a, name="mine", host=HOST, path="/*", price="$1")).status_code == 201
     assert (await a.delete("/deployments/shop")).status_code == 200

@@ -52,12 +52,12 @@ class Front:
             if target is None:
                 raise not_found("deployment_not_found", f"no deployment answers for {host}", None)
             origin, wallet_id = target
-            owned = self.paywall.match_hosted(scope, host)
+            owned = self.paywall.match_hosted(scope, host, wallet_id)
         except TollwayError as e:
             await error_response(e)(scope, receive, send)
             return
         scope["x402_edge"] = True
-        if owned is None or owned.wallet_id != wallet_id:
+        if owned is None:
             await self.paywall.proxy(scope, receive, send, origin)
             return
         rule = owned.rule.model_copy(update={"origin": origin})

@@ -135,22 +135,25 @@ class OwnedRuleStore:
 
 
 class Hosted:
-    """Agents' rules by host, compiled: the edge's first-match lookup."""
+    """Agents' rules by host and wallet, compiled: the edge's first-match lookup
+    among the rules of the wallet that owns the host now (a rule left behind by
+    a former owner neither matches nor hides the current owner's)."""
 
     def __init__(self, owned: list[OwnedRule]) -> None:
-        by_host: dict[str, list[OwnedRule]] = {}
+        grouped: dict[str, dict[str, list[OwnedRule]]] = {}
         for o in owned:
-            by_host.setdefault(o.rule.host, []).append(o)
+            grouped.setdefault(o.rule.host, {}).setdefault(o.wallet_id, []).append(o)
         self.owned = {o.id: o for o in owned}
         # In the compiled set a rule is named by its id (names are unique per wallet only).
         self.by_host = {
-            h: Rules([o.rule.model_copy(update={"name": o.id}) for o in rs]) for h, rs in by_host.items()
+            h: {w: Rules([o.rule.model_copy(update={"name": o.id}) for o in rs]) for w, rs in ws.items()}
+            for h, ws in grouped.items()
         }
 
     def __contains__(self, host: str) -> bool:
         return host in self.by_host
 
-    def match(self, method: str, path: str, host: str) -> OwnedRule | None:
-        rules = self.by_host.get(host)
+    def match(self, method: str, path: str, host: str, wallet_id: str) -> OwnedRule | None:
+        rules = self.by_host.get(host, {}).get(wallet_id)
         rule = rules.match(method, path, host) if rules is not None else None
         return None if rule is None else self.owned[rule.name]

@@ -174,9 +174,10 @@ class Paywall:
         host = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"host"), "")
         return _matched(scope, lambda path: self.rules.match(scope["method"], path, host))
 
-    def match_hosted(self, scope: Scope, host: str) -> OwnedRule | None:
-        """:meth:`match` for the edge: the agent's rule for ``host`` (normalized by the caller)."""
-        return _matched(scope, lambda path: self.hosted.match(scope["method"], path, host))
+    def match_hosted(self, scope: Scope, host: str, wallet_id: str) -> OwnedRule | None:
+        """:meth:`match` for the edge: the rule of ``wallet_id`` (the host's owner
+        now) for ``host`` (normalized by the caller)."""
+        return _matched(scope, lambda path: self.hosted.match(scope["method"], path, host, wallet_id))
 
     # ------------------------------------------------------------ requirements
 
