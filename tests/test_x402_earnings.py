@@ -22,6 +22,8 @@ from conftest import settings_for
 from tollway.core.money import MAX_AMOUNT
 from tollway.runtime import Runtime
 from tollway.x402.earnings import BPS, FEE_ACCOUNT, Credit, fee_of, settlement_chain
+from tollway.x402.front import Front
+from x402_gateway_support import send_raw
 from x402_helpers import Payer, requirements
 
 
@@ -187,3 +189,17 @@ def test_one_authorization_settled_from_four_processes_at_once_credits_the_walle
     wallet, fees, left, total = asyncio.run(_final(db_url, w.account_id, payer))
     fee = gross * 500 // 10_000
     assert (wallet, fees, left, total) == (gross - fee, fee, gross * 2, 0)
+
+
+async def test_a_deployment_that_will_not_start_is_a_502_in_the_one_shape_never_a_500(rt: Runtime) -> None:
+    async def broken(host: str) -> tuple[str, str] | None:
+        raise RuntimeError("the sandbox is gone")
+
+    async def nothing(host: str) -> tuple[str, str] | None:
+        return None
+
+    r = await send_raw(Front(rt.paywall, broken, 500), "GET", b"/x")
+    assert r.status_code == 502 and r.json()["error"]["code"] == "deployment_unavailable"
+    assert set(r.json()["error"]) == {"type", "code", "message", "param"}
+    r = await send_raw(Front(rt.paywall, nothing, 500), "GET", b"/x")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "deployment_not_found"

@@ -11,16 +11,18 @@ payment is the wallet's earnings. A route no rule prices is relayed as it came.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 
 from starlette.types import Receive, Scope, Send
 
-from tollway.core.errors import TollwayError, not_found
+from tollway.core.errors import ErrorType, TollwayError, not_found
 from tollway.core.responses import error_response
 from tollway.x402.earnings import Credit
 from tollway.x402.owned import OwnedRule
 from tollway.x402.paywall import Paywall
 
+log = logging.getLogger("tollway.x402")
 # host -> (the URL of the worker serving it, the wallet owning its deployment), or None
 Resolve = Callable[[str], Awaitable[tuple[str, str] | None]]
 
@@ -48,7 +50,7 @@ class Front:
             return
         host = normal_host(next((v.decode("latin-1") for k, v in scope["headers"] if k == b"host"), ""))
         try:
-            target = await self.resolve(host)
+            target = await self._target(host)
             if target is None:
                 raise not_found("deployment_not_found", f"no deployment answers for {host}", None)
             origin, wallet_id = target
@@ -62,6 +64,17 @@ class Front:
             return
         rule = owned.rule.model_copy(update={"origin": origin})
         await self.paywall(scope, receive, send, rule, self.credit(owned, host, scope["x402_path"]))
+
+    async def _target(self, host: str) -> tuple[str, str] | None:
+        try:
+            return await self.resolve(host)
+        except TollwayError:
+            raise
+        except Exception as e:  # the worker would not start: the edge's own answer, never a 500
+            log.warning("edge paywall: %s: %s", host, e)
+            raise TollwayError(
+                ErrorType.API, "deployment_unavailable", "the deployment did not answer", status=502
+            ) from None
 
     def credit(self, owned: OwnedRule, host: str, path: str) -> Credit:
         return Credit(owned.wallet_id, owned.account_id, owned.id, host, self.take_rate_bps, path)
