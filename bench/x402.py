@@ -88,14 +88,16 @@ def presign(required: dict[str, Any], n: int, path: Path) -> tuple[Payer, float]
     return payer, (time.perf_counter() - t0) / n * 1000
 
 
-def lua_paid(path: Path, headers_file: Path, route: str) -> Path:
+def lua_paid(path: Path, headers_file: Path, route: str, host: str | None = None) -> Path:
+    """A wrk script sending the next pre-signed payment with each request (and ``Host``)."""
+    host_header = f'["Host"] = "{host}", ' if host else ""
     path.write_text(
         "local h = {}\n"
         f'for line in io.lines("{headers_file}") do h[#h + 1] = line end\n'
         "local i = 0\n"
         "request = function()\n"
         "  i = i + 1\n"
-        f'  return wrk.format("GET", "{route}", {{["PAYMENT-SIGNATURE"] = h[i]}})\n'
+        f'  return wrk.format("GET", "{route}", {{{host_header}["PAYMENT-SIGNATURE"] = h[i]}})\n'
         "end\n"
     )
     return path

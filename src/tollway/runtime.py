@@ -40,6 +40,8 @@ from tollway.x402.claims import Claims
 from tollway.x402.config import X402Config
 from tollway.x402.devnet import Devnet
 from tollway.x402.facilitator import Facilitator, Settlement
+from tollway.x402.front import Front
+from tollway.x402.owned import OwnedRuleStore
 from tollway.x402.paywall import Paywall
 from tollway.x402.remote import RemoteFacilitator
 from tollway.x402.rules import Rules
@@ -116,7 +118,13 @@ class Runtime:
         devnet.signatures = Signatures(authorizer, x402.asset_decimals)  # broker payments: the wallet pays
         claims = Claims(engine, ledger, clock)
         paywall = Paywall(
-            x402, Rules(x402.rules), remote or facilitator, keys, claims, RuleStore(engine, clock)
+            x402,
+            Rules(x402.rules),
+            remote or facilitator,
+            keys,
+            claims,
+            RuleStore(engine, clock),
+            OwnedRuleStore(engine, clock),
         )
         paywall.entitled = lambda key, feature: billing.standing(key.customer_id, key.billing).plan.has(
             feature
@@ -132,6 +140,9 @@ class Runtime:
         scheduler = Scheduler(engine, clock, lease_s=settings.schedules.lease_seconds)
         broker = Broker(settings, wallets, authorizer)
         agents = build_agents(settings, engine, clock, inference, vectors, broker, ledger)
+        provision = Provisioner(settings, engine, clock, wallets, authorizer)
+        # Agents' priced hosts: the edge serves them through the paywall (settling to their wallets).
+        provision.edge.front = Front(paywall, provision.target, x402.take_rate_bps)
         return cls(
             settings=settings,
             engine=engine,
@@ -150,7 +161,7 @@ class Runtime:
             authorizer=authorizer,
             broker=broker,
             vectors=vectors,
-            provision=Provisioner(settings, engine, clock, wallets, authorizer),
+            provision=provision,
             scheduler=scheduler,
             agents=agents,
             recovery=Recovery(engine, ledger, charger, clock, settings.ledger.progress_seconds),

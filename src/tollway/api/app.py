@@ -36,6 +36,7 @@ from tollway.api import (
     workers_ai,
     x402,
     x402_admin,
+    x402_agent,
 )
 from tollway.api import stripe as stripe_api
 from tollway.api.fastpath import TollwayApp
@@ -186,6 +187,7 @@ def create_app(settings: Settings | None = None, *, rt: Runtime | None = None) -
     app.include_router(gateway_admin.router, responses=errors.error_responses(400, 401, 404))
     app.include_router(x402.router, responses=errors.error_responses(400))
     app.include_router(x402_admin.router, responses=errors.error_responses(400, 401))
+    app.include_router(x402_agent.router, responses=errors.error_responses(400, 401, 403, 404, 409))
     app.include_router(billing.router, responses=errors.error_responses(400, 401, 402, 403, 404, 409))
     app.include_router(billing.admin, responses=errors.error_responses(400, 401, 402, 404, 409))
     app.include_router(wallets.admin, responses=errors.error_responses(400, 401, 404, 409))

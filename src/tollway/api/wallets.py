@@ -14,6 +14,7 @@ from tollway.api.jsonroute import JsonRoute
 from tollway.api.models import Strict
 from tollway.core.errors import invalid, unauthenticated
 from tollway.wallets.store import AgentToken, Wallet
+from tollway.x402.earnings import earnings, month_start_us
 
 admin = APIRouter(
     route_class=JsonRoute, prefix="/admin", tags=["wallets"], dependencies=[Depends(require_admin)]
@@ -177,16 +178,25 @@ async def audit(
 # -------------------------------------------------------------------- agents
 
 
-@agent.get("", summary="The agent's wallet: balance and this token's limits")
+@agent.get("", summary="The agent's wallet: its address, balance, x402 earnings and this token's limits")
 async def my_wallet(request: Request) -> dict[str, Any]:
     rt = runtime(request)
     token, w = await rt.wallets.verify(_agent_token(request))
-    _, avail = await rt.wallets.balance(w)
+    bal, avail = await rt.wallets.balance(w)
+    month = month_start_us(rt.clock.now_us())
     return {
         "object": "agent_wallet",
         "wallet_id": w.id,
+        "evm_address": w.evm_address,
+        "balance": bal,
         "available": avail,
         "currency": w.policy.currency,
+        # Payments for its routes, credited gross, less the operator's fee (micro-USD).
+        "earnings": {
+            "all_time": await earnings(rt.engine, w.account_id),
+            "this_month": await earnings(rt.engine, w.account_id, month),
+            "month_start_us": month,
+        },
         "token": token.to_dict(),
     }
 

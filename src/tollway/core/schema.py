@@ -14,6 +14,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
     text,
 )
 
@@ -349,6 +350,23 @@ x402_rules = Table(
     Column("position", Integer, nullable=False),
     Column("body", Text, nullable=False),
     Column("updated_at_us", BigInteger, nullable=False),
+)
+
+
+# x402 rules an agent made for hosts its wallet owns (tollway.x402.owned): they
+# price its deployments at the edge, and their payments credit its wallet.
+x402_agent_rules = Table(
+    "x402_agent_rules",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("wallet_id", String(64), ForeignKey("wallets.id"), nullable=False),
+    Column("name", String(100), nullable=False),
+    Column("host", String(253), nullable=False),
+    Column("body", Text, nullable=False),
+    Column("created_at_us", BigInteger, nullable=False),
+    Column("updated_at_us", BigInteger, nullable=False),
+    UniqueConstraint("wallet_id", "name", name="uq_x402_agent_rules_wallet_name"),
+    Index("ix_x402_agent_rules_host", "host"),
 )
 
 

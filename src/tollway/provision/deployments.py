@@ -97,6 +97,7 @@ class Deployments:
         self.wallets, self.provider, self.purchases, self.domains = wallets, provider, purchases, domains
         self.data_dir = data_dir
         self._routes: dict[str, str] = {}
+        self._owners: dict[str, str] = {}  # deployment id -> its wallet (the routed ones)
         self._routes_at = -ROUTES_TTL_S
         self._rebuilding: asyncio.Task[None] | None = None
         domains.on_change.append(self.invalidate)
@@ -403,7 +404,7 @@ class Deployments:
 
     async def _rebuild(self) -> None:
         async with self.engine.connect() as conn:
-            live = select(P.c.id, P.c.name, P.c.hostnames).where(
+            live = select(P.c.id, P.c.name, P.c.hostnames, P.c.wallet_id).where(
                 P.c.status == "active", P.c.live_version.is_not(None)
             )
             deps = (await conn.execute(live)).all()
@@ -420,4 +421,19 @@ class Deployments:
                 target, hops = cnames[target], hops + 1
             if target in table:
                 table[name] = table[target]
+        self._owners = {d.id: d.wallet_id for d in deps}
         self._routes, self._routes_at = table, time.monotonic()
+
+    async def owner(self, host: str) -> tuple[str, str] | None:
+        """(the deployment serving ``host``, the wallet that owns it), as routed now."""
+        dep = await self.route(host)
+        wallet = None if dep is None else self._owners.get(dep)
+        return None if dep is None or wallet is None else (dep, wallet)
+
+    async def owns(self, wallet_id: str, host: str) -> bool:
+        """Whether ``host`` (an A-label name) is the wallet's: a hostname of one of
+        its deployments, or a name within one of its domains."""
+        for d in await self.all(wallet_id):
+            if host in d["hostnames"]:
+                return True
+        return in_zone(host, await self.domains.all(wallet_id)) is not None

@@ -4,7 +4,12 @@ its worker if it was scaled to zero), connects to the worker on loopback,
 and from then on splices bytes both ways at the protocol level, with flow
 control, until either side closes. Clients keep one origin per connection
 (HTTP/1.1 clients pool connections by host), so the first Host names the
-deployment for the whole connection."""
+deployment for the whole connection.
+
+A host an agent has priced (``Edge.front``: the paywall in front of
+deployments, set by the runtime) is served at the HTTP level instead: the
+connection is handed to uvicorn's HTTP protocol running that ASGI app, which
+verifies each request's payment, forwards it to the worker and settles it."""
 
 from __future__ import annotations
 
@@ -15,7 +20,7 @@ import logging
 import os
 import socket
 from collections.abc import Awaitable, Callable
-from typing import cast
+from typing import Any, Protocol, cast
 
 from tollway.provision.workers import Worker
 
@@ -26,6 +31,14 @@ HANDOFF_MAX = 60 * 1024  # bytes already read that may travel with a handed-over
 Route = Callable[[str], Awaitable[str | None]]  # host -> deployment id
 GetWorker = Callable[[str, bool], Awaitable[Worker]]  # deployment id, fresh -> its running worker
 Touch = Callable[[str], None]
+
+
+class Front(Protocol):
+    """An ASGI app for the hosts it takes (``tollway.x402.front.Front``)."""
+
+    def paid(self, host: str) -> bool: ...
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None: ...
 
 
 def _error(status: int, reason: str, text: str) -> bytes:
@@ -115,6 +128,10 @@ class _Client(asyncio.Protocol):
         if not host:
             self._fail(400, "missing_host", "the request has no Host header")
             return
+        front = self.edge.front
+        if front is not None and front.paid(host):
+            self._serve_http(front)
+            return
         self.task = asyncio.get_running_loop().create_task(self._connect(host))
 
     async def _connect(self, host: str) -> None:
@@ -146,6 +163,17 @@ class _Client(asyncio.Protocol):
         except Exception as e:
             log.warning("edge: %s: %s", host, e)
             self._fail(502, "deployment_unavailable", "the deployment did not answer")
+
+    def _serve_http(self, front: Front) -> None:
+        """From now on the connection is HTTP served by ``front`` (uvicorn's parser)."""
+        t = self.transport
+        if t is None or t.is_closing():
+            return
+        proto = self.edge.http_protocol(front)
+        t.set_protocol(proto)
+        proto.connection_made(t)
+        proto.data_received(bytes(self.buf))
+        self.buf.clear()
 
     def _hand_over(self, w: Worker) -> bool:
         """Give the connection itself to the worker (SCM_RIGHTS), with what was
@@ -193,6 +221,23 @@ class Edge:
     def __init__(self, route: Route, worker: GetWorker, touch: Touch, *, handoff: bool = True) -> None:
         self.route, self.worker, self.touch, self.handoff = route, worker, touch, handoff
         self.server: asyncio.Server | None = None
+        self.front: Front | None = None  # the paywall for priced hosts (set by the runtime)
+        self._http: tuple[Any, Any] | None = None  # uvicorn's config and server state, made once
+
+    def http_protocol(self, front: Front) -> asyncio.Protocol:
+        """A uvicorn HTTP/1.1 protocol serving ``front`` (keep-alive, pipelining, flow control)."""
+        from uvicorn.config import Config
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+        from uvicorn.server import ServerState
+
+        if self._http is None or self._http[0].app is not front:
+            config = Config(
+                front, lifespan="off", ws="none", proxy_headers=False, access_log=False, log_config=None
+            )
+            config.load()
+            self._http = (config, ServerState())
+        config, state = self._http
+        return cast(asyncio.Protocol, HttpToolsProtocol(config, state, {}, asyncio.get_running_loop()))
 
     async def start(self, host: str, port: int) -> int:
         loop = asyncio.get_running_loop()

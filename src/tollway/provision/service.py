@@ -66,6 +66,17 @@ class Provisioner:
         self._tasks: list[asyncio.Task[None]] = []
         self._flushed: dict[str, float] = {}  # monotonic last request already written, per deployment
 
+    async def target(self, host: str) -> tuple[str, str] | None:
+        """The edge's paywall's origin for ``host``: (its worker's URL, the wallet
+        owning its deployment), waking the worker; None where nothing is deployed."""
+        owned = await self.deployments.owner(host)
+        if owned is None:
+            return None
+        dep, wallet_id = owned
+        w = await self.runner.worker(dep, False)
+        self.runner.touch(dep)
+        return f"http://127.0.0.1:{w.port}", wallet_id
+
     async def _live_spec(self, deployment_id: str) -> Any:
         return await self.deployments.live_spec(deployment_id)
 

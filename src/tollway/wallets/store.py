@@ -269,6 +269,29 @@ class Wallets:
         )
         return await self.get(wallet_id)
 
+    async def ensure_address(self, wallet_id: str) -> str:
+        """The wallet's EVM address (where its x402 earnings are paid), made with
+        its signing key, sealed as for ``with_key``, the first time it is asked;
+        concurrent first asks agree on one."""
+        w = await self.get(wallet_id)
+        if w.evm_address is not None:
+            return w.evm_address
+        from eth_account import Account
+
+        acct = Account.create()
+        sealed = keys.seal(keys.master_key(self.key_env), wallet_id, bytes(acct.key))
+        async with writer(self.engine).begin() as conn:
+            made = await conn.execute(
+                update(W)
+                .where(W.c.id == wallet_id, W.c.evm_address.is_(None))
+                .values(evm_address=acct.address, evm_key=sealed, updated_at_us=self.clock.now_us())
+            )
+        if made.rowcount:
+            await self.audit.write([self.audit.row(wallet_id, "address_created", address=acct.address)])
+        address = (await self.get(wallet_id)).evm_address
+        assert address is not None
+        return address
+
     async def signing_key(self, wallet_id: str) -> bytes:
         """The wallet's EVM private key, decrypted (the broker's use only)."""
         async with self.engine.connect() as conn:

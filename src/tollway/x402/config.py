@@ -38,6 +38,9 @@ class X402Config(Section):
     # An external facilitator (the official API: {url}/verify, {url}/settle) for the
     # paid routes, instead of the built-in one; empty: built in.
     facilitator_url: str = Field("", pattern=r"^(https?://\S+)?$")
+    # The operator's take on a payment for an agent-owned route, in basis points
+    # (500 = 5%), booked to sys_fees; the rest is the agent's wallet's earnings.
+    take_rate_bps: int = Field(500, ge=0, le=10_000)
     # Paid routes (see tollway.x402.rules); routes no rule matches are free.
     rules: list[Rule] = Field(default_factory=list)
 

@@ -27,6 +27,7 @@ from tollway.core.ids import new_id
 from tollway.ledger import Ledger, Transfer
 from tollway.ledger.ops import Usage
 from tollway.x402 import wire
+from tollway.x402.earnings import Credit, book_chain, settlement_chain
 from tollway.x402.exact_evm import Authorization, keccak
 from tollway.x402.wire import PaymentInvalid
 
@@ -106,10 +107,12 @@ class Devnet:
         return "0x" + keccak(text=self.nonce_key(auth.payer, auth.nonce)).hex().removeprefix("0x")
 
     async def transfer_with_authorization(
-        self, auth: Authorization, pay_to: str, meta: dict[str, Any]
+        self, auth: Authorization, pay_to: str, meta: dict[str, Any], credit: Credit | None = None
     ) -> str:
-        """Move the authorized value from the payer to revenue; the nonce is then used.
-        A second settlement of the same authorization is ``nonce already used``."""
+        """Move the authorized value from the payer to revenue (or, for an
+        agent-owned rule, to its wallet less the operator's fee: see
+        ``earnings.py``); the nonce is then used. A second settlement of the
+        same authorization is ``nonce already used``."""
         tx = self.transaction(auth)
         source, value = self.account_id(auth.payer), auth.value
         if self.signatures is not None:
@@ -118,23 +121,21 @@ class Devnet:
             taken = await self.signatures.capture(auth)
             if taken is not None:
                 source, value = SETTLEMENT_ACCOUNT, taken
-        usage = Usage(
-            METER,
-            1,
-            None,
-            {**meta, "transaction": tx, "payer": auth.payer, "pay_to": pay_to},
-            amount=value,
-        )
+        meta = {**meta, "transaction": tx, "payer": auth.payer, "pay_to": pay_to}
+        # The key is the authorization; the call id makes a repeat a conflict, not a replay.
+        key, described = self.nonce_key(auth.payer, auth.nonce), f"{self.network} {tx} ({new_id('call')})"
         try:
-            await self.ledger.transfer(
-                source,
-                REVENUE_ACCOUNT,
-                value,
-                # The key is the authorization; the call id makes a repeat a conflict, not a replay.
-                idempotency_key=self.nonce_key(auth.payer, auth.nonce),
-                description=f"x402 {self.network} {tx} ({new_id('call')})",
-                usage=usage,
-            )
+            if credit is not None:
+                await book_chain(self.ledger, settlement_chain(source, value, key, described, meta, credit))
+            else:
+                await self.ledger.transfer(
+                    source,
+                    REVENUE_ACCOUNT,
+                    value,
+                    idempotency_key=key,
+                    description=f"x402 {described}",
+                    usage=Usage(METER, 1, None, meta, amount=value),
+                )
         except TollwayError as e:
             if e.code == "idempotency_key_reused":
                 raise PaymentInvalid(

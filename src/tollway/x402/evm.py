@@ -49,6 +49,7 @@ from web3.types import Nonce, TxParams, TxReceipt
 from tollway.ledger import Ledger
 from tollway.x402 import exact_evm, wire
 from tollway.x402.devnet import authorization_key
+from tollway.x402.earnings import Credit
 from tollway.x402.exact_evm import Authorization
 from tollway.x402.payments import record_received
 from tollway.x402.wire import PaymentInvalid
@@ -198,7 +199,7 @@ class EvmSettlement:
     # ------------------------------------------------------------ settle
 
     async def transfer_with_authorization(
-        self, auth: Authorization, pay_to: str, meta: dict[str, Any]
+        self, auth: Authorization, pay_to: str, meta: dict[str, Any], credit: Credit | None = None
     ) -> str:
         await self.check_chain()
         key = self.nonce_key(auth.payer, auth.nonce)
@@ -206,11 +207,13 @@ class EvmSettlement:
             raise PaymentInvalid(wire.NONCE_USED, "this authorization is already being settled", auth.payer)
         self._inflight.add(key)
         try:
-            return await self._settle(auth, pay_to, meta)
+            return await self._settle(auth, pay_to, meta, credit)
         finally:
             self._inflight.discard(key)
 
-    async def _settle(self, auth: Authorization, pay_to: str, meta: dict[str, Any]) -> str:
+    async def _settle(
+        self, auth: Authorization, pay_to: str, meta: dict[str, Any], credit: Credit | None = None
+    ) -> str:
         if await self.nonce_used(auth.payer, auth.nonce):
             raise PaymentInvalid(wire.NONCE_USED, "this authorization was already used", auth.payer)
         if await self.balance(auth.payer) < auth.value:
@@ -232,11 +235,11 @@ class EvmSettlement:
             receipt = await self._receipt(tx, auth)
         except PaymentInvalid as e:
             if e.reason == wire.SETTLEMENT_PENDING:  # keep watching: book it if it is mined
-                task = asyncio.ensure_future(self._book_when_mined(tx, auth, pay_to, meta))
+                task = asyncio.ensure_future(self._book_when_mined(tx, auth, pay_to, meta, credit))
                 self._followers.add(task)
                 task.add_done_callback(self._followers.discard)
             raise
-        return await self._confirmed(tx, receipt, auth, pay_to, meta)
+        return await self._confirmed(tx, receipt, auth, pay_to, meta, credit)
 
     async def aclose(self) -> None:
         """Stop following pending settlements (the runtime is closing)."""
@@ -244,7 +247,9 @@ class EvmSettlement:
             task.cancel()
         await asyncio.gather(*self._followers, return_exceptions=True)
 
-    async def _book_when_mined(self, tx: str, auth: Authorization, pay_to: str, meta: dict[str, Any]) -> None:
+    async def _book_when_mined(
+        self, tx: str, auth: Authorization, pay_to: str, meta: dict[str, Any], credit: Credit | None
+    ) -> None:
         """A settlement reported pending, followed in this process for up to
         ``follow_s``: once mined, it is booked in the ledger like any other."""
         deadline = time.monotonic() + self.follow_s
@@ -258,7 +263,7 @@ class EvmSettlement:
                 log.warning("x402: following pending settlement %s", tx, exc_info=True)
                 continue
             try:
-                await self._confirmed(tx, receipt, auth, pay_to, meta)
+                await self._confirmed(tx, receipt, auth, pay_to, meta, credit)
                 log.info("x402 settlement %s was mined after all: booked", tx)
             except PaymentInvalid as e:
                 log.warning("x402 settlement %s was mined but not booked: %s", tx, e.message)
@@ -266,7 +271,13 @@ class EvmSettlement:
         log.error("x402 settlement %s was still not mined after %ss: not booked", tx, self.follow_s)
 
     async def _confirmed(
-        self, tx: str, receipt: TxReceipt, auth: Authorization, pay_to: str, meta: dict[str, Any]
+        self,
+        tx: str,
+        receipt: TxReceipt,
+        auth: Authorization,
+        pay_to: str,
+        meta: dict[str, Any],
+        credit: Credit | None = None,
     ) -> str:
         """A receipt's verdict: booked in the ledger if it moved the money as authorized."""
         if receipt["status"] != 1:
@@ -281,7 +292,7 @@ class EvmSettlement:
             raise PaymentInvalid(
                 wire.TRANSACTION_FAILED, f"transfer event mismatch in transaction {tx}", auth.payer
             )
-        await self._record(auth, pay_to, meta, tx)
+        await self._record(auth, pay_to, meta, tx, credit)
         return tx
 
     async def _send(self, fn: Any, auth: Authorization) -> str:
@@ -343,11 +354,13 @@ class EvmSettlement:
             for e in events
         )
 
-    async def _record(self, auth: Authorization, pay_to: str, meta: dict[str, Any], tx: str) -> None:
+    async def _record(
+        self, auth: Authorization, pay_to: str, meta: dict[str, Any], tx: str, credit: Credit | None = None
+    ) -> None:
         """The mined settlement into the ledger: inbound -> revenue, with its usage event."""
         try:
             await record_received(
-                self.ledger, INBOUND_ACCOUNT, self.network, self.asset, auth, pay_to, tx, meta
+                self.ledger, INBOUND_ACCOUNT, self.network, self.asset, auth, pay_to, tx, meta, credit
             )
         except PaymentInvalid:
             raise

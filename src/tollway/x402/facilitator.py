@@ -25,6 +25,7 @@ from typing import Any, Protocol
 from tollway.core.clock import Clock
 from tollway.x402 import exact_evm, wire
 from tollway.x402.config import X402Config
+from tollway.x402.earnings import Credit
 from tollway.x402.exact_evm import Authorization
 from tollway.x402.wire import PaymentInvalid
 
@@ -64,11 +65,13 @@ class Settlement(Protocol):
         ...
 
     async def transfer_with_authorization(
-        self, auth: Authorization, pay_to: str, meta: dict[str, Any]
+        self, auth: Authorization, pay_to: str, meta: dict[str, Any], credit: Credit | None = None
     ) -> str:
         """Move ``auth.value`` from the payer to ``pay_to`` once, record it in the
         ledger as revenue (a transfer carrying the transaction reference, with a
-        usage event of meter ``x402`` holding ``meta``), and return the
+        usage event of meter ``x402`` holding ``meta``) or, with ``credit`` (an
+        agent-owned rule), as the wallet's earnings less the operator's fee
+        (``earnings.settlement_chain``), and return the
         transaction reference. Raises ``PaymentInvalid`` (``NONCE_USED``,
         ``INSUFFICIENT_FUNDS``, ``TRANSACTION_FAILED``, ``SETTLEMENT_PENDING``)."""
         ...
@@ -83,9 +86,15 @@ class Verifier(Protocol):
         ...
 
     async def settle(
-        self, payload: Any, requirements: Any, resource: str | None = None, checked: Checked | None = None
+        self,
+        payload: Any,
+        requirements: Any,
+        resource: str | None = None,
+        checked: Checked | None = None,
+        credit: Credit | None = None,
     ) -> dict[str, Any]:
-        """A ``SettleResponse`` (failures are answers, not exceptions)."""
+        """A ``SettleResponse`` (failures are answers, not exceptions); ``credit``:
+        the payment is an agent's earnings (``earnings.py``)."""
         ...
 
 
@@ -201,7 +210,12 @@ class Facilitator:
         return {"isValid": True, "payer": c.auth.payer}
 
     async def settle(
-        self, payload: Any, requirements: Any, resource: str | None = None, checked: Checked | None = None
+        self,
+        payload: Any,
+        requirements: Any,
+        resource: str | None = None,
+        checked: Checked | None = None,
+        credit: Credit | None = None,
     ) -> dict[str, Any]:
         """A ``SettleResponse``: checks again, then moves the money (once per
         authorization). ``resource``: what was served, as the gateway saw it
@@ -223,7 +237,7 @@ class Facilitator:
                 "resource": resource or c.resource,
                 "x402_version": c.version,
             }
-            tx = await self.devnet.transfer_with_authorization(c.auth, c.pay_to, meta)
+            tx = await self.devnet.transfer_with_authorization(c.auth, c.pay_to, meta, credit)
         except PaymentInvalid as e:
             return wire.settle_failed(e, network)
         log.info("x402 settled %d from %s on %s: %s", c.amount, c.auth.payer, c.network, tx)

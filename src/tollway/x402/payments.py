@@ -17,6 +17,7 @@ from tollway.ledger import Ledger
 from tollway.ledger.ops import Usage
 from tollway.x402 import wire
 from tollway.x402.devnet import METER, REVENUE_ACCOUNT, authorization_key
+from tollway.x402.earnings import Credit, book_chain, settlement_chain
 from tollway.x402.exact_evm import Authorization
 from tollway.x402.wire import PaymentInvalid
 
@@ -73,28 +74,34 @@ async def record_received(
     pay_to: str,
     tx: str,
     meta: dict[str, Any],
+    credit: Credit | None = None,
 ) -> None:
     """A payment settled outside the ledger (on chain, or by an external
     facilitator) into the ledger: ``inbound`` → revenue, keyed by the
     authorization, with its usage event. A second recording of the same
-    authorization is ``nonce already used``."""
+    authorization is ``nonce already used``. With ``credit`` (an agent-owned
+    rule) it is booked as the wallet's earnings less the fee (``earnings.py``)."""
     try:
         await ledger.create_account("funding", id=inbound, name="x402 payments received outside the ledger")
     except TollwayError as e:
         if e.code != "account_exists":
             raise
-    usage = Usage(
-        METER, 1, None, {**meta, "transaction": tx, "payer": auth.payer, "pay_to": pay_to}, amount=auth.value
-    )
+    meta = {**meta, "transaction": tx, "payer": auth.payer, "pay_to": pay_to}
+    key = authorization_key(network, asset, auth.payer, auth.nonce)
     try:
-        await ledger.transfer(
-            inbound,
-            REVENUE_ACCOUNT,
-            auth.value,
-            idempotency_key=authorization_key(network, asset, auth.payer, auth.nonce),
-            description=f"x402 {network} {tx}",
-            usage=usage,
-        )
+        if credit is not None:
+            await book_chain(
+                ledger, settlement_chain(inbound, auth.value, key, f"{network} {tx}", meta, credit)
+            )
+        else:
+            await ledger.transfer(
+                inbound,
+                REVENUE_ACCOUNT,
+                auth.value,
+                idempotency_key=key,
+                description=f"x402 {network} {tx}",
+                usage=Usage(METER, 1, None, meta, amount=auth.value),
+            )
     except TollwayError as e:
         if e.code == "idempotency_key_reused":
             raise PaymentInvalid(wire.NONCE_USED, "this authorization was already used", auth.payer) from None

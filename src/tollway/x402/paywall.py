@@ -24,7 +24,7 @@ import json
 import logging
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote, unquote
 
 from starlette.requests import Request
@@ -39,7 +39,9 @@ from tollway.x402 import paths, wire
 from tollway.x402.claims import Claims
 from tollway.x402.config import X402Config
 from tollway.x402.devnet import authorization_key
+from tollway.x402.earnings import Credit
 from tollway.x402.facilitator import V1_NAMES, Verifier
+from tollway.x402.owned import Hosted, OwnedRule, OwnedRuleStore
 from tollway.x402.paths import canonical
 from tollway.x402.rules import Rule, Rules, atomic, price_of
 from tollway.x402.rulestore import RuleStore
@@ -73,6 +75,7 @@ _CREDENTIALS = {"authorization", "x-api-key"}
 # Cookie names tollway reserves (it sets none today); other cookies are the origin's.
 _OUR_COOKIES = ("tollway", "tw_")
 Chunks = AsyncIterable[bytes]
+_R = TypeVar("_R")
 _READS_BODY = {"body", "body_kib", "ai_max_cost"}  # prices that depend on the request body
 
 
@@ -95,6 +98,7 @@ class Paywall:
         keys: ApiKeys,
         claims: Claims,
         store: RuleStore | None = None,
+        owned: OwnedRuleStore | None = None,
     ) -> None:
         self.cfg = cfg
         self.config_rules = rules
@@ -105,6 +109,10 @@ class Paywall:
         self.store = store
         self.claims = claims
         self._version: tuple[int, int] | None = None
+        # Agents' rules for hosts they own (the edge's; see owned.py).
+        self.owned = owned
+        self.hosted = Hosted([])
+        self._owned_version: tuple[int, int] | None = None
         # Set by the app: the inference service's quote of an AI request's maximum
         # cost (micro-USD), and the app without its paywall, for origin = "self".
         self.quote: Callable[[str, Any], Awaitable[int]] | None = None
@@ -131,7 +139,11 @@ class Paywall:
             await self._session.close()
 
     async def refresh(self) -> None:
-        """Pick up rules imported through the admin API (by any process)."""
+        """Pick up rules imported through the admin API, and agents' rules (by any process)."""
+        if self.owned is not None:
+            ov = await self.owned.version()
+            if ov != self._owned_version:
+                self.hosted, self._owned_version = Hosted(await self.owned.load() if ov[0] else []), ov
         if self.store is None:
             return
         v = await self.store.version()
@@ -160,14 +172,12 @@ class Paywall:
         if not self.rules.rules:
             return None
         host = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"host"), "")
-        raw = scope.get("raw_path") or quote(scope["path"]).encode()
-        path, lenient = canonical(raw.split(b"?", 1)[0])
-        rule = self.rules.match(scope["method"], path, host)
-        if lenient is not None and (rule or self.rules.match(scope["method"], lenient, host)):
-            raise paths.refused()
-        if rule is not None:
-            scope["x402_path"] = path
-        return rule
+        return _matched(scope, lambda path: self.rules.match(scope["method"], path, host))
+
+    def match_hosted(self, scope: Scope, host: str, wallet_id: str) -> OwnedRule | None:
+        """:meth:`match` for the edge: the rule of ``wallet_id`` (the host's owner
+        now) for ``host`` (normalized by the caller)."""
+        return _matched(scope, lambda path: self.hosted.match(scope["method"], path, host, wallet_id))
 
     # ------------------------------------------------------------ requirements
 
@@ -233,7 +243,18 @@ class Paywall:
 
     # ------------------------------------------------------------------ serve
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send, rule: Rule) -> None:
+    async def proxy(self, scope: Scope, receive: Receive, send: Send, origin: str) -> None:
+        """A request no rule prices, relayed to ``origin`` as it came (the edge's free routes)."""
+        raw = scope.get("raw_path") or quote(scope["path"]).encode()
+        scope["x402_path"] = raw.split(b"?", 1)[0].decode("latin-1")
+        request = Request(scope, receive)
+        await self._relay(send, *await self._to_url(origin, request, None))
+
+    async def __call__(
+        self, scope: Scope, receive: Receive, send: Send, rule: Rule, credit: Credit | None = None
+    ) -> None:
+        """Serve a request ``rule`` matched; ``credit``: an agent-owned rule, whose
+        payment is the wallet's earnings (``earnings.py``)."""
         request = Request(scope, receive)
         # Only a price that depends on the body reads it first; otherwise the
         # body streams to the origin once the payment is verified.
@@ -277,7 +298,7 @@ class Paywall:
             status, headers, chunks = await self._forward(rule, request, body, checked.auth.payer)
             if status < 400:
                 ran = True
-                receipt = await self.facilitator.settle(payload, reqs, str(request.url), checked)
+                receipt = await self.facilitator.settle(payload, reqs, str(request.url), checked, credit)
         except BaseException:  # before the origin answered (the client left): give it back
             done = self.claims.spend(key, token) if ran else self.claims.release(key, token)
             await asyncio.shield(done)
@@ -377,14 +398,21 @@ class Paywall:
             return _demo(request)
         if rule.origin == "self":
             return await self._self(request, body, payer)
+        return await self._to_url(rule.origin, request, body)
+
+    async def _to_url(
+        self, origin: str, request: Request, body: bytes | None
+    ) -> tuple[int, list[tuple[bytes, bytes]], Chunks]:
         # The canonical path the rule matched, byte for byte (yarl must not re-quote
         # it), and the query as the client sent it.
         query = request.scope.get("query_string", b"").decode("latin-1")
-        url = URL(rule.origin + request.scope["x402_path"] + (f"?{query}" if query else ""), encoded=True)
+        url = URL(origin + request.scope["x402_path"] + (f"?{query}" if query else ""), encoded=True)
+        # At the edge the origin is the host's own deployment: its callers' credentials are its own.
+        withheld = () if request.scope.get("x402_edge") else _CREDENTIALS
         headers = []
         for k, v in request.headers.items():
             name = k.lower()
-            if name in _HOP or name in _CREDENTIALS:
+            if name in _HOP or name in withheld:
                 continue
             if name == "cookie" and not (v := _cookies(v)):
                 continue
@@ -505,6 +533,20 @@ async def _next(q: asyncio.Queue[Message], task: asyncio.Future[None]) -> Messag
     get.cancel()
     task.result()
     raise RuntimeError("the app ended without a response")
+
+
+def _matched(scope: Scope, match: Callable[[str], _R | None]) -> _R | None:
+    """``match`` on the request's canonical path (kept in ``scope["x402_path"]``
+    when it matches); ``invalid_path`` for an ambiguous path a rule matches
+    under either reading."""
+    raw = scope.get("raw_path") or quote(scope["path"]).encode()
+    path, lenient = canonical(raw.split(b"?", 1)[0])
+    rule = match(path)
+    if lenient is not None and (rule or match(lenient)):
+        raise paths.refused()
+    if rule is not None:
+        scope["x402_path"] = path
+    return rule
 
 
 def _cookies(header: str) -> str:

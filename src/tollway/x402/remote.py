@@ -19,6 +19,7 @@ from tollway.core.lazy import aiohttp_client_error
 from tollway.ledger import Ledger
 from tollway.x402 import wire
 from tollway.x402.config import X402Config
+from tollway.x402.earnings import Credit
 from tollway.x402.exact_evm import Authorization
 from tollway.x402.facilitator import Checked
 from tollway.x402.payments import record_received
@@ -88,7 +89,12 @@ class RemoteFacilitator:
         )
 
     async def settle(
-        self, payload: Any, requirements: Any, resource: str | None = None, checked: Checked | None = None
+        self,
+        payload: Any,
+        requirements: Any,
+        resource: str | None = None,
+        checked: Checked | None = None,
+        credit: Credit | None = None,
     ) -> dict[str, Any]:
         """Settle through the external facilitator, then record it in the ledger."""
         network = str(requirements.get("network") if isinstance(requirements, dict) else self.network)
@@ -106,7 +112,7 @@ class RemoteFacilitator:
             }
             meta["facilitator"] = self.url
             await record_received(
-                self.ledger, INBOUND_ACCOUNT, c.network, self.cfg.asset, c.auth, c.pay_to, tx, meta
+                self.ledger, INBOUND_ACCOUNT, c.network, self.cfg.asset, c.auth, c.pay_to, tx, meta, credit
             )
         except PaymentInvalid as e:
             return wire.settle_failed(e, network)
