@@ -25,6 +25,7 @@ from tollway.core.storage import writer
 from tollway.ledger import Ledger
 from tollway.ledger.rawsql import raw_transaction
 from tollway.ledger.riders import Statement
+from tollway.observe.context import trace_id
 
 log = logging.getLogger("tollway.gateway")
 
@@ -54,6 +55,7 @@ class Entry:
     downgraded_from: str | None = None
     end_user: str | None = None  # the request's `user` (the customer's own end user)
     tags: str | None = None  # the request's `metadata`, as JSON
+    trace_id: str | None = None  # the request's trace (tollway.observe.context)
     id: str = ""
     created_at_us: int = 0
     t0: float = 0.0  # perf_counter at the start (not stored)
@@ -95,7 +97,13 @@ class RequestLog:
         )
 
     def start(self, endpoint: str) -> Entry:
-        e = Entry(endpoint, id=new_id("req"), created_at_us=self.clock.now_us(), t0=time.perf_counter())
+        e = Entry(
+            endpoint,
+            trace_id=trace_id(),
+            id=new_id("req"),
+            created_at_us=self.clock.now_us(),
+            t0=time.perf_counter(),
+        )
         opened = OPEN.get()
         if opened is not None:
             opened.append(e)
