@@ -17,7 +17,7 @@ import secrets
 import time
 from typing import Any
 
-from tollway.observe import context, tracing
+from tollway.observe import context, metrics, tracing
 from tollway.observe.config import TelemetryConfig
 from tollway.observe.logs import ACCESS, log_format
 
@@ -28,6 +28,7 @@ _SEEN = "tollway_request_id"  # in the scope: an inner pass (x402 "self" origin)
 def configure(cfg: TelemetryConfig) -> bool:
     """Tracing on if configured (``[telemetry]``, ``OTEL_*``); whether to write the access log."""
     tracing.configure(cfg)
+    metrics.CUSTOMER_LABEL = cfg.metrics_customer_label
     return cfg.access_log == "on" or (cfg.access_log == "auto" and log_format(cfg.log_format) == "json")
 
 

@@ -25,6 +25,7 @@ from tollway.core.storage import writer
 from tollway.ledger import Ledger
 from tollway.ledger.rawsql import raw_transaction
 from tollway.ledger.riders import Statement
+from tollway.observe import metrics
 from tollway.observe.context import trace_id
 
 log = logging.getLogger("tollway.gateway")
@@ -114,6 +115,7 @@ class RequestLog:
             return
         e.recorded = True
         e.latency_ms = round((time.perf_counter() - e.t0) * 1000)
+        metrics.record_ai(e)  # the per-endpoint, per-model Prometheus series
         if self.ledger is not None and self.ledger.can_ride(self._insert):
             # SQLite: rows gather for flush_ms, then ride with the ledger's next
             # batch (no commit of their own). One batch's worth of request-log
