@@ -54,33 +54,36 @@ class TelemetryMiddleware:
         rid_token = context.REQUEST_ID.set(rid)
         t0 = time.perf_counter()
         status = [500]
-        try:
-            if tracing.ENABLED:
-                await self._traced(scope, receive, send, rid, status)
-                return
-            extra = [(b"x-request-id", rid.encode())]
-            tid_token = None
-            if incoming is not None and (tid := tracing.incoming_trace_id(incoming)) is not None:
-                tid_token = context.TRACE_ID.set(tid)
-                extra.append((b"x-trace-id", tid.encode()))
-
-            async def _send(msg: Any) -> None:
-                if msg["type"] == "http.response.start":
-                    status[0] = msg["status"]
-                    msg["headers"] = [*msg.get("headers", ()), *extra]
-                await send(msg)
-
+        if tracing.ENABLED:
             try:
-                await self.app(scope, receive, _send)
+                await self._traced(scope, receive, send, rid, status, t0)
             finally:
-                if tid_token is not None:
-                    context.TRACE_ID.reset(tid_token)
+                context.REQUEST_ID.reset(rid_token)
+            return
+        extra = [(b"x-request-id", rid.encode())]
+        tid_token = None
+        if incoming is not None and (tid := tracing.incoming_trace_id(incoming)) is not None:
+            tid_token = context.TRACE_ID.set(tid)  # tracing is off: logs still correlate
+            extra.append((b"x-trace-id", tid.encode()))
+
+        async def _send(msg: Any) -> None:
+            if msg["type"] == "http.response.start":
+                status[0] = msg["status"]
+                msg["headers"] = [*msg.get("headers", ()), *extra]
+            await send(msg)
+
+        try:
+            await self.app(scope, receive, _send)
         finally:
             if self.access_log:
                 _access(scope, status[0], t0)
+            if tid_token is not None:
+                context.TRACE_ID.reset(tid_token)
             context.REQUEST_ID.reset(rid_token)
 
-    async def _traced(self, scope: Any, receive: Any, send: Any, rid: str, status: list[int]) -> None:
+    async def _traced(
+        self, scope: Any, receive: Any, send: Any, rid: str, status: list[int], t0: float
+    ) -> None:
         method = scope["method"]
         s = tracing.start(method, kind="server", parent=tracing.extract(scope["headers"]))
         assert s is not None
@@ -102,7 +105,11 @@ class TelemetryMiddleware:
 
         try:
             with tracing.use(s):
-                await self.app(scope, receive, _send)
+                try:
+                    await self.app(scope, receive, _send)
+                finally:
+                    if self.access_log:  # inside the span: the line carries its ids
+                        _access(scope, status[0], t0)
         except BaseException as e:
             tracing.fail(s, e)
             raise

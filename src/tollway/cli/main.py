@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import secrets
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -145,13 +144,14 @@ def serve(
 ) -> None:
     """Run the HTTP server (migrates the database first unless disabled)."""
     import uvicorn
+    from uvicorn.config import LOGGING_CONFIG
 
     from tollway.api.app import create_app
+    from tollway.observe import logs
 
     settings = _settings(False)
-    logging.basicConfig(
-        level=settings.server.log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s"
-    )
+    fmt = logs.log_format(settings.telemetry.log_format)  # JSON lines, or text; secrets redacted
+    logs.install(settings.server.log_level, fmt)
     if host is not None:
         settings.server.host = host
     if port is not None:
@@ -163,7 +163,8 @@ def serve(
         host=settings.server.host,
         port=settings.server.port,
         log_level=settings.server.log_level,
-        access_log=settings.server.log_level == "debug",
+        access_log=settings.server.log_level == "debug" and fmt != "json",  # JSON: tollway's own
+        log_config=None if fmt == "json" else LOGGING_CONFIG,  # JSON: through the root's
     )
 
 
