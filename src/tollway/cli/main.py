@@ -501,6 +501,7 @@ def _print_transfer(t: Any, as_json: bool) -> None:
 from tollway.cli import agents as _agents  # noqa: E402, F401
 from tollway.cli import billing as _billing  # noqa: E402, F401
 from tollway.cli import provision as _provision  # noqa: E402, F401
+from tollway.cli import requests as _requests  # noqa: E402, F401
 from tollway.cli import schedules as _schedules  # noqa: E402, F401
 from tollway.cli import stripe as _stripe  # noqa: E402, F401
 from tollway.cli import vectors as _vectors  # noqa: E402, F401

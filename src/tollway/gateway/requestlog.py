@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from contextvars import ContextVar
 from dataclasses import dataclass, fields
 from typing import Any
 
-from sqlalchemy import and_, delete, select
+from sqlalchemy import and_, cast, delete, func, select
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tollway.core.clock import Clock
@@ -68,9 +70,9 @@ _FIELDS = [f.name for f in fields(Entry) if f.name not in ("t0", "recorded")]
 # tollway.api.requestlog.LogEveryRequest): what it must still record when the
 # request ends without its handler having done so (an unexpected error).
 OPEN: ContextVar[list[Entry] | None] = ContextVar("tollway_request_log_open", default=None)
-_COLUMNS = [c.name for c in R.columns]
+COLUMNS = [c.name for c in R.columns]  # the columns, in order (the export's)
 _PRUNE: Statement[tuple[int]] = Statement("DELETE FROM request_log WHERE created_at_us < ?")
-assert sorted(_FIELDS) == sorted(_COLUMNS), "request_log columns and Entry fields differ"
+assert sorted(_FIELDS) == sorted(COLUMNS), "request_log columns and Entry fields differ"
 
 
 class RequestLog:
@@ -92,9 +94,9 @@ class RequestLog:
         self._hand: asyncio.TimerHandle | None = None  # when they go
         self._task: asyncio.Task[None] | None = None
         self._last_prune: float | None = None  # never yet (monotonic time may start near 0)
-        cols = ", ".join(_COLUMNS)
+        cols = ", ".join(COLUMNS)
         self._insert: Statement[tuple[Any, ...]] = Statement(
-            f"INSERT INTO request_log ({cols}) VALUES ({', '.join('?' * len(_COLUMNS))})"
+            f"INSERT INTO request_log ({cols}) VALUES ({', '.join('?' * len(COLUMNS))})"
         )
 
     def start(self, endpoint: str) -> Entry:
@@ -142,7 +144,7 @@ class RequestLog:
             self.ledger.ride(self._insert, rows)
 
     def _row(self, e: Entry) -> tuple[Any, ...]:
-        return tuple(int(v) if isinstance(v, bool) else v for v in map(e.__getattribute__, _COLUMNS))
+        return tuple(int(v) if isinstance(v, bool) else v for v in map(e.__getattribute__, COLUMNS))
 
     def _prune_due(self) -> bool:
         return self._last_prune is None or time.monotonic() - self._last_prune > _PRUNE_EVERY_S
@@ -204,15 +206,18 @@ class RequestLog:
         **filters: Any,
     ) -> list[dict[str, Any]]:
         """Newest first; ``before`` is the last id of the previous page.
-        Filters: key_id, customer_id, model, status, cache, since_us, until_us."""
+        Filters: key_id, customer_id, model, status, cache, end_user, trace_id,
+        since_us, until_us, and tags (a dict: every ``metadata`` key equal to its value)."""
         conds = []
-        for k in ("key_id", "customer_id", "model", "status", "cache"):
+        for k in ("key_id", "customer_id", "model", "status", "cache", "end_user", "trace_id"):
             if filters.get(k) is not None:
                 conds.append(R.c[k] == filters[k])
         if filters.get("since_us") is not None:
             conds.append(R.c.created_at_us >= filters["since_us"])
         if filters.get("until_us") is not None:
             conds.append(R.c.created_at_us < filters["until_us"])
+        for name, value in (filters.get("tags") or {}).items():
+            conds.append(self._tag(name) == value)
         if before is not None:
             conds.append(R.c.id < before)
         q = select(R).order_by(R.c.id.desc()).limit(limit)
@@ -221,3 +226,9 @@ class RequestLog:
         async with self.engine.connect() as conn:
             rows = (await conn.execute(q)).mappings().all()
         return [{**dict(r), "stream": bool(r["stream"]), "object": "request"} for r in rows]
+
+    def _tag(self, name: str) -> Any:
+        """``metadata[name]`` as text, in SQL (the tags column holds a JSON object)."""
+        if self.engine.dialect.name == "postgresql":
+            return cast(R.c.tags, JSONB)[name].astext
+        return func.json_extract(R.c.tags, "$." + json.dumps(name))
