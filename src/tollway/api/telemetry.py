@@ -66,14 +66,8 @@ class TelemetryMiddleware:
             tid_token = context.TRACE_ID.set(tid)  # tracing is off: logs still correlate
             extra.append((b"x-trace-id", tid.encode()))
 
-        async def _send(msg: Any) -> None:
-            if msg["type"] == "http.response.start":
-                status[0] = msg["status"]
-                msg["headers"] = [*msg.get("headers", ()), *extra]
-            await send(msg)
-
         try:
-            await self.app(scope, receive, _send)
+            await self.app(scope, receive, _sender(send, status, extra))
         finally:
             if self.access_log:
                 _access(scope, status[0], t0)
@@ -97,16 +91,10 @@ class TelemetryMiddleware:
             (b"x-trace-id", f"{ctx.trace_id:032x}".encode()),
         ]
 
-        async def _send(msg: Any) -> None:
-            if msg["type"] == "http.response.start":
-                status[0] = msg["status"]
-                msg["headers"] = [*msg.get("headers", ()), *extra]
-            await send(msg)
-
         try:
             with tracing.use(s):
                 try:
-                    await self.app(scope, receive, _send)
+                    await self.app(scope, receive, _sender(send, status, extra))
                 finally:
                     if self.access_log:  # inside the span: the line carries its ids
                         _access(scope, status[0], t0)
@@ -124,6 +112,18 @@ class TelemetryMiddleware:
 
                 s.set_status(Status(StatusCode.ERROR))
             s.end()
+
+
+def _sender(send: Any, status: list[int], extra: list[tuple[bytes, bytes]]) -> Any:
+    """``send``, noting the status and adding ``extra`` headers to the response's start."""
+
+    async def _send(msg: Any) -> None:
+        if msg["type"] == "http.response.start":
+            status[0] = msg["status"]
+            msg["headers"] = [*msg.get("headers", ()), *extra]
+        await send(msg)
+
+    return _send
 
 
 def _access(scope: Any, status: int, t0: float) -> None:
