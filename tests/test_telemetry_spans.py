@@ -14,6 +14,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from agent_helpers import ToolServer, customer_key
+from conftest import ADMIN
+from test_agents_memory import DOCS, OWNER
 from test_wallets import W, w  # noqa: F401  (fixture)
 from test_x402_gateway import gw  # noqa: F401  (fixture)
 from tollway.observe import tracing
@@ -94,3 +96,27 @@ async def test_x402_verify_and_settle_spans(gw: Any, spans: InMemorySpanExporter
     assert verify.parent is not None and verify.parent.span_id == paid.context.span_id
     assert settle.context.trace_id == paid.context.trace_id
     assert (paid.attributes or {})["http.response.status_code"] == 200
+
+
+@pytest.mark.parametrize(
+    "agent_def",
+    [{"tools": [], "retrieval": {"index": "kb", "owner": OWNER, "top_k": 2, "chunk_chars": 200}}],
+    indirect=True,
+)
+async def test_retrieval_span(http: httpx.AsyncClient, art: Runtime, spans: InMemorySpanExporter) -> None:
+    auth = await customer_key(http, art)
+    await art.customers.create("Knowledge", id=OWNER)
+    r = await http.post("/admin/agents/support/documents", json={"documents": DOCS}, headers=ADMIN)
+    assert r.status_code == 200, r.text
+    await http.post("/v1/agents/support/sessions", json={"id": "s1"}, headers=auth)
+    r = await http.post(
+        "/v1/agents/support/sessions/s1/messages", json={"content": "can I get a refund?"}, headers=auth
+    )
+    assert r.status_code == 200, r.text
+    retrieval, a = _one(spans, "retrieval")
+    assert a["tollway.retrieval.index"] == "kb" and a["tollway.retrieval.top_k"] == 2
+    assert a["tollway.retrieval.chunks"] == len(r.json()["reply"]["citations"]) > 0
+    turn, _ = _one(spans, "invoke_agent support")
+    assert retrieval.parent is not None and retrieval.parent.span_id == turn.context.span_id
+    embeds = [s for s in spans.get_finished_spans() if s.name.startswith("embeddings ")]
+    assert any(s.parent is not None and s.parent.span_id == retrieval.context.span_id for s in embeds)

@@ -112,6 +112,8 @@ def enable(processor: SpanProcessor, *, sampler: Any = None, resource: Any = Non
         kwargs["resource"] = resource
     provider = TracerProvider(**kwargs)
     provider.add_span_processor(processor)
+    if _provider is not None:  # configured again (another app in the process): the old one flushes
+        _provider.shutdown()
     _provider, _tracer = provider, provider.get_tracer("tollway", __version__)
     ENABLED = True
     return provider
@@ -276,6 +278,8 @@ def enable_metrics(reader: Any, *, resource: Any = None) -> None:
     kwargs: dict[str, Any] = {"metric_readers": [reader]}
     if resource is not None:
         kwargs["resource"] = resource
+    if _meter_provider is not None:
+        _meter_provider.shutdown()
     _meter_provider = MeterProvider(**kwargs)
     meter = _meter_provider.get_meter("tollway", __version__)
     _genai = (
