@@ -4,13 +4,11 @@ verify and settle — each with the charge in micro-USD."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from agent_helpers import ToolServer, customer_key
@@ -18,21 +16,10 @@ from conftest import ADMIN
 from test_agents_memory import DOCS, OWNER
 from test_wallets import W, w  # noqa: F401  (fixture)
 from test_x402_gateway import gw  # noqa: F401  (fixture)
-from tollway.observe import tracing
 from tollway.runtime import Runtime
 from x402_gateway_support import funded, header, required
 
-pytest_plugins = ["agent_support"]
-
-
-@pytest.fixture
-def spans() -> Iterator[InMemorySpanExporter]:
-    exporter = InMemorySpanExporter()
-    tracing.enable(SimpleSpanProcessor(exporter))
-    try:
-        yield exporter
-    finally:
-        tracing.disable()
+pytest_plugins = ["agent_support", "telemetry_support"]  # fixtures: art, http; spans
 
 
 def _one(spans: InMemorySpanExporter, name: str) -> tuple[ReadableSpan, dict[str, Any]]:

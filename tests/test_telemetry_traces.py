@@ -5,12 +5,10 @@ with tracing off nothing of it is built."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
@@ -20,20 +18,12 @@ from tollway.observe import tracing
 from tollway.observe.config import TelemetryConfig
 from upstream_env import uenv, up  # noqa: F401  (fixtures)
 
+pytest_plugins = ["telemetry_support"]  # the fixture spans
+
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT = "00f067aa0ba902b7"
 TRACEPARENT = f"00-{TRACE}-{PARENT}-01"
 HI = [{"role": "user", "content": "hi"}]
-
-
-@pytest.fixture
-def spans() -> Iterator[InMemorySpanExporter]:
-    exporter = InMemorySpanExporter()
-    tracing.enable(SimpleSpanProcessor(exporter))
-    try:
-        yield exporter
-    finally:
-        tracing.disable()
 
 
 def _by_name(spans: tuple[ReadableSpan, ...], prefix: str) -> list[ReadableSpan]:
