@@ -6,9 +6,15 @@ from __future__ import annotations
 
 import io
 import logging
+import os
+import subprocess
+import sys
+import time
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -16,6 +22,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from fake_upstream import FakeUpstream, model
 from test_inference import Env, make_env
+from threaded import free_port
 from tollway.observe import logs, tracing
 from upstream_env import up  # noqa: F401  (fixture)
 
@@ -141,3 +148,44 @@ def test_log_format_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> Non
     assert logs.log_format("text") == "json"
     monkeypatch.setenv("TOLLWAY_LOG_FORMAT", "yaml")  # not a format: the config's
     assert logs.log_format("text") == "text"
+
+
+@pytest.mark.slow
+def test_tollway_serve_writes_only_json_lines(tmp_path: Path) -> None:
+    """`tollway serve` with TOLLWAY_LOG_FORMAT=json: uvicorn's, alembic's and tollway's
+    lines alike are JSON, the access line included, and a presented key is in none."""
+    src = Path(__file__).resolve().parent.parent / "src"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TOLLWAY_", "OTEL_"))}
+    env |= {"PYTHONPATH": str(src), "TOLLWAY_LOG_FORMAT": "json"}
+    cli = [sys.executable, "-m", "tollway.cli.main"]
+    cfg = tmp_path / "tollway.toml"
+    subprocess.run([*cli, "init", "--path", str(cfg)], cwd=tmp_path, env=env, check=True, capture_output=True)
+    port = free_port()
+    proc = subprocess.Popen(
+        [*cli, "--config", str(cfg), "serve", "--port", str(port)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    secret = "tw_abcdefghijkl_abcdefghijklmnopqrstuvwxyz012345"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                r = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None and time.monotonic() < deadline, "the server never answered"
+                time.sleep(0.2)
+        r = httpx.get(f"http://127.0.0.1:{port}/v1/models", headers={"Authorization": f"Bearer {secret}"})
+        assert r.status_code == 401
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=30)
+    text = out.decode()
+    lines = [orjson.loads(line) for line in text.splitlines() if line.strip()]
+    assert {x["logger"] for x in lines} >= {"uvicorn.error", "tollway.access"}
+    [refused] = [x for x in lines if x["logger"] == "tollway.access" and x["path"] == "/v1/models"]
+    assert refused["status"] == 401 and refused["request_id"] == r.headers["x-request-id"]
+    assert secret not in text and "color_message" not in text

@@ -80,7 +80,8 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per line: timestamp, level, logger, message, request_id,
     trace_id, span_id (and exc_info, extra fields from ``extra={...}``)."""
 
-    _STD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
+    # The record's own attributes (and uvicorn's ANSI-coloured copy of the message) are not extra fields.
+    _STD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName", "color_message"}
 
     _second = -1
     _prefix = ""
