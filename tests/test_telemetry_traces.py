@@ -12,8 +12,8 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
-from fake_upstream import FakeUpstream
-from test_inference import Env
+from fake_upstream import FakeUpstream, model
+from test_inference import Env, make_env
 from tollway.observe import tracing
 from tollway.observe.config import TelemetryConfig
 from upstream_env import uenv, up  # noqa: F401  (fixtures)
@@ -151,3 +151,26 @@ def test_wanted_reads_the_standard_variables() -> None:
     assert not tracing.wanted(off, {"OTEL_TRACES_EXPORTER": "none", "OTEL_EXPORTER_OTLP_ENDPOINT": "x"})
     assert not tracing.wanted(TelemetryConfig(traces=True), {"OTEL_SDK_DISABLED": "true"})
     assert tracing.wanted(TelemetryConfig(traces=True), {})
+
+
+async def test_a_routed_call_names_the_deployment_that_served(
+    db_url: str,
+    up: FakeUpstream,  # noqa: F811
+    spans: InMemorySpanExporter,
+) -> None:
+    models = [
+        model("a", up.url, upstream_model="gpt-upstream"),
+        {"name": "routed", "task": "chat", "backend": "router", "deployments": [{"model": "a", "weight": 1}]},
+    ]
+    async for env in make_env(db_url, models=models):
+        r = await env.http.post(
+            "/v1/chat/completions",
+            json={"model": "routed", "messages": HI, "max_tokens": 4},
+            headers=env.auth,
+        )
+        assert r.status_code == 200, r.text
+    [chat] = _by_name(spans.get_finished_spans(), "chat routed")
+    a = chat.attributes
+    assert a is not None
+    assert a["gen_ai.request.model"] == "routed" and a["gen_ai.response.model"] == "gpt-upstream"
+    assert a["gen_ai.provider.name"] == "openai"

@@ -241,6 +241,7 @@ class ChatCall:
         s, self.span = self.span, None
         tracing.genai_end(
             s,
+            provider=served.backend,
             response_model=served.upstream_model or served.name,
             input_tokens=m.input_tokens,
             output_tokens=m.output_tokens,

@@ -290,9 +290,11 @@ class Inference:
             raise
         m = out.metered
         if s is not None or tracing.METRICS_ENABLED:
+            served = self.configs.get(m.deployment, cfg)
             tracing.genai_end(
                 s,
-                response_model=m.deployment,
+                provider=served.backend,
+                response_model=served.upstream_model or served.name,
                 input_tokens=m.input_tokens,
                 output_tokens=None,
                 finish_reason=None,
@@ -300,7 +302,7 @@ class Inference:
                 attempts=m.attempts,
             )
             tracing.record_genai(
-                "embeddings", cfg.backend, cfg.name, m.input_tokens, 0, m.latency_ms / 1000, None
+                "embeddings", served.backend, cfg.name, m.input_tokens, 0, m.latency_ms / 1000, None
             )
         return out
 

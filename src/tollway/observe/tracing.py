@@ -335,6 +335,7 @@ def genai_span(operation: str, model: str, provider: str) -> Span | None:
 def genai_end(
     s: Span | None,
     *,
+    provider: str,
     response_model: str,
     input_tokens: int,
     output_tokens: int | None,
@@ -345,6 +346,7 @@ def genai_end(
     """A model call's outcome on its span, which ends."""
     if s is None:
         return
+    s.set_attribute("gen_ai.provider.name", provider)  # the deployment that served (a router's)
     s.set_attribute("gen_ai.response.model", response_model)
     s.set_attribute("gen_ai.usage.input_tokens", input_tokens)
     if output_tokens is not None:
