@@ -110,6 +110,8 @@ def record_ai(e: AiRequest) -> None:
             AI_COST.labels(*key),
             AI_SECONDS.labels(*key),
             AI_TTFT_SECONDS.labels(*key),
+            AI_CACHE.labels(*key, "HIT"),
+            AI_CACHE.labels(*key, "MISS"),
         )
     skey = (e.endpoint, model, e.status)
     c = _ai_status.get(skey)
@@ -125,8 +127,10 @@ def record_ai(e: AiRequest) -> None:
     s[3].observe(e.latency_ms / 1000)
     if e.ttft_ms is not None and e.cache != "HIT":
         s[4].observe(e.ttft_ms / 1000)
-    if e.cache in ("HIT", "MISS"):
-        AI_CACHE.labels(e.endpoint, model, e.cache).inc()
+    if e.cache == "HIT":
+        s[5].inc()
+    elif e.cache == "MISS":
+        s[6].inc()
     if e.status in (402, 429) and e.error_code:
         AI_REFUSALS.labels(e.endpoint, e.error_code).inc()
     if CUSTOMER_LABEL and e.customer_id:
