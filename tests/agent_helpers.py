@@ -43,12 +43,14 @@ class ToolServer:
 
     def __init__(self) -> None:
         self.calls: list[str] = []
+        self.headers: list[dict[str, str]] = []  # each request's headers (lower-case names)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
         path = scope["path"]
         self.calls.append(path + ("?" + scope["query_string"].decode() if scope["query_string"] else ""))
+        self.headers.append({k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]})
         status, body, ctype = 404, b'{"error":"no such order"}', b"application/json"
         if path.startswith("/orders/"):
             order = ORDERS.get(path.rsplit("/", 1)[1])

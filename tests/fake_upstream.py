@@ -32,6 +32,7 @@ class FakeUpstream:
         self.streamed: list[bool] = []  # per chat call: did tollway ask for a stream
         self.delay_s = 0.0
         self.last_request: dict[str, Any] = {}  # the last chat request's body
+        self.last_headers: dict[str, str] = {}  # the last request's headers (lower-case names)
         self.chunk_delay_s = 0.0  # a stream's chunks are sent one by one, this far apart
         self.prompt_tokens = PROMPT_TOKENS  # what usage reports for the prompt
         self.finish_reason = FINISH  # a text answer's
@@ -67,6 +68,7 @@ class FakeUpstream:
                 break
         with self._lock:
             self.calls += 1
+            self.last_headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
             status = self._fail.pop(0) if self._fail else 200
             garbled = self._garbled.pop(0) if self._garbled and status == 200 else None
         if self.delay_s:

@@ -19,6 +19,7 @@ from tollway.billing.config import BillingConfig
 from tollway.core.config import CoreSettings, load_config
 from tollway.gateway.config import GatewayConfig
 from tollway.inference.config import InferenceConfig, ModelConfig, check_registry, default_models
+from tollway.observe.config import TelemetryConfig
 from tollway.provision.config import ProvisionConfig
 from tollway.schedules.config import SchedulesConfig
 from tollway.vectors.config import VectorsConfig
@@ -36,6 +37,7 @@ class Settings(CoreSettings):
     provision: ProvisionConfig = ProvisionConfig()
     schedules: SchedulesConfig = SchedulesConfig()
     agents: AgentsConfig = AgentsConfig()
+    telemetry: TelemetryConfig = TelemetryConfig()
     models: list[ModelConfig] = Field(default_factory=default_models)
 
     @field_validator("models")

@@ -14,6 +14,7 @@ from tollway.agents.spec import AgentSpec
 from tollway.agents.store import Message, Session
 from tollway.core.errors import TollwayError, invalid
 from tollway.inference.service import Caller, Inference
+from tollway.observe import tracing
 from tollway.vectors.service import Vectors
 
 MAX_DOC_CHARS = 1_000_000
@@ -108,6 +109,17 @@ async def ingest(
 
 async def retrieve(vectors: Vectors, caller: Caller, spec: AgentSpec, query: str) -> tuple[list[Chunk], int]:
     """The top-k chunks for ``query`` (the embedding charged to ``caller``) and what it cost."""
+    with tracing.span("retrieval") as sp:
+        found, charged = await _retrieve(vectors, caller, spec, query)
+        if sp is not None:
+            sp.set_attribute("tollway.retrieval.index", spec.retrieval.index)
+            sp.set_attribute("tollway.retrieval.top_k", spec.retrieval.top_k)
+            sp.set_attribute("tollway.retrieval.chunks", len(found))
+            sp.set_attribute("tollway.charge_micros", charged)
+        return found, charged
+
+
+async def _retrieve(vectors: Vectors, caller: Caller, spec: AgentSpec, query: str) -> tuple[list[Chunk], int]:
     r = spec.retrieval
     inference = vectors.inference
     assert inference is not None

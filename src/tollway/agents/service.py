@@ -39,6 +39,7 @@ from tollway.core.ids import new_id
 from tollway.core.money import parse_amount
 from tollway.inference.service import Caller, Inference
 from tollway.ledger import Ledger
+from tollway.observe import tracing
 from tollway.vectors.service import Vectors
 from tollway.wallets.broker import Broker
 from tollway.wallets.ssrf import Guard
@@ -219,7 +220,17 @@ class Agents:
         session_id = scoped(caller.customer_id, session_id)
         async with self.writers.hold(agent, session_id):
             await self.registry.latest(agent)  # 404 for an unknown agent
-            return await self._turn(caller, agent, session_id, content, emit or _quiet, origin)
+            with tracing.span(f"invoke_agent {agent}") as sp:
+                out = await self._turn(caller, agent, session_id, content, emit or _quiet, origin)
+                if sp is not None:
+                    sp.set_attribute("gen_ai.operation.name", "invoke_agent")
+                    sp.set_attribute("gen_ai.agent.name", agent)
+                    sp.set_attribute("gen_ai.conversation.id", public(session_id))
+                    usage = out.get("usage") or {}
+                    sp.set_attribute("tollway.charge_micros", int(usage.get("cost", 0)))
+                    sp.set_attribute("gen_ai.usage.input_tokens", int(usage.get("input_tokens", 0)))
+                    sp.set_attribute("gen_ai.usage.output_tokens", int(usage.get("output_tokens", 0)))
+                return out
 
     async def _turn(
         self, caller: Caller, agent: str, sid: str, content: str, emit: Emit, origin: dict[str, Any] | None

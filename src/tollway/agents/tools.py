@@ -20,6 +20,7 @@ from tollway.agents.store import ToolCall
 from tollway.core.errors import TollwayError
 from tollway.core.ids import new_id
 from tollway.core.money import parse_amount
+from tollway.observe import tracing
 from tollway.wallets.broker import Broker
 from tollway.wallets.ssrf import Guard
 
@@ -85,6 +86,19 @@ class Tools:
     async def call(
         self, spec: AgentSpec, tool: ToolSpec, args: dict[str, Any], *, session_id: str, step: int
     ) -> ToolCall:
+        with tracing.span(f"execute_tool {tool.name}") as sp:
+            call = await self._call(spec, tool, args, session_id=session_id, step=step)
+            if sp is not None:
+                sp.set_attribute("gen_ai.operation.name", "execute_tool")
+                sp.set_attribute("gen_ai.tool.name", tool.name)
+                sp.set_attribute("gen_ai.tool.call.id", call.id)
+                sp.set_attribute("tollway.tool.status", call.status)
+                sp.set_attribute("tollway.charge_micros", call.cost)
+            return call
+
+    async def _call(
+        self, spec: AgentSpec, tool: ToolSpec, args: dict[str, Any], *, session_id: str, step: int
+    ) -> ToolCall:
         url, body = request_for(tool, args)
         if url.startswith("/"):
             url = self.self_url + url
@@ -126,6 +140,7 @@ class Tools:
         self, spec: AgentSpec, tool: ToolSpec, url: str, body: bytes | None, call_id: str
     ) -> tuple[int, str, int]:
         headers = {"content-type": "application/json"} if body is not None else {}
+        headers = tracing.outgoing(headers)  # traceparent, while tracing is on
         if tool.paid:
             token = os.environ.get(spec.wallet_token_env, "")
             if not token:

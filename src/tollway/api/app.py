@@ -30,6 +30,7 @@ from tollway.api import (
     openai_responses,
     provision,
     system,
+    telemetry,
     v1,
     vectors,
     wallets,
@@ -44,7 +45,7 @@ from tollway.api.quote import quote as ai_quote
 from tollway.api.requestlog import LogEveryRequest
 from tollway.inference.responses_format import ResponsesRequest
 from tollway.inference.schemas import ChatRequest, EmbeddingsRequest
-from tollway.observe import metrics
+from tollway.observe import metrics, tracing
 from tollway.runtime import Runtime
 from tollway.settings import Settings
 
@@ -160,6 +161,7 @@ def create_app(settings: Settings | None = None, *, rt: Runtime | None = None) -
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await rt.close()
+            tracing.force_flush()  # the spans still batched
 
     app = TollwayApp(
         title="tollway",
@@ -206,15 +208,19 @@ def create_app(settings: Settings | None = None, *, rt: Runtime | None = None) -
         app.include_router(demo.router, responses=errors.error_responses(404))
     app.add_middleware(LogEveryRequest, log=rt.gateway.log)
     app.add_middleware(MetricsMiddleware)
+    access = telemetry.configure(rt.settings.telemetry)  # traces on if configured
+    app.add_middleware(telemetry.TelemetryMiddleware, access_log=access)  # outermost
     # The hot AI routes skip FastAPI's per-request machinery (tollway.api.fastpath).
     app.fast("/v1/chat/completions", ChatRequest, openai_chat.chat_completions)
     app.fast("/v1/embeddings", EmbeddingsRequest, openai_embeddings.embeddings)
     app.fast("/v1/responses", ResponsesRequest, openai_responses.create_response)
     app.wrap_fast(lambda inner: LogEveryRequest(inner, rt.gateway.log))
     app.wrap_fast(MetricsMiddleware)
+    app.wrap_fast(lambda inner: telemetry.TelemetryMiddleware(inner, access))
     # Paid routes (x402) answer before anything else.
     app.paywall = rt.paywall
     app.wrap_paid(MetricsMiddleware)
+    app.wrap_paid(lambda inner: telemetry.TelemetryMiddleware(inner, access))
     rt.paywall.inner = app.unpaid  # origin = "self": AI routes paid over x402
 
     async def quote(path: str, body: Any) -> int:

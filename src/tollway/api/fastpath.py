@@ -42,16 +42,17 @@ Handler = Callable[[Any, Request, ApiKey], Awaitable[Any]]
 ASGI = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
-class FastRoute:
-    def __init__(self, model: type[BaseModel], handler: Handler, route: APIRoute | None) -> None:
-        self.model, self.handler, self.route = model, handler, route
-
-
 class PaidRoute:
-    """The metrics' label for an x402 paid route (it never reaches a FastAPI route)."""
+    """The route template the metrics and traces label a request by, where no
+    FastAPI route matched it: an x402 paid route, a fast route."""
 
     def __init__(self, path: str) -> None:
         self.path = path
+
+
+class FastRoute:
+    def __init__(self, model: type[BaseModel], handler: Handler, route: APIRoute | PaidRoute) -> None:
+        self.model, self.handler, self.route = model, handler, route
 
 
 class TollwayApp(FastAPI):
@@ -65,7 +66,8 @@ class TollwayApp(FastAPI):
         route = next((r for r in self.routes if isinstance(r, APIRoute) and r.path == path), None)
         if not hasattr(self, "_fast"):
             self._fast = {}
-        self._fast[path] = FastRoute(model, handler, route)
+        # (FastAPI includes routers lazily: the route may not be listed; the label is the path.)
+        self._fast[path] = FastRoute(model, handler, route or PaidRoute(path))
 
     def wrap_fast(self, wrap: Callable[[ASGI], ASGI]) -> None:
         """Put ASGI middleware (the request log's, the metrics) around the fast
@@ -76,7 +78,8 @@ class TollwayApp(FastAPI):
     _paid_app: ASGI | None = None
 
     def wrap_paid(self, wrap: Callable[[ASGI], ASGI]) -> None:
-        self._paid_app = wrap(self._serve_paid)
+        """The same for the paid routes (x402): each call wraps what the calls before built."""
+        self._paid_app = wrap(self._paid_app or self._serve_paid)
 
     async def _serve_paid(self, scope: Scope, receive: Receive, send: Send) -> None:
         assert self.paywall is not None
@@ -108,8 +111,7 @@ class TollwayApp(FastAPI):
     async def _serve_fast(self, scope: Scope, receive: Receive, send: Send) -> None:
         fr = self._fast[scope["path"]]
         scope["app"] = self
-        if fr.route is not None:
-            scope["route"] = fr.route  # what the metrics label the request by
+        scope["route"] = fr.route  # what the metrics and traces label the request by
         request = Request(scope, receive)
         try:
             response = await self._handle(fr, request)

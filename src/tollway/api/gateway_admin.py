@@ -6,10 +6,12 @@ import json
 from typing import Any
 
 from fastapi import APIRouter, Body, Depends, Query, Request
+from fastapi.responses import StreamingResponse
 
 from tollway.api.auth import require_admin, runtime
 from tollway.api.jsonroute import JsonRoute
 from tollway.gateway import limits as L
+from tollway.gateway import requestexport
 from tollway.runtime import Runtime
 
 router = APIRouter(
@@ -21,35 +23,70 @@ _MAX_US = 2**63 - 1  # a time in µs that fits a 64-bit column
 _LIMITS_EXAMPLE = {"rpm": 60, "tpm": 100000, "daily_budget": "$5", "monthly_budget": None}
 
 
+class RequestFilters:
+    """The request log's filters, shared by the listing and the export."""
+
+    def __init__(
+        self,
+        customer_id: str | None = Query(None, pattern=_ID),
+        key_id: str | None = Query(None, pattern=_ID),
+        model: str | None = Query(None, max_length=100),
+        status: int | None = Query(None, ge=100, le=599),
+        cache: str | None = Query(None, pattern="^(HIT|MISS)$"),
+        end_user: str | None = Query(None, max_length=256, description="the request's `user`"),
+        tag: list[str] | None = Query(
+            None, description="key=value: the request's `metadata[key]` is value (repeat: all must match)"
+        ),
+        trace_id: str | None = Query(None, pattern="^[0-9a-f]{32}$"),
+        since_us: int | None = Query(None, ge=0, le=_MAX_US),
+        until_us: int | None = Query(None, ge=0, le=_MAX_US),
+    ) -> None:
+        self.filters: dict[str, Any] = {
+            "customer_id": customer_id,
+            "key_id": key_id,
+            "model": model,
+            "status": status,
+            "cache": cache,
+            "end_user": end_user,
+            "trace_id": trace_id,
+            "since_us": since_us,
+            "until_us": until_us,
+            "tags": requestexport.parse_tags(tag),
+        }
+
+
 @router.get("/requests", summary="The request log, newest first (filters and cursor pagination)")
 async def requests(
     request: Request,
-    customer_id: str | None = Query(None, pattern=_ID),
-    key_id: str | None = Query(None, pattern=_ID),
-    model: str | None = Query(None, max_length=100),
-    status: int | None = Query(None, ge=100, le=599),
-    cache: str | None = Query(None, pattern="^(HIT|MISS)$"),
-    since_us: int | None = Query(None, ge=0, le=_MAX_US),
-    until_us: int | None = Query(None, ge=0, le=_MAX_US),
+    f: RequestFilters = Depends(),
     limit: int = Query(50, ge=1, le=1000),
     before: str | None = Query(None, pattern=_ID, description="the last id of the previous page"),
 ) -> dict[str, Any]:
     rt = runtime(request)
     await rt.gateway.log.flush()  # what was served is visible at once
-    rows = await rt.gateway.log.query(
-        limit=limit + 1,
-        before=before,
-        customer_id=customer_id,
-        key_id=key_id,
-        model=model,
-        status=status,
-        cache=cache,
-        since_us=since_us,
-        until_us=until_us,
-    )
+    rows = await rt.gateway.log.query(limit=limit + 1, before=before, **f.filters)
     more = len(rows) > limit
     rows = rows[:limit]
     return {"object": "list", "data": rows, "has_more": more, "next_before": rows[-1]["id"] if more else None}
+
+
+@router.get(
+    "/requests/export",
+    summary="The request log as JSONL or CSV, streamed, newest first (the same filters)",
+    response_class=StreamingResponse,
+)
+async def export_requests(
+    request: Request,
+    f: RequestFilters = Depends(),
+    format: str = Query("jsonl", pattern="^(jsonl|csv)$"),
+    limit: int | None = Query(None, ge=1, description="at most this many rows (default: all)"),
+) -> StreamingResponse:
+    rt = runtime(request)
+    return StreamingResponse(
+        requestexport.export(rt.gateway.log, format, limit, **f.filters),
+        media_type=requestexport.MEDIA_TYPES[format],
+        headers={"content-disposition": f'attachment; filename="requests.{format}"'},
+    )
 
 
 async def _limits_view(rt: Runtime, scope: str, owner: str, stored: dict[str, Any]) -> dict[str, Any]:

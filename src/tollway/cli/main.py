@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import secrets
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -174,13 +173,14 @@ def serve(
 ) -> None:
     """Run the HTTP server (migrates the database first unless disabled)."""
     import uvicorn
+    from uvicorn.config import LOGGING_CONFIG
 
     from tollway.api.app import create_app
+    from tollway.observe import logs
 
     settings = _settings(False)
-    logging.basicConfig(
-        level=settings.server.log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s"
-    )
+    fmt = logs.log_format(settings.telemetry.log_format)  # JSON lines, or text; secrets redacted
+    logs.install(settings.server.log_level, fmt)
     if host is not None:
         settings.server.host = host
     if port is not None:
@@ -192,7 +192,8 @@ def serve(
         host=settings.server.host,
         port=settings.server.port,
         log_level=settings.server.log_level,
-        access_log=settings.server.log_level == "debug",
+        access_log=settings.server.log_level == "debug" and fmt != "json",  # JSON: tollway's own
+        log_config=None if fmt == "json" else LOGGING_CONFIG,  # JSON: through the root's
     )
 
 
@@ -529,6 +530,7 @@ def _print_transfer(t: Any, as_json: bool) -> None:
 from tollway.cli import agents as _agents  # noqa: E402, F401
 from tollway.cli import billing as _billing  # noqa: E402, F401
 from tollway.cli import provision as _provision  # noqa: E402, F401
+from tollway.cli import requests as _requests  # noqa: E402, F401
 from tollway.cli import schedules as _schedules  # noqa: E402, F401
 from tollway.cli import stripe as _stripe  # noqa: E402, F401
 from tollway.cli import vectors as _vectors  # noqa: E402, F401

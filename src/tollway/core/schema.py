@@ -171,6 +171,7 @@ request_log = Table(
     Column("downgraded_from", String(100), nullable=True),
     Column("end_user", String(256), nullable=True),  # the request's `user`
     Column("tags", Text, nullable=True),  # the request's `metadata` (JSON, bounded)
+    Column("trace_id", String(32), nullable=True),  # OpenTelemetry (hex), when known
 )
 
 # Billing (tollway.billing). A customer with no row is on the default plan.

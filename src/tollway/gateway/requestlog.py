@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from contextvars import ContextVar
 from dataclasses import dataclass, fields
 from typing import Any
 
-from sqlalchemy import and_, delete, select
+from sqlalchemy import and_, cast, delete, func, select
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tollway.core.clock import Clock
@@ -25,6 +27,8 @@ from tollway.core.storage import writer
 from tollway.ledger import Ledger
 from tollway.ledger.rawsql import raw_transaction
 from tollway.ledger.riders import Statement
+from tollway.observe import metrics
+from tollway.observe.context import trace_id
 
 log = logging.getLogger("tollway.gateway")
 
@@ -54,6 +58,7 @@ class Entry:
     downgraded_from: str | None = None
     end_user: str | None = None  # the request's `user` (the customer's own end user)
     tags: str | None = None  # the request's `metadata`, as JSON
+    trace_id: str | None = None  # the request's trace (tollway.observe.context)
     id: str = ""
     created_at_us: int = 0
     t0: float = 0.0  # perf_counter at the start (not stored)
@@ -65,9 +70,9 @@ _FIELDS = [f.name for f in fields(Entry) if f.name not in ("t0", "recorded")]
 # tollway.api.requestlog.LogEveryRequest): what it must still record when the
 # request ends without its handler having done so (an unexpected error).
 OPEN: ContextVar[list[Entry] | None] = ContextVar("tollway_request_log_open", default=None)
-_COLUMNS = [c.name for c in R.columns]
+COLUMNS = [c.name for c in R.columns]  # the columns, in order (the export's)
 _PRUNE: Statement[tuple[int]] = Statement("DELETE FROM request_log WHERE created_at_us < ?")
-assert sorted(_FIELDS) == sorted(_COLUMNS), "request_log columns and Entry fields differ"
+assert sorted(_FIELDS) == sorted(COLUMNS), "request_log columns and Entry fields differ"
 
 
 class RequestLog:
@@ -89,13 +94,19 @@ class RequestLog:
         self._hand: asyncio.TimerHandle | None = None  # when they go
         self._task: asyncio.Task[None] | None = None
         self._last_prune: float | None = None  # never yet (monotonic time may start near 0)
-        cols = ", ".join(_COLUMNS)
+        cols = ", ".join(COLUMNS)
         self._insert: Statement[tuple[Any, ...]] = Statement(
-            f"INSERT INTO request_log ({cols}) VALUES ({', '.join('?' * len(_COLUMNS))})"
+            f"INSERT INTO request_log ({cols}) VALUES ({', '.join('?' * len(COLUMNS))})"
         )
 
     def start(self, endpoint: str) -> Entry:
-        e = Entry(endpoint, id=new_id("req"), created_at_us=self.clock.now_us(), t0=time.perf_counter())
+        e = Entry(
+            endpoint,
+            trace_id=trace_id(),
+            id=new_id("req"),
+            created_at_us=self.clock.now_us(),
+            t0=time.perf_counter(),
+        )
         opened = OPEN.get()
         if opened is not None:
             opened.append(e)
@@ -106,6 +117,7 @@ class RequestLog:
             return
         e.recorded = True
         e.latency_ms = round((time.perf_counter() - e.t0) * 1000)
+        metrics.record_ai(e)  # the per-endpoint, per-model Prometheus series
         if self.ledger is not None and self.ledger.can_ride(self._insert):
             # SQLite: rows gather for flush_ms, then ride with the ledger's next
             # batch (no commit of their own). One batch's worth of request-log
@@ -132,7 +144,7 @@ class RequestLog:
             self.ledger.ride(self._insert, rows)
 
     def _row(self, e: Entry) -> tuple[Any, ...]:
-        return tuple(int(v) if isinstance(v, bool) else v for v in map(e.__getattribute__, _COLUMNS))
+        return tuple(int(v) if isinstance(v, bool) else v for v in map(e.__getattribute__, COLUMNS))
 
     def _prune_due(self) -> bool:
         return self._last_prune is None or time.monotonic() - self._last_prune > _PRUNE_EVERY_S
@@ -194,15 +206,18 @@ class RequestLog:
         **filters: Any,
     ) -> list[dict[str, Any]]:
         """Newest first; ``before`` is the last id of the previous page.
-        Filters: key_id, customer_id, model, status, cache, since_us, until_us."""
+        Filters: key_id, customer_id, model, status, cache, end_user, trace_id,
+        since_us, until_us, and tags (a dict: every ``metadata`` key equal to its value)."""
         conds = []
-        for k in ("key_id", "customer_id", "model", "status", "cache"):
+        for k in ("key_id", "customer_id", "model", "status", "cache", "end_user", "trace_id"):
             if filters.get(k) is not None:
                 conds.append(R.c[k] == filters[k])
         if filters.get("since_us") is not None:
             conds.append(R.c.created_at_us >= filters["since_us"])
         if filters.get("until_us") is not None:
             conds.append(R.c.created_at_us < filters["until_us"])
+        for name, value in (filters.get("tags") or {}).items():
+            conds.append(self._tag(name) == value)
         if before is not None:
             conds.append(R.c.id < before)
         q = select(R).order_by(R.c.id.desc()).limit(limit)
@@ -211,3 +226,9 @@ class RequestLog:
         async with self.engine.connect() as conn:
             rows = (await conn.execute(q)).mappings().all()
         return [{**dict(r), "stream": bool(r["stream"]), "object": "request"} for r in rows]
+
+    def _tag(self, name: str) -> Any:
+        """``metadata[name]`` as text, in SQL (the tags column holds a JSON object)."""
+        if self.engine.dialect.name == "postgresql":
+            return cast(R.c.tags, JSONB)[name].astext
+        return func.json_extract(R.c.tags, "$." + json.dumps(name))

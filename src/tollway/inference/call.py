@@ -21,6 +21,7 @@ from tollway.core.errors import TollwayError
 from tollway.inference import routing
 from tollway.inference.backends.base import Cancel, ChatBackend, ChatParams, Delta, Finish, Progress
 from tollway.inference.config import ModelConfig
+from tollway.observe import tracing
 
 if TYPE_CHECKING:
     from tollway.inference.service import Inference
@@ -109,6 +110,7 @@ class ChatCall:
     _cancel: Cancel = field(default_factory=Cancel)
     _it: AsyncIterator[Delta | Finish] | None = None
     _first: Delta | Finish | None = None
+    span: Any = None  # the call's client span (tollway.observe.tracing), while tracing is on
 
     @property
     def provider(self) -> str:
@@ -142,6 +144,12 @@ class ChatCall:
         """Stop a call that was opened but will not be consumed."""
         self._cancel.set()
         await _aclose(self._it)
+        self.end_span(None)
+
+    def end_span(self, err: BaseException | None) -> None:
+        """End the call's span (once): failed with ``err``, or stopped."""
+        s, self.span = self.span, None
+        tracing.end(s, err)
 
     async def _stream(self) -> AsyncIterator[Delta | Finish]:
         assert self._it is not None and self._first is not None
@@ -176,6 +184,7 @@ class ChatCall:
         except BaseException as e:
             self._cancel.set()
             await _aclose(self._it)
+            self.end_span(e)
             if not settled:
                 if self.progress.completion_tokens and not isinstance(e, TollwayError):
                     # The client went away (or the stream broke) after output: charge what was made.
@@ -217,6 +226,8 @@ class ChatCall:
             served.name,
         )
         self.metered = m
+        if self.span is not None or tracing.METRICS_ENABLED:
+            self._observed(m, served)
         if self.hold is not None:
             self.settling = self.hold.settle_soon(
                 m.charged,
@@ -224,6 +235,29 @@ class ChatCall:
                 linger=self.svc.linger,
                 **self.svc.usage(self.caller, self.cfg, m, stream=stream, attempts=self.attempts),
             )
+
+    def _observed(self, m: Metered, served: ModelConfig) -> None:
+        """The call's outcome on its span (which ends) and in the GenAI metrics."""
+        s, self.span = self.span, None
+        tracing.genai_end(
+            s,
+            provider=served.backend,
+            response_model=served.upstream_model or served.name,
+            input_tokens=m.input_tokens,
+            output_tokens=m.output_tokens,
+            finish_reason=m.finish_reason,
+            charge_micros=m.charged,
+            attempts=self.attempts,
+        )
+        tracing.record_genai(
+            "chat",
+            served.backend,
+            self.cfg.name,
+            m.input_tokens,
+            m.output_tokens,
+            m.latency_ms / 1000,
+            None,
+        )
 
 
 async def _aclose(it: AsyncIterator[Any] | None) -> None:

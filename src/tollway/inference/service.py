@@ -42,6 +42,7 @@ from tollway.inference.call import Embedding as Embedding
 from tollway.inference.call import Metered as Metered
 from tollway.inference.config import InferenceSettings, ModelConfig
 from tollway.inference.metering import milli_neurons
+from tollway.observe import tracing
 
 log = logging.getLogger("tollway.inference")
 
@@ -212,9 +213,21 @@ class Inference:
     ) -> ChatCall:
         """Price the call on every deployment it may use, reserve the most it can
         cost, and start it (retries and fallbacks happen here, before any output)."""
+        call = ChatCall(self, caller, cfg, [], None)
+        call.span = tracing.genai_span("chat", cfg.name, cfg.backend)
+        try:
+            with tracing.use(call.span):  # the hold's and the upstream's parent
+                return await self._start_chat(call, caller, cfg, params, requested_max)
+        except BaseException as e:
+            call.end_span(e)
+            raise
+
+    async def _start_chat(
+        self, call: ChatCall, caller: Caller, cfg: ModelConfig, params: ChatParams, requested_max: int | None
+    ) -> ChatCall:
         await self.know(caller)
         plan, max_cost = await self.plan_chat(cfg, params, requested_max, caller.rate)
-        call = ChatCall(self, caller, cfg, plan, None)
+        call.plan = plan
         if all(isinstance(d.backend, LlamaCppBackend) for d in plan):
             # Local models: evaluate the prompt while the reservation is decided.
             # No token reaches the caller before the ledger has accepted it; if
@@ -268,6 +281,32 @@ class Inference:
 
     async def start_embed(self, caller: Caller, cfg: ModelConfig, texts: list[str]) -> Embedding:
         """Embed ``texts`` and start the charge's settle (:meth:`Embedding.committed` joins it)."""
+        s = tracing.genai_span("embeddings", cfg.name, cfg.backend)
+        try:
+            with tracing.use(s):
+                out = await self._start_embed(caller, cfg, texts)
+        except BaseException as e:
+            tracing.end(s, e)
+            raise
+        m = out.metered
+        if s is not None or tracing.METRICS_ENABLED:
+            served = self.configs.get(m.deployment, cfg)
+            tracing.genai_end(
+                s,
+                provider=served.backend,
+                response_model=served.upstream_model or served.name,
+                input_tokens=m.input_tokens,
+                output_tokens=None,
+                finish_reason=None,
+                charge_micros=m.charged,
+                attempts=m.attempts,
+            )
+            tracing.record_genai(
+                "embeddings", served.backend, cfg.name, m.input_tokens, 0, m.latency_ms / 1000, None
+            )
+        return out
+
+    async def _start_embed(self, caller: Caller, cfg: ModelConfig, texts: list[str]) -> Embedding:
         t0 = time.perf_counter()
         await self.know(caller)
         plan, max_cost = await self.plan_embed(cfg, texts, caller.rate)

@@ -54,7 +54,7 @@ from tollway.ledger.store import (
     write_batch,
 )
 from tollway.ledger.types import Account, AccountKind, Transfer, default_flags
-from tollway.observe import metrics
+from tollway.observe import metrics, tracing
 
 T_ = TypeVar("T_")
 BUSY_TIMEOUT_MS = 60_000
@@ -525,7 +525,11 @@ class Ledger:
             # no one outside the process: the settle (or the caller's record)
             # that follows it commits durably and covers it. See _sync_for.
             lazy = bool(batch) and not riders and all(early is not None for _, _, early in batch)
-            results = await self._apply(ops, lambda rs: _decided(batch, rs), riders, lazy=lazy)
+            with tracing.span("ledger.batch") as sp:  # the writer's: a root span of its own
+                if sp is not None:
+                    sp.set_attribute("tollway.ledger.batch_size", len(batch))
+                    sp.set_attribute("tollway.ledger.riders", len(riders))
+                results = await self._apply(ops, lambda rs: _decided(batch, rs), riders, lazy=lazy)
         except DRIVER_ERRORS as e:
             if riders:
                 log.warning("dropping %d rider rows with a failed ledger batch: %s", len(riders), e)

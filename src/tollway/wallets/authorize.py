@@ -41,6 +41,7 @@ from tollway.core.ids import new_id
 from tollway.core.ratelimit import Windows
 from tollway.core.schema import wallet_authorizations as A
 from tollway.ledger import Ledger
+from tollway.observe import tracing
 from tollway.wallets.alerts import alerts
 from tollway.wallets.approvals import Approvals
 from tollway.wallets.audit import Audit
@@ -158,6 +159,28 @@ class Authorizer:
         """``payee``: a host or a 0x address; a memo made with :func:`pay_to_memo`
         names a further payee (the payTo behind a host) that every payee rule,
         provider cap and velocity limit also applies to."""
+        with tracing.span("wallet.authorize") as sp:
+            d = await self._authorize(
+                presented, amount, payee, category, idempotency_key, currency, memo, hold_seconds
+            )
+            if sp is not None:
+                sp.set_attribute("tollway.wallet.id", d.wallet_id)
+                sp.set_attribute("tollway.wallet.authorization", d.id)
+                sp.set_attribute("tollway.wallet.decision", d.status)
+                sp.set_attribute("tollway.charge_micros", d.amount)
+            return d
+
+    async def _authorize(
+        self,
+        presented: str,
+        amount: Any,
+        payee: Any,
+        category: Any,
+        idempotency_key: Any,
+        currency: Any,
+        memo: str,
+        hold_seconds: int | None,
+    ) -> Decision:
         token, wallet = await self.wallets.verify(presented)
         t0 = asyncio.get_running_loop().time()
         amount, payee, category = check_request(

@@ -35,6 +35,7 @@ from tollway.core.errors import TollwayError, invalid
 from tollway.core.lazy import aiohttp_client_error
 from tollway.core.responses import error_response
 from tollway.identity.keys import ApiKey, ApiKeys, presented_key
+from tollway.observe import tracing
 from tollway.x402 import paths, wire
 from tollway.x402.claims import Claims
 from tollway.x402.config import X402Config
@@ -282,7 +283,11 @@ class Paywall:
             return
         reqs = v2 if version == 2 else v1
         try:
-            checked = await self.facilitator.check(payload, reqs)
+            with tracing.span("x402.verify") as sp:
+                checked = await self.facilitator.check(payload, reqs)
+                if sp is not None:
+                    sp.set_attribute("tollway.x402.network", str(v2["network"]))
+                    sp.set_attribute("tollway.x402.value", str(checked.auth.value))
         except PaymentInvalid as e:
             await self._required(send, request, rule, v2, v1, e.reason)
             return
@@ -298,7 +303,11 @@ class Paywall:
             status, headers, chunks = await self._forward(rule, request, body, checked.auth.payer)
             if status < 400:
                 ran = True
-                receipt = await self.facilitator.settle(payload, reqs, str(request.url), checked, credit)
+                with tracing.span("x402.settle") as sp:
+                    receipt = await self.facilitator.settle(payload, reqs, str(request.url), checked, credit)
+                    if sp is not None:
+                        sp.set_attribute("tollway.x402.success", bool(receipt["success"]))
+                        sp.set_attribute("tollway.charge_micros", int(checked.auth.value))
         except BaseException:  # before the origin answered (the client left): give it back
             done = self.claims.spend(key, token) if ran else self.claims.release(key, token)
             await asyncio.shield(done)

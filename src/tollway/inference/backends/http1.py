@@ -27,6 +27,8 @@ from urllib.parse import urlsplit
 
 import httptools
 
+from tollway.observe import tracing
+
 USER_AGENT = "tollway"
 _PAUSE_AT = 1 << 20  # buffered body bytes before the socket stops being read
 
@@ -302,6 +304,7 @@ class Http1Pool:
         head = (
             f"{method} {self.prefix}{path} HTTP/1.1\r\n".encode("latin-1")
             + self._fixed
+            + tracing.traceparent_line()  # b"" unless tracing is on
             + (
                 f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n".encode("latin-1")
                 if body or method not in ("GET", "HEAD")

@@ -1,0 +1,367 @@
+"""OpenTelemetry traces (and the GenAI metrics), off unless configured.
+
+:data:`ENABLED` is the one switch the hot path reads: while it is false,
+:func:`span` hands back a shared no-op context (no span object, no attribute
+dict), :func:`traceparent_line` returns ``b""`` and the server span is skipped.
+:func:`configure` turns it on from ``[telemetry]`` or the standard ``OTEL_*``
+variables; tests call :func:`enable` with their own span processor.
+
+Use::
+
+    with tracing.span("ledger.batch") as s:
+        if s is not None:          # only when tracing is on
+            s.set_attribute("tollway.ledger.batch_size", n)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+from tollway.observe.config import TelemetryConfig
+
+if TYPE_CHECKING:
+    from opentelemetry.context import Context
+    from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+    from opentelemetry.trace import Span, Tracer
+
+log = logging.getLogger("tollway.observe")
+
+ENABLED = False  # tracing on: read by the hot path
+METRICS_ENABLED = False  # the OTLP GenAI metrics on
+_tracer: Tracer | None = None
+_provider: TracerProvider | None = None
+_meter_provider: Any = None
+_genai: tuple[Any, Any] | None = None  # (token usage, operation duration) histograms
+_NOOP: contextlib.nullcontext[None] = contextlib.nullcontext()
+_TRACEPARENT = re.compile(rb"^[0-9a-f]{2}-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$")
+_ZERO_TRACE = "0" * 32
+
+
+def wanted(cfg: TelemetryConfig, env: Mapping[str, str] = os.environ) -> bool:
+    """Whether traces are configured: ``[telemetry] traces``, an OTLP endpoint,
+    or ``OTEL_TRACES_EXPORTER=otlp``; ``OTEL_SDK_DISABLED=true`` and
+    ``OTEL_TRACES_EXPORTER=none`` turn them off."""
+    if env.get("OTEL_SDK_DISABLED", "").lower() == "true":
+        return False
+    exporter = env.get("OTEL_TRACES_EXPORTER", "").strip().lower()
+    if exporter == "none":
+        return False
+    return bool(
+        cfg.traces
+        or cfg.otlp_endpoint
+        or exporter == "otlp"
+        or env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+        or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    )
+
+
+def _sampler(cfg: TelemetryConfig, env: Mapping[str, str]) -> Any:
+    from opentelemetry.sdk.trace import sampling
+
+    if env.get("OTEL_TRACES_SAMPLER"):
+        return sampling._get_from_env_or_default()  # the SDK's own reading of the variables
+    return sampling.ParentBased(sampling.TraceIdRatioBased(cfg.sample_ratio))
+
+
+def _resource(cfg: TelemetryConfig, env: Mapping[str, str]) -> Any:
+    from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+
+    from tollway import __version__
+
+    attrs: dict[str, Any] = {"service.version": __version__}
+    if not env.get("OTEL_SERVICE_NAME"):
+        attrs[SERVICE_NAME] = cfg.service_name
+    return Resource.create(attrs)  # OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES merged in
+
+
+def _endpoint(cfg: TelemetryConfig, signal: str) -> str | None:
+    return f"{cfg.otlp_endpoint.rstrip('/')}/v1/{signal}" if cfg.otlp_endpoint else None
+
+
+def configure(cfg: TelemetryConfig, env: Mapping[str, str] = os.environ) -> bool:
+    """Turn traces (and the OTLP GenAI metrics) on if configured; returns whether traces are on."""
+    if cfg.otlp_metrics or env.get("OTEL_METRICS_EXPORTER", "").strip().lower() == "otlp":
+        _configure_metrics(cfg, env)
+    if not wanted(cfg, env):
+        return False
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    exporter = OTLPSpanExporter(endpoint=_endpoint(cfg, "traces"))  # None: the OTEL_* variables
+    enable(BatchSpanProcessor(exporter), sampler=_sampler(cfg, env), resource=_resource(cfg, env))
+    log.info("OpenTelemetry traces on")
+    return True
+
+
+def enable(processor: SpanProcessor, *, sampler: Any = None, resource: Any = None) -> TracerProvider:
+    """Traces on, through ``processor`` (tests: a SimpleSpanProcessor over an in-memory exporter)."""
+    global ENABLED, _tracer, _provider
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from tollway import __version__
+
+    kwargs: dict[str, Any] = {}
+    if sampler is not None:
+        kwargs["sampler"] = sampler
+    if resource is not None:
+        kwargs["resource"] = resource
+    provider = TracerProvider(**kwargs)
+    provider.add_span_processor(processor)
+    if _provider is not None:  # configured again (another app in the process): the old one flushes
+        _provider.shutdown()
+    _provider, _tracer = provider, provider.get_tracer("tollway", __version__)
+    ENABLED = True
+    return provider
+
+
+def disable() -> None:
+    """Traces off (flushing what was recorded); metrics too."""
+    global ENABLED, _tracer, _provider, METRICS_ENABLED, _meter_provider, _genai
+    ENABLED = False
+    if _provider is not None:
+        _provider.shutdown()
+    _provider = _tracer = None
+    METRICS_ENABLED = False
+    if _meter_provider is not None:
+        _meter_provider.shutdown()
+    _meter_provider = _genai = None
+
+
+def force_flush() -> None:
+    if _provider is not None:
+        _provider.force_flush()
+    if _meter_provider is not None:
+        _meter_provider.force_flush()
+
+
+def tracer() -> Tracer:
+    assert _tracer is not None, "tracing is off"
+    return _tracer
+
+
+# ----------------------------------------------------------------- spans
+
+
+def span(name: str, *, kind: str = "internal") -> contextlib.AbstractContextManager[Span | None]:
+    """A span around a block, current inside it (``None`` when tracing is off).
+    ``kind``: internal, client, server, producer or consumer."""
+    if not ENABLED:
+        return _NOOP
+    return _span(name, kind)
+
+
+@contextlib.contextmanager
+def _span(name: str, kind: str) -> Iterator[Span]:
+    from opentelemetry.trace import SpanKind
+
+    assert _tracer is not None
+    with _tracer.start_as_current_span(name, kind=SpanKind[kind.upper()]) as s:
+        yield s
+
+
+def start(name: str, *, kind: str = "internal", parent: Context | None = None) -> Span | None:
+    """A span ended by its caller (``end(s)``): one that outlives a block, as a stream's."""
+    if not ENABLED:
+        return None
+    from opentelemetry.trace import SpanKind
+
+    assert _tracer is not None
+    return _tracer.start_span(name, context=parent, kind=SpanKind[kind.upper()])
+
+
+def use(s: Span | None) -> contextlib.AbstractContextManager[Any]:
+    """Make ``s`` the current span in a block (without ending it)."""
+    if s is None:
+        return _NOOP
+    from opentelemetry.trace import use_span
+
+    return use_span(s, end_on_exit=False, record_exception=False)
+
+
+def fail(s: Span | None, err: BaseException) -> None:
+    """Mark a span failed (the error's type; a tollway error's code)."""
+    if s is None:
+        return
+    from opentelemetry.trace import Status, StatusCode
+
+    code = getattr(err, "code", None)
+    s.set_attribute("error.type", code if isinstance(code, str) else type(err).__name__)
+    s.set_status(Status(StatusCode.ERROR, str(err)[:200]))
+
+
+# ------------------------------------------------------ the W3C context
+
+
+def extract(headers: list[tuple[bytes, bytes]]) -> Context | None:
+    """The parent context from an incoming ``traceparent`` (and ``tracestate``)."""
+    carrier = {
+        k.decode("latin-1"): v.decode("latin-1") for k, v in headers if k in (b"traceparent", b"tracestate")
+    }
+    if not carrier:
+        return None
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    return TraceContextTextMapPropagator().extract(carrier)
+
+
+def traceparent() -> str | None:
+    """The current span as a ``traceparent`` value, or None (off, or no span)."""
+    if not ENABLED:
+        return None
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    carrier: dict[str, str] = {}
+    TraceContextTextMapPropagator().inject(carrier)
+    return carrier.get("traceparent")
+
+
+def traceparent_line() -> bytes:
+    """An HTTP/1.1 header line carrying the current span to an upstream (``b""`` when off)."""
+    if not ENABLED:
+        return b""
+    tp = traceparent()
+    return f"traceparent: {tp}\r\n".encode("latin-1") if tp else b""
+
+
+def outgoing(headers: dict[str, str]) -> dict[str, str]:
+    """``headers`` plus the current ``traceparent`` (the same dict when off)."""
+    tp = traceparent()
+    return headers if tp is None else {**headers, "traceparent": tp}
+
+
+def current_ids() -> tuple[str, str] | None:
+    """(trace id, span id) of the current span, hex, or None."""
+    if not ENABLED:
+        return None
+    from opentelemetry.trace import get_current_span
+
+    ctx = get_current_span().get_span_context()
+    if not ctx.is_valid:
+        return None
+    return f"{ctx.trace_id:032x}", f"{ctx.span_id:016x}"
+
+
+def incoming_trace_id(value: bytes) -> str | None:
+    """The trace id of a well-formed incoming ``traceparent`` (kept while tracing is off)."""
+    m = _TRACEPARENT.match(value.strip().lower())
+    if m is None:
+        return None
+    tid = m.group(1).decode()
+    return None if tid == _ZERO_TRACE else tid
+
+
+# ------------------------------------------------- the GenAI metrics (OTLP)
+
+
+def _configure_metrics(cfg: TelemetryConfig, env: Mapping[str, str]) -> None:
+    from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+    from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+
+    enable_metrics(
+        PeriodicExportingMetricReader(OTLPMetricExporter(endpoint=_endpoint(cfg, "metrics"))),
+        resource=_resource(cfg, env),
+    )
+
+
+def enable_metrics(reader: Any, *, resource: Any = None) -> None:
+    """The OTel GenAI client metrics on, read by ``reader`` (tests: an InMemoryMetricReader)."""
+    global METRICS_ENABLED, _meter_provider, _genai
+    from opentelemetry.sdk.metrics import MeterProvider
+
+    from tollway import __version__
+
+    kwargs: dict[str, Any] = {"metric_readers": [reader]}
+    if resource is not None:
+        kwargs["resource"] = resource
+    if _meter_provider is not None:
+        _meter_provider.shutdown()
+    _meter_provider = MeterProvider(**kwargs)
+    meter = _meter_provider.get_meter("tollway", __version__)
+    _genai = (
+        meter.create_histogram(
+            "gen_ai.client.token.usage", unit="{token}", description="Tokens used per model call"
+        ),
+        meter.create_histogram(
+            "gen_ai.client.operation.duration", unit="s", description="GenAI operation duration"
+        ),
+    )
+    METRICS_ENABLED = True
+
+
+def record_genai(
+    operation: str,
+    provider: str,
+    model: str,
+    input_tokens: int,
+    output_tokens: int,
+    seconds: float,
+    error: str | None,
+) -> None:
+    """One model call into the GenAI metrics (a no-op unless they are on)."""
+    if _genai is None:
+        return
+    tokens, duration = _genai
+    attrs: dict[str, Any] = {
+        "gen_ai.operation.name": operation,
+        "gen_ai.provider.name": provider,
+        "gen_ai.request.model": model,
+    }
+    if error is not None:
+        duration.record(seconds, {**attrs, "error.type": error})
+        return
+    duration.record(seconds, attrs)
+    tokens.record(input_tokens, {**attrs, "gen_ai.token.type": "input"})
+    tokens.record(output_tokens, {**attrs, "gen_ai.token.type": "output"})
+
+
+# ------------------------------------------------ the GenAI span attributes
+
+
+def genai_span(operation: str, model: str, provider: str) -> Span | None:
+    """A model call's client span (``chat smollm2``), with the request's GenAI attributes."""
+    s = start(f"{operation} {model}", kind="client")
+    if s is not None:
+        s.set_attribute("gen_ai.operation.name", operation)
+        s.set_attribute("gen_ai.provider.name", provider)
+        s.set_attribute("gen_ai.request.model", model)
+    return s
+
+
+def genai_end(
+    s: Span | None,
+    *,
+    provider: str,
+    response_model: str,
+    input_tokens: int,
+    output_tokens: int | None,
+    finish_reason: str | None,
+    charge_micros: int,
+    attempts: int,
+) -> None:
+    """A model call's outcome on its span, which ends."""
+    if s is None:
+        return
+    s.set_attribute("gen_ai.provider.name", provider)  # the deployment that served (a router's)
+    s.set_attribute("gen_ai.response.model", response_model)
+    s.set_attribute("gen_ai.usage.input_tokens", input_tokens)
+    if output_tokens is not None:
+        s.set_attribute("gen_ai.usage.output_tokens", output_tokens)
+    if finish_reason is not None:
+        s.set_attribute("gen_ai.response.finish_reasons", (finish_reason,))
+    s.set_attribute("tollway.charge_micros", charge_micros)
+    s.set_attribute("tollway.attempts", attempts)
+    s.end()
+
+
+def end(s: Span | None, err: BaseException | None = None) -> None:
+    """End a span from :func:`start` (failed, with ``err``)."""
+    if s is None:
+        return
+    if err is not None:
+        fail(s, err)
+    s.end()
