@@ -1,0 +1,146 @@
+"""The console's hourly rollups, kept from the request log, the usage events
+and the subscription charges, so the overview reads a few hundred rows, never
+the request log.
+
+:func:`refresh` rebuilds the hours from the last rolled-up hour on (rows are
+written up to a flush late, so the last hour is always rebuilt), in one
+transaction: delete those hours, insert them again from an aggregate over the
+rows since (both sources are indexed by time). Subscription charges are plain
+ledger transfers to revenue: they are added once each, from the last one
+rolled up (the ledger's credit index, by id), the mark moved in the same
+transaction. On PostgreSQL a transaction-scoped advisory lock runs one refresh
+at a time (SQLite has one writer), so two processes refreshing at once add
+each charge once; the mark's compare-and-set checks it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import and_, case, delete, func, insert, literal, select, text, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from tollway.core.schema import console_requests_hourly as RH
+from tollway.core.schema import console_revenue_hourly as VH
+from tollway.core.schema import console_state as ST
+from tollway.core.schema import ledger_accounts as A
+from tollway.core.schema import ledger_transfers as T
+from tollway.core.schema import request_log as L
+from tollway.core.schema import usage_events as U
+from tollway.core.storage import writer
+
+HOUR_US = 3_600_000_000
+SUBSCRIPTIONS_MARK = "subscriptions_after"  # the last subscription transfer rolled up
+REVENUE_ACCOUNT = "sys_revenue"
+SUBSCRIPTION_PREFIX = "subscription:"
+_LOCK = 0x746F6C6C636F6E73  # the refresh's advisory lock (PostgreSQL)
+METERS = {"neurons": "metered", "x402": "x402"}  # usage meter -> revenue source
+
+
+def _hour(col: Any) -> Any:
+    return (col // HOUR_US) * HOUR_US
+
+
+def _count_if(cond: Any) -> Any:
+    return func.coalesce(func.sum(case((cond, 1), else_=0)), 0)
+
+
+async def _from_hour(conn: AsyncConnection) -> int:
+    last = (await conn.execute(select(func.max(RH.c.hour_us)))).scalar()
+    last_v = (
+        await conn.execute(select(func.max(VH.c.hour_us)).where(VH.c.source != "subscriptions"))
+    ).scalar()
+    marks = [m for m in (last, last_v) if m is not None]
+    return min(marks) - HOUR_US if marks else 0
+
+
+async def _requests(conn: AsyncConnection, since: int) -> None:
+    cust = func.coalesce(L.c.customer_id, literal(""))
+    model = func.coalesce(L.c.model, literal(""))
+    hour = _hour(L.c.created_at_us)
+    agg = (
+        select(
+            hour,
+            cust,
+            model,
+            func.count(),
+            _count_if(L.c.status >= 400),
+            func.coalesce(func.sum(L.c.input_tokens), 0),
+            func.coalesce(func.sum(L.c.output_tokens), 0),
+            func.coalesce(func.sum(L.c.cost), 0),
+            _count_if(L.c.cache == "HIT"),
+            func.coalesce(func.sum(L.c.latency_ms), 0),
+            _count_if(L.c.status == 429),
+            _count_if(L.c.error_code == "budget_exceeded"),
+        )
+        .where(L.c.created_at_us >= since)
+        .group_by(hour, cust, model)
+    )
+    await conn.execute(delete(RH).where(RH.c.hour_us >= since))
+    await conn.execute(insert(RH).from_select([c.name for c in RH.columns], agg))
+
+
+async def _usage_revenue(conn: AsyncConnection, since: int) -> None:
+    cust = func.coalesce(U.c.customer_id, literal(""))
+    hour = _hour(U.c.created_at_us)
+    source = case(*((U.c.meter == m, literal(s)) for m, s in METERS.items()))
+    agg = (
+        select(hour, source, cust, func.count(), func.coalesce(func.sum(U.c.amount), 0))
+        .where(U.c.created_at_us >= since, U.c.meter.in_(list(METERS)))
+        .group_by(hour, source, cust)
+    )
+    await conn.execute(delete(VH).where(VH.c.hour_us >= since, VH.c.source != "subscriptions"))
+    await conn.execute(insert(VH).from_select(["hour_us", "source", "customer_id", "events", "amount"], agg))
+
+
+async def _subscriptions(conn: AsyncConnection) -> None:
+    mark = (await conn.execute(select(ST.c.value).where(ST.c.name == SUBSCRIPTIONS_MARK))).scalar()
+    q = (
+        select(T.c.id, T.c.created_at_us, T.c.amount, A.c.customer_id)
+        .join(A, A.c.id == T.c.debit_account_id)
+        .where(
+            T.c.credit_account_id == REVENUE_ACCOUNT,
+            T.c.id > (mark or ""),
+            T.c.description.like(SUBSCRIPTION_PREFIX + "%"),
+            T.c.amount > 0,
+        )
+        .order_by(T.c.id)
+    )
+    rows = (await conn.execute(q)).all()
+    if not rows:
+        return
+    if mark is None:
+        await conn.execute(insert(ST).values(name=SUBSCRIPTIONS_MARK, value=rows[-1][0]))
+    else:
+        moved = await conn.execute(
+            update(ST).where(ST.c.name == SUBSCRIPTIONS_MARK, ST.c.value == mark).values(value=rows[-1][0])
+        )
+        if moved.rowcount != 1:
+            raise RuntimeError("another process rolled these subscription charges up")
+    sums: dict[tuple[int, str], list[int]] = {}
+    for _, at, amount, customer in rows:
+        s = sums.setdefault((at // HOUR_US * HOUR_US, customer or ""), [0, 0])
+        s[0] += 1
+        s[1] += int(amount)
+    for (hour, customer), (n, amount) in sums.items():
+        key = and_(VH.c.hour_us == hour, VH.c.source == "subscriptions", VH.c.customer_id == customer)
+        up = await conn.execute(
+            update(VH).where(key).values(events=VH.c.events + n, amount=VH.c.amount + amount)
+        )
+        if up.rowcount == 0:
+            await conn.execute(
+                insert(VH).values(
+                    hour_us=hour, source="subscriptions", customer_id=customer, events=n, amount=amount
+                )
+            )
+
+
+async def refresh(engine: AsyncEngine) -> None:
+    """Bring the rollups up to date (any number of times, from any process)."""
+    async with writer(engine).begin() as conn:
+        if conn.dialect.name == "postgresql":  # one refresh at a time (SQLite: one writer anyway)
+            await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _LOCK})
+        since = await _from_hour(conn)
+        await _requests(conn, since)
+        await _usage_revenue(conn, since)
+        await _subscriptions(conn)
