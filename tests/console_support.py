@@ -38,7 +38,7 @@ class Scenario:
     secrets: list[str] = field(default_factory=list)  # none may ever be rendered
 
 
-def _row(customer: str | None, key: str | None, model: str, at: int, **over: Any) -> dict[str, Any]:
+def log_row(customer: str | None, key: str | None, model: str, at: int, **over: Any) -> dict[str, Any]:
     row: dict[str, Any] = {
         "id": new_id("req"),
         "created_at_us": at,
@@ -84,11 +84,13 @@ async def seed(http: httpx.AsyncClient, rt: Runtime) -> Scenario:
     now = rt.clock.now_us()
     async with writer(rt.engine).begin() as conn:
         rows = [
-            _row(a["id"], ka["id"], "m-alpha", now - 3_000_000),
-            _row(a["id"], ka["id"], "m-alpha", now - 2_000_000),
-            _row(a["id"], ka["id"], "m-alpha", now - 1_000_000, cache="HIT", cost=0),
-            _row(b["id"], kb["id"], "m-beta", now - 2_500_000, input_tokens=10, output_tokens=10, cost=500),
-            _row(
+            log_row(a["id"], ka["id"], "m-alpha", now - 3_000_000),
+            log_row(a["id"], ka["id"], "m-alpha", now - 2_000_000),
+            log_row(a["id"], ka["id"], "m-alpha", now - 1_000_000, cache="HIT", cost=0),
+            log_row(
+                b["id"], kb["id"], "m-beta", now - 2_500_000, input_tokens=10, output_tokens=10, cost=500
+            ),
+            log_row(
                 b["id"],
                 kb["id"],
                 "m-beta",
