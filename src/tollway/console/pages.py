@@ -13,9 +13,8 @@ from tollway.agents.store import scoped
 from tollway.console import queries
 from tollway.console.customer import account_view
 from tollway.console.guard import console, form, hidden, operator, own, viewer
-from tollway.console.overview import RANGES, overview
+from tollway.console.overview import RANGES, overview, window
 from tollway.console.render import NO_STORE, page
-from tollway.console.rollups import HOUR_US
 from tollway.console.sessions import Viewer
 from tollway.core.schema import request_log as L
 from tollway.x402 import payments as x402_payments
@@ -137,7 +136,7 @@ async def gateway_page(
     request: Request, range: str = Query("24h", pattern=_RANGE), v: Viewer = Depends(operator)
 ) -> Response:
     rt = console(request).rt
-    since = (rt.clock.now_us() // HOUR_US - RANGES[range] + 1) * HOUR_US
+    since, _ = window(rt.clock.now_us(), range)
     rows = await queries.models(rt.engine, since)
     registry = sorted(rt.inference.configs)
     return page(

@@ -8,9 +8,10 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tollway.console.rollups import HOUR_US
+from tollway.console.rollups import DAY_US
 from tollway.core.schema import api_keys as K
-from tollway.core.schema import console_requests_hourly as RH
+from tollway.core.schema import console_customers_daily as CD
+from tollway.core.schema import console_models_hourly as MH
 from tollway.core.schema import credit_grants as G
 from tollway.core.schema import customers as C
 from tollway.core.schema import ledger_accounts as A
@@ -29,17 +30,17 @@ def _like(s: str) -> str:
 
 
 async def customers(engine: AsyncEngine, now_us: int, customer_id: str | None = None) -> list[dict[str, Any]]:
-    """Each customer's plan, balance, credits left and the last 30 days' usage (from the rollups)."""
-    since = (now_us // HOUR_US - USAGE_DAYS * 24) * HOUR_US
+    """Each customer's plan, balance, credits left and the last 30 UTC days' usage (the daily rollup)."""
+    since = (now_us // DAY_US - USAGE_DAYS + 1) * DAY_US
     usage = (
         select(
-            RH.c.customer_id.label("cid"),
-            func.sum(RH.c.requests).label("requests"),
-            func.sum(RH.c.input_tokens + RH.c.output_tokens).label("tokens"),
-            func.sum(RH.c.cost).label("cost"),
+            CD.c.customer_id.label("cid"),
+            func.sum(CD.c.requests).label("requests"),
+            func.sum(CD.c.input_tokens + CD.c.output_tokens).label("tokens"),
+            func.sum(CD.c.cost).label("cost"),
         )
-        .where(RH.c.hour_us >= since)
-        .group_by(RH.c.customer_id)
+        .where(CD.c.day_us >= since)
+        .group_by(CD.c.customer_id)
         .subquery()
     )
     GA = A.alias("ga")
@@ -117,18 +118,18 @@ async def models(engine: AsyncEngine, since_us: int) -> list[dict[str, Any]]:
     """Per model: requests, errors, mean latency, cache hit rate, 429s and budget refusals."""
     q = (
         select(
-            RH.c.model,
-            func.sum(RH.c.requests),
-            func.sum(RH.c.errors),
-            func.sum(RH.c.latency_ms),
-            func.sum(RH.c.cache_hits),
-            func.sum(RH.c.rate_limited),
-            func.sum(RH.c.budget_refused),
-            func.sum(RH.c.cost),
+            MH.c.model,
+            func.sum(MH.c.requests),
+            func.sum(MH.c.errors),
+            func.sum(MH.c.latency_ms),
+            func.sum(MH.c.cache_hits),
+            func.sum(MH.c.rate_limited),
+            func.sum(MH.c.budget_refused),
+            func.sum(MH.c.cost),
         )
-        .where(RH.c.hour_us >= since_us)
-        .group_by(RH.c.model)
-        .order_by(RH.c.model)
+        .where(MH.c.hour_us >= since_us)
+        .group_by(MH.c.model)
+        .order_by(MH.c.model)
     )
     async with engine.connect() as conn:
         out = []

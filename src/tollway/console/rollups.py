@@ -1,11 +1,18 @@
-"""The console's hourly rollups, kept from the request log, the usage events
-and the subscription charges, so the overview reads a few hundred rows, never
-the request log.
+"""The console's rollups, kept from the request log, the usage events and the
+subscription charges, so the overview reads a few thousand rows, never the
+request log:
+
+- per hour, customer and model (a customer's own views);
+- per hour and model (the overview's series and by-model, the gateway page),
+  and per UTC day and customer (the overview's by-customer, the customer list),
+  both from the first;
+- revenue per hour and source (subscriptions, metered, x402).
 
 :func:`refresh` rebuilds the hours from the last rolled-up hour on (rows are
-written up to a flush late, so the last hour is always rebuilt), in one
-transaction: delete those hours, insert them again from an aggregate over the
-rows since (both sources are indexed by time). Subscription charges are plain
+written up to a flush late, so the last hour is always rebuilt; the daily
+rollup, from that hour's day), in one transaction: delete those hours, insert
+them again from an aggregate over the rows since (both sources are indexed by
+time). Subscription charges are plain
 ledger transfers to revenue: they are added once each, from the last one
 rolled up (the ledger's credit index, by id), the mark moved in the same
 transaction. On PostgreSQL a transaction-scoped advisory lock runs one refresh
@@ -20,16 +27,18 @@ from typing import Any
 from sqlalchemy import and_, case, delete, func, insert, literal, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from tollway.core.schema import console_customers_daily as CD
+from tollway.core.schema import console_models_hourly as MH
 from tollway.core.schema import console_requests_hourly as RH
 from tollway.core.schema import console_revenue_hourly as VH
 from tollway.core.schema import console_state as ST
-from tollway.core.schema import ledger_accounts as A
 from tollway.core.schema import ledger_transfers as T
 from tollway.core.schema import request_log as L
 from tollway.core.schema import usage_events as U
 from tollway.core.storage import writer
 
 HOUR_US = 3_600_000_000
+DAY_US = 24 * HOUR_US
 SUBSCRIPTIONS_MARK = "subscriptions_after"  # the last subscription transfer rolled up
 REVENUE_ACCOUNT = "sys_revenue"
 SUBSCRIPTION_PREFIX = "subscription:"
@@ -45,6 +54,9 @@ def _count_if(cond: Any) -> Any:
     return func.coalesce(func.sum(case((cond, 1), else_=0)), 0)
 
 
+MEASURES = [c.name for c in RH.columns if c.name not in ("hour_us", "customer_id", "model")]
+
+
 async def _from_hour(conn: AsyncConnection) -> int:
     last = (await conn.execute(select(func.max(RH.c.hour_us)))).scalar()
     last_v = (
@@ -55,6 +67,7 @@ async def _from_hour(conn: AsyncConnection) -> int:
 
 
 async def _requests(conn: AsyncConnection, since: int) -> None:
+    """Per hour, customer and model, from the request log."""
     cust = func.coalesce(L.c.customer_id, literal(""))
     model = func.coalesce(L.c.model, literal(""))
     hour = _hour(L.c.created_at_us)
@@ -77,27 +90,44 @@ async def _requests(conn: AsyncConnection, since: int) -> None:
         .group_by(hour, cust, model)
     )
     await conn.execute(delete(RH).where(RH.c.hour_us >= since))
-    await conn.execute(insert(RH).from_select([c.name for c in RH.columns], agg))
+    await conn.execute(insert(RH).from_select(["hour_us", "customer_id", "model", *MEASURES], agg))
+
+
+async def _coarser(conn: AsyncConnection, since: int) -> None:
+    """Per hour and model, and per day and customer, from the finest rollup."""
+    sums = [func.sum(RH.c[m]) for m in MEASURES]
+    await conn.execute(delete(MH).where(MH.c.hour_us >= since))
+    by_model = select(RH.c.hour_us, RH.c.model, *sums).where(RH.c.hour_us >= since)
+    await conn.execute(
+        insert(MH).from_select(["hour_us", "model", *MEASURES], by_model.group_by(RH.c.hour_us, RH.c.model))
+    )
+    first_day = since // DAY_US * DAY_US
+    day = (RH.c.hour_us // DAY_US) * DAY_US
+    await conn.execute(delete(CD).where(CD.c.day_us >= first_day))
+    by_customer = select(day, RH.c.customer_id, *sums).where(RH.c.hour_us >= first_day)
+    await conn.execute(
+        insert(CD).from_select(
+            ["day_us", "customer_id", *MEASURES], by_customer.group_by(day, RH.c.customer_id)
+        )
+    )
 
 
 async def _usage_revenue(conn: AsyncConnection, since: int) -> None:
-    cust = func.coalesce(U.c.customer_id, literal(""))
     hour = _hour(U.c.created_at_us)
     source = case(*((U.c.meter == m, literal(s)) for m, s in METERS.items()))
     agg = (
-        select(hour, source, cust, func.count(), func.coalesce(func.sum(U.c.amount), 0))
+        select(hour, source, func.count(), func.coalesce(func.sum(U.c.amount), 0))
         .where(U.c.created_at_us >= since, U.c.meter.in_(list(METERS)))
-        .group_by(hour, source, cust)
+        .group_by(hour, source)
     )
     await conn.execute(delete(VH).where(VH.c.hour_us >= since, VH.c.source != "subscriptions"))
-    await conn.execute(insert(VH).from_select(["hour_us", "source", "customer_id", "events", "amount"], agg))
+    await conn.execute(insert(VH).from_select(["hour_us", "source", "events", "amount"], agg))
 
 
 async def _subscriptions(conn: AsyncConnection) -> None:
     mark = (await conn.execute(select(ST.c.value).where(ST.c.name == SUBSCRIPTIONS_MARK))).scalar()
     q = (
-        select(T.c.id, T.c.created_at_us, T.c.amount, A.c.customer_id)
-        .join(A, A.c.id == T.c.debit_account_id)
+        select(T.c.id, T.c.created_at_us, T.c.amount)
         .where(
             T.c.credit_account_id == REVENUE_ACCOUNT,
             T.c.id > (mark or ""),
@@ -117,21 +147,19 @@ async def _subscriptions(conn: AsyncConnection) -> None:
         )
         if moved.rowcount != 1:
             raise RuntimeError("another process rolled these subscription charges up")
-    sums: dict[tuple[int, str], list[int]] = {}
-    for _, at, amount, customer in rows:
-        s = sums.setdefault((at // HOUR_US * HOUR_US, customer or ""), [0, 0])
+    sums: dict[int, list[int]] = {}
+    for _, at, amount in rows:
+        s = sums.setdefault(at // HOUR_US * HOUR_US, [0, 0])
         s[0] += 1
         s[1] += int(amount)
-    for (hour, customer), (n, amount) in sums.items():
-        key = and_(VH.c.hour_us == hour, VH.c.source == "subscriptions", VH.c.customer_id == customer)
+    for hour, (n, amount) in sums.items():
+        key = and_(VH.c.hour_us == hour, VH.c.source == "subscriptions")
         up = await conn.execute(
             update(VH).where(key).values(events=VH.c.events + n, amount=VH.c.amount + amount)
         )
         if up.rowcount == 0:
             await conn.execute(
-                insert(VH).values(
-                    hour_us=hour, source="subscriptions", customer_id=customer, events=n, amount=amount
-                )
+                insert(VH).values(hour_us=hour, source="subscriptions", events=n, amount=amount)
             )
 
 
@@ -142,5 +170,6 @@ async def refresh(engine: AsyncEngine) -> None:
             await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _LOCK})
         since = await _from_hour(conn)
         await _requests(conn, since)
+        await _coarser(conn, since)
         await _usage_revenue(conn, since)
         await _subscriptions(conn)

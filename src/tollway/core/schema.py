@@ -640,22 +640,47 @@ console_sessions = Table(
     Index("ix_console_sessions_expires", "expires_at_us"),
 )
 
-# The console's overview reads these, never the request log (tollway.console.rollups).
-console_requests_hourly = Table(
+
+# The console's hourly and daily rollups (tollway.console.rollups): the overview
+# reads these, never the request log. Each has the same measures.
+def _console_measures() -> list[Column[int]]:
+    return [
+        Column("requests", BigInteger, nullable=False),
+        Column("errors", BigInteger, nullable=False),  # status >= 400
+        Column("input_tokens", BigInteger, nullable=False),
+        Column("output_tokens", BigInteger, nullable=False),
+        Column("cost", BigInteger, nullable=False),
+        Column("cache_hits", BigInteger, nullable=False),
+        Column("latency_ms", BigInteger, nullable=False),  # the sum; / requests is the mean
+        Column("rate_limited", BigInteger, nullable=False),  # 429s
+        Column("budget_refused", BigInteger, nullable=False),  # budget_exceeded refusals
+    ]
+
+
+console_requests_hourly = Table(  # per hour, customer and model: a customer's own views
     "console_requests_hourly",
     metadata,
     Column("hour_us", BigInteger, primary_key=True),  # the hour's start, µs
     Column("customer_id", String(64), primary_key=True),  # '' for none
     Column("model", String(100), primary_key=True),  # '' for none
-    Column("requests", BigInteger, nullable=False),
-    Column("errors", BigInteger, nullable=False),  # status >= 400
-    Column("input_tokens", BigInteger, nullable=False),
-    Column("output_tokens", BigInteger, nullable=False),
-    Column("cost", BigInteger, nullable=False),
-    Column("cache_hits", BigInteger, nullable=False),
-    Column("latency_ms", BigInteger, nullable=False),  # the sum; / requests is the mean
-    Column("rate_limited", BigInteger, nullable=False),  # 429s
-    Column("budget_refused", BigInteger, nullable=False),  # budget_exceeded refusals
+    *_console_measures(),
+    Index("ix_console_requests_hourly_customer", "customer_id", "hour_us"),
+)
+
+console_models_hourly = Table(  # per hour and model: the overview's series, the gateway page
+    "console_models_hourly",
+    metadata,
+    Column("hour_us", BigInteger, primary_key=True),
+    Column("model", String(100), primary_key=True),
+    *_console_measures(),
+)
+
+console_customers_daily = Table(  # per UTC day and customer: the overview's by-customer, Customers
+    "console_customers_daily",
+    metadata,
+    Column("day_us", BigInteger, primary_key=True),
+    Column("customer_id", String(64), primary_key=True),
+    *_console_measures(),
 )
 
 console_revenue_hourly = Table(
@@ -663,7 +688,6 @@ console_revenue_hourly = Table(
     metadata,
     Column("hour_us", BigInteger, primary_key=True),
     Column("source", String(16), primary_key=True),  # subscriptions | metered | x402
-    Column("customer_id", String(64), primary_key=True),  # '' for none (an x402 payer)
     Column("events", BigInteger, nullable=False),
     Column("amount", BigInteger, nullable=False),
 )

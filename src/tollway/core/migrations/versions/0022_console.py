@@ -15,6 +15,23 @@ branch_labels = None
 depends_on = None
 
 
+MEASURES = (
+    "requests",
+    "errors",
+    "input_tokens",
+    "output_tokens",
+    "cost",
+    "cache_hits",
+    "latency_ms",
+    "rate_limited",
+    "budget_refused",
+)
+
+
+def _measures() -> list[sa.Column[int]]:
+    return [sa.Column(m, sa.BigInteger, nullable=False) for m in MEASURES]
+
+
 def upgrade() -> None:
     op.create_table(
         "console_sessions",
@@ -32,21 +49,27 @@ def upgrade() -> None:
         sa.Column("hour_us", sa.BigInteger, primary_key=True),
         sa.Column("customer_id", sa.String(64), primary_key=True),
         sa.Column("model", sa.String(100), primary_key=True),
-        sa.Column("requests", sa.BigInteger, nullable=False),
-        sa.Column("errors", sa.BigInteger, nullable=False),
-        sa.Column("input_tokens", sa.BigInteger, nullable=False),
-        sa.Column("output_tokens", sa.BigInteger, nullable=False),
-        sa.Column("cost", sa.BigInteger, nullable=False),
-        sa.Column("cache_hits", sa.BigInteger, nullable=False),
-        sa.Column("latency_ms", sa.BigInteger, nullable=False),
-        sa.Column("rate_limited", sa.BigInteger, nullable=False),
-        sa.Column("budget_refused", sa.BigInteger, nullable=False),
+        *_measures(),
+    )
+    op.create_index(
+        "ix_console_requests_hourly_customer", "console_requests_hourly", ["customer_id", "hour_us"]
+    )
+    op.create_table(
+        "console_models_hourly",
+        sa.Column("hour_us", sa.BigInteger, primary_key=True),
+        sa.Column("model", sa.String(100), primary_key=True),
+        *_measures(),
+    )
+    op.create_table(
+        "console_customers_daily",
+        sa.Column("day_us", sa.BigInteger, primary_key=True),
+        sa.Column("customer_id", sa.String(64), primary_key=True),
+        *_measures(),
     )
     op.create_table(
         "console_revenue_hourly",
         sa.Column("hour_us", sa.BigInteger, primary_key=True),
         sa.Column("source", sa.String(16), primary_key=True),
-        sa.Column("customer_id", sa.String(64), primary_key=True),
         sa.Column("events", sa.BigInteger, nullable=False),
         sa.Column("amount", sa.BigInteger, nullable=False),
     )
@@ -60,6 +83,9 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_table("console_state")
     op.drop_table("console_revenue_hourly")
+    op.drop_table("console_customers_daily")
+    op.drop_table("console_models_hourly")
+    op.drop_index("ix_console_requests_hourly_customer", "console_requests_hourly")
     op.drop_table("console_requests_hourly")
     op.drop_index("ix_console_sessions_expires", "console_sessions")
     op.drop_table("console_sessions")
