@@ -25,10 +25,6 @@ LIST_MAX = 200
 USAGE_DAYS = 30
 
 
-def _like(s: str) -> str:
-    return s.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-
-
 async def customers(engine: AsyncEngine, now_us: int, customer_id: str | None = None) -> list[dict[str, Any]]:
     """Each customer's plan, balance, credits left and the last 30 UTC days' usage (the daily rollup)."""
     since = (now_us // DAY_US - USAGE_DAYS + 1) * DAY_US
@@ -175,10 +171,14 @@ async def x402_by_route(engine: AsyncEngine, limit: int = 10_000) -> list[dict[s
 async def wallet_caps(engine: AsyncEngine, wallet_id: str) -> list[dict[str, Any]]:
     """Spend against each of the wallet's caps: the limit accounts of tollway.wallets.caps
     (its spending limits and provider caps, per period)."""
-    w = _like(wallet_id)
     q = (
         select(A.c.id, A.c.name, A.c.credits_posted, A.c.debits_posted, A.c.debits_pending)
-        .where(or_(A.c.id.like(f"wl\\_{w}\\_%", escape="\\"), A.c.id.like(f"wp\\_{w}\\_%", escape="\\")))
+        .where(
+            or_(
+                A.c.id.startswith(f"wl_{wallet_id}_", autoescape=True),
+                A.c.id.startswith(f"wp_{wallet_id}_", autoescape=True),
+            )
+        )
         .order_by(A.c.id.desc())
         .limit(50)
     )
@@ -224,7 +224,7 @@ async def zero_sum(engine: AsyncEngine) -> dict[str, Any]:
 async def accounts(engine: AsyncEngine, prefix: str = "", kind: str = "") -> list[dict[str, Any]]:
     conds: list[ColumnElement[bool]] = []
     if prefix:
-        conds.append(A.c.id.like(_like(prefix) + "%", escape="\\"))
+        conds.append(A.c.id.startswith(prefix, autoescape=True))
     if kind:
         conds.append(A.c.kind == kind)
     q = select(A).order_by(A.c.id).limit(LIST_MAX)
