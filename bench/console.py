@@ -160,7 +160,7 @@ async def run(url: str, n: int, days: int) -> dict[str, Any]:
         log = rows(n, days, now, customers, models)
         seeded_s = await seed(rt, url, log)
         t0 = time.perf_counter()
-        await rollups.refresh(rt.engine)
+        await rollups.refresh(rt.engine, rt.clock.now_us())
         full_s = time.perf_counter() - t0
         async with rt.engine.begin() as conn:
             rollup_rows = (await conn.execute(select(func.count()).select_from(RH))).scalar_one()
@@ -171,7 +171,7 @@ async def run(url: str, n: int, days: int) -> dict[str, Any]:
         ]
         await seed(rt, url, more)
         t0 = time.perf_counter()
-        await rollups.refresh(rt.engine)
+        await rollups.refresh(rt.engine, rt.clock.now_us())
         incremental_s = time.perf_counter() - t0
         timings = await measure(rt)
         p50 = timings["/console/overview.json?range=30d"]["p50"]

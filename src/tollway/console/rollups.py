@@ -40,6 +40,9 @@ from tollway.core.storage import writer
 HOUR_US = 3_600_000_000
 DAY_US = 24 * HOUR_US
 SUBSCRIPTIONS_MARK = "subscriptions_after"  # the last subscription transfer rolled up
+ROLLED_MARK = "rolled_through_us"  # the request log and usage events are rolled up to here
+STEP_US = 24 * 3_600_000_000  # the most one transaction rolls up
+LATE_US = 2 * 3_600_000_000  # each refresh rebuilds the hours this far before the mark
 REVENUE_ACCOUNT = "sys_revenue"
 SUBSCRIPTION_PREFIX = "subscription:"
 _LOCK = 0x746F6C6C636F6E73  # the refresh's advisory lock (PostgreSQL)
@@ -57,16 +60,32 @@ def _count_if(cond: Any) -> Any:
 MEASURES = [c.name for c in RH.columns if c.name not in ("hour_us", "customer_id", "model")]
 
 
-async def _from_hour(conn: AsyncConnection) -> int:
-    last = (await conn.execute(select(func.max(RH.c.hour_us)))).scalar()
-    last_v = (
-        await conn.execute(select(func.max(VH.c.hour_us)).where(VH.c.source != "subscriptions"))
-    ).scalar()
-    marks = [m for m in (last, last_v) if m is not None]
-    return min(marks) - HOUR_US if marks else 0
+async def _mark(conn: AsyncConnection, name: str) -> str | None:
+    v = (await conn.execute(select(ST.c.value).where(ST.c.name == name))).scalar()
+    return None if v is None else str(v)
 
 
-async def _requests(conn: AsyncConnection, since: int) -> None:
+async def _set_mark(conn: AsyncConnection, name: str, old: str | None, new: str) -> None:
+    """Move a mark (compare-and-set: the advisory lock makes a lost race impossible; this checks it)."""
+    if old is None:
+        await conn.execute(insert(ST).values(name=name, value=new))
+        return
+    moved = await conn.execute(update(ST).where(ST.c.name == name, ST.c.value == old).values(value=new))
+    if moved.rowcount != 1:
+        raise RuntimeError(f"another process moved the console's {name} mark")
+
+
+async def _first_hour(conn: AsyncConnection) -> int | None:
+    """Where rolling up starts: the oldest row's hour (None: nothing yet)."""
+    firsts = [
+        (await conn.execute(select(func.min(L.c.created_at_us)))).scalar(),
+        (await conn.execute(select(func.min(U.c.created_at_us)).where(U.c.meter.in_(list(METERS))))).scalar(),
+    ]
+    known = [int(f) for f in firsts if f is not None]
+    return min(known) // HOUR_US * HOUR_US if known else None
+
+
+async def _requests(conn: AsyncConnection, since: int, until: int) -> None:
     """Per hour, customer and model, from the request log."""
     cust = func.coalesce(L.c.customer_id, literal(""))
     model = func.coalesce(L.c.model, literal(""))
@@ -86,25 +105,27 @@ async def _requests(conn: AsyncConnection, since: int) -> None:
             _count_if(L.c.status == 429),
             _count_if(L.c.error_code == "budget_exceeded"),
         )
-        .where(L.c.created_at_us >= since)
+        .where(L.c.created_at_us >= since, L.c.created_at_us < until)
         .group_by(hour, cust, model)
     )
-    await conn.execute(delete(RH).where(RH.c.hour_us >= since))
+    await conn.execute(delete(RH).where(RH.c.hour_us >= since, RH.c.hour_us < until))
     await conn.execute(insert(RH).from_select(["hour_us", "customer_id", "model", *MEASURES], agg))
 
 
-async def _coarser(conn: AsyncConnection, since: int) -> None:
+async def _coarser(conn: AsyncConnection, since: int, until: int) -> None:
     """Per hour and model, and per day and customer, from the finest rollup."""
     sums = [func.sum(RH.c[m]) for m in MEASURES]
-    await conn.execute(delete(MH).where(MH.c.hour_us >= since))
-    by_model = select(RH.c.hour_us, RH.c.model, *sums).where(RH.c.hour_us >= since)
+    await conn.execute(delete(MH).where(MH.c.hour_us >= since, MH.c.hour_us < until))
+    by_model = select(RH.c.hour_us, RH.c.model, *sums).where(RH.c.hour_us >= since, RH.c.hour_us < until)
     await conn.execute(
         insert(MH).from_select(["hour_us", "model", *MEASURES], by_model.group_by(RH.c.hour_us, RH.c.model))
     )
-    first_day = since // DAY_US * DAY_US
+    first_day, end_day = since // DAY_US * DAY_US, (until - 1) // DAY_US * DAY_US + DAY_US
     day = (RH.c.hour_us // DAY_US) * DAY_US
-    await conn.execute(delete(CD).where(CD.c.day_us >= first_day))
-    by_customer = select(day, RH.c.customer_id, *sums).where(RH.c.hour_us >= first_day)
+    await conn.execute(delete(CD).where(CD.c.day_us >= first_day, CD.c.day_us < end_day))
+    by_customer = select(day, RH.c.customer_id, *sums).where(
+        RH.c.hour_us >= first_day, RH.c.hour_us < end_day
+    )
     await conn.execute(
         insert(CD).from_select(
             ["day_us", "customer_id", *MEASURES], by_customer.group_by(day, RH.c.customer_id)
@@ -112,20 +133,22 @@ async def _coarser(conn: AsyncConnection, since: int) -> None:
     )
 
 
-async def _usage_revenue(conn: AsyncConnection, since: int) -> None:
+async def _usage_revenue(conn: AsyncConnection, since: int, until: int) -> None:
     hour = _hour(U.c.created_at_us)
     source = case(*((U.c.meter == m, literal(s)) for m, s in METERS.items()))
     agg = (
         select(hour, source, func.count(), func.coalesce(func.sum(U.c.amount), 0))
-        .where(U.c.created_at_us >= since, U.c.meter.in_(list(METERS)))
+        .where(U.c.created_at_us >= since, U.c.created_at_us < until, U.c.meter.in_(list(METERS)))
         .group_by(hour, source)
     )
-    await conn.execute(delete(VH).where(VH.c.hour_us >= since, VH.c.source != "subscriptions"))
+    await conn.execute(
+        delete(VH).where(VH.c.hour_us >= since, VH.c.hour_us < until, VH.c.source != "subscriptions")
+    )
     await conn.execute(insert(VH).from_select(["hour_us", "source", "events", "amount"], agg))
 
 
 async def _subscriptions(conn: AsyncConnection) -> None:
-    mark = (await conn.execute(select(ST.c.value).where(ST.c.name == SUBSCRIPTIONS_MARK))).scalar()
+    mark = await _mark(conn, SUBSCRIPTIONS_MARK)
     q = (
         select(T.c.id, T.c.created_at_us, T.c.amount)
         .where(
@@ -139,14 +162,7 @@ async def _subscriptions(conn: AsyncConnection) -> None:
     rows = (await conn.execute(q)).all()
     if not rows:
         return
-    if mark is None:
-        await conn.execute(insert(ST).values(name=SUBSCRIPTIONS_MARK, value=rows[-1][0]))
-    else:
-        moved = await conn.execute(
-            update(ST).where(ST.c.name == SUBSCRIPTIONS_MARK, ST.c.value == mark).values(value=rows[-1][0])
-        )
-        if moved.rowcount != 1:
-            raise RuntimeError("another process rolled these subscription charges up")
+    await _set_mark(conn, SUBSCRIPTIONS_MARK, mark, rows[-1][0])
     sums: dict[int, list[int]] = {}
     for _, at, amount in rows:
         s = sums.setdefault(at // HOUR_US * HOUR_US, [0, 0])
@@ -163,13 +179,32 @@ async def _subscriptions(conn: AsyncConnection) -> None:
             )
 
 
-async def refresh(engine: AsyncEngine) -> None:
-    """Bring the rollups up to date (any number of times, from any process)."""
+async def _step(engine: AsyncEngine, now_us: int) -> bool:
+    """Roll up one window (at most :data:`STEP_US`) from the mark on, in one
+    transaction; True when caught up with ``now_us``."""
     async with writer(engine).begin() as conn:
         if conn.dialect.name == "postgresql":  # one refresh at a time (SQLite: one writer anyway)
             await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _LOCK})
-        since = await _from_hour(conn)
-        await _requests(conn, since)
-        await _coarser(conn, since)
-        await _usage_revenue(conn, since)
-        await _subscriptions(conn)
+        mark = await _mark(conn, ROLLED_MARK)
+        if mark is None:
+            first = await _first_hour(conn)
+            since = now_us // HOUR_US * HOUR_US if first is None else first
+        else:  # the last hours again: a row is written when its request ends (a long stream: later)
+            since = int(mark) // HOUR_US * HOUR_US - LATE_US
+        until = min(since + STEP_US, now_us // HOUR_US * HOUR_US + HOUR_US)
+        await _requests(conn, since, until)
+        await _coarser(conn, since, until)
+        await _usage_revenue(conn, since, until)
+        await _set_mark(conn, ROLLED_MARK, mark, str(min(until, now_us)))
+        done = until > now_us
+        if done:
+            await _subscriptions(conn)
+    return done
+
+
+async def refresh(engine: AsyncEngine, now_us: int) -> None:
+    """Bring the rollups up to ``now_us`` (any number of times, from any process):
+    a day per transaction, so a first roll-up of a long log never holds the
+    database's writer for long."""
+    while not await _step(engine, now_us):
+        pass

@@ -22,7 +22,7 @@ class Console:
     async def refresh(self) -> None:
         """Bring the overview's rollups up to date (the request log flushed first)."""
         await self.rt.gateway.log.flush()
-        await rollups.refresh(self.rt.engine)
+        await rollups.refresh(self.rt.engine, self.rt.clock.now_us())
 
     async def run(self) -> None:
         """:meth:`refresh` every ``refresh_seconds``, in the server's lifespan; a failure is logged."""
