@@ -468,3 +468,13 @@ async def test_rollups_catch_up_a_day_at_a_time_across_gaps_and_late_rows(rt: Ru
     async with rt.engine.connect() as conn:
         for t in (RH, MH, CD):
             assert (await conn.execute(select(func.sum(t.c.requests)))).scalar() == 5, t.name
+
+
+async def test_sign_in_attempts_are_rate_limited(http: httpx.AsyncClient, seeded: Scenario) -> None:
+    _app(http).state.console.cfg.signin_per_minute = 3
+    for _ in range(3):
+        r = await http.post("/console/login", data={"token": "sk-guess"}, headers={"origin": ORIGIN})
+        assert r.status_code == 401
+    r = await http.post("/console/login", data={"token": ADMIN_TOKEN}, headers={"origin": ORIGIN})
+    err(r, 429, "signin_rate_limited")
+    assert int(r.headers["retry-after"]) >= 1 and "set-cookie" not in r.headers

@@ -17,3 +17,4 @@ class ConsoleConfig(Section):
         10.0, gt=0
     )  # how often the overview's hourly rollups are brought up to date
     live_seconds: float = Field(5.0, gt=0)  # how often open pages poll for new figures
+    signin_per_minute: int = Field(10, ge=1)  # sign-in attempts per client address per minute

@@ -11,7 +11,8 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from tollway.console.guard import COOKIE, SignInRequired, console, form, viewer
 from tollway.console.render import ENV, NO_STORE
 from tollway.console.sessions import CUSTOMER, OPERATOR
-from tollway.core.errors import TollwayError, unauthenticated
+from tollway.core.errors import ErrorType, TollwayError, unauthenticated
+from tollway.core.ratelimit import Tally
 from tollway.core.responses import error_response
 
 router = APIRouter(prefix="/console", include_in_schema=False)
@@ -44,6 +45,7 @@ async def login_page(request: Request) -> Response:
 async def login(request: Request) -> Response:
     c = console(request)
     fields = await form(request, None)
+    await _throttle(request)
     token = fields.get("token", "").strip()
     next_path = fields.get("next", "")
     expected = c.rt.settings.admin.token
@@ -69,6 +71,23 @@ async def login(request: Request) -> Response:
         samesite="lax",
     )
     return out
+
+
+async def _throttle(request: Request) -> None:
+    """At most ``signin_per_minute`` attempts per client address (the gateway's
+    sliding windows: shared through Redis when it is configured)."""
+    c = console(request)
+    who = request.client.host if request.client else "?"
+    tally = Tally(f"console:signin:{who}", c.cfg.signin_per_minute, 1)
+    verdict = await c.rt.gateway.windows.hit([tally], int(c.rt.clock.now_us() // 1_000_000))
+    if not verdict.allowed:
+        raise TollwayError(
+            ErrorType.RATE_LIMIT,
+            "signin_rate_limited",
+            f"too many sign-in attempts: try again in {verdict.retry_after_s} s",
+            status=429,
+            headers={"Retry-After": str(verdict.retry_after_s)},
+        )
 
 
 @router.post("/logout")
