@@ -117,6 +117,7 @@ def _operator(browser: Any, url: str, scn: Scenario, db: Path) -> None:
             f"INSERT INTO request_log ({cols}) VALUES ({', '.join('?' * len(row))})", list(row.values())
         )
     expect(page.locator("[data-total=requests]")).to_have_text(f"{before + 1:,}", timeout=20_000)
+    expect(page.locator("#by-model tr:has-text('m-alpha') td").nth(1)).to_have_text("4")  # the tables too
     # Every page renders; a screenshot of each.
     for name in ("customers", "requests", "gateway", "x402", "wallets", "agents", "deployments", "ledger"):
         page.click(f"header nav a[href='/console/{name}']")

@@ -38,6 +38,22 @@
       if (v !== undefined) el.textContent = el.dataset.money === "1" ? usd(v) : num(v);
     });
   }
+  function table(id, key, rows, link) {
+    var body = document.querySelector("#" + id + " tbody");
+    if (!body || !rows.length) return;
+    body.replaceChildren.apply(body, rows.map(function (r) {
+      var tr = document.createElement("tr");
+      [r[key], num(r.requests), num(r.tokens), usd(r.cost), num(r.errors)].forEach(function (v, i) {
+        var td = document.createElement("td");
+        if (i === 0 && link) {
+          var a = document.createElement("a");
+          a.href = link + encodeURIComponent(v); a.textContent = v; td.appendChild(a);
+        } else { td.textContent = v; }
+        tr.appendChild(td);
+      });
+      return tr;
+    }));
+  }
   function init(root) {
     var src = document.getElementById("console-data");
     if (!src || !window.uPlot) return;
@@ -55,6 +71,8 @@
           if (!d) return;
           charts.forEach(function (c) { c.u.setData(rows(c.names, d)); });
           totals(d);
+          table("by-model", "model", d.by_model, null);
+          table("by-customer", "customer_id", d.by_customer, "/console/customers/");
           document.body.dataset.updated = String(Date.now());
         })
         .catch(function () {});
