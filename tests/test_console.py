@@ -334,6 +334,7 @@ async def test_bad_input_is_a_clear_4xx(http: httpx.AsyncClient, seeded: Scenari
     err(await http.get("/console/overview?range=1y"), 400, "invalid_parameter", "range")
     err(await http.get("/console/requests?status=abc"), 400, "invalid_parameter", "status")
     err(await http.get("/console/requests/req_nope"), 404, "page_not_found")
+    err(await http.get("/console/customers/cus_nope"), 404, "page_not_found")
     err(await http.get("/console/ledger?transfer_id=' OR 1=1"), 400, "invalid_parameter", "transfer_id")
     r = await http.get("/console/ledger?prefix=%25")  # a LIKE wildcard is taken literally
     assert r.status_code == 200 and "No accounts match" in r.text
