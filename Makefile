@@ -20,6 +20,9 @@ $(STAMP): pyproject.toml
 	@# Deployed apps run in bubblewrap (docs/provisioning.md#the-sandbox); CI runs as root.
 	@command -v bwrap >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -q bubblewrap; } \
 		|| echo "warning: bubblewrap (bwrap) is missing: deploys will be refused (apt-get install bubblewrap)"
+	@# The console's browser tests drive Debian's chromium through Playwright (docs/console.md).
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -q chromium; } \
+		|| echo "warning: chromium is missing: the console's browser tests will be skipped (apt-get install chromium)"
 	@touch $(STAMP)
 
 venv: $(STAMP)

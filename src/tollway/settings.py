@@ -16,6 +16,7 @@ from pydantic import Field, field_validator, model_validator
 
 from tollway.agents.config import AgentsConfig
 from tollway.billing.config import BillingConfig
+from tollway.console.config import ConsoleConfig
 from tollway.core.config import CoreSettings, load_config
 from tollway.gateway.config import GatewayConfig
 from tollway.inference.config import InferenceConfig, ModelConfig, check_registry, default_models
@@ -38,6 +39,7 @@ class Settings(CoreSettings):
     schedules: SchedulesConfig = SchedulesConfig()
     agents: AgentsConfig = AgentsConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
+    console: ConsoleConfig = ConsoleConfig()
     models: list[ModelConfig] = Field(default_factory=default_models)
 
     @field_validator("models")

@@ -43,6 +43,7 @@ from tollway.api import stripe as stripe_api
 from tollway.api.fastpath import TollwayApp
 from tollway.api.quote import quote as ai_quote
 from tollway.api.requestlog import LogEveryRequest
+from tollway.console.app import mount as mount_console
 from tollway.inference.responses_format import ResponsesRequest
 from tollway.inference.schemas import ChatRequest, EmbeddingsRequest
 from tollway.observe import metrics, tracing
@@ -137,6 +138,8 @@ def create_app(settings: Settings | None = None, *, rt: Runtime | None = None) -
         background = (
             [asyncio.create_task(_demo_ingest(rt, app.state.startup))] if rt.settings.agents.demo else []
         )
+        if console is not None:  # the console's rollups (tollway.console.rollups)
+            background.append(asyncio.create_task(console.run()))
         if rt.stripe is not None:  # usage to Stripe's meter (stopped by rt.close)
             rt.stripe.pusher().start()
         # What start-up made (modules, config, models' Python objects) lives as
@@ -168,6 +171,8 @@ def create_app(settings: Settings | None = None, *, rt: Runtime | None = None) -
         version=__version__,
         summary="Serve AI, sell it, and let agents spend safely.",
         lifespan=lifespan,
+        docs_url=None,  # /docs and /redoc: tollway.console.docs, assets served locally
+        redoc_url=None,
     )
     app.state.runtime = rt
     app.state.startup = {}  # what start-up still does in the background, by name: /healthz shows it
@@ -204,6 +209,7 @@ def create_app(settings: Settings | None = None, *, rt: Runtime | None = None) -
     )
     app.include_router(agents.escalations, responses=errors.error_responses(400, 401, 404, 409))
     app.include_router(agents_admin.router, responses=errors.error_responses(400, 401, 404))
+    console = mount_console(app, rt)  # /console, /docs, /redoc
     if rt.settings.agents.demo:
         app.include_router(demo.router, responses=errors.error_responses(404))
     app.add_middleware(LogEveryRequest, log=rt.gateway.log)

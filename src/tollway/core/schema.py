@@ -644,3 +644,76 @@ responses = Table(
     Column("items", Text, nullable=False),  # the conversation so far: input then output items (JSON)
     Index("ix_responses_expires", "expires_at_us"),
 )
+
+# The console (tollway.console): sign-in sessions, by the hash of the cookie's random id.
+console_sessions = Table(
+    "console_sessions",
+    metadata,
+    Column("id_hash", String(64), primary_key=True),  # sha256 of the cookie's session id
+    Column("role", String(16), nullable=False),  # operator | customer
+    Column("customer_id", String(64), nullable=True),  # a customer's session
+    Column("key_id", String(64), nullable=True),  # the API key it signed in with (revoked: ended)
+    Column("csrf", String(64), nullable=False),  # the session's CSRF token
+    Column("created_at_us", BigInteger, nullable=False),
+    Column("expires_at_us", BigInteger, nullable=False),
+    Index("ix_console_sessions_expires", "expires_at_us"),
+)
+
+
+# The console's hourly and daily rollups (tollway.console.rollups): the overview
+# reads these, never the request log. Each has the same measures.
+def _console_measures() -> list[Column[int]]:
+    return [
+        Column("requests", BigInteger, nullable=False),
+        Column("errors", BigInteger, nullable=False),  # status >= 400
+        Column("input_tokens", BigInteger, nullable=False),
+        Column("output_tokens", BigInteger, nullable=False),
+        Column("cost", BigInteger, nullable=False),
+        Column("cache_hits", BigInteger, nullable=False),
+        Column("latency_ms", BigInteger, nullable=False),  # the sum; / requests is the mean
+        Column("rate_limited", BigInteger, nullable=False),  # 429s
+        Column("budget_refused", BigInteger, nullable=False),  # budget_exceeded refusals
+    ]
+
+
+console_requests_hourly = Table(  # per hour, customer and model: a customer's own views
+    "console_requests_hourly",
+    metadata,
+    Column("hour_us", BigInteger, primary_key=True),  # the hour's start, µs
+    Column("customer_id", String(64), primary_key=True),  # '' for none
+    Column("model", String(100), primary_key=True),  # '' for none
+    *_console_measures(),
+    Index("ix_console_requests_hourly_customer", "customer_id", "hour_us"),
+)
+
+console_models_hourly = Table(  # per hour and model: the overview's series, the gateway page
+    "console_models_hourly",
+    metadata,
+    Column("hour_us", BigInteger, primary_key=True),
+    Column("model", String(100), primary_key=True),
+    *_console_measures(),
+)
+
+console_customers_daily = Table(  # per UTC day and customer: the overview's by-customer, Customers
+    "console_customers_daily",
+    metadata,
+    Column("day_us", BigInteger, primary_key=True),
+    Column("customer_id", String(64), primary_key=True),
+    *_console_measures(),
+)
+
+console_revenue_hourly = Table(
+    "console_revenue_hourly",
+    metadata,
+    Column("hour_us", BigInteger, primary_key=True),
+    Column("source", String(16), primary_key=True),  # subscriptions | metered | x402
+    Column("events", BigInteger, nullable=False),
+    Column("amount", BigInteger, nullable=False),
+)
+
+console_state = Table(
+    "console_state",
+    metadata,
+    Column("name", String(64), primary_key=True),  # e.g. the last subscription transfer rolled up
+    Column("value", String(200), nullable=False),
+)

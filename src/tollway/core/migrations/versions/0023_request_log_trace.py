@@ -1,7 +1,7 @@
 """The request log records each request's trace id (OpenTelemetry, W3C traceparent).
 
 Revision ID: 0023
-Revises: 0018
+Revises: 0022
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0023"
-down_revision = "0018"
+down_revision = "0022"
 branch_labels = None
 depends_on = None
 
