@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from tollway.core.errors import invalid
+from tollway.core.errors import TollwayError, invalid
 from tollway.core.ids import new_id
 from tollway.provision.claims import Claims, Outcome
 from tollway.wallets.authorize import Authorizer, Decision
@@ -79,6 +79,54 @@ class Purchases:
                 raise Outcome("pending", p.to_dict(), p) from None
 
         return await self.claims.run(wallet_id, key, {**request, "category": category}, once)
+
+    async def recurring(
+        self,
+        wallet_id: str,
+        *,
+        amount: int,
+        category: str,
+        key: str,
+        memo: str,
+        work: Callable[[Decision], Awaitable[None]],
+    ) -> Decision:
+        """A recurring charge the platform makes for the wallet (hosting, renewals):
+        the same hold, ``work``, capture (void if ``work`` raises), under the wallet
+        authorization's idempotency ``key`` (one decision per key, across
+        processes). A refusal raises the decision's 402 (its reason code)."""
+        d = await self.authorizer.recurring(
+            wallet_id,
+            amount=amount,
+            payee=self.payee,
+            category=category,
+            idempotency_key=key,
+            memo=memo[:500],
+        )
+        if d.status == "declined":
+            raise d.refusal()
+        if d.status == "captured":
+            return d
+        if d.status != "approved":
+            raise d.not_open()
+        try:
+            await work(d)
+        except BaseException:
+            try:
+                await self.authorizer.void(d.id, actor="billing")
+            except TollwayError as e:  # resolved by a concurrent call with the key
+                if e.code != "authorization_not_open":
+                    raise
+            raise
+        try:
+            d = await self.authorizer.capture(d.id, actor="billing")
+        except TollwayError as e:
+            if e.code != "authorization_not_open":
+                raise
+            d = await self.authorizer.get(d.id)  # a concurrent call with the key captured it
+            if d.status != "captured":
+                raise
+        await self.authorizer.ledger.riders_committed()
+        return d
 
     async def _buy(
         self,
