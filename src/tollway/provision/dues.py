@@ -91,7 +91,8 @@ class Dues:
         now = self.clock.now_us()
         row = {
             "kind": kind, "subject_id": subject_id, "wallet_id": wallet_id, "name": name, "amount": amount,
-            "reason": reason, "failed_at_us": now, "grace_until_us": now + int(self.cfg.grace_hours * _HOUR_US),
+            "reason": reason, "failed_at_us": now,
+            "grace_until_us": now + int(self.cfg.grace_hours * _HOUR_US),
             "suspended_at_us": None, "reclaim_at_us": None, "updated_at_us": now,
         }  # fmt: skip
         try:
@@ -180,9 +181,10 @@ class Dues:
 
     async def _tell(self, due: Due, event: str) -> None:
         """The owner's alert (the wallet's webhook) and the wallet's audit row."""
-        detail: dict[str, Any] = {"kind": due.kind, "id": due.subject_id, "name": due.name, "amount": due.amount,
-                  "reason": due.reason, "grace_until_us": due.grace_until_us,
-                  "reclaim_at_us": due.reclaim_at_us}  # fmt: skip
+        detail: dict[str, Any] = {
+            "kind": due.kind, "id": due.subject_id, "name": due.name, "amount": due.amount,
+            "reason": due.reason, "grace_until_us": due.grace_until_us, "reclaim_at_us": due.reclaim_at_us,
+        }  # fmt: skip
         log.warning("provision %s: %s %s (%s)", event, due.kind, due.name, due.reason)
         await self.audit.write(
             [self.audit.row(due.wallet_id, f"provision_{event}", actor="billing", **detail)]

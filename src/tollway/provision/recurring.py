@@ -151,7 +151,7 @@ class Recurring:
                         pending_amount=due,
                         pending_at_us=now,
                         updated_at_us=now,
-                    )  # fmt: skip
+                    )
                 )
             if claimed.rowcount == 1:  # else another process bills this interval
                 await self._settle(r, key, due, report)
