@@ -5,6 +5,7 @@ what cannot be paid goes through grace, suspension and reclamation."""
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from hypothesis import strategies as st
 from sqlalchemy import select
 
 from recurring_support import DAY_US, HOUR, World, world
+from threaded import free_port
 from tollway.core.schema import provision_deployments as P
 from tollway.core.schema import provision_domains as D
 from tollway.provision.config import ProvisionConfig
@@ -246,3 +248,22 @@ async def test_an_unpaid_renewal_holds_the_domain(db_url: str, tmp_path: Path) -
         rec = (await w.rt.provision.tick())["reclaim"]
         assert [r["name"] for r in rec["reclaimed"]] == ["held.test"] and rec["saved"] == 1_000_000
         assert await w.rt.provision.domains.all() == []
+
+
+async def test_the_edge_answers_402_deployment_suspended(db_url: str, tmp_path: Path) -> None:
+    async with world(db_url, tmp_path, **PRICE) as w:
+        await _failing(w)
+        w.clock.advance(72 * HOUR)
+        await w.rt.provision.tick()
+        await w.rt.provision.start(edge_port=free_port())
+        port = w.rt.provision.edge_port
+        assert port
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /buy HTTP/1.1\r\nHost: shop.tollway.localhost\r\n\r\n")
+        await writer.drain()
+        raw = await reader.read()
+        writer.close()
+        head, body = raw.split(b"\r\n\r\n", 1)
+        assert head.startswith(b"HTTP/1.1 402 ")
+        err = json.loads(body)["error"]
+        assert (err["type"], err["code"]) == ("payment_error", "deployment_suspended")
