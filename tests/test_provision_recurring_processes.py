@@ -33,7 +33,8 @@ cfg = json.loads(sys.argv[1])
 
 
 async def main():
-    rt = Runtime.build(Settings.model_validate({"database": {"url": cfg["url"]}, "provision": cfg["provision"]}))
+    s = Settings.model_validate({"database": {"url": cfg["url"]}, "provision": cfg["provision"]})
+    rt = Runtime.build(s)
     try:
         await rt.wallets.get(cfg["wallet"])  # connected and warm
         print("ready", flush=True)
