@@ -8,11 +8,13 @@ import asyncio
 import json
 from pathlib import Path
 
+import httpx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
 
+from provision_support import hello, provisioned
 from recurring_support import DAY_US, HOUR, World, world
 from threaded import free_port
 from tollway.core.schema import provision_deployments as P
@@ -267,3 +269,23 @@ async def test_the_edge_answers_402_deployment_suspended(db_url: str, tmp_path: 
         assert head.startswith(b"HTTP/1.1 402 ")
         err = json.loads(body)["error"]
         assert (err["type"], err["code"]) == ("payment_error", "deployment_suspended")
+
+
+@pytest.mark.slow
+async def test_a_live_worker_is_metered_and_charged(db_url: str, tmp_path: Path) -> None:
+    prices = {"hosting_price_per_worker_second": 1000, "hosting_price_per_request": "0.5"}
+    async with provisioned(db_url, tmp_path, **prices) as a:
+        r = await a.post("/deployments", {"name": "metered", "entrypoint": "app:app", "bundle": hello("m")})
+        assert r.status_code == 201, r.text
+        dep = r.json()["id"]
+        edge = f"http://127.0.0.1:{a.rt.provision.edge_port}"
+        for i in range(3):  # a connection each: the edge meters what it routes
+            async with httpx.AsyncClient(base_url=edge, headers={"host": "metered.tollway.localhost"}) as e:
+                assert (await e.get(f"/{i}")).text == f"hello m /{i}"
+        before = await a.available()
+        report = await a.rt.provision.tick()
+        use = await a.rt.provision.recurring.usage(dep)
+        assert use["requests"] == 3 and use["worker_us"] > 0
+        assert [c["amount"] for c in report["charged"]] == [use["billed"]]
+        assert use["billed"] == owed(use["worker_us"], 3, 1_000_000, 500) > 0
+        assert before - await a.available() == use["billed"]

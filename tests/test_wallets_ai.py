@@ -126,6 +126,8 @@ async def test_the_wallet_policy_decides_category_and_payee(uenv: Env) -> None:
     err(await _chat(uenv, secret), 403, "payee_blocked")
     _, _, secret = await _wallet(uenv, limits={"categories": ["hosting"]})
     err(await _chat(uenv, secret), 403, "category_blocked")
+    _, _, secret = await _wallet(uenv, limits={"single_use": True})
+    err(await _chat(uenv, secret), 403, "single_use_token")
 
 
 async def test_an_agent_token_is_no_admin_and_no_other_scope(uenv: Env) -> None:
@@ -135,3 +137,23 @@ async def test_an_agent_token_is_no_admin_and_no_other_scope(uenv: Env) -> None:
     r = await uenv.http.get("/admin/customers", headers={"authorization": f"Bearer {secret}"})
     assert r.status_code == 401
     assert (await uenv.http.get("/v1/models", headers=ADMIN)).status_code == 401
+
+
+async def test_a_wallet_without_a_customer_pays_too(uenv: Env) -> None:
+    w = await uenv.rt.wallets.create(owner="ops")
+    await uenv.rt.wallets.topup(w.id, 500_000)
+    _, secret = await uenv.rt.wallets.grant(w.id)
+    r = await _chat(uenv, secret)
+    assert r.status_code == 200, r.text
+    await uenv.rt.ledger.riders_committed()
+    assert 500_000 - await _available(uenv, w) == int(r.headers["x-tollway-charged"]) > 0
+    r = await uenv.http.post(
+        "/v1/responses",
+        json={"model": "up", "input": "Say hello.", "max_output_tokens": 3, "store": True},
+        headers={"authorization": f"Bearer {secret}"},
+    )
+    assert r.status_code == 200, r.text  # answered, not kept: no customer to keep it for
+    got = await uenv.http.get(
+        f"/v1/responses/{r.json()['id']}", headers={"authorization": f"Bearer {secret}"}
+    )
+    err(got, 404, "response_not_found")

@@ -41,5 +41,7 @@ async def test_an_agent_turn_with_an_agent_token_is_paid_by_its_wallet(
     assert {(m["category"], m["wallet_id"], m["token_id"]) for m in metas} == {
         ("ai_inference", w.id, token.id)
     }
+    r = await http.post(f"{BASE}/s1/schedules", json={"content": "later", "delay_seconds": 60}, headers=auth)
+    err(r, 403, "agent_token_not_allowed")  # a later turn would run without the token's limits
     await art.wallets.freeze(token.id, "test")
     err(await http.post(f"{BASE}/s1/messages", json={"content": "again"}, headers=auth), 401, "token_frozen")

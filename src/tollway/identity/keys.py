@@ -110,6 +110,12 @@ class ApiKey:
     payer: Payer | None = None
     tags: tuple[tuple[str, str], ...] = ()
 
+    @property
+    def keeps(self) -> bool:
+        """A customer to keep things for (stored responses): not an x402 payment,
+        nor an agent token of a wallet that no customer owns."""
+        return not self.prepaid and (self.payer is None or self.payer.customer_id is not None)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "id": self.id,

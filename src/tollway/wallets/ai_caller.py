@@ -44,6 +44,8 @@ async def agent_key(authorizer: Authorizer, presented: str) -> ApiKey:
     if dead is not None:
         code = "token_frozen" if dead[0] == "velocity_limit" else dead[0]
         raise unauthenticated(code, dead[1])
+    if token.limits.single_use:  # made for one payment: not a standing line of credit for calls
+        raise forbidden("single_use_token", "a single-use agent token cannot pay for AI requests")
     probe = Decision(
         "", wallet.id, token.id, "", "", 1, "usd", PAYEE, CATEGORY, "declined", None, [], 0, 0, "", now, now
     )
