@@ -5,9 +5,6 @@ domain renewed once for its term (run on PostgreSQL too)."""
 from __future__ import annotations
 
 import asyncio
-import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +12,7 @@ import pytest
 from sqlalchemy import select
 
 from conftest import settings_for
+from processes import run_together
 from tollway.core.schema import provision_domains as D
 from tollway.core.schema import wallet_authorizations as A
 from tollway.runtime import Runtime
@@ -95,36 +93,8 @@ async def _final(url: str, wallet_id: str, dom: str) -> tuple[list[Any], int, in
 
 def test_processes_ticking_together_bill_once(db_url: str, tmp_path: Path) -> None:
     wallet_id, dom, expires = asyncio.run(_setup(db_url, tmp_path))
-    procs: list[subprocess.Popen[str]] = []
-    try:
-        for i in range(PROCESSES):
-            cfg = {"url": db_url, "provision": _provision(tmp_path), "wallet": wallet_id, "ticks": TICKS}
-            procs.append(
-                subprocess.Popen(
-                    [sys.executable, "-c", WORKER, json.dumps(cfg)],
-                    stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE,
-                    stderr=(tmp_path / f"w{i}.log").open("w"),
-                    text=True,
-                )
-            )
-        for i, p in enumerate(procs):
-            assert p.stdout is not None
-            assert p.stdout.readline().strip() == "ready", (tmp_path / f"w{i}.log").read_text()
-        for p in procs:
-            assert p.stdin is not None
-            p.stdin.write("go\n")
-            p.stdin.flush()
-        outs = []
-        for i, p in enumerate(procs):
-            out, _ = p.communicate(timeout=240)
-            assert p.returncode == 0, (tmp_path / f"w{i}.log").read_text()
-            outs.append(json.loads(out.strip().splitlines()[-1]))
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+    cfg = {"url": db_url, "provision": _provision(tmp_path), "wallet": wallet_id, "ticks": TICKS}
+    outs = run_together(WORKER, [cfg] * PROCESSES, tmp_path)
     assert sum(o["charged"] for o in outs) == 2_500
     assert sum(o["renewed"] for o in outs) >= 1  # a process that found it captured reports it too
     auths, new_expiry, available = asyncio.run(_final(db_url, wallet_id, dom))
