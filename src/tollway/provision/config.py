@@ -86,7 +86,7 @@ class ProvisionConfig(Section):
     reserved_labels: list[str] = Field(default_factory=list)  # never sold by the local registry
     trademarks: list[str] = Field(default_factory=list)  # the operator's marks, beside the starter list
     cloudflare: CloudflareConfig = CloudflareConfig()
-    # Recurring costs (docs/provision.md#recurring-costs): hosting is metered and charged to the
+    # Recurring costs (docs/provisioning.md#recurring-costs): hosting is metered and charged to the
     # owning wallet by the billing tick, in micro-USD (fractions to 1/1000 micro-USD accepted).
     hosting_price_per_worker_second: Decimal = Decimal(0)  # per second a deployment's worker is live
     hosting_price_per_request: Decimal = Decimal(0)  # per request (connection) the edge routes
