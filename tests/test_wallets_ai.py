@@ -77,8 +77,12 @@ async def test_other_ai_shapes_take_the_agent_token_too(uenv: Env) -> None:
         headers={"authorization": f"Bearer {secret}"},
     )
     assert r2.status_code == 200, r2.text
+    r3 = await uenv.http.post(
+        "/ai/run/up", json={"prompt": "Say hi.", "max_tokens": 3}, headers={"authorization": f"Bearer {secret}"}
+    )
+    assert r3.status_code == 200, r3.text
     await uenv.rt.ledger.riders_committed()
-    spent = int(r.headers["x-tollway-charged"]) + int(r2.headers["x-tollway-charged"])
+    spent = sum(int(x.headers["x-tollway-charged"]) for x in (r, r2, r3))
     assert before - await _available(uenv, w) == spent > 0
 
 
