@@ -78,7 +78,9 @@ async def test_other_ai_shapes_take_the_agent_token_too(uenv: Env) -> None:
     )
     assert r2.status_code == 200, r2.text
     r3 = await uenv.http.post(
-        "/ai/run/up", json={"prompt": "Say hi.", "max_tokens": 3}, headers={"authorization": f"Bearer {secret}"}
+        "/ai/run/up",
+        json={"prompt": "Say hi.", "max_tokens": 3},
+        headers={"authorization": f"Bearer {secret}"},
     )
     assert r3.status_code == 200, r3.text
     await uenv.rt.ledger.riders_committed()
