@@ -12,13 +12,15 @@ import httpx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from provision_support import hello, provisioned
 from recurring_support import DAY_US, HOUR, World, world
 from threaded import free_port
+from tollway.core.schema import provision_billing as B
 from tollway.core.schema import provision_deployments as P
 from tollway.core.schema import provision_domains as D
+from tollway.core.storage import writer
 from tollway.provision.config import ProvisionConfig
 from tollway.provision.domains import YEAR_US
 from tollway.provision.metering import owed
@@ -289,3 +291,52 @@ async def test_a_live_worker_is_metered_and_charged(db_url: str, tmp_path: Path)
         assert [c["amount"] for c in report["charged"]] == [use["billed"]]
         assert use["billed"] == owed(use["worker_us"], 3, 1_000_000, 500) > 0
         assert before - await a.available() == use["billed"]
+
+
+async def _claim_and_die(w: World, dep: str, amount: int) -> str:
+    """What a process that died right after claiming a charge leaves behind."""
+    interval = w.rt.provision.recurring.interval()
+    key = f"hosting:{dep}:{interval}"
+    async with writer(w.rt.engine).begin() as conn:
+        await conn.execute(
+            update(B)
+            .where(B.c.deployment_id == dep)
+            .values(billed=B.c.billed + amount, last_interval=interval, pending_key=key,
+                    pending_amount=amount, pending_at_us=w.clock.now_us())
+        )  # fmt: skip
+    return key
+
+
+async def test_a_charge_left_pending_by_a_dead_process_is_resumed(db_url: str, tmp_path: Path) -> None:
+    async with world(db_url, tmp_path, **PRICE) as w:
+        await w.wallet(1_000_000)
+        dep = await w.deployment("shop")
+        await w.rt.provision.recurring.record({dep: (10_000_000, 0)})
+        w.next_interval()
+        await _claim_and_die(w, dep, 70)
+        assert (await w.rt.provision.tick())["charged"] == []  # its lease runs still
+        w.clock.advance(601)
+        assert [c["amount"] for c in (await w.rt.provision.tick())["charged"]] == [70]
+        assert [a.captured for a in await w.authorizations("hosting")] == [70]
+        assert (await w.rt.provision.recurring.usage(dep))["billed"] == 70
+        assert await w.available() == 1_000_000 - 70
+
+
+async def test_a_resumed_charge_whose_hold_expired_is_owed_again(db_url: str, tmp_path: Path) -> None:
+    async with world(db_url, tmp_path, **PRICE) as w:
+        await w.wallet(1_000_000)
+        dep = await w.deployment("shop")
+        await w.rt.provision.recurring.record({dep: (10_000_000, 0)})
+        w.next_interval()
+        key = await _claim_and_die(w, dep, 70)
+        d = await w.rt.authorizer.recurring(
+            w.wallet_id, amount=70, payee="local", category="hosting", idempotency_key=key,
+            memo=f"hosting deployment {dep} (shop): metered use",
+        )  # fmt: skip
+        assert d.status == "approved"  # held, then the process died before the capture
+        w.clock.advance(w.rt.settings.wallets.hold_seconds + 1)
+        assert (await w.rt.provision.tick())["charged"] == []
+        assert (await w.rt.provision.recurring.usage(dep))["billed"] == 0  # owed again
+        w.next_interval()
+        assert [c["amount"] for c in (await w.rt.provision.tick())["charged"]] == [70]
+        assert await w.available() == 1_000_000 - 70

@@ -32,6 +32,7 @@ from tollway.core.errors import TollwayError
 from tollway.core.schema import provision_billing as B
 from tollway.core.schema import provision_deployments as P
 from tollway.core.schema import provision_domains as D
+from tollway.core.schema import wallet_authorizations as A
 from tollway.core.storage import writer
 from tollway.provision.config import ProvisionConfig
 from tollway.provision.domains import YEAR_US
@@ -39,7 +40,7 @@ from tollway.provision.dues import Dues
 from tollway.provision.metering import owed
 from tollway.provision.providers.base import Provider
 from tollway.provision.purchase import Purchases
-from tollway.wallets.authorize import Decision
+from tollway.wallets.authorize import RECURRING, Decision
 
 log = logging.getLogger("tollway.provision")
 _DAY_US = 86_400_000_000
@@ -166,31 +167,51 @@ class Recurring:
                 r.wallet_id, amount=amount, category="hosting", key=key, memo=memo, work=nothing
             )
         except TollwayError as e:
-            if e.code == "authorization_not_open":  # resumed by another process too: its outcome
-                return
-            if e.status != 402:
-                raise  # left pending: resumed by a later tick
-            async with writer(self.engine).begin() as conn:  # still owed: the next tick tries again
-                await conn.execute(
-                    update(B)
-                    .where(B.c.deployment_id == r.deployment_id, B.c.pending_key == key)
-                    .values(
-                        billed=B.c.billed - amount, pending_key=None, pending_amount=0, pending_at_us=None
-                    )
+            if e.status == 402:  # refused: still owed, the next interval tries again
+                await self._release(r.deployment_id, key, amount)
+                due = await self.dues.failed(
+                    "deployment", r.deployment_id, r.wallet_id, r.name, amount, e.code
                 )
-            due = await self.dues.failed("deployment", r.deployment_id, r.wallet_id, r.name, amount, e.code)
-            report["failed"].append({**due.to_dict(), "key": key})
+                report["failed"].append({**due.to_dict(), "key": key})
+                return
+            if e.code not in ("authorization_not_open", "authorization_expired"):
+                raise  # left pending: resumed by a later tick
+            # A resumed charge that another process is resolving, or whose hold ended untaken.
+            status = await self._status(key)
+            if status in ("voided", "expired", "declined"):
+                await self._release(r.deployment_id, key, amount)
+            elif status == "captured":
+                await self._clear(r.deployment_id, key)
             return
-        async with writer(self.engine).begin() as conn:
-            await conn.execute(
-                update(B)
-                .where(B.c.deployment_id == r.deployment_id, B.c.pending_key == key)
-                .values(pending_key=None, pending_amount=0, pending_at_us=None)
-            )
+        await self._clear(r.deployment_id, key)
         report["charged"].append({"deployment_id": r.deployment_id, "name": r.name, "amount": amount,
                                   "authorization_id": d.id, "key": key})  # fmt: skip
         if await self.dues.paid("deployment", r.deployment_id) is not None:
             self.lifted()
+
+    async def _release(self, deployment_id: str, key: str, amount: int) -> None:
+        """The charge under ``key`` took nothing: it is owed again."""
+        async with writer(self.engine).begin() as conn:
+            await conn.execute(
+                update(B)
+                .where(B.c.deployment_id == deployment_id, B.c.pending_key == key)
+                .values(billed=B.c.billed - amount, pending_key=None, pending_amount=0, pending_at_us=None)
+            )
+
+    async def _clear(self, deployment_id: str, key: str) -> None:
+        async with writer(self.engine).begin() as conn:
+            await conn.execute(
+                update(B)
+                .where(B.c.deployment_id == deployment_id, B.c.pending_key == key)
+                .values(pending_key=None, pending_amount=0, pending_at_us=None)
+            )
+
+    async def _status(self, key: str) -> str | None:
+        """The status of the wallet authorization made under ``key``."""
+        await self.purchases.authorizer.ledger.riders_committed()  # its record rides with the ledger
+        async with self.engine.connect() as conn:
+            q = select(A.c.status).where(A.c.idempotency_key == f"{RECURRING}:{key}")
+            return (await conn.execute(q)).scalar()
 
     async def _renewals(self, interval: int, report: dict[str, Any]) -> None:
         horizon = self.clock.now_us() + int(self.cfg.renew_days_before * _DAY_US)
