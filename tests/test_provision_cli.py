@@ -65,3 +65,13 @@ def test_check_override_list_and_reap(cfg: str) -> None:
     assert rep["object"] == "reap_report" and rep["saved"] == 0
     human = runner.invoke(app, ["--config", cfg, "provision", "reap"])
     assert human.exit_code == 0 and "would save" in human.output
+
+
+def test_tick_and_dues(cfg: str) -> None:
+    rep = run(cfg, "provision", "tick")
+    assert (rep["charged"], rep["renewed"], rep["failed"], rep["suspended"]) == ([], [], [], [])
+    assert rep["reclaim"]["saved"] == 0
+    assert run(cfg, "provision", "dues")["data"] == []
+    human = runner.invoke(app, ["--config", cfg, "provision", "tick"])
+    assert human.exit_code == 0 and "recurring charges" in human.output
+    assert runner.invoke(app, ["--config", cfg, "provision", "dues"]).exit_code == 0

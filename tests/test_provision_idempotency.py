@@ -8,9 +8,6 @@ so do two processes."""
 from __future__ import annotations
 
 import asyncio
-import json
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +16,7 @@ import httpx
 import pytest
 
 from conftest import err
+from processes import run_together
 from provision_support import CRASHING, Agent, hello, provisioned
 
 pytestmark = pytest.mark.slow
@@ -181,35 +179,7 @@ def test_two_processes_buy_once_per_key(db_url: str, tmp_path: Path) -> None:
     wallet, token, before = asyncio.run(setup())
     body = {k: v for k, v in TXT.items() if k != "idempotency_key"}
     cfg = {"url": db_url, "dir": str(tmp_path / "prov"), "token": token, "zone": ZONE, "body": body, "n": 3}
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", WORKER, json.dumps(cfg)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=(tmp_path / f"w{i}.log").open("w"),
-            text=True,
-        )
-        for i in range(2)
-    ]
-    got: list[dict[str, Any]] = []
-    try:
-        for i, p in enumerate(procs):
-            assert p.stdout is not None and p.stdout.readline().strip() == "ready", (
-                tmp_path / f"w{i}.log"
-            ).read_text()
-        for p in procs:
-            assert p.stdin is not None
-            p.stdin.write("go\n")
-            p.stdin.flush()
-        for i, p in enumerate(procs):
-            out, _ = p.communicate(timeout=120)
-            assert p.returncode == 0, (tmp_path / f"w{i}.log").read_text()
-            got += json.loads(out.strip().splitlines()[-1])
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+    got: list[dict[str, Any]] = [g for out in run_together(WORKER, [cfg, cfg], tmp_path, 120) for g in out]
     assert len(got) == 6 and all(g == got[0] for g in got), got
     assert got[0]["charged"] == 1000 and got[0]["content"] == "token=abc"
 

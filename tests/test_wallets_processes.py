@@ -5,15 +5,13 @@ engine) on one database, then captured: at most $10.00 is captured in all."""
 from __future__ import annotations
 
 import asyncio
-import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from conftest import settings_for
+from processes import run_together
 from tollway.runtime import Runtime
 
 pytestmark = pytest.mark.slow
@@ -81,43 +79,11 @@ async def _final(url: str, wallet_id: str) -> tuple[int, int, int]:
 
 def test_four_processes_cannot_overspend_a_daily_limit(db_url: str, tmp_path: Path) -> None:
     wallet_id, token = asyncio.run(_setup(db_url))
-    procs: list[subprocess.Popen[str]] = []
-    try:
-        for i in range(WORKERS):
-            cfg: dict[str, Any] = {
-                "url": db_url,
-                "token": token,
-                "amount": AMOUNT,
-                "n": PER_WORKER,
-                "worker": i,
-            }
-            procs.append(
-                subprocess.Popen(
-                    [sys.executable, "-c", WORKER, json.dumps(cfg)],
-                    stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE,
-                    stderr=(tmp_path / f"w{i}.log").open("w"),
-                    text=True,
-                )
-            )
-        for i, p in enumerate(procs):
-            assert p.stdout is not None
-            line = p.stdout.readline()
-            assert line.strip() == "ready", (tmp_path / f"w{i}.log").read_text()
-        for p in procs:
-            assert p.stdin is not None
-            p.stdin.write("go\n")
-            p.stdin.flush()
-        captured: list[int] = []
-        for i, p in enumerate(procs):
-            out, _ = p.communicate(timeout=240)
-            assert p.returncode == 0, (tmp_path / f"w{i}.log").read_text()
-            captured += json.loads(out.strip().splitlines()[-1])["captured"]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+    cfgs: list[dict[str, Any]] = [
+        {"url": db_url, "token": token, "amount": AMOUNT, "n": PER_WORKER, "worker": i}
+        for i in range(WORKERS)
+    ]
+    captured: list[int] = [c for out in run_together(WORKER, cfgs, tmp_path) for c in out["captured"]]
     assert sum(captured) <= 10_000_000
     assert len(captured) == 27  # no lost capacity either: every authorization that fit was approved
     posted, pending, total = asyncio.run(_final(db_url, wallet_id))

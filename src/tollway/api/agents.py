@@ -21,7 +21,7 @@ from tollway.api.auth import require_admin, require_key, require_scope, runtime
 from tollway.api.jsonroute import JsonRoute
 from tollway.billing.plans import AI_CHAT
 from tollway.core import jsonparse
-from tollway.core.errors import TollwayError, invalid, unauthenticated
+from tollway.core.errors import TollwayError, forbidden, invalid, unauthenticated
 from tollway.identity.keys import ApiKey, presented_key
 from tollway.inference.service import Caller
 from tollway.runtime import Runtime
@@ -43,7 +43,7 @@ def agents_of(request: Request) -> Agents:
 
 def _caller(key: ApiKey) -> Caller:
     require_scope(key, "agents")
-    return Caller(key.customer_id, key.account_id, key.id)
+    return Caller(key.customer_id, key.account_id, key.id, tags=key.tags, funding=key.payer)
 
 
 async def _obj(request: Request, allowed: set[str]) -> dict[str, Any]:
@@ -283,6 +283,8 @@ def _schedule(s: Schedule, agent: str, session_id: str) -> dict[str, Any]:
 async def schedule_create(
     agent: str, session_id: str, request: Request, key: ApiKey = Depends(require_key)
 ) -> dict[str, Any]:
+    if key.payer is not None:  # a later turn runs without the token: its wallet's limits could not hold
+        raise forbidden("agent_token_not_allowed", "scheduled messages are made with a customer's API key")
     b = await _obj(request, {"content", "delay_seconds", "at", "cron", "max_attempts", "idempotency_key"})
     s = await runtime(request).alarms.schedule(_caller(key), agent, session_id, b)
     return _schedule(s, agent, session_id)

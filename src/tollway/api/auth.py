@@ -9,6 +9,7 @@ from fastapi import Request
 from tollway.core.errors import forbidden, unauthenticated
 from tollway.identity.keys import ApiKey, has_scope, presented_key, x402_caller
 from tollway.runtime import Runtime
+from tollway.wallets.ai_caller import agent_key, is_agent_token
 
 
 def bearer(request: Request) -> str | None:
@@ -42,7 +43,10 @@ async def require_key(request: Request) -> ApiKey:
     token = bearer(request)
     if token is None:
         raise unauthenticated("missing_api_key", "send Authorization: Bearer <API key>")
-    key = await runtime(request).keys.verify(token)
+    if is_agent_token(token):  # an agent token: its wallet pays (tollway.wallets.ai_caller)
+        key = await agent_key(runtime(request).authorizer, token)
+    else:
+        key = await runtime(request).keys.verify(token)
     request.state.api_key = key
     return key
 

@@ -61,7 +61,7 @@ async def create_response(
     out = await gw.chat(rt.inference, p, body.model, params, body.max_output_tokens, norm, request.receive)
     rid = "resp_" + new_id("r")[2:]
     created = int(time.time())
-    keep = body.store and not key.prepaid  # a prepaid (x402) caller has no customer to keep it for
+    keep = body.store and key.keeps  # x402, an ownerless wallet's token: no customer to keep it for
     if out.events is not None:
 
         async def whole(output: list[dict[str, Any]], m: Metered | None) -> dict[str, Any]:

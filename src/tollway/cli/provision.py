@@ -180,3 +180,48 @@ def reap(
         out.print(f"tore down {len(rep['torn_down'])}; saved {usd(rep['saved'])}")
     else:
         out.print(f"would save {usd(rep['would_save'])} (run with --apply to tear down)")
+
+
+@provision_app.command("tick")
+def tick(as_json: bool = JsonOpt) -> None:
+    """Run the billing tick once: charge metered hosting and due renewals, suspend
+    what stayed unpaid past its grace, reclaim what stayed suspended (once per interval)."""
+
+    async def go(rt: Runtime) -> dict[str, Any]:
+        return await rt.provision.tick()
+
+    rep = _with_runtime(as_json, go)
+    if as_json:
+        emit_json(rep)
+        return
+    rows = [["hosting", c["name"], usd(c["amount"]), c["authorization_id"]] for c in rep["charged"]]
+    rows += [["renewal", r["name"], usd(r["amount"]), r["authorization_id"]] for r in rep["renewed"]]
+    rows += [[f"unpaid {f['kind']}", f["name"], usd(f["amount"]), f["reason"]] for f in rep["failed"]]
+    table("recurring charges", ["what", "name", "amount", "authorization / reason"], rows)
+    for s in rep["suspended"]:
+        out.print(f"suspended {s['kind']} {s['name']} (unpaid: {s['reason']})")
+    rec = rep["reclaim"]
+    if rec["reclaimed"]:
+        out.print(f"reclaimed {len(rec['reclaimed'])}; saved {usd(rec['saved'])} a period")
+
+
+@provision_app.command("dues")
+def dues(wallet: str | None = typer.Option(None, "--wallet"), as_json: bool = JsonOpt) -> None:
+    """What wallets could not pay for: in grace, or suspended (and when it is reclaimed)."""
+
+    async def go(rt: Runtime) -> list[dict[str, Any]]:
+        return [d.to_dict() for d in await rt.provision.dues.all(wallet)]
+
+    rows = _with_runtime(as_json, go)
+    if as_json:
+        emit_json({"object": "list", "data": rows})
+        return
+    table(
+        "unpaid",
+        ["kind", "name", "wallet", "state", "amount", "reason", "grace until", "reclaim at"],
+        [
+            [d["kind"], d["name"], d["wallet_id"], d["state"], usd(d["amount"]), d["reason"],
+             d["grace_until_us"], d["reclaim_at_us"] or ""]
+            for d in rows
+        ],
+    )  # fmt: skip

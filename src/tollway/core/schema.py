@@ -516,6 +516,44 @@ provision_claims = Table(
     Column("updated_at_us", BigInteger, nullable=False),
 )
 
+# --- recurring costs (issue 22 §4) ---
+# Hosting metered per deployment: cumulative live worker time and routed
+# requests (added by each process), and what was billed of them. A tick
+# claims the next charge by compare-and-set on ``billed`` (``pending_key``:
+# the charge being made, its wallet authorization's idempotency key).
+provision_billing = Table(
+    "provision_billing",
+    metadata,
+    Column("deployment_id", String(64), primary_key=True),
+    Column("wallet_id", String(64), nullable=False, index=True),
+    Column("worker_us", BigInteger, nullable=False),  # live worker microseconds, ever
+    Column("requests", BigInteger, nullable=False),  # requests routed, ever
+    Column("billed", BigInteger, nullable=False),  # micro-USD charged (or being charged), ever
+    Column("last_interval", BigInteger, nullable=False),  # the last tick interval that billed
+    Column("pending_key", String(200), nullable=True),
+    Column("pending_amount", BigInteger, nullable=False),
+    Column("pending_at_us", BigInteger, nullable=True),
+    Column("updated_at_us", BigInteger, nullable=False),
+)
+
+# What a wallet could not pay for: a deployment or a domain whose recurring
+# charge failed. Grace, then suspended, then reclaimed; paid: the row goes.
+provision_dues = Table(
+    "provision_dues",
+    metadata,
+    Column("kind", String(16), primary_key=True),  # deployment | domain
+    Column("subject_id", String(64), primary_key=True),
+    Column("wallet_id", String(64), nullable=False, index=True),
+    Column("name", String(253), nullable=False),
+    Column("amount", BigInteger, nullable=False),  # the charge that failed last
+    Column("reason", String(64), nullable=False),  # its decline code
+    Column("failed_at_us", BigInteger, nullable=False),  # the first failure
+    Column("grace_until_us", BigInteger, nullable=False),
+    Column("suspended_at_us", BigInteger, nullable=True),
+    Column("reclaim_at_us", BigInteger, nullable=True),
+    Column("updated_at_us", BigInteger, nullable=False),
+)
+
 # --- agents (issue 9) ---
 # Durable agents (tollway.agents): versioned definitions, sessions with their
 # messages, tool log and human escalations. A turn is written in one

@@ -132,7 +132,7 @@ class Gateway:
                 effective(self.customer_defaults, key.customer_limits),
             )
             await self._rate_limit(p)
-            if not key.prepaid:
+            if not key.prepaid and key.payer is None:  # an agent token's wallet has no plan
                 b = self.billing
                 p.standing = s = b.standing(key.customer_id, key.billing)
                 p.quota_caps = (*await b.require(s, feature), *await b.require(s, REQUESTS))
@@ -188,7 +188,9 @@ class Gateway:
                 *await self.budgets.caps("key", k.id, k.customer_id, p.key_limits),
                 *await self.budgets.caps("customer", k.customer_id, k.customer_id, p.customer_limits),
             )
-            c = p.caller = Caller(k.customer_id, k.account_id, k.id, caps, k.prepaid, p.standing)
+            c = p.caller = Caller(
+                k.customer_id, k.account_id, k.id, caps, k.prepaid, p.standing, k.tags, k.payer
+            )  # k.payer: an agent token's wallet pays, within its limits and these
         return c
 
     # ------------------------------------------------------------------- call

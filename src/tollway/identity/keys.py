@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from tollway.charge.hold import Payer
 from tollway.core.clock import Clock, SystemClock
 from tollway.core.errors import conflict, invalid, not_found, unauthenticated
 from tollway.core.ids import new_id
@@ -104,6 +105,16 @@ class ApiKey:
     # or None with no row (or no join).
     billing: PlanStanding | None = None
     prepaid: bool = False  # not a stored key: a request paid up front over x402 (see x402_caller)
+    # Not a stored key: an agent token (tollway.wallets.ai_caller): its wallet pays, with the
+    # wallet's limits as caps; ``tags`` go on each charge's usage event (category, wallet, token).
+    payer: Payer | None = None
+    tags: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def keeps(self) -> bool:
+        """A customer to keep things for (stored responses): not an x402 payment,
+        nor an agent token of a wallet that no customer owns."""
+        return not self.prepaid and (self.payer is None or self.payer.customer_id is not None)
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -37,6 +37,10 @@ class Caller:
     caps: tuple[Cap, ...] = ()  # spend limits and quotas every charge must also fit (the gateway sets them)
     prepaid: bool = False  # paid in full up front (an x402 payment of the maximum): no hold
     standing: Standing | None = None  # the customer's plan (None: the default plan)
+    tags: tuple[tuple[str, str], ...] = ()  # recorded on each charge's usage event (an agent token's)
+    # Who pays instead of the plan's sources (an agent token's wallet, with its limits as caps):
+    # the caller's caps are added to its own.
+    funding: Payer | None = None
     # Who pays, with all the caps: built once, on first use (dataclasses.replace,
     # by which a caller gains caps, starts a new one: init=False is not copied).
     payer: Payer | None = field(default=None, init=False, repr=False)

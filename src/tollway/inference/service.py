@@ -133,13 +133,16 @@ class Inference:
 
     async def know(self, caller: Caller) -> None:
         """Load the caller's plan if the request path did not bring it."""
-        if caller.standing is None and not caller.prepaid:
+        if caller.standing is None and not caller.prepaid and caller.funding is None:
             caller.standing = await self.billing.standing_of(caller.customer_id)
 
     async def payer(self, caller: Caller) -> Payer:
         """Who pays for the caller's calls, with all its caps: built once per caller."""
         payer = caller.payer
-        if payer is None:
+        if payer is None and caller.funding is not None:
+            f = caller.funding
+            caller.payer = payer = Payer(f.account_id, f.customer_id, f.sources, (*f.caps, *caller.caps))
+        elif payer is None:
             await self.know(caller)
             assert caller.standing is not None
             funding = await self.billing.payer(caller.standing, caller.account_id)
@@ -168,7 +171,8 @@ class Inference:
         try:
             await hold.reserve(early=early)
         except TollwayError as e:
-            assert caller.standing is not None
+            if caller.standing is None:  # a payer of its own (an agent token's wallet): its words
+                raise
             raise self.billing.refused(caller.standing, e) from None
 
     async def charge_flat(self, caller: Caller, amount: int, meter: str, description: str) -> int:
@@ -176,7 +180,7 @@ class Inference:
         payer = await self.payer(caller)
         hold = self.charger.hold(payer, amount, meter=meter, description=description)
         await self._reserve(caller, hold, early=False)
-        await hold.settle(amount, quantity=1, key_id=caller.key_id, model=description)
+        await hold.settle(amount, quantity=1, key_id=caller.key_id, model=description, **dict(caller.tags))
         return amount
 
     # -------------------------------------------------------------------- chat
@@ -351,5 +355,6 @@ class Inference:
             "ttft_ms": None if m.ttft_ms is None else round(m.ttft_ms, 3),
             "finish_reason": m.finish_reason,
             "deployment": m.deployment or cfg.name,
+            **dict(caller.tags),
             **extra,
         }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from decimal import Decimal, InvalidOperation
 from typing import Any, Literal, Protocol
 
 from pydantic import Field, field_validator
@@ -85,6 +86,34 @@ class ProvisionConfig(Section):
     reserved_labels: list[str] = Field(default_factory=list)  # never sold by the local registry
     trademarks: list[str] = Field(default_factory=list)  # the operator's marks, beside the starter list
     cloudflare: CloudflareConfig = CloudflareConfig()
+    # Recurring costs (docs/provisioning.md#recurring-costs): hosting is metered and charged to the
+    # owning wallet by the billing tick, in micro-USD (fractions to 1/1000 micro-USD accepted).
+    hosting_price_per_worker_second: Decimal = Decimal(0)  # per second a deployment's worker is live
+    hosting_price_per_request: Decimal = Decimal(0)  # per request (connection) the edge routes
+    billing_tick_seconds: float = Field(3_600, gt=0)  # how often recurring charges are made
+    renew_days_before: float = Field(30, ge=0)  # renew a domain this long before it expires
+    grace_hours: float = Field(72, ge=0)  # an unpaid charge: grace, then suspended
+    reclaim_after_hours: float = Field(7 * 24, ge=0)  # suspended this long: reclaimed by the reaper
+
+    @field_validator("hosting_price_per_worker_second", "hosting_price_per_request", mode="before")
+    @classmethod
+    def _fractional(cls, v: Any) -> Decimal:
+        try:
+            d = Decimal(str(v))
+        except InvalidOperation:
+            raise ValueError('a price in micro-USD, e.g. 0.5 or "2.125"') from None
+        if not d.is_finite() or d < 0 or (d * 1000) % 1 != 0:
+            raise ValueError("a non-negative price in micro-USD with at most 3 decimals")
+        return d
+
+    @property
+    def nanos_per_worker_second(self) -> int:
+        """The worker-second price in 1/1000 micro-USD (exact: at most 3 decimals)."""
+        return int(self.hosting_price_per_worker_second * 1000)
+
+    @property
+    def nanos_per_request(self) -> int:
+        return int(self.hosting_price_per_request * 1000)
 
     @field_validator("dns_record_price", "deploy_price", "hosting_monthly_price", mode="before")
     @classmethod

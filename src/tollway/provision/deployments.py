@@ -20,13 +20,14 @@ from tollway.core.clock import Clock
 from tollway.core.errors import ErrorType, TollwayError, conflict, invalid, not_found
 from tollway.core.ids import new_id
 from tollway.core.schema import provision_deployments as P
+from tollway.core.schema import provision_dues as U
 from tollway.core.schema import provision_records as R
 from tollway.core.schema import provision_versions as V
 from tollway.core.storage import writer
 from tollway.provision import bundles
 from tollway.provision.config import ProvisionConfig
 from tollway.provision.domains import Domains, in_zone
-from tollway.provision.names import to_ascii
+from tollway.provision.names import to_ascii, within
 from tollway.provision.providers.base import DeployFailed, Provider, Release
 from tollway.provision.purchase import Purchases, idempotency
 from tollway.provision.runner import Spec
@@ -100,6 +101,8 @@ class Deployments:
         self._owners: dict[str, str] = {}  # deployment id -> its wallet (the routed ones)
         self._routes_at = -ROUTES_TTL_S
         self._rebuilding: asyncio.Task[None] | None = None
+        self._suspended: frozenset[str] = frozenset()  # deployments suspended for unpaid charges
+        self._held: tuple[str, ...] = ()  # domains held for unpaid renewals
         domains.on_change.append(self.invalidate)
 
     def host(self, name: str) -> str:
@@ -402,8 +405,18 @@ class Deployments:
             await asyncio.shield(self._rebuilding)
         return self._routes.get(host)
 
+    def blocked(self, deployment_id: str, host: str) -> str | None:
+        """Why the edge must not serve ``host`` (provision/dues.py), as of the last rebuild."""
+        if deployment_id in self._suspended:
+            return "deployment_suspended"
+        if any(within(host, z) for z in self._held):
+            return "domain_suspended"
+        return None
+
     async def _rebuild(self) -> None:
         async with self.engine.connect() as conn:
+            q = select(U.c.kind, U.c.subject_id, U.c.name).where(U.c.suspended_at_us.is_not(None))
+            out = (await conn.execute(q)).all()
             live = select(P.c.id, P.c.name, P.c.hostnames, P.c.wallet_id).where(
                 P.c.status == "active", P.c.live_version.is_not(None)
             )
@@ -422,6 +435,8 @@ class Deployments:
             if target in table:
                 table[name] = table[target]
         self._owners = {d.id: d.wallet_id for d in deps}
+        self._suspended = frozenset(r.subject_id for r in out if r.kind == "deployment")
+        self._held = tuple(r.name for r in out if r.kind == "domain")
         self._routes, self._routes_at = table, time.monotonic()
 
     async def owner(self, host: str) -> tuple[str, str] | None:

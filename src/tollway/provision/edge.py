@@ -31,6 +31,7 @@ HANDOFF_MAX = 60 * 1024  # bytes already read that may travel with a handed-over
 Route = Callable[[str], Awaitable[str | None]]  # host -> deployment id
 GetWorker = Callable[[str, bool], Awaitable[Worker]]  # deployment id, fresh -> its running worker
 Touch = Callable[[str], None]
+Blocked = Callable[[str, str], str | None]  # deployment id, host -> why it is not served (a code), or None
 
 
 class Front(Protocol):
@@ -42,7 +43,8 @@ class Front(Protocol):
 
 
 def _error(status: int, reason: str, text: str) -> bytes:
-    err = {"type": "api_error", "code": reason, "message": text, "param": None}
+    kind = "payment_error" if status == 402 else "not_found_error" if status == 404 else "api_error"
+    err = {"type": kind, "code": reason, "message": text, "param": None}
     body = json.dumps({"error": err}).encode()
     return (
         f"HTTP/1.1 {status} {reason.replace('_', ' ')}\r\ncontent-type: application/json\r\n"
@@ -140,7 +142,15 @@ class _Client(asyncio.Protocol):
             if dep is None:
                 self._fail(404, "deployment_not_found", f"no deployment answers for {host}")
                 return
+            why = self.edge.blocked(dep, host) if self.edge.blocked is not None else None
+            if why is not None:
+                self._fail(
+                    402, why, f"{host} is suspended: its recurring charges are unpaid (top up the wallet)"
+                )
+                return
             self.dep = dep
+            if self.edge.count is not None:
+                self.edge.count(dep)
             loop = asyncio.get_running_loop()
             for fresh in (False, True):  # a worker that died meanwhile is started again, once
                 w = await self.edge.worker(dep, fresh)
@@ -218,8 +228,18 @@ class _Client(asyncio.Protocol):
 
 
 class Edge:
-    def __init__(self, route: Route, worker: GetWorker, touch: Touch, *, handoff: bool = True) -> None:
+    def __init__(
+        self,
+        route: Route,
+        worker: GetWorker,
+        touch: Touch,
+        *,
+        handoff: bool = True,
+        blocked: Blocked | None = None,
+        count: Touch | None = None,
+    ) -> None:
         self.route, self.worker, self.touch, self.handoff = route, worker, touch, handoff
+        self.blocked, self.count = blocked, count
         self.server: asyncio.Server | None = None
         self.front: Front | None = None  # the paywall for priced hosts (set by the runtime)
         self._http: tuple[Any, Any] | None = None  # uvicorn's config and server state, made once

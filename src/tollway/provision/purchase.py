@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from tollway.core.errors import invalid
+from tollway.core.errors import TollwayError, invalid
 from tollway.core.ids import new_id
 from tollway.provision.claims import Claims, Outcome
 from tollway.wallets.authorize import Authorizer, Decision
@@ -80,6 +80,36 @@ class Purchases:
 
         return await self.claims.run(wallet_id, key, {**request, "category": category}, once)
 
+    async def recurring(
+        self,
+        wallet_id: str,
+        *,
+        amount: int,
+        category: str,
+        key: str,
+        memo: str,
+        work: Callable[[Decision], Awaitable[None]],
+    ) -> Decision:
+        """A recurring charge the platform makes for the wallet (hosting, renewals):
+        the same hold, ``work``, capture (void if ``work`` raises), under the wallet
+        authorization's idempotency ``key`` (one decision per key, across
+        processes). A refusal raises the decision's 402 (its reason code).
+        Returns the decision as recorded (captured)."""
+        d = await self.authorizer.recurring(
+            wallet_id,
+            amount=amount,
+            payee=self.payee,
+            category=category,
+            idempotency_key=key,
+            memo=memo[:500],
+        )
+
+        async def replay(_: Decision) -> None:
+            return None
+
+        await self._run(d, work, replay, "billing")
+        return await self.authorizer.get(d.id)
+
     async def _buy(
         self,
         presented: str,
@@ -98,6 +128,17 @@ class Purchases:
             idempotency_key=key,
             memo=memo[:500],
         )
+        return await self._run(d, work, replay, "provision")
+
+    async def _run(
+        self,
+        d: Decision,
+        work: Callable[[Decision], Awaitable[T]],
+        replay: Callable[[Decision], Awaitable[T]],
+        actor: str,
+    ) -> T:
+        """The decision's outcome: a refusal (402), a wait for approval, the
+        replay of a captured one, or ``work`` between the hold and its capture."""
         if d.status == "declined":
             raise d.refusal()
         if d.status == "pending_approval":
@@ -109,8 +150,16 @@ class Purchases:
         try:
             out = await work(d)
         except BaseException:
-            await self.authorizer.void(d.id, actor="provision")
+            try:
+                await self.authorizer.void(d.id, actor=actor)
+            except TollwayError as e:  # resolved by a concurrent call with the key
+                if e.code != "authorization_not_open":
+                    raise
             raise
-        await self.authorizer.capture(d.id, actor="provision")
+        try:
+            await self.authorizer.capture(d.id, actor=actor)
+        except TollwayError as e:
+            if e.code != "authorization_not_open" or (await self.authorizer.get(d.id)).status != "captured":
+                raise  # else a concurrent call with the key captured it
         await self.authorizer.ledger.riders_committed()  # the record says captured before we answer
         return out

@@ -65,6 +65,10 @@ class Runner:
         self.touched: set[str] = set()
         self.wakes: list[float] = []  # seconds each wake took (the latest 1000)
         self._starting: dict[str, asyncio.Task[Worker]] = {}
+        # Metering (provision/recurring.py): live worker time and routed requests, not yet recorded.
+        self.worker_us: dict[str, int] = {}
+        self.requests: dict[str, int] = {}
+        self._live_since: dict[str, float] = {}  # monotonic: since when a deployment's worker is counted
 
     def _run_dir(self, deployment_id: str) -> Path:
         return self.data_dir / "deployments" / deployment_id / "run"
@@ -97,11 +101,14 @@ class Runner:
         old = self.running.get(spec.deployment_id)
         self.live[spec.deployment_id] = spec
         self.running[spec.deployment_id] = w
+        self._live_since.setdefault(spec.deployment_id, time.monotonic())
         self.last_seen[spec.deployment_id] = time.monotonic()
         if old is not None:
             self._stop(spec.deployment_id, old)
 
     def stop(self, deployment_id: str, *, forget: bool = False) -> None:
+        self._accrue(deployment_id, time.monotonic())
+        self._live_since.pop(deployment_id, None)
         w = self.running.pop(deployment_id, None)
         if w is not None:
             self._stop(deployment_id, w)
@@ -109,6 +116,29 @@ class Runner:
             self.live.pop(deployment_id, None)
             self.last_seen.pop(deployment_id, None)
             kill_recorded(self._run_dir(deployment_id))  # workers another process started
+
+    def count(self, deployment_id: str) -> None:
+        """A request routed to the deployment (metered at ``hosting_price_per_request``)."""
+        self.requests[deployment_id] = self.requests.get(deployment_id, 0) + 1
+
+    def _accrue(self, deployment_id: str, now: float) -> None:
+        since = self._live_since.get(deployment_id)
+        if since is not None and now > since:
+            us = int((now - since) * 1_000_000)
+            self.worker_us[deployment_id] = self.worker_us.get(deployment_id, 0) + us
+            self._live_since[deployment_id] = since + us / 1_000_000
+
+    def usage(self) -> dict[str, tuple[int, int]]:
+        """Live worker microseconds and requests per deployment since the last
+        call (taken: the caller records them)."""
+        now = time.monotonic()
+        for dep in list(self._live_since):
+            self._accrue(dep, now)
+        out = {
+            d: (self.worker_us.get(d, 0), self.requests.get(d, 0)) for d in {*self.worker_us, *self.requests}
+        }
+        self.worker_us, self.requests = {}, {}
+        return out
 
     def touch(self, deployment_id: str) -> None:
         self.last_seen[deployment_id] = time.monotonic()
@@ -138,6 +168,7 @@ class Runner:
         w = await self.launch(spec)
         self.live[deployment_id] = spec
         self.running[deployment_id] = w
+        self._live_since.setdefault(deployment_id, time.monotonic())
         self.wakes = [*self.wakes[-999:], time.perf_counter() - t0]
         log.info("woke %s v%s in %.0f ms", deployment_id, spec.version, (time.perf_counter() - t0) * 1000)
         return w

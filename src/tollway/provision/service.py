@@ -20,10 +20,12 @@ from tollway.provision.claims import Claims
 from tollway.provision.config import ProvisionSettings
 from tollway.provision.deployments import Deployments
 from tollway.provision.domains import Domains
+from tollway.provision.dues import Dues
 from tollway.provision.edge import Edge
 from tollway.provision.providers.base import Provider
 from tollway.provision.purchase import Purchases
 from tollway.provision.reaper import Reaper
+from tollway.provision.recurring import Recurring
 from tollway.provision.runner import Runner
 from tollway.wallets.authorize import Authorizer
 from tollway.wallets.store import Wallets
@@ -54,13 +56,22 @@ class Provisioner:
         self.runner = Runner(cfg, self._live_spec, data_dir(settings, engine))
         self.provider = _provider(settings, self.runner, engine)
         purchases = Purchases(authorizer, self.provider.name, Claims(engine, clock))
+        self.dues = Dues(cfg, engine, clock, wallets.audit, authorizer.on_freeze)
         self.domains = Domains(cfg, engine, clock, wallets, wallets.audit, self.provider, purchases)
         self.deployments = Deployments(
             cfg, engine, clock, wallets, self.provider, purchases, self.domains, data_dir(settings, engine)
         )
-        self.reaper = Reaper(cfg, engine, clock, self.domains, self.deployments)
+        self.reaper = Reaper(cfg, engine, clock, self.domains, self.deployments, self.dues)
+        self.recurring = Recurring(
+            cfg, engine, clock, purchases, self.dues, self.provider, self.deployments.invalidate
+        )
         self.edge = Edge(
-            self.deployments.route, self.runner.worker, self.runner.touch, handoff=cfg.edge_handoff
+            self.deployments.route,
+            self.runner.worker,
+            self.runner.touch,
+            handoff=cfg.edge_handoff,
+            blocked=self.deployments.blocked,
+            count=self.runner.count,
         )
         self.edge_port: int | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -99,13 +110,18 @@ class Provisioner:
         self._tasks = [loop.create_task(self.runner.run_idle()), loop.create_task(self._background())]
 
     async def _background(self) -> None:
-        """Record when deployments were last used, and run the reaper now and then."""
-        last_reap = time.monotonic()
+        """Record when deployments were last used (and their metered use), run the
+        billing tick, and the reaper now and then."""
+        last_reap = last_tick = time.monotonic()
         every_reap = max(min(self.cfg.reap_after_seconds / 10, 3600.0), 1.0)
+        every_tick = max(min(self.cfg.billing_tick_seconds / 4, 60.0), 1.0)
         while True:
             await asyncio.sleep(5)
             try:
                 await self.flush()
+                if time.monotonic() - last_tick >= every_tick:
+                    last_tick = time.monotonic()
+                    await self.tick()
                 if time.monotonic() - last_reap >= every_reap:
                     last_reap = time.monotonic()
                     report = await self.reap(self.cfg.reap_apply)
@@ -117,8 +133,26 @@ class Provisioner:
             except Exception:
                 log.exception("provision background step failed")
 
+    async def tick(self) -> dict[str, Any]:
+        """The billing tick (idempotent per interval across processes): charge
+        hosting and renewals, suspend what stayed unpaid past its grace, reclaim
+        what stayed suspended (provision/recurring.py, dues.py)."""
+        await self.flush()
+        report = await self.recurring.tick()
+        suspended = await self.dues.suspend_overdue()
+        for due in suspended:
+            if due.kind == "deployment":
+                self.runner.stop(due.subject_id, forget=True)
+        if suspended:
+            self.deployments.invalidate()
+        report["suspended"] = [d.to_dict() for d in suspended]
+        report["reclaim"] = await self.reaper.reclaim()
+        return report
+
     async def flush(self) -> None:
-        """Write each deployment's last request time (seen by the edge, or by its worker)."""
+        """Write each deployment's last request time (seen by the edge, or by its
+        worker) and its metered use."""
+        await self.recurring.record(self.runner.usage())
         r = self.runner
         seen = {d: r.last_seen.get(d, 0.0) for d in r.touched}
         for d, w in r.running.items():

@@ -48,6 +48,7 @@ from tollway.wallets.audit import Audit
 from tollway.wallets.caps import WalletCaps
 from tollway.wallets.decision import PAY_TO, REASONS, Decision, pay_to_memo, request_hash
 from tollway.wallets.holds import PAID_OUT, Holds
+from tollway.wallets.policy import TokenLimits
 from tollway.wallets.records import Records
 from tollway.wallets.screening import category_refused, check_request, dead_token, screen, token_state
 from tollway.wallets.store import AgentToken, Wallet, Wallets
@@ -55,6 +56,14 @@ from tollway.wallets.sweep import Sweep
 from tollway.wallets.velocity import Velocity
 
 __all__ = ["PAID_OUT", "REASONS", "Authorizer", "Decision", "alerts", "pay_to_memo", "token_state"]
+
+RECURRING = "sys_recurring"  # the token id on the platform's recurring charges (hosting, renewals)
+
+
+def standing_token(wallet: Wallet) -> AgentToken:
+    """The stand-in for the agent on a charge the platform makes for the wallet:
+    no token limits of its own; the wallet's policy still applies."""
+    return AgentToken(RECURRING, wallet.id, "", "recurring charges", TokenLimits(), 0, None, None, None, None)
 
 
 @dataclass
@@ -144,6 +153,30 @@ class Authorizer:
 
     # -------------------------------------------------------------- authorize
 
+    async def recurring(
+        self, wallet_id: str, *, amount: int, payee: str, category: str, idempotency_key: str, memo: str = ""
+    ) -> Decision:
+        """A charge the platform makes on the wallet's behalf (metered hosting, a
+        domain's renewal): no agent token asks, so the token's limits, the approval
+        threshold and the runaway-loop guard do not apply (a standing commitment,
+        not an agent's impulse); the wallet's policy does: categories, payees,
+        spending limits and provider caps, held in the ledger like any other.
+        Idempotent by key: across processes, one decision per key."""
+        wallet = await self.wallets.get(wallet_id)
+        token = standing_token(wallet)
+        t0 = asyncio.get_running_loop().time()
+        amount, payee, category = check_request(amount, payee, category, idempotency_key, "usd", wallet, memo)
+        key = f"{token.id}:{idempotency_key}"
+        rh = request_hash(amount, payee, category, "usd", memo)
+        seen = await self.records.seen(key)
+        if seen is not None:
+            if seen.request_hash != rh:
+                raise conflict("idempotency_conflict", "this key was used for a different charge", None)
+            return seen
+        return await self._decide(
+            token, wallet, key, rh, amount, payee, category, memo, None, t0, standing=True
+        )
+
     async def authorize(
         self,
         presented: str,
@@ -218,6 +251,8 @@ class Authorizer:
         memo: str,
         hold_seconds: int | None,
         t0: float,
+        *,
+        standing: bool = False,
     ) -> Decision:
         now = self.clock.now_us()
         timeout = hold_seconds or self.hold_seconds
@@ -229,13 +264,14 @@ class Authorizer:
         reason, message = screen(token, wallet, d, self.clock.now_us())
         if (
             reason is None
+            and not standing
             and wallet.policy.approval_threshold is not None
             and amount > wallet.policy.approval_threshold
         ):
             d.status = "pending_approval"
             d.expires_at_us = now + wallet.policy.approval_timeout_seconds * 1_000_000
             d.message = "above the wallet's approval threshold: waiting for a human (tollway approvals)"
-        elif reason is None:
+        elif reason is None and not standing:
             reason, message = await self.velocity.check(token, wallet, d)
         if reason is None and d.status != "pending_approval":
             reason, message = await self.holds.reserve(token, wallet, d, timeout)
