@@ -21,12 +21,17 @@ from tollway.core import migrate
 from tollway.core.clock import Clock, SystemClock
 from tollway.core.config import ConfigError
 from tollway.core.storage import make_engine
+from tollway.evals.service import Evals
+from tollway.evals.weekly import Weekly
 from tollway.gateway.gate import Gateway
 from tollway.gateway.requestlog import RequestLog
 from tollway.identity.customers import Customers
 from tollway.identity.keys import ApiKeys
 from tollway.inference.service import Inference
 from tollway.ledger import Ledger
+from tollway.observe.alert_checks import Checks
+from tollway.observe.alert_delivery import Deliverer
+from tollway.observe.alerts import TOKEN_FROZEN, Alerts, AlertsConfig, Webhook
 from tollway.provision.service import Provisioner
 from tollway.schedules import Scheduler
 from tollway.settings import Settings
@@ -35,6 +40,7 @@ from tollway.wallets.audit import Audit
 from tollway.wallets.authorize import Authorizer, alerts
 from tollway.wallets.broker import Broker
 from tollway.wallets.signatures import Signatures
+from tollway.wallets.ssrf import Guard
 from tollway.wallets.store import Wallets
 from tollway.x402.claims import Claims
 from tollway.x402.config import X402Config
@@ -73,6 +79,11 @@ class Runtime:
     agents: Agents
     alarms: Alarms  # agents' scheduled messages (on rt.scheduler)
     recovery: Recovery  # long calls' progress, charged after a crash (tollway.charge.recovery)
+    alerts: Alerts  # raised once each (tollway.observe.alerts)
+    alert_delivery: Deliverer  # to [alerts] webhooks: signed, retried, once
+    alert_checks: Checks  # the conditions that raise alerts, checked periodically
+    evals: Evals  # the eval loop (tollway.evals)
+    evals_weekly: Weekly  # its weekly run on the scheduler ([evals] weekly)
     remote_facilitator: RemoteFacilitator | None = None  # [x402] facilitator_url
     stripe: StripeBilling | None = None  # STRIPE_API_KEY set: Stripe billing (tollway.billing.stripe)
 
@@ -80,6 +91,8 @@ class Runtime:
     def build(cls, settings: Settings, *, clock: Clock | None = None) -> Runtime:
         clock = clock or SystemClock()
         engine = make_engine(settings.database)
+        alert_cfg = _alerts_config(settings)
+        alerts_ = Alerts(engine, clock)
         ledger = Ledger(
             engine,
             clock=clock,
@@ -111,7 +124,7 @@ class Runtime:
             audit,
             gateway.windows,
             settings.wallets.hold_seconds,
-            alerts(settings.wallets.alert_webhook_url),
+            alerts(alerts_),
         )
         devnet.signatures = Signatures(authorizer, x402.asset_decimals)  # broker payments: the wallet pays
         claims = Claims(engine, ledger, clock)
@@ -132,6 +145,7 @@ class Runtime:
         scheduler = Scheduler(engine, clock, lease_s=settings.schedules.lease_seconds)
         broker = Broker(settings, wallets, authorizer)
         agents = build_agents(settings, engine, clock, inference, vectors, broker, ledger)
+        evals = Evals(settings.evals, engine, clock, agents, customers)
         return cls(
             settings=settings,
             engine=engine,
@@ -155,6 +169,13 @@ class Runtime:
             agents=agents,
             recovery=Recovery(engine, ledger, charger, clock, settings.ledger.progress_seconds),
             alarms=Alarms(agents, scheduler),
+            alerts=alerts_,
+            alert_delivery=Deliverer(
+                engine, clock, alert_cfg, Guard(alert_cfg.allow) if alert_cfg.webhooks else None
+            ),
+            alert_checks=Checks(engine, clock, alert_cfg),
+            evals=evals,
+            evals_weekly=Weekly(evals, scheduler),
             remote_facilitator=remote,
             stripe=stripe_billing.from_env(settings, engine, clock, customers, billing.subscriptions),
         )
@@ -172,12 +193,23 @@ class Runtime:
         if close is not None:
             await close()
         await self.gateway.aclose()
+        await self.alert_delivery.aclose()
         await self.provision.close()
         await self.agents.aclose()
         await self.vectors.close()
         await self.inference.aclose()
         await self.ledger.close()
         await self.engine.dispose()
+
+
+def _alerts_config(settings: Settings) -> AlertsConfig:
+    """``[alerts]``, with ``[wallets] alert_webhook_url`` (the frozen-token webhook
+    before alerts) as one more webhook for ``token_frozen`` alone."""
+    cfg = settings.alerts
+    url = settings.wallets.alert_webhook_url
+    if url and not any(w.url == url for w in cfg.webhooks):
+        cfg = cfg.model_copy(update={"webhooks": [*cfg.webhooks, Webhook(url=url, kinds=[TOKEN_FROZEN])]})
+    return cfg
 
 
 def _settlement(x402: X402Config, ledger: Ledger, devnet: Devnet) -> Settlement:

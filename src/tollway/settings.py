@@ -17,8 +17,10 @@ from pydantic import Field, field_validator, model_validator
 from tollway.agents.config import AgentsConfig
 from tollway.billing.config import BillingConfig
 from tollway.core.config import CoreSettings, load_config
+from tollway.evals.config import EvalsConfig
 from tollway.gateway.config import GatewayConfig
 from tollway.inference.config import InferenceConfig, ModelConfig, check_registry, default_models
+from tollway.observe.alerts import AlertsConfig
 from tollway.provision.config import ProvisionConfig
 from tollway.schedules.config import SchedulesConfig
 from tollway.vectors.config import VectorsConfig
@@ -36,6 +38,8 @@ class Settings(CoreSettings):
     provision: ProvisionConfig = ProvisionConfig()
     schedules: SchedulesConfig = SchedulesConfig()
     agents: AgentsConfig = AgentsConfig()
+    alerts: AlertsConfig = AlertsConfig()
+    evals: EvalsConfig = EvalsConfig()
     models: list[ModelConfig] = Field(default_factory=default_models)
 
     @field_validator("models")
