@@ -400,3 +400,37 @@ base_url = "{grader[1]}"
     r = runner.invoke(app, ["--config", str(cfg), "evals", "run", "nobody", "--json"])
     assert r.exit_code == 1 and json.loads(r.stdout)["error"]["code"] == "agent_not_found"
     assert re.search(r"evr_", cli("show"))
+
+
+@pytest.mark.slow  # loads SmolLM2 and generates: ~40 s on a loaded 2-core machine
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_a_run_graded_by_the_local_model(
+    db_url: str,
+    tmp_path: Path,
+    agent_model: tuple[AgentModel, str],
+    tool_server: tuple[ToolServer, str],
+) -> None:
+    """SmolLM2-135M on llama.cpp grades under the rubric's JSON schema (its grammar):
+    whatever it thinks, its answer parses into three scores from 1 to 5."""
+    from tollway.api.app import create_app
+
+    base = agent_settings(db_url, agent_model[1], tool_server[1], tmp_path)
+    rt = Runtime.build(
+        Settings.model_validate({**base.model_dump(mode="json"), "evals": {"grader_max_tokens": 40}})
+    )
+    try:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=create_app(rt=rt)), base_url="http://t"
+        ) as h:
+            auth = await customer_key(h, rt)
+            await say(h, auth, "human", "I want to talk to a human please")
+        run = await rt.evals.run("support", share=0.0)
+        [g] = run["grades"]
+        assert run["grader"] == "smollm2-135m-instruct" and g["escalated"] == 1
+        assert all(
+            isinstance(g[k], int) and 1 <= g[k] <= 5 for k in ("helpfulness", "safety", "groundedness")
+        ), g
+        assert json.loads(g["grader_output"]).keys() == {"helpfulness", "safety", "groundedness"}
+        assert g["cost"] > 0
+    finally:
+        await rt.close()
