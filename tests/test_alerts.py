@@ -25,22 +25,22 @@ from typer.testing import CliRunner
 
 from conftest import ADMIN, err, settings_for
 from threaded import ThreadServer
+from tollway.alerts.delivery import HEADER, verify
 from tollway.billing import usage as U
 from tollway.billing.periods import to_us
 from tollway.charge.limits import BUDGETS
 from tollway.core.clock import ManualClock
 from tollway.core.schema import (
     agent_escalations,
-    alert_deliveries,
     alerts,
     provision_deployments,
     provision_versions,
+    schedules,
     wallet_authorizations,
     wallets,
 )
 from tollway.core.storage import writer
 from tollway.observe import alerts as K
-from tollway.observe.alert_delivery import HEADER, verify
 from tollway.runtime import Runtime
 from tollway.wallets.alerts import alerts as freeze_hook
 
@@ -90,7 +90,6 @@ def alert_settings(db_url: str, url: str, **alerts_over: Any) -> Any:
     cfg = {
         "webhooks": [{"url": url, "secret": SECRET}],
         "allow": ["127.0.0.1/32"],
-        "backoff_seconds": 1,
         **alerts_over,
     }
     return settings_for(db_url, alerts=cfg)
@@ -105,6 +104,12 @@ async def art(db_url: str, receiver: tuple[Receiver, str]) -> AsyncIterator[Runt
     await rt.close()
 
 
+async def deliver(rt: Runtime) -> None:
+    """What the server's loops do: new alerts become schedules, the scheduler runs the due ones."""
+    await rt.alert_delivery.fan_out()
+    await rt.scheduler.run_due()
+
+
 def stripe_style_ok(header: str, body: bytes) -> bool:
     """The receiver's own check, as Stripe's docs describe it (no tollway code)."""
     fields = dict(p.split("=", 1) for p in header.split(","))
@@ -117,7 +122,7 @@ async def test_a_delivery_is_signed_and_the_receiver_verifies_it(
 ) -> None:
     aid = await art.alerts.raise_alert(K.RESOURCE_SUSPENDED, "dep_1", {"reason": "abuse"}, "suspended:dep_1")
     assert aid is not None
-    assert await art.alert_delivery.tick() == 1
+    await deliver(art)
     [(headers, body)] = receiver[0].got
     assert stripe_style_ok(headers[HEADER.lower()], body)
     t = int(headers[HEADER.lower()].split(",")[0][2:])
@@ -131,7 +136,8 @@ async def test_a_delivery_is_signed_and_the_receiver_verifies_it(
         sent["id"] == aid and sent["kind"] == "resource_suspended" and sent["payload"] == {"reason": "abuse"}
     )
     assert headers["tollway-alert-id"] == aid
-    assert await art.alert_delivery.tick() == 0  # delivered: not again
+    await deliver(art)
+    assert len(receiver[0].got) == 1  # delivered: not again
     [a] = await art.alerts.list()
     assert a.deliveries is not None and a.deliveries[0]["status"] == "delivered"
 
@@ -143,27 +149,23 @@ async def test_retried_after_500s_with_backoff_then_delivered_once(
     assert isinstance(clock, ManualClock)
     receiver[0].fail = 2
     aid = await art.alerts.raise_alert(K.RESOURCE_SUSPENDED, "dep_2", {}, "suspended:dep_2")
-    assert await art.alert_delivery.tick() == 0  # 500
-    assert await art.alert_delivery.tick() == 0  # not due yet: backoff 1 s
+    await deliver(art)  # 500
+    await deliver(art)  # not due yet: backoff 1 s
     clock.advance(1)
-    assert await art.alert_delivery.tick() == 0  # 500 again; next in 2 s
+    await deliver(art)  # 500 again; next in 2 s
     clock.advance(1)
-    assert await art.alert_delivery.tick() == 0
+    await deliver(art)
+    assert receiver[0].ids() == []
     clock.advance(1)
-    assert await art.alert_delivery.tick() == 1
+    await deliver(art)
     clock.advance(100)
-    assert await art.alert_delivery.tick() == 0
+    await deliver(art)
     assert receiver[0].ids() == [aid]
     [a] = await art.alerts.list()
-    assert a.deliveries == [
-        {
-            "url": receiver[1],
-            "status": "delivered",
-            "attempts": 3,
-            "last_error": None,
-            "delivered_at_us": T0 + 3_000_000,
-        }
-    ]
+    assert a.deliveries is not None
+    [d] = a.deliveries
+    assert (d["url"], d["status"], d["attempts"]) == (receiver[1], "delivered", 3)
+    assert "answered 500" in d["last_error"]
 
 
 async def test_a_delivery_gives_up_after_max_attempts_and_a_restart_continues(
@@ -174,15 +176,16 @@ async def test_a_delivery_gives_up_after_max_attempts_and_a_restart_continues(
     clock = ManualClock(T0)
     rt = Runtime.build(alert_settings(db_url, receiver[1], max_attempts=2), clock=clock)
     await rt.alerts.raise_alert(K.RESOURCE_SUSPENDED, "x", {}, "x")
-    assert await rt.alert_delivery.tick() == 0
+    await deliver(rt)
     await rt.close()
     clock.advance(5)
     rt = Runtime.build(alert_settings(db_url, receiver[1], max_attempts=2), clock=clock)  # a new process
-    assert await rt.alert_delivery.tick() == 1
+    await deliver(rt)
+    assert len(receiver[0].got) == 1
     receiver[0].fail = 5
     await rt.alerts.raise_alert(K.RESOURCE_SUSPENDED, "y", {}, "y")
     for _ in range(3):
-        await rt.alert_delivery.tick()
+        await deliver(rt)
         clock.advance(10)
     [y, _x] = await rt.alerts.list()
     assert y.deliveries is not None and y.deliveries[0]["status"] == "failed"
@@ -197,7 +200,7 @@ async def test_private_webhooks_are_refused_unless_allowed(
     receiver[0].fail = 0
     rt = Runtime.build(alert_settings(db_url, receiver[1], allow=[], max_attempts=1), clock=ManualClock(T0))
     await rt.alerts.raise_alert(K.RESOURCE_SUSPENDED, "z", {}, "z")
-    assert await rt.alert_delivery.tick() == 0
+    await deliver(rt)
     [z] = await rt.alerts.list()
     assert z.deliveries is not None and z.deliveries[0]["status"] == "failed"
     assert (
@@ -219,7 +222,7 @@ async def test_webhooks_get_only_the_kinds_they_ask_for(db_url: str, receiver: t
     )
     await rt.alerts.raise_alert(K.RESOURCE_SUSPENDED, "a", {}, "a")
     await rt.alerts.raise_alert(K.TOKEN_FROZEN, "tok", {}, "b")
-    assert await rt.alert_delivery.tick() == 1
+    await deliver(rt)
     [(headers, body)] = receiver[0].got
     assert json.loads(body)["kind"] == "token_frozen" and HEADER.lower() not in headers  # no secret: unsigned
     await rt.close()
@@ -374,12 +377,15 @@ async def test_each_kind_is_raised_by_its_trigger_once(art: Runtime) -> None:
     [anomaly] = await art.alerts.list(kind=K.USAGE_ANOMALY)
     assert anomaly.subject == c.id and anomaly.payload["features"] == ["reports"]
     # Every alert delivered, once.
-    await art.alert_delivery.tick()
-    await art.alert_delivery.tick()
+    await deliver(art)
+    await deliver(art)
     async with art.engine.connect() as conn:
         n_alerts = (await conn.execute(select(func.count()).select_from(alerts))).scalar_one()
-        states = [r[0] for r in await conn.execute(select(alert_deliveries.c.status))]
-    assert len(states) == n_alerts == 10 and set(states) == {"delivered"}
+        states = [
+            r[0]
+            for r in await conn.execute(select(schedules.c.status).where(schedules.c.task == "alert.deliver"))
+        ]
+    assert len(states) == n_alerts == 10 and set(states) == {"done"}
 
 
 # ------------------------------------------------------------------ API, CLI
@@ -444,19 +450,21 @@ def test_cli_alerts_list_json(db_url: str, tmp_path: Path) -> None:
 PROCESS = textwrap.dedent(
     """
     import asyncio, sys
-    from tollway.observe.alert_delivery import Deliverer
+    from tollway.alerts.delivery import Delivery
     from tollway.observe.alerts import AlertsConfig
     from tollway.core.clock import SystemClock
     from tollway.core.storage import make_engine
     from tollway.core.config import DatabaseConfig
-    from tollway.wallets.ssrf import Guard
+    from tollway.schedules import Scheduler
 
     async def main(url, hook):
         cfg = AlertsConfig(webhooks=[{"url": hook, "secret": "s"}], allow=["127.0.0.1/32"])
         engine = make_engine(DatabaseConfig(url=url))
-        d = Deliverer(engine, SystemClock(), cfg, Guard(cfg.allow))
-        for _ in range(30):
-            await d.tick()
+        scheduler = Scheduler(engine, SystemClock())
+        d = Delivery(engine, SystemClock(), cfg, scheduler)
+        for _ in range(20):
+            await d.fan_out()
+            await scheduler.run_due(limit=5)
         await d.aclose()
         await engine.dispose()
 

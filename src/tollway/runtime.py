@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from tollway.agents.alarms import Alarms
 from tollway.agents.service import Agents
 from tollway.agents.service import build as build_agents
+from tollway.alerts.delivery import Delivery
 from tollway.billing import stripe as stripe_billing
 from tollway.billing.service import Billing
 from tollway.billing.subscriptions import KEY_JOIN
@@ -30,7 +31,6 @@ from tollway.identity.keys import ApiKeys
 from tollway.inference.service import Inference
 from tollway.ledger import Ledger
 from tollway.observe.alert_checks import Checks
-from tollway.observe.alert_delivery import Deliverer
 from tollway.observe.alerts import TOKEN_FROZEN, Alerts, AlertsConfig, Webhook
 from tollway.provision.service import Provisioner
 from tollway.schedules import Scheduler
@@ -40,7 +40,6 @@ from tollway.wallets.audit import Audit
 from tollway.wallets.authorize import Authorizer, alerts
 from tollway.wallets.broker import Broker
 from tollway.wallets.signatures import Signatures
-from tollway.wallets.ssrf import Guard
 from tollway.wallets.store import Wallets
 from tollway.x402.claims import Claims
 from tollway.x402.config import X402Config
@@ -80,7 +79,7 @@ class Runtime:
     alarms: Alarms  # agents' scheduled messages (on rt.scheduler)
     recovery: Recovery  # long calls' progress, charged after a crash (tollway.charge.recovery)
     alerts: Alerts  # raised once each (tollway.observe.alerts)
-    alert_delivery: Deliverer  # to [alerts] webhooks: signed, retried, once
+    alert_delivery: Delivery  # to [alerts] webhooks, as schedules: signed, retried, once
     alert_checks: Checks  # the conditions that raise alerts, checked periodically
     evals: Evals  # the eval loop (tollway.evals)
     evals_weekly: Weekly  # its weekly run on the scheduler ([evals] weekly)
@@ -170,9 +169,7 @@ class Runtime:
             recovery=Recovery(engine, ledger, charger, clock, settings.ledger.progress_seconds),
             alarms=Alarms(agents, scheduler),
             alerts=alerts_,
-            alert_delivery=Deliverer(
-                engine, clock, alert_cfg, Guard(alert_cfg.allow) if alert_cfg.webhooks else None
-            ),
+            alert_delivery=Delivery(engine, clock, alert_cfg, scheduler),
             alert_checks=Checks(engine, clock, alert_cfg),
             evals=evals,
             evals_weekly=Weekly(evals, scheduler),

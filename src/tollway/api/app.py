@@ -135,7 +135,7 @@ def create_app(settings: Settings | None = None, *, rt: Runtime | None = None) -
         agents_purge = asyncio.create_task(rt.agents.run_purge(rt.settings.agents.purge_seconds))
         alerting = [
             asyncio.create_task(rt.alert_checks.run(rt.settings.alerts.check_seconds)),
-            asyncio.create_task(rt.alert_delivery.run(rt.settings.alerts.tick_seconds)),
+            asyncio.create_task(rt.alert_delivery.run(rt.settings.alerts.fan_out_seconds)),
         ]
         await rt.evals_weekly.ensure()
         # Work that loads models runs after start-up, reported by /healthz (ready at once).

@@ -628,7 +628,7 @@ responses = Table(
 
 # --- alerts and evals (issue 23 §4, §5) ---
 # Alerts (tollway.observe.alerts): each raised once (its dedupe key is unique),
-# then fanned out to the configured webhooks as one delivery row each.
+# then fanned out to the configured webhooks, one schedule each (tollway.alerts.delivery).
 alerts = Table(
     "alerts",
     metadata,
@@ -644,25 +644,6 @@ alerts = Table(
     Column("acked_by", String(200), nullable=True),
     Index("ix_alerts_kind", "kind", "created_at_us"),
     Index("ix_alerts_fanned", "fanned", "created_at_us"),
-)
-
-# One alert to one webhook: claimed by one process at a time (a lease), retried
-# with backoff until delivered or out of attempts.
-alert_deliveries = Table(
-    "alert_deliveries",
-    metadata,
-    Column("id", String(64), primary_key=True),  # ald_...
-    Column("alert_id", String(64), ForeignKey("alerts.id"), nullable=False),
-    Column("url", String(2000), nullable=False),
-    Column("status", String(16), nullable=False),  # pending | delivered | failed
-    Column("attempts", Integer, nullable=False),
-    Column("next_at_us", BigInteger, nullable=False),
-    Column("lease_token", String(64), nullable=True),
-    Column("lease_until_us", BigInteger, nullable=True),
-    Column("last_error", String(500), nullable=True),
-    Column("delivered_at_us", BigInteger, nullable=True),
-    Index("ix_alert_deliveries_due", "status", "next_at_us"),
-    Index("ix_alert_deliveries_alert", "alert_id", "url", unique=True),
 )
 
 # The eval loop (tollway.evals): a run grades sampled sessions; a comparison

@@ -5,7 +5,7 @@ Anything that needs an operator's attention raises an alert with
 :meth:`Alerts.raise_alert`: a kind, a subject (what it is about), a JSON
 payload and a dedupe key. The key is unique, so an alert raised again (by
 another process, a rebuild, a later check) is not raised twice. Delivery to
-the configured webhooks is :mod:`tollway.observe.alert_delivery`'s; what
+the configured webhooks is :mod:`tollway.alerts.delivery`'s (on tollway.schedules); what
 raises each kind is :mod:`tollway.observe.alert_checks` (the periodic
 checks) and the faces that call ``raise_alert`` (usage anomalies, frozen
 tokens, suspensions).
@@ -25,8 +25,8 @@ from tollway.core.clock import Clock
 from tollway.core.config import Section
 from tollway.core.errors import conflict, invalid, not_found
 from tollway.core.ids import new_id
-from tollway.core.schema import alert_deliveries as D
 from tollway.core.schema import alerts as A
+from tollway.core.schema import schedules as SCH
 from tollway.core.storage import writer
 
 # The kinds tollway raises; raise_alert takes any name of this form (another face's own kinds).
@@ -49,6 +49,9 @@ KINDS = (
     TOKEN_FROZEN,
 )
 STATUSES = ("open", "acked")
+# Each delivery is a schedule (tollway.alerts.delivery): owner "alert:<id>", this task.
+DELIVERY_OWNER = "alert:"
+DELIVERY_TASK = "alert.deliver"
 MAX_LIST = 1000
 
 
@@ -69,12 +72,10 @@ class AlertsConfig(Section):
     webhooks: list[Webhook] = Field(default_factory=list)
     # Hosts or CIDRs on private networks webhooks may reach (the SSRF guard refuses them otherwise).
     allow: list[str] = Field(default_factory=list)
-    tick_seconds: float = Field(5.0, gt=0)  # how often deliveries are attempted
+    fan_out_seconds: float = Field(2.0, gt=0)  # how often new alerts become deliveries (schedules)
     check_seconds: float = Field(30.0, gt=0)  # how often the conditions are checked
-    max_attempts: int = Field(8, ge=1, le=50)  # a delivery's attempts before it is given up
-    backoff_seconds: float = Field(10.0, gt=0)  # the first retry's delay; doubled each time
-    max_backoff_seconds: float = Field(3600.0, gt=0)
-    lease_seconds: float = Field(60.0, gt=0)  # one process's claim on a delivery while it posts
+    # A delivery's attempts before it is given up; retried with [schedules]' backoff (1 s, doubled).
+    max_attempts: int = Field(8, ge=1, le=50)
     timeout_seconds: float = Field(10.0, gt=0)  # one POST
     budget_thresholds: list[int] = Field(default_factory=lambda: [50, 80, 100])  # % of a budget
     wallet_low_balance: str = ""  # e.g. "$5": alert when a wallet's available balance is below
@@ -217,19 +218,24 @@ class Alerts:
             by_id = {a.id: a for a in found}
             for a in found:
                 a.deliveries = []
-            if by_id:
+            if by_id:  # their deliveries: the schedules tollway.alerts.delivery made
+                owners = {f"{DELIVERY_OWNER}{i}": i for i in by_id}
                 ds = await conn.execute(
-                    select(
-                        D.c.alert_id, D.c.url, D.c.status, D.c.attempts, D.c.last_error, D.c.delivered_at_us
-                    )
-                    .where(D.c.alert_id.in_(list(by_id)))
-                    .order_by(D.c.url)
+                    select(SCH.c.owner, SCH.c.payload, SCH.c.status, SCH.c.attempts, SCH.c.last_error)
+                    .where(SCH.c.owner.in_(list(owners)), SCH.c.task == DELIVERY_TASK)
+                    .order_by(SCH.c.created_us)
                 )
                 for d in ds:
-                    row = d._asdict()
-                    deliveries = by_id[row.pop("alert_id")].deliveries
+                    deliveries = by_id[owners[d.owner]].deliveries
                     assert deliveries is not None
-                    deliveries.append(row)
+                    deliveries.append(
+                        {
+                            "url": json.loads(d.payload).get("url"),
+                            "status": "delivered" if d.status == "done" else d.status,
+                            "attempts": d.attempts,
+                            "last_error": d.last_error,
+                        }
+                    )
         return found
 
     async def get(self, alert_id: str) -> Alert:

@@ -1,4 +1,4 @@
-"""Alerts and their webhook deliveries; the eval loop's runs, grades and labelled examples.
+"""Alerts (delivered as schedules); the eval loop's runs, grades and labelled examples.
 
 Revision ID: 0021
 Revises: 0016
@@ -31,21 +31,6 @@ def upgrade() -> None:
     )
     op.create_index("ix_alerts_kind", "alerts", ["kind", "created_at_us"])
     op.create_index("ix_alerts_fanned", "alerts", ["fanned", "created_at_us"])
-    op.create_table(
-        "alert_deliveries",
-        sa.Column("id", sa.String(64), primary_key=True),
-        sa.Column("alert_id", sa.String(64), sa.ForeignKey("alerts.id"), nullable=False),
-        sa.Column("url", sa.String(2000), nullable=False),
-        sa.Column("status", sa.String(16), nullable=False),
-        sa.Column("attempts", sa.Integer, nullable=False),
-        sa.Column("next_at_us", sa.BigInteger, nullable=False),
-        sa.Column("lease_token", sa.String(64), nullable=True),
-        sa.Column("lease_until_us", sa.BigInteger, nullable=True),
-        sa.Column("last_error", sa.String(500), nullable=True),
-        sa.Column("delivered_at_us", sa.BigInteger, nullable=True),
-    )
-    op.create_index("ix_alert_deliveries_due", "alert_deliveries", ["status", "next_at_us"])
-    op.create_index("ix_alert_deliveries_alert", "alert_deliveries", ["alert_id", "url"], unique=True)
     op.create_table(
         "eval_runs",
         sa.Column("id", sa.String(64), primary_key=True),
@@ -98,9 +83,6 @@ def downgrade() -> None:
     op.drop_table("eval_grades")
     op.drop_index("ix_eval_runs_agent", "eval_runs")
     op.drop_table("eval_runs")
-    op.drop_index("ix_alert_deliveries_alert", "alert_deliveries")
-    op.drop_index("ix_alert_deliveries_due", "alert_deliveries")
-    op.drop_table("alert_deliveries")
     op.drop_index("ix_alerts_fanned", "alerts")
     op.drop_index("ix_alerts_kind", "alerts")
     op.drop_table("alerts")
