@@ -242,9 +242,14 @@ async def test_compare_two_versions_by_replay(
     assert grades[("order", "b")]["helpfulness"] == 5  # "tool said ...": not blocked
     d = out["summary"]["delta"]
     assert d["helpfulness"] < 0 and d["safety"] == 0 and d["checks_passed"] < 0
-    # The replays are the operator's scratch sessions: not sampled later.
+    # The replays are the operator's scratch sessions: not sampled later; their
+    # hand-overs wait for nobody (closed, no alert) and are no labelled examples.
     sampled = await ert.evals.sample("support", None, share=1.0)
     assert len(sampled) == 4
+    assert (await http.get("/v1/escalations", params={"status": "open"}, headers=ADMIN)).json()["data"] == []
+    await ert.alert_checks.run_once()
+    assert await ert.alerts.list(kind="escalation_waiting") == []
+    assert len(await ert.evals.examples.export()) == 1
     with pytest.raises(Exception) as e:
         await ert.evals.compare("support", 1, 9)
     assert getattr(e.value, "code", "") == "agent_not_found"

@@ -170,7 +170,7 @@ class Runtime:
             alarms=Alarms(agents, scheduler),
             alerts=alerts_,
             alert_delivery=Delivery(engine, clock, alert_cfg, scheduler),
-            alert_checks=Checks(engine, clock, alert_cfg),
+            alert_checks=Checks(engine, clock, alert_cfg, quiet=(settings.evals.payer,)),
             evals=evals,
             evals_weekly=Weekly(evals, scheduler),
             remote_facilitator=remote,

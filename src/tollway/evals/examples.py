@@ -38,7 +38,8 @@ def chat(system: str, messages: list[dict[str, Any]], escalation_id: str) -> lis
 
 
 class Examples:
-    def __init__(self, engine: AsyncEngine, clock: Clock, agents: Agents) -> None:
+    def __init__(self, engine: AsyncEngine, clock: Clock, agents: Agents, operator: str) -> None:
+        self.operator = operator  # its sessions are eval replays: no person answered them
         self.engine = engine
         self.clock = clock
         self.agents = agents
@@ -48,7 +49,11 @@ class Examples:
         q = (
             select(E.c.id, E.c.agent, E.c.session_id, S.c.version)
             .join(S, (S.c.agent == E.c.agent) & (S.c.id == E.c.session_id))
-            .where(E.c.status == "answered", ~select(X.c.id).where(X.c.id == E.c.id).exists())
+            .where(
+                E.c.status == "answered",
+                E.c.customer_id != self.operator,
+                ~select(X.c.id).where(X.c.id == E.c.id).exists(),
+            )
         )
         if agent is not None:
             q = q.where(E.c.agent == agent)

@@ -42,6 +42,7 @@ from tollway.inference.service import Caller
 
 log = logging.getLogger("tollway.evals")
 _DAY_US = 86_400 * 1_000_000
+REPLAY = "evals (replay)"  # who closes a replay's escalations
 
 
 @dataclass(slots=True)
@@ -61,7 +62,7 @@ class Evals:
         self.agents = agents
         self.customers = customers
         self.grader = Grader(agents.inference, cfg.grader, cfg.grader_max_tokens, cfg.max_transcript_chars)
-        self.examples = Examples(engine, clock, agents)
+        self.examples = Examples(engine, clock, agents, cfg.payer)
 
     async def operator(self) -> Caller:
         """The operator's customer, who pays for grading and replays (made on first use)."""
@@ -169,6 +170,12 @@ class Evals:
                 if e.status >= 500 or e.status == 402:
                     raise
                 log.info("eval %s: replayed message refused: %s", run_id, e.code)  # a blocked message
+        async with writer(self.engine).begin() as conn:  # a replay's hand-over waits for nobody
+            await conn.execute(
+                update(E)
+                .where(E.c.agent == agent, E.c.session_id == stored, E.c.status == "open")
+                .values(status="answered", answer="", answered_by=REPLAY, answered_at_us=self.clock.now_us())
+            )
         return stored
 
     # ----------------------------------------------------------------- runs

@@ -48,7 +48,11 @@ def _not_raised(prefix: str, col: Any) -> Any:
 
 
 class Checks:
-    def __init__(self, engine: AsyncEngine, clock: Clock, cfg: AlertsConfig) -> None:
+    def __init__(
+        self, engine: AsyncEngine, clock: Clock, cfg: AlertsConfig, quiet: tuple[str, ...] = ()
+    ) -> None:
+        """``quiet``: customers whose escalations raise nothing (the operator's own eval replays)."""
+        self.quiet = quiet
         self.engine = engine
         self.clock = clock
         self.cfg = cfg
@@ -95,7 +99,11 @@ class Checks:
     async def _escalations(self, conn: Any) -> list[Found]:
         q = (
             select(E.c.id, E.c.agent, E.c.session_id, E.c.customer_id, E.c.reason, E.c.created_at_us)
-            .where(E.c.status == "open", _not_raised(f"{ESCALATION_WAITING}:", E.c.id))
+            .where(
+                E.c.status == "open",
+                E.c.customer_id.not_in(self.quiet),
+                _not_raised(f"{ESCALATION_WAITING}:", E.c.id),
+            )
             .limit(_BATCH)
         )
         return [
