@@ -333,6 +333,13 @@ async def test_the_weekly_schedule_is_made_once_and_runs_every_agent(
     await ert.evals_weekly.run(s1)
     [run] = await ert.evals.runs()
     assert run["agent"] == "support" and run["status"] == "done" and run["summary"]["escalated"] == 1
+    # Another cron: the old schedule is cancelled; disabled: none is left.
+    ert.evals.cfg = ert.evals.cfg.model_copy(update={"weekly_cron": "0 4 * * 2"})
+    s3 = await ert.evals_weekly.ensure()
+    assert s3 is not None and s3.id != s1.id
+    assert [(s.id, s.cron) for s in await ert.scheduler.list("evals")] == [(s3.id, "0 4 * * 2")]
+    ert.evals.cfg = ert.evals.cfg.model_copy(update={"weekly": False})
+    assert await ert.evals_weekly.ensure() is None and await ert.scheduler.list("evals") == []
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)

@@ -23,8 +23,12 @@ class Weekly:
         scheduler.register(TASK, self.run)
 
     async def ensure(self) -> Schedule | None:
-        """The weekly schedule, made if enabled (idempotent: one per cron expression)."""
+        """The weekly schedule, made if enabled (idempotent: one per cron expression);
+        a schedule of another cron expression, or any when disabled, is cancelled."""
         cfg = self.evals.cfg
+        for s in await self.scheduler.list(OWNER):
+            if s.task == TASK and (not cfg.weekly or s.cron != cfg.weekly_cron):
+                await self.scheduler.cancel(OWNER, s.id)
         if not cfg.weekly:
             return None
         return await self.scheduler.schedule(
