@@ -489,3 +489,39 @@ async def test_two_processes_deliver_each_alert_once(db_url: str, receiver: tupl
         assert await asyncio.wait_for(p.wait(), 120) == 0
     assert sorted(receiver[0].ids()) == sorted(m for m in made if m)
     assert len(receiver[0].ids()) == 40
+
+
+async def test_budget_thresholds_of_the_gateways_budgets_as_charges_spend_them(art: Runtime) -> None:
+    """The gateway's own budget accounts (tollway.gateway.budgets), spent by real
+    holds: 50% and 80% of the daily budget, then 100%; the monthly one at 50%."""
+    from tollway.charge.hold import Payer
+    from tollway.gateway.budgets import Budgets
+    from tollway.gateway.limits import Limits
+
+    c = await art.customers.create("Ada")
+    await art.ledger.transfer("sys_funding", c.account_id, 10_000_000)
+    limits = Limits(daily_budget=1_000_000, monthly_budget=2_000_000)
+    budgets = Budgets(art.ledger, art.clock)
+
+    async def spend(amount: int) -> None:
+        caps = tuple(await budgets.caps("customer", c.id, c.id, limits))
+        async with art.charger.hold(Payer(c.account_id, c.id, caps=caps), amount, meter="tokens") as h:
+            h.post(amount)
+
+    await spend(500_000)
+    await art.alert_checks.run_once()
+    found = {
+        (a.payload["period"], a.payload["threshold"]) for a in await art.alerts.list(kind=K.BUDGET_THRESHOLD)
+    }
+    assert found == {("daily", 50)}
+    await spend(350_000)
+    await art.alert_checks.run_once()
+    await spend(150_000)
+    await art.alert_checks.run_once()
+    await art.alert_checks.run_once()
+    got = [
+        (a.payload["period"], a.payload["threshold"]) for a in await art.alerts.list(kind=K.BUDGET_THRESHOLD)
+    ]
+    assert sorted(got) == [("daily", 50), ("daily", 80), ("daily", 100), ("monthly", 50)]
+    [a] = [a for a in await art.alerts.list(kind=K.BUDGET_THRESHOLD) if a.payload["threshold"] == 100]
+    assert a.subject == f"customer:{c.id}" and a.payload["spent"] == a.payload["budget"] == 1_000_000
