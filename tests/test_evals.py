@@ -303,6 +303,21 @@ async def test_the_admin_api_and_bad_input(http: httpx.AsyncClient, ert: Runtime
         400,
         "invalid_version",
     )
+    for big in (2**31, 2**62, -1):
+        err(
+            await http.post("/admin/evals/runs", json={"agent": "support", "version": big}, headers=ADMIN),
+            400,
+            "invalid_version",
+        )
+    err(
+        await http.post(
+            "/admin/evals/compare",
+            json={"agent": "support", "version_a": 1, "version_b": 2**40},
+            headers=ADMIN,
+        ),
+        400,
+        "invalid_version_b",
+    )
     err(
         await http.post("/admin/evals/runs", json={"agent": "support", "x": 1}, headers=ADMIN),
         400,

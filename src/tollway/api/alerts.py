@@ -21,7 +21,7 @@ async def alert_list(
     kind: str | None = Query(None, max_length=32),
     status: str | None = Query(None, pattern="^(open|acked)$"),
     subject: str | None = Query(None, max_length=200),
-    since_us: int | None = Query(None, ge=0),
+    since_us: int | None = Query(None, ge=0, le=2**62),
     limit: int = Query(100, ge=1, le=1000),
 ) -> dict[str, Any]:
     found = await runtime(request).alerts.list(

@@ -136,6 +136,7 @@ def create_app(settings: Settings | None = None, *, rt: Runtime | None = None) -
         alerting = [
             asyncio.create_task(rt.alert_checks.run(rt.settings.alerts.check_seconds)),
             asyncio.create_task(rt.alert_delivery.run(rt.settings.alerts.fan_out_seconds)),
+            asyncio.create_task(rt.evals.examples.run(rt.settings.evals.harvest_seconds)),
         ]
         await rt.evals_weekly.ensure()
         # Work that loads models runs after start-up, reported by /healthz (ready at once).
@@ -209,7 +210,7 @@ def create_app(settings: Settings | None = None, *, rt: Runtime | None = None) -
     app.include_router(agents.escalations, responses=errors.error_responses(400, 401, 404, 409))
     app.include_router(agents_admin.router, responses=errors.error_responses(400, 401, 404))
     app.include_router(alerts_api.router, responses=errors.error_responses(400, 401, 404, 409))
-    app.include_router(evals_api.router, responses=errors.error_responses(400, 401, 402, 404))
+    app.include_router(evals_api.router, responses=errors.error_responses(400, 401, 402, 404, 502, 504))
     if rt.settings.agents.demo:
         app.include_router(demo.router, responses=errors.error_responses(404))
     app.add_middleware(LogEveryRequest, log=rt.gateway.log)

@@ -10,8 +10,11 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 
 from tollway.api.agents import _obj
 from tollway.api.auth import require_admin, runtime
+from tollway.api.errors import ErrorBody
 from tollway.api.jsonroute import JsonRoute
 from tollway.core.errors import invalid
+
+MAX_INT = 2**31 - 1  # a version or seed
 
 router = APIRouter(
     route_class=JsonRoute, prefix="/admin/evals", tags=["evals"], dependencies=[Depends(require_admin)]
@@ -29,8 +32,8 @@ def _int(b: dict[str, Any], name: str, *, required: bool = False) -> int | None:
     v = b.get(name)
     if v is None and not required:
         return None
-    if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-        raise invalid(f"invalid_{name}", f"{name} is a non-negative integer", name)
+    if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= MAX_INT:
+        raise invalid(f"invalid_{name}", f"{name} is an integer from 0 to {MAX_INT}", name)
     return v
 
 
@@ -64,7 +67,13 @@ async def compare(request: Request) -> dict[str, Any]:
 
 
 @router.get(
-    "/examples", summary="Escalation answers as labelled examples (JSONL, OpenAI fine-tuning chat format)"
+    "/examples",
+    response_class=Response,
+    responses={
+        200: {"content": {"application/jsonl": {}}, "description": 'One {"messages": [...]} per line'},
+        **{st: {"model": ErrorBody, "content": {"application/json": {}}} for st in (400, 401)},
+    },
+    summary="Escalation answers as labelled examples (JSONL, OpenAI fine-tuning chat format)",
 )
 async def examples(request: Request, agent: str | None = Query(None, max_length=64)) -> Response:
     lines = await runtime(request).evals.examples.export(agent)

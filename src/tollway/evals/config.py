@@ -20,5 +20,7 @@ class EvalsConfig(Section):
     max_transcript_chars: int = Field(6000, ge=500)  # the transcript the grader reads
     max_chunk_chars: int = Field(800, ge=100)  # of each cited chunk
     grader_max_tokens: int = Field(120, ge=20, le=2000)
+    # How often a server keeps new escalation answers as examples (before memory ttl_seconds purges them).
+    harvest_seconds: float = Field(300.0, gt=0)
     weekly: bool = False  # a weekly run of every agent on tollway.schedules
     weekly_cron: str = "0 3 * * 1"  # when (UTC): Mondays 03:00

@@ -4,7 +4,9 @@ OpenAI's fine-tuning chat format (``{"messages": [...]}`` per line)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 from typing import Any
 
 from sqlalchemy import select
@@ -17,6 +19,8 @@ from tollway.core.schema import agent_sessions as S
 from tollway.core.schema import eval_examples as X
 from tollway.core.storage import writer
 from tollway.observe.alerts import insert_or_skip
+
+log = logging.getLogger("tollway.evals")
 
 
 def chat(system: str, messages: list[dict[str, Any]], escalation_id: str) -> list[dict[str, Any]] | None:
@@ -81,6 +85,15 @@ class Examples:
             async with writer(self.engine).begin() as conn:
                 kept += (await conn.execute(insert_or_skip(conn, X, values, ["id"]))).rowcount
         return kept
+
+    async def run(self, interval_s: float) -> None:
+        """Harvest every ``interval_s`` (the server's background loop)."""
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await self.harvest()
+            except Exception:  # a database hiccup: the next round harvests
+                log.exception("keeping escalation answers as examples failed")
 
     async def export(self, agent: str | None = None, *, limit: int = 100_000) -> list[dict[str, Any]]:
         """The kept examples, oldest first, as fine-tuning lines (harvested first)."""

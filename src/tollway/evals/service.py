@@ -83,6 +83,8 @@ class Evals:
         share = self.cfg.sample_share if share is None else share
         if not isinstance(share, int | float) or isinstance(share, bool) or not 0 <= share <= 1:
             raise invalid("invalid_share", "share is a number between 0 and 1", "share")
+        if version is not None and (isinstance(version, bool) or not 0 <= version < 2**31):
+            raise invalid("invalid_version", "version is a definition version number", "version")
         await self.agents.registry.latest(agent)  # 404 for an unknown agent
         since = self.clock.now_us() - self.cfg.window_days * _DAY_US
         escalated = select(E.c.session_id).where(E.c.agent == agent).distinct()
@@ -246,8 +248,8 @@ class Evals:
         """Grade version A's sampled sessions and their replays on version B; the deltas B - A."""
         self.agents.inference.model(self.cfg.grader, "chat")
         for v, p in ((version_a, "version_a"), (version_b, "version_b")):
-            if not isinstance(v, int) or isinstance(v, bool):
-                raise invalid("invalid_version", f"{p} is a definition version number", p)
+            if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v < 2**31:
+                raise invalid(f"invalid_{p}", f"{p} is a definition version number", p)
             await self.agents.registry.get(agent, v)
         sampled = await self.sample(agent, version_a, share=share, seed=seed)
         caller = await self.operator()
