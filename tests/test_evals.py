@@ -461,3 +461,53 @@ async def test_a_run_graded_by_the_local_model(
         assert g["cost"] > 0
     finally:
         await rt.close()
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_the_demo_agent_graded_on_the_chunks_it_cited(
+    db_url: str,
+    tmp_path: Path,
+    agent_model: tuple[AgentModel, str],
+    grader: tuple[GraderModel, str],
+) -> None:
+    """``tollway init --demo``'s support agent (its knowledge base ingested with the
+    real embeddings model): the grader reads the text of every chunk an answer cited."""
+    import tomllib
+
+    from tollway.agents import demo
+    from tollway.api.app import create_app
+    from tollway.inference.config import default_models
+
+    agents_cfg = tomllib.loads(demo.demo_config())["agents"]
+    agents_cfg["definitions"][0]["model"] = "agent-model"
+    agents_cfg["definitions"][0]["tools"] = []  # the order tool is served by a running server only
+    models = [m.model_dump(mode="json") for m in default_models()]
+    models.append({"name": "agent-model", "task": "chat", "backend": "openai", "base_url": agent_model[1]})
+    base = Settings.model_validate(
+        {
+            "database": {"url": db_url},
+            "admin": {"token": ADMIN["Authorization"].split()[1]},
+            "vectors": {"path": str(tmp_path / "vectors")},
+            "agents": agents_cfg,
+            "models": models,
+        }
+    )
+    rt = Runtime.build(eval_settings(base, grader[1]))
+    try:
+        await rt.migrate()
+        await demo.seed(rt)
+        grader[0].requests.clear()
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=create_app(rt=rt)), base_url="http://t"
+        ) as h:
+            auth = await customer_key(h, rt)
+            await say(h, auth, "ship", "How long does express shipping take?")
+        run = await rt.evals.run("support", share=1.0)
+        [g] = run["grades"]
+        assert g["groundedness"] == 4  # the stand-in: chunks were cited
+        [req] = grader[0].requests
+        prompt = req["messages"][-1]["content"]
+        cited = prompt.split("Conversation:")[0]
+        assert "express shipping takes 1 to 2 business days" in cited.replace("\n", " ")
+    finally:
+        await rt.close()
