@@ -23,8 +23,8 @@ import pytest
 from sqlalchemy import func, select, update
 from typer.testing import CliRunner
 
-from conftest import ADMIN, err, settings_for
-from threaded import ThreadServer
+from conftest import ADMIN, PG_SKIP, PG_URL, err, settings_for
+from threaded import ThreadServer, read_body
 from tollway.alerts.delivery import HEADER, verify
 from tollway.billing import usage as U
 from tollway.billing.periods import to_us
@@ -60,12 +60,7 @@ class Receiver:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
-        body = b""
-        while True:
-            m = await receive()
-            body += m.get("body", b"")
-            if not m.get("more_body"):
-                break
+        body = await read_body(receive)
         headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
         with self.lock:
             status = 500 if self.fail > 0 else 200
@@ -473,6 +468,8 @@ PROCESS = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # spawns two processes
+@pytest.mark.skipif(not PG_URL, reason=PG_SKIP)
 @pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
 async def test_two_processes_deliver_each_alert_once(db_url: str, receiver: tuple[Receiver, str]) -> None:
     receiver[0].got.clear()

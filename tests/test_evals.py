@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 
 from agent_helpers import AgentModel, ToolServer, agent_settings, customer_key
 from conftest import ADMIN, err
-from threaded import ThreadServer
+from threaded import ThreadServer, read_body
 from tollway.core.schema import usage_events
 from tollway.evals.grader import parse
 from tollway.runtime import Runtime
@@ -43,12 +43,7 @@ class GraderModel:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
-        body = b""
-        while True:
-            m = await receive()
-            body += m.get("body", b"")
-            if not m.get("more_body"):
-                break
+        body = await read_body(receive)
         req = json.loads(body)
         with self.lock:
             self.requests.append(req)
