@@ -328,6 +328,11 @@ async def test_the_admin_api_and_bad_input(http: httpx.AsyncClient, ert: Runtime
     )
     assert r.status_code == 400 and "error" in r.json()
     assert (await http.post("/admin/evals/runs", json={"agent": "support"})).status_code == 401
+    auth = await customer_key(http, ert)  # a customer's key is no admin token
+    for path in ("/admin/evals/runs", "/admin/evals/compare"):
+        err(await http.post(path, json={"agent": "support"}, headers=auth), 401, "invalid_admin_token")
+    for path in ("/admin/evals/runs", f"/admin/evals/runs/{run['id']}", "/admin/evals/examples"):
+        err(await http.get(path, headers=auth), 401, "invalid_admin_token")
     # Nothing was run by the refusals.
     assert len((await http.get("/admin/evals/runs", headers=ADMIN)).json()["data"]) == 1
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tollway.agents.service import Agents
@@ -71,7 +72,10 @@ class Evals:
         except TollwayError as e:
             if e.status != 404:
                 raise
-            c = await self.customers.create("tollway operator (evals)", id=self.cfg.payer)
+            try:
+                c = await self.customers.create("tollway operator (evals)", id=self.cfg.payer)
+            except IntegrityError:  # another process made it meanwhile
+                c = await self.customers.get(self.cfg.payer)
         return Caller(c.id, c.account_id)
 
     # ------------------------------------------------------------- sampling
