@@ -522,3 +522,26 @@ async def test_budget_thresholds_of_the_gateways_budgets_as_charges_spend_them(a
     assert sorted(got) == [("daily", 50), ("daily", 80), ("daily", 100), ("monthly", 50)]
     [a] = [a for a in await art.alerts.list(kind=K.BUDGET_THRESHOLD) if a.payload["threshold"] == 100]
     assert a.subject == f"customer:{c.id}" and a.payload["spent"] == a.payload["budget"] == 1_000_000
+
+
+async def test_concurrent_raises_and_checks_make_one_alert(art: Runtime) -> None:
+    got = await asyncio.gather(
+        *[art.alerts.raise_alert(K.RESOURCE_SUSPENDED, "d", {}, "same") for _ in range(20)]
+    )
+    assert len([g for g in got if g is not None]) == 1
+    now = art.clock.now_us()
+    async with writer(art.engine).begin() as conn:
+        await conn.execute(
+            agent_escalations.insert().values(
+                id="esc_c",
+                agent="support",
+                session_id="s~1",
+                customer_id="cus_x",
+                reason="asked",
+                status="open",
+                detail="",
+                created_at_us=now,
+            )
+        )
+    raised = await asyncio.gather(*[art.alert_checks.run_once() for _ in range(5)])
+    assert sum(raised) == 1 and await _count(art, K.ESCALATION_WAITING) == 1
