@@ -250,6 +250,7 @@ async def test_a_daily_limit_holds_under_200_concurrent_authorizations(w: W) -> 
 
 
 async def test_a_frozen_token_is_reported_to_the_alert_webhook(db_url: str) -> None:
+    """``[wallets] alert_webhook_url``: a webhook for ``token_frozen`` alerts (docs/observability.md)."""
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import Response
@@ -264,7 +265,13 @@ async def test_a_frozen_token_is_reported_to_the_alert_webhook(db_url: str) -> N
         return Response(status_code=204)
 
     with ThreadServer(Starlette(routes=[Route("/alerts", hook, methods=["POST"])])) as srv:
-        rt = Runtime.build(settings_for(db_url, wallets={"alert_webhook_url": srv.url + "/alerts"}))
+        rt = Runtime.build(
+            settings_for(
+                db_url,
+                wallets={"alert_webhook_url": srv.url + "/alerts"},
+                alerts={"allow": ["127.0.0.1/32"]},  # the webhook is on this machine
+            )
+        )
         app = create_app(rt=rt)
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
             w = W(rt, http)
@@ -273,13 +280,17 @@ async def test_a_frozen_token_is_reported_to_the_alert_webhook(db_url: str) -> N
             assert (await w.authorize(tok, 20)).status_code == 200
             r = await w.authorize(tok, 20)
             assert r.status_code == 402 and r.json()["error"]["code"] == "velocity_limit"
-            for _ in range(100):
+            for _ in range(100):  # the server's loops: alerts become deliveries, the scheduler posts them
+                await rt.alert_delivery.fan_out()
+                await rt.scheduler.run_due()
                 if got:
                     break
                 await asyncio.sleep(0.02)
         await rt.close()
-    assert len(got) == 1 and got[0]["type"] == "wallet.token_frozen" and got[0]["wallet_id"] == wal["id"]
-    assert "faster than 25" in got[0]["reason"]
+    assert len(got) == 1 and got[0]["kind"] == "token_frozen"
+    event = got[0]["payload"]
+    assert event["type"] == "wallet.token_frozen" and event["wallet_id"] == wal["id"]
+    assert "faster than 25" in event["reason"]
 
 
 async def test_a_limit_raised_mid_period_applies_to_the_next_authorization(w: W) -> None:

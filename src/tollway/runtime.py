@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from tollway.agents.alarms import Alarms
 from tollway.agents.service import Agents
 from tollway.agents.service import build as build_agents
+from tollway.alerts.delivery import Delivery
 from tollway.billing import stripe as stripe_billing
 from tollway.billing.service import Billing
 from tollway.billing.subscriptions import KEY_JOIN
@@ -21,12 +22,16 @@ from tollway.core import migrate
 from tollway.core.clock import Clock, SystemClock
 from tollway.core.config import ConfigError
 from tollway.core.storage import make_engine
+from tollway.evals.service import Evals
+from tollway.evals.weekly import Weekly
 from tollway.gateway.gate import Gateway
 from tollway.gateway.requestlog import RequestLog
 from tollway.identity.customers import Customers
 from tollway.identity.keys import ApiKeys
 from tollway.inference.service import Inference
 from tollway.ledger import Ledger
+from tollway.observe.alert_checks import Checks
+from tollway.observe.alerts import TOKEN_FROZEN, Alerts, AlertsConfig, Webhook
 from tollway.provision.service import Provisioner
 from tollway.schedules import Scheduler
 from tollway.settings import Settings
@@ -75,6 +80,11 @@ class Runtime:
     agents: Agents
     alarms: Alarms  # agents' scheduled messages (on rt.scheduler)
     recovery: Recovery  # long calls' progress, charged after a crash (tollway.charge.recovery)
+    alerts: Alerts  # raised once each (tollway.observe.alerts)
+    alert_delivery: Delivery  # to [alerts] webhooks, as schedules: signed, retried, once
+    alert_checks: Checks  # the conditions that raise alerts, checked periodically
+    evals: Evals  # the eval loop (tollway.evals)
+    evals_weekly: Weekly  # its weekly run on the scheduler ([evals] weekly)
     remote_facilitator: RemoteFacilitator | None = None  # [x402] facilitator_url
     stripe: StripeBilling | None = None  # STRIPE_API_KEY set: Stripe billing (tollway.billing.stripe)
 
@@ -82,6 +92,8 @@ class Runtime:
     def build(cls, settings: Settings, *, clock: Clock | None = None) -> Runtime:
         clock = clock or SystemClock()
         engine = make_engine(settings.database)
+        alert_cfg = _alerts_config(settings)
+        alerts_ = Alerts(engine, clock)
         ledger = Ledger(
             engine,
             clock=clock,
@@ -113,7 +125,7 @@ class Runtime:
             audit,
             gateway.windows,
             settings.wallets.hold_seconds,
-            alerts(settings.wallets.alert_webhook_url),
+            alerts(alerts_),
         )
         devnet.signatures = Signatures(authorizer, x402.asset_decimals)  # broker payments: the wallet pays
         claims = Claims(engine, ledger, clock)
@@ -143,6 +155,7 @@ class Runtime:
         provision = Provisioner(settings, engine, clock, wallets, authorizer)
         # Agents' priced hosts: the edge serves them through the paywall (settling to their wallets).
         provision.edge.front = Front(paywall, provision.target, x402.take_rate_bps)
+        evals = Evals(settings.evals, engine, clock, agents, customers)
         return cls(
             settings=settings,
             engine=engine,
@@ -166,6 +179,11 @@ class Runtime:
             agents=agents,
             recovery=Recovery(engine, ledger, charger, clock, settings.ledger.progress_seconds),
             alarms=Alarms(agents, scheduler),
+            alerts=alerts_,
+            alert_delivery=Delivery(engine, clock, alert_cfg, scheduler),
+            alert_checks=Checks(engine, clock, alert_cfg, quiet=(settings.evals.payer,)),
+            evals=evals,
+            evals_weekly=Weekly(evals, scheduler),
             remote_facilitator=remote,
             stripe=stripe_billing.from_env(settings, engine, clock, customers, billing.subscriptions),
         )
@@ -183,12 +201,23 @@ class Runtime:
         if close is not None:
             await close()
         await self.gateway.aclose()
+        await self.alert_delivery.aclose()
         await self.provision.close()
         await self.agents.aclose()
         await self.vectors.close()
         await self.inference.aclose()
         await self.ledger.close()
         await self.engine.dispose()
+
+
+def _alerts_config(settings: Settings) -> AlertsConfig:
+    """``[alerts]``, with ``[wallets] alert_webhook_url`` (the frozen-token webhook
+    before alerts) as one more webhook for ``token_frozen`` alone."""
+    cfg = settings.alerts
+    url = settings.wallets.alert_webhook_url
+    if url and not any(w.url == url for w in cfg.webhooks):
+        cfg = cfg.model_copy(update={"webhooks": [*cfg.webhooks, Webhook(url=url, kinds=[TOKEN_FROZEN])]})
+    return cfg
 
 
 def _settlement(x402: X402Config, ledger: Ledger, devnet: Devnet) -> Settlement:

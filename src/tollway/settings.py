@@ -18,9 +18,11 @@ from tollway.agents.config import AgentsConfig
 from tollway.billing.config import BillingConfig
 from tollway.console.config import ConsoleConfig
 from tollway.core.config import CoreSettings, load_config
+from tollway.evals.config import EvalsConfig
 from tollway.gateway.config import GatewayConfig
 from tollway.inference.config import InferenceConfig, ModelConfig, check_registry, default_models
 from tollway.observe.config import TelemetryConfig
+from tollway.observe.alerts import AlertsConfig
 from tollway.provision.config import ProvisionConfig
 from tollway.schedules.config import SchedulesConfig
 from tollway.vectors.config import VectorsConfig
@@ -40,6 +42,8 @@ class Settings(CoreSettings):
     agents: AgentsConfig = AgentsConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
     console: ConsoleConfig = ConsoleConfig()
+    alerts: AlertsConfig = AlertsConfig()
+    evals: EvalsConfig = EvalsConfig()
     models: list[ModelConfig] = Field(default_factory=default_models)
 
     @field_validator("models")

@@ -39,6 +39,8 @@ from tollway.api import (
     x402_admin,
     x402_agent,
 )
+from tollway.api import alerts as alerts_api
+from tollway.api import evals as evals_api
 from tollway.api import stripe as stripe_api
 from tollway.api.fastpath import TollwayApp
 from tollway.api.quote import quote as ai_quote
@@ -134,6 +136,12 @@ def create_app(settings: Settings | None = None, *, rt: Runtime | None = None) -
         await rt.provision.start()  # the deployments' edge, idle workers, the reaper
         schedules = asyncio.create_task(rt.scheduler.run(rt.settings.schedules.tick_seconds))
         agents_purge = asyncio.create_task(rt.agents.run_purge(rt.settings.agents.purge_seconds))
+        alerting = [
+            asyncio.create_task(rt.alert_checks.run(rt.settings.alerts.check_seconds)),
+            asyncio.create_task(rt.alert_delivery.run(rt.settings.alerts.fan_out_seconds)),
+            asyncio.create_task(rt.evals.examples.run(rt.settings.evals.harvest_seconds)),
+        ]
+        await rt.evals_weekly.ensure()
         # Work that loads models runs after start-up, reported by /healthz (ready at once).
         background = (
             [asyncio.create_task(_demo_ingest(rt, app.state.startup))] if rt.settings.agents.demo else []
@@ -158,6 +166,7 @@ def create_app(settings: Settings | None = None, *, rt: Runtime | None = None) -
                 agents_purge,
                 schedules,
                 *recovery,
+                *alerting,
                 *background,
             ):
                 task.cancel()
@@ -209,6 +218,8 @@ def create_app(settings: Settings | None = None, *, rt: Runtime | None = None) -
     )
     app.include_router(agents.escalations, responses=errors.error_responses(400, 401, 404, 409))
     app.include_router(agents_admin.router, responses=errors.error_responses(400, 401, 404))
+    app.include_router(alerts_api.router, responses=errors.error_responses(400, 401, 404, 409))
+    app.include_router(evals_api.router, responses=errors.error_responses(400, 401, 402, 404, 502, 504))
     console = mount_console(app, rt)  # /console, /docs, /redoc
     if rt.settings.agents.demo:
         app.include_router(demo.router, responses=errors.error_responses(404))

@@ -28,6 +28,7 @@ from tollway.core.schema import usage_events as U
 from tollway.core.schema import usage_rollups as R
 from tollway.core.storage import writer
 from tollway.observe import metrics
+from tollway.observe.alerts import USAGE_ANOMALY, raise_alert
 
 log = logging.getLogger("tollway.billing")
 
@@ -207,6 +208,12 @@ async def rollup_day(
                 .values(anomaly=1)
             )
         n = (await conn.execute(select(func.count()).select_from(R).where(R.c.day == name))).scalar_one()
+        by_customer: dict[str, list[str]] = {}
+        for c, f in flagged:
+            by_customer.setdefault(c, []).append(f)
+        for c, features in by_customer.items():  # an alert per customer-day, with the rollup
+            payload = {"customer_id": c, "day": day.isoformat(), "features": sorted(features), "factor": k}
+            await raise_alert(conn, now, USAGE_ANOMALY, c, payload, f"{USAGE_ANOMALY}:{c}:{name}")
     known = {c for c, _ in seen}
     new: dict[str, list[str]] = {}
     for c, f in flagged:

@@ -528,7 +528,9 @@ def _print_transfer(t: Any, as_json: bool) -> None:
 
 # Command groups that live in their own modules register themselves on ``app``.
 from tollway.cli import agents as _agents  # noqa: E402, F401
+from tollway.cli import alerts as _alerts  # noqa: E402, F401
 from tollway.cli import billing as _billing  # noqa: E402, F401
+from tollway.cli import evals as _evals  # noqa: E402, F401
 from tollway.cli import provision as _provision  # noqa: E402, F401
 from tollway.cli import requests as _requests  # noqa: E402, F401
 from tollway.cli import schedules as _schedules  # noqa: E402, F401

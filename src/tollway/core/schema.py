@@ -755,3 +755,75 @@ console_state = Table(
     Column("name", String(64), primary_key=True),  # e.g. the last subscription transfer rolled up
     Column("value", String(200), nullable=False),
 )
+
+# --- alerts and evals (issue 23 §4, §5) ---
+# Alerts (tollway.observe.alerts): each raised once (its dedupe key is unique),
+# then fanned out to the configured webhooks, one schedule each (tollway.alerts.delivery).
+alerts = Table(
+    "alerts",
+    metadata,
+    Column("id", String(64), primary_key=True),  # alt_...
+    Column("kind", String(32), nullable=False),  # budget_threshold | usage_anomaly | ...
+    Column("subject", String(200), nullable=False),  # what it is about: a key, a wallet, a session...
+    Column("dedupe", String(400), nullable=False, unique=True),  # each alert once
+    Column("payload", Text, nullable=False),  # JSON object
+    Column("status", String(16), nullable=False),  # open | acked
+    Column("fanned", Integer, nullable=False),  # 1 once its deliveries are made
+    Column("created_at_us", BigInteger, nullable=False),
+    Column("acked_at_us", BigInteger, nullable=True),
+    Column("acked_by", String(200), nullable=True),
+    Index("ix_alerts_kind", "kind", "created_at_us"),
+    Index("ix_alerts_fanned", "fanned", "created_at_us"),
+)
+
+# The eval loop (tollway.evals): a run grades sampled sessions; a comparison
+# replays them against another definition version.
+eval_runs = Table(
+    "eval_runs",
+    metadata,
+    Column("id", String(64), primary_key=True),  # evr_...
+    Column("kind", String(16), nullable=False),  # run | compare
+    Column("agent", String(64), nullable=False),
+    Column("version", Integer, nullable=True),  # the version graded (None: every version)
+    Column("version_b", Integer, nullable=True),  # compare: the version replayed
+    Column("status", String(16), nullable=False),  # running | done | failed
+    Column("grader", String(100), nullable=False),  # the registry model that grades
+    Column("summary", Text, nullable=False),  # JSON: averages, counts, deltas
+    Column("cost", BigInteger, nullable=False),  # micro-USD charged to the operator
+    Column("created_at_us", BigInteger, nullable=False),
+    Column("finished_at_us", BigInteger, nullable=True),
+    Index("ix_eval_runs_agent", "agent", "created_at_us"),
+)
+
+eval_grades = Table(
+    "eval_grades",
+    metadata,
+    Column("id", String(64), primary_key=True),  # evg_...
+    Column("run_id", String(64), ForeignKey("eval_runs.id"), nullable=False),
+    Column("agent", String(64), nullable=False),
+    Column("session_id", String(128), nullable=False),  # the stored session id graded (or replayed from)
+    Column("version", Integer, nullable=False),
+    Column("arm", String(8), nullable=False),  # a (as sampled) | b (replayed)
+    Column("escalated", Integer, nullable=False),
+    Column("helpfulness", Integer, nullable=True),  # 1..5, None when the grader gave nothing usable
+    Column("safety", Integer, nullable=True),
+    Column("groundedness", Integer, nullable=True),
+    Column("checks", Text, nullable=False),  # JSON: the deterministic checks
+    Column("grader_output", Text, nullable=False),
+    Column("cost", BigInteger, nullable=False),
+    Column("created_at_us", BigInteger, nullable=False),
+    Index("ix_eval_grades_run", "run_id", "session_id", "arm", unique=True),
+)
+
+# A person's reply to an escalation, with the conversation before it: a labelled example.
+eval_examples = Table(
+    "eval_examples",
+    metadata,
+    Column("id", String(64), primary_key=True),  # the escalation's id
+    Column("agent", String(64), nullable=False),
+    Column("session_id", String(128), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("messages", Text, nullable=False),  # JSON: OpenAI chat messages, the human reply last
+    Column("created_at_us", BigInteger, nullable=False),
+    Index("ix_eval_examples_agent", "agent", "created_at_us"),
+)

@@ -1,0 +1,1 @@
+"""Alert webhooks: delivering what tollway.observe.alerts raises (see delivery)."""
