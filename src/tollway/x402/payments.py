@@ -18,6 +18,7 @@ from tollway.ledger.ops import Usage
 from tollway.x402 import wire
 from tollway.x402.devnet import METER, REVENUE_ACCOUNT, authorization_key
 from tollway.x402.exact_evm import Authorization
+from tollway.x402.upto_evm import Permit
 from tollway.x402.wire import PaymentInvalid
 
 log = logging.getLogger("tollway.x402")
@@ -38,6 +39,8 @@ def _row(r: Any) -> dict[str, Any]:
         "resource": meta.get("resource"),
         "transaction": meta.get("transaction"),
         "x402_version": meta.get("x402_version"),
+        "scheme": meta.get("scheme", "exact"),
+        "max_amount": meta.get("max_amount"),
     }
 
 
@@ -69,28 +72,31 @@ async def record_received(
     inbound: str,
     network: str,
     asset: str,
-    auth: Authorization,
+    auth: Authorization | Permit,
     pay_to: str,
     tx: str,
     meta: dict[str, Any],
+    amount: int | None = None,
 ) -> None:
     """A payment settled outside the ledger (on chain, or by an external
     facilitator) into the ledger: ``inbound`` → revenue, keyed by the
     authorization, with its usage event. A second recording of the same
-    authorization is ``nonce already used``."""
+    authorization is ``nonce already used``. ``amount``: what an upto permit
+    settled (otherwise the authorization's value)."""
+    value = auth.value if amount is None else amount
     try:
         await ledger.create_account("funding", id=inbound, name="x402 payments received outside the ledger")
     except TollwayError as e:
         if e.code != "account_exists":
             raise
     usage = Usage(
-        METER, 1, None, {**meta, "transaction": tx, "payer": auth.payer, "pay_to": pay_to}, amount=auth.value
+        METER, 1, None, {**meta, "transaction": tx, "payer": auth.payer, "pay_to": pay_to}, amount=value
     )
     try:
         await ledger.transfer(
             inbound,
             REVENUE_ACCOUNT,
-            auth.value,
+            value,
             idempotency_key=authorization_key(network, asset, auth.payer, auth.nonce),
             description=f"x402 {network} {tx}",
             usage=usage,

@@ -17,11 +17,12 @@ from typing import TYPE_CHECKING, Any
 from tollway.core.clock import Clock
 from tollway.core.lazy import aiohttp_client_error
 from tollway.ledger import Ledger
-from tollway.x402 import wire
+from tollway.x402 import upto_evm, wire
 from tollway.x402.config import X402Config
 from tollway.x402.exact_evm import Authorization
 from tollway.x402.facilitator import Checked
 from tollway.x402.payments import record_received
+from tollway.x402.upto_evm import Permit
 from tollway.x402.wire import PaymentInvalid
 
 if TYPE_CHECKING:  # aiohttp is imported on first use: start-up stays fast
@@ -52,6 +53,11 @@ class RemoteFacilitator:
             )
         return self._session
 
+    @property
+    def address(self) -> str | None:
+        """Unknown here: the paid routes offer upto only with the built-in facilitator."""
+        return None
+
     async def aclose(self) -> None:
         if self._session is not None:
             await self._session.close()
@@ -75,7 +81,8 @@ class RemoteFacilitator:
         """Verify through the external facilitator (raises ``PaymentInvalid``)."""
         if not isinstance(payload, dict) or not isinstance(requirements, dict):
             raise PaymentInvalid(wire.INVALID_PAYLOAD, "payload and requirements must be objects")
-        auth = Authorization.parse(payload.get("payload"))
+        scheme = requirements.get("scheme")
+        auth = (Permit if scheme == upto_evm.SCHEME else Authorization).parse(payload.get("payload"))
         out = await self._call("/verify", payload, requirements, wire.UNEXPECTED_VERIFY)
         if out.get("isValid") is not True:
             raise _refusal(out, "invalidReason", "invalidMessage", wire.INVALID_PAYLOAD, auth.payer)
@@ -83,17 +90,26 @@ class RemoteFacilitator:
         amount = wire.uint(
             requirements, "amount" if version == 2 else "maxAmountRequired", wire.INVALID_REQUIREMENTS
         )
-        return Checked(
-            version, str(requirements.get("network")), str(requirements.get("payTo")), amount, auth, ""
-        )
+        network = str(requirements.get("network"))
+        return Checked(version, network, str(requirements.get("payTo")), amount, auth, "", None, str(scheme))
 
     async def settle(
-        self, payload: Any, requirements: Any, resource: str | None = None, checked: Checked | None = None
+        self,
+        payload: Any,
+        requirements: Any,
+        resource: str | None = None,
+        checked: Checked | None = None,
+        amount: int | None = None,
     ) -> dict[str, Any]:
-        """Settle through the external facilitator, then record it in the ledger."""
+        """Settle through the external facilitator, then record it in the ledger.
+        ``amount``: what an upto permit settles (sent as the requirements' amount,
+        as the official resource server's settlement override does)."""
         network = str(requirements.get("network") if isinstance(requirements, dict) else self.network)
         try:
             c = checked or await self.check(payload, requirements)
+            if amount is not None and isinstance(c.auth, Permit):
+                requirements = {**requirements, "amount": str(upto_evm.settle_amount(c.auth, amount))}
+            moved = c.amount if amount is None else amount
             out = await self._call("/settle", payload, requirements, wire.UNEXPECTED_SETTLE)
             if out.get("success") is not True:
                 raise _refusal(out, "errorReason", "errorMessage", wire.UNEXPECTED_SETTLE, c.auth.payer)
@@ -105,12 +121,13 @@ class RemoteFacilitator:
                 "x402_version": c.version,
             }
             meta["facilitator"] = self.url
-            await record_received(
-                self.ledger, INBOUND_ACCOUNT, c.network, self.cfg.asset, c.auth, c.pay_to, tx, meta
-            )
+            if moved:  # an upto permit settled for nothing moved nothing
+                await record_received(
+                    self.ledger, INBOUND_ACCOUNT, c.network, self.cfg.asset, c.auth, c.pay_to, tx, meta, moved
+                )
         except PaymentInvalid as e:
             return wire.settle_failed(e, network)
-        return wire.settled(c.auth.payer, tx, network, c.amount)
+        return wire.settled(c.auth.payer, tx, network, moved)
 
 
 def _refusal(
