@@ -19,6 +19,7 @@ from x402.mechanisms.evm.signers import EthAccountSigner
 from x402.mechanisms.evm.upto.client import _create_upto_permit2_payload
 from x402.schemas import PaymentRequirements
 
+from test_x402_facilitator import balances, funded
 from tollway.core.schema import usage_events
 from tollway.runtime import Runtime
 from tollway.settings import Settings
@@ -29,16 +30,6 @@ from tollway.x402.wire import PaymentInvalid
 from x402_helpers import PAY_TO, Payer, permit, upto_requirements, upto_v2
 
 NONCE_USED = "invalid_exact_evm_nonce_already_used"
-
-
-async def funded(rt: Runtime, amount: int = 10_000) -> Payer:
-    p = Payer()
-    await rt.devnet.fund(p.address, amount)
-    return p
-
-
-async def balances(rt: Runtime, p: Payer) -> tuple[int, int]:
-    return await rt.devnet.balance(p.address), (await rt.ledger.get_account("sys_revenue")).balance
 
 
 # ------------------------------------------------------------------ upto_evm

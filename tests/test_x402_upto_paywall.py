@@ -8,7 +8,6 @@ real HTTP, and the SDK's resource server settles through tollway's facilitator."
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -26,6 +25,7 @@ from x402.schemas import AssetAmount
 
 from conftest import settings_for
 from fake_upstream import FakeUpstream, model
+from test_x402_interop import on_devnet, receipt
 from threaded import ThreadServer
 from tollway.api.app import create_app
 from tollway.runtime import Runtime
@@ -65,11 +65,6 @@ def metered(rt: Runtime, usage: dict[str, int]) -> int:
     return rt.inference.price(
         rt.inference.model("m", "chat"), usage["prompt_tokens"], usage["completion_tokens"]
     )[1]
-
-
-def receipt(r: httpx.Response) -> dict[str, Any]:
-    out: dict[str, Any] = json.loads(base64.b64decode(r.headers["payment-response"]))
-    return out
 
 
 async def offers(c: httpx.AsyncClient, body: dict[str, Any] = BODY) -> dict[str, dict[str, Any]]:
@@ -198,17 +193,6 @@ async def test_the_schemes_a_rule_offers(db_url: str) -> None:
 # ----------------------------------------------------------------- interop
 
 
-def on(settings: Settings, coro: Any) -> Any:
-    async def go() -> Any:
-        rt = Runtime.build(settings)
-        try:
-            return await coro(rt)
-        finally:
-            await rt.close()
-
-    return asyncio.run(go())
-
-
 def pay_upto(payer: Any, method: str, url: str, **kw: Any) -> httpx.Response:
     """The official SDK's async client with only its upto scheme registered."""
 
@@ -235,7 +219,7 @@ def test_the_official_upto_client_pays_a_tollway_ai_route_the_metered_cost(
 ) -> None:
     url, settings = served
     payer = Account.create()
-    on(settings, lambda rt: rt.devnet.fund(payer.address, 1_000_000))
+    on_devnet(settings, lambda rt: rt.devnet.fund(payer.address, 1_000_000))
     accepts = required(httpx.post(url + "/v1/chat/completions", json=BODY))["accepts"]
     ceiling = int(next(a for a in accepts if a["scheme"] == "upto")["amount"])
 
@@ -247,14 +231,14 @@ def test_the_official_upto_client_pays_a_tollway_ai_route_the_metered_cost(
     async def cost_of(rt: Runtime) -> int:
         return metered(rt, usage)
 
-    cost = on(settings, cost_of)
+    cost = on_devnet(settings, cost_of)
     assert 0 < cost < ceiling
     assert receipt(r)["amount"] == str(cost) and receipt(r)["payer"] == payer.address
 
     async def state(rt: Runtime) -> tuple[int, int]:
         return await rt.devnet.balance(payer.address), await revenue(rt)
 
-    assert on(settings, state) == (1_000_000 - cost, cost)  # charged the metered cost, not the maximum
+    assert on_devnet(settings, state) == (1_000_000 - cost, cost)  # charged the metered cost, not the maximum
 
 
 def official_upto_server(facilitator_url: str) -> FastAPI:
@@ -288,7 +272,7 @@ def test_the_official_resource_server_settles_upto_through_tollways_facilitator(
         ThreadServer(official_upto_server(tw.url + "/x402")) as origin,
     ):
         payer = Account.create()
-        on(settings, lambda rt: rt.devnet.fund(payer.address, 5_000))
+        on_devnet(settings, lambda rt: rt.devnet.fund(payer.address, 5_000))
         r = pay_upto(payer, "GET", origin.url + "/metered")
         assert r.status_code == 200, r.text
         got = receipt(r)
@@ -297,4 +281,4 @@ def test_the_official_resource_server_settles_upto_through_tollways_facilitator(
         async def state(rt: Runtime) -> tuple[int, int]:
             return await rt.devnet.balance(payer.address), await revenue(rt)
 
-        assert on(settings, state) == (4_700, 300)
+        assert on_devnet(settings, state) == (4_700, 300)
