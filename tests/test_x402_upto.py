@@ -245,3 +245,41 @@ async def test_the_same_permit_settled_concurrently_by_two_runtimes_moves_once(
         assert await balances(rt, p) == (10_000 - moved, moved)
     finally:
         await other.close()
+
+
+async def test_a_permit_replayed_with_its_numbers_written_otherwise_is_the_same_permit(rt: Runtime) -> None:
+    """The settlement is keyed by the nonce's value, not its spelling: "007" and
+    "7" sign the same message, and settle once between them."""
+    p = await funded(rt)
+    reqs = upto_requirements(1000)
+    payload = upto_v2(p, reqs, nonce=7)
+    first = await rt.facilitator.settle(payload, {**reqs, "amount": "100"})
+    assert first["success"] is True
+    auth = payload["payload"]["permit2Authorization"]
+    padded = {**payload, "payload": {**payload["payload"], "permit2Authorization": {**auth, "nonce": "007"}}}
+    again = await rt.facilitator.settle(padded, {**reqs, "amount": "100"})
+    assert (again["success"], again["errorReason"]) == (False, NONCE_USED)
+    assert await balances(rt, p) == (10_000 - 100, 100)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("nonce", "0x10"),
+        ("nonce", "-1"),
+        ("deadline", "1e12"),
+        ("nonce", 1.5),
+        ("deadline", True),
+        ("nonce", "١٢"),
+    ],
+)
+def test_numbers_in_other_encodings_are_refused(field: str, value: Any) -> None:
+    raw = permit(Payer())
+    raw["permit2Authorization"][field] = value
+    with pytest.raises(PaymentInvalid) as e:
+        Permit.parse(raw)
+    assert e.value.reason == "invalid_permit2_payload_format"
+    with pytest.raises(PaymentInvalid):
+        Permit.parse(
+            {**raw, "permit2Authorization": {**raw["permit2Authorization"], "permitted": {"token": "x"}}}
+        )

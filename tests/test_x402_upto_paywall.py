@@ -282,3 +282,50 @@ def test_the_official_resource_server_settles_upto_through_tollways_facilitator(
             return await rt.devnet.balance(payer.address), await revenue(rt)
 
         assert on_devnet(settings, state) == (4_700, 300)
+
+
+async def test_a_client_that_leaves_mid_stream_pays_for_what_was_produced(ai: Any) -> None:
+    """The stream is settled when it ends, however it ends: a client gone after
+    the first words pays the cost the charge path meters for what was
+    produced (something, at most the whole answer), once."""
+    c, rt, upstream = ai
+    body = {**BODY, "stream": True}
+    up = (await offers(c, body))["upto"]
+    p = await funded(rt, 1_000_000)
+    upstream.chunk_delay_s = 0.2
+    gone = asyncio.Event()
+
+    async def receive() -> dict[str, Any]:
+        if not getattr(receive, "sent", False):
+            receive.sent = True  # type: ignore[attr-defined]
+            return {"type": "http.request", "body": json.dumps(body).encode(), "more_body": False}
+        await gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(msg: dict[str, Any]) -> None:  # as uvicorn: nothing is sent once the client left
+        if msg["type"] == "http.response.body" and b"Hello" in msg.get("body", b""):
+            gone.set()
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/chat/completions",
+        "raw_path": b"/v1/chat/completions",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (b"host", b"t.test"),
+            (b"content-type", b"application/json"),
+            (b"payment-signature", header(upto_v2(p, up)).encode()),
+        ],
+        "client": ("127.0.0.1", 50000),
+        "server": ("t.test", 80),
+    }
+    await c._transport.app(scope, receive, send)  # type: ignore[attr-defined]
+    assert gone.is_set()
+    paid = 1_000_000 - await rt.devnet.balance(p.address)
+    whole = metered(rt, {"prompt_tokens": 10, "completion_tokens": 6})
+    assert 0 < paid <= whole and await revenue(rt) == paid

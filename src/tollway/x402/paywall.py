@@ -543,7 +543,10 @@ class Paywall:
         async def chunks() -> AsyncIterator[bytes]:
             try:
                 while True:
-                    msg = await _next(out, task)
+                    try:
+                        msg = await _next(out, task)
+                    except _Ended:  # it stopped mid-body: its client went away
+                        break
                     if msg.get("body"):
                         yield msg["body"]
                     if not msg.get("more_body"):
@@ -552,6 +555,8 @@ class Paywall:
             finally:
                 if not task.done():
                     task.cancel()
+                    # Its calls book what they used (an upto tab) as they end: wait for them.
+                    await asyncio.gather(task, return_exceptions=True)
 
         headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
         return int(start["status"]), list(headers), chunks()
@@ -609,11 +614,15 @@ class _Body:
         self.r.release()
 
 
+class _Ended(RuntimeError):
+    """The inner app returned without (the rest of) its response."""
+
+
 async def _next(q: asyncio.Queue[Message], task: asyncio.Future[None]) -> Message:
     """The next message the inner app sends (or its failure)."""
     if q.empty() and task.done():
         task.result()
-        raise RuntimeError("the app ended without a response")
+        raise _Ended("the app ended without a response")
     get = asyncio.ensure_future(q.get())
     waiting: set[asyncio.Future[Any]] = {get, task}
     await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
@@ -621,7 +630,7 @@ async def _next(q: asyncio.Queue[Message], task: asyncio.Future[None]) -> Messag
         return get.result()
     get.cancel()
     task.result()
-    raise RuntimeError("the app ended without a response")
+    raise _Ended("the app ended without a response")
 
 
 def _cookies(header: str) -> str:
