@@ -25,6 +25,7 @@ from tollway.runtime import Runtime
 from tollway.settings import Settings
 from tollway.x402 import upto_evm
 from tollway.x402.devnet import FACILITATOR_ADDRESS
+from tollway.x402.payments import payments
 from tollway.x402.upto_evm import Permit
 from tollway.x402.wire import PaymentInvalid
 from x402_helpers import PAY_TO, Payer, permit, upto_requirements, upto_v2
@@ -146,6 +147,8 @@ async def test_verify_for_the_maximum_then_settle_what_was_used_once(rt: Runtime
     meta = json.loads(u["metadata"])
     assert u["amount"] == 420 and meta["scheme"] == "upto" and meta["max_amount"] == 1000
     assert meta["transaction"] == r["transaction"] and meta["pay_to"] == PAY_TO
+    [row] = await payments(rt.engine)
+    assert (row["scheme"], row["amount"], row["max_amount"]) == ("upto", 420, 1000)
     again = await rt.facilitator.settle(payload, {**reqs, "amount": "1"})
     assert (again["success"], again["errorReason"]) == (False, NONCE_USED)
     v = await rt.facilitator.verify(payload, reqs)

@@ -85,6 +85,8 @@ async def test_an_ai_route_offers_exact_and_upto_at_its_maximum(ai: Any) -> None
     }
     v1 = (await c.post("/v1/chat/completions", json=BODY)).json()
     assert [a["scheme"] for a in v1["accepts"]] == ["exact"]  # v1 has no upto
+    found = (await c.get("/x402/discovery/resources", params={"scheme": "upto"})).json()["items"]
+    assert [[a["scheme"] for a in i["accepts"]] for i in found] == [["upto"]]
 
 
 async def test_an_upto_payment_settles_the_metered_cost_not_the_maximum(ai: Any) -> None:
