@@ -7,6 +7,8 @@ against the official SDK's own encoding of it."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
@@ -18,7 +20,7 @@ from x402.mechanisms.evm.constants import X402_UPTO_PERMIT2_PROXY_ABI, X402_UPTO
 from x402.mechanisms.evm.types import UptoPermit2Payload
 from x402.mechanisms.evm.upto.permit2_utils import _build_upto_permit2_settle_args
 
-from evm_chain import EvmChain, start
+from evm_chain import STUBS, EvmChain, start
 from tollway.runtime import Runtime
 from tollway.x402 import upto_evm
 from tollway.x402.evm import EvmSettlement
@@ -140,3 +142,10 @@ async def test_a_permit_is_covered_only_once_permit2_may_spend_the_balance(
     assert await s.covers(up) is True
     too_much = Permit.parse(permit(p, 20_000, token=chain.asset, facilitator=s.facilitator_address))
     assert await s.covers(too_much) is False  # the balance
+
+
+def test_the_stand_ins_artifacts_are_built_from_their_sources() -> None:
+    for path in STUBS.values():
+        art = json.loads(path.read_text())
+        source = path.with_suffix(".sol").read_text()
+        assert art["sourceSha256"] == hashlib.sha256(source.encode()).hexdigest(), path.name
