@@ -470,7 +470,7 @@ class EvmSettlement:
         """The mined settlement into the ledger: inbound -> revenue, with its usage event."""
         try:
             await record_received(
-                self.ledger, INBOUND_ACCOUNT, self.network, self.asset, auth, pay_to, tx, meta, value
+                self.ledger, INBOUND_ACCOUNT, self.network, self.asset, auth, pay_to, tx, meta, amount=value
             )
         except PaymentInvalid:
             raise

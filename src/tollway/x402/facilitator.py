@@ -112,6 +112,7 @@ class Verifier(Protocol):
         requirements: Any,
         resource: str | None = None,
         checked: Checked | None = None,
+        *,
         amount: int | None = None,
     ) -> dict[str, Any]:
         """A ``SettleResponse`` (failures are answers, not exceptions). ``amount``:
@@ -274,6 +275,7 @@ class Facilitator:
         requirements: Any,
         resource: str | None = None,
         checked: Checked | None = None,
+        *,
         amount: int | None = None,
     ) -> dict[str, Any]:
         """A ``SettleResponse``: checks again, then moves the money (once per

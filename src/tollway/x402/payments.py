@@ -76,6 +76,7 @@ async def record_received(
     pay_to: str,
     tx: str,
     meta: dict[str, Any],
+    *,
     amount: int | None = None,
 ) -> None:
     """A payment settled outside the ledger (on chain, or by an external

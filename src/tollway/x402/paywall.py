@@ -307,7 +307,9 @@ class Paywall:
                     later = True  # its cost is known at its end: settled after the last byte
                 else:
                     used = self._used(rule, checked, tab, headers)
-                    receipt = await self.facilitator.settle(payload, reqs, str(request.url), checked, used)
+                    receipt = await self.facilitator.settle(
+                        payload, reqs, str(request.url), checked, amount=used
+                    )
         except BaseException:  # before the origin answered (the client left): give it back
             done = self.claims.spend(key, token) if ran else self.claims.release(key, token)
             await asyncio.shield(done)
@@ -377,7 +379,7 @@ class Paywall:
             await self._relay(send, status, headers, chunks)
         finally:
             used = min(self._units(tab.amount), checked.amount)
-            done = self.facilitator.settle(payload, reqs, str(request.url), checked, used)
+            done = self.facilitator.settle(payload, reqs, str(request.url), checked, amount=used)
             receipt = await asyncio.shield(done)
             if not receipt["success"]:
                 log.error("x402 upto settlement after a stream failed: %s", receipt.get("errorMessage"))

@@ -99,6 +99,7 @@ class RemoteFacilitator:
         requirements: Any,
         resource: str | None = None,
         checked: Checked | None = None,
+        *,
         amount: int | None = None,
     ) -> dict[str, Any]:
         """Settle through the external facilitator, then record it in the ledger.
@@ -123,7 +124,15 @@ class RemoteFacilitator:
             meta["facilitator"] = self.url
             if moved:  # an upto permit settled for nothing moved nothing
                 await record_received(
-                    self.ledger, INBOUND_ACCOUNT, c.network, self.cfg.asset, c.auth, c.pay_to, tx, meta, moved
+                    self.ledger,
+                    INBOUND_ACCOUNT,
+                    c.network,
+                    self.cfg.asset,
+                    c.auth,
+                    c.pay_to,
+                    tx,
+                    meta,
+                    amount=moved,
                 )
         except PaymentInvalid as e:
             return wire.settle_failed(e, network)
