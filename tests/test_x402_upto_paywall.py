@@ -26,13 +26,17 @@ from x402.schemas import AssetAmount
 from conftest import settings_for
 from fake_upstream import FakeUpstream, model
 from test_x402_interop import on_devnet, receipt
+from test_x402_remote import facilitator, on
 from threaded import ThreadServer
 from tollway.api.app import create_app
 from tollway.runtime import Runtime
 from tollway.settings import Settings
 from tollway.x402.config import DEVNET_ASSET
-from x402_gateway_support import funded, header, required, revenue
-from x402_helpers import EXTRA, NETWORK, PAY_TO, upto_v2
+from tollway.x402.devnet import FACILITATOR_ADDRESS
+from x402_gateway_support import Origin, funded, header, required, revenue
+from x402_helpers import EXTRA, NETWORK, PAY_TO, Payer, upto_v2
+
+__all__ = ["facilitator"]  # a fixture (another tollway's facilitator)
 
 SPEND = {"allowed_assets": [{"network": NETWORK, "asset": DEVNET_ASSET, "max_amount_per_payment": "1000000"}]}
 BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 50}
@@ -331,3 +335,59 @@ async def test_a_client_that_leaves_mid_stream_pays_for_what_was_produced(ai: An
     paid = 1_000_000 - await rt.devnet.balance(p.address)
     whole = metered(rt, {"prompt_tokens": 10, "completion_tokens": 6})
     assert 0 < paid <= whole and await revenue(rt) == paid
+
+
+# -------------------------------------------------------- other origins
+
+
+METERED = {"name": "metered", "path": "/api/*", "origin": "", "price": "$0.001", "schemes": ["upto"]}
+
+
+async def test_an_origin_names_what_was_used_with_settlement_overrides(
+    db_url: str, origin: tuple[Origin, str]
+) -> None:
+    """An origin's ``Settlement-Overrides`` amount is settled (at most the
+    maximum; the header never reaches the client); without one, or with one
+    that is not an atomic amount, the maximum is."""
+    _, base = origin
+    settings = settings_for(db_url, x402={"pay_to": PAY_TO, "rules": [{**METERED, "origin": base}]})
+    rt = Runtime.build(settings)
+    c = httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(rt=rt)), base_url="http://t.test")
+    try:
+        p = await funded(rt, 100_000)
+        paid = []
+        for path in ("/api/used/300", "/api/used/5000", "/api/used/$0.0001", "/api/plain"):
+            [up] = required(await c.get(path))["accepts"]
+            r = await c.get(path, headers={"payment-signature": header(upto_v2(p, up))})
+            assert r.status_code == 200 and "settlement-overrides" not in r.headers, r.headers
+            paid.append(int(receipt(r)["amount"]))
+        assert paid == [300, 1000, 1000, 1000]
+        assert await rt.devnet.balance(p.address) == 100_000 - sum(paid) and await revenue(rt) == sum(paid)
+    finally:
+        await c.aclose()
+        await rt.close()
+
+
+async def test_upto_through_an_external_facilitator(
+    db_url: str, origin: tuple[Origin, str], facilitator: tuple[str, Settings]
+) -> None:
+    """Paid routes that verify and settle through another facilitator offer upto
+    with the address its ``/supported`` names; what was used is settled there
+    and booked here."""
+    _, base = origin
+    url, fac_settings = facilitator
+    p = Payer()
+    await on(fac_settings, lambda rt: rt.devnet.fund(p.address, 5_000))
+    rule = {**METERED, "origin": base}
+    rt = Runtime.build(settings_for(db_url, x402={"pay_to": PAY_TO, "rules": [rule], "facilitator_url": url}))
+    c = httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(rt=rt)), base_url="http://t.test")
+    try:
+        [up] = required(await c.get("/api/used/250"))["accepts"]
+        assert up["scheme"] == "upto" and up["extra"]["facilitatorAddress"] == FACILITATOR_ADDRESS
+        r = await c.get("/api/used/250", headers={"payment-signature": header(upto_v2(p, up))})
+        assert r.status_code == 200 and receipt(r)["amount"] == "250", r.headers
+        assert await revenue(rt) == 250  # booked here, from x402_external_inbound
+    finally:
+        await c.aclose()
+        await rt.close()
+    assert await on(fac_settings, lambda frt: frt.devnet.balance(p.address)) == 4_750

@@ -47,6 +47,9 @@ class Origin:
                 await asyncio.sleep(self.delay_s)
             if rest == "api/fail":
                 return JSONResponse({"error": "origin down"}, status_code=500)
+            if rest.startswith("api/used/"):  # an upto payment: settle what the path names
+                used = {"amount": rest.removeprefix("api/used/")}
+                return JSONResponse({"used": used}, headers={"Settlement-Overrides": json.dumps(used)})
             if self.fail_next:
                 self.fail_next -= 1
                 return JSONResponse({"error": "try again"}, status_code=503)

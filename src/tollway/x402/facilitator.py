@@ -99,7 +99,11 @@ class Verifier(Protocol):
 
     @property
     def address(self) -> str | None:
-        """The facilitator upto permits must name; None: upto is not offered."""
+        """The facilitator upto permits must name, if known now; None: upto is not offered."""
+        ...
+
+    async def upto_address(self) -> str | None:
+        """The same, found out if need be (an external facilitator's ``/supported``)."""
         ...
 
     async def check(self, payload: Any, requirements: Any) -> Checked:
@@ -149,6 +153,9 @@ class Facilitator:
     def address(self) -> str:
         """The facilitator upto permits must name (their witness's ``facilitator``)."""
         return self.devnet.facilitator_address
+
+    async def upto_address(self) -> str:
+        return self.address
 
     def supported(self) -> dict[str, Any]:
         kinds = [

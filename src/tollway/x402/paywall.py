@@ -214,15 +214,15 @@ class Paywall:
         }
         return v2, v1
 
-    def accepts(self, rule: Rule, v2: dict[str, Any]) -> list[dict[str, Any]]:
+    def accepts(self, rule: Rule, v2: dict[str, Any], address: str | None) -> list[dict[str, Any]]:
         """The v2 offers of a request: ``exact`` at the price, ``upto`` with the
-        price as its maximum (Permit2, naming the facilitator that settles it),
-        as the rule offers them."""
+        price as its maximum (Permit2, naming ``address``, the facilitator that
+        settles it; none without one), as the rule offers them."""
         out = []
         for scheme in rule.offered():
             if scheme == "exact":
                 out.append(v2)
-            elif (address := self.facilitator.address) is not None:
+            elif address is not None:
                 extra = {**v2["extra"], "assetTransferMethod": "permit2", "facilitatorAddress": address}
                 out.append({**v2, "scheme": upto_evm.SCHEME, "extra": extra})
         return out
@@ -235,7 +235,9 @@ class Paywall:
             unit = 0 if rule.price_by == "ai_max_cost" else atomic(rule.price, self.cfg.asset_decimals)
             v2, _ = self.requirements(rule, base_url + rule.path, unit)
             accepts = [
-                a for a in self.accepts(rule, v2) if not any(v and a.get(k) != v for k, v in filters.items())
+                a
+                for a in self.accepts(rule, v2, self.facilitator.address)
+                if not any(v and a.get(k) != v for k, v in filters.items())
             ]
             if not accepts:
                 continue
@@ -274,8 +276,8 @@ class Paywall:
             await error_response(e)(scope, receive, send)
             return
         v2, v1 = self.requirements(rule, str(request.url), amount)
-        accepts = self.accepts(rule, v2)
-        offers = Offers(accepts, v1 if "exact" in rule.offered() else None)
+        upto = await self.facilitator.upto_address() if upto_evm.SCHEME in rule.offered() else None
+        offers = Offers(self.accepts(rule, v2, upto), v1 if "exact" in rule.offered() else None)
         sig, xpay = request.headers.get(wire.PAYMENT_SIGNATURE), request.headers.get(wire.X_PAYMENT)
         if sig is None and xpay is None:
             await self._required(send, request, rule, offers, "Payment required")

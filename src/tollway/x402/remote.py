@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from tollway.core.clock import Clock
 from tollway.core.lazy import aiohttp_client_error
 from tollway.ledger import Ledger
-from tollway.x402 import upto_evm, wire
+from tollway.x402 import exact_evm, upto_evm, wire
 from tollway.x402.config import X402Config
 from tollway.x402.exact_evm import Authorization
 from tollway.x402.facilitator import Checked
@@ -41,6 +41,8 @@ class RemoteFacilitator:
         self.clock = clock
         self.network = cfg.network
         self._session: aiohttp.ClientSession | None = None
+        self._address: str | None = None  # its upto facilitatorAddress, once known
+        self._asked = False  # its /supported answered (with or without upto)
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -55,8 +57,30 @@ class RemoteFacilitator:
 
     @property
     def address(self) -> str | None:
-        """Unknown here: the paid routes offer upto only with the built-in facilitator."""
-        return None
+        """The external facilitator's upto address, once its ``/supported`` named it."""
+        return self._address
+
+    async def upto_address(self) -> str | None:
+        """The ``facilitatorAddress`` its ``/supported`` gives for upto on
+        ``network`` (asked until it answers, then kept); None: it settles no upto."""
+        if self._address is None and not self._asked:
+            try:
+                async with self.session.get(self.url + "/supported") as r:
+                    out = await r.json(content_type=None) if r.status == 200 else None
+            except (aiohttp_client_error(), TimeoutError, ValueError):
+                return None
+            self._asked = out is not None
+            kinds = out.get("kinds") if isinstance(out, dict) else None
+            for k in kinds if isinstance(kinds, list) else []:
+                if not isinstance(k, dict) or (k.get("scheme"), k.get("network")) != (
+                    upto_evm.SCHEME,
+                    self.network,
+                ):
+                    continue
+                extra = k.get("extra")
+                found = extra.get("facilitatorAddress") if isinstance(extra, dict) else None
+                self._address = found if exact_evm.is_address(found) else None
+        return self._address
 
     async def aclose(self) -> None:
         if self._session is not None:
