@@ -33,7 +33,7 @@ from tollway.runtime import Runtime
 from tollway.settings import Settings
 from tollway.x402.config import DEVNET_ASSET
 from tollway.x402.devnet import FACILITATOR_ADDRESS
-from x402_gateway_support import Origin, funded, header, required, revenue
+from x402_gateway_support import Origin, asgi_scope, funded, header, required, revenue
 from x402_helpers import EXTRA, NETWORK, PAY_TO, Payer, upto_v2
 
 __all__ = ["facilitator"]  # a fixture (another tollway's facilitator)
@@ -188,6 +188,8 @@ async def test_the_schemes_a_rule_offers(db_url: str) -> None:
             w = await c.get("/demo/weather")
             [up] = required(w)["accepts"]
             assert up["scheme"] == "upto" and up["amount"] == "1000" and w.json()["accepts"] == []
+            page = await c.get("/demo/weather", headers={"accept": "text/html"})
+            assert page.status_code == 402 and "1000 units" in page.text
             paid = await c.get("/demo/weather", headers={"payment-signature": header(upto_v2(p, up))})
             assert paid.status_code == 200 and receipt(paid)["amount"] == "1000"
             assert await revenue(rt) == 1000
@@ -312,24 +314,8 @@ async def test_a_client_that_leaves_mid_stream_pays_for_what_was_produced(ai: An
         if msg["type"] == "http.response.body" and b"Hello" in msg.get("body", b""):
             gone.set()
 
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": "/v1/chat/completions",
-        "raw_path": b"/v1/chat/completions",
-        "query_string": b"",
-        "root_path": "",
-        "headers": [
-            (b"host", b"t.test"),
-            (b"content-type", b"application/json"),
-            (b"payment-signature", header(upto_v2(p, up)).encode()),
-        ],
-        "client": ("127.0.0.1", 50000),
-        "server": ("t.test", 80),
-    }
+    payment = {"content-type": "application/json", "payment-signature": header(upto_v2(p, up))}
+    scope = asgi_scope("POST", b"/v1/chat/completions", payment)
     await c._transport.app(scope, receive, send)  # type: ignore[attr-defined]
     assert gone.is_set()
     paid = 1_000_000 - await rt.devnet.balance(p.address)

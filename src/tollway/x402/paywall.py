@@ -440,7 +440,7 @@ class Paywall:
             (b"access-control-expose-headers", b"PAYMENT-REQUIRED, PAYMENT-RESPONSE, X-PAYMENT-RESPONSE"),
             *(extra_headers or []),
         ]
-        if "text/html" in request.headers.get("accept", ""):
+        if "text/html" in request.headers.get("accept", "") and offers.v2:
             body = _paywall_page(rule, offers.v2[0], self.cfg.asset_decimals, str(request.url)).encode()
             headers.append((b"content-type", b"text/html; charset=utf-8"))
         else:
