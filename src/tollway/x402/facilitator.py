@@ -218,19 +218,10 @@ class Facilitator:
         auth = Authorization.parse(payload.get("payload"))
         now_s = self.clock.now_us() // 1_000_000
         exact_evm.check(auth, pay_to, amount, now_s)
-        if auth.valid_before - now_s > self.cfg.max_validity_seconds:
-            raise PaymentInvalid(
-                wire.VALID_BEFORE,
-                f"validBefore is more than {self.cfg.max_validity_seconds} s away: this facilitator"
-                " does not take authorizations valid that long",
-                auth.payer,
-            )
+        self._not_too_long(auth.valid_before - now_s, "validBefore", wire.VALID_BEFORE, auth.payer)
         if exact_evm.signer(auth, self.domain(requirements.get("extra"))) != auth.payer:
             raise PaymentInvalid(wire.BAD_SIGNATURE, "the signature is not the payer's", auth.payer)
-        if await self.devnet.nonce_used(auth.payer, auth.nonce):
-            raise PaymentInvalid(wire.NONCE_USED, "this authorization was already used", auth.payer)
-        if not await self.devnet.covers(auth):
-            raise PaymentInvalid(wire.INSUFFICIENT_FUNDS, "the payer's balance is too low", auth.payer)
+        await self._usable(auth)
         return Checked(version, network, pay_to, amount, auth, resource, await self.devnet.spendable(auth))
 
     async def _check_upto(self, raw: Any, network: str, pay_to: str, amount: int, resource: str) -> Checked:
@@ -240,10 +231,7 @@ class Facilitator:
         self._check_permit(permit, pay_to, amount, now_s)
         if upto_evm.signer(permit, self.chain) != permit.payer:
             raise PaymentInvalid(upto_evm.BAD_SIGNATURE, "the signature is not the payer's", permit.payer)
-        if await self.devnet.nonce_used(permit.payer, permit.nonce):
-            raise PaymentInvalid(wire.NONCE_USED, "this authorization was already used", permit.payer)
-        if not await self.devnet.covers(permit):
-            raise PaymentInvalid(wire.INSUFFICIENT_FUNDS, "the payer's balance is too low", permit.payer)
+        await self._usable(permit)
         spendable = await self.devnet.spendable(permit)
         return Checked(2, network, pay_to, amount, permit, resource, spendable, upto_evm.SCHEME)
 
@@ -256,13 +244,25 @@ class Facilitator:
             amount=amount,
             now_s=now_s,
         )
-        if permit.deadline - now_s > self.cfg.max_validity_seconds:
+        self._not_too_long(permit.deadline - now_s, "the deadline", upto_evm.DEADLINE_EXPIRED, permit.payer)
+
+    def _not_too_long(self, left_s: int, name: str, reason: str, payer: str) -> None:
+        """A signature valid for centuries is a standing claim on the payer: none
+        valid beyond ``max_validity_seconds``."""
+        if left_s > self.cfg.max_validity_seconds:
             raise PaymentInvalid(
-                upto_evm.DEADLINE_EXPIRED,
-                f"the deadline is more than {self.cfg.max_validity_seconds} s away: this facilitator"
-                " does not take permits valid that long",
-                permit.payer,
+                reason,
+                f"{name} is more than {self.cfg.max_validity_seconds} s away: this facilitator"
+                " does not take authorizations valid that long",
+                payer,
             )
+
+    async def _usable(self, auth: Authorization | Permit) -> None:
+        """Its nonce is unused (across every process sharing the database) and the payer can pay it."""
+        if await self.devnet.nonce_used(auth.payer, auth.nonce):
+            raise PaymentInvalid(wire.NONCE_USED, "this authorization was already used", auth.payer)
+        if not await self.devnet.covers(auth):
+            raise PaymentInvalid(wire.INSUFFICIENT_FUNDS, "the payer's balance is too low", auth.payer)
 
     # --------------------------------------------------------------- the API
 
