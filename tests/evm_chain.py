@@ -115,9 +115,30 @@ class EvmChain:
         self.w3.eth.wait_for_transaction_receipt(tx)
 
 
-def start(name: str = "USD Coin", version: str = "2", chain_id: int = CHAIN_ID) -> EvmChain:
-    """A fresh chain with the token deployed and a funded facilitator."""
-    tester = EthereumTester(_ChainIdBackend(chain_id))
+# Stand-ins for Permit2 and the x402 upto proxy, at their canonical addresses (with
+# ``start(permit2=True)``): their runtime code is placed there at genesis.
+STUBS = {
+    "0x000000000022D473030F116dDEE9F6B43aC78BA3": CONTRACTS / "Permit2Stub.json",
+    "0x4020A4f3b7b90ccA423B9fabCc0CE57C6C240002": CONTRACTS / "X402UptoProxyStub.json",
+}
+
+
+def _genesis(permit2: bool) -> dict[bytes, dict[str, Any]] | None:
+    if not permit2:
+        return None
+    state = dict(PyEVMBackend.generate_genesis_state(num_accounts=10))
+    for address, path in STUBS.items():
+        code = bytes.fromhex(json.loads(path.read_text())["deployedBytecode"][2:])
+        state[bytes.fromhex(address[2:])] = {"balance": 0, "nonce": 1, "code": code, "storage": {}}
+    return state
+
+
+def start(
+    name: str = "USD Coin", version: str = "2", chain_id: int = CHAIN_ID, *, permit2: bool = False
+) -> EvmChain:
+    """A fresh chain with the token deployed and a funded facilitator (and, with
+    ``permit2``, the Permit2 and x402 upto proxy stand-ins in place)."""
+    tester = EthereumTester(_ChainIdBackend(chain_id, genesis_state=_genesis(permit2)))
     endpoints = {ns: dict(fns) for ns, fns in API_ENDPOINTS.items()}  # a copy: never the global
     endpoints["eth"]["chainId"] = static_return(chain_id)
     w3 = Web3(_SerialProvider(tester, api_endpoints=endpoints))

@@ -55,13 +55,13 @@ async def test_verify_then_settle_moves_the_money_once(rt: Runtime) -> None:
 
 def _bad_cases(p: Payer) -> dict[str, tuple[Any, Any]]:
     reqs = requirements(1000)
-    upto, base = requirements(scheme="upto"), requirements(network="eip155:8453")
+    other_scheme, base = requirements(scheme="deferred"), requirements(network="eip155:8453")
     now = int(time.time())
     other = Payer()
     return {
         "invalid_payload": ("not an object", reqs),
         "invalid_x402_version": ({**p.v2(reqs), "x402Version": 3}, reqs),
-        "unsupported_scheme": (p.v2(upto), upto),
+        "unsupported_scheme": (p.v2(other_scheme), other_scheme),
         "invalid_network": (p.v2(base), base),
         "invalid_payment_requirements": (p.v2(reqs), requirements(asset="0x" + "11" * 20)),
         "invalid_exact_evm_payload_recipient_mismatch": (p.v2(reqs, to="0x" + "22" * 20), reqs),

@@ -47,6 +47,9 @@ class Origin:
                 await asyncio.sleep(self.delay_s)
             if rest == "api/fail":
                 return JSONResponse({"error": "origin down"}, status_code=500)
+            if rest.startswith("api/used/"):  # an upto payment: settle what the path names
+                used = {"amount": rest.removeprefix("api/used/")}
+                return JSONResponse({"used": used}, headers={"Settlement-Overrides": json.dumps(used)})
             if self.fail_next:
                 self.fail_next -= 1
                 return JSONResponse({"error": "try again"}, status_code=503)
@@ -76,14 +79,11 @@ async def revenue(rt: Runtime) -> int:
     return (await rt.ledger.get_account("sys_revenue")).balance
 
 
-async def send_raw(
-    app: Any, method: str, target: bytes, headers: dict[str, str] | None = None, body: bytes = b""
-) -> httpx.Response:
-    """One request straight into the ASGI app with the request target exactly as
-    written (an HTTP client would resolve ``..`` first), its scope built as
-    uvicorn builds it: ``path`` percent-decoded, ``raw_path`` as sent."""
+def asgi_scope(method: str, target: bytes, headers: dict[str, str] | None = None) -> dict[str, Any]:
+    """An HTTP request's ASGI scope as uvicorn builds it: ``path`` percent-decoded,
+    ``raw_path`` as sent."""
     raw_path, _, query = target.partition(b"?")
-    scope = {
+    return {
         "type": "http",
         "asgi": {"version": "3.0"},
         "http_version": "1.1",
@@ -98,6 +98,15 @@ async def send_raw(
         "client": ("127.0.0.1", 50000),
         "server": ("tollway.test", 80),
     }
+
+
+async def send_raw(
+    app: Any, method: str, target: bytes, headers: dict[str, str] | None = None, body: bytes = b""
+) -> httpx.Response:
+    """One request straight into the ASGI app with the request target exactly as
+    written (an HTTP client would resolve ``..`` first), its scope built as
+    uvicorn builds it: ``path`` percent-decoded, ``raw_path`` as sent."""
+    scope = asgi_scope(method, target, headers)
     sent = False
 
     async def receive() -> dict[str, Any]:

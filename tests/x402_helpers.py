@@ -11,8 +11,9 @@ from typing import Any
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
-from tollway.x402 import exact_evm
+from tollway.x402 import exact_evm, upto_evm
 from tollway.x402.config import DEVNET_ASSET
+from tollway.x402.devnet import FACILITATOR_ADDRESS
 
 NETWORK = "eip155:31337"
 PAY_TO = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"
@@ -85,3 +86,51 @@ class Payer:
         kw.setdefault("to", reqs["payTo"])
         p = self.authorize(**kw)
         return {"x402Version": 1, "scheme": reqs["scheme"], "network": reqs["network"], "payload": p}
+
+
+def upto_requirements(amount: int = 1000, **over: Any) -> dict[str, Any]:
+    """v2 PaymentRequirements of the upto scheme, naming devnet's facilitator."""
+    extra = {**EXTRA, "assetTransferMethod": "permit2", "facilitatorAddress": FACILITATOR_ADDRESS}
+    return requirements(amount, scheme="upto", extra=extra, **over)
+
+
+def permit(
+    payer: Payer,
+    value: int = 1000,
+    *,
+    to: str = PAY_TO,
+    facilitator: str = FACILITATOR_ADDRESS,
+    spender: str = upto_evm.UPTO_PROXY_ADDRESS,
+    token: str = DEVNET_ASSET,
+    deadline: int | None = None,
+    valid_after: int = 0,
+    nonce: int | None = None,
+    key: Any = None,
+    chain: int = 31337,
+) -> dict[str, Any]:
+    """The upto scheme's ``payload``: a Permit2 authorization and its signature,
+    as the official SDK's upto client builds it."""
+    auth = {
+        "from": payer.address,
+        "permitted": {"token": token, "amount": str(value)},
+        "spender": spender,
+        "nonce": str(nonce if nonce is not None else int.from_bytes(os.urandom(32), "big")),
+        "deadline": str(deadline if deadline is not None else int(time.time()) + 300),
+        "witness": {"to": to, "facilitator": facilitator, "validAfter": str(valid_after)},
+    }
+    message = upto_evm.Permit.parse({"permit2Authorization": auth, "signature": "0x" + "00" * 65}).message()
+    sig = upto_evm.sign(key if key is not None else payer.account.key, chain, message)
+    return {"permit2Authorization": auth, "signature": sig}
+
+
+def upto_v2(payer: Payer, reqs: dict[str, Any] | None = None, **kw: Any) -> dict[str, Any]:
+    """A v2 upto PaymentPayload (what PAYMENT-SIGNATURE carries)."""
+    reqs = reqs or upto_requirements()
+    kw.setdefault("value", int(reqs["amount"]))
+    kw.setdefault("to", reqs["payTo"])
+    return {
+        "x402Version": 2,
+        "payload": permit(payer, **kw),
+        "accepted": reqs,
+        "resource": {"url": "http://t/x"},
+    }

@@ -21,8 +21,8 @@ from tollway.core.config import CoreSettings, load_config
 from tollway.evals.config import EvalsConfig
 from tollway.gateway.config import GatewayConfig
 from tollway.inference.config import InferenceConfig, ModelConfig, check_registry, default_models
-from tollway.observe.config import TelemetryConfig
 from tollway.observe.alerts import AlertsConfig
+from tollway.observe.config import TelemetryConfig
 from tollway.provision.config import ProvisionConfig
 from tollway.schedules.config import SchedulesConfig
 from tollway.vectors.config import VectorsConfig

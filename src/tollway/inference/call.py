@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from tollway.billing.service import Standing
-from tollway.charge import Hold
+from tollway.charge import Hold, prepaid
 from tollway.charge.hold import Cap, Payer
 from tollway.core.errors import TollwayError
 from tollway.inference import routing
@@ -232,6 +232,8 @@ class ChatCall:
         self.metered = m
         if self.span is not None or tracing.METRICS_ENABLED:
             self._observed(m, served)
+        if self.caller.prepaid:  # paid up front: an upto payment settles what was metered
+            prepaid.add(cost)
         if self.hold is not None:
             self.settling = self.hold.settle_soon(
                 m.charged,

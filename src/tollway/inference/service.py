@@ -21,7 +21,7 @@ from dataclasses import replace
 from typing import Any
 
 from tollway.billing.service import Billing
-from tollway.charge import Charger, Hold
+from tollway.charge import Charger, Hold, prepaid
 from tollway.charge.hold import Payer
 from tollway.core.clock import Clock
 from tollway.core.errors import TollwayError, invalid, not_found
@@ -329,6 +329,8 @@ class Inference:
             mn, cost = self.price(t, tokens, rate=caller.rate)
             m = Metered(tokens, 0, mn, min(cost, max_cost), (time.perf_counter() - t0) * 1000)
             m.deployment, m.attempts = t.name, attempts
+            if caller.prepaid:  # paid up front: an upto payment settles what was metered
+                prepaid.add(m.charged)
             out = Embedding(vectors, m)
             if hold is not None:
                 out.settling = hold.settle_soon(

@@ -16,6 +16,11 @@ whose balances, used nonces and transfers live in tollway's ledger.
   ``sys_settlement``), and the settlement transfer moves that amount on to
   revenue. No ``x402dev_`` balance is involved, and a payment whose hold is
   gone (voided, expired) cannot settle.
+- An ``upto`` permit (Permit2, :mod:`tollway.x402.upto_evm`) settles the
+  amount the resource server names, at most the permitted maximum: the same
+  one transfer, keyed by the permit's nonce, so a second settlement of it is
+  ``nonce already used`` whatever its amount. Its witness names the
+  facilitator allowed to settle it: on devnet, ``FACILITATOR_ADDRESS``.
 """
 
 from __future__ import annotations
@@ -29,12 +34,16 @@ from tollway.ledger.ops import Usage
 from tollway.x402 import wire
 from tollway.x402.earnings import Credit, book_chain, settlement_chain
 from tollway.x402.exact_evm import Authorization, keccak
+from tollway.x402.upto_evm import Permit
 from tollway.x402.wire import PaymentInvalid
 
 MINT_ACCOUNT = "sys_devnet"
 REVENUE_ACCOUNT = "sys_revenue"
 SETTLEMENT_ACCOUNT = "sys_settlement"  # where a captured wallet hold waits for its settlement
 METER = "x402"
+# The facilitator an upto permit names on devnet (witness.facilitator): there is
+# no key behind it, the ledger settles. The first account of a local dev chain.
+FACILITATOR_ADDRESS = "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266"
 
 
 class BrokerSignatures(Protocol):
@@ -57,6 +66,7 @@ class Devnet:
         self.network = network
         self.asset = asset
         self.signatures: BrokerSignatures | None = None  # set by the runtime
+        self.facilitator_address = FACILITATOR_ADDRESS
 
     @staticmethod
     def account_id(address: str) -> str:
@@ -83,26 +93,30 @@ class Devnet:
         acct = await self.ledger.find_account(self.account_id(address))
         return acct.available if acct is not None else 0
 
-    async def covers(self, auth: Authorization) -> bool:
+    async def covers(self, auth: Authorization | Permit) -> bool:
         """Whether the payer can pay ``auth``: the wallet's hold for a payment the
         broker signed, otherwise the address's devnet balance."""
-        if self.signatures is not None:
+        if self.signatures is not None and isinstance(auth, Authorization):
             held = await self.signatures.covers(auth)
             if held is not None:
                 return held
         return await self.balance(auth.payer) >= auth.value
 
-    async def spendable(self, auth: Authorization) -> int | None:
+    async def spendable(self, auth: Authorization | Permit) -> int | None:
         """The address's devnet balance; None for a payment the broker signed
         (the wallet's hold reserved exactly it)."""
-        if self.signatures is not None and await self.signatures.covers(auth) is not None:
+        if (
+            self.signatures is not None
+            and isinstance(auth, Authorization)
+            and await self.signatures.covers(auth) is not None
+        ):
             return None
         return await self.balance(auth.payer)
 
     async def nonce_used(self, authorizer: str, nonce: str) -> bool:
         return await self.ledger.transfer_by_key(self.nonce_key(authorizer, nonce)) is not None
 
-    def transaction(self, auth: Authorization) -> str:
+    def transaction(self, auth: Authorization | Permit) -> str:
         """The settlement's transaction reference: deterministic per authorization."""
         return "0x" + keccak(text=self.nonce_key(auth.payer, auth.nonce)).hex().removeprefix("0x")
 
@@ -121,6 +135,28 @@ class Devnet:
             taken = await self.signatures.capture(auth)
             if taken is not None:
                 source, value = SETTLEMENT_ACCOUNT, taken
+        return await self._move(auth, source, value, pay_to, meta, tx, credit)
+
+    async def permit_witness_transfer(
+        self, permit: Permit, amount: int, pay_to: str, meta: dict[str, Any], credit: Credit | None = None
+    ) -> str:
+        """Move ``amount`` (at most the permitted maximum) from the payer to
+        revenue (or an agent's wallet, as above); the permit's nonce is then used."""
+        tx = self.transaction(permit)
+        return await self._move(permit, self.account_id(permit.payer), amount, pay_to, meta, tx, credit)
+
+    async def _move(
+        self,
+        auth: Authorization | Permit,
+        source: str,
+        value: int,
+        pay_to: str,
+        meta: dict[str, Any],
+        tx: str,
+        credit: Credit | None,
+    ) -> str:
+        """The settlement's ledger batch, keyed by the authorization: one transfer to
+        revenue, or the earnings chain of an agent-owned rule."""
         meta = {**meta, "transaction": tx, "payer": auth.payer, "pay_to": pay_to}
         # The key is the authorization; the call id makes a repeat a conflict, not a replay.
         key, described = self.nonce_key(auth.payer, auth.nonce), f"{self.network} {tx} ({new_id('call')})"

@@ -17,6 +17,12 @@ whether the nonce is fresh and the balance suffices.
   (a funding account: money that arrived on chain) to revenue, keyed by the
   authorization (the same idempotency key as devnet's), with a usage event
   (meter ``x402``) naming the payer, ``payTo`` and the transaction hash.
+- An ``upto`` permit (Permit2, :mod:`tollway.x402.upto_evm`) is settled by
+  calling the x402 upto proxy's ``settle(permit, amount, owner, witness,
+  signature)`` as the facilitator its witness names: the proxy has Permit2
+  move ``amount`` (at most the permitted maximum) to ``witness.to``. Its nonce
+  is Permit2's (``nonceBitmap``); the payer must have approved Permit2 for the
+  token. Booked like an EIP-3009 settlement, for the amount moved.
 - A receipt that does not arrive within ``receipt_timeout_s`` is
   ``settlement_pending`` (the message carries the hash). The process keeps
   following the transaction for ``follow_s`` and books it once mined; a
@@ -47,11 +53,12 @@ from web3.logs import DISCARD
 from web3.types import Nonce, TxParams, TxReceipt
 
 from tollway.ledger import Ledger
-from tollway.x402 import exact_evm, wire
+from tollway.x402 import exact_evm, upto_evm, wire
 from tollway.x402.devnet import authorization_key
 from tollway.x402.earnings import Credit
 from tollway.x402.exact_evm import Authorization
 from tollway.x402.payments import record_received
+from tollway.x402.upto_evm import Permit
 from tollway.x402.wire import PaymentInvalid
 
 log = logging.getLogger("tollway.x402")
@@ -103,6 +110,65 @@ TOKEN_ABI: list[dict[str, Any]] = [
     },
 ]
 
+_PERMIT_TUPLE = {
+    "name": "permit",
+    "type": "tuple",
+    "components": [
+        {
+            "name": "permitted",
+            "type": "tuple",
+            "components": [{"name": "token", "type": "address"}, {"name": "amount", "type": "uint256"}],
+        },
+        {"name": "nonce", "type": "uint256"},
+        {"name": "deadline", "type": "uint256"},
+    ],
+}
+_WITNESS_TUPLE = {
+    "name": "witness",
+    "type": "tuple",
+    "components": [
+        {"name": "to", "type": "address"},
+        {"name": "facilitator", "type": "address"},
+        {"name": "validAfter", "type": "uint256"},
+    ],
+}
+# The x402UptoPermit2Proxy's settle (the official SDK's ABI), and Permit2's nonce bitmap.
+UPTO_PROXY_ABI: list[dict[str, Any]] = [
+    {
+        "type": "function",
+        "name": "settle",
+        "stateMutability": "nonpayable",
+        "inputs": [
+            _PERMIT_TUPLE,
+            {"name": "amount", "type": "uint256"},
+            {"name": "owner", "type": "address"},
+            _WITNESS_TUPLE,
+            {"name": "signature", "type": "bytes"},
+        ],
+        "outputs": [],
+    }
+]
+PERMIT2_ABI: list[dict[str, Any]] = [
+    {
+        "type": "function",
+        "name": "nonceBitmap",
+        "stateMutability": "view",
+        "inputs": [{"name": "owner", "type": "address"}, {"name": "wordPos", "type": "uint256"}],
+        "outputs": [{"name": "", "type": "uint256"}],
+    }
+]
+ALLOWANCE_ABI: list[dict[str, Any]] = [
+    {
+        "type": "function",
+        "name": "allowance",
+        "stateMutability": "view",
+        "inputs": [{"name": "owner", "type": "address"}, {"name": "spender", "type": "address"}],
+        "outputs": [{"name": "", "type": "uint256"}],
+    }
+]
+# The upto proxy's and Permit2's custom errors, as the SDK reads them.
+_PERMIT_USED = ("InvalidNonce",)
+
 T = TypeVar("T")
 
 
@@ -136,7 +202,13 @@ class EvmSettlement:
         self.receipt_timeout_s = receipt_timeout_s
         self.poll_interval_s = poll_interval_s
         self.gas_margin = gas_margin
-        self.token: Contract = w3.eth.contract(address=self.asset, abi=TOKEN_ABI)
+        self.token: Contract = w3.eth.contract(address=self.asset, abi=TOKEN_ABI + ALLOWANCE_ABI)
+        self.permit2: Contract = w3.eth.contract(
+            address=to_checksum_address(upto_evm.PERMIT2_ADDRESS), abi=PERMIT2_ABI
+        )
+        self.upto_proxy: Contract = w3.eth.contract(
+            address=to_checksum_address(upto_evm.UPTO_PROXY_ADDRESS), abi=UPTO_PROXY_ABI
+        )
         self._send_lock = asyncio.Lock()
         self._next_nonce: int | None = None  # the facilitator's next account nonce, once known
         self._chain_checked = False
@@ -183,17 +255,31 @@ class EvmSettlement:
     # ------------------------------------------------------------- reads
 
     async def nonce_used(self, authorizer: str, nonce: str) -> bool:
-        fn = self.token.functions.authorizationState(to_checksum_address(authorizer), _bytes32(nonce))
+        """EIP-3009's ``authorizationState``, or for a Permit2 nonce (``permit2:<n>``)
+        its bit in Permit2's ``nonceBitmap(owner, n >> 8)``."""
+        owner = to_checksum_address(authorizer)
+        if nonce.startswith("permit2:"):
+            n = int(nonce.removeprefix("permit2:"))
+            word = self.permit2.functions.nonceBitmap(owner, n >> 8)
+            bitmap = int(await self._run(word.call, {"from": self.facilitator_address}))
+            return bool(bitmap >> (n & 0xFF) & 1)
+        fn = self.token.functions.authorizationState(owner, _bytes32(nonce))
         return bool(await self._run(fn.call, {"from": self.facilitator_address}))
 
     async def balance(self, address: str) -> int:
         fn = self.token.functions.balanceOf(to_checksum_address(address))
         return int(await self._run(fn.call, {"from": self.facilitator_address}))
 
-    async def covers(self, auth: Authorization) -> bool:
-        return await self.balance(auth.payer) >= auth.value
+    async def covers(self, auth: Authorization | Permit) -> bool:
+        """The balance covers the value; for a permit, Permit2's allowance too."""
+        if await self.balance(auth.payer) < auth.value:
+            return False
+        if isinstance(auth, Permit):
+            fn = self.token.functions.allowance(auth.payer, upto_evm.PERMIT2_ADDRESS)
+            return int(await self._run(fn.call, {"from": self.facilitator_address})) >= auth.value
+        return True
 
-    async def spendable(self, auth: Authorization) -> int | None:
+    async def spendable(self, auth: Authorization | Permit) -> int | None:
         return await self.balance(auth.payer)
 
     # ------------------------------------------------------------ settle
@@ -207,19 +293,36 @@ class EvmSettlement:
             raise PaymentInvalid(wire.NONCE_USED, "this authorization is already being settled", auth.payer)
         self._inflight.add(key)
         try:
-            return await self._settle(auth, pay_to, meta, credit)
+            return await self._settle(auth, auth.value, pay_to, meta, credit)
         finally:
             self._inflight.discard(key)
 
-    async def _settle(
-        self, auth: Authorization, pay_to: str, meta: dict[str, Any], credit: Credit | None = None
+    async def permit_witness_transfer(
+        self, permit: Permit, amount: int, pay_to: str, meta: dict[str, Any], credit: Credit | None = None
     ) -> str:
-        if await self.nonce_used(auth.payer, auth.nonce):
-            raise PaymentInvalid(wire.NONCE_USED, "this authorization was already used", auth.payer)
-        if await self.balance(auth.payer) < auth.value:
-            raise PaymentInvalid(wire.INSUFFICIENT_FUNDS, "the payer's balance is too low", auth.payer)
+        """Settle ``amount`` of an upto permit through the x402 upto proxy, once."""
+        await self.check_chain()
+        key = self.nonce_key(permit.payer, permit.nonce)
+        if key in self._inflight:
+            raise PaymentInvalid(wire.NONCE_USED, "this authorization is already being settled", permit.payer)
+        self._inflight.add(key)
+        try:
+            return await self._settle(permit, upto_evm.settle_amount(permit, amount), pay_to, meta, credit)
+        finally:
+            self._inflight.discard(key)
+
+    def _call_for(self, auth: Authorization | Permit, value: int) -> Any:
+        """The contract call that moves ``value`` as ``auth`` allows."""
+        if isinstance(auth, Permit):
+            return self.upto_proxy.functions.settle(
+                ((to_checksum_address(auth.token), auth.value), auth.permit_nonce, auth.deadline),
+                value,
+                auth.payer,
+                (to_checksum_address(auth.to), to_checksum_address(auth.facilitator), auth.valid_after),
+                bytes.fromhex(auth.signature[2:]),
+            )
         v, r, s = _vrs(auth.signature)
-        fn = self.token.get_function_by_signature(TRANSFER_WITH_AUTHORIZATION_SIG)(
+        return self.token.get_function_by_signature(TRANSFER_WITH_AUTHORIZATION_SIG)(
             auth.payer,
             to_checksum_address(auth.to),
             auth.value,
@@ -230,16 +333,29 @@ class EvmSettlement:
             r,
             s,
         )
-        tx = await self._send(fn, auth)
+
+    async def _settle(
+        self,
+        auth: Authorization | Permit,
+        value: int,
+        pay_to: str,
+        meta: dict[str, Any],
+        credit: Credit | None = None,
+    ) -> str:
+        if await self.nonce_used(auth.payer, auth.nonce):
+            raise PaymentInvalid(wire.NONCE_USED, "this authorization was already used", auth.payer)
+        if await self.balance(auth.payer) < value:
+            raise PaymentInvalid(wire.INSUFFICIENT_FUNDS, "the payer's balance is too low", auth.payer)
+        tx = await self._send(self._call_for(auth, value), auth)
         try:
             receipt = await self._receipt(tx, auth)
         except PaymentInvalid as e:
             if e.reason == wire.SETTLEMENT_PENDING:  # keep watching: book it if it is mined
-                task = asyncio.ensure_future(self._book_when_mined(tx, auth, pay_to, meta, credit))
+                task = asyncio.ensure_future(self._book_when_mined(tx, auth, value, pay_to, meta, credit))
                 self._followers.add(task)
                 task.add_done_callback(self._followers.discard)
             raise
-        return await self._confirmed(tx, receipt, auth, pay_to, meta, credit)
+        return await self._confirmed(tx, receipt, auth, value, pay_to, meta, credit)
 
     async def aclose(self) -> None:
         """Stop following pending settlements (the runtime is closing)."""
@@ -248,7 +364,13 @@ class EvmSettlement:
         await asyncio.gather(*self._followers, return_exceptions=True)
 
     async def _book_when_mined(
-        self, tx: str, auth: Authorization, pay_to: str, meta: dict[str, Any], credit: Credit | None
+        self,
+        tx: str,
+        auth: Authorization | Permit,
+        value: int,
+        pay_to: str,
+        meta: dict[str, Any],
+        credit: Credit | None,
     ) -> None:
         """A settlement reported pending, followed in this process for up to
         ``follow_s``: once mined, it is booked in the ledger like any other."""
@@ -263,7 +385,7 @@ class EvmSettlement:
                 log.warning("x402: following pending settlement %s", tx, exc_info=True)
                 continue
             try:
-                await self._confirmed(tx, receipt, auth, pay_to, meta, credit)
+                await self._confirmed(tx, receipt, auth, value, pay_to, meta, credit)
                 log.info("x402 settlement %s was mined after all: booked", tx)
             except PaymentInvalid as e:
                 log.warning("x402 settlement %s was mined but not booked: %s", tx, e.message)
@@ -274,7 +396,8 @@ class EvmSettlement:
         self,
         tx: str,
         receipt: TxReceipt,
-        auth: Authorization,
+        auth: Authorization | Permit,
+        value: int,
         pay_to: str,
         meta: dict[str, Any],
         credit: Credit | None = None,
@@ -288,14 +411,14 @@ class EvmSettlement:
                     auth.payer,
                 )
             raise PaymentInvalid(wire.TRANSACTION_FAILED, f"transaction {tx} reverted", auth.payer)
-        if not self._transferred(receipt, auth.payer, pay_to, auth.value):
+        if not self._transferred(receipt, auth.payer, pay_to, value):
             raise PaymentInvalid(
                 wire.TRANSACTION_FAILED, f"transfer event mismatch in transaction {tx}", auth.payer
             )
-        await self._record(auth, pay_to, meta, tx, credit)
+        await self._record(auth, value, pay_to, meta, tx, credit)
         return tx
 
-    async def _send(self, fn: Any, auth: Authorization) -> str:
+    async def _send(self, fn: Any, auth: Authorization | Permit) -> str:
         """Estimate, sign and send as the facilitator; the transaction hash (0x)."""
         sender = self.facilitator_address
         try:
@@ -324,7 +447,7 @@ class EvmSettlement:
             self._next_nonce = nonce + 1
         return "0x" + bytes(h).hex()
 
-    async def _receipt(self, tx: str, auth: Authorization) -> TxReceipt:
+    async def _receipt(self, tx: str, auth: Authorization | Permit) -> TxReceipt:
         deadline = time.monotonic() + self.receipt_timeout_s
         while True:
             try:
@@ -355,12 +478,27 @@ class EvmSettlement:
         )
 
     async def _record(
-        self, auth: Authorization, pay_to: str, meta: dict[str, Any], tx: str, credit: Credit | None = None
+        self,
+        auth: Authorization | Permit,
+        value: int,
+        pay_to: str,
+        meta: dict[str, Any],
+        tx: str,
+        credit: Credit | None = None,
     ) -> None:
         """The mined settlement into the ledger: inbound -> revenue, with its usage event."""
         try:
             await record_received(
-                self.ledger, INBOUND_ACCOUNT, self.network, self.asset, auth, pay_to, tx, meta, credit
+                self.ledger,
+                INBOUND_ACCOUNT,
+                self.network,
+                self.asset,
+                auth,
+                pay_to,
+                tx,
+                meta,
+                credit,
+                amount=value,
             )
         except PaymentInvalid:
             raise
@@ -391,8 +529,8 @@ def _revert_reason(e: BaseException) -> str | None:
     return None
 
 
-def _reverted(reason: str, auth: Authorization) -> PaymentInvalid:
-    if _USED in reason:
+def _reverted(reason: str, auth: Authorization | Permit) -> PaymentInvalid:
+    if _USED in reason or any(e in reason for e in _PERMIT_USED):
         return PaymentInvalid(wire.NONCE_USED, "this authorization was already used", auth.payer)
     if _BALANCE in reason:
         return PaymentInvalid(wire.INSUFFICIENT_FUNDS, "the payer's balance is too low", auth.payer)

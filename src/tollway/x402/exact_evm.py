@@ -169,17 +169,23 @@ def digest(auth: Authorization, dom: dict[str, Any]) -> bytes:
 
 
 def signer(auth: Authorization, dom: dict[str, Any]) -> str:
-    """The address that signed ``auth`` under ``dom`` (checksummed). As
-    EIP-3009 tokens do, ``v`` must be 27 or 28 and ``s`` in the lower half."""
-    raw = bytes.fromhex(auth.signature[2:])
+    """The address that signed ``auth`` under ``dom`` (checksummed)."""
+    return recover(auth.signature, digest(auth, dom), auth.payer, wire.BAD_SIGNATURE)
+
+
+def recover(signature: str, msg_hash: bytes, payer: str, reason: str) -> str:
+    """The address whose 65-byte ``r || s || v`` ``signature`` signed ``msg_hash``
+    (checksummed). As EIP-3009 tokens do, ``v`` must be 27 or 28 and ``s`` in
+    the lower half; anything else is ``PaymentInvalid(reason)``."""
+    raw = bytes.fromhex(signature[2:])
     r, s_, v = int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:64], "big"), raw[64]
     if v not in (27, 28) or not 0 < s_ <= _HALF_N or r == 0:
-        raise PaymentInvalid(wire.BAD_SIGNATURE, "the signature's v or s is not canonical", auth.payer)
+        raise PaymentInvalid(reason, "the signature's v or s is not canonical", payer)
     try:
         sig = _keys().Signature(vrs=(v - 27, r, s_))
-        return str(sig.recover_public_key_from_msg_hash(digest(auth, dom)).to_checksum_address())
+        return str(sig.recover_public_key_from_msg_hash(msg_hash).to_checksum_address())
     except Exception:  # r or s off the curve
-        raise PaymentInvalid(wire.BAD_SIGNATURE, "the signature does not recover", auth.payer) from None
+        raise PaymentInvalid(reason, "the signature does not recover", payer) from None
 
 
 def sign(key: Any, dom: dict[str, Any], auth: dict[str, Any]) -> str:

@@ -19,6 +19,7 @@ from tollway.x402 import wire
 from tollway.x402.devnet import METER, REVENUE_ACCOUNT, authorization_key
 from tollway.x402.earnings import Credit, book_chain, settlement_chain
 from tollway.x402.exact_evm import Authorization
+from tollway.x402.upto_evm import Permit
 from tollway.x402.wire import PaymentInvalid
 
 log = logging.getLogger("tollway.x402")
@@ -39,6 +40,8 @@ def _row(r: Any) -> dict[str, Any]:
         "resource": meta.get("resource"),
         "transaction": meta.get("transaction"),
         "x402_version": meta.get("x402_version"),
+        "scheme": meta.get("scheme", "exact"),
+        "max_amount": meta.get("max_amount"),
     }
 
 
@@ -70,17 +73,21 @@ async def record_received(
     inbound: str,
     network: str,
     asset: str,
-    auth: Authorization,
+    auth: Authorization | Permit,
     pay_to: str,
     tx: str,
     meta: dict[str, Any],
     credit: Credit | None = None,
+    *,
+    amount: int | None = None,
 ) -> None:
     """A payment settled outside the ledger (on chain, or by an external
     facilitator) into the ledger: ``inbound`` → revenue, keyed by the
     authorization, with its usage event. A second recording of the same
     authorization is ``nonce already used``. With ``credit`` (an agent-owned
-    rule) it is booked as the wallet's earnings less the fee (``earnings.py``)."""
+    rule) it is booked as the wallet's earnings less the fee (``earnings.py``).
+    ``amount``: what an upto permit settled (otherwise the authorization's value)."""
+    value = auth.value if amount is None else amount
     try:
         await ledger.create_account("funding", id=inbound, name="x402 payments received outside the ledger")
     except TollwayError as e:
@@ -90,17 +97,15 @@ async def record_received(
     key = authorization_key(network, asset, auth.payer, auth.nonce)
     try:
         if credit is not None:
-            await book_chain(
-                ledger, settlement_chain(inbound, auth.value, key, f"{network} {tx}", meta, credit)
-            )
+            await book_chain(ledger, settlement_chain(inbound, value, key, f"{network} {tx}", meta, credit))
         else:
             await ledger.transfer(
                 inbound,
                 REVENUE_ACCOUNT,
-                auth.value,
+                value,
                 idempotency_key=key,
                 description=f"x402 {network} {tx}",
-                usage=Usage(METER, 1, None, meta, amount=auth.value),
+                usage=Usage(METER, 1, None, meta, amount=value),
             )
     except TollwayError as e:
         if e.code == "idempotency_key_reused":

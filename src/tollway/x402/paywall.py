@@ -14,11 +14,20 @@ For a request a rule matches:
 5. only if the origin answered below 400 is the payment settled; the
    response then streams back with the receipt (``PAYMENT-RESPONSE`` or
    ``X-PAYMENT-RESPONSE``). An origin failure settles nothing.
+
+A rule may also offer ``upto`` (v2; AI routes do by default): the payer
+authorizes the price as a maximum, and what was used is settled: an AI
+request's metered cost (the calls book it on a :class:`~tollway.charge.prepaid.Tab`),
+or the amount an origin names in a ``Settlement-Overrides`` response header
+(the official SDK's convention), else the maximum. A streamed answer's cost is
+known only at its end: it is settled after the last byte, and its receipt is
+not in the headers (they left first).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import html
 import json
 import logging
@@ -31,17 +40,18 @@ from starlette.requests import Request
 from starlette.types import Message, Receive, Scope, Send
 from yarl import URL
 
+from tollway.charge import prepaid
 from tollway.core.errors import TollwayError, invalid
 from tollway.core.lazy import aiohttp_client_error
 from tollway.core.responses import error_response
 from tollway.identity.keys import ApiKey, ApiKeys, presented_key
 from tollway.observe import tracing
-from tollway.x402 import paths, wire
+from tollway.x402 import paths, upto_evm, wire
 from tollway.x402.claims import Claims
 from tollway.x402.config import X402Config
 from tollway.x402.devnet import authorization_key
 from tollway.x402.earnings import Credit
-from tollway.x402.facilitator import V1_NAMES, Verifier
+from tollway.x402.facilitator import V1_NAMES, Checked, Verifier
 from tollway.x402.owned import Hosted, OwnedRule, OwnedRuleStore
 from tollway.x402.paths import canonical
 from tollway.x402.rules import Rule, Rules, atomic, price_of
@@ -69,6 +79,7 @@ _HOP = {
     wire.PAYMENT_SIGNATURE,
     wire.X_PAYMENT,
 }
+SETTLEMENT_OVERRIDES = "settlement-overrides"  # an origin's amount to settle an upto payment for
 # Never sent to an external origin: the caller's credentials for tollway (an API
 # key in Authorization or x-api-key would reach a third party on an
 # unauthenticated_only rule). Cookies: see _cookies.
@@ -214,6 +225,19 @@ class Paywall:
         }
         return v2, v1
 
+    def accepts(self, rule: Rule, v2: dict[str, Any], address: str | None) -> list[dict[str, Any]]:
+        """The v2 offers of a request: ``exact`` at the price, ``upto`` with the
+        price as its maximum (Permit2, naming ``address``, the facilitator that
+        settles it; none without one), as the rule offers them."""
+        out = []
+        for scheme in rule.offered():
+            if scheme == "exact":
+                out.append(v2)
+            elif address is not None:
+                extra = {**v2["extra"], "assetTransferMethod": "permit2", "facilitatorAddress": address}
+                out.append({**v2, "scheme": upto_evm.SCHEME, "extra": extra})
+        return out
+
     def discovery(self, base_url: str, *, offset: int, limit: int, **filters: str | None) -> dict[str, Any]:
         """The paid routes in the bazaar's ``/discovery/resources`` format (a
         variable price lists its unit price)."""
@@ -221,14 +245,19 @@ class Paywall:
         for rule in self.rules.rules:
             unit = 0 if rule.price_by == "ai_max_cost" else atomic(rule.price, self.cfg.asset_decimals)
             v2, _ = self.requirements(rule, base_url + rule.path, unit)
-            if any(v and v2.get(k) != v for k, v in filters.items()):
+            accepts = [
+                a
+                for a in self.accepts(rule, v2, self.facilitator.address)
+                if not any(v and a.get(k) != v for k, v in filters.items())
+            ]
+            if not accepts:
                 continue
             items.append(
                 {
                     "resource": base_url + rule.path,
                     "type": "http",
                     "x402Version": 2,
-                    "accepts": [v2],
+                    "accepts": accepts,
                     "lastUpdated": self.loaded_at,
                     "description": rule.description,
                     "mimeType": rule.mime_type,
@@ -269,45 +298,50 @@ class Paywall:
             await error_response(e)(scope, receive, send)
             return
         v2, v1 = self.requirements(rule, str(request.url), amount)
+        upto = await self.facilitator.upto_address() if upto_evm.SCHEME in rule.offered() else None
+        offers = Offers(self.accepts(rule, v2, upto), v1 if "exact" in rule.offered() else None)
         sig, xpay = request.headers.get(wire.PAYMENT_SIGNATURE), request.headers.get(wire.X_PAYMENT)
         if sig is None and xpay is None:
-            await self._required(send, request, rule, v2, v1, "Payment required")
+            await self._required(send, request, rule, offers, "Payment required")
             return
         version = 2 if sig is not None else 1
         try:
             payload = wire.decode(sig if sig is not None else xpay or "")
             if payload.get("x402Version") != version:
                 raise PaymentInvalid(wire.INVALID_VERSION, f"this header carries x402 version {version}")
-        except PaymentInvalid as e:
-            await self._required(send, request, rule, v2, v1, e.reason)
-            return
-        reqs = v2 if version == 2 else v1
-        try:
+            reqs = offers.chosen(payload, version)
             with tracing.span("x402.verify") as sp:
                 checked = await self.facilitator.check(payload, reqs)
                 if sp is not None:
                     sp.set_attribute("tollway.x402.network", str(v2["network"]))
                     sp.set_attribute("tollway.x402.value", str(checked.auth.value))
         except PaymentInvalid as e:
-            await self._required(send, request, rule, v2, v1, e.reason)
+            await self._required(send, request, rule, offers, e.reason)
             return
         # One payment, one execution: claim the authorization before the origin runs.
         key = authorization_key(v2["network"], v2["asset"], checked.auth.payer, checked.auth.nonce)
         try:
             token = await self.claims.claim(key, checked.auth.payer, checked.auth.value, checked.spendable)
         except PaymentInvalid as e:
-            await self._required(send, request, rule, v2, v1, e.reason)
+            await self._required(send, request, rule, offers, e.reason)
             return
-        ran = False
+        tab = prepaid.Tab() if checked.scheme == upto_evm.SCHEME else None
+        ran, later = False, False
         try:
-            status, headers, chunks = await self._forward(rule, request, body, checked.auth.payer)
+            status, headers, chunks = await self._forward(rule, request, body, checked.auth.payer, tab)
             if status < 400:
                 ran = True
-                with tracing.span("x402.settle") as sp:
-                    receipt = await self.facilitator.settle(payload, reqs, str(request.url), checked, credit)
-                    if sp is not None:
-                        sp.set_attribute("tollway.x402.success", bool(receipt["success"]))
-                        sp.set_attribute("tollway.charge_micros", int(checked.auth.value))
+                if tab is not None and rule.origin == "self" and _streamed(headers):
+                    later = True  # its cost is known at its end: settled after the last byte
+                else:
+                    used = self._used(rule, checked, tab, headers)
+                    with tracing.span("x402.settle") as sp:
+                        receipt = await self.facilitator.settle(
+                            payload, reqs, str(request.url), checked, credit, amount=used
+                        )
+                        if sp is not None:
+                            sp.set_attribute("tollway.x402.success", bool(receipt["success"]))
+                            sp.set_attribute("tollway.charge_micros", int(used or checked.auth.value))
         except BaseException:  # before the origin answered (the client left): give it back
             done = self.claims.spend(key, token) if ran else self.claims.release(key, token)
             await asyncio.shield(done)
@@ -317,6 +351,12 @@ class Paywall:
             await self._relay(send, status, headers, chunks)
             return
         await self.claims.spend(key, token)  # the origin ran: this authorization never runs it again
+        if later:
+            assert tab is not None
+            await self._relay_then_settle(
+                send, status, headers, chunks, payload, reqs, checked, tab, request, credit
+            )
+            return
         receipt_header = (wire.PAYMENT_RESPONSE if version == 2 else wire.X_PAYMENT_RESPONSE).encode()
         if not receipt["success"]:
             await _close(chunks)
@@ -324,8 +364,7 @@ class Paywall:
                 send,
                 request,
                 rule,
-                v2,
-                v1,
+                offers,
                 receipt["errorReason"],
                 [(receipt_header, wire.encode(receipt).encode())],
             )
@@ -333,6 +372,52 @@ class Paywall:
         headers.append((receipt_header, wire.encode(receipt).encode()))
         headers.append((b"access-control-expose-headers", b"PAYMENT-RESPONSE, X-PAYMENT-RESPONSE"))
         await self._relay(send, status, headers, chunks)
+
+    def _used(
+        self, rule: Rule, checked: Checked, tab: prepaid.Tab | None, headers: list[tuple[bytes, bytes]]
+    ) -> int | None:
+        """What an upto payment settles: the AI request's metered cost, or the
+        origin's ``Settlement-Overrides`` amount (taken out of the response),
+        at most the maximum; None for exact (the price)."""
+        if tab is None:
+            return None
+        if rule.origin == "self":
+            return min(self._units(tab.amount), checked.amount)
+        named = [v for k, v in headers if k.lower() == SETTLEMENT_OVERRIDES.encode()]
+        headers[:] = [(k, v) for k, v in headers if k.lower() != SETTLEMENT_OVERRIDES.encode()]
+        if not named:
+            return checked.amount
+        try:
+            amount = wire.uint(wire.loads(named[-1]), "amount")
+        except (wire.BadJSON, PaymentInvalid):
+            log.warning("x402: origin %s sent a Settlement-Overrides without an atomic amount", rule.origin)
+            return checked.amount
+        return min(amount, checked.amount)
+
+    async def _relay_then_settle(
+        self,
+        send: Send,
+        status: int,
+        headers: list[tuple[bytes, bytes]],
+        chunks: Chunks,
+        payload: dict[str, Any],
+        reqs: dict[str, Any],
+        checked: Checked,
+        tab: prepaid.Tab,
+        request: Request,
+        credit: Credit | None,
+    ) -> None:
+        """A streamed AI answer paid with upto: relayed, then settled for what
+        its calls were metered at (also when the client left mid-stream: what
+        was produced)."""
+        try:
+            await self._relay(send, status, headers, chunks)
+        finally:
+            used = min(self._units(tab.amount), checked.amount)
+            done = self.facilitator.settle(payload, reqs, str(request.url), checked, credit, amount=used)
+            receipt = await asyncio.shield(done)
+            if not receipt["success"]:
+                log.error("x402 upto settlement after a stream failed: %s", receipt.get("errorMessage"))
 
     async def _price(self, rule: Rule, scope: Scope, body: bytes | None) -> int:
         """What this request costs, in the asset's units; a 400 (TollwayError) for
@@ -366,8 +451,7 @@ class Paywall:
         send: Send,
         request: Request,
         rule: Rule,
-        v2: dict[str, Any],
-        v1: dict[str, Any],
+        offers: Offers,
         error: str,
         extra_headers: list[tuple[bytes, bytes]] | None = None,
     ) -> None:
@@ -381,7 +465,7 @@ class Paywall:
                 "description": rule.description,
                 "mimeType": rule.mime_type,
             },
-            "accepts": [v2],
+            "accepts": offers.v2,
         }
         headers = [
             (wire.PAYMENT_REQUIRED.encode(), wire.encode(required).encode()),
@@ -389,11 +473,12 @@ class Paywall:
             (b"access-control-expose-headers", b"PAYMENT-REQUIRED, PAYMENT-RESPONSE, X-PAYMENT-RESPONSE"),
             *(extra_headers or []),
         ]
-        if "text/html" in request.headers.get("accept", ""):
-            body = _paywall_page(rule, v2, self.cfg.asset_decimals, str(request.url)).encode()
+        if "text/html" in request.headers.get("accept", "") and offers.v2:
+            body = _paywall_page(rule, offers.v2[0], self.cfg.asset_decimals, str(request.url)).encode()
             headers.append((b"content-type", b"text/html; charset=utf-8"))
         else:
-            body = json.dumps({"x402Version": 1, "error": error, "accepts": [v1]}).encode()
+            v1 = [offers.v1] if offers.v1 is not None else []
+            body = json.dumps({"x402Version": 1, "error": error, "accepts": v1}).encode()
             headers.append((b"content-type", b"application/json"))
         await send({"type": "http.response.start", "status": 402, "headers": headers})
         await send({"type": "http.response.body", "body": body})
@@ -401,12 +486,17 @@ class Paywall:
     # --------------------------------------------------------------- the origin
 
     async def _forward(
-        self, rule: Rule, request: Request, body: bytes | None, payer: str = ""
+        self,
+        rule: Rule,
+        request: Request,
+        body: bytes | None,
+        payer: str = "",
+        tab: prepaid.Tab | None = None,
     ) -> tuple[int, list[tuple[bytes, bytes]], Chunks]:
         if rule.origin == "demo":
             return _demo(request)
         if rule.origin == "self":
-            return await self._self(request, body, payer)
+            return await self._self(request, body, payer, tab)
         return await self._to_url(rule.origin, request, body)
 
     async def _to_url(
@@ -454,17 +544,21 @@ class Paywall:
     async def _ai_price(self, path: str, json_body: Any) -> int:
         """An AI request's maximum cost, in the asset's units."""
         assert self.quote is not None, "the app sets Paywall.quote"
-        micros = await self.quote(path, json_body)
+        return self._units(await self.quote(path, json_body))
+
+    def _units(self, micros: int) -> int:
+        """Micro-USD in the asset's units (rounded up)."""
         d = self.cfg.asset_decimals  # 6 for a USD stablecoin: 1 unit = 1 micro-USD
         scale: int = 10 ** abs(d - 6)
         return micros * scale if d >= 6 else -(-micros // scale)
 
     async def _self(
-        self, request: Request, body: bytes | None, payer: str
+        self, request: Request, body: bytes | None, payer: str, tab: prepaid.Tab | None = None
     ) -> tuple[int, list[tuple[bytes, bytes]], Chunks]:
         """Run a paid AI request through tollway's own routes, as the payer
         (``x402_payer``: no account is charged, the payment was the charge),
-        streaming its response back."""
+        streaming its response back. With ``tab`` (an upto payment), the
+        request's calls book their metered cost on it."""
         assert self.inner is not None, "the app sets Paywall.inner"
         scope = dict(request.scope)
         scope["path"] = unquote(scope["x402_path"])  # what the rule matched, decoded as ASGI has it
@@ -484,13 +578,19 @@ class Paywall:
             return await request.receive()  # the client's disconnect, when it comes
 
         out: asyncio.Queue[Message] = asyncio.Queue()
-        task = asyncio.ensure_future(self.inner(scope, receive, out.put))
+        ctx = contextvars.copy_context()
+        if tab is not None:
+            ctx.run(prepaid.use, tab)
+        task = ctx.run(asyncio.ensure_future, self.inner(scope, receive, out.put))  # in ctx: its tab
         start = await _next(out, task)
 
         async def chunks() -> AsyncIterator[bytes]:
             try:
                 while True:
-                    msg = await _next(out, task)
+                    try:
+                        msg = await _next(out, task)
+                    except _Ended:  # it stopped mid-body: its client went away
+                        break
                     if msg.get("body"):
                         yield msg["body"]
                     if not msg.get("more_body"):
@@ -499,6 +599,8 @@ class Paywall:
             finally:
                 if not task.done():
                     task.cancel()
+                    # Its calls book what they used (an upto tab) as they end: wait for them.
+                    await asyncio.gather(task, return_exceptions=True)
 
         headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
         return int(start["status"]), list(headers), chunks()
@@ -512,6 +614,33 @@ class Paywall:
         finally:
             await _close(chunks)
         await send({"type": "http.response.body", "body": b""})
+
+
+class Offers:
+    """What a 402 offers: the v2 ``accepts`` and, where ``exact`` is offered, v1's."""
+
+    __slots__ = ("v1", "v2")
+
+    def __init__(self, v2: list[dict[str, Any]], v1: dict[str, Any] | None) -> None:
+        self.v2, self.v1 = v2, v1
+
+    def chosen(self, payload: dict[str, Any], version: int) -> dict[str, Any]:
+        """The requirements a payment pays: v1's, or the v2 offer of the scheme
+        its ``accepted`` names (the first offer when it names none)."""
+        if version == 1:
+            if self.v1 is None:
+                raise PaymentInvalid(wire.UNSUPPORTED_SCHEME, "this route takes no v1 (exact) payment")
+            return self.v1
+        said = payload.get("accepted")
+        scheme = said.get("scheme") if isinstance(said, dict) else None
+        for offer in self.v2:
+            if scheme is None or offer["scheme"] == scheme:
+                return offer
+        raise PaymentInvalid(wire.UNSUPPORTED_SCHEME, f"scheme {scheme!r} is not offered for this route")
+
+
+def _streamed(headers: list[tuple[bytes, bytes]]) -> bool:
+    return any(k.lower() == b"content-type" and v.startswith(b"text/event-stream") for k, v in headers)
 
 
 class _Body:
@@ -529,11 +658,15 @@ class _Body:
         self.r.release()
 
 
+class _Ended(RuntimeError):
+    """The inner app returned without (the rest of) its response."""
+
+
 async def _next(q: asyncio.Queue[Message], task: asyncio.Future[None]) -> Message:
     """The next message the inner app sends (or its failure)."""
     if q.empty() and task.done():
         task.result()
-        raise RuntimeError("the app ended without a response")
+        raise _Ended("the app ended without a response")
     get = asyncio.ensure_future(q.get())
     waiting: set[asyncio.Future[Any]] = {get, task}
     await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
@@ -541,7 +674,7 @@ async def _next(q: asyncio.Queue[Message], task: asyncio.Future[None]) -> Messag
         return get.result()
     get.cancel()
     task.result()
-    raise RuntimeError("the app ended without a response")
+    raise _Ended("the app ended without a response")
 
 
 def _matched(scope: Scope, match: Callable[[str], _R | None]) -> _R | None:

@@ -82,6 +82,11 @@ class Rule(BaseModel):
     description: str = Field("", max_length=500)
     mime_type: str = "application/json"
     max_timeout_seconds: int = Field(0, ge=0, le=86_400)  # 0: [x402] max_timeout_seconds
+    # The x402 schemes a payer may use: "exact" pays the price; "upto" authorizes it
+    # as a maximum (Permit2) of which what was used is settled: an AI route's
+    # metered cost, or an origin's Settlement-Overrides amount. Empty: both for
+    # price_by = "ai_max_cost", "exact" otherwise.
+    schemes: list[Literal["exact", "upto"]] = Field(default_factory=list, max_length=2)
 
     @field_validator("methods")
     @classmethod
@@ -126,6 +131,19 @@ class Rule(BaseModel):
         if self.price_by in ("query", "body") and not self.price_field:
             raise ValueError(f"price_by = {self.price_by!r} needs price_field")
         return self
+
+    @field_validator("schemes")
+    @classmethod
+    def _schemes(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError("a scheme is listed twice")
+        return v
+
+    def offered(self) -> tuple[str, ...]:
+        """The schemes this rule takes, in the order the 402 offers them."""
+        if self.schemes:
+            return tuple(self.schemes)
+        return ("exact", "upto") if self.price_by == "ai_max_cost" else ("exact",)
 
     def compiled(self) -> re.Pattern[str]:
         out, i = "", 0

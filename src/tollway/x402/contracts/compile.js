@@ -4,7 +4,7 @@
 // Compile EIP3009Token.sol with solc-js (npm "solc", pinned) and write
 // EIP3009Token.json = {contractName, abi, bytecode, deployedBytecode, compiler, sourceSha256}.
 //
-// Usage:  node compile.js [--evm-version cancun] [--out EIP3009Token.json]
+// Usage:  node compile.js [--contract EIP3009Token] [--evm-version cancun] [--out NAME.json]
 // Paths are resolved relative to this script's directory. Output is deterministic:
 // same solc + same source + same settings => byte-identical JSON (no timestamps, no
 // absolute paths; the source is registered under the bare name "EIP3009Token.sol").
@@ -15,13 +15,14 @@ const path = require("path");
 const crypto = require("crypto");
 const solc = require("solc");
 
-const CONTRACT_NAME = "EIP3009Token";
-const SOURCE_NAME = `${CONTRACT_NAME}.sol`;
-
 function arg(name, dflt) {
   const i = process.argv.indexOf(name);
   return i >= 0 && i + 1 < process.argv.length ? process.argv[i + 1] : dflt;
 }
+
+// --contract NAME compiles NAME.sol's contract NAME (default: the token).
+const CONTRACT_NAME = arg("--contract", "EIP3009Token");
+const SOURCE_NAME = `${CONTRACT_NAME}.sol`;
 
 // "cancun" runs on py-evm's CancunVM and PragueVM (eth-tester's default since 0.13),
 // on anvil/hardhat defaults, and on every current L1/L2 (incl. Base).
