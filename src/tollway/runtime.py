@@ -3,6 +3,7 @@ server and the CLI alike, so both act on the same objects."""
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -33,7 +34,9 @@ from tollway.settings import Settings
 from tollway.vectors.service import Vectors, make_backend
 from tollway.wallets.audit import Audit
 from tollway.wallets.authorize import Authorizer, alerts
+from tollway.wallets.bootstrap import Bootstraps
 from tollway.wallets.broker import Broker
+from tollway.wallets.budget import BudgetRequests
 from tollway.wallets.signatures import Signatures
 from tollway.wallets.store import Wallets
 from tollway.x402.claims import Claims
@@ -132,6 +135,9 @@ class Runtime:
         scheduler = Scheduler(engine, clock, lease_s=settings.schedules.lease_seconds)
         broker = Broker(settings, wallets, authorizer)
         agents = build_agents(settings, engine, clock, inference, vectors, broker, ledger)
+        provision = Provisioner(settings, engine, clock, wallets, authorizer)
+        authorizer.autopilot.teardown = provision.deployments.delete  # its teardowns: the normal path
+        authorizer.autopilot.apps_domain = settings.provision.apps_domain
         return cls(
             settings=settings,
             engine=engine,
@@ -150,13 +156,33 @@ class Runtime:
             authorizer=authorizer,
             broker=broker,
             vectors=vectors,
-            provision=Provisioner(settings, engine, clock, wallets, authorizer),
+            provision=provision,
             scheduler=scheduler,
             agents=agents,
             recovery=Recovery(engine, ledger, charger, clock, settings.ledger.progress_seconds),
             alarms=Alarms(agents, scheduler),
             remote_facilitator=remote,
             stripe=stripe_billing.from_env(settings, engine, clock, customers, billing.subscriptions),
+        )
+
+    @functools.cached_property
+    def bootstraps(self) -> Bootstraps:
+        """Bootstrap credentials: an agent's way to ask for its first budget."""
+        return Bootstraps(
+            self.engine, self.clock, self.wallets, self.wallets.audit, self.settings.wallets.bootstrap_seconds
+        )
+
+    @functools.cached_property
+    def budget_requests(self) -> BudgetRequests:
+        """Agents' budget requests and the owner's decisions (tollway.wallets.budget)."""
+        return BudgetRequests(
+            self.engine,
+            self.clock,
+            self.wallets,
+            self.wallets.audit,
+            self.authorizer,
+            self.bootstraps,
+            self.settings.wallets.budget_request_seconds,
         )
 
     async def migrate(self) -> tuple[str | None, str | None]:

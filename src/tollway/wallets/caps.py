@@ -2,8 +2,9 @@
 (:mod:`tollway.charge.limits`): each spending limit of the wallet's policy
 per period (daily, weekly, monthly, yearly, all-time; per category when it
 says so), the monthly cap of each provider it pays, and the token's total
-allowance. Each is a ``budget`` account funded from ``sys_wallet_limits``, so
-the ledger decides every limit in the same batch as the money."""
+allowance and its own spending limits (a budget request's). Each is a
+``budget`` account funded from ``sys_wallet_limits``, so the ledger decides
+every limit in the same batch as the money."""
 
 from __future__ import annotations
 
@@ -44,7 +45,8 @@ class WalletCaps:
         """The limit accounts an authorization must also fit, funded and ready:
         each spending limit, the provider cap of each payee, the token's allowance."""
         now = self.clock.now_us()
-        allowance = token.id if token.limits.total_allowance is not None else ""
+        own = token.limits.total_allowance is not None or token.limits.spending_limits
+        allowance = token.id if own else ""
         payees = " ".join((payee, *also))
         key = (wallet.id, allowance, payees, category, now // _DAY_US)
         hit = self._caps.get(key)
@@ -76,6 +78,15 @@ class WalletCaps:
             cap = wallet.policy.cap_for(payee)
             out.append(
                 await self.limits.cap(Limit(acct, cap, name, LIMITS, wallet.customer_id, code=REFUSED))
+            )
+        for sl in token.limits.spending_limits:
+            if sl.interval == "per_authorization" or not applies(sl, category):
+                continue
+            tag = request_hash(sl.interval, sl.categories)[:8]
+            acct = f"wtl_{token.id}_{tag}_{periods[sl.interval]}"
+            name = f"agent token's {sl.interval} spending limit"
+            out.append(
+                await self.limits.cap(Limit(acct, sl.amount, name, LIMITS, wallet.customer_id, code=REFUSED))
             )
         if token.limits.total_allowance is not None:
             # A lifetime limit, funded once when the token was granted (Wallets.grant).

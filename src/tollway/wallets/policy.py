@@ -133,6 +133,10 @@ class TokenLimits(_Strict):
     expires_at_us: int | None = None
     single_use: bool = False
     categories: list[str] | None = None  # None: the wallet's
+    payees: list[str] | None = None  # None: the wallet's (a budget request's payees)
+    # The token's own limits per period (a budget request's amount and period),
+    # on top of the wallet's: budget accounts of their own (wallets/caps.py).
+    spending_limits: list[SpendingLimit] = Field(default_factory=list, max_length=20)
 
     @field_validator("max_per_payment", "total_allowance", mode="before")
     @classmethod
@@ -143,6 +147,11 @@ class TokenLimits(_Strict):
     @classmethod
     def _cats(cls, v: list[str] | None) -> list[str] | None:
         return _categories(v)
+
+    @field_validator("payees")
+    @classmethod
+    def _payees(cls, v: list[str] | None) -> list[str] | None:
+        return None if v is None else [normalize_payee(p) for p in v]
 
 
 _HOST = re.compile(r"^[a-z0-9_-]+(\.[a-z0-9_-]+)*$")
