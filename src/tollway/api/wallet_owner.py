@@ -22,7 +22,7 @@ from tollway.api.jsonroute import JsonRoute
 from tollway.api.models import Strict
 from tollway.core.errors import unauthenticated
 from tollway.runtime import Runtime
-from tollway.wallets.pnl import deployment_pnl, deployments, period, wallet_pnl
+from tollway.wallets.pnl import pnl
 from tollway.wallets.store import Wallet
 
 admin = APIRouter(
@@ -75,14 +75,9 @@ def _credential(request: Request) -> str:
 
 
 async def pnl_dict(rt: Runtime, w: Wallet, from_: str | None, to: str | None) -> dict[str, Any]:
-    """The wallet's P&L over the period, with each live deployment's share."""
-    f, t = period(rt.clock.now_us(), from_, to)
-    report = await wallet_pnl(rt.engine, w.id, w.account_id, f, t)
-    deps = await deployments(rt.engine, w.id, rt.settings.provision.apps_domain)
-    return {
-        **report.to_dict(),
-        "deployments": [{"id": d.id, "name": d.name, **deployment_pnl(report, d)} for d in deps],
-    }
+    return await pnl(
+        rt.engine, w.id, w.account_id, rt.settings.provision.apps_domain, rt.clock.now_us(), from_, to
+    )
 
 
 # -------------------------------------------------------------------- agents

@@ -322,3 +322,24 @@ async def deployments(
                 if auth_id:
                     auths[dep_id].add(auth_id)
     return [Deployment(i, n, (f"{n}.{apps_domain}", *json.loads(h)), frozenset(auths[i])) for i, n, h in rows]
+
+
+async def pnl(
+    engine: AsyncEngine,
+    wallet_id: str,
+    account_id: str,
+    apps_domain: str,
+    now_us: int,
+    from_: str | int | None = None,
+    to: str | int | None = None,
+) -> dict[str, Any]:
+    """The wallet's P&L over the period (default: this month), with each live
+    deployment's share: what ``GET /v1/wallet/pnl``, the admin route and
+    ``tollway wallet pnl`` show."""
+    f, t = period(now_us, from_, to)
+    report = await wallet_pnl(engine, wallet_id, account_id, f, t)
+    deps = await deployments(engine, wallet_id, apps_domain)
+    return {
+        **report.to_dict(),
+        "deployments": [{"id": d.id, "name": d.name, **deployment_pnl(report, d)} for d in deps],
+    }
