@@ -137,7 +137,8 @@ async def _deployment(rt: Runtime, w: Wallet, name: str, age_days: int, cost: in
     async with writer(rt.engine).begin() as conn:
         await conn.execute(insert(P), [{
             "id": dep, "name": name, "wallet_id": w.id, "provider": "local", "live_version": 1,
-            "hostnames": "[]", "status": "active", "last_request_at_us": now, "created_at_us": created, "updated_at_us": created,
+            "hostnames": "[]", "status": "active", "last_request_at_us": now, "created_at_us": created,
+            "updated_at_us": created,
         }])  # fmt: skip
         await conn.execute(insert(V), [{
             "id": new_id("dver"), "deployment_id": dep, "version": 1, "kind": "asgi", "entrypoint": "app:app",

@@ -33,7 +33,7 @@ from tollway.core.storage import writer
 from tollway.wallets.audit import Audit
 from tollway.wallets.authorize import Authorizer
 from tollway.wallets.bootstrap import PREFIX, Bootstraps
-from tollway.wallets.policy import SpendingLimit, TokenLimits, _categories, _money, _Strict, normalize_payee
+from tollway.wallets.policy import Scope, SpendingLimit, TokenLimits, _money
 from tollway.wallets.screening import dead_token, token_state
 from tollway.wallets.store import Wallets, policy_error
 
@@ -41,13 +41,12 @@ STATUSES = ("pending", "approved", "issued", "denied", "expired")
 MAX_PENDING = 20  # per wallet: more waiting requests are refused (409)
 
 
-class BudgetCaps(_Strict):
-    """What a budget request asks for, and what an approval grants."""
+class BudgetCaps(Scope):
+    """What a budget request asks for, and what an approval grants (its
+    categories and payees: None, the wallet's)."""
 
     amount: int  # micro-USD per period ("$5" is accepted)
     period: Literal["daily", "weekly", "monthly", "yearly", "all_time"] = "monthly"
-    categories: list[str] | None = None  # None: the wallet's
-    payees: list[str] | None = None  # None: the wallet's
     max_per_payment: int | None = None
     expires_at_us: int | None = None  # the token's expiry
 
@@ -62,16 +61,6 @@ class BudgetCaps(_Strict):
         if v <= 0:
             raise ValueError("amount is a positive number of micro-USD")
         return v
-
-    @field_validator("categories")
-    @classmethod
-    def _cats(cls, v: list[str] | None) -> list[str] | None:
-        return _categories(v)
-
-    @field_validator("payees")
-    @classmethod
-    def _payees(cls, v: list[str] | None) -> list[str] | None:
-        return None if v is None else [normalize_payee(p) for p in v]
 
     def limits(self) -> TokenLimits:
         """The delegated token's limits: exactly these caps (the wallet's policy still applies)."""
