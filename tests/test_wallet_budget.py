@@ -237,3 +237,14 @@ async def test_bad_requests_are_400_and_change_nothing(w: W) -> None:
     rid = (await _ask(w, boot)).json()["id"]
     err(await _approve(w, rid, caps={"amount": "$1", "expires_at_us": 1}), 400, "invalid_limits")
     assert (await w.rt.budget_requests.get(rid))["status"] == "pending"
+
+
+async def test_a_forged_secret_and_a_flood_of_requests_are_refused(w: W) -> None:
+    wal = await w.wallet()
+    boot = await _bootstrap(w, wal["id"])
+    forged = boot[: -len("x" * 32)] + "a" * 32  # the right prefix, another secret
+    err(await _ask(w, forged), 401, "invalid_bootstrap_credential")
+    for _ in range(20):
+        assert (await _ask(w, boot)).status_code == 201
+    err(await _ask(w, boot), 409, "too_many_budget_requests")
+    assert len((await w.http.get("/admin/wallets/budget-requests", headers=ADMIN)).json()["data"]) == 20

@@ -18,6 +18,7 @@ raises (its open holds are voided, as any revoke does). Every step is audited.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -37,6 +38,7 @@ from tollway.wallets.policy import Scope, SpendingLimit, TokenLimits, _money
 from tollway.wallets.screening import dead_token, token_state
 from tollway.wallets.store import Wallets, policy_error
 
+log = logging.getLogger("tollway.wallets")
 STATUSES = ("pending", "approved", "issued", "denied", "expired")
 MAX_PENDING = 20  # per wallet: more waiting requests are refused (409)
 
@@ -223,12 +225,12 @@ class BudgetRequests:
         if issued is None:  # another read issued it: its secret went there
             return _dict(out)
         token, secret = issued
-        if r["raise_of"]:
+        if r["raise_of"]:  # the token exists, its secret only in this answer: never fail it
             try:
                 await self.authorizer.revoke(r["raise_of"], actor=f"budget request {r['id']}")
-            except TollwayError as e:
-                if e.code != "agent_token_revoked":
-                    raise
+            except Exception as e:
+                if not (isinstance(e, TollwayError) and e.code == "agent_token_revoked"):
+                    log.exception("budget request %s: token %s was not revoked", r["id"], r["raise_of"])
         return {**_dict(out), "token": secret, "agent_token": token.to_dict()}
 
     # ------------------------------------------------------------ the owner
