@@ -34,8 +34,10 @@ async def main():
         await rt.bootstraps.verify(cfg["boot"])  # connected and warm
         print("ready", flush=True)
         sys.stdin.readline()
-        got = await asyncio.gather(*[rt.budget_requests.poll(cfg["boot"], cfg["rid"]) for _ in range(cfg["n"])])
-        print(json.dumps({"secrets": [g["token"] for g in got if "token" in g], "status": [g["status"] for g in got]}))
+        reads = [rt.budget_requests.poll(cfg["boot"], cfg["rid"]) for _ in range(cfg["n"])]
+        got = await asyncio.gather(*reads)
+        secrets = [g["token"] for g in got if "token" in g]
+        print(json.dumps({"secrets": secrets, "status": [g["status"] for g in got]}))
     finally:
         await rt.close()
 
