@@ -199,3 +199,17 @@ async def test_the_owner_and_the_agent_read_the_same_pnl(http_rt: Any) -> None:
     tid = (await rt.wallets.verify(tok))[0].id
     await rt.authorizer.revoke(tid)
     err(await http.get("/v1/wallet/pnl", headers={"authorization": f"Bearer {tok}"}), 403, "token_revoked")
+
+
+FULLWIDTH_2026 = "\uff12\uff10\uff12\uff16"
+
+
+@pytest.mark.parametrize(
+    "bad", ["12345678901234567890123", "-5", FULLWIDTH_2026, "9999-12-31T23:59:59-23:59", "x"]
+)
+def test_bad_bounds_are_400(bad: str) -> None:
+    from tollway.core.errors import TollwayError
+
+    with pytest.raises(TollwayError) as e:
+        period(1_768_478_400_000_000, bad, None)
+    assert e.value.code == "invalid_from" and e.value.status == 400

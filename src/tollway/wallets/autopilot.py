@@ -36,6 +36,7 @@ from tollway.ledger import Ledger
 from tollway.wallets.audit import Audit
 from tollway.wallets.pnl import deployment_pnl, deployments, wallet_pnl
 from tollway.wallets.policy import _money, _Strict
+from tollway.wallets.screening import below_floor
 from tollway.wallets.store import Wallet, Wallets, policy_error
 
 log = logging.getLogger("tollway.wallets")
@@ -59,17 +60,6 @@ class AutopilotSettings(_Strict):
     @classmethod
     def _floor(cls, v: Any) -> int | None:
         return None if v is None else _money(v, "spend_floor")
-
-
-def below_floor(available: int, amount: int, floor: int) -> tuple[str, str] | None:
-    """Why spending ``amount`` is refused under the floor, or None."""
-    if available - amount < floor:
-        return (
-            "wallet_below_floor",
-            f"the wallet's balance ({available} available) would fall below its autopilot floor ({floor})"
-            " after this payment: new spending is stopped until it is topped up",
-        )
-    return None
 
 
 @dataclass

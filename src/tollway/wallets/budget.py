@@ -22,7 +22,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -50,7 +50,7 @@ class BudgetCaps(Scope):
     amount: int  # micro-USD per period ("$5" is accepted)
     period: Literal["daily", "weekly", "monthly", "yearly", "all_time"] = "monthly"
     max_per_payment: int | None = None
-    expires_at_us: int | None = None  # the token's expiry
+    expires_at_us: int | None = Field(None, ge=0, lt=2**62)  # the token's expiry
 
     @field_validator("amount", "max_per_payment", mode="before")
     @classmethod

@@ -54,7 +54,7 @@ EARNINGS = "x402_earnings"
 PAYMENT = "wallet_payment"
 FEES_ACCOUNT = "sys_fees"
 _CATEGORY = {"ai_inference": "inference"}
-_WITHDRAWN_TO = "sys_funding"
+_MAX_US = 253_402_300_800_000_000  # 10000-01-01: past any period
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,17 +140,22 @@ def parse_when(value: str | int | None, param: str) -> int | None:
     """A bound: µs since the epoch, or an ISO 8601 date or time (UTC unless it says)."""
     if value is None or value == "":
         return None
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.isdigit():
-        return int(value)
+    bad = invalid(
+        f"invalid_{param}", f"{param} is an ISO 8601 date or time, or microseconds since the epoch", param
+    )
+    if isinstance(value, bool):
+        raise bad
     try:
-        d = dt.datetime.fromisoformat(str(value))
-    except ValueError:
-        raise invalid(
-            f"invalid_{param}", f"{param} is an ISO 8601 date or time, or microseconds since the epoch", param
-        ) from None
-    return _us(d if d.tzinfo else d.replace(tzinfo=dt.UTC))
+        if isinstance(value, int) or (isinstance(value, str) and value.isascii() and value.isdigit()):
+            us = int(value)
+        else:
+            d = dt.datetime.fromisoformat(str(value))
+            us = _us(d if d.tzinfo else d.replace(tzinfo=dt.UTC))
+    except (ValueError, OverflowError):
+        raise bad from None
+    if not 0 <= us < _MAX_US:
+        raise bad
+    return us
 
 
 def period(now_us: int, from_: str | int | None, to: str | int | None) -> tuple[int, int]:

@@ -77,6 +77,17 @@ def screen(token: AgentToken, wallet: Wallet, d: Decision, now_us: int) -> tuple
     return None, ""
 
 
+def below_floor(available: int, amount: int, floor: int) -> tuple[str, str] | None:
+    """Why spending ``amount`` is refused under the floor, or None."""
+    if available - amount < floor:
+        return (
+            "wallet_below_floor",
+            f"the wallet's balance ({available} available) would fall below its autopilot floor ({floor})"
+            " after this payment: new spending is stopped until it is topped up",
+        )
+    return None
+
+
 def check_request(
     amount: Any, payee: Any, category: Any, idem: Any, currency: Any, wallet: Wallet, memo: Any
 ) -> tuple[int, str, str]:
