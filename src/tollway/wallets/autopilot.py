@@ -75,16 +75,19 @@ class Autopilot:
 
     # ------------------------------------------------------------- settings
 
-    async def settings(self, wallet_id: str) -> AutopilotSettings | None:
-        """The wallet's settings (one point read), or None: no autopilot."""
-        r = await self.wallets.reads.one(_SETTINGS, wallet_id)
-        if r is None:
+    async def settings(self, wallet_id: str, known: str | None = None) -> AutopilotSettings | None:
+        """The wallet's settings, or None: no autopilot. ``known``: their JSON as
+        already read with the token ("" for none); else one point read."""
+        if known is None:
+            r = await self.wallets.reads.one(_SETTINGS, wallet_id)
+            known = "" if r is None else str(r[0])
+        if not known:
             return None
-        s = self._parsed.get(r[0])
+        s = self._parsed.get(known)
         if s is None:
             if len(self._parsed) > 10_000:
                 self._parsed.clear()
-            s = self._parsed[r[0]] = AutopilotSettings.model_validate_json(r[0])
+            s = self._parsed[known] = AutopilotSettings.model_validate_json(known)
         return s
 
     async def put(self, wallet_id: str, settings: dict[str, Any], actor: str = "admin") -> dict[str, Any]:
@@ -124,7 +127,7 @@ class Autopilot:
 
     async def floor_refusal(self, wallet: Wallet, amount: int) -> tuple[str | None, str]:
         """Screening's floor check: (reason, message), or (None, "")."""
-        s = await self.settings(wallet.id)
+        s = await self.settings(wallet.id, wallet.autopilot)  # read with the token: no I/O here
         if s is None or not s.enabled or s.spend_floor is None:
             return None, ""
         available = (await self.ledger.get_account(wallet.account_id)).available

@@ -60,6 +60,9 @@ class Wallet:
     policy: Policy
     evm_address: str | None
     created_at_us: int
+    # Its autopilot settings (JSON) as read with a token (``verify``): "" for
+    # none; None where not read (the autopilot reads them itself).
+    autopilot: str | None = None
 
     def to_dict(self, balance: int | None = None, available: int | None = None) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -134,8 +137,9 @@ def _token(r: Any) -> AgentToken:
 _VERIFY = (
     "SELECT t.id, t.wallet_id, t.prefix, t.name, t.limits, t.created_at_us, t.revoked_at_us,"
     " t.frozen_at_us, t.frozen_reason, t.used_at_us, t.secret_hash,"
-    " w.id, w.owner, w.customer_id, w.account_id, w.policy, w.evm_address, w.created_at_us"
-    " FROM agent_tokens t JOIN wallets w ON w.id = t.wallet_id WHERE t.prefix = ?"
+    " w.id, w.owner, w.customer_id, w.account_id, w.policy, w.evm_address, w.created_at_us, a.settings"
+    " FROM agent_tokens t JOIN wallets w ON w.id = t.wallet_id"
+    " LEFT JOIN wallet_autopilot a ON a.wallet_id = w.id WHERE t.prefix = ?"
 )
 
 
@@ -440,7 +444,7 @@ class Wallets:
                 self._policies.clear()
             pol = self._policies[r[15]] = Policy.model_validate_json(r[15])
         token = AgentToken(r[0], r[1], r[2], r[3], lim, r[5], r[6], r[7], r[8], r[9])
-        return token, Wallet(r[11], r[12], r[13], r[14], pol, r[16], r[17])
+        return token, Wallet(r[11], r[12], r[13], r[14], pol, r[16], r[17], r[18] or "")
 
 
 def dumps(obj: Any) -> str:
