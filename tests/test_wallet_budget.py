@@ -217,6 +217,10 @@ async def test_a_raise_issues_new_caps_and_revokes_the_old_token(w: W) -> None:
     assert (await w.rt.authorizer.get(held["id"])).status == "voided"  # the old token's hold is released
     # a revoked token can ask for nothing
     err(await _ask(w, old), 403, "token_revoked")
+    # an agent token raises only itself: not a sibling's caps (issuing would revoke the sibling)
+    sibling = await w.token(wal["id"])
+    sib_id = (await w.rt.wallets.verify(sibling))[0].id
+    err(await _ask(w, new, raise_of=sib_id), 403, "raise_of_other_token")
 
 
 async def test_bad_requests_are_400_and_change_nothing(w: W) -> None:

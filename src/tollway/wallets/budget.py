@@ -3,7 +3,8 @@
 An agent, with a bootstrap credential of its wallet
 (:mod:`tollway.wallets.bootstrap`) or a live agent token, asks for a budget
 (:class:`BudgetCaps`: an amount per period, categories, payees) with a
-purpose, or for a raise of one of its wallet's tokens (``raise_of``). The
+purpose, or for a raise of one of its wallet's tokens (``raise_of``: with
+a token, only its own). The
 request alone changes nothing. The owner approves it, with the caps asked or
 any others (the owner is the authority), or denies it with a reason; a
 request nobody decided expires (``[wallets] budget_request_seconds``).
@@ -27,7 +28,7 @@ from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tollway.core.clock import Clock
-from tollway.core.errors import TollwayError, conflict, invalid, not_found
+from tollway.core.errors import TollwayError, conflict, forbidden, invalid, not_found
 from tollway.core.ids import new_id
 from tollway.core.schema import wallet_budget_requests as R
 from tollway.core.storage import writer
@@ -136,6 +137,8 @@ class BudgetRequests:
                 old = None
             if old is None or old.wallet_id != who.wallet_id:  # another wallet's token: as if unknown
                 raise not_found("agent_token_not_found", f"no agent token {raise_of!r}", "raise_of")
+            if who.kind == "agent_token" and raise_of != who.id:  # an agent raises only its own caps
+                raise forbidden("raise_of_other_token", "an agent token may only ask to raise its own caps")
             if old.revoked_at_us is not None:
                 raise conflict("agent_token_revoked", f"agent token {raise_of!r} is revoked", "raise_of")
         now = self.clock.now_us()
