@@ -182,10 +182,15 @@ async def test_unprofitable_deployments_are_torn_down_and_the_rest_kept(env: Any
     assert audited["detail"]["deployment_id"] == losing and audited["detail"]["costs"] == 2_000_000
     # the next check decides nothing (the loser is gone; the rest hold)
     assert (await http.post("/admin/autopilot/check", headers=ADMIN)).json()["data"] == []
-    # the P&L shows each live deployment's share
+    # the P&L shows each live deployment's share, recurring hosting charges included
+    memo = f"hosting deployment {young} (young): metered use"  # the recurring charge's memo
+    d = await rt.authorizer.authorize(
+        tok, amount=200_000, payee="local", category="hosting", idempotency_key="hosting-1", memo=memo
+    )
+    await rt.authorizer.capture(d.id)
     p = (await http.get(f"/admin/wallets/{w.id}/pnl", headers=ADMIN)).json()
     shares = {x["name"]: x["net"] for x in p["deployments"]}
-    assert shares == {"earning": 500_000, "young": -3_000_000}
+    assert shares == {"earning": 500_000, "young": -3_200_000}
     # outside the window, old costs no longer count: the young one ages past min_age, its cost out of window
     clock.advance(seconds=8 * DAY)
     assert (await http.post("/admin/autopilot/check", headers=ADMIN)).json()["data"] == []

@@ -175,13 +175,18 @@ async def test_the_owner_and_the_agent_read_the_same_pnl(http_rt: Any) -> None:
         tok, amount=300_000, payee="cloud.example", category="hosting", idempotency_key="h"
     )
     await rt.authorizer.capture(d.id)
+    tid = (await rt.wallets.verify(tok))[0].id
+    # inference with the agent token, on the charge path (its usage carries category and token)
+    meta = {"category": "ai_inference", "wallet_id": w.id, "token_id": tid}
+    await rt.ledger.transfer(w.account_id, "sys_revenue", 70_000, usage=Usage("tokens", 100, None, meta))
     owner = (await http.get(f"/admin/wallets/{w.id}/pnl", headers=ADMIN)).json()
     mine = (await http.get("/v1/wallet/pnl", headers={"authorization": f"Bearer {tok}"})).json()
     assert owner == mine
     assert owner["revenue"] == {"total": 1_000_000, "by_route": {"api.shop.example/price": 1_000_000}}
-    assert owner["costs"]["by_category"] == {"fees": 50_000, "hosting": 300_000}
-    assert owner["net"] == 650_000 and owner["topups"] == 5_000_000
-    assert owner["closing_balance"] == 5_650_000
+    assert owner["costs"]["by_category"] == {"fees": 50_000, "hosting": 300_000, "inference": 70_000}
+    assert owner["costs"]["by_token"] == {tid: 370_000}
+    assert owner["net"] == 580_000 and owner["topups"] == 5_000_000
+    assert owner["closing_balance"] == 5_580_000
     # another wallet's figures never show
     assert (await http.get(f"/admin/wallets/{other.id}/pnl", headers=ADMIN)).json()["revenue"]["total"] == 0
     err(
@@ -196,7 +201,6 @@ async def test_the_owner_and_the_agent_read_the_same_pnl(http_rt: Any) -> None:
         "invalid_period",
     )
     err(await http.get("/v1/wallet/pnl"), 401, "missing_agent_token")
-    tid = (await rt.wallets.verify(tok))[0].id
     await rt.authorizer.revoke(tid)
     err(await http.get("/v1/wallet/pnl", headers={"authorization": f"Bearer {tok}"}), 403, "token_revoked")
 

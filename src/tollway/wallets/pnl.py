@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
@@ -267,18 +268,27 @@ def _classify(
         )  # fmt: skip
     if debit == account_id and counterparty == "fees":
         return Line(tid, "cost", -amount, "fees", at)
-    if meter is not None:
+    if meter is not None:  # a charge on another path (e.g. inference with an agent token)
         cat = str(m.get("category") or meter)
-        return Line(tid, "cost", -amount, _CATEGORY.get(cat, cat), at, deployment=dep)
+        token = str(m.get("token_id", ""))
+        return Line(tid, "cost", -amount, _CATEGORY.get(cat, cat), at, token_id=token, deployment=dep)
     if counterparty in ("funding", "customer"):
         return Line(tid, "withdrawal", -amount, counterparty, at)
     return Line(tid, "cost", -amount, "other", at)
 
 
+_HOSTING = re.compile(r"^hosting deployment (\S+)")
+
+
 def _deployment_of(memo: str) -> str:
-    """The deployment a capture paid for, by the provisioner's memo (``deploy NAME``)."""
+    """The deployment a capture paid for, by the provisioner's memos: its id
+    (``hosting deployment DEP (NAME): metered use``, the recurring charge) or
+    ``name:NAME`` (``deploy NAME``, a version's upload)."""
+    m = _HOSTING.match(memo)
+    if m:
+        return m.group(1)
     parts = memo.split()
-    return f"name:{parts[1]}" if len(parts) >= 2 and parts[0] in ("deploy", "hosting") else ""
+    return f"name:{parts[1]}" if len(parts) >= 2 and parts[0] == "deploy" else ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,8 +304,9 @@ class Deployment:
 def deployment_pnl(report: Report, dep: Deployment, since_us: int | None = None) -> dict[str, int]:
     """One deployment's share of a wallet's P&L (since ``since_us``): revenue is
     what its hosts earned; costs are the captures of its versions'
-    authorizations, of authorizations whose memo names it (``deploy NAME``,
-    ``hosting NAME``), and of usage whose metadata names it (``deployment_id``)."""
+    authorizations, of authorizations whose memo names it (``deploy NAME``, the
+    recurring ``hosting deployment DEP …``), and of usage whose metadata names
+    it (``deployment_id``)."""
     revenue = costs = 0
     names = {dep.id, f"name:{dep.name}"}
     for ln in report.lines:
