@@ -113,6 +113,19 @@ async def test_insufficient_wallet_funds_refuse_before_serving(uenv: Env, up: Fa
     assert up.calls == calls
 
 
+async def test_the_autopilot_floor_stops_inference_too(uenv: Env, up: FakeUpstream) -> None:
+    """Below the owner's spend floor, an agent token's AI requests are new spending: refused
+    before serving (402 wallet_below_floor), until the floor is lifted."""
+    w, _, secret = await _wallet(uenv)
+    r = await uenv.http.put(f"/admin/wallets/{w.id}/autopilot", json={"spend_floor": 500_000}, headers=ADMIN)
+    assert r.status_code == 200, r.text
+    calls = up.calls
+    err(await _chat(uenv, secret), 402, "wallet_below_floor")
+    assert up.calls == calls and await _available(uenv, w) == 500_000
+    await uenv.http.put(f"/admin/wallets/{w.id}/autopilot", json={"spend_floor": 100_000}, headers=ADMIN)
+    assert (await _chat(uenv, secret)).status_code == 200
+
+
 async def test_frozen_revoked_and_unknown_tokens_are_refused(uenv: Env) -> None:
     _, token, secret = await _wallet(uenv)
     await uenv.rt.wallets.freeze(token.id, "test")

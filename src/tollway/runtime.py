@@ -3,6 +3,7 @@ server and the CLI alike, so both act on the same objects."""
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -38,7 +39,9 @@ from tollway.settings import Settings
 from tollway.vectors.service import Vectors, make_backend
 from tollway.wallets.audit import Audit
 from tollway.wallets.authorize import Authorizer, alerts
+from tollway.wallets.bootstrap import Bootstraps
 from tollway.wallets.broker import Broker
+from tollway.wallets.budget import BudgetRequests
 from tollway.wallets.signatures import Signatures
 from tollway.wallets.store import Wallets
 from tollway.x402.claims import Claims
@@ -156,6 +159,8 @@ class Runtime:
         # Agents' priced hosts: the edge serves them through the paywall (settling to their wallets).
         provision.edge.front = Front(paywall, provision.target, x402.take_rate_bps)
         evals = Evals(settings.evals, engine, clock, agents, customers)
+        authorizer.autopilot.teardown = provision.deployments.delete  # its teardowns: the normal path
+        authorizer.autopilot.apps_domain = settings.provision.apps_domain
         return cls(
             settings=settings,
             engine=engine,
@@ -186,6 +191,26 @@ class Runtime:
             evals_weekly=Weekly(evals, scheduler),
             remote_facilitator=remote,
             stripe=stripe_billing.from_env(settings, engine, clock, customers, billing.subscriptions),
+        )
+
+    @functools.cached_property
+    def bootstraps(self) -> Bootstraps:
+        """Bootstrap credentials: an agent's way to ask for its first budget."""
+        return Bootstraps(
+            self.engine, self.clock, self.wallets, self.wallets.audit, self.settings.wallets.bootstrap_seconds
+        )
+
+    @functools.cached_property
+    def budget_requests(self) -> BudgetRequests:
+        """Agents' budget requests and the owner's decisions (tollway.wallets.budget)."""
+        return BudgetRequests(
+            self.engine,
+            self.clock,
+            self.wallets,
+            self.wallets.audit,
+            self.authorizer,
+            self.bootstraps,
+            self.settings.wallets.budget_request_seconds,
         )
 
     async def migrate(self) -> tuple[str | None, str | None]:

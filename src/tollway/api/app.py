@@ -33,6 +33,7 @@ from tollway.api import (
     telemetry,
     v1,
     vectors,
+    wallet_owner,
     wallets,
     workers_ai,
     x402,
@@ -133,6 +134,7 @@ def create_app(settings: Settings | None = None, *, rt: Runtime | None = None) -
         rules = asyncio.create_task(rt.paywall.watch())
         billing_tick = asyncio.create_task(rt.billing.run(rt.settings.billing.tick_seconds))
         wallet_sweep = asyncio.create_task(rt.authorizer.run(rt.settings.wallets.sweep_seconds))
+        autopilot = asyncio.create_task(rt.authorizer.autopilot.run(rt.settings.wallets.autopilot_seconds))
         await rt.provision.start()  # the deployments' edge, idle workers, the reaper
         schedules = asyncio.create_task(rt.scheduler.run(rt.settings.schedules.tick_seconds))
         agents_purge = asyncio.create_task(rt.agents.run_purge(rt.settings.agents.purge_seconds))
@@ -163,6 +165,7 @@ def create_app(settings: Settings | None = None, *, rt: Runtime | None = None) -
                 rules,
                 billing_tick,
                 wallet_sweep,
+                autopilot,
                 agents_purge,
                 schedules,
                 *recovery,
@@ -206,6 +209,9 @@ def create_app(settings: Settings | None = None, *, rt: Runtime | None = None) -
     app.include_router(x402_agent.router, responses=errors.error_responses(400, 401, 403, 404, 409))
     app.include_router(billing.router, responses=errors.error_responses(400, 401, 402, 403, 404, 409))
     app.include_router(billing.admin, responses=errors.error_responses(400, 401, 402, 404, 409))
+    # Before wallets.admin: /admin/wallets/budget-requests is not a wallet id.
+    app.include_router(wallet_owner.admin, responses=errors.error_responses(400, 401, 404, 409))
+    app.include_router(wallet_owner.agent, responses=errors.error_responses(400, 401, 403, 404, 409))
     app.include_router(wallets.admin, responses=errors.error_responses(400, 401, 404, 409))
     app.include_router(wallets.agent, responses=errors.error_responses(400, 401, 402, 404, 409))
     app.include_router(wallets.broker, responses=errors.error_responses(400, 401, 402, 409, 502, 504))

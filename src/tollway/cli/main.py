@@ -536,6 +536,7 @@ from tollway.cli import requests as _requests  # noqa: E402, F401
 from tollway.cli import schedules as _schedules  # noqa: E402, F401
 from tollway.cli import stripe as _stripe  # noqa: E402, F401
 from tollway.cli import vectors as _vectors  # noqa: E402, F401
+from tollway.cli import wallet_owner as _wallet_owner  # noqa: E402, F401
 from tollway.cli import wallets as _wallets  # noqa: E402, F401
 from tollway.cli import x402 as _x402  # noqa: E402, F401
 

@@ -119,6 +119,7 @@ usage_events = Table(
     Column("metadata", Text, nullable=False),
     Column("created_at_us", BigInteger, nullable=False, index=True),
     Column("model", String(100), nullable=True),
+    Index("ix_usage_events_transfer_id", "transfer_id"),  # a transfer's usage (wallets/pnl.py)
 )
 
 customers = Table(
@@ -328,6 +329,54 @@ wallet_audit = Table(
     Column("actor", String(200), nullable=False),
     Column("detail", Text, nullable=False),
     Column("created_at_us", BigInteger, nullable=False),
+)
+
+# An agent asks for its budget (tollway.wallets.budget): a bootstrap credential
+# the owner hands it may only ask; the owner approves (possibly editing the
+# caps) or denies; the delegated token is issued at the agent's first read after
+# approval (its secret shown once).
+wallet_bootstraps = Table(
+    "wallet_bootstraps",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("wallet_id", String(64), ForeignKey("wallets.id"), nullable=False, index=True),
+    Column("prefix", String(32), nullable=False, unique=True),
+    Column("secret_hash", String(64), nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("created_at_us", BigInteger, nullable=False),
+    Column("expires_at_us", BigInteger, nullable=False),
+    Column("revoked_at_us", BigInteger, nullable=True),
+)
+
+wallet_budget_requests = Table(
+    "wallet_budget_requests",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("wallet_id", String(64), ForeignKey("wallets.id"), nullable=False, index=True),
+    Column("requester", String(64), nullable=False),  # the bootstrap's or the agent token's id
+    Column("raise_of", String(64), nullable=True),  # the token whose caps it asks to raise
+    Column("asked", Text, nullable=False),  # JSON (tollway.wallets.budget.BudgetCaps)
+    Column("purpose", String(1000), nullable=False),
+    Column("status", String(16), nullable=False),  # pending | approved | issued | denied | expired
+    Column("approved", Text, nullable=True),  # JSON: the caps the owner approved
+    Column("token_id", String(64), nullable=True),  # the delegated token (its id fixed at approval)
+    Column("decided_by", String(200), nullable=True),
+    Column("reason", String(500), nullable=True),
+    Column("created_at_us", BigInteger, nullable=False),
+    Column("expires_at_us", BigInteger, nullable=False),
+    Column("decided_at_us", BigInteger, nullable=True),
+    Column("issued_at_us", BigInteger, nullable=True),
+    Index("ix_wallet_budget_requests_status", "status", "expires_at_us"),
+)
+
+# Autopilot, opt-in per wallet (tollway.wallets.autopilot).
+wallet_autopilot = Table(
+    "wallet_autopilot",
+    metadata,
+    Column("wallet_id", String(64), ForeignKey("wallets.id"), primary_key=True),
+    Column("settings", Text, nullable=False),  # JSON (tollway.wallets.autopilot.AutopilotSettings)
+    Column("below_floor_since_us", BigInteger, nullable=True),  # when the check saw it below
+    Column("updated_at_us", BigInteger, nullable=False),
 )
 
 SYSTEM_ACCOUNTS = {

@@ -20,7 +20,7 @@ figure is still read from ledger transfers."""
 from __future__ import annotations
 
 from tollway.charge.hold import Payer, Source
-from tollway.core.errors import forbidden, unauthenticated
+from tollway.core.errors import forbidden, payment, unauthenticated
 from tollway.identity.keys import ApiKey
 from tollway.wallets.authorize import Authorizer
 from tollway.wallets.decision import Decision
@@ -52,6 +52,9 @@ async def agent_key(authorizer: Authorizer, presented: str) -> ApiKey:
     reason, message = screen(token, wallet, probe, now)
     if reason is not None:
         raise forbidden(reason, message)
+    floor, why = await authorizer.autopilot.floor_refusal(wallet, 1)  # the owner's spend floor
+    if floor is not None:
+        raise payment(floor, why)
     caps = await authorizer.caps.caps(token, wallet, PAYEE, CATEGORY)
     payer = Payer(wallet.account_id, wallet.customer_id, (Source(wallet.account_id),), caps)
     return ApiKey(

@@ -4,6 +4,7 @@ then) or denies it."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from tollway.core.clock import Clock
@@ -12,7 +13,7 @@ from tollway.wallets.decision import Decision
 from tollway.wallets.holds import Holds
 from tollway.wallets.records import Records
 from tollway.wallets.screening import screen
-from tollway.wallets.store import Wallets
+from tollway.wallets.store import Wallet, Wallets
 
 
 @dataclass
@@ -22,6 +23,7 @@ class Approvals:
     wallets: Wallets
     clock: Clock
     hold_seconds: int
+    floor: Callable[[Wallet, int], Awaitable[tuple[str | None, str]]] | None = None  # the autopilot's
 
     async def approve(self, auth_id: str, actor: str) -> Decision:
         d = await self.records.get(auth_id)
@@ -37,6 +39,8 @@ class Approvals:
         token = await self.wallets.token(d.token_id)
         wallet = await self.wallets.get(d.wallet_id)
         reason, message = screen(token, wallet, d, self.clock.now_us())
+        if reason is None and self.floor is not None:
+            reason, message = await self.floor(wallet, d.amount)
         if reason is None:
             reason, message = await self.holds.reserve(token, wallet, d, self.hold_seconds)
         if reason is not None:

@@ -45,6 +45,7 @@ from tollway.observe import tracing
 from tollway.wallets.alerts import alerts
 from tollway.wallets.approvals import Approvals
 from tollway.wallets.audit import Audit
+from tollway.wallets.autopilot import Autopilot
 from tollway.wallets.caps import WalletCaps
 from tollway.wallets.decision import PAY_TO, REASONS, Decision, pay_to_memo, request_hash
 from tollway.wallets.holds import PAID_OUT, Holds
@@ -83,6 +84,7 @@ class Authorizer:
     velocity: Velocity = field(init=False)
     approvals: Approvals = field(init=False)
     sweeper: Sweep = field(init=False)
+    autopilot: Autopilot = field(init=False)  # its floor is checked at screening
     _inflight: dict[str, asyncio.Future[None]] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -90,7 +92,15 @@ class Authorizer:
         self.caps = WalletCaps(self.ledger, self.clock)
         self.holds = Holds(self.ledger, self.charger, self.clock, self.wallets, self.caps, self.records)
         self.velocity = Velocity(self.windows, self.wallets, self.clock, self.on_freeze)
-        self.approvals = Approvals(self.records, self.holds, self.wallets, self.clock, self.hold_seconds)
+        self.autopilot = Autopilot(self.engine, self.ledger, self.clock, self.wallets, self.audit)
+        self.approvals = Approvals(
+            self.records,
+            self.holds,
+            self.wallets,
+            self.clock,
+            self.hold_seconds,
+            self.autopilot.floor_refusal,
+        )
         self.sweeper = Sweep(self.ledger, self.clock, self.records, self.holds)
 
     # ------------------------------------------------------------ the token
@@ -262,6 +272,10 @@ class Authorizer:
             also=tuple(m.lower() for m in PAY_TO.findall(memo)),
         )  # fmt: skip
         reason, message = screen(token, wallet, d, self.clock.now_us())
+        if (
+            reason is None and not standing
+        ):  # the autopilot's spend floor (not the platform's recurring charges)
+            reason, message = await self.autopilot.floor_refusal(wallet, amount)
         if (
             reason is None
             and not standing

@@ -2,8 +2,9 @@
 (:mod:`tollway.charge.limits`): each spending limit of the wallet's policy
 per period (daily, weekly, monthly, yearly, all-time; per category when it
 says so), the monthly cap of each provider it pays, and the token's total
-allowance. Each is a ``budget`` account funded from ``sys_wallet_limits``, so
-the ledger decides every limit in the same batch as the money."""
+allowance and its own spending limits (a budget request's). Each is a
+``budget`` account funded from ``sys_wallet_limits``, so the ledger decides
+every limit in the same batch as the money."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from tollway.charge.limits import Limit, LimitAccounts
 from tollway.core.clock import Clock
 from tollway.ledger import Ledger
 from tollway.wallets.decision import request_hash
-from tollway.wallets.policy import Policy
+from tollway.wallets.policy import Policy, SpendingLimit
 from tollway.wallets.screening import applies
 from tollway.wallets.store import AgentToken, Wallet, allowance_account
 
@@ -44,7 +45,8 @@ class WalletCaps:
         """The limit accounts an authorization must also fit, funded and ready:
         each spending limit, the provider cap of each payee, the token's allowance."""
         now = self.clock.now_us()
-        allowance = token.id if token.limits.total_allowance is not None else ""
+        own = token.limits.total_allowance is not None or token.limits.spending_limits
+        allowance = token.id if own else ""
         payees = " ".join((payee, *also))
         key = (wallet.id, allowance, payees, category, now // _DAY_US)
         hit = self._caps.get(key)
@@ -60,16 +62,9 @@ class WalletCaps:
         self, token: AgentToken, wallet: Wallet, payees: tuple[str, ...], category: str
     ) -> tuple[Cap, ...]:
         periods = self.limits.periods()
-        out = []
-        for sl in wallet.policy.spending_limits:
-            if sl.interval == "per_authorization" or not applies(sl, category):
-                continue
-            tag = request_hash(sl.interval, sl.categories)[:8]
-            acct = f"wl_{wallet.id}_{tag}_{periods[sl.interval]}"
-            name = f"wallet {sl.interval} spending limit"
-            out.append(
-                await self.limits.cap(Limit(acct, sl.amount, name, LIMITS, wallet.customer_id, code=REFUSED))
-            )
+        out = await self._periodic(
+            wallet, wallet.policy.spending_limits, category, f"wl_{wallet.id}", "wallet"
+        )
         for payee in dict.fromkeys(payees):
             acct = f"wp_{wallet.id}_{request_hash(payee)[:8]}_{periods['monthly']}"
             name = f"monthly cap for provider {payee}"
@@ -77,6 +72,9 @@ class WalletCaps:
             out.append(
                 await self.limits.cap(Limit(acct, cap, name, LIMITS, wallet.customer_id, code=REFUSED))
             )
+        out += await self._periodic(
+            wallet, token.limits.spending_limits, category, f"wtl_{token.id}", "agent token's"
+        )
         if token.limits.total_allowance is not None:
             # A lifetime limit, funded once when the token was granted (Wallets.grant).
             name = "agent token's total allowance"
@@ -86,3 +84,20 @@ class WalletCaps:
                 ).cap()
             )
         return tuple(out)
+
+    async def _periodic(
+        self, wallet: Wallet, limits: list[SpendingLimit], category: str, scope: str, whose: str
+    ) -> list[Cap]:
+        """The caps of spending limits per period (the wallet's, or a token's own)."""
+        periods = self.limits.periods()
+        out = []
+        for sl in limits:
+            if sl.interval == "per_authorization" or not applies(sl, category):
+                continue
+            tag = request_hash(sl.interval, sl.categories)[:8]
+            acct = f"{scope}_{tag}_{periods[sl.interval]}"
+            name = f"{whose} {sl.interval} spending limit"
+            out.append(
+                await self.limits.cap(Limit(acct, sl.amount, name, LIMITS, wallet.customer_id, code=REFUSED))
+            )
+        return out

@@ -37,6 +37,11 @@ class WalletsConfig(Section):
     # asks (its maxTimeoutSeconds): the wallet's hold lasts that long plus a minute.
     broker_signature_seconds: int = Field(180, ge=10, le=3600)
     broker_max_bytes: int = Field(10 * 1024 * 1024, ge=1024)
+    # Budget requests (docs/wallets.md): how long one waits for its owner, and how
+    # long a bootstrap credential lives unless the owner says otherwise.
+    budget_request_seconds: int = Field(86_400, ge=60, le=90 * 86_400)
+    bootstrap_seconds: int = Field(7 * 86_400, ge=60, le=90 * 86_400)
+    autopilot_seconds: float = Field(300.0, gt=0)  # how often the autopilot checks its wallets
 
 
 class BrokerSettings(Protocol):

@@ -21,6 +21,7 @@ REASONS = (
     "approval_required",
     "velocity_limit",
     "insufficient_funds",
+    "wallet_below_floor",
 )
 COLS = [c.name for c in A.columns]
 

@@ -125,24 +125,38 @@ class Policy(_Strict):
         return self.provider_caps.get(payee, self.provider_cap)
 
 
-class TokenLimits(_Strict):
+class Scope(_Strict):
+    """Where a token may spend, within its wallet's policy (None: the wallet's)."""
+
+    categories: list[str] | None = None
+    payees: list[str] | None = None
+
+    @field_validator("categories")
+    @classmethod
+    def _cats(cls, v: list[str] | None) -> list[str] | None:
+        return _categories(v)
+
+    @field_validator("payees")
+    @classmethod
+    def _payees(cls, v: list[str] | None) -> list[str] | None:
+        return None if v is None else [normalize_payee(p) for p in v]
+
+
+class TokenLimits(Scope):
     """What one agent token may spend: a subset of its wallet's policy."""
 
     max_per_payment: int | None = None
     total_allowance: int | None = None
     expires_at_us: int | None = None
     single_use: bool = False
-    categories: list[str] | None = None  # None: the wallet's
+    # The token's own limits per period (a budget request's amount and period),
+    # on top of the wallet's: budget accounts of their own (wallets/caps.py).
+    spending_limits: list[SpendingLimit] = Field(default_factory=list, max_length=20)
 
     @field_validator("max_per_payment", "total_allowance", mode="before")
     @classmethod
     def _amounts(cls, v: Any) -> int | None:
         return None if v is None else _money(v, "amount")
-
-    @field_validator("categories")
-    @classmethod
-    def _cats(cls, v: list[str] | None) -> list[str] | None:
-        return _categories(v)
 
 
 _HOST = re.compile(r"^[a-z0-9_-]+(\.[a-z0-9_-]+)*$")

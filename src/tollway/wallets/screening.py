@@ -61,6 +61,8 @@ def screen(token: AgentToken, wallet: Wallet, d: Decision, now_us: int) -> tuple
         return "payee_blocked", f"payee {blocked[0]!r} is blocked for this token"
     if pol.allowed_payees is not None and not any(p in pol.allowed_payees for p in d.payees):
         return "payee_blocked", f"payee {d.payee!r} is not allowed for this token"
+    if lim.payees is not None and not any(p in lim.payees for p in d.payees):
+        return "payee_blocked", f"payee {d.payee!r} is not among this token's payees"
     if lim.max_per_payment is not None and d.amount > lim.max_per_payment:
         return (
             "spending_limit_exceeded",
@@ -69,7 +71,21 @@ def screen(token: AgentToken, wallet: Wallet, d: Decision, now_us: int) -> tuple
     for sl in pol.spending_limits:
         if sl.interval == "per_authorization" and applies(sl, c) and d.amount > sl.amount:
             return "spending_limit_exceeded", f"above the wallet's per-authorization limit ({sl.amount})"
+    for sl in lim.spending_limits:
+        if sl.interval == "per_authorization" and applies(sl, c) and d.amount > sl.amount:
+            return "spending_limit_exceeded", f"above this token's per-authorization limit ({sl.amount})"
     return None, ""
+
+
+def below_floor(available: int, amount: int, floor: int) -> tuple[str, str] | None:
+    """Why spending ``amount`` is refused under the floor, or None."""
+    if available - amount < floor:
+        return (
+            "wallet_below_floor",
+            f"the wallet's balance ({available} available) would fall below its autopilot floor ({floor})"
+            " after this payment: new spending is stopped until it is topped up",
+        )
+    return None
 
 
 def check_request(

@@ -16,15 +16,16 @@ from __future__ import annotations
 import hmac
 import json
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy import insert, select, update
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tollway.core.clock import Clock
-from tollway.core.errors import conflict, invalid, not_found, unauthenticated
+from tollway.core.errors import TollwayError, conflict, invalid, not_found, unauthenticated
 from tollway.core.ids import new_id
 from tollway.core.money import parse_amount
 from tollway.core.pointread import PointReader
@@ -59,6 +60,9 @@ class Wallet:
     policy: Policy
     evm_address: str | None
     created_at_us: int
+    # Its autopilot settings (JSON) as read with a token (``verify``): "" for
+    # none; None where not read (the autopilot reads them itself).
+    autopilot: str | None = None
 
     def to_dict(self, balance: int | None = None, available: int | None = None) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -133,8 +137,9 @@ def _token(r: Any) -> AgentToken:
 _VERIFY = (
     "SELECT t.id, t.wallet_id, t.prefix, t.name, t.limits, t.created_at_us, t.revoked_at_us,"
     " t.frozen_at_us, t.frozen_reason, t.used_at_us, t.secret_hash,"
-    " w.id, w.owner, w.customer_id, w.account_id, w.policy, w.evm_address, w.created_at_us"
-    " FROM agent_tokens t JOIN wallets w ON w.id = t.wallet_id WHERE t.prefix = ?"
+    " w.id, w.owner, w.customer_id, w.account_id, w.policy, w.evm_address, w.created_at_us, a.settings"
+    " FROM agent_tokens t JOIN wallets w ON w.id = t.wallet_id"
+    " LEFT JOIN wallet_autopilot a ON a.wallet_id = w.id WHERE t.prefix = ?"
 )
 
 
@@ -308,25 +313,58 @@ class Wallets:
         self, wallet_id: str, *, name: str = "", limits: dict[str, Any] | None = None, actor: str = "admin"
     ) -> tuple[AgentToken, str]:
         """Issue a token for one agent; returns it and its secret (shown once)."""
+        lim = self.check_limits(limits or {}, name)
+        issued = await self.issue(wallet_id, name=name, limits=lim, token_id=new_id("agt"), actor=actor)
+        assert issued is not None  # no claim: always issued
+        return issued
+
+    def check_limits(self, limits: dict[str, Any], name: str = "") -> TokenLimits:
+        """A token's limits, validated (400 ``invalid_limits``, ``invalid_name``)."""
         try:
-            lim = TokenLimits.model_validate(limits or {})
+            lim = TokenLimits.model_validate(limits)
         except ValidationError as e:
             raise policy_error(e, "limits") from None
         if not isinstance(name, str) or len(name) > 200:
             raise invalid("invalid_name", "name is at most 200 characters", "name")
-        w = await self.get(wallet_id)
         if lim.expires_at_us is not None and lim.expires_at_us <= self.clock.now_us():
             raise invalid("invalid_limits", "limits.expires_at_us is in the past", "limits")
+        return lim
+
+    async def issue(
+        self,
+        wallet_id: str,
+        *,
+        name: str,
+        limits: TokenLimits,
+        token_id: str,
+        actor: str,
+        claim: Callable[[AsyncConnection], Awaitable[bool]] | None = None,
+        **audit: Any,
+    ) -> tuple[AgentToken, str] | None:
+        """Issue token ``token_id``. With ``claim``, the token's row is written in
+        the transaction where ``claim`` runs, and only if it returns True (one
+        issue of a budget request, however many read it at once): None if not.
+        The allowance account is funded first, idempotently (by the token id)."""
+        w = await self.get(wallet_id)
+        lim = limits
         prefix = random_string(12)
         secret = f"tw_agt_{prefix}_{random_string(32)}"
-        tid = new_id("agt")
+        tid = token_id
         now = self.clock.now_us()
         if lim.total_allowance is not None:
-            acct = await self.ledger.create_account(
-                "budget", id=allowance_account(tid), name=f"agent token {tid} allowance"
-            )
+            acct = allowance_account(tid)
+            if await self.ledger.find_account(acct) is None:
+                try:
+                    await self.ledger.create_account("budget", id=acct, name=f"agent token {tid} allowance")
+                except TollwayError as e:  # created meanwhile (a concurrent issue of the same token)
+                    if e.code != "account_exists":
+                        raise
             await self.ledger.transfer(
-                "sys_wallet_limits", acct.id, lim.total_allowance, description="allowance"
+                "sys_wallet_limits",
+                acct,
+                lim.total_allowance,
+                description="allowance",
+                idempotency_key=f"allowance:{tid}",
             )
         row = {
             "id": tid,
@@ -342,9 +380,15 @@ class Wallets:
             "used_at_us": None,
         }
         async with writer(self.engine).begin() as conn:
+            if claim is not None and not await claim(conn):
+                return None
             await conn.execute(insert(T), [row])
         await self.audit.write(
-            [self.audit.row(w.id, "token_granted", token_id=tid, actor=actor, limits=lim.model_dump())]
+            [
+                self.audit.row(
+                    w.id, "token_granted", token_id=tid, actor=actor, limits=lim.model_dump(), **audit
+                )
+            ]
         )
         return AgentToken(tid, w.id, prefix, name, lim, now, None, None, None, None), secret
 
@@ -423,7 +467,7 @@ class Wallets:
                 self._policies.clear()
             pol = self._policies[r[15]] = Policy.model_validate_json(r[15])
         token = AgentToken(r[0], r[1], r[2], r[3], lim, r[5], r[6], r[7], r[8], r[9])
-        return token, Wallet(r[11], r[12], r[13], r[14], pol, r[16], r[17])
+        return token, Wallet(r[11], r[12], r[13], r[14], pol, r[16], r[17], r[18] or "")
 
 
 def dumps(obj: Any) -> str:
