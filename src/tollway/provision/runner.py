@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from tollway.provision.ai_binding import AIBinding
 from tollway.provision.config import ProvisionConfig
 from tollway.provision.workers import Pool, Worker, WorkerFailed, healthy, kill_sandbox
 
@@ -65,6 +66,7 @@ class Runner:
         self.touched: set[str] = set()
         self.wakes: list[float] = []  # seconds each wake took (the latest 1000)
         self._starting: dict[str, asyncio.Task[Worker]] = {}
+        self.binding: AIBinding | None = None  # each worker's socket to tollway's AI routes
 
     def _run_dir(self, deployment_id: str) -> Path:
         return self.data_dir / "deployments" / deployment_id / "run"
@@ -77,7 +79,10 @@ class Runner:
             run = self._run_dir(spec.deployment_id)
             run.mkdir(parents=True, exist_ok=True)
             (run / f"{w.pid}.pid").write_text(f"{w.pid} {_started(w.pid)}\n")
-            self.pool.assign(w, spec.dir, spec.kind, spec.entrypoint, logfile, dict(spec.env))
+            env = dict(spec.env)
+            if self.binding is not None:
+                env |= await self.binding.attach(spec.deployment_id, w, self.pool.inside_run(w))
+            self.pool.assign(w, spec.dir, spec.kind, spec.entrypoint, logfile, env)
             await healthy(w, spec.host, self.cfg.health_path, self.cfg.health_timeout_seconds, logfile)
         except BaseException:
             self._stop(spec.deployment_id, w)
@@ -87,6 +92,8 @@ class Runner:
         return w
 
     def _stop(self, deployment_id: str, w: Worker) -> None:
+        if self.binding is not None:
+            self.binding.detach(w)
         self.pool.stop(w)
         (self._run_dir(deployment_id) / f"{w.pid}.pid").unlink(missing_ok=True)
 
