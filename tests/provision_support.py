@@ -101,13 +101,16 @@ async def provisioned(
     edge: bool = True,
     policy: dict[str, Any] | None = None,
     start: bool = True,
+    settings: dict[str, Any] | None = None,
     **provision: Any,
 ) -> AsyncIterator[Agent]:
     """A runtime with provisioning (``[provision]`` overrides in ``provision``)
     started unless ``start`` is False (the edge on a free port, or none), its
-    app over ASGI, and a funded agent."""
+    app over ASGI, and a funded agent (``settings``: other sections)."""
     port = free_port() if edge else 0
-    s = settings_for(db_url, provision={"edge_port": port, "data_dir": str(data_dir), **provision})
+    s = settings_for(
+        db_url, provision={"edge_port": port, "data_dir": str(data_dir), **provision}, **(settings or {})
+    )
     rt = Runtime.build(s)
     app = create_app(rt=rt)
     if start:
