@@ -31,6 +31,7 @@ class Target:
 
     def __init__(self) -> None:
         self.release = asyncio.Event()
+        self.holding = asyncio.Semaphore(0)  # released by each request that waits for release
         self.seen: list[dict[str, Any]] = []
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
@@ -44,6 +45,7 @@ class Target:
         headers = [[k.decode(), v.decode()] for k, v in scope["headers"]]
         self.seen.append({"path": scope["path"], "raw_path": scope["raw_path"].decode(), "headers": headers})
         if req.get("hold"):
+            self.holding.release()
             await self.release.wait()
         start = {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]}
         await send(start)
@@ -116,7 +118,8 @@ async def test_a_request_goes_on_with_the_bindings_credential_only(bound: Bound)
         )
     assert r.status_code == 200, r.text
     out = r.json()
-    auth = [v for k, v in out["headers"] if k in ("authorization", "x-api-key", "cookie", "proxy-authorization")]
+    creds = ("authorization", "x-api-key", "cookie", "proxy-authorization")
+    auth = [v for k, v in out["headers"] if k in creds]
     assert auth == [f"Bearer {BEARER}"]
     assert not [k for k, _ in out["headers"] if k.startswith("x-forwarded-")]
     assert out["body"] == {"model": "m", "messages": []} and out["path"] == "/v1/chat/completions"
@@ -165,8 +168,8 @@ async def test_a_body_over_the_limit_is_413(bound: Bound) -> None:
 async def test_requests_over_the_deployments_concurrency_get_429(bound: Bound) -> None:
     async with bound.client() as c1, bound.client() as c2, bound.client() as c3:
         held = [asyncio.create_task(c.post("/v1/chat/completions", json={"hold": True})) for c in (c1, c2)]
-        while len(bound.target.seen) < 2:
-            await asyncio.sleep(0.01)
+        for _ in held:
+            await bound.target.holding.acquire()
         err(await c3.post("/v1/chat/completions", json={}), 429, "ai_binding_concurrency")
         bound.target.release.set()
         assert [(await t).status_code for t in held] == [200, 200]
@@ -188,7 +191,7 @@ async def test_detach_removes_the_socket_and_stops_serving(tmp_path: Path) -> No
     async with b.client() as c:
         assert (await c.get("/v1/models")).status_code == 200
         b.binding.detach(b.worker)
-        assert not os.path.exists(b.path) and b.binding.sockets() == []
+        assert not Path(b.path).exists() and b.binding.sockets() == []  # noqa: ASYNC240
         with pytest.raises(httpx.TransportError):
             await c.get("/v1/models")
 

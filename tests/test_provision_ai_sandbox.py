@@ -13,7 +13,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -113,9 +113,8 @@ async def edge(a: Agent, name: str, route: str, /, **params: Any) -> httpx.Respo
 
 
 async def deploy(a: Agent, name: str, source: str, env: dict[str, str] | None = None) -> str:
-    r = await a.post(
-        "/deployments", {"name": name, "entrypoint": "app:app", "bundle": zipped({"app.py": source}), "env": env}
-    )
+    bundle = zipped({"app.py": source})
+    r = await a.post("/deployments", {"name": name, "entrypoint": "app:app", "bundle": bundle, "env": env})
     assert r.status_code == 201, r.text
     out: str = r.json()["id"]
     return out
@@ -128,9 +127,9 @@ async def spent(a: Agent, customer_id: str) -> int:
         return int((await conn.execute(q)).scalar_one())
 
 
-async def api_key_bearer(a: Agent) -> str:
+async def api_key_bearer(a: Agent) -> Callable[[str], Awaitable[str]]:
     """A key of the wallet's owner, funded: the binding's credential until agent tokens
-    may call the AI routes (the costs branch). Its customer id."""
+    may call the AI routes (the costs branch)."""
     cust = a.wallet["customer_id"]
     key: str = (await a.http.post("/admin/keys", json={"customer_id": cust}, headers=ADMIN)).json()["key"]
     c = (await a.http.get(f"/admin/customers/{cust}", headers=ADMIN)).json()
@@ -140,7 +139,7 @@ async def api_key_bearer(a: Agent) -> str:
         return key
 
     a.rt.provision.ai_binding.bearer = bearer
-    return str(cust)
+    return bearer
 
 
 def expected_cost(a: Agent, answer: dict[str, Any]) -> int:
@@ -153,13 +152,15 @@ async def test_the_example_app_answers_through_the_binding(
     db_url: str, data_dir: Path, up: FakeUpstream
 ) -> None:
     async with serving(db_url, data_dir, up) as a:
-        customer = await api_key_bearer(a)
+        await api_key_bearer(a)
+        customer = a.wallet["customer_id"]
         await deploy(a, "answer", EXAMPLE.read_text(), {"AI_MODEL": "up", "AI_MAX_TOKENS": "5"})
         before = await spent(a, customer)
         r = await edge(a, "answer", "/answer", q="What is a toll road?")
         assert r.status_code == 200, r.text
         out = r.json()
-        assert out["question"] == "What is a toll road?" and out["answer"] and out["usage"]["completion_tokens"] == 5
+        assert out["question"] == "What is a toll road?" and out["answer"]
+        assert out["usage"]["completion_tokens"] == 5
         assert up.last_request["messages"] == [{"role": "user", "content": "What is a toll road?"}]
         assert await spent(a, customer) - before == expected_cost(a, out) > 0
         err = (await edge(a, "answer", "/answer")).json()["error"]
@@ -206,7 +207,7 @@ async def test_an_app_cannot_reach_another_deployments_socket(
     db_url: str, data_dir: Path, up: FakeUpstream
 ) -> None:
     async with serving(db_url, data_dir, up) as a:
-        await api_key_bearer(a)
+        key_bearer = await api_key_bearer(a)
         runner = a.rt.provision.runner
         pa, pb = await deploy(a, "pa", PROBE), await deploy(a, "pb", PROBE)
         wa, wb = runner.running[pa], runner.running[pb]
@@ -220,17 +221,26 @@ async def test_an_app_cannot_reach_another_deployments_socket(
         assert await connect("/run/tollway/ai.sock") == {"ok": True}
         for path in (str(other), str(own), f"/run/tollway/../..{other}", "/run/tollway/../../" + other.name):
             assert (await connect(path))["ok"] is False, path
-        assert (await edge(a, "pa", "/listdir", path="/run")).json() == {"ok": True, "names": ["tollway"]}
-        assert (await edge(a, "pa", "/listdir", path="/run/tollway")).json() == {"ok": True, "names": ["ai.sock"]}
+        for path, names in (("/run", ["tollway"]), ("/run/tollway", ["ai.sock"])):
+            assert (await edge(a, "pa", "/listdir", path=path)).json() == {"ok": True, "names": names}
         if os.getuid() == 0:  # outside any sandbox, as worker A's uid: its own socket only
             assert _connect_as(wa.uid, own) == 0
             assert _connect_as(wa.uid, other) == 13  # EACCES
             assert _connect_as(wb.uid, own) == 13
 
-        # the app's own credential is dropped: the binding's (here a valid key) is the one used
+        # the app's own credential is dropped: only the binding's is used
         body = json.dumps({"model": "up", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
-        r = (await edge(a, "pa", "/call", path="/v1/chat/completions", body=body, auth="Bearer sk-nope")).json()
+        chat = {"path": "/v1/chat/completions", "body": body}
+        r = (await edge(a, "pa", "/call", **chat, auth="Bearer sk-nope")).json()
         assert r["status"] == 200, r
+        valid = f"Bearer {await key_bearer('')}"
+
+        async def refused(_: str) -> str:
+            return "sk-not-a-key"
+
+        a.rt.provision.ai_binding.bearer = refused
+        r = (await edge(a, "pa", "/call", **chat, auth=valid)).json()
+        assert r["status"] == 401, r
         for path in ("/admin/wallets", "/v1/chat/completions/../../admin/wallets", "/v1/wallet"):
             r = (await edge(a, "pa", "/call", method="GET", path=path)).json()
             assert r["status"] == 404 and json.loads(r["body"])["error"]["code"] == "route_not_found", r
