@@ -42,7 +42,8 @@ async def _deployment(rt: Runtime, name: str = "app") -> tuple[str, str]:
     dep = f"dep_{name}"
     row: dict[str, Any] = {
         "id": dep, "name": name, "wallet_id": w.id, "provider": "local", "live_version": 1,
-        "hostnames": "[]", "status": "active", "last_request_at_us": 0, "created_at_us": 0, "updated_at_us": 0,
+        "hostnames": "[]", "status": "active", "last_request_at_us": 0, "created_at_us": 0,
+        "updated_at_us": 0,
     }  # fmt: skip
     async with writer(rt.engine).begin() as conn:
         await conn.execute(insert(P), [row])
@@ -76,7 +77,7 @@ async def test_one_token_of_the_wallet_for_ai_inference_sealed_at_rest(rt: Runti
 
 
 async def test_without_a_wallet_key_the_secret_stays_in_memory(rt: Runtime, unsealed: None) -> None:
-    wallet, dep = await _deployment(rt)
+    _, dep = await _deployment(rt)
     first = await _tokens(rt).bearer(dep)
     row = await _row(rt, dep)
     assert row.sealed_secret is None

@@ -2,7 +2,7 @@
 deployment's wallet, limited to the ``ai_inference`` category.
 
 It is minted on the deployment's first AI call, its secret sealed at rest with
-the wallet key (:mod:`tollway.wallets.keys`, the deployment id as associated
+the wallet key (``Wallets.seal``: AES-256-GCM, the deployment id as associated
 data) in ``provision_ai_bindings``; without a wallet key the secret is held in
 this process only, and a process that does not hold it mints a new token and
 revokes the old. Deleting (or reaping) the deployment revokes the token. The
@@ -19,11 +19,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tollway.core.clock import Clock
-from tollway.core.errors import TollwayError, forbidden, not_found
+from tollway.core.errors import forbidden, not_found
 from tollway.core.schema import provision_ai_bindings as B
 from tollway.core.schema import provision_deployments as P
 from tollway.core.storage import writer
-from tollway.wallets import keys
 from tollway.wallets.store import Wallets
 
 log = logging.getLogger("tollway.provision")
@@ -36,12 +35,6 @@ class BindingTokens:
         self.engine, self.clock, self.wallets = engine, clock, wallets
         self._secrets: dict[str, str] = {}  # deployment id -> its token's secret
         self._locks: dict[str, asyncio.Lock] = {}
-
-    def _master(self) -> bytes | None:
-        try:
-            return keys.master_key(self.wallets.key_env)
-        except TollwayError:
-            return None
 
     async def bearer(self, deployment_id: str) -> str:
         """The secret of the deployment's binding token (minted on first use):
@@ -65,18 +58,19 @@ class BindingTokens:
             row = (await conn.execute(select(B).where(B.c.deployment_id == deployment_id))).first()
         if dep is None or dep.status != "active":
             raise not_found("deployment_not_found", f"no deployment {deployment_id!r}")
-        master = self._master()
         if row is not None:
             token = await self.wallets.token(row.token_id)
             if token.revoked_at_us is not None:
                 raise forbidden("ai_binding_revoked", "the deployment's AI binding token was revoked")
-            if row.sealed_secret is not None and master is not None:
-                return keys.open_sealed(master, deployment_id, row.sealed_secret).decode()
+            sealed = row.sealed_secret
+            opened = None if sealed is None else self.wallets.unseal(deployment_id, sealed)
+            if opened is not None:
+                return opened.decode()
         token, secret = await self.wallets.grant(
             dep.wallet_id, name=f"ai binding of {deployment_id}", limits={"categories": [CATEGORY]},
             actor="provision",
         )  # fmt: skip
-        sealed = keys.seal(master, deployment_id, secret.encode()) if master is not None else None
+        sealed = self.wallets.seal(deployment_id, secret.encode())
         values = {"token_id": token.id, "sealed_secret": sealed, "created_at_us": self.clock.now_us()}
         if row is not None:  # minted by a process that did not seal it: this one takes over
             async with writer(self.engine).begin() as conn:
@@ -91,7 +85,7 @@ class BindingTokens:
         except IntegrityError:  # another process minted one first: use it
             await self._revoke_token(token.id)
             return await self._load_or_mint(deployment_id)
-        if master is None:
+        if sealed is None:
             log.warning(
                 "the AI binding of %s holds its token in memory only: set $%s to seal it at rest",
                 deployment_id, self.wallets.key_env,

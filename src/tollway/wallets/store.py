@@ -24,7 +24,7 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tollway.core.clock import Clock
-from tollway.core.errors import conflict, invalid, not_found, unauthenticated
+from tollway.core.errors import TollwayError, conflict, invalid, not_found, unauthenticated
 from tollway.core.ids import new_id
 from tollway.core.money import parse_amount
 from tollway.core.pointread import PointReader
@@ -278,6 +278,23 @@ class Wallets:
         if r[0] is None:
             raise conflict("wallet_has_no_key", "this wallet holds no signing key (create it with_key)", None)
         return keys.open_sealed(keys.master_key(self.key_env), wallet_id, r[0])
+
+    def seal(self, bound_to: str, secret: bytes) -> str | None:
+        """``secret`` encrypted with the wallet key, bound to ``bound_to`` (it opens only
+        with that name); None when no wallet key is configured."""
+        try:
+            master = keys.master_key(self.key_env)
+        except TollwayError:
+            return None
+        return keys.seal(master, bound_to, secret)
+
+    def unseal(self, bound_to: str, sealed: str) -> bytes | None:
+        """What :meth:`seal` sealed; None when no wallet key is configured."""
+        try:
+            master = keys.master_key(self.key_env)
+        except TollwayError:
+            return None
+        return keys.open_sealed(master, bound_to, sealed)
 
     # ------------------------------------------------------------------- tokens
 

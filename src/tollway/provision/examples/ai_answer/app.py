@@ -77,13 +77,14 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
         return
     q = parse_qs(scope["query_string"].decode()).get("q", [""])[0].strip()
     if not q:
-        err = {"type": "invalid_request_error", "code": "missing_q", "message": "ask with ?q=", "param": "q"}
-        await _json(send, 400, {"error": err})
+        bad = {"type": "invalid_request_error", "code": "missing_q", "message": "ask with ?q=", "param": "q"}
+        await _json(send, 400, {"error": bad})
         return
     try:
         status, out = await asyncio.to_thread(ask, q)  # http.client blocks: off the event loop
     except OSError as e:
-        err = {"type": "api_error", "code": "ai_unavailable", "message": str(e), "param": None}
+        err: dict[str, Any] = {"type": "api_error", "code": "ai_unavailable", "param": None}
+        err["message"] = str(e)
         await _json(send, 502, {"error": err})
         return
     if status != 200:  # the binding's error, in the one error shape: passed on
