@@ -233,6 +233,11 @@ async def test_an_app_cannot_reach_another_deployments_socket(
         chat = {"path": "/v1/chat/completions", "body": body}
         r = (await edge(a, "pa", "/call", **chat, auth="Bearer sk-nope")).json()
         assert r["status"] == 200, r
+        stream = json.dumps({**json.loads(body), "stream": True})
+        r = (await edge(a, "pa", "/call", path="/v1/chat/completions", body=stream)).json()
+        assert r["status"] == 200 and r["body"].rstrip().endswith("data: [DONE]"), r
+        models = (await edge(a, "pa", "/call", method="GET", path="/v1/models")).json()
+        assert models["status"] == 200 and "up" in [m["id"] for m in json.loads(models["body"])["data"]]
         valid = f"Bearer {await key_bearer('')}"
 
         async def refused(_: str) -> str:
