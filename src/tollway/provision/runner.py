@@ -81,7 +81,10 @@ class Runner:
             (run / f"{w.pid}.pid").write_text(f"{w.pid} {_started(w.pid)}\n")
             env = dict(spec.env)
             if self.binding is not None:
-                env |= await self.binding.attach(spec.deployment_id, w, self.pool.inside_run(w))
+                try:
+                    env |= await self.binding.attach(spec.deployment_id, w, self.pool.inside_run(w))
+                except OSError as e:
+                    raise WorkerFailed(f"the AI binding's socket could not be made: {e}") from None
             self.pool.assign(w, spec.dir, spec.kind, spec.entrypoint, logfile, env)
             await healthy(w, spec.host, self.cfg.health_path, self.cfg.health_timeout_seconds, logfile)
         except BaseException:
