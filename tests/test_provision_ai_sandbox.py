@@ -198,6 +198,12 @@ async def test_the_deployment_gets_its_own_ai_inference_token_revoked_on_delete(
         assert token.revoked_at_us is None and "tw_agt_" not in r["body"]
         [sock] = a.rt.provision.ai_binding.sockets()
         assert sock.exists()
+        a.rt.provision.runner.stop(dep)  # scaled to zero: the socket goes with the worker
+        assert not sock.exists() and a.rt.provision.ai_binding.sockets() == []
+        assert (await edge(a, "probe", "/connect", path="/run/tollway/ai.sock")).json() == {"ok": True}
+        [sock] = a.rt.provision.ai_binding.sockets()  # woken: a new worker, a new socket, the same token
+        r = (await edge(a, "probe", "/call", path="/v1/chat/completions", body=body)).json()
+        assert r["status"] in (200, 401) and await a.rt.provision.ai_tokens.token_id(dep) == tid
         assert (await a.delete("/deployments/probe")).status_code == 200
         assert not sock.exists() and a.rt.provision.ai_binding.sockets() == []
         assert (await a.rt.wallets.token(tid)).revoked_at_us is not None
