@@ -102,14 +102,19 @@ async def provisioned(
     policy: dict[str, Any] | None = None,
     start: bool = True,
     sections: dict[str, Any] | None = None,
+    settings: dict[str, Any] | None = None,
     **provision: Any,
 ) -> AsyncIterator[Agent]:
     """A runtime with provisioning (``[provision]`` overrides in ``provision``)
     started unless ``start`` is False (the edge on a free port, or none), its
-    app over ASGI, and a funded agent. ``sections``: other settings (``{"x402": {...}}``)."""
+    app over ASGI, and a funded agent. ``sections`` (or ``settings``): other settings
+    (``{"x402": {...}}``)."""
     port = free_port() if edge else 0
     s = settings_for(
-        db_url, provision={"edge_port": port, "data_dir": str(data_dir), **provision}, **(sections or {})
+        db_url,
+        provision={"edge_port": port, "data_dir": str(data_dir), **provision},
+        **(sections or {}),
+        **(settings or {}),
     )
     rt = Runtime.build(s)
     app = create_app(rt=rt)

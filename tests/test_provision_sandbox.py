@@ -161,8 +161,9 @@ async def probe(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
 async def test_the_app_sees_only_its_declared_environment(probe: Probe) -> None:
     env = await probe.ask("/env")
     assert SECRET not in json.dumps(env)
-    assert not [k for k in env if k.startswith("TOLLWAY_")]
-    assert set(env) == {"PATH", "LANG", "HOME", "TMPDIR", "PORT", "PWD", *DECLARED}, env
+    binding = {"TOLLWAY_AI_SOCKET", "TOLLWAY_AI_URL"}  # where the AI binding's socket is: no secret
+    assert not [k for k in env if k.startswith("TOLLWAY_") and k not in binding]
+    assert set(env) == {"PATH", "LANG", "HOME", "TMPDIR", "PORT", "PWD", *binding, *DECLARED}, env
     assert {k: env[k] for k in DECLARED} == DECLARED
     runner = probe.a.rt.provision.runner
     runner.stop(probe.port)  # scaled to zero, and the version read again from the database on wake
@@ -174,8 +175,8 @@ async def test_the_app_sees_only_its_declared_environment(probe: Probe) -> None:
 @pytest.mark.parametrize(
     "env",
     [["A=1"], {"PORT": "1"}, {"PATH": "/x"}, {"1X": "y"}, {"A-B": "y"}, {"A": 1}, {"A": "x\0y"},
-     {f"K{i}": "v" for i in range(65)}, {"BIG": "x" * 40_000}],
-    ids=["list", "port", "path", "digit", "dash", "number", "nul", "too-many", "too-big"],
+     {f"K{i}": "v" for i in range(65)}, {"BIG": "x" * 40_000}, {"TOLLWAY_AI_SOCKET": "/tmp/x"}],
+    ids=["list", "port", "path", "digit", "dash", "number", "nul", "too-many", "too-big", "ai-socket"],
 )  # fmt: skip
 async def test_a_bad_declared_environment_is_400_and_charges_nothing(
     db_url: str, tmp_path: Path, env: Any

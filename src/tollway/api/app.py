@@ -187,6 +187,7 @@ def create_app(settings: Settings | None = None, *, rt: Runtime | None = None) -
         redoc_url=None,
     )
     app.state.runtime = rt
+    rt.provision.ai_binding.serve(app)  # deployments' AI binding calls this app in-process
     app.state.startup = {}  # what start-up still does in the background, by name: /healthz shows it
     errors.install(app)
     app.include_router(system.router, responses=errors.error_responses(503))

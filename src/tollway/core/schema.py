@@ -603,6 +603,21 @@ provision_dues = Table(
     Column("updated_at_us", BigInteger, nullable=False),
 )
 
+# The AI binding's credential for each deployment (tollway.provision.ai_tokens): an
+# agent token of the deployment's wallet, limited to ai_inference; its secret
+# sealed with the wallet key (AES-256-GCM, the deployment id as associated data),
+# or NULL when no wallet key is configured (then held in memory only, and minted
+# again by a process that does not hold it). Revoked with the deployment.
+provision_ai_bindings = Table(
+    "provision_ai_bindings",
+    metadata,
+    Column("deployment_id", String(64), ForeignKey("provision_deployments.id"), primary_key=True),
+    Column("wallet_id", String(64), nullable=False),
+    Column("token_id", String(64), nullable=False),
+    Column("sealed_secret", Text, nullable=True),
+    Column("created_at_us", BigInteger, nullable=False),
+)
+
 # --- agents (issue 9) ---
 # Durable agents (tollway.agents): versioned definitions, sessions with their
 # messages, tool log and human escalations. A turn is written in one

@@ -80,6 +80,12 @@ class ProvisionConfig(Section):
     health_path: str = Field("/", pattern=r"^/\S*$")
     health_timeout_seconds: float = Field(10, gt=0, le=300)
     idle_seconds: float = Field(300, gt=0)  # a worker with no requests this long is stopped
+    # The AI binding (docs/provisioning.md#the-ai-binding): each worker's socket to tollway's
+    # AI routes, charged to the deployment's wallet; the body size and the requests in flight
+    # per deployment it allows.
+    ai_binding: bool = True
+    ai_binding_max_body_bytes: int = Field(1024 * 1024, ge=1024)
+    ai_binding_concurrency: int = Field(8, ge=1)
     # The reaper: flags resources unused this long; tears them down when reap_apply is on.
     reap_after_seconds: float = Field(7 * 86_400, gt=0)
     reap_apply: bool = False

@@ -9,6 +9,7 @@ import json
 import re
 import shutil
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,10 @@ from tollway.wallets.store import Wallets
 
 _NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
-ENV_RESERVED = frozenset({"PATH", "LANG", "HOME", "TMPDIR", "PORT", "PWD"})  # the sandbox sets these
+# The sandbox sets these (and the AI binding its two).
+ENV_RESERVED = frozenset(
+    {"PATH", "LANG", "HOME", "TMPDIR", "PORT", "PWD", "TOLLWAY_AI_SOCKET", "TOLLWAY_AI_URL"}
+)
 MAX_ENV, MAX_ENV_BYTES = 64, 32 * 1024
 
 
@@ -104,6 +108,7 @@ class Deployments:
         self._suspended: frozenset[str] = frozenset()  # deployments suspended for unpaid charges
         self._held: tuple[str, ...] = ()  # domains held for unpaid renewals
         domains.on_change.append(self.invalidate)
+        self.on_delete: list[Callable[[str], Awaitable[None]]] = []  # deployment id: what else it ends
 
     def host(self, name: str) -> str:
         return f"{name}.{self.cfg.apps_domain}"
@@ -388,6 +393,8 @@ class Deployments:
             )
         shutil.rmtree(self.data_dir / "deployments" / dep.id, ignore_errors=True)
         self.invalidate()
+        for hook in self.on_delete:
+            await hook(dep.id)
         return {**self._dict(dep), "deleted": True}
 
     # --------------------------------------------------------------- routing

@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from tollway.provision.ai_binding import AIBinding
 from tollway.provision.config import ProvisionConfig
 from tollway.provision.workers import Pool, Worker, WorkerFailed, healthy, kill_sandbox
 
@@ -69,6 +70,7 @@ class Runner:
         self.worker_us: dict[str, int] = {}
         self.requests: dict[str, int] = {}
         self._live_since: dict[str, float] = {}  # monotonic: since when a deployment's worker is counted
+        self.binding: AIBinding | None = None  # each worker's socket to tollway's AI routes
 
     def _run_dir(self, deployment_id: str) -> Path:
         return self.data_dir / "deployments" / deployment_id / "run"
@@ -81,7 +83,13 @@ class Runner:
             run = self._run_dir(spec.deployment_id)
             run.mkdir(parents=True, exist_ok=True)
             (run / f"{w.pid}.pid").write_text(f"{w.pid} {_started(w.pid)}\n")
-            self.pool.assign(w, spec.dir, spec.kind, spec.entrypoint, logfile, dict(spec.env))
+            env = dict(spec.env)
+            if self.binding is not None:
+                try:
+                    env |= await self.binding.attach(spec.deployment_id, w, self.pool.inside_run(w))
+                except OSError as e:
+                    raise WorkerFailed(f"the AI binding's socket could not be made: {e}") from None
+            self.pool.assign(w, spec.dir, spec.kind, spec.entrypoint, logfile, env)
             await healthy(w, spec.host, self.cfg.health_path, self.cfg.health_timeout_seconds, logfile)
         except BaseException:
             self._stop(spec.deployment_id, w)
@@ -91,6 +99,8 @@ class Runner:
         return w
 
     def _stop(self, deployment_id: str, w: Worker) -> None:
+        if self.binding is not None:
+            self.binding.detach(w)
         self.pool.stop(w)
         (self._run_dir(deployment_id) / f"{w.pid}.pid").unlink(missing_ok=True)
 

@@ -9,8 +9,10 @@ cleared) before Python starts. ``prlimit`` sets the resource limits first.
 
 What the app sees: the Python runtime (read-only), ``/usr`` and the system
 libraries (read-only), a few ``/etc`` files, its bundle at ``/app``
-(read-only), a size-capped ``/tmp``, its own ``/proc`` and a minimal
-``/dev``; an environment of ``PATH``, ``LANG``, ``HOME``, ``PORT`` and
+(read-only), its own run directory at ``/run/tollway`` (read-only: the
+AI binding's socket, see :mod:`tollway.provision.ai_binding`), a
+size-capped ``/tmp``, its own ``/proc`` and a minimal ``/dev``; an
+environment of ``PATH``, ``LANG``, ``HOME``, ``PORT``, the binding's and
 what the deployment declares; a network namespace with only its own
 loopback. It serves on sockets tollway bound and passed in (a TCP listener on
 the host's loopback and the edge's hand-off socket).
@@ -30,6 +32,7 @@ from tollway.provision.config import ProvisionConfig
 WARM = Path(__file__).with_name("warm.py")  # the process each worker runs (imports nothing of tollway)
 INSIDE_WARM = "/opt/tollway/warm.py"
 APP = "/app"
+RUN = "/run/tollway"  # the worker's run directory (the AI binding's socket)
 PATH = "/usr/local/bin:/usr/bin:/bin"
 _ETC = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime", "alternatives", "ssl", "ca-certificates")
 _TOP = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
@@ -132,10 +135,18 @@ class Sandbox:
         return cls(find_bwrap(cfg), Limits.of(cfg))
 
     def command(
-        self, *, uid: int, app_dir: Path, env: dict[str, str], argv: list[str], seccomp_fd: int | None
+        self,
+        *,
+        uid: int,
+        app_dir: Path,
+        env: dict[str, str],
+        argv: list[str],
+        seccomp_fd: int | None,
+        run_dir: Path | None = None,
     ) -> list[str]:
         """The command line that runs ``python -I warm.py argv...`` as ``uid`` in the sandbox
-        (``seccomp_fd``: the filter of :mod:`tollway.provision.seccomp`, to pass along)."""
+        (``seccomp_fd``: the filter of :mod:`tollway.provision.seccomp`, to pass along;
+        ``run_dir``: the worker's own directory for the AI binding's socket, at ``/run/tollway``)."""
         args = [
             self.bwrap,
             "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
@@ -166,6 +177,8 @@ class Sandbox:
             _ro_bind(args, made, d, d)
         _ro_bind(args, made, str(WARM), INSIDE_WARM)
         args += ["--ro-bind", str(app_dir), APP]
+        if run_dir is not None:
+            _ro_bind(args, made, str(run_dir), RUN)
         args += ["--proc", "/proc", "--dev", "/dev", "--chdir", APP, "--"]
         args += self.limits.prlimit()
         args += [_tool("setpriv"), f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--no-new-privs"]

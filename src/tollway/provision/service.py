@@ -16,6 +16,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from tollway.core.clock import Clock
 from tollway.core.schema import provision_deployments as P
 from tollway.core.storage import sqlite_path, writer
+from tollway.provision.ai_binding import AIBinding
+from tollway.provision.ai_tokens import BindingTokens
 from tollway.provision.claims import Claims
 from tollway.provision.config import ProvisionSettings
 from tollway.provision.deployments import Deployments
@@ -61,6 +63,9 @@ class Provisioner:
         self.deployments = Deployments(
             cfg, engine, clock, wallets, self.provider, purchases, self.domains, data_dir(settings, engine)
         )
+        self.ai_tokens = BindingTokens(engine, clock, wallets)
+        self.ai_binding = self.runner.binding = AIBinding(cfg, self.ai_tokens.bearer)
+        self.deployments.on_delete.append(self.ai_tokens.revoke)
         self.reaper = Reaper(cfg, engine, clock, self.domains, self.deployments, self.dues)
         self.recurring = Recurring(
             cfg, engine, clock, purchases, self.dues, self.provider, self.deployments.invalidate

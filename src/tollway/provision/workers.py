@@ -24,7 +24,7 @@ from pathlib import Path
 
 from tollway.provision import cgroups, seccomp
 from tollway.provision.config import ProvisionConfig
-from tollway.provision.sandbox import APP, PATH, Limits, Sandbox, SandboxUnavailable, unsafe_command
+from tollway.provision.sandbox import APP, PATH, RUN, Limits, Sandbox, SandboxUnavailable, unsafe_command
 
 log = logging.getLogger("tollway.provision")
 
@@ -83,6 +83,15 @@ class Worker:
         return True
 
 
+def _run_dir(path: Path, uid: int) -> None:
+    """A worker's run directory: only root and the worker's uid (its gid) get in, and
+    only root writes there (the AI binding's socket). Without root, tollway's own."""
+    path.mkdir(mode=0o700)
+    if os.getuid() == 0:
+        os.chown(path, 0, uid)
+        os.chmod(path, 0o750)
+
+
 class WorkerFailed(Exception):
     """The app did not come up: it crashed, or failed its health check."""
 
@@ -125,6 +134,7 @@ class Pool:
         uid = self._uid()
         home = self.run_dir / f"w{uid}-{uuid.uuid4().hex[:8]}"
         (home / "app").mkdir(parents=True, mode=0o755)
+        _run_dir(home / "run", uid)
         listen = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         handoff = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         seen_fd = os.memfd_create("tollway-seen")
@@ -154,8 +164,9 @@ class Pool:
                     os.lseek(filter_fd, 0, os.SEEK_SET)
                     fds = (*fds, filter_fd)
                 cmd = self.sandbox.command(
-                    uid=uid, app_dir=home / "app", env=env, argv=[*argv, "--dir", APP], seccomp_fd=filter_fd
-                )
+                    uid=uid, app_dir=home / "app", env=env, argv=[*argv, "--dir", APP], seccomp_fd=filter_fd,
+                    run_dir=home / "run",
+                )  # fmt: skip
             cg = cgroups.create(home.name, self.cfg.worker_memory_mb, self.cfg.worker_processes)
             if cg is not None:
                 cmd = cg.wrap(cmd)
@@ -177,6 +188,11 @@ class Pool:
             if filter_fd is not None:
                 os.close(filter_fd)
         return Worker(proc.pid, port, time.monotonic(), name, uid, home, logfile, proc, seen, cg)
+
+    def inside_run(self, w: Worker) -> str:
+        """Where the app sees ``w``'s run directory (its own path without a sandbox)."""
+        assert w.dir is not None
+        return RUN if self.sandbox is not None else str(w.dir / "run")
 
     def take(self) -> Worker:
         """A warm worker (started now if none is waiting); :class:`SandboxUnavailable` if none can be."""

@@ -307,6 +307,23 @@ class Wallets:
             raise conflict("wallet_has_no_key", "this wallet holds no signing key (create it with_key)", None)
         return keys.open_sealed(keys.master_key(self.key_env), wallet_id, r[0])
 
+    def seal(self, bound_to: str, secret: bytes) -> str | None:
+        """``secret`` encrypted with the wallet key, bound to ``bound_to`` (it opens only
+        with that name); None when no wallet key is configured."""
+        try:
+            master = keys.master_key(self.key_env)
+        except TollwayError:
+            return None
+        return keys.seal(master, bound_to, secret)
+
+    def unseal(self, bound_to: str, sealed: str) -> bytes | None:
+        """What :meth:`seal` sealed; None when no wallet key is configured."""
+        try:
+            master = keys.master_key(self.key_env)
+        except TollwayError:
+            return None
+        return keys.open_sealed(master, bound_to, sealed)
+
     # ------------------------------------------------------------------- tokens
 
     async def grant(
