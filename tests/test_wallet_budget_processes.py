@@ -5,14 +5,12 @@ secret, and exactly one token exists."""
 from __future__ import annotations
 
 import asyncio
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from conftest import settings_for
+from processes import run_together
 from tollway.runtime import Runtime
 
 pytestmark = pytest.mark.slow
@@ -68,37 +66,9 @@ async def _tokens(url: str, wallet_id: str) -> int:
 
 def test_three_processes_collect_the_token_once(db_url: str, tmp_path: Path) -> None:
     wallet_id, boot, rid = asyncio.run(_setup(db_url))
-    procs: list[subprocess.Popen[str]] = []
-    secrets: list[str] = []
-    try:
-        for i in range(WORKERS):
-            cfg = {"url": db_url, "boot": boot, "rid": rid, "n": READS}
-            procs.append(
-                subprocess.Popen(
-                    [sys.executable, "-c", WORKER, json.dumps(cfg)],
-                    stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE,
-                    stderr=(tmp_path / f"w{i}.log").open("w"),
-                    text=True,
-                )
-            )
-        for i, p in enumerate(procs):
-            assert p.stdout is not None
-            assert p.stdout.readline().strip() == "ready", (tmp_path / f"w{i}.log").read_text()
-        for p in procs:
-            assert p.stdin is not None
-            p.stdin.write("go\n")
-            p.stdin.flush()
-        for i, p in enumerate(procs):
-            out, _ = p.communicate(timeout=120)
-            assert p.returncode == 0, (tmp_path / f"w{i}.log").read_text()
-            got = json.loads(out.strip().splitlines()[-1])
-            assert set(got["status"]) == {"issued"}
-            secrets += got["secrets"]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+    cfg = {"url": db_url, "boot": boot, "rid": rid, "n": READS}
+    results = run_together(WORKER, [cfg] * WORKERS, tmp_path, timeout=120)
+    assert all(set(got["status"]) == {"issued"} for got in results)
+    secrets = [s for got in results for s in got["secrets"]]
     assert len(secrets) == 1 and secrets[0].startswith("tw_agt_")
     assert asyncio.run(_tokens(db_url, wallet_id)) == 1
