@@ -96,12 +96,19 @@ async def test_kill_9_mid_write_loses_no_acknowledged_batch(tmp_path: Path) -> N
     ids = [f"{k}-{i}" for k in range(batches) for i in range(BATCH)]
     got = await b.get(INFO, ids)
     assert len(got) == n
-    for r in got[:: BATCH // 5]:  # each finds itself through the rebuilt graph
-        # (among its nearest 50: HNSW is approximate, and in 8 dimensions two of
-        # 1,500+ random directions can be closer than its search tells apart; a
-        # wider search (ef grows with k) finds it where the 5 nearest missed once in CI)
+    sample = got[:: BATCH // 5]
+    found = 0
+    for r in sample:
+        # Every acknowledged vector is in the index: found exactly within its batch (few
+        # match the filter, so they are all scored).
+        mine = await b.search(INFO, r.values, 5, None, F.parse({"batch": r.metadata["batch"]}), False)
+        assert mine[0].id == r.id
+        # And through the rebuilt graph (HNSW is approximate: in 8 dimensions two of 1,500+
+        # random directions can be closer than its search tells apart, so this missed one
+        # vector in a few CI runs even among its nearest 50: almost all, not all).
         near = await b.search(INFO, r.values, 50, None, [], False)
-        assert r.id in [m.id for m in near]
+        found += r.id in [m.id for m in near]
+    assert found >= len(sample) * 0.95
     last = await b.search(INFO, got[-1].values, 10, None, F.parse({"batch": batches - 1}), False)
     assert len(last) == 10
     # And it keeps working: write, close, reopen.
