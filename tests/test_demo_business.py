@@ -49,7 +49,9 @@ def check(out: dict[str, Any], customers: int) -> dict[str, Any]:
     assert p["price"] == price and list(rev["by_route"]) == [f"{out['host']}/answer"]
     assert rev["total"] == customers * price
     assert by["fees"] == customers * (price * p["take_rate_bps"] // 10_000) == rev["total"] * 500 // 10_000
-    assert by["inference"] > 0 and by["hosting"] > 0
+    assert by["inference"] > 0 and by["hosting"] > 10_000  # the deploy, and metered worker-seconds
+    (hosting,) = [s for s in out["steps"] if s["step"] == "hosting"]
+    assert hosting["metered"] == by["hosting"] - 10_000 > 0
     assert by["domains"] == 1_000_000 and by["dns"] == 1_000
     assert out["ledger"]["ok"] and out["ledger"]["sum_of_balances"] == 0
     ident = out["balance_identity"]

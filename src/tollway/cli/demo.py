@@ -32,6 +32,8 @@ app.add_typer(demo_app, name="demo")
 
 # About a month of hosting at [provision] hosting_monthly_price's $5: 2 micro-USD a live worker-second.
 HOSTING_PER_WORKER_SECOND = Decimal(2)
+# Hosting billed as it accrues (the server ticks every few seconds), not hourly: a minute's demo shows it.
+BILLING_TICK_SECONDS = 1.0
 
 
 class DemoError(Exception):
@@ -142,6 +144,7 @@ def _settings(root: Path, unsafe: bool) -> Settings:
     s.provision.edge_host, s.provision.edge_port = "127.0.0.1", _free_port()
     s.provision.data_dir = str(root / "provision")
     s.provision.hosting_price_per_worker_second = HOSTING_PER_WORKER_SECOND
+    s.provision.billing_tick_seconds = BILLING_TICK_SECONDS
     s.provision.warm_workers = 1
     s.provision.unsafe_no_sandbox = unsafe
     os.environ.setdefault(s.wallets.key_env, base64.b64encode(secrets.token_bytes(32)).decode())

@@ -72,6 +72,7 @@ class Business:
     report: Report
     steps: list[dict[str, Any]] = field(default_factory=list)
     suffix: str = field(default_factory=lambda: secrets.token_hex(3))
+    deploy_charged: int = 0
 
     def step(self, name: str, text: str, **data: Any) -> dict[str, Any]:
         entry = {"step": name, "text": text, **data}
@@ -96,8 +97,7 @@ class Business:
             token = await self.budget(http, wallet, boot)
             host = await self.open_shop(http, token)
             customers = await self.customers(http, host, tick)
-            hosting = await self.hosting()
-            pnl = await self.call(http, "GET", "/v1/wallet/pnl", token)
+            hosting, pnl = await self.hosting(http, token)
         return self.close(wallet, host, customers, hosting, pnl)
 
     async def owner_funds(self, http: httpx.AsyncClient) -> tuple[dict[str, Any], str]:
@@ -155,6 +155,7 @@ class Business:
         body = {"name": name, "entrypoint": "app:app", "bundle": bundle,
                 "env": {"AI_MAX_TOKENS": str(p.max_tokens)}}  # fmt: skip
         dep = await self.call(http, "POST", "/v1/broker/provision/deployments", token, body, ok=201)
+        self.deploy_charged = int(dep["charged"])
         self.step("deploy", f"{tag}: deploys the ai_answer app as {name} ({dep['url']}) for "
                   f"{format_usd(dep['charged'])}", deployment=name, url=dep["url"],
                   charged=dep["charged"])  # fmt: skip
@@ -217,15 +218,24 @@ class Business:
             raise StepFailed(f"{n - ok} of {n} customers did not get a paid answer")
         return {"paid": ok, "customers": n}
 
-    async def hosting(self) -> dict[str, Any]:
+    async def hosting(self, http: httpx.AsyncClient, token: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The billing tick after the traffic (the server's own ticks ran during it): the
+        worker-seconds not yet billed are charged; then the P&L, as the agent."""
         rep = await self.rt.provision.tick()  # what `tollway provision tick` runs
-        charged = sum(int(c["amount"]) for c in rep["charged"])
-        self.step("hosting", f"billing tick: metered hosting charged {format_usd(charged)} "
-                  f"({len(rep['charged'])} charge(s)); {len(rep['failed'])} unpaid", charged=charged,
-                  report=rep)  # fmt: skip
         if rep["failed"]:
             raise StepFailed(f"recurring charges failed: {rep['failed']}")
-        return rep
+        charged = sum(int(c["amount"]) for c in rep["charged"])
+        pnl = await self.call(http, "GET", "/v1/wallet/pnl", token)
+        metered = int(pnl["costs"]["by_category"].get("hosting", 0)) - self.deploy_charged
+        per_second = self.rt.settings.provision.hosting_price_per_worker_second
+        self.step(
+            "hosting",
+            f"billing tick: {format_usd(charged)} charged now for the worker-seconds since the last"
+            f" tick; metered hosting in all {format_usd(metered)} at {per_second} micro-USD a"
+            f" worker-second (besides the {format_usd(self.deploy_charged)} deploy)",
+            charged=charged, metered=metered, report=rep,
+        )  # fmt: skip
+        return rep, pnl
 
     def close(
         self, wallet: dict[str, Any], host: str, customers: dict[str, Any], hosting: dict[str, Any],
