@@ -103,8 +103,9 @@ async def test_operator_sees_every_page_and_no_secret(http: httpx.AsyncClient, s
     assert "/paid/report" in bodies["/console/x402"] and "$0.250000" in bodies["/console/x402"]
     assert "balanced" in bodies["/console/ledger"]
     assert "m-alpha" in bodies["/console/gateway"] and "m-beta" in bodies["/console/gateway"]
-    assert "Not available yet" in bodies["/console/overview"]  # the eval grades' placeholder
-    assert "Not available yet" in bodies["/console/deployments"]  # the agents' P&L placeholder
+    assert seeded.eval_run in bodies["/console/overview"] and seeded.eval_compare in agents
+    assert seeded.shop_wallet in bodies["/console/deployments"]
+    assert seeded.budget_request in bodies["/console/wallets"]
     # Key prefixes only.
     prefix = seeded.key_a.split("_")[0]
     assert prefix and seeded.key_a not in bodies[f"/console/customers/{seeded.a['id']}"]
