@@ -273,6 +273,10 @@ async def seed_evals(rt: Runtime, session: str) -> tuple[str, str]:
     return run, compare
 
 
+def app_of(http: httpx.AsyncClient) -> Any:
+    return http._transport.app  # type: ignore[attr-defined]
+
+
 async def sign_in(http: httpx.AsyncClient, token: str) -> str:
     """Sign in; returns the session's CSRF token (read from a page's form)."""
     r = await http.post("/console/login", data={"token": token}, headers={"origin": ORIGIN})

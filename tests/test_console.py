@@ -9,11 +9,10 @@ import asyncio
 from typing import Any
 
 import httpx
-import pytest
 from sqlalchemy import func, select
 
 from conftest import ADMIN, ADMIN_TOKEN, err
-from console_support import AGENT_SESSIONS, ORIGIN, Scenario, csrf_of, seed, sign_in
+from console_support import AGENT_SESSIONS, ORIGIN, Scenario, app_of, csrf_of, sign_in
 from tollway.console import rollups
 from tollway.core.schema import console_revenue_hourly as VH
 from tollway.core.schema import ledger_transfers as T
@@ -21,7 +20,7 @@ from tollway.core.schema import request_log as L
 from tollway.core.schema import usage_events as U
 from tollway.runtime import Runtime
 
-pytest_plugins = ["agent_support"]
+pytest_plugins = ["agent_support", "console_seeded"]  # the seeded fixture
 
 OPERATOR_PAGES = [
     "/console/overview",
@@ -36,19 +35,11 @@ OPERATOR_PAGES = [
 ]
 
 
-def _app(http: httpx.AsyncClient) -> Any:
-    return http._transport.app  # type: ignore[attr-defined]
+_app = app_of
 
 
 async def _refresh(http: httpx.AsyncClient) -> None:
     await _app(http).state.console.refresh()
-
-
-@pytest.fixture
-async def seeded(http: httpx.AsyncClient, art: Runtime) -> Scenario:
-    s = await seed(http, art)
-    await _refresh(http)
-    return s
 
 
 # ------------------------------------------------------------ who sees what
