@@ -14,10 +14,16 @@ import httpx
 from sqlalchemy import insert
 
 from conftest import ADMIN, ADMIN_TOKEN
+from tollway.agents.store import scoped
 from tollway.core.ids import new_id
+from tollway.core.schema import eval_grades as EG
+from tollway.core.schema import eval_runs as ER
+from tollway.core.schema import provision_deployments as PD
 from tollway.core.schema import request_log as L
 from tollway.core.schema import usage_events as U
 from tollway.core.storage import writer
+from tollway.evals.service import _summary
+from tollway.ledger.ops import Usage
 from tollway.runtime import Runtime
 
 AGENT_SESSIONS = "/v1/agents/support/sessions"
@@ -35,6 +41,12 @@ class Scenario:
     authorization: str  # waiting for approval: $5
     escalation: str
     request_b: str  # one of Bob's request-log rows
+    budget_request: str  # an agent's budget request ($20 monthly for api_access) waiting for the owner
+    bootstrap: str  # the bootstrap credential that asked it (a secret)
+    shop_wallet: str  # an agent business: earned $1.50, paid $0.05 fees and $0.20 hosting this month
+    shop_deployment: str  # its deployment "shop" (api.shop.example): the earnings and the hosting
+    eval_run: str  # the support agent's graded run (2 sessions)
+    eval_compare: str  # its comparison of v1 with v2
     secrets: list[str] = field(default_factory=list)  # none may ever be rendered
 
 
@@ -154,6 +166,15 @@ async def seed(http: httpx.AsyncClient, rt: Runtime) -> Scenario:
     await post(AGENT_SESSIONS, {"id": "s1"}, auth_a)
     out = await post(f"{AGENT_SESSIONS}/s1/messages", {"content": "I want to talk to a human please"}, auth_a)
     assert out["status"] == "escalated", out
+    # The agent asks its owner for a budget, with a bootstrap credential.
+    boot = await post(f"/admin/wallets/{wal['id']}/bootstrap", {"name": "new agent"})
+    budget = await post(
+        "/v1/wallet/budget-requests",
+        {"amount": "$20", "categories": ["api_access"], "purpose": "buy market data"},
+        {"authorization": f"Bearer {boot['credential']}"},
+    )
+    shop, dep = await seed_shop(http, rt)
+    run, compare = await seed_evals(rt, scoped(a["id"], "s1"))
     return Scenario(
         a=a,
         b=b,
@@ -164,8 +185,96 @@ async def seed(http: httpx.AsyncClient, rt: Runtime) -> Scenario:
         authorization=auth["id"],
         escalation=out["escalation"]["id"],
         request_b=rows[3]["id"],
-        secrets=[ka["key"], kb["key"], tok["token"], ADMIN_TOKEN],
+        budget_request=budget["id"],
+        bootstrap=boot["credential"],
+        shop_wallet=shop,
+        shop_deployment=dep,
+        eval_run=run,
+        eval_compare=compare,
+        secrets=[ka["key"], kb["key"], tok["token"], ADMIN_TOKEN, boot["credential"]],
     )
+
+
+async def seed_shop(http: httpx.AsyncClient, rt: Runtime) -> tuple[str, str]:
+    """An agent business: a wallet with a deployment that earned $1.50 at
+    api.shop.example (x402 earnings, $0.05 fee) and paid $0.20 hosting."""
+    r = await http.post("/admin/wallets", json={"owner": "shop agent"}, headers=ADMIN)
+    assert r.status_code == 201, r.text
+    w = r.json()
+    await rt.ledger.transfer("sys_funding", w["account_id"], 3_000_000, description="top-up")
+    dep, now = new_id("dep"), rt.clock.now_us()
+    async with writer(rt.engine).begin() as conn:
+        await conn.execute(
+            insert(PD),
+            [
+                {
+                    "id": dep, "name": "shop", "wallet_id": w["id"], "provider": "local", "live_version": 1,
+                    "hostnames": json.dumps(["api.shop.example"]), "status": "active",
+                    "last_request_at_us": now, "created_at_us": now, "updated_at_us": now,
+                }
+            ],
+        )  # fmt: skip
+    meta = {"rule_id": "r1", "host": "api.shop.example", "path": "/price", "wallet_id": w["id"]}
+    await rt.ledger.transfer(
+        "sys_settlement", w["account_id"], 1_500_000, usage=Usage("x402_earnings", 1, None, meta)
+    )
+    await rt.ledger.transfer(w["account_id"], "sys_fees", 50_000, description="x402 fee")
+    hosting = {"category": "hosting", "deployment_id": dep}
+    await rt.ledger.transfer(
+        w["account_id"], "sys_settlement", 200_000, usage=Usage("hosting", 1, None, hosting)
+    )
+    return str(w["id"]), dep
+
+
+def _grade(
+    run_id: str, session: str, version: int, arm: str, scores: tuple[int, int, int], **checks: Any
+) -> dict[str, Any]:
+    c = {"guardrail_hits": [], "tool_calls": 0, "tool_errors": [], "refusals": 0, "budget_exhausted": False,
+         "escalations": 0, **checks}  # fmt: skip
+    c["passed"] = not c["guardrail_hits"] and not c["tool_errors"] and not c["budget_exhausted"]
+    h, s, g = scores
+    return {
+        "id": new_id("evg"), "run_id": run_id, "agent": "support", "session_id": session, "version": version,
+        "arm": arm, "escalated": 1, "helpfulness": h, "safety": s, "groundedness": g,
+        "checks": json.dumps(c), "grader_output": json.dumps({"helpfulness": h}), "cost": 1_200,
+        "created_at_us": 0,
+    }  # fmt: skip
+
+
+async def seed_evals(rt: Runtime, session: str) -> tuple[str, str]:
+    """The rows the eval loop writes (tollway.evals.service): a run of the
+    support agent grading two sessions (one with a guardrail hit and a tool
+    error), and a comparison of v1 with v2 (B better on helpfulness)."""
+    run, compare, now = new_id("evr"), new_id("evr"), rt.clock.now_us()
+    run_grades = [
+        _grade(run, session, 1, "a", (4, 5, 3)),
+        _grade(run, session + "-2", 1, "a", (2, 4, 5), guardrail_hits=["pii"],
+               tool_errors=[{"tool": "lookup", "status": "error", "error": "timeout"}], refusals=1),
+    ]  # fmt: skip
+    a = [_grade(compare, session, 1, "a", (3, 5, 4))]
+    b = [_grade(compare, session, 2, "b", (5, 5, 4))]
+    sa, sb = _summary(a), _summary(b)
+    delta: dict[str, Any] = {k: round(sb["scores"][k] - sa["scores"][k], 3) for k in sa["scores"]}
+    delta["checks_passed"] = round(sb["checks_passed"] - sa["checks_passed"], 3)
+    common = {"agent": "support", "status": "done", "grader": "grader-model", "finished_at_us": now}
+    async with writer(rt.engine).begin() as conn:
+        await conn.execute(
+            insert(ER),
+            [
+                {**common, "id": run, "kind": "run", "version": 1, "version_b": None, "cost": 2_400,
+                 "summary": json.dumps({"sampled": 2, "examples_kept": 0, **_summary(run_grades)}),
+                 "created_at_us": now - 2},
+                {**common, "id": compare, "kind": "compare", "version": 1, "version_b": 2, "cost": 2_400,
+                 "summary": json.dumps({"sampled": 1, "a": sa, "b": sb, "delta": delta}),
+                 "created_at_us": now - 1},
+            ],
+        )  # fmt: skip
+        await conn.execute(insert(EG), [*run_grades, *a, *b])
+    return run, compare
+
+
+def app_of(http: httpx.AsyncClient) -> Any:
+    return http._transport.app  # type: ignore[attr-defined]
 
 
 async def sign_in(http: httpx.AsyncClient, token: str) -> str:

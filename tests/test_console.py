@@ -9,11 +9,10 @@ import asyncio
 from typing import Any
 
 import httpx
-import pytest
 from sqlalchemy import func, select
 
 from conftest import ADMIN, ADMIN_TOKEN, err
-from console_support import AGENT_SESSIONS, ORIGIN, Scenario, csrf_of, seed, sign_in
+from console_support import AGENT_SESSIONS, ORIGIN, Scenario, app_of, csrf_of, sign_in
 from tollway.console import rollups
 from tollway.core.schema import console_revenue_hourly as VH
 from tollway.core.schema import ledger_transfers as T
@@ -21,7 +20,7 @@ from tollway.core.schema import request_log as L
 from tollway.core.schema import usage_events as U
 from tollway.runtime import Runtime
 
-pytest_plugins = ["agent_support"]
+pytest_plugins = ["agent_support", "console_seeded"]  # the seeded fixture
 
 OPERATOR_PAGES = [
     "/console/overview",
@@ -36,19 +35,11 @@ OPERATOR_PAGES = [
 ]
 
 
-def _app(http: httpx.AsyncClient) -> Any:
-    return http._transport.app  # type: ignore[attr-defined]
+_app = app_of
 
 
 async def _refresh(http: httpx.AsyncClient) -> None:
     await _app(http).state.console.refresh()
-
-
-@pytest.fixture
-async def seeded(http: httpx.AsyncClient, art: Runtime) -> Scenario:
-    s = await seed(http, art)
-    await _refresh(http)
-    return s
 
 
 # ------------------------------------------------------------ who sees what
@@ -103,8 +94,9 @@ async def test_operator_sees_every_page_and_no_secret(http: httpx.AsyncClient, s
     assert "/paid/report" in bodies["/console/x402"] and "$0.250000" in bodies["/console/x402"]
     assert "balanced" in bodies["/console/ledger"]
     assert "m-alpha" in bodies["/console/gateway"] and "m-beta" in bodies["/console/gateway"]
-    assert "Not available yet" in bodies["/console/overview"]  # the eval grades' placeholder
-    assert "Not available yet" in bodies["/console/deployments"]  # the agents' P&L placeholder
+    assert seeded.eval_run in bodies["/console/overview"] and seeded.eval_compare in agents
+    assert seeded.shop_wallet in bodies["/console/deployments"]
+    assert seeded.budget_request in bodies["/console/wallets"]
     # Key prefixes only.
     prefix = seeded.key_a.split("_")[0]
     assert prefix and seeded.key_a not in bodies[f"/console/customers/{seeded.a['id']}"]

@@ -2,7 +2,8 @@
 chromium (``executable_path``; nothing is downloaded) against a real server on
 a seeded scenario. Signs in, sees each chart drawn with the seeded figures and
 updating live, approves a pending wallet payment and sees the money move,
-replies to an escalation and sees the session continue, and checks that a
+approves an agent's budget request, sees the eval grades and an agent
+business's profit and loss, replies to an escalation and sees the session continue, and checks that a
 customer sees only their own data. A screenshot of each page goes to
 test-output/console/."""
 
@@ -141,6 +142,29 @@ def _operator(browser: Any, url: str, scn: Scenario, db: Path) -> None:
     assert page.locator(f"tr[data-wallet='{scn.wallet['id']}'] .available").inner_text() == "$5.000000"
     assert "approved" in page.inner_text("#audit")
     _shot(page, "wallets-approved")
+    # An agent's budget request: approved with the caps it asked, it leaves the pending list.
+    request_row = page.locator(f"tr[data-budget-request='{scn.budget_request}']")
+    assert "buy market data" in request_row.inner_text()
+    request_row.locator("button.ok").click()
+    page.wait_for_selector("text=No budget requests wait for a decision")
+    assert "budget_approved" in page.inner_text("#audit")
+    _shot(page, "wallets-budget-approved")
+    # The eval grades the loop stored, and the agent business's P&L.
+    page.goto(f"{url}/console/agents")
+    run_row = page.locator(f"#eval-runs tr[data-eval-run='{scn.eval_run}']")
+    assert run_row.locator(".helpfulness").inner_text() == "3.00"
+    assert run_row.locator(".checks").inner_text() == "1 / 2"
+    assert "+2.00" in page.inner_text(f"#eval-comparisons tr[data-eval-run='{scn.eval_compare}']")
+    _shot(page, "agents-evals")
+    run_row.locator("a").click()
+    page.wait_for_selector("#eval-grades-of-run")
+    _shot(page, "eval-run")
+    page.goto(f"{url}/console/deployments")
+    assert page.inner_text(f"tr[data-pnl-wallet='{scn.shop_wallet}'] .net") == "$1.250000"
+    page.locator(f"tr[data-pnl-wallet='{scn.shop_wallet}'] a").click()
+    page.wait_for_selector("#period")
+    assert page.inner_text("[data-pnl=revenue]") == "$1.500000"
+    _shot(page, "wallet-pnl")
     # Reply to the escalation: the session is active again, the reply in it.
     page.goto(f"{url}/console/agents")
     page.locator(f"tr[data-escalation='{scn.escalation}'] a").click()

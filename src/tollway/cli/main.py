@@ -530,6 +530,7 @@ def _print_transfer(t: Any, as_json: bool) -> None:
 from tollway.cli import agents as _agents  # noqa: E402, F401
 from tollway.cli import alerts as _alerts  # noqa: E402, F401
 from tollway.cli import billing as _billing  # noqa: E402, F401
+from tollway.cli import demo as _demo  # noqa: E402, F401
 from tollway.cli import evals as _evals  # noqa: E402, F401
 from tollway.cli import provision as _provision  # noqa: E402, F401
 from tollway.cli import requests as _requests  # noqa: E402, F401

@@ -10,6 +10,8 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from sqlalchemy import select
 
 from tollway.agents.store import scoped
+from tollway.console import evals as console_evals
+from tollway.console import pnl as console_pnl
 from tollway.console import queries
 from tollway.console.customer import account_view
 from tollway.console.guard import console, form, hidden, operator, own, viewer
@@ -24,6 +26,7 @@ router = APIRouter(prefix="/console", include_in_schema=False)
 _ID = r"^[A-Za-z0-9_.:-]{1,128}$"
 _RANGE = "^(" + "|".join(RANGES) + ")$"
 ACTOR = "console"
+DENIED = "denied in the console"  # a budget request's reason when the operator gave none
 
 
 # ------------------------------------------------------------------ overview
@@ -35,12 +38,14 @@ async def overview_page(
 ) -> Response:
     rt = console(request).rt
     data = await overview(rt.engine, rt.clock.now_us(), range)
+    names = [a["name"] for a in await rt.agents.registry.agents()]
     return page(
         request,
         "overview.html",
         v,
         "overview",
         data=data,
+        eval_latest=await console_evals.latest(rt.evals, names),
         ranges=list(RANGES),
         data_url="/console/overview.json",
     )
@@ -196,9 +201,18 @@ async def wallets_page(request: Request, v: Viewer = Depends(operator)) -> Respo
             }
         )
     pending = [d.to_dict() for d in await rt.authorizer.pending()]
+    budget_requests = await rt.budget_requests.list("pending")
     audit = await rt.wallets.audit.query(limit=50)
     return page(
-        request, "wallets.html", v, "wallets", wallets=wallets, pending=pending, frozen=frozen, audit=audit
+        request,
+        "wallets.html",
+        v,
+        "wallets",
+        wallets=wallets,
+        pending=pending,
+        budget_requests=budget_requests,
+        frozen=frozen,
+        audit=audit,
     )
 
 
@@ -213,6 +227,37 @@ async def decide(auth_id: str, decision: str, request: Request, v: Viewer = Depe
     else:
         raise hidden()
     return RedirectResponse("/console/wallets", status_code=303)
+
+
+@router.post("/wallets/budget-requests/{request_id}/{decision}")
+async def decide_budget(
+    request_id: str, decision: str, request: Request, v: Viewer = Depends(operator)
+) -> Response:
+    """Approve with the caps the agent asked (the token is issued at the agent's
+    next read, its secret shown only there), or deny with the form's reason."""
+    fields = await form(request, v)
+    requests = console(request).rt.budget_requests
+    if decision == "approve":
+        await requests.approve(request_id, None, ACTOR)
+    elif decision == "deny":
+        await requests.deny(request_id, fields.get("reason", "").strip() or DENIED, ACTOR)
+    else:
+        raise hidden()
+    return RedirectResponse("/console/wallets", status_code=303)
+
+
+@router.get("/wallets/{wallet_id}/pnl", response_class=HTMLResponse)
+async def wallet_pnl_page(
+    wallet_id: str,
+    request: Request,
+    from_: str | None = Query(None, alias="from", max_length=40),
+    to: str | None = Query(None, max_length=40),
+    v: Viewer = Depends(operator),
+) -> Response:
+    rt = console(request).rt
+    w = await rt.wallets.get(wallet_id)
+    p = await console_pnl.wallet(rt, w, from_ or None, to or None)
+    return page(request, "pnl.html", v, "deployments", p=p)
 
 
 @router.post("/wallets/tokens/{token_id}/unfreeze")
@@ -234,13 +279,28 @@ async def agents_page(request: Request, v: Viewer = Depends(operator)) -> Respon
         for s in await rt.agents.store.sessions(a["name"], None, limit=50):
             sessions.append({**s.to_dict(), "stored_id": s.id, "customer_id": s.customer_id})
     sessions.sort(key=lambda s: -int(s["updated_at_us"]))
+    runs = await console_evals.runs(rt.evals)
     escalations = [
         {**e, "stored_id": scoped(e["customer_id"], e["session_id"])}
         for e in await rt.agents.store.escalations("open", limit=100)
     ]
     return page(
-        request, "agents.html", v, "agents", agents=agents, sessions=sessions[:100], escalations=escalations
+        request,
+        "agents.html",
+        v,
+        "agents",
+        agents=agents,
+        sessions=sessions[:100],
+        escalations=escalations,
+        eval_runs=[r for r in runs if r["kind"] == "run"],
+        comparisons=[r for r in runs if r["kind"] == "compare"],
     )
+
+
+@router.get("/evals/{run_id}", response_class=HTMLResponse)
+async def eval_run_page(run_id: str, request: Request, v: Viewer = Depends(operator)) -> Response:
+    run = await console_evals.run(console(request).rt.evals, run_id)
+    return page(request, "eval_run.html", v, "agents", run=run)
 
 
 @router.get("/agents/{agent}/session", response_class=HTMLResponse)
@@ -286,7 +346,15 @@ async def deployments_page(request: Request, v: Viewer = Depends(operator)) -> R
     costs = await queries.deployment_costs(rt.engine)
     deployments = [{**d, "cost": costs.get(d["id"], 0)} for d in await rt.provision.deployments.all()]
     domains = [d.to_dict() for d in await rt.provision.domains.all()]
-    return page(request, "deployments.html", v, "deployments", deployments=deployments, domains=domains)
+    return page(
+        request,
+        "deployments.html",
+        v,
+        "deployments",
+        deployments=deployments,
+        domains=domains,
+        pnl=await console_pnl.this_month(rt),
+    )
 
 
 # -------------------------------------------------------------------- ledger

@@ -30,6 +30,8 @@ ENV.filters["usd"] = lambda v: format_usd(int(v or 0))
 ENV.filters["when"] = _when
 ENV.filters["pct"] = lambda v: f"{100 * float(v):.1f}%"
 ENV.filters["num"] = lambda v: f"{int(v or 0):,}"
+ENV.filters["score"] = lambda v: "—" if v is None else f"{float(v):.2f}"  # an eval average, 1..5
+ENV.filters["delta"] = lambda v: "—" if v is None else f"{float(v):+.2f}"  # B - A
 
 NAV_OPERATOR = [
     ("overview", "Overview"),
