@@ -720,13 +720,8 @@ class Ledger:
             self._wconn = sqlite_connect(self.engine, shared=True)
         conn = self._wconn
         self._sync_for(conn, lazy)
-        conn.execute("PRAGMA busy_timeout=0")
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError:
+        if not _begin_now(conn):
             return None
-        finally:
-            conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         try:
             st = run_inline(load_batch(inline_tx(conn), ops, now_us, self.default_timeout_s))
             results, writes = apply_batch(ops, st)
@@ -801,9 +796,25 @@ class Ledger:
         is harmless."""
         if not (self._sqlite and sqlite_path(self.engine)):
             return None
+        if lazy and self._wjobs == 0 and self._open_inline is None:
+            n = self._write_aside_inline(stmt.sql, rows)
+            if n is not None:
+                return n
         if self._wexec is None:
             self._wexec = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tollway-ledger")
         return await self._on_writer(self._write_aside, stmt.sql, rows, lazy)
+
+    def _write_aside_inline(self, sql: str, rows: Sequence[tuple[Any, ...]]) -> int | None:
+        """A lazy write while the writer thread is idle, here on the event loop: its
+        COMMIT is a WAL append (no fsync), so a thread round trip would cost more
+        than the write, and the writer stays free for the next batch to be decided
+        inline (:meth:`_decide_inline`). None if another process holds the write
+        lock: nothing waits here, the thread does."""
+        if self._wconn is None:
+            self._wconn = sqlite_connect(self.engine, shared=True)
+        conn = self._wconn
+        self._sync_for(conn, True)
+        return _rows_committed(conn, sql, rows) if _begin_now(conn) else None
 
     def _write_aside(self, sql: str, rows: Sequence[tuple[Any, ...]], lazy: bool = False) -> int:
         if self._wconn is None:
@@ -811,17 +822,34 @@ class Ledger:
         conn = self._wconn
         self._sync_for(conn, lazy)
         conn.execute("BEGIN IMMEDIATE")
-        try:
-            n = conn.executemany(sql, rows).rowcount
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-        return n
+        return _rows_committed(conn, sql, rows)
 
     def _close_wconn(self) -> None:
         self._sync_level = self._sync_now = None
         if self._wconn is not None:
             self._wconn.close()
             self._wconn = None
+
+
+def _begin_now(conn: sqlite3.Connection) -> bool:
+    """BEGIN IMMEDIATE without waiting: False if another connection (process) holds the write lock."""
+    conn.execute("PRAGMA busy_timeout=0")
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError:
+        return False
+    finally:
+        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    return True
+
+
+def _rows_committed(conn: sqlite3.Connection, sql: str, rows: Sequence[tuple[Any, ...]]) -> int:
+    """In the transaction just begun: ``sql`` for ``rows``, COMMIT; the rows changed."""
+    try:
+        n = conn.executemany(sql, rows).rowcount
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return n
