@@ -60,7 +60,8 @@ from provision import agent, bundle, call
 
 RESULTS = Path(__file__).parent / "results" / "paywall_edge.json"
 APPS = "tollway.localhost"
-AI_APP = Path(__file__).parent.parent / "src/tollway/provision/examples/ai_answer/app.py"
+SRC = Path(__file__).resolve().parent.parent / "src"
+AI_APP = SRC / "tollway/provision/examples/ai_answer/app.py"
 AI_ROUTE = "/answer?q=What+is+a+toll+road%3F"
 KINDS = ("unpriced", "relayed", "paid", "ai_direct", "ai_paid")
 
@@ -91,7 +92,7 @@ def deploy(url: str, token: str, name: str, code: str, env: dict[str, str] | Non
 
 
 def price(url: str, token: str, host: str, path: str) -> dict[str, Any]:
-    body = {"name": "bench", "host": host, "path": path, "price": "$0.001"}
+    body = {"name": host.split(".")[0], "host": host, "path": path, "price": "$0.001"}
     st, raw = call("POST", url + "/v1/x402/rules", body, token)
     if st != 201:
         raise RuntimeError(raw.decode())
@@ -105,6 +106,12 @@ def required_at(edge: str, host: str, route: str) -> dict[str, Any]:
         raise RuntimeError(f"expected 402 from the priced host, got {r.status_code}: {r.text[:300]}")
     out: dict[str, Any] = json.loads(base64.b64decode(r.headers["payment-required"]))
     return out
+
+
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) ``pid`` has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class Payments:
@@ -133,6 +140,7 @@ class Setup:
             return text.replace('key_env = "TOLLWAY_WALLET_KEY"', 'key_env = "BENCH_WALLET_KEY"')
 
         srv = stack.enter_context(serve(tmp, edit=edit, src=src))
+        self.pid = srv.pid
         self.url, self.edge = srv.url, f"http://127.0.0.1:{self.edge_port}"
         admin = admin_token(tmp)
         self.token = token = agent(srv.url, admin)
@@ -156,7 +164,7 @@ class Setup:
         wanted = [("paid", f"paid.{APPS}", "/paid", n)]
         if a.ai:
             wanted.append(
-                ("ai_paid", f"aipaid.{APPS}", AI_ROUTE, int(a.ai_max_rps * a.duration * a.rounds) + 100)
+                ("ai_paid", f"aipaid.{APPS}", AI_ROUTE, int(a.ai_max_rps * a.ai_duration * a.rounds) + 100)
             )
         for kind, host, route, count in wanted:
             hfile = tmp / f"{kind}.txt"
@@ -165,14 +173,23 @@ class Setup:
             self.payments[kind] = Payments(hfile, count)
             self.scripts[kind] = lua_paid(tmp / f"{kind}.lua", hfile, route, host)
         wrk(self.edge + "/", self.scripts["unpriced"], a.conns, 1, 1)  # warm
-        if a.ai:
-            wrk(self.edge + "/", self.scripts["ai_direct"], a.ai_conns, 1, 2)
+        self.ai_first_s = self.answer() if a.ai else None  # loads the model
+
+    def answer(self) -> float:
+        """One answer by hand, timed: a 200 from the model, before wrk goes."""
+        t0 = time.perf_counter()
+        r = httpx.get(self.edge + AI_ROUTE, headers={"host": f"ai.{APPS}"}, timeout=300)
+        if r.status_code != 200:
+            raise RuntimeError(f"the AI app answered {r.status_code}: {r.text[:300]}")
+        return round(time.perf_counter() - t0, 3)
 
     def measure(self, kind: str) -> dict[str, Any]:
         ai = kind.startswith("ai_")
-        res = wrk(
-            self.edge + "/", self.scripts[kind], self.a.ai_conns if ai else self.a.conns, 1, self.a.duration
-        )
+        secs = self.a.ai_duration if ai else self.a.duration
+        cpu0 = cpu_s(self.pid)
+        res = wrk(self.edge + "/", self.scripts[kind], self.a.ai_conns if ai else self.a.conns, 1, secs)
+        # The server's CPU per request: robust where the machine is shared (req/s is not).
+        res["server_cpu_us_per_request"] = round((cpu_s(self.pid) - cpu0) / max(res["requests"], 1) * 1e6, 1)
         if kind in self.payments:  # the next run starts past the ones spent (and any in flight)
             self.payments[kind].skip(res["requests"] + (self.a.ai_conns if ai else self.a.conns))
         return res
@@ -184,7 +201,8 @@ class Setup:
 
 def summary(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     best = {k: max(r["rps"] for r in v) for k, v in runs.items() if v}
-    out: dict[str, Any] = {"best_rps": best}
+    cpu = {k: min(r["server_cpu_us_per_request"] for r in v) for k, v in runs.items() if v}
+    out: dict[str, Any] = {"best_rps": best, "server_cpu_us_per_request": cpu}
 
     def ratio(a: str, b: str) -> float | None:
         return round(best[a] / best[b], 3) if best.get(a) and best.get(b) else None
@@ -199,11 +217,11 @@ def summary(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
 def run(a: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     os.environ["BENCH_WALLET_KEY"] = secrets.token_hex(32)  # serve() passes no TOLLWAY_* variable
     load_before = [round(x, 2) for x in os.getloadavg()]
-    kinds = [k for k in KINDS if a.ai or not k.startswith("ai_")]
+    kinds = [k for k in KINDS if (a.ai or not k.startswith("ai_")) and (not a.only or k in a.only)]
     with ExitStack() as stack:
-        setups = {"tollway": Setup(a, stack, tmp / "this", None)}
+        setups = {"tollway": Setup(a, stack, tmp / "this", SRC)}  # this checkout's sources, not the venv's
         if a.before is not None:
-            setups["before"] = Setup(a, stack, tmp / "before", a.before)
+            setups["before"] = Setup(a, stack, tmp / "before", a.before.resolve())
         runs = {name: {k: [] for k in kinds} for name in setups}  # type: dict[str, dict[str, list[Any]]]
         for _ in range(a.rounds):
             for kind in kinds:  # interleaved: each kind on each setup, back to back
@@ -211,6 +229,7 @@ def run(a: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                     runs[name][kind].append(s.measure(kind))
         earned = {name: s.earnings() for name, s in setups.items()}
         sign_ms = setups["tollway"].sign_ms
+        setups_first = setups["tollway"].ai_first_s
     out = {name: {"runs": r, **summary(r), "wallet_earnings": earned[name]} for name, r in runs.items()}
     this = out["tollway"]
     res: dict[str, Any] = {
@@ -221,7 +240,10 @@ def run(a: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         "machine": machine(load_avg_before=load_before),
         "setup": {
             "wrk": f"wrk -t1 -c{a.conns} -d{a.duration:g}s, {a.rounds} rounds alternated; best of each",
-            "ai": f"wrk -t1 -c{a.ai_conns}, AI_MAX_TOKENS={a.ai_tokens}" if a.ai else "skipped",
+            "ai": f"wrk -t1 -c{a.ai_conns} -d{a.ai_duration:g}s, AI_MAX_TOKENS={a.ai_tokens}, first answer"
+            f" {setups_first}s (loads the model)"
+            if a.ai
+            else "skipped",
             "price": "$0.001 a request, to the agent's wallet (5% to sys_fees)",
             "signing_ms_per_authorization": round(sign_ms, 3),
             "before": str(a.before) if a.before else None,
@@ -230,9 +252,11 @@ def run(a: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         "target": 0.7,
         "pass": (this["paid_over_unpriced"] or 0) >= 0.7,
     }
-    if "before" in out:
+    if "before" in out and "paid" in kinds:
         b = out["before"]["best_rps"]
         res["paid_over_before"] = round(this["best_rps"]["paid"] / b["paid"], 3)
+        cb = out["before"]["server_cpu_us_per_request"]
+        res["paid_cpu_over_before"] = round(this["server_cpu_us_per_request"]["paid"] / cb["paid"], 3)
     return res
 
 
@@ -246,8 +270,10 @@ def main() -> None:
     ap.add_argument("--before", type=Path, help="another revision's src/ directory, served beside (A/B)")
     ap.add_argument("--no-ai", dest="ai", action="store_false", help="skip the AI-binding app")
     ap.add_argument("--ai-conns", type=int, default=4)
+    ap.add_argument("--ai-duration", type=float, default=15, help="seconds of each AI run")
     ap.add_argument("--ai-tokens", type=int, default=16, help="max_tokens of each answer")
     ap.add_argument("--ai-max-rps", type=float, default=100, help="pre-sign enough AI payments for this rate")
+    ap.add_argument("--only", nargs="+", choices=KINDS, help="measure only these (e.g. paid, to profile it)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     a = ap.parse_args()
     if a.quick:
@@ -266,13 +292,14 @@ def main() -> None:
         print(f"AI-binding app, paid / direct req/s: {this['ai_paid_over_ai_direct']}")
     if "paid_over_before" in res:
         print(f"paid req/s, this / before: {res['paid_over_before']}")
+        print(f"server CPU per paid request, this / before: {res['paid_cpu_over_before']}")
     print(f"wrote {a.out}\n\n--- suggested docs/benchmarks.md rows ---\n")
     for name in ("tollway", "before"):
         if name in res:
             b = {k: f"{v:,.0f}" for k, v in res[name]["best_rps"].items()}
             r = res[name]
             print(
-                f"| {name} | {b['unpriced']} | {b['relayed']} | {b['paid']} | {r['paid_over_unpriced']}x | "
+                f"| {name} | {b.get('unpriced', '-')} | {b.get('relayed', '-')} | {b.get('paid', '-')} | {r['paid_over_unpriced']}x | "
                 f"{b.get('ai_direct', '-')} | {b.get('ai_paid', '-')} | {r['ai_paid_over_ai_direct']}x |"
             )
 
