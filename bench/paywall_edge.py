@@ -296,12 +296,11 @@ def main() -> None:
     print(f"wrote {a.out}\n\n--- suggested docs/benchmarks.md rows ---\n")
     for name in ("tollway", "before"):
         if name in res:
-            b = {k: f"{v:,.0f}" for k, v in res[name]["best_rps"].items()}
             r = res[name]
-            print(
-                f"| {name} | {b.get('unpriced', '-')} | {b.get('relayed', '-')} | {b.get('paid', '-')} | {r['paid_over_unpriced']}x | "
-                f"{b.get('ai_direct', '-')} | {b.get('ai_paid', '-')} | {r['ai_paid_over_ai_direct']}x |"
-            )
+            b, cpu = r["best_rps"], r["server_cpu_us_per_request"]
+            cells = [f"{b[k]:,.0f} ({cpu[k]:,.0f} µs)" if k in b else "-" for k in KINDS]
+            ratios = f"{r['paid_over_unpriced']}x | {r['ai_paid_over_ai_direct']}x"
+            print(f"| {name} | " + " | ".join(cells) + f" | {ratios} |")
 
 
 if __name__ == "__main__":
