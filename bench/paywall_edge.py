@@ -187,7 +187,14 @@ class Setup:
         ai = kind.startswith("ai_")
         secs = self.a.ai_duration if ai else self.a.duration
         cpu0 = cpu_s(self.pid)
-        res = wrk(self.edge + "/", self.scripts[kind], self.a.ai_conns if ai else self.a.conns, 1, secs)
+        try:
+            res = wrk(self.edge + "/", self.scripts[kind], self.a.ai_conns if ai else self.a.conns, 1, secs)
+        except RuntimeError as e:  # say what the app answers now
+            host = {"unpriced": "free", "relayed": "paid", "ai_direct": "ai"}.get(kind, "")
+            url = self.edge + (AI_ROUTE if ai else "/")
+            r = httpx.get(url, headers={"host": f"{host}.{APPS}"}, timeout=300)
+            why = f"{kind}: {str(e)[:300]}\n{host} now answers {r.status_code}: {r.text[:500]}"
+            raise RuntimeError(why) from None
         # The server's CPU per request: robust where the machine is shared (req/s is not).
         res["server_cpu_us_per_request"] = round((cpu_s(self.pid) - cpu0) / max(res["requests"], 1) * 1e6, 1)
         if kind in self.payments:  # the next run starts past the ones spent (and any in flight)
