@@ -269,7 +269,7 @@ def run(a: argparse.Namespace, tmp: Path) -> dict[str, Any]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="2 s, one round, c=8 (a smoke run)")
+    ap.add_argument("--quick", action="store_true", help="2 s (the AI app 5 s), one round, c=8 (a smoke run)")
     ap.add_argument("--duration", type=float, default=8)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--conns", type=int, default=32)
@@ -284,7 +284,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=RESULTS)
     a = ap.parse_args()
     if a.quick:
-        a.duration, a.rounds, a.conns, a.max_rps = 2, 1, 8, 1500
+        a.duration, a.rounds, a.conns, a.max_rps, a.ai_duration = 2, 1, 8, 1500, 5
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is needed (apt-get install -y wrk)")
     subprocess.run(["wrk", "-v"], capture_output=True)
