@@ -57,6 +57,7 @@ from tollway.ledger.types import Account, AccountKind, Transfer, default_flags
 from tollway.observe import metrics, tracing
 
 T_ = TypeVar("T_")
+_Writes = Sequence[tuple[str, Sequence[Any]]]  # (SQL, its rows) for write_aside
 BUSY_TIMEOUT_MS = 60_000
 
 log = logging.getLogger("tollway.ledger")
@@ -720,13 +721,8 @@ class Ledger:
             self._wconn = sqlite_connect(self.engine, shared=True)
         conn = self._wconn
         self._sync_for(conn, lazy)
-        conn.execute("PRAGMA busy_timeout=0")
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError:
+        if not _begin_now(conn):
             return None
-        finally:
-            conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         try:
             st = run_inline(load_batch(inline_tx(conn), ops, now_us, self.default_timeout_s))
             results, writes = apply_batch(ops, st)
@@ -799,29 +795,73 @@ class Ledger:
         ``lazy``: the commit survives a crash of this process but need not wait
         for the disk (see :meth:`_sync_for`), for rows whose loss to a power cut
         is harmless."""
+        done = await self.write_aside_each([(stmt, rows)], lazy=lazy)
+        return None if done is None else done[0]
+
+    async def write_aside_each(
+        self, writes: Sequence[tuple[Statement[Any], Sequence[Any]]], *, lazy: bool = False
+    ) -> list[int] | None:
+        """:meth:`write_aside` for several statements, in order, in one
+        transaction (one commit): the rows each changed. A lazy one runs here
+        on the event loop while the writer thread is idle (see
+        :meth:`_write_aside_inline`)."""
         if not (self._sqlite and sqlite_path(self.engine)):
             return None
+        plain = [(stmt.sql, rows) for stmt, rows in writes]
+        if lazy and self._wjobs == 0 and self._open_inline is None:
+            done = self._write_aside_inline(plain)
+            if done is not None:
+                return done
         if self._wexec is None:
             self._wexec = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tollway-ledger")
-        return await self._on_writer(self._write_aside, stmt.sql, rows, lazy)
+        return await self._on_writer(self._write_aside, plain, lazy)
 
-    def _write_aside(self, sql: str, rows: Sequence[tuple[Any, ...]], lazy: bool = False) -> int:
+    def _write_aside_inline(self, writes: _Writes) -> list[int] | None:
+        """A lazy write while the writer thread is idle, here on the event loop: its
+        COMMIT is a WAL append (no fsync), so a thread round trip would cost more
+        than the write, and the writer stays free for the next batch to be decided
+        inline (:meth:`_decide_inline`). None if another process holds the write
+        lock: nothing waits here, the thread does."""
+        if self._wconn is None:
+            self._wconn = sqlite_connect(self.engine, shared=True)
+        conn = self._wconn
+        self._sync_for(conn, True)
+        return _rows_committed(conn, writes) if _begin_now(conn) else None
+
+    def _write_aside(self, writes: _Writes, lazy: bool = False) -> list[int]:
         if self._wconn is None:
             self._wconn = sqlite_connect(self.engine, shared=True)
         conn = self._wconn
         self._sync_for(conn, lazy)
         conn.execute("BEGIN IMMEDIATE")
-        try:
-            n = conn.executemany(sql, rows).rowcount
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-        return n
+        return _rows_committed(conn, writes)
 
     def _close_wconn(self) -> None:
         self._sync_level = self._sync_now = None
         if self._wconn is not None:
             self._wconn.close()
             self._wconn = None
+
+
+def _begin_now(conn: sqlite3.Connection) -> bool:
+    """BEGIN IMMEDIATE without waiting: False if another connection (process) holds the write lock."""
+    conn.execute("PRAGMA busy_timeout=0")
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError:
+        return False
+    finally:
+        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    return True
+
+
+def _rows_committed(conn: sqlite3.Connection, writes: _Writes) -> list[int]:
+    """In the transaction just begun: each statement with its rows, COMMIT; the rows each changed."""
+    try:
+        done = [conn.executemany(sql, rows).rowcount for sql, rows in writes]
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return done

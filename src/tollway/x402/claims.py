@@ -20,6 +20,7 @@ claim atomic across every process sharing it (SQLite or PostgreSQL).
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import re
 from typing import Any
@@ -68,6 +69,11 @@ class Claims:
         self.ledger = ledger
         self.clock = clock
         self.lease_s = lease_s
+        self._aside: bool | None = None  # whether the ledger writes for us (SQLite); None: not known yet
+        self._queue: list[
+            tuple[Statement[tuple[Any, ...]], list[tuple[Any, ...]], asyncio.Future[int | None]]
+        ] = []
+        self._writing: asyncio.Future[None] | None = None
 
     async def claim(self, key: str, payer: str, amount: int = 0, spendable: int | None = None) -> str:
         """Claim the authorization ``key`` for ``amount`` of ``payer``'s balance;
@@ -121,15 +127,23 @@ class Claims:
             await self._write(_SPEND, key=key, token=token)
 
     async def _write(self, sql: str, **params: Any) -> int:
-        """Rows changed. On SQLite through the ledger's writer thread (the
-        database keeps one writer); elsewhere through the engine. A claim need
-        not survive a power cut, only a crash of this process (the other
-        processes' view): lost with the machine, it frees a payment that was
-        never settled, and a settled one is refused by the facilitator's nonce
-        check. So its commit does not wait for the disk."""
-        n = await self.ledger.write_aside(*_qmark(sql, **params), lazy=True)
-        if n is not None:
-            return n
+        """Rows changed. On SQLite through the ledger's writer (the database
+        keeps one writer), grouped: the claims and releases of requests that
+        arrive while one group is being written go together in the next, one
+        transaction and one commit, each statement in the order it came (so a
+        payer's second claim sees its first); elsewhere through the engine. A
+        claim need not survive a power cut, only a crash of this process (the
+        other processes' view): lost with the machine, it frees a payment that
+        was never settled, and a settled one is refused by the facilitator's
+        nonce check. So its commit does not wait for the disk."""
+        if self._aside is not False:
+            fut: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
+            self._queue.append((*_qmark(sql, **params), fut))
+            if self._writing is None or self._writing.done():
+                self._writing = asyncio.ensure_future(self._write_queued())
+            n = await fut
+            if n is not None:
+                return n
         async with writer(self.engine).begin() as conn:
             if conn.dialect.name == "postgresql":
                 await conn.execute(text("SET LOCAL synchronous_commit = off"))
@@ -138,6 +152,31 @@ class Claims:
                         text("SELECT pg_advisory_xact_lock(hashtext(:payer))"), {"payer": params["payer"]}
                     )
             return int((await conn.execute(text(sql), params)).rowcount)
+
+    async def _write_queued(self) -> None:
+        """Write what is queued, group after group, until nothing is (a task of
+        its own: a caller that goes away stops waiting, not the write)."""
+        while self._queue:
+            group, self._queue = self._queue, []
+            try:
+                done: list[int] | list[None] | None = await self.ledger.write_aside_each(
+                    [(stmt, rows) for stmt, rows, _ in group], lazy=True
+                )
+            except Exception:  # one statement failed the group: each alone, its own outcome
+                for stmt, rows, fut in group:
+                    try:
+                        n = await self.ledger.write_aside(stmt, rows, lazy=True)
+                    except Exception as e:
+                        if not fut.done():
+                            fut.set_exception(e)
+                    else:
+                        if not fut.done():
+                            fut.set_result(n)
+                continue
+            self._aside = done is not None
+            for (_, _, fut), n in zip(group, done or [None] * len(group), strict=True):
+                if not fut.done():
+                    fut.set_result(n)
 
 
 def _qmark(sql: str, **params: Any) -> tuple[Statement[tuple[Any, ...]], list[tuple[Any, ...]]]:

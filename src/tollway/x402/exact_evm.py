@@ -25,7 +25,10 @@ def keccak(primitive: bytes | None = None, *, text: str | None = None) -> bytes:
     return bytes(_eth().keccak(primitive, text=text))
 
 
+@functools.lru_cache(maxsize=4096)
 def to_checksum_address(address: str) -> str:
+    """EIP-55 (a keccak each time): cached, as a paid request checksums its payer,
+    payee and asset, and payers pay again."""
     return str(_eth().to_checksum_address(address))
 
 
@@ -183,7 +186,7 @@ def recover(signature: str, msg_hash: bytes, payer: str, reason: str) -> str:
         raise PaymentInvalid(reason, "the signature's v or s is not canonical", payer)
     try:
         sig = _keys().Signature(vrs=(v - 27, r, s_))
-        return str(sig.recover_public_key_from_msg_hash(msg_hash).to_checksum_address())
+        return to_checksum_address(sig.recover_public_key_from_msg_hash(msg_hash).to_address())
     except Exception:  # r or s off the curve
         raise PaymentInvalid(reason, "the signature does not recover", payer) from None
 
