@@ -175,7 +175,9 @@ async def _serving(rt: Runtime) -> AsyncIterator[str]:
     from tollway.api.app import create_app
 
     s = rt.settings
-    logging.getLogger("tollway").setLevel(logging.WARNING)
+    quiet = logging.getLogger("tollway")
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)  # the demo prints its own lines (restored after it)
     config = uvicorn.Config(
         create_app(rt=rt), host=s.server.host, port=s.server.port, log_level="warning", access_log=False
     )
@@ -191,6 +193,7 @@ async def _serving(rt: Runtime) -> AsyncIterator[str]:
     finally:
         server.should_exit = True
         await task
+        quiet.setLevel(level)
 
 
 @contextlib.contextmanager
