@@ -82,6 +82,7 @@ def rows(n: int, days: int, now_us: int, customers: list[str], models: list[str]
                 None,
                 None,
                 None,
+                None,  # trace_id (telemetry)
             )
         )
     return out
