@@ -24,6 +24,7 @@ LAZY = (
     "stripe",
     "numpy",
     "usearch",
+    "jinja2",  # the console's templates: on its first page
 )
 
 PROBE = """

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from tollway.cli.main import JsonOpt, app
 from tollway.cli.output import emit_json, err, out, table, usd
@@ -198,6 +197,8 @@ async def _serving(rt: Runtime) -> AsyncIterator[str]:
 
 @contextlib.contextmanager
 def _progress(quiet: bool) -> Any:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     progress = Progress(
         TextColumn("customers"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         console=out, transient=True, disable=quiet,

@@ -3,21 +3,37 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+import functools
+from typing import TYPE_CHECKING, Any
 
 from fastapi import Request
 from fastapi.responses import HTMLResponse
-from jinja2 import Environment, PackageLoader, select_autoescape
 
 from tollway.console.sessions import Viewer
 from tollway.core.money import format_usd
 
-ENV = Environment(
-    loader=PackageLoader("tollway.console", "templates"),
-    autoescape=select_autoescape(default=True),
-    trim_blocks=True,
-    lstrip_blocks=True,
-)
+if TYPE_CHECKING:
+    from jinja2 import Environment
+
+
+@functools.cache
+def templates() -> Environment:
+    """The templates, loaded on the first page (Jinja2 is imported then, not at start-up)."""
+    from jinja2 import Environment, PackageLoader, select_autoescape
+
+    env = Environment(
+        loader=PackageLoader("tollway.console", "templates"),
+        autoescape=select_autoescape(default=True),
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["usd"] = lambda v: format_usd(int(v or 0))
+    env.filters["when"] = _when
+    env.filters["pct"] = lambda v: f"{100 * float(v):.1f}%"
+    env.filters["num"] = lambda v: f"{int(v or 0):,}"
+    env.filters["score"] = lambda v: "—" if v is None else f"{float(v):.2f}"  # an eval average, 1..5
+    env.filters["delta"] = lambda v: "—" if v is None else f"{float(v):+.2f}"  # B - A
+    return env
 
 
 def _when(us: int | None) -> str:
@@ -25,13 +41,6 @@ def _when(us: int | None) -> str:
         return ""
     return dt.datetime.fromtimestamp(us / 1_000_000, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
 
-
-ENV.filters["usd"] = lambda v: format_usd(int(v or 0))
-ENV.filters["when"] = _when
-ENV.filters["pct"] = lambda v: f"{100 * float(v):.1f}%"
-ENV.filters["num"] = lambda v: f"{int(v or 0):,}"
-ENV.filters["score"] = lambda v: "—" if v is None else f"{float(v):.2f}"  # an eval average, 1..5
-ENV.filters["delta"] = lambda v: "—" if v is None else f"{float(v):+.2f}"  # B - A
 
 NAV_OPERATOR = [
     ("overview", "Overview"),
@@ -49,12 +58,16 @@ NAV_CUSTOMER = [("me", "My account")]
 
 def page(request: Request, template: str, v: Viewer, active: str, **ctx: Any) -> HTMLResponse:
     console = request.app.state.console
-    html = ENV.get_template(template).render(
-        viewer=v,
-        nav=NAV_OPERATOR if v.operator else NAV_CUSTOMER,
-        active=active,
-        live_ms=int(console.cfg.live_seconds * 1000),
-        **ctx,
+    html = (
+        templates()
+        .get_template(template)
+        .render(
+            viewer=v,
+            nav=NAV_OPERATOR if v.operator else NAV_CUSTOMER,
+            active=active,
+            live_ms=int(console.cfg.live_seconds * 1000),
+            **ctx,
+        )
     )
     return HTMLResponse(html, headers=NO_STORE)
 

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from tollway.console.guard import COOKIE, SignInRequired, console, form, viewer
-from tollway.console.render import ENV, NO_STORE
+from tollway.console.render import NO_STORE, templates
 from tollway.console.sessions import CUSTOMER, OPERATOR
 from tollway.core.errors import ErrorType, TollwayError, unauthenticated
 from tollway.core.ratelimit import Tally
@@ -26,7 +26,7 @@ def _next(path: str | None, operator: bool) -> str:
 
 
 def _login(error: str | None = None, next_path: str = "", status: int = 200) -> HTMLResponse:
-    html = ENV.get_template("login.html").render(error=error, next_path=next_path)
+    html = templates().get_template("login.html").render(error=error, next_path=next_path)
     return HTMLResponse(html, status_code=status, headers=NO_STORE)
 
 

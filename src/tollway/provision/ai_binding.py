@@ -23,15 +23,15 @@ import socket
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import uvicorn.config
-from uvicorn.server import ServerState
+from typing import TYPE_CHECKING, Any
 
 from tollway.core.errors import ErrorType, TollwayError, not_found
 from tollway.core.responses import error_response
 from tollway.provision.config import ProvisionConfig
 from tollway.provision.workers import Worker
+
+if TYPE_CHECKING:
+    from uvicorn.server import ServerState
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -83,6 +83,9 @@ class AIBinding:
         if not self.enabled or w.dir is None:
             return {}
         run = w.dir / "run"
+        import uvicorn.config  # on the first binding, not at start-up
+        from uvicorn.server import ServerState
+
         cfg = uvicorn.config.Config(
             _Proxy(self, deployment_id), lifespan="off", log_level="warning", access_log=False,
             server_header=False, date_header=False, proxy_headers=False, timeout_keep_alive=30,
