@@ -76,8 +76,11 @@ async def test_chat_spans_carry_genai_attributes_and_the_incoming_trace(
     assert r.headers["x-request-id"]
     [row] = await uenv.rt.gateway.log.query(limit=1)
     assert row["trace_id"] == TRACE
-    # The ledger's batches are traced too (the writer's own root spans).
-    assert _by_name(done, "ledger.batch")
+    # The ledger's batches are traced too: the writer's own root spans, whichever request's
+    # context the writer task was started in.
+    batches = _by_name(done, "ledger.batch")
+    assert batches and all(b.parent is None for b in batches), [(b.parent, b.attributes) for b in batches]
+    assert all(b.attributes and "tollway.ledger.batch_size" in b.attributes for b in batches)
 
 
 async def test_a_new_trace_without_traceparent_and_the_stream_span(

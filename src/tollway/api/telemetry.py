@@ -79,11 +79,13 @@ class TelemetryMiddleware:
         self, scope: Any, receive: Any, send: Any, rid: str, status: list[int], t0: float
     ) -> None:
         method = scope["method"]
-        s = tracing.start(method, kind="server", parent=tracing.extract(scope["headers"]))
+        s = tracing.start(
+            method,
+            kind="server",
+            parent=tracing.extract(scope["headers"]),
+            attributes={"http.request.method": method, "url.path": scope["path"], "tollway.request_id": rid},
+        )
         assert s is not None
-        s.set_attribute("http.request.method", method)
-        s.set_attribute("url.path", scope["path"])
-        s.set_attribute("tollway.request_id", rid)
         ctx = s.get_span_context()
         extra = [
             (b"x-request-id", rid.encode()),
@@ -104,9 +106,10 @@ class TelemetryMiddleware:
         finally:
             route = getattr(scope.get("route"), "path", None)
             if route is not None:
-                s.set_attribute("http.route", route)
+                s.set_attributes({"http.route": route, "http.response.status_code": status[0]})
                 s.update_name(f"{method} {route}")
-            s.set_attribute("http.response.status_code", status[0])
+            else:
+                s.set_attribute("http.response.status_code", status[0])
             if status[0] >= 500:
                 from opentelemetry.trace import Status, StatusCode
 

@@ -526,11 +526,18 @@ class Ledger:
             # no one outside the process: the settle (or the caller's record)
             # that follows it commits durably and covers it. See _sync_for.
             lazy = bool(batch) and not riders and all(early is not None for _, _, early in batch)
-            with tracing.span("ledger.batch") as sp:  # the writer's: a root span of its own
-                if sp is not None:
-                    sp.set_attribute("tollway.ledger.batch_size", len(batch))
-                    sp.set_attribute("tollway.ledger.riders", len(riders))
+            # The writer's: a root span of its own (nothing runs inside it, so it is not made current).
+            sp = tracing.start(
+                "ledger.batch",
+                attributes={"tollway.ledger.batch_size": len(batch), "tollway.ledger.riders": len(riders)},
+                root=True,
+            )
+            try:
                 results = await self._apply(ops, lambda rs: _decided(batch, rs), riders, lazy=lazy)
+            except BaseException as e:
+                tracing.end(sp, e)
+                raise
+            tracing.end(sp)
         except DRIVER_ERRORS as e:
             if riders:
                 log.warning("dropping %d rider rows with a failed ledger batch: %s", len(riders), e)
