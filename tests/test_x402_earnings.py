@@ -7,9 +7,6 @@ settled at once from several processes credits the wallet once."""
 from __future__ import annotations
 
 import asyncio
-import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +16,7 @@ from hypothesis import HealthCheck
 from hypothesis import strategies as st
 
 from conftest import settings_for
+from processes import run_together
 from tollway.core.money import MAX_AMOUNT
 from tollway.runtime import Runtime
 from tollway.x402.earnings import BPS, FEE_ACCOUNT, Credit, fee_of, settlement_chain
@@ -156,35 +154,8 @@ def test_one_authorization_settled_from_four_processes_at_once_credits_the_walle
     w, payload, reqs, payer = asyncio.run(_setup(db_url, gross))
     credit = [w.id, w.account_id, "xr_p", "shop.example", 500, "/p"]
     cfg = {"url": db_url, "payload": payload, "reqs": reqs, "credit": credit}
-    procs: list[subprocess.Popen[str]] = []
-    try:
-        for i in range(WORKERS):
-            procs.append(
-                subprocess.Popen(
-                    [sys.executable, "-c", WORKER, json.dumps(cfg)],
-                    stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE,
-                    stderr=(tmp_path / f"w{i}.log").open("w"),
-                    text=True,
-                )
-            )
-        for i, p in enumerate(procs):
-            assert p.stdout is not None
-            assert p.stdout.readline().strip() == "ready", (tmp_path / f"w{i}.log").read_text()
-        for p in procs:
-            assert p.stdin is not None
-            p.stdin.write("go\n")
-            p.stdin.flush()
-        settled = 0
-        for i, p in enumerate(procs):
-            out, _ = p.communicate(timeout=240)
-            assert p.returncode == 0, (tmp_path / f"w{i}.log").read_text()
-            settled += json.loads(out.strip().splitlines()[-1])["settled"]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+    results = run_together(WORKER, [cfg] * WORKERS, tmp_path, timeout=240)
+    settled = sum(r["settled"] for r in results)
     assert settled == 1
     wallet, fees, left, total = asyncio.run(_final(db_url, w.account_id, payer))
     fee = gross * 500 // 10_000
