@@ -177,21 +177,23 @@ async def _serving(rt: Runtime) -> AsyncIterator[str]:
     quiet = logging.getLogger("tollway")
     level = quiet.level
     quiet.setLevel(logging.WARNING)  # the demo prints its own lines (restored after it)
-    config = uvicorn.Config(
-        create_app(rt=rt), host=s.server.host, port=s.server.port, log_level="warning", access_log=False
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-            raise DemoError("the server did not start")
-        await asyncio.sleep(0.05)
     try:
-        yield f"http://{s.server.host}:{s.server.port}"
+        config = uvicorn.Config(
+            create_app(rt=rt), host=s.server.host, port=s.server.port, log_level="warning", access_log=False
+        )
+        server = uvicorn.Server(config)
+        task = asyncio.create_task(server.serve())
+        while not server.started:
+            if task.done():
+                task.result()
+                raise DemoError("the server did not start")
+            await asyncio.sleep(0.05)
+        try:
+            yield f"http://{s.server.host}:{s.server.port}"
+        finally:
+            server.should_exit = True
+            await task
     finally:
-        server.should_exit = True
-        await task
         quiet.setLevel(level)
 
 
