@@ -374,6 +374,37 @@ async def test_overview_figures_match_the_sources(http: httpx.AsyncClient, seede
     assert "50.0%" in gw  # m-beta: one 429 of two
 
 
+async def test_a_view_refreshes_stale_rollups_once(http: httpx.AsyncClient, seeded: Scenario) -> None:
+    """No short timer: a signed-in view brings rollups older than refresh_seconds up
+    to date, once for views arriving together; fresh ones are read as they are."""
+    console = _app(http).state.console
+    await sign_in(http, ADMIN_TOKEN)
+    calls = 0
+    real = rollups.refresh
+
+    async def counted(engine: Any, now_us: int) -> None:
+        nonlocal calls
+        calls += 1
+        await real(engine, now_us)
+
+    before = (await http.get("/console/overview.json?range=24h")).json()["totals"]["requests"]
+    rt = _app(http).state.runtime
+    async with rt.engine.begin() as conn:  # a row the rollups have not seen
+        row = (await conn.execute(select(L).limit(1))).mappings().one()
+        await conn.execute(L.insert().values({**row, "id": "req_late_row"}))
+    orig = rollups.refresh
+    rollups.refresh = counted  # type: ignore[assignment]
+    try:
+        assert (await http.get("/console/overview.json?range=24h")).json()["totals"]["requests"] == before
+        assert calls == 0  # refreshed by the fixture a moment ago: read as they are
+        console.cfg.refresh_seconds = 0.05
+        await asyncio.sleep(0.1)
+        got = await asyncio.gather(*(http.get("/console/overview.json?range=24h") for _ in range(4)))
+        assert calls == 1 and {r.json()["totals"]["requests"] for r in got} == {before + 1}
+    finally:
+        rollups.refresh = orig  # type: ignore[assignment]
+
+
 async def test_rollups_refreshed_concurrently_count_once(rt: Runtime) -> None:
     """On PostgreSQL two refreshes race on separate connections: each charge counts once."""
     await rt.migrate()

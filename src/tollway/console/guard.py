@@ -40,10 +40,12 @@ def console(request: Request) -> Console:
 
 
 async def viewer(request: Request) -> Viewer:
-    v = await console(request).sessions.load(request.cookies.get(COOKIE))
+    c = console(request)
+    v = await c.sessions.load(request.cookies.get(COOKIE))
     if v is None:
         raise SignInRequired(request.url.path)
     request.state.viewer = v
+    await c.fresh()  # the rollups at most refresh_seconds old for whoever looks
     return v
 
 

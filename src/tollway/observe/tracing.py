@@ -19,22 +19,25 @@ import contextlib
 import logging
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from tollway.observe.config import TelemetryConfig
 
 if TYPE_CHECKING:
     from opentelemetry.context import Context
-    from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
-    from opentelemetry.trace import Span, Tracer
+    from opentelemetry.sdk.trace import SpanProcessor
+    from opentelemetry.trace import Span
+
+    from tollway.observe.span_export import ChildSink, ProcessorSink
+    from tollway.observe.spans import Recorder
 
 log = logging.getLogger("tollway.observe")
 
 ENABLED = False  # tracing on: read by the hot path
+_recorder: Recorder | None = None
+_sink: ProcessorSink | ChildSink | None = None
 METRICS_ENABLED = False  # the OTLP GenAI metrics on
-_tracer: Tracer | None = None
-_provider: TracerProvider | None = None
 _meter_provider: Any = None
 _genai: tuple[Any, Any] | None = None  # (token usage, operation duration) histograms
 _NOOP: contextlib.nullcontext[None] = contextlib.nullcontext()
@@ -68,64 +71,55 @@ def _sampler(cfg: TelemetryConfig, env: Mapping[str, str]) -> Any:
     return sampling.ParentBased(sampling.TraceIdRatioBased(cfg.sample_ratio))
 
 
-def _resource(cfg: TelemetryConfig, env: Mapping[str, str]) -> Any:
-    from opentelemetry.sdk.resources import SERVICE_NAME, Resource
-
-    from tollway import __version__
-
-    attrs: dict[str, Any] = {"service.version": __version__}
-    if not env.get("OTEL_SERVICE_NAME"):
-        attrs[SERVICE_NAME] = cfg.service_name
-    return Resource.create(attrs)  # OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES merged in
-
-
 def _endpoint(cfg: TelemetryConfig, signal: str) -> str | None:
     return f"{cfg.otlp_endpoint.rstrip('/')}/v1/{signal}" if cfg.otlp_endpoint else None
 
 
 def configure(cfg: TelemetryConfig, env: Mapping[str, str] = os.environ) -> bool:
-    """Turn traces (and the OTLP GenAI metrics) on if configured; returns whether traces are on."""
+    """Turn traces (and the OTLP GenAI metrics) on if configured; returns whether traces are on.
+    Spans are exported by the official OTLP/HTTP exporter in a child process
+    (``span_export.ChildSink``)."""
     if cfg.otlp_metrics or env.get("OTEL_METRICS_EXPORTER", "").strip().lower() == "otlp":
         _configure_metrics(cfg, env)
     if not wanted(cfg, env):
         return False
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    from tollway.observe.span_export import ChildSink
 
-    exporter = OTLPSpanExporter(endpoint=_endpoint(cfg, "traces"))  # None: the OTEL_* variables
-    enable(BatchSpanProcessor(exporter), sampler=_sampler(cfg, env), resource=_resource(cfg, env))
+    sink = ChildSink(_endpoint(cfg, "traces"), cfg.service_name)  # None: the OTEL_* variables
+    _turn_on(sink, _sampler(cfg, env))
     log.info("OpenTelemetry traces on")
     return True
 
 
-def enable(processor: SpanProcessor, *, sampler: Any = None, resource: Any = None) -> TracerProvider:
-    """Traces on, through ``processor`` (tests: a SimpleSpanProcessor over an in-memory exporter)."""
-    global ENABLED, _tracer, _provider
-    from opentelemetry.sdk.trace import TracerProvider
+def enable(processor: SpanProcessor, *, sampler: Any = None, resource: Any = None) -> None:
+    """Traces on, each span handed to ``processor`` in this process as it ends
+    (tests: a SimpleSpanProcessor over an in-memory exporter)."""
+    from opentelemetry.sdk.trace import sampling
 
-    from tollway import __version__
+    from tollway.observe import span_export
 
-    kwargs: dict[str, Any] = {}
-    if sampler is not None:
-        kwargs["sampler"] = sampler
-    if resource is not None:
-        kwargs["resource"] = resource
-    provider = TracerProvider(**kwargs)
-    provider.add_span_processor(processor)
-    if _provider is not None:  # configured again (another app in the process): the old one flushes
-        _provider.shutdown()
-    _provider, _tracer = provider, provider.get_tracer("tollway", __version__)
+    res = resource if resource is not None else span_export.resource("tollway")
+    _turn_on(span_export.ProcessorSink(processor, res), sampler or sampling.ParentBased(sampling.ALWAYS_ON))
+
+
+def _turn_on(sink: ProcessorSink | ChildSink, sampler: Any) -> None:
+    global ENABLED, _recorder, _sink
+    from tollway.observe.spans import Recorder
+
+    old, _sink = _sink, sink
+    _recorder = Recorder(sampler, sink)
     ENABLED = True
-    return provider
+    if old is not None:  # configured again (another app in the process): the old one flushes
+        old.shutdown()
 
 
 def disable() -> None:
     """Traces off (flushing what was recorded); metrics too."""
-    global ENABLED, _tracer, _provider, METRICS_ENABLED, _meter_provider, _genai
+    global ENABLED, _recorder, _sink, METRICS_ENABLED, _meter_provider, _genai
     ENABLED = False
-    if _provider is not None:
-        _provider.shutdown()
-    _provider = _tracer = None
+    if _sink is not None:
+        _sink.shutdown()
+    _sink = _recorder = None
     METRICS_ENABLED = False
     if _meter_provider is not None:
         _meter_provider.shutdown()
@@ -133,15 +127,10 @@ def disable() -> None:
 
 
 def force_flush() -> None:
-    if _provider is not None:
-        _provider.force_flush()
+    if _sink is not None:
+        _sink.force_flush()
     if _meter_provider is not None:
         _meter_provider.force_flush()
-
-
-def tracer() -> Tracer:
-    assert _tracer is not None, "tracing is off"
-    return _tracer
 
 
 # ----------------------------------------------------------------- spans
@@ -155,13 +144,12 @@ def span(name: str, *, kind: str = "internal") -> contextlib.AbstractContextMana
     return _span(name, kind)
 
 
-@contextlib.contextmanager
-def _span(name: str, kind: str) -> Iterator[Span]:
-    from opentelemetry.trace import SpanKind
+def _span(name: str, kind: str) -> contextlib.AbstractContextManager[Span]:
+    from opentelemetry.trace import use_span
 
-    assert _tracer is not None
-    with _tracer.start_as_current_span(name, kind=SpanKind[kind.upper()]) as s:
-        yield s
+    assert _recorder is not None
+    # current inside the block, ended after it; an exception escaping it is recorded and fails it
+    return use_span(_recorder.start(name, kind), end_on_exit=True)
 
 
 def start(
@@ -177,12 +165,8 @@ def start(
     a trace of its own, whatever context the calling task inherited."""
     if not ENABLED:
         return None
-    from opentelemetry.context import Context
-    from opentelemetry.trace import SpanKind
-
-    assert _tracer is not None
-    ctx = Context() if root else parent
-    return _tracer.start_span(name, context=ctx, kind=SpanKind[kind.upper()], attributes=attributes)
+    assert _recorder is not None
+    return _recorder.start(name, kind, parent, attributes, root)
 
 
 def use(s: Span | None) -> contextlib.AbstractContextManager[Any]:
@@ -275,9 +259,11 @@ def _configure_metrics(cfg: TelemetryConfig, env: Mapping[str, str]) -> None:
     from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
     from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 
+    from tollway.observe import span_export
+
     enable_metrics(
         PeriodicExportingMetricReader(OTLPMetricExporter(endpoint=_endpoint(cfg, "metrics"))),
-        resource=_resource(cfg, env),
+        resource=span_export.resource(cfg.service_name),
     )
 
 
