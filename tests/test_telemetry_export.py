@@ -84,7 +84,7 @@ def test_a_remote_parent_and_its_tracestate_are_kept(spans: InMemorySpanExporter
     assert done.parent is not None and f"{done.parent.span_id:016x}" == PARENT_SPAN and done.parent.is_remote
 
 
-def test_an_unsampled_remote_parent_makes_nothing_but_the_context_goes_on(
+def test_an_unsampled_remote_parent_records_nothing_but_propagates(
     spans: InMemorySpanExporter,
 ) -> None:
     s = tracing.start("POST", kind="server", parent=_incoming("00"))
