@@ -245,6 +245,8 @@ async def test_curl_style_body_is_read_as_json(client: httpx.AsyncClient) -> Non
         headers={**ADMIN, "content-type": "application/x-www-form-urlencoded"},
     )
     assert r.status_code == 201
+    r = await client.post("/admin/customers", content=b'{"name": "bare"}', headers=ADMIN)  # no type at all
+    assert r.status_code == 201 and r.json()["name"] == "bare"
 
 
 async def test_bad_post_and_void(client: httpx.AsyncClient) -> None:

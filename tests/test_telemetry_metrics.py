@@ -5,11 +5,14 @@ OpenTelemetry GenAI metrics when they are on."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-from prometheus_client import REGISTRY
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
 
 from fake_upstream import FakeUpstream
 from test_inference import ADMIN, Env
@@ -114,6 +117,93 @@ async def test_customer_labels_only_when_opted_in(uenv: Env, up: FakeUpstream) -
     cid = uenv.customer["id"]
     assert _v("tollway_ai_customer_requests_total", customer=cid, model="up") == 1
     assert _v("tollway_ai_customer_cost_micro_usd_total", customer=cid, model="up") > 0
+
+
+_CACHES = st.sampled_from([None, "HIT", "MISS", "BYPASS"])
+_ROWS = st.lists(
+    st.builds(
+        SimpleNamespace,
+        endpoint=st.sampled_from(["chat.completions", "embeddings"]),
+        model=st.sampled_from(["a", "b"]),
+        status=st.sampled_from([200, 400, 502]),
+        cache=_CACHES,
+        input_tokens=st.integers(0, 10**6),
+        output_tokens=st.integers(0, 10**6),
+        cost=st.integers(0, 10**9),
+        latency_ms=st.integers(0, 200_000),  # past the last bound too
+        ttft_ms=st.none() | st.integers(0, 40_000),
+    ),
+    max_size=30,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(_ROWS)
+def test_the_ai_series_expose_what_the_librarys_own_series_would(rows: list[Any]) -> None:
+    """metrics.AiSeries counts in plain numbers; its samples must equal those of
+    prometheus_client's labelled Counters and Histograms fed the same rows."""
+    ours, theirs = CollectorRegistry(), CollectorRegistry()
+    series = metrics.AiSeries()
+    ours.register(series)
+    lab = ["endpoint", "model"]
+    b = metrics._SECONDS_BUCKETS
+    ref = {
+        "req": Counter(
+            "tollway_ai_requests",
+            "AI requests by endpoint, model and status",
+            [*lab, "status"],
+            registry=theirs,
+        ),
+        "in": Counter("tollway_ai_input_tokens", "Input tokens", lab, registry=theirs),
+        "out": Counter("tollway_ai_output_tokens", "Output tokens", lab, registry=theirs),
+        "cost": Counter(
+            "tollway_ai_cost_micro_usd", "Micro-USD charged for AI requests", lab, registry=theirs
+        ),
+        "lat": Histogram(
+            "tollway_ai_request_seconds",
+            "AI request latency, start to end (a stream: to its last chunk)",
+            lab,
+            buckets=b,
+            registry=theirs,
+        ),
+        "ttft": Histogram(
+            "tollway_ai_time_to_first_token_seconds",
+            "Time to the first token",
+            lab,
+            buckets=metrics._TTFT_BUCKETS,
+            registry=theirs,
+        ),
+        "cache": Counter(
+            "tollway_ai_cache", "Response cache lookups by result", [*lab, "result"], registry=theirs
+        ),
+    }
+    for r in rows:
+        series.observe(r.endpoint, r.model, r.status, r)
+        k = (r.endpoint, r.model)
+        ref["req"].labels(*k, str(r.status)).inc()
+        ref["in"].labels(*k).inc(r.input_tokens)
+        ref["out"].labels(*k).inc(r.output_tokens)
+        ref["cost"].labels(*k).inc(r.cost)
+        ref["lat"].labels(*k).observe(r.latency_ms / 1000)
+        if r.ttft_ms is not None and r.cache != "HIT":
+            ref["ttft"].labels(*k).observe(r.ttft_ms / 1000)
+        else:
+            ref["ttft"].labels(*k)
+        ref["cache"].labels(*k, "HIT").inc(r.cache == "HIT")
+        ref["cache"].labels(*k, "MISS").inc(r.cache == "MISS")
+
+    def samples(reg: CollectorRegistry) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        out = {}
+        for fam in reg.collect():
+            for smp in fam.samples:
+                if not smp.name.endswith("_created"):
+                    out[(smp.name, tuple(sorted(smp.labels.items())))] = smp.value
+        return out
+
+    mine, want = samples(ours), samples(theirs)
+    assert mine.keys() == want.keys()
+    for key, v in want.items():
+        assert mine[key] == pytest.approx(v, rel=1e-9, abs=1e-9), key
 
 
 @pytest.fixture

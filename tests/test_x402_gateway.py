@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client import REGISTRY
 
 from conftest import ADMIN, settings_for
 from tollway.api.app import create_app
@@ -296,10 +297,14 @@ async def test_ai_route_priced_at_its_maximum_cost_runs_without_a_key(
             bad = await c.post("/v1/chat/completions", json={**body, "model": "nope"})
             assert bad.status_code == 404 and bad.json()["error"]["code"] == "model_not_found"
             p = await funded(rt, 1_000_000)
+            ok = {"method": "POST", "route": "/v1/chat/completions", "status": "200"}
+            counted = REGISTRY.get_sample_value("tollway_http_requests_total", ok) or 0.0
             paid = await c.post(
                 "/v1/chat/completions", json=body, headers={"payment-signature": header(p.v2(accept))}
             )
             assert paid.status_code == 200, paid.text
+            # Paid, then served by the AI route inside: one request in the metrics.
+            assert REGISTRY.get_sample_value("tollway_http_requests_total", ok) == counted + 1
             assert paid.json()["choices"][0]["message"]["content"] and "payment-response" in paid.headers
             assert await revenue(rt) == int(accept["amount"])
             assert await rt.devnet.balance(p.address) == 1_000_000 - int(accept["amount"])

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import gc
 import logging
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -49,7 +48,7 @@ from tollway.api.requestlog import LogEveryRequest
 from tollway.console.app import mount as mount_console
 from tollway.inference.responses_format import ResponsesRequest
 from tollway.inference.schemas import ChatRequest, EmbeddingsRequest
-from tollway.observe import metrics, tracing
+from tollway.observe import tracing
 from tollway.runtime import Runtime
 from tollway.settings import Settings
 
@@ -60,51 +59,28 @@ _BODY_METHODS = {"POST", "PUT", "PATCH"}
 _FORM = b"application/x-www-form-urlencoded"
 
 
-def _json_by_default(scope: Any) -> Any:
+def _json_by_default(scope: Any) -> None:
     """Every body tollway accepts is JSON: read one sent with no content type, or
-    with curl -d's form type, as JSON rather than refusing it."""
-    headers = [(k, v) for k, v in scope["headers"] if k != b"content-type" or v != _FORM]
-    if any(k == b"content-type" for k, _ in headers):
-        return scope
-    return {**scope, "headers": [*headers, (b"content-type", b"application/json")]}
+    with curl -d's form type, as JSON rather than refusing it (the scope's headers
+    replaced in place: the outer layers see the route an inner one matches)."""
+    for k, v in scope["headers"]:
+        if k == b"content-type" and v != _FORM:
+            return
+    headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
+    scope["headers"] = [*headers, (b"content-type", b"application/json")]
 
 
-class MetricsMiddleware:
-    """Counts and times every request by route template (pure ASGI, no copying)."""
+class JsonBodies:
+    """FastAPI's routes read a body sent without a content type, or with curl -d's
+    form type, as JSON (pure ASGI; the fast routes parse JSON whatever the type)."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
-        self._series: dict[tuple[str, str, int], tuple[Any, Any]] = {}  # labelled children, once each
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        t0 = time.perf_counter()
-        status = [500]
-        if scope["method"] in _BODY_METHODS:
-            scope = _json_by_default(scope)
-
-        async def _send(msg: Any) -> None:
-            if msg["type"] == "http.response.start":
-                status[0] = msg["status"]
-            await send(msg)
-
-        try:
-            await self.app(scope, receive, _send)
-        finally:
-            route = scope.get("route")
-            key = (scope["method"], getattr(route, "path", "unmatched"), status[0])
-            series = self._series.get(key)
-            if series is None:
-                method, path, code = key
-                series = (
-                    metrics.HTTP_REQUESTS.labels(method, path, str(code)),
-                    metrics.HTTP_SECONDS.labels(method, path),
-                )
-                self._series[key] = series
-            series[0].inc()
-            series[1].observe(time.perf_counter() - t0)
+        if scope["type"] == "http" and scope["method"] in _BODY_METHODS:
+            _json_by_default(scope)
+        await self.app(scope, receive, send)
 
 
 async def _demo_ingest(rt: Runtime, startup: dict[str, str]) -> None:
@@ -230,8 +206,8 @@ def create_app(settings: Settings | None = None, *, rt: Runtime | None = None) -
     console = mount_console(app, rt)  # /console, /docs, /redoc
     if rt.settings.agents.demo:
         app.include_router(demo.router, responses=errors.error_responses(404))
+    app.add_middleware(JsonBodies)
     app.add_middleware(LogEveryRequest, log=rt.gateway.log)
-    app.add_middleware(MetricsMiddleware)
     access = telemetry.configure(rt.settings.telemetry)  # traces on if configured
     app.add_middleware(telemetry.TelemetryMiddleware, access_log=access)  # outermost
     # The hot AI routes skip FastAPI's per-request machinery (tollway.api.fastpath).
@@ -239,11 +215,9 @@ def create_app(settings: Settings | None = None, *, rt: Runtime | None = None) -
     app.fast("/v1/embeddings", EmbeddingsRequest, openai_embeddings.embeddings)
     app.fast("/v1/responses", ResponsesRequest, openai_responses.create_response)
     app.wrap_fast(lambda inner: LogEveryRequest(inner, rt.gateway.log))
-    app.wrap_fast(MetricsMiddleware)
     app.wrap_fast(lambda inner: telemetry.TelemetryMiddleware(inner, access))
     # Paid routes (x402) answer before anything else.
     app.paywall = rt.paywall
-    app.wrap_paid(MetricsMiddleware)
     app.wrap_paid(lambda inner: telemetry.TelemetryMiddleware(inner, access))
     rt.paywall.inner = app.unpaid  # origin = "self": AI routes paid over x402
 

@@ -7,7 +7,12 @@
   (W3C), current while the request is served, returned as ``traceparent``;
   the trace id is returned as ``x-trace-id`` (with tracing off, the incoming
   traceparent's, so logs and the request log still correlate);
+- the Prometheus series per route template (``tollway_http_requests_total``,
+  ``tollway_http_request_seconds``): the route an inner layer matched, else
+  ``unmatched``; a request counted once, in the outermost pass;
 - the access log line (``[telemetry] access_log``).
+
+One layer does all of it: it reads the status once and times the request once.
 """
 
 from __future__ import annotations
@@ -36,6 +41,20 @@ class TelemetryMiddleware:
     def __init__(self, app: Any, access_log: bool = False) -> None:
         self.app = app
         self.access_log = access_log
+        self._series: dict[tuple[str, str, int], tuple[Any, Any]] = {}  # labelled children, once each
+
+    def _count(self, scope: Any, status: int, t0: float) -> None:
+        """The request in the per-route series."""
+        key = (scope["method"], getattr(scope.get("route"), "path", "unmatched"), status)
+        series = self._series.get(key)
+        if series is None:
+            method, path, code = key
+            series = self._series[key] = (
+                metrics.HTTP_REQUESTS.labels(method, path, str(code)),
+                metrics.HTTP_SECONDS.labels(method, path),
+            )
+        series[0].inc()
+        series[1].observe(time.perf_counter() - t0)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http" or _SEEN in scope:
@@ -69,6 +88,7 @@ class TelemetryMiddleware:
         try:
             await self.app(scope, receive, _sender(send, status, extra))
         finally:
+            self._count(scope, status[0], t0)
             if self.access_log:
                 _access(scope, status[0], t0)
             if tid_token is not None:
@@ -104,6 +124,7 @@ class TelemetryMiddleware:
             tracing.fail(s, e)
             raise
         finally:
+            self._count(scope, status[0], t0)
             route = getattr(scope.get("route"), "path", None)
             if route is not None:
                 s.set_attributes({"http.route": route, "http.response.status_code": status[0]})

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from bisect import bisect_left
+from collections.abc import Iterator
+from typing import Protocol
 
-from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector as PromCollector
+from prometheus_client.utils import floatToGoString
 
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
@@ -45,29 +50,95 @@ WALLET_FREEZES = Counter(
 # (tollway.gateway.requestlog.RequestLog.record). Bounded labels: the model is
 # labelled only once a registry model served it (a refused or unknown model is
 # "-"), a refusal by its stable error code; customers only when opted in.
-AI_REQUESTS = Counter(
-    "tollway_ai_requests_total", "AI requests by endpoint, model and status", ["endpoint", "model", "status"]
-)
-AI_INPUT_TOKENS = Counter("tollway_ai_input_tokens_total", "Input tokens", ["endpoint", "model"])
-AI_OUTPUT_TOKENS = Counter("tollway_ai_output_tokens_total", "Output tokens", ["endpoint", "model"])
-AI_COST = Counter(
-    "tollway_ai_cost_micro_usd_total", "Micro-USD charged for AI requests", ["endpoint", "model"]
-)
-AI_SECONDS = Histogram(
-    "tollway_ai_request_seconds",
-    "AI request latency, start to end (a stream: to its last chunk)",
-    ["endpoint", "model"],
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
-)
-AI_TTFT_SECONDS = Histogram(
-    "tollway_ai_time_to_first_token_seconds",
-    "Time to the first token",
-    ["endpoint", "model"],
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
-)
-AI_CACHE = Counter(
-    "tollway_ai_cache_total", "Response cache lookups by result", ["endpoint", "model", "result"]
-)
+# Kept as plain numbers and read by a collector at scrape time (AiSeries): the
+# library's labelled children take a lock per increment, ~10 us per request for
+# these seven series, against ~2 us here.
+_SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+_TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+# one (endpoint, model)'s numbers: input, output, cost, hits, misses, then each
+# histogram's sum followed by its per-bucket counts (the last: above every bound)
+_IN, _OUT, _COST, _HIT, _MISS, _LAT = 0, 1, 2, 3, 4, 5
+_TTFT = _LAT + 1 + len(_SECONDS_BUCKETS) + 1
+
+
+class AiSeries(PromCollector):
+    """The AI request series, counted in plain numbers by the event loop and
+    exposed as the counters and histograms they are."""
+
+    def __init__(self) -> None:
+        self.by_model: dict[tuple[str, str], list[float]] = {}
+        self.requests: dict[tuple[str, str, str], int] = {}
+
+    def observe(self, endpoint: str, model: str, status: int, e: AiRequest) -> None:
+        key = (endpoint, model)
+        s = self.by_model.get(key)
+        if s is None:
+            s = self.by_model[key] = [0.0] * (_TTFT + 1 + len(_TTFT_BUCKETS) + 1)
+        skey = (endpoint, model, str(status))
+        self.requests[skey] = self.requests.get(skey, 0) + 1
+        s[_IN] += e.input_tokens
+        s[_OUT] += e.output_tokens
+        s[_COST] += e.cost
+        seconds = e.latency_ms / 1000
+        s[_LAT] += seconds
+        s[_LAT + 1 + bisect_left(_SECONDS_BUCKETS, seconds)] += 1
+        if e.cache == "HIT":
+            s[_HIT] += 1
+        else:
+            if e.cache == "MISS":
+                s[_MISS] += 1
+            if e.ttft_ms is not None:
+                ttft = e.ttft_ms / 1000
+                s[_TTFT] += ttft
+                s[_TTFT + 1 + bisect_left(_TTFT_BUCKETS, ttft)] += 1
+
+    def collect(self) -> Iterator[Metric]:
+        labels = ["endpoint", "model"]
+        req = CounterMetricFamily(
+            "tollway_ai_requests", "AI requests by endpoint, model and status", labels=[*labels, "status"]
+        )
+        for k, n in list(self.requests.items()):
+            req.add_metric(list(k), n)
+        fams = [
+            CounterMetricFamily("tollway_ai_input_tokens", "Input tokens", labels=labels),
+            CounterMetricFamily("tollway_ai_output_tokens", "Output tokens", labels=labels),
+            CounterMetricFamily(
+                "tollway_ai_cost_micro_usd", "Micro-USD charged for AI requests", labels=labels
+            ),
+        ]
+        lat = HistogramMetricFamily(
+            "tollway_ai_request_seconds",
+            "AI request latency, start to end (a stream: to its last chunk)",
+            labels=labels,
+        )
+        ttft = HistogramMetricFamily(
+            "tollway_ai_time_to_first_token_seconds", "Time to the first token", labels=labels
+        )
+        cache = CounterMetricFamily(
+            "tollway_ai_cache", "Response cache lookups by result", labels=[*labels, "result"]
+        )
+        for key, s in list(self.by_model.items()):
+            s = list(s)
+            for fam, i in zip(fams, (_IN, _OUT, _COST), strict=True):
+                fam.add_metric(list(key), s[i])
+            lat.add_metric(list(key), _buckets(_SECONDS_BUCKETS, s[_LAT + 1 : _TTFT]), s[_LAT])
+            ttft.add_metric(list(key), _buckets(_TTFT_BUCKETS, s[_TTFT + 1 :]), s[_TTFT])
+            cache.add_metric([*key, "HIT"], s[_HIT])
+            cache.add_metric([*key, "MISS"], s[_MISS])
+        yield from (req, *fams, lat, ttft, cache)
+
+
+def _buckets(bounds: tuple[float, ...], counts: list[float]) -> list[tuple[str, float]]:
+    """Per-bucket counts as the exposition's cumulative ``le`` buckets."""
+    out, total = [], 0.0
+    for bound, n in zip((*bounds, float("inf")), counts, strict=True):
+        total += n
+        out.append((floatToGoString(bound), total))  # type: ignore[no-untyped-call]
+    return out
+
+
+AI_SERIES = AiSeries()
+REGISTRY.register(AI_SERIES)
 AI_REFUSALS = Counter(
     "tollway_ai_refusals_total",
     "AI requests refused by a rate limit (429) or a budget or quota (402), by error code",
@@ -94,43 +165,10 @@ class AiRequest(Protocol):
     ttft_ms: int | None
 
 
-_ai_series: dict[tuple[str, str], tuple[Any, ...]] = {}
-_ai_status: dict[tuple[str, str, int], Any] = {}
-
-
 def record_ai(e: AiRequest) -> None:
     """Count one AI request (its row in the request log)."""
     model = e.model if e.model and (e.deployment or e.cache == "HIT") else "-"
-    key = (e.endpoint, model)
-    s = _ai_series.get(key)
-    if s is None:
-        s = _ai_series[key] = (
-            AI_INPUT_TOKENS.labels(*key),
-            AI_OUTPUT_TOKENS.labels(*key),
-            AI_COST.labels(*key),
-            AI_SECONDS.labels(*key),
-            AI_TTFT_SECONDS.labels(*key),
-            AI_CACHE.labels(*key, "HIT"),
-            AI_CACHE.labels(*key, "MISS"),
-        )
-    skey = (e.endpoint, model, e.status)
-    c = _ai_status.get(skey)
-    if c is None:
-        c = _ai_status[skey] = AI_REQUESTS.labels(e.endpoint, model, str(e.status))
-    c.inc()
-    if e.input_tokens:
-        s[0].inc(e.input_tokens)
-    if e.output_tokens:
-        s[1].inc(e.output_tokens)
-    if e.cost:
-        s[2].inc(e.cost)
-    s[3].observe(e.latency_ms / 1000)
-    if e.ttft_ms is not None and e.cache != "HIT":
-        s[4].observe(e.ttft_ms / 1000)
-    if e.cache == "HIT":
-        s[5].inc()
-    elif e.cache == "MISS":
-        s[6].inc()
+    AI_SERIES.observe(e.endpoint, model, e.status, e)
     if e.status in (402, 429) and e.error_code:
         AI_REFUSALS.labels(e.endpoint, e.error_code).inc()
     if CUSTOMER_LABEL and e.customer_id:
