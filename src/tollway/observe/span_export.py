@@ -7,11 +7,14 @@ primitives, see ``spans.Record``) are batched as the SDK's
 ``OTEL_BSP_MAX_EXPORT_BATCH_SIZE``, ``OTEL_BSP_MAX_QUEUE_SIZE``; a full queue
 drops, counted and logged) and written with ``marshal`` to a child,
 ``python -m tollway.observe.span_export``, which turns them into
-``ReadableSpan`` and exports them with ``OTLPSpanExporter`` (configured by the
-same ``OTEL_EXPORTER_OTLP_*`` variables, inherited). Encoding a span for OTLP
-costs ~45 µs of Python; in the server's process that time is taken from the
-event loop under the GIL, in the child it runs on another core. The child
-exits when its input closes (the server stopped, or was killed).
+protobuf (``otlp_encode``: ~5x cheaper than the official encoder) and sends
+them through ``OTLPSpanExporter``'s own HTTP client (configured by the same
+``OTEL_EXPORTER_OTLP_*`` variables, inherited: endpoint, headers, compression,
+TLS, retries). Encoding spans is Python work: in the server's process it
+would be taken from the event loop under the GIL, in the child it runs on
+another core. The child exits when its input closes (the server stopped, or
+was killed). ``sdk_encoder=True`` (and an exporter without the client) sends
+``ReadableSpan``s through the exporter's ``export`` instead.
 
 :class:`ProcessorSink` hands each span to an SDK ``SpanProcessor`` as it ends:
 the tests' ``SimpleSpanProcessor`` over an ``InMemorySpanExporter``.
@@ -29,7 +32,7 @@ import subprocess
 import sys
 import threading
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from tollway.observe.spans import Record, readable
@@ -90,7 +93,7 @@ def _env_int(name: str, default: int) -> int:
 class ChildSink:
     """Spans batched here and exported by the official OTLP exporter in a child process."""
 
-    def __init__(self, endpoint: str | None, service_name: str | None) -> None:
+    def __init__(self, endpoint: str | None, service_name: str | None, sdk_encoder: bool = False) -> None:
         self.delay_s = _env_int("OTEL_BSP_SCHEDULE_DELAY", 5000) / 1000
         self.batch = _env_int("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512)
         self.max_queue = max(_env_int("OTEL_BSP_MAX_QUEUE_SIZE", 2048), self.batch)
@@ -100,7 +103,7 @@ class ChildSink:
         self._io = threading.Lock()  # one writer to the child at a time
         self._closing = False
         self._dead = False
-        conf = json.dumps({"endpoint": endpoint, "service_name": service_name})
+        conf = json.dumps({"endpoint": endpoint, "service_name": service_name, "sdk_encoder": sdk_encoder})
         self._child = subprocess.Popen(
             [sys.executable, "-m", "tollway.observe.span_export", conf],
             stdin=subprocess.PIPE,
@@ -193,13 +196,31 @@ def _plain(rec: Sequence[Any]) -> tuple[Any, ...]:
     return (*rec[:9], attrs, rec[10], rec[11], events)
 
 
+def _raw_sender(exporter: Any) -> Callable[[bytes], object] | None:
+    """The official exporter's HTTP client (its endpoint, headers, compression,
+    TLS, retries and backoff), given a request already encoded; None if this
+    version of the exporter has none (then spans go through ``export``)."""
+    client = getattr(exporter, "_client", None)
+    send = getattr(client, "export", None)
+    return send if callable(send) else None
+
+
 def _child_main(conf_json: str) -> None:
     """The exporter process: frames from stdin, exported; a flush answered on stdout."""
+    from opentelemetry.exporter.otlp.proto.common._internal import (
+        _encode_instrumentation_scope,
+        _encode_resource,
+    )
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    from tollway.observe import otlp_encode
 
     conf = json.loads(conf_json)
     res, sc = resource(conf.get("service_name")), scope()
     exporter = OTLPSpanExporter(endpoint=conf.get("endpoint"))  # None: the OTEL_* variables
+    send = None if conf.get("sdk_encoder") else _raw_sender(exporter)
+    res_pb = _encode_resource(res).SerializeToString()
+    scope_pb = _encode_instrumentation_scope(sc).SerializeToString()
     inp, out = sys.stdin.buffer, sys.stdout.buffer
     try:
         while True:
@@ -208,7 +229,9 @@ def _child_main(conf_json: str) -> None:
                 break  # the server is gone
             (n,) = _FRAME.unpack(head)
             kind, body = marshal.loads(inp.read(n))
-            if kind == "s":
+            if kind == "s" and send is not None:
+                send(otlp_encode.request(body, res_pb, scope_pb))
+            elif kind == "s":
                 exporter.export([readable(r, res, sc) for r in body])
             elif kind == "f":
                 out.write(_FLUSHED)
