@@ -3,9 +3,9 @@ protobuf's wire format, written directly.
 
 The official encoder (``opentelemetry-exporter-otlp-proto-common``) builds a
 protobuf message object per span, attribute and value: with the
-``ReadableSpan`` it takes, ~64 µs a span here, the largest part of what
-tracing costs the machine. This writes the same message in ~13 µs
-(``docs/benchmarks.md``, "Telemetry"); the resource and the
+``ReadableSpan`` it takes, ~51 µs a span here, the largest part of what
+tracing costs the machine. This writes the same message in ~12 µs
+(``bench/spans.py``, ``docs/benchmarks.md`` "Telemetry"); the resource and the
 instrumentation scope are encoded once, by the official encoder. A property
 test checks that the official protobuf classes parse what this writes into
 the message the official encoder builds from the same spans.

@@ -1,10 +1,11 @@
 """tollway's spans: the OpenTelemetry API's ``Span``, recorded without the SDK's cost.
 
-The SDK's span costs ~40 µs to start and end on this project's machines
+The SDK's span costs ~32 µs to start and end on this project's machines
 (attribute validation under a lock, the sampler's result objects, a
-``ReadableSpan`` per end) and ~45 µs more to encode for OTLP; a chat request
+``ReadableSpan`` per end) and ~50 µs more to encode for OTLP; a chat request
 makes three or four. Here a span is a plain object that fills a record (a
-tuple of primitives) and hands it to a sink when it ends: ~5 µs. The sinks
+tuple of primitives) and hands it to a sink when it ends: ~6 µs
+(``bench/spans.py``). The sinks
 (``span_export``) turn records into the SDK's ``ReadableSpan`` and give them to
 the SDK's span processors and the official OTLP exporter, in a child process
 for ``tollway serve`` (see ``docs/benchmarks.md``, "Telemetry").
