@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import pytest
@@ -16,6 +18,7 @@ from tollway.api.app import create_app
 from tollway.billing import usage as U
 from tollway.billing.periods import to_us
 from tollway.core.clock import ManualClock
+from tollway.ledger.store import metadata_json
 from tollway.observe import metrics
 from tollway.runtime import Runtime
 
@@ -135,3 +138,18 @@ async def test_usage_over_http_and_bad_input(rt: Runtime) -> None:
         pv = (await http.get("/v1/billing/preview", headers=auth)).json()
         assert pv["plan"] == "free" and pv["lines"] == [] and pv["total"] == 0
         assert [u["feature"] for u in pv["usage"]["by_feature"]] == ["reports"]
+
+
+@pytest.mark.parametrize(
+    "meta",
+    [
+        {"model": "m", "input_tokens": 12, "cached": False, "trace_id": None, "nested": {"a": [1, 2]}},
+        {"big": 2**70},  # past 64 bits: orjson refuses, the json module writes it
+        {"text": "hi \ud800"},  # a lone surrogate: likewise
+        {1: "not a string key"},
+        {"naïve": "café ☕"},
+    ],
+)
+def test_usage_metadata_is_stored_as_json_whatever_it_holds(meta: dict[Any, Any]) -> None:
+    stored = metadata_json(meta)
+    assert json.loads(stored) == {str(k): v for k, v in meta.items()}

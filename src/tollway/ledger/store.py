@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import orjson
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -122,8 +123,18 @@ async def write_batch(tx: RawTx, st: BatchState, w: BatchWrites) -> None:
     if w.usage:
         await tx.executemany(
             tx.insert_sql(U),
-            [(*u[:7], COMPACT_JSON.encode(u[7]), *u[8:]) for u in w.usage],
+            [(*u[:7], metadata_json(u[7]), *u[8:]) for u in w.usage],
         )
+
+
+def metadata_json(m: Any) -> str:
+    """A usage event's metadata as stored: orjson (~10x faster than the json
+    module for these small dicts), or the json module for what orjson refuses
+    (integers past 64 bits, lone surrogates, keys that are not strings)."""
+    try:
+        return orjson.dumps(m).decode()
+    except (TypeError, orjson.JSONEncodeError):
+        return COMPACT_JSON.encode(m)
 
 
 async def select_accounts(conn: AsyncConnection, ids: Iterable[str] | None) -> list[Account]:
