@@ -5,6 +5,7 @@ the typed streaming events, refusals naming the parameter, and the charge."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -247,3 +248,34 @@ async def test_the_sdk_s_stream_helper_builds_the_final_response(uenv: Env) -> N
         text = "".join([ev.delta async for ev in stream if ev.type == "response.output_text.delta"])
         final = await stream.get_final_response()
     assert final.output_text == text == "Hello from the fake upstream!"
+
+
+async def test_expired_responses_are_swept(uenv: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past the retention period a response is gone from the table too: storing a
+    response starts a sweep once an hour per process (on SQLite, on the ledger's writer)."""
+    from sqlalchemy import select, update
+
+    from tollway.core.schema import responses
+    from tollway.inference import response_store
+
+    old = await uenv.sdk.responses.create(model="up", input="Say hello.")
+    kept = await uenv.sdk.responses.create(model="up", input="Say hello.")
+    async with uenv.rt.engine.begin() as conn:  # the first one's 30 days are over
+        past = uenv.rt.clock.now_us() - 1
+        await conn.execute(update(responses).where(responses.c.id == old.id).values(expires_at_us=past))
+    with pytest.raises(openai.NotFoundError):
+        await uenv.sdk.responses.retrieve(old.id)
+
+    monkeypatch.setattr(response_store, "_last_sweep", None)  # an hour has gone by
+    await uenv.sdk.responses.create(model="up", input="Say hello.")
+    for _ in range(100):  # the sweep runs beside the request
+        if not response_store._sweeping:
+            break
+        await asyncio.sleep(0.01)
+    async with uenv.rt.engine.connect() as conn:
+        ids = set((await conn.execute(select(responses.c.id))).scalars())
+    assert old.id not in ids and kept.id in ids
+    # Due again only in an hour: nothing is started meanwhile.
+    await uenv.sdk.responses.create(model="up", input="Say hello.")
+    assert not response_store._sweeping
+    assert await response_store.sweep(uenv.rt.engine, uenv.rt.clock, uenv.rt.ledger) == 0

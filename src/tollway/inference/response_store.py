@@ -1,10 +1,14 @@
 """The Responses API's stored responses: each kept per customer for
 :data:`RETENTION_DAYS` (as OpenAI keeps them), with the conversation's items
 (input then output) for a later request's ``previous_response_id``. Another
-customer's response, or an expired one, is not found."""
+customer's response, or an expired one, is not found; expired ones are
+deleted by :func:`sweep`, which storing a response starts once an hour."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
 from typing import Any
 
 import orjson
@@ -20,6 +24,11 @@ from tollway.ledger.riders import Statement
 
 RETENTION_DAYS = 30
 _DAY_US = 86_400 * 1_000_000
+SWEEP_EVERY_S = 3600.0
+log = logging.getLogger("tollway.inference")
+_last_sweep: float | None = None  # time.monotonic() of the last sweep started in this process
+_sweeping: set[asyncio.Task[int]] = set()  # the running sweep (a reference, so it is not collected)
+_SWEEP: Statement[tuple[int]] = Statement("DELETE FROM responses WHERE expires_at_us <= ?")
 
 
 def _missing(rid: str, param: str | None) -> Exception:
@@ -53,10 +62,43 @@ async def put(
         orjson.dumps(body).decode(),
         orjson.dumps(items).decode(),
     )
+    _sweep_if_due(engine, clock, ledger)
     if ledger is not None and await ledger.write_aside(_INSERT, [row], lazy=True) is not None:
         return
     async with writer(engine).begin() as conn:
         await conn.execute(insert(responses).values(dict(zip(_COLUMNS, row, strict=True))))
+
+
+async def sweep(engine: AsyncEngine, clock: Clock, ledger: Ledger | None = None) -> int:
+    """Delete the expired responses (on SQLite, on the ledger's writer thread:
+    one writer); how many were deleted."""
+    now = clock.now_us()
+    if ledger is not None:
+        n = await ledger.write_aside(_SWEEP, [(now,)], lazy=True)
+        if n is not None:
+            return n
+    async with writer(engine).begin() as conn:
+        r = await conn.execute(delete(responses).where(responses.c.expires_at_us <= now))
+    return int(r.rowcount or 0)
+
+
+def _sweep_if_due(engine: AsyncEngine, clock: Clock, ledger: Ledger | None) -> None:
+    """Start a sweep in the background if this process has not run one for an hour."""
+    global _last_sweep
+    if _last_sweep is not None and time.monotonic() - _last_sweep < SWEEP_EVERY_S:
+        return
+    _last_sweep = time.monotonic()
+    task = asyncio.get_running_loop().create_task(
+        sweep(engine, clock, ledger), name="tollway-responses-sweep"
+    )
+    _sweeping.add(task)
+    task.add_done_callback(_swept)
+
+
+def _swept(task: asyncio.Task[int]) -> None:
+    _sweeping.discard(task)
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("expired responses could not be deleted: %s", task.exception())
 
 
 _COLUMNS = ("id", "customer_id", "created_at_us", "expires_at_us", "body", "items")
