@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import sys
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,9 +25,9 @@ from typing import Any
 
 import httpx
 
-from common import admin_token, machine, serve
-from gateway import MODEL, free_port, gateway_config, setup_customer, spawn, tollway_toml, wrk
-from shapes import HI, script
+from common import admin_token, machine
+from gateway import MODEL, setup_customer
+from shapes import HI, c1_rounds, script, served_with_mock
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "agent_tokens.json"
@@ -50,37 +48,17 @@ def agent_token(url: str, admin: str) -> str:
 
 
 def run(a: argparse.Namespace, tmp: Path) -> dict[str, Any]:
-    mock_port = free_port()
-    upstream = f"http://127.0.0.1:{mock_port}/v1"
-    env = {**os.environ, "NO_PROXY": "127.0.0.1,localhost"}
-    mock = [sys.executable, str(HERE / "mock_upstream.py"), "--port", str(mock_port)]
-    with spawn("mock upstream", mock, f"{upstream}/models", tmp / "mock.log", env, 30):
-        home = tmp / "tollway"
-        home.mkdir()
-        with serve(home, tollway_toml(upstream), edit=gateway_config) as srv:
-            creds = {
-                "api_key": setup_customer(srv.url, admin_token(home)),
-                "agent_token": agent_token(srv.url, admin_token(home)),
-            }
-            scripts = {n: script(tmp / f"{n}.lua", BODY, c) for n, c in creds.items()}
-            url = srv.url + "/v1/chat/completions"
-            for n, c in creds.items():
-                r = httpx.post(url, json=BODY, headers={"Authorization": f"Bearer {c}"}, timeout=30)
-                if r.status_code != 200:
-                    raise RuntimeError(f"{n}: {r.status_code} {r.text}")
-            for n in creds:  # warm-up, not recorded
-                wrk(url, scripts[n], 4, 1, a.warmup)
-            p50: dict[str, list[float]] = {n: [] for n in creds}
-            rps: dict[str, list[float]] = {n: [] for n in creds}
-            for i in range(a.rounds):
-                for n in creds:
-                    res = wrk(url, scripts[n], 1, 1, a.duration)
-                    p50[n].append(res["p50_ms"])
-                    rps[n].append(res["rps"])
-                    print(
-                        f"round {i + 1} {n:<11} p50 {res['p50_ms']:.3f} ms  {res['rps']:.0f} req/s",
-                        flush=True,
-                    )
+    with served_with_mock(tmp) as (srv, home):
+        creds = {
+            "api_key": setup_customer(srv.url, admin_token(home)),
+            "agent_token": agent_token(srv.url, admin_token(home)),
+        }
+        url = srv.url + "/v1/chat/completions"
+        for n, c in creds.items():
+            r = httpx.post(url, json=BODY, headers={"Authorization": f"Bearer {c}"}, timeout=30)
+            if r.status_code != 200:
+                raise RuntimeError(f"{n}: {r.status_code} {r.text}")
+        p50, rps = c1_rounds({n: (url, script(tmp / f"{n}.lua", BODY, c)) for n, c in creds.items()}, a)
     med = {n: round(statistics.median(v), 3) for n, v in p50.items()}
     more = round(med["agent_token"] - med["api_key"], 3)
     return {

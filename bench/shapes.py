@@ -22,11 +22,13 @@ import os
 import statistics
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from common import admin_token, machine, serve
+from common import Server, admin_token, machine, serve
 from gateway import MODEL, free_port, gateway_config, setup_customer, spawn, tollway_toml, wrk
 
 HERE = Path(__file__).resolve().parent
@@ -64,7 +66,9 @@ def script(path: Path, body: dict[str, Any], key: str) -> Path:
     return path
 
 
-def run(a: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+@contextmanager
+def served_with_mock(tmp: Path) -> Iterator[tuple[Server, Path]]:
+    """A `tollway serve` (its home under ``tmp``, rate limits on) in front of the mock upstream."""
     mock_port = free_port()
     upstream = f"http://127.0.0.1:{mock_port}/v1"
     env = {**os.environ, "NO_PROXY": "127.0.0.1,localhost"}
@@ -73,21 +77,34 @@ def run(a: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         home = tmp / "tollway"
         home.mkdir()
         with serve(home, tollway_toml(upstream), edit=gateway_config) as srv:
-            key = setup_customer(srv.url, admin_token(home))
-            scripts = {n: script(tmp / f"{n}.lua", body, key) for n, (_, body) in SHAPES.items()}
-            for n, (path, _) in SHAPES.items():  # warm-up, not recorded
-                wrk(srv.url + path, scripts[n], 4, 1, a.warmup)
-            p50: dict[str, list[float]] = {n: [] for n in SHAPES}
-            rps: dict[str, list[float]] = {n: [] for n in SHAPES}
-            for i in range(a.rounds):
-                for n, (path, _) in SHAPES.items():
-                    res = wrk(srv.url + path, scripts[n], 1, 1, a.duration)
-                    p50[n].append(res["p50_ms"])
-                    rps[n].append(res["rps"])
-                    print(
-                        f"round {i + 1} {n:<11} p50 {res['p50_ms']:.3f} ms  {res['rps']:.0f} req/s",
-                        flush=True,
-                    )
+            yield srv, home
+
+
+def c1_rounds(
+    points: dict[str, tuple[str, Path]], a: argparse.Namespace
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """wrk at concurrency 1 on each (url, script), interleaved, ``a.rounds`` times
+    (after a warm-up): p50 ms and req/s per round."""
+    for url, sc in points.values():  # warm-up, not recorded
+        wrk(url, sc, 4, 1, a.warmup)
+    p50: dict[str, list[float]] = {n: [] for n in points}
+    rps: dict[str, list[float]] = {n: [] for n in points}
+    for i in range(a.rounds):
+        for n, (url, sc) in points.items():
+            res = wrk(url, sc, 1, 1, a.duration)
+            p50[n].append(res["p50_ms"])
+            rps[n].append(res["rps"])
+            print(f"round {i + 1} {n:<11} p50 {res['p50_ms']:.3f} ms  {res['rps']:.0f} req/s", flush=True)
+    return p50, rps
+
+
+def run(a: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    with served_with_mock(tmp) as (srv, home):
+        key = setup_customer(srv.url, admin_token(home))
+        points = {
+            n: (srv.url + path, script(tmp / f"{n}.lua", body, key)) for n, (path, body) in SHAPES.items()
+        }
+        p50, rps = c1_rounds(points, a)
     med = {n: round(statistics.median(v), 3) for n, v in p50.items()}
     more = {n: round(med[n] - med["chat"], 3) for n in SHAPES if n != "chat"}
     return {

@@ -1,7 +1,9 @@
 """The frameworks agents are built on, unchanged, by base URL against a real
-``tollway serve`` (in a thread): pydantic-ai with ``OpenAIChatModel``, the
-OpenAI Agents SDK with its chat-completions model, and langchain-openai's
-``bind_tools`` (``invoke`` and ``astream``) and ``with_structured_output``.
+``tollway serve`` (in a thread), over chat completions and over the Responses
+API: pydantic-ai with ``OpenAIChatModel`` and ``OpenAIResponsesModel``, the
+OpenAI Agents SDK with its chat-completions model and its default Responses
+model (run and streamed), and langchain-openai's ``bind_tools`` (``invoke``
+and ``astream``) and ``with_structured_output``.
 
 The model behind tollway is an OpenAI-compatible stand-in that answers tool
 calls deterministically (``get_weather`` with ``{"city": "Paris"}``, then a
@@ -19,6 +21,7 @@ import httpx
 import pytest
 from pydantic import BaseModel
 
+import fake_upstream
 from conftest import ADMIN, settings_for
 from fake_upstream import WORDS, FakeUpstream, model
 from threaded import ThreadServer, free_port
@@ -56,13 +59,25 @@ def served(db_url: str, tmp_path: Path) -> Iterator[Served]:
             yield Served(url, key, c["account_id"])
 
 
-def test_pydantic_ai_agent_with_a_tool(served: Served) -> None:
+@pytest.fixture(params=["chat", "responses"])
+def api(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Which of tollway's APIs the framework's model speaks: chat completions or
+    Responses. Over Responses the stand-in's text answers end with "stop": one
+    ended by its length is an incomplete response, which the Agents SDK takes
+    as a failure. (Ask for it before ``served``: the stand-in reads it as it starts.)"""
+    if request.param == "responses":
+        monkeypatch.setattr(fake_upstream, "FINISH", "stop")
+    return str(request.param)
+
+
+def test_pydantic_ai_agent_with_a_tool(api: str, served: Served) -> None:
     from pydantic_ai import Agent
-    from pydantic_ai.models.openai import OpenAIChatModel
+    from pydantic_ai.models.openai import OpenAIChatModel, OpenAIResponsesModel
     from pydantic_ai.providers.openai import OpenAIProvider
 
     provider = OpenAIProvider(base_url=served.url + "/v1", api_key=served.key)
-    agent = Agent(OpenAIChatModel("up", provider=provider))
+    kind = OpenAIChatModel if api == "chat" else OpenAIResponsesModel
+    agent = Agent(kind("up", provider=provider))
     cities: list[str] = []
 
     @agent.tool_plain
@@ -76,10 +91,19 @@ def test_pydantic_ai_agent_with_a_tool(served: Served) -> None:
     assert served.spent() > 0
 
 
-async def test_openai_agents_sdk_with_its_chat_completions_model(served: Served) -> None:
+@pytest.mark.parametrize("streamed", [False, True])
+async def test_openai_agents_sdk(api: str, served: Served, streamed: bool) -> None:
+    """With its chat-completions model, or its default Responses model; run, or streamed."""
     from openai import AsyncOpenAI
 
-    from agents import Agent, OpenAIChatCompletionsModel, Runner, function_tool, set_tracing_disabled
+    from agents import (
+        Agent,
+        OpenAIChatCompletionsModel,
+        OpenAIResponsesModel,
+        Runner,
+        function_tool,
+        set_tracing_disabled,
+    )
 
     set_tracing_disabled(True)  # no traces sent to OpenAI
     cities: list[str] = []
@@ -91,14 +115,21 @@ async def test_openai_agents_sdk_with_its_chat_completions_model(served: Served)
         return "sunny"
 
     client = AsyncOpenAI(base_url=served.url + "/v1", api_key=served.key)
+    kind = OpenAIChatCompletionsModel if api == "chat" else OpenAIResponsesModel
     agent = Agent(
         name="weather",
         instructions="Answer with the tool.",
-        model=OpenAIChatCompletionsModel(model="up", openai_client=client),
+        model=kind(model="up", openai_client=client),
         tools=[get_weather],
     )
-    result = await Runner.run(agent, ASK)
-    assert cities == ["Paris"] and result.final_output == ANSWER
+    if streamed:
+        run = Runner.run_streamed(agent, ASK)
+        async for _ in run.stream_events():
+            pass
+        final = run.final_output
+    else:
+        final = (await Runner.run(agent, ASK)).final_output
+    assert cities == ["Paris"] and final == ANSWER
     assert served.spent() > 0
 
 
