@@ -9,6 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from fake_upstream import FakeUpstream
@@ -21,6 +22,7 @@ from upstream_env import uenv, up  # noqa: F401  (fixtures)
 class Collector:
     def __init__(self) -> None:
         self.requests: list[ExportTraceServiceRequest] = []
+        self.metrics: list[ExportMetricsServiceRequest] = []
         self.content_types: list[str] = []
         got = self
 
@@ -32,6 +34,10 @@ class Collector:
                     msg.ParseFromString(body)
                     got.requests.append(msg)
                     got.content_types.append(self.headers["Content-Type"])
+                elif self.path == "/v1/metrics":
+                    m = ExportMetricsServiceRequest()
+                    m.ParseFromString(body)
+                    got.metrics.append(m)
                 self.send_response(200)
                 self.send_header("Content-Type", "application/x-protobuf")
                 self.send_header("Content-Length", "0")
@@ -116,3 +122,33 @@ def test_sampler_ratio_zero_records_nothing_new(collector: Collector) -> None:
         assert s is not None and not s.is_recording()
     tracing.force_flush()
     assert collector.spans() == []
+
+
+async def test_genai_metrics_reach_a_collector_over_otlp_http(
+    uenv: Env,  # noqa: F811
+    up: FakeUpstream,  # noqa: F811
+    collector: Collector,
+) -> None:
+    """[telemetry] otlp_metrics: the GenAI client metrics go to the collector's /v1/metrics."""
+    cfg = TelemetryConfig(otlp_endpoint=collector.url, otlp_metrics=True)
+    tracing.configure(cfg, {})
+    r = await uenv.http.post(
+        "/v1/chat/completions",
+        json={"model": "up", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4},
+        headers=uenv.auth,
+    )
+    assert r.status_code == 200
+    tracing.force_flush()
+    points: dict[tuple[str, str], float] = {}
+    for req in collector.metrics:
+        for rm in req.resource_metrics:
+            for sm in rm.scope_metrics:
+                for m in sm.metrics:
+                    for dp in m.histogram.data_points:
+                        attrs = {a.key: a.value.string_value for a in dp.attributes}
+                        if attrs.get("gen_ai.request.model") == "up":
+                            points[(m.name, attrs.get("gen_ai.token.type", ""))] = dp.sum
+    usage = r.json()["usage"]
+    assert points[("gen_ai.client.token.usage", "input")] == usage["prompt_tokens"]
+    assert points[("gen_ai.client.token.usage", "output")] == usage["completion_tokens"]
+    assert points[("gen_ai.client.operation.duration", "")] > 0
