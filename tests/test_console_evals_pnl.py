@@ -291,3 +291,26 @@ async def test_racing_approve_and_deny_decide_once(http: httpx.AsyncClient, seed
         if e["event"] in ("budget_approved", "budget_denied")
     ]
     assert got["status"] in ("approved", "denied") and len(decided) == 1
+
+
+async def test_approve_with_the_operators_edited_caps(http: httpx.AsyncClient, seeded: Scenario) -> None:
+    """The amount and the most a payment may take, as the operator entered them; the
+    rest as asked. A bad amount is a 400 that decides nothing."""
+    rt = _rt(http)
+    csrf = await sign_in(http, ADMIN_TOKEN)
+    url = f"/console/wallets/budget-requests/{seeded.budget_request}/approve"
+    bad = await http.post(url, data={"csrf": csrf, "amount": "-$3"}, headers={"origin": ORIGIN})
+    assert bad.status_code == 400 and bad.json()["error"]["param"].startswith("caps")
+    assert (await rt.budget_requests.get(seeded.budget_request))["status"] == "pending"
+    edited = {"csrf": csrf, "amount": "$5", "max_per_payment": " $1 "}
+    r = await http.post(url, data=edited, headers={"origin": ORIGIN})
+    assert r.status_code == 303
+    got = await rt.budget_requests.get(seeded.budget_request)
+    assert got["status"] == "approved"
+    approved, asked = got["approved_caps"], got["caps"]
+    assert approved["amount"] == 5_000_000 and approved["max_per_payment"] == 1_000_000
+    assert {k: v for k, v in approved.items() if k not in ("amount", "max_per_payment")} == {
+        k: v for k, v in asked.items() if k not in ("amount", "max_per_payment")
+    }
+    audit = (await http.get("/console/wallets")).text
+    assert "budget_approved" in audit

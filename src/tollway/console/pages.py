@@ -233,12 +233,17 @@ async def decide(auth_id: str, decision: str, request: Request, v: Viewer = Depe
 async def decide_budget(
     request_id: str, decision: str, request: Request, v: Viewer = Depends(operator)
 ) -> Response:
-    """Approve with the caps the agent asked (the token is issued at the agent's
-    next read, its secret shown only there), or deny with the form's reason."""
+    """Approve with the caps the agent asked, or with the amount and the most a
+    payment may take as the operator edited them (the token is issued at the
+    agent's next read, its secret shown only there); or deny with the form's reason."""
     fields = await form(request, v)
     requests = console(request).rt.budget_requests
     if decision == "approve":
-        await requests.approve(request_id, None, ACTOR)
+        edits = {k: fields[k].strip() for k in ("amount", "max_per_payment") if fields.get(k, "").strip()}
+        caps = None
+        if edits:  # the caps asked, with the operator's edits (checked as the API checks them)
+            caps = {**(await requests.get(request_id))["caps"], **edits}
+        await requests.approve(request_id, caps, ACTOR)
     elif decision == "deny":
         await requests.deny(request_id, fields.get("reason", "").strip() or DENIED, ACTOR)
     else:
