@@ -100,3 +100,22 @@ def test_without_the_x402_sdk_it_says_what_to_install(monkeypatch: pytest.Monkey
     code, out = run("--customers", "1")
     assert code == 1 and out["ok"] is False
     assert "pip install 'tollway[demo]'" in out["error"]
+
+
+def test_unsafe_no_sandbox_runs_the_loop_without_bubblewrap(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Where bubblewrap cannot run, --unsafe-no-sandbox deploys the app unsandboxed
+    (as tollway's user), says so, and the loop still closes and sums."""
+
+    def refuse(self: Sandbox, uid: int) -> None:
+        raise AssertionError("the sandbox is not used with --unsafe-no-sandbox")
+
+    monkeypatch.setattr(Sandbox, "check", refuse)
+    # A home whose path is too long for the AI binding's socket address (108 bytes)
+    # unless the worker's run directory is linked from a short path.
+    home = tmp_path / ("deep-" * 8) / "home"
+    code, out = run("--customers", "2", "--home", str(home), "--unsafe-no-sandbox")
+    assert code == 0, out.get("error")
+    check(out, 2)
+    assert "UNSAFE: [provision] unsafe_no_sandbox = true" in caplog.text

@@ -17,6 +17,7 @@ import signal
 import socket
 import struct
 import subprocess
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -190,9 +191,20 @@ class Pool:
         return Worker(proc.pid, port, time.monotonic(), name, uid, home, logfile, proc, seen, cg)
 
     def inside_run(self, w: Worker) -> str:
-        """Where the app sees ``w``'s run directory (its own path without a sandbox)."""
+        """Where the app sees ``w``'s run directory: ``/run/tollway`` in its sandbox;
+        without one, its own path, or, where that is too long for a Unix socket's
+        address (108 bytes, the AI binding's socket is in it), a short link to it
+        in the temp directory (removed with the worker)."""
         assert w.dir is not None
-        return RUN if self.sandbox is not None else str(w.dir / "run")
+        if self.sandbox is not None:
+            return RUN
+        run = w.dir / "run"
+        if len(os.fsencode(run)) <= _SHORT_RUN:
+            return str(run)
+        link = _short_link(w.dir)
+        if not link.is_symlink():
+            link.symlink_to(run, target_is_directory=True)
+        return str(link)
 
     def take(self) -> Worker:
         """A warm worker (started now if none is waiting); :class:`SandboxUnavailable` if none can be."""
@@ -295,6 +307,14 @@ def kill_sandbox(pid: int) -> None:
         os.kill(pid, signal.SIGKILL)
 
 
+_SHORT_RUN = 80  # a run directory path at most this long leaves room for a socket's name
+
+
+def _short_link(home: Path) -> Path:
+    """Where an unsandboxed worker's run directory is linked when its path is long."""
+    return Path(tempfile.gettempdir()) / f"tollway-{home.name}"
+
+
 def stop(w: Worker) -> None:
     """Kill the worker's sandbox, and every process in its cgroups."""
     w.close_channel()
@@ -314,6 +334,8 @@ def stop(w: Worker) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(w.pid, signal.SIGKILL)
     if w.dir is not None:
+        with contextlib.suppress(OSError):
+            _short_link(w.dir).unlink()
         shutil.rmtree(w.dir, ignore_errors=True)
 
 
