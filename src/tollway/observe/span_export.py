@@ -7,7 +7,7 @@ primitives, see ``spans.Record``) are batched as the SDK's
 ``OTEL_BSP_MAX_EXPORT_BATCH_SIZE``, ``OTEL_BSP_MAX_QUEUE_SIZE``; a full queue
 drops, counted and logged) and written with ``marshal`` to a child,
 ``python -m tollway.observe.span_export``, which turns them into
-protobuf (``otlp_encode``: ~5x cheaper than the official encoder) and sends
+protobuf (``otlp_encode``: ~4x cheaper than the official encoder) and sends
 them through ``OTLPSpanExporter``'s own HTTP client (configured by the same
 ``OTEL_EXPORTER_OTLP_*`` variables, inherited: endpoint, headers, compression,
 TLS, retries). Encoding spans is Python work: in the server's process it
