@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import socket
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -347,3 +348,36 @@ def test_a_runtime_below_tmp_stays_visible_under_the_scratch_tmpfs(monkeypatch: 
     assert binds and all(i > tmpfs for i in binds)
     dirs = [args[i + 1] for i, a in enumerate(args) if a == "--dir"]
     assert "/tmp" not in dirs  # the scratch keeps its 1777
+
+
+def test_an_unsandboxed_run_dir_too_long_for_a_socket_gets_a_short_link_and_only_its_own(
+    tmp_path: Path,
+) -> None:
+    """Without a sandbox the app sees its run directory's own path, linked from the temp
+    directory when too long for a Unix socket address; a file someone else put under
+    that name is neither used nor removed."""
+    from types import SimpleNamespace
+
+    from tollway.provision import workers
+
+    pool = SimpleNamespace(sandbox=None)
+    short = tmp_path / "w1"
+    (short / "run").mkdir(parents=True)
+    assert workers.Pool.inside_run(pool, SimpleNamespace(dir=short)) == str(short / "run")  # type: ignore[arg-type]
+    home = tmp_path / ("deep-" * 20) / f"w0-{uuid.uuid4().hex[:8]}"
+    (home / "run").mkdir(parents=True)
+    seen = workers.Pool.inside_run(pool, SimpleNamespace(dir=home))  # type: ignore[arg-type]
+    assert len(seen) < 80 and Path(seen).resolve() == (home / "run").resolve()
+    assert workers.Pool.inside_run(pool, SimpleNamespace(dir=home)) == seen  # asked again: the same link
+    workers.unlink_short(home)
+    assert not os.path.lexists(seen)
+    # Another's name in the temp directory: the long path, and it stays.
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    os.symlink(other, seen)
+    try:
+        assert workers.Pool.inside_run(pool, SimpleNamespace(dir=home)) == str(home / "run")  # type: ignore[arg-type]
+        workers.unlink_short(home)
+        assert os.readlink(seen) == str(other)
+    finally:
+        os.unlink(seen)

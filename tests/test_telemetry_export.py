@@ -113,12 +113,20 @@ def test_the_ratio_sampler_decides_at_the_root() -> None:
 # (test_telemetry_otlp's collector: an OTLP/HTTP receiver the test runs)
 
 
+@pytest.mark.parametrize("sdk_encoder", [False, True])
 def test_batches_reach_the_collector_through_the_child(
     collector: Collector,  # noqa: F811
     monkeypatch: pytest.MonkeyPatch,
+    sdk_encoder: bool,
 ) -> None:
+    """The child's own OTLP encoding, and (sdk_encoder: what an exporter without the
+    HTTP client the child uses gets) ReadableSpans through the exporter's export."""
     monkeypatch.setenv("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "64")
-    assert tracing.configure(TelemetryConfig(otlp_endpoint=collector.url, service_name="svc-x"), {})
+    if sdk_encoder:
+        sink = span_export.ChildSink(f"{collector.url}/v1/traces", "svc-x", sdk_encoder=True)
+        tracing._turn_on(sink, sampling.ParentBased(sampling.ALWAYS_ON))
+    else:
+        assert tracing.configure(TelemetryConfig(otlp_endpoint=collector.url, service_name="svc-x"), {})
     sink = tracing._sink
     assert isinstance(sink, span_export.ChildSink) and sink.batch == 64
     for i in range(300):

@@ -71,6 +71,18 @@ def _value(v: Any) -> Any:
     return getattr(v, kind)
 
 
+async def _chat_flushed(env: Env) -> Any:
+    """One chat completion (a 200), and what telemetry recorded of it flushed."""
+    r = await env.http.post(
+        "/v1/chat/completions",
+        json={"model": "up", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4},
+        headers=env.auth,
+    )
+    assert r.status_code == 200
+    tracing.force_flush()
+    return r
+
+
 @pytest.fixture
 def collector() -> Iterator[Collector]:
     c = Collector()
@@ -97,13 +109,7 @@ async def test_spans_reach_a_collector_over_otlp_http(
         for k, v in env.items():
             mp.setenv(k, v)
         assert tracing.configure(TelemetryConfig(), env)
-    r = await uenv.http.post(
-        "/v1/chat/completions",
-        json={"model": "up", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4},
-        headers=uenv.auth,
-    )
-    assert r.status_code == 200
-    tracing.force_flush()
+    r = await _chat_flushed(uenv)
     assert collector.content_types and all(ct == "application/x-protobuf" for ct in collector.content_types)
     spans = collector.spans()
     assert {service for service, _, _ in spans} == {"tollway-e2e"}
@@ -132,13 +138,7 @@ async def test_genai_metrics_reach_a_collector_over_otlp_http(
     """[telemetry] otlp_metrics: the GenAI client metrics go to the collector's /v1/metrics."""
     cfg = TelemetryConfig(otlp_endpoint=collector.url, otlp_metrics=True)
     tracing.configure(cfg, {})
-    r = await uenv.http.post(
-        "/v1/chat/completions",
-        json={"model": "up", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4},
-        headers=uenv.auth,
-    )
-    assert r.status_code == 200
-    tracing.force_flush()
+    r = await _chat_flushed(uenv)
     points: dict[tuple[str, str], float] = {}
     for req in collector.metrics:
         for rm in req.resource_metrics:

@@ -148,7 +148,7 @@ class ChildSink:
         try:
             stdin.write(_FRAME.pack(len(data)) + data)
             stdin.flush()
-        except (BrokenPipeError, OSError, ValueError) as e:
+        except (OSError, ValueError) as e:  # a broken pipe; a closed file
             self._dead = True
             log.error("the span exporter process is gone (%s): spans are dropped from now on", e)
 

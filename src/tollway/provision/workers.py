@@ -202,8 +202,12 @@ class Pool:
         if len(os.fsencode(run)) <= _SHORT_RUN:
             return str(run)
         link = _short_link(w.dir)
-        if not link.is_symlink():
+        try:
             link.symlink_to(run, target_is_directory=True)
+        except FileExistsError:
+            if not _ours(link, run):  # someone else's name in the temp directory: not used
+                log.warning("%s is not tollway's: the worker's AI socket keeps its long path", link)
+                return str(run)
         return str(link)
 
     def take(self) -> Worker:
@@ -315,6 +319,22 @@ def _short_link(home: Path) -> Path:
     return Path(tempfile.gettempdir()) / f"tollway-{home.name}"
 
 
+def _ours(link: Path, run: Path) -> bool:
+    """Whether ``link`` is the symlink to ``run`` (not a file or link someone else put there)."""
+    try:
+        return os.readlink(link) == str(run)
+    except OSError:
+        return False
+
+
+def unlink_short(home: Path) -> None:
+    """Remove the worker's short link, if it made one (never another's file of that name)."""
+    link = _short_link(home)
+    if _ours(link, home / "run"):
+        with contextlib.suppress(OSError):
+            link.unlink()
+
+
 def stop(w: Worker) -> None:
     """Kill the worker's sandbox, and every process in its cgroups."""
     w.close_channel()
@@ -334,8 +354,7 @@ def stop(w: Worker) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(w.pid, signal.SIGKILL)
     if w.dir is not None:
-        with contextlib.suppress(OSError):
-            _short_link(w.dir).unlink()
+        unlink_short(w.dir)
         shutil.rmtree(w.dir, ignore_errors=True)
 
 
