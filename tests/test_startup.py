@@ -62,3 +62,38 @@ def test_start_up_imports_no_library_only_some_requests_need(tmp_path: Path) -> 
         assert out.returncode == 0, out.stderr[-3000:]
     loaded = set(json.loads(out.stdout.strip().splitlines()[-1]))
     assert not loaded & set(LAZY), sorted(loaded & set(LAZY))
+
+
+GC_PROBE = """
+import asyncio, gc, sys
+from tollway.cli import run
+url = sys.argv[1]
+sys.argv = ["tollway", "--version"]  # a command other than serve
+try:
+    run()
+except SystemExit:
+    pass
+cli = gc.isenabled()
+from tollway.api.app import create_app
+from tollway.settings import Settings
+async def main():
+    gc.disable()  # as `tollway serve` starts (tollway.cli.run)
+    application = create_app(Settings(database={"url": url}))
+    async with application.router.lifespan_context(application):
+        return gc.isenabled()
+print(cli, asyncio.run(main()))
+"""
+
+
+def test_the_collector_is_off_only_while_the_command_loads(tmp_path: Path) -> None:
+    """`tollway` loads with the cyclic collector off; a command other than serve
+    runs with it on, and serve turns it on once start-up is frozen."""
+    out = subprocess.run(
+        [sys.executable, "-c", GC_PROBE, f"sqlite:///{tmp_path / 'tollway.db'}"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split()[-2:] == ["True", "True"]

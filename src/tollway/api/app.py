@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import gc
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
 from fastapi import FastAPI
@@ -46,6 +46,7 @@ from tollway.api.fastpath import TollwayApp
 from tollway.api.quote import quote as ai_quote
 from tollway.api.requestlog import LogEveryRequest
 from tollway.console.app import mount as mount_console
+from tollway.core import lazyroute
 from tollway.inference.responses_format import ResponsesRequest
 from tollway.inference.schemas import ChatRequest, EmbeddingsRequest
 from tollway.observe import tracing
@@ -83,6 +84,15 @@ class JsonBodies:
         await self.app(scope, receive, send)
 
 
+async def _after(delay: float, work: Coroutine[Any, Any, Any]) -> None:
+    try:
+        await asyncio.sleep(delay)
+    except BaseException:
+        work.close()  # cancelled before it started
+        raise
+    await work
+
+
 async def _demo_ingest(rt: Runtime, startup: dict[str, str]) -> None:
     """The demo agent's knowledge base (it loads the embeddings model): after start-up."""
     startup["demo_ingest"] = "running"
@@ -104,28 +114,39 @@ def create_app(settings: Settings | None = None, *, rt: Runtime | None = None) -
             before, after = await rt.migrate()
             if before != after:
                 log.info("database migrated %s -> %s", before, after)
-        sweeper = asyncio.create_task(rt.ledger.run_expiry(rt.settings.ledger.expiry_interval_seconds))
-        recovery = [asyncio.create_task(rt.recovery.run())] if rt.settings.ledger.progress_seconds else []
+        delay = rt.settings.server.background_delay_seconds
+
+        def later(work: Coroutine[Any, Any, Any]) -> asyncio.Task[None]:
+            """Background work, started ``[server] background_delay_seconds`` after
+            start-up: the first requests do not queue behind its first passes."""
+            return asyncio.create_task(_after(delay, work))
+
+        sweeper = later(rt.ledger.run_expiry(rt.settings.ledger.expiry_interval_seconds))
+        recovery = [later(rt.recovery.run())] if rt.settings.ledger.progress_seconds else []
         await rt.paywall.refresh()
-        rules = asyncio.create_task(rt.paywall.watch())
-        billing_tick = asyncio.create_task(rt.billing.run(rt.settings.billing.tick_seconds))
-        wallet_sweep = asyncio.create_task(rt.authorizer.run(rt.settings.wallets.sweep_seconds))
-        autopilot = asyncio.create_task(rt.authorizer.autopilot.run(rt.settings.wallets.autopilot_seconds))
+        rules = later(rt.paywall.watch())
+        billing_tick = later(rt.billing.run(rt.settings.billing.tick_seconds))
+        wallet_sweep = later(rt.authorizer.run(rt.settings.wallets.sweep_seconds))
+        autopilot = later(rt.authorizer.autopilot.run(rt.settings.wallets.autopilot_seconds))
         await rt.provision.start()  # the deployments' edge, idle workers, the reaper
-        schedules = asyncio.create_task(rt.scheduler.run(rt.settings.schedules.tick_seconds))
-        agents_purge = asyncio.create_task(rt.agents.run_purge(rt.settings.agents.purge_seconds))
+        schedules = later(rt.scheduler.run(rt.settings.schedules.tick_seconds))
+        agents_purge = later(rt.agents.run_purge(rt.settings.agents.purge_seconds))
         alerting = [
-            asyncio.create_task(rt.alert_checks.run(rt.settings.alerts.check_seconds)),
-            asyncio.create_task(rt.alert_delivery.run(rt.settings.alerts.fan_out_seconds)),
-            asyncio.create_task(rt.evals.examples.run(rt.settings.evals.harvest_seconds)),
+            later(rt.alert_checks.run(rt.settings.alerts.check_seconds)),
+            later(rt.alert_delivery.run(rt.settings.alerts.fan_out_seconds)),
+            later(rt.evals.examples.run(rt.settings.evals.harvest_seconds)),
         ]
         await rt.evals_weekly.ensure()
         # Work that loads models runs after start-up, reported by /healthz (ready at once).
-        background = (
-            [asyncio.create_task(_demo_ingest(rt, app.state.startup))] if rt.settings.agents.demo else []
-        )
+        background = []
+        if rt.settings.agents.demo:
+            app.state.startup["demo_ingest"] = "waiting"
+            background.append(later(_demo_ingest(rt, app.state.startup)))
+        # The routes FastAPI has not built yet (tollway.core.lazyroute), between requests.
+        app.state.startup["routes"] = "waiting"
+        background.append(later(lazyroute.warm(app, app.state.startup)))
         if console is not None:  # the console's rollups (tollway.console.rollups)
-            background.append(asyncio.create_task(console.run()))
+            background.append(later(console.run()))
         if rt.stripe is not None:  # usage to Stripe's meter (stopped by rt.close)
             rt.stripe.pusher().start()
         # What start-up made (modules, config, models' Python objects) lives as
@@ -133,6 +154,7 @@ def create_app(settings: Settings | None = None, *, rt: Runtime | None = None) -
         # (No gc.collect() first: a full pass costs ~150 ms of start-up to free
         # a little start-up garbage, which the freeze then keeps.)
         gc.freeze()
+        gc.enable()  # `tollway serve` starts with it off (tollway.cli.run)
         try:
             yield
         finally:

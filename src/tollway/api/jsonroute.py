@@ -12,11 +12,11 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from fastapi import Request, Response
-from fastapi.routing import APIRoute
 
 from tollway.api.errors import field_code
 from tollway.core import jsonparse
 from tollway.core.errors import TollwayError
+from tollway.core.lazyroute import LazyRoute
 
 _UNSET: Any = object()
 
@@ -38,7 +38,7 @@ def is_json(content_type: str | None) -> bool:
     return kind == "application/json" or (kind.startswith("application/") and kind.endswith("+json"))
 
 
-class JsonRoute(APIRoute):
+class JsonRoute(LazyRoute):  # built on first use, like every tollway route
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
         if self.body_field is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import secrets
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -42,16 +43,22 @@ class State:
 state = State()
 
 
-@app.callback()
+@app.callback(invoke_without_command=True)  # `tollway --version` alone
 def main(
+    ctx: typer.Context,
     config: str | None = typer.Option(
         None, "--config", "-c", envvar="TOLLWAY_CONFIG", help="Path to tollway.toml."
     ),
     version: bool = typer.Option(False, "--version", help="Print the version and exit."),
 ) -> None:
+    if ctx.invoked_subcommand != "serve":  # serve: after start-up (tollway.cli.run)
+        gc.enable()
     if version:
         out.print(__version__)
         raise typer.Exit()
+    if ctx.invoked_subcommand is None:
+        err.print("[red]error[/] missing command; try `tollway --help`")
+        raise typer.Exit(2)
     state.config = config
 
 

@@ -14,9 +14,10 @@ from tollway.console.guard import console, hidden, viewer
 from tollway.console.overview import RANGES, overview
 from tollway.console.render import NO_STORE, page
 from tollway.console.sessions import Viewer
+from tollway.core.lazyroute import LazyRoute
 from tollway.runtime import Runtime
 
-router = APIRouter(prefix="/console", include_in_schema=False)
+router = APIRouter(route_class=LazyRoute, prefix="/console", include_in_schema=False)
 _RANGE = "^(" + "|".join(RANGES) + ")$"
 
 

@@ -18,10 +18,11 @@ from tollway.console.guard import console, form, hidden, operator, own, viewer
 from tollway.console.overview import RANGES, overview, window
 from tollway.console.render import NO_STORE, page
 from tollway.console.sessions import Viewer
+from tollway.core.lazyroute import LazyRoute
 from tollway.core.schema import request_log as L
 from tollway.x402 import payments as x402_payments
 
-router = APIRouter(prefix="/console", include_in_schema=False)
+router = APIRouter(route_class=LazyRoute, prefix="/console", include_in_schema=False)
 
 _ID = r"^[A-Za-z0-9_.:-]{1,128}$"
 _RANGE = "^(" + "|".join(RANGES) + ")$"

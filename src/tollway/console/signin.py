@@ -12,10 +12,11 @@ from tollway.console.guard import COOKIE, SignInRequired, console, form, viewer
 from tollway.console.render import NO_STORE, templates
 from tollway.console.sessions import CUSTOMER, OPERATOR
 from tollway.core.errors import ErrorType, TollwayError, unauthenticated
+from tollway.core.lazyroute import LazyRoute
 from tollway.core.ratelimit import Tally
 from tollway.core.responses import error_response
 
-router = APIRouter(prefix="/console", include_in_schema=False)
+router = APIRouter(route_class=LazyRoute, prefix="/console", include_in_schema=False)
 
 
 def _next(path: str | None, operator: bool) -> str:

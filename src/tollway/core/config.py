@@ -33,6 +33,8 @@ class ServerConfig(Section):
     host: str = "127.0.0.1"
     port: int = Field(8787, ge=1, le=65535)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # Background work starts this long after start-up (tollway.api.app's lifespan).
+    background_delay_seconds: float = Field(1.0, ge=0, le=3600)
 
 
 class DatabaseConfig(Section):
