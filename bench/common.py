@@ -73,9 +73,21 @@ class Server:
         return f"http://127.0.0.1:{self.port}"
 
 
-def cli() -> list[str]:
+# An earlier revision's sources (``src``) run through the console script it was
+# installed with: tollway.cli.run where it has one, tollway.cli.main:app before.
+_SCRIPT = (
+    "import sys, tollway.cli as c\n"
+    "sys.argv[0] = 'tollway'\n"
+    "if hasattr(c, 'run'):\n    c.run()\n"
+    "else:\n    from tollway.cli.main import app\n    app()\n"
+)
+
+
+def cli(src: Path | None = None) -> list[str]:
     exe = Path(sys.executable).with_name("tollway")
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "tollway.cli.main"]
+    if src is None and exe.exists():
+        return [str(exe)]
+    return [sys.executable, "-c", _SCRIPT]
 
 
 @contextmanager
@@ -95,7 +107,7 @@ def serve(
         env["PYTHONPATH"] = str(src)
     if init:
         subprocess.run(
-            [*cli(), "init", "--path", str(cfg), *init_args],
+            [*cli(src), "init", "--path", str(cfg), *init_args],
             cwd=tmp,
             env=env,
             check=True,
@@ -108,7 +120,7 @@ def serve(
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cmd = [*cli(), "--config", str(cfg), "serve", "--port", str(port)]
+    cmd = [*cli(src), "--config", str(cfg), "serve", "--port", str(port)]
     t0 = time.monotonic()
     with (tmp / "serve.log").open("w") as log:
         proc = subprocess.Popen(cmd, cwd=tmp, env=env, stdout=log, stderr=subprocess.STDOUT)

@@ -10,8 +10,10 @@ README runs it (`tollway init`, which creates the
 database, then `tollway serve`; an earlier build's init did not). With ``--before`` (the ``src/``
 directory of an earlier revision: ``git archive REV src | tar -x -C DIR``)
 the same runs alternate between the two builds, so machine noise hits both
-alike. Models and the demo's ingest load in the background after start-up
-(/healthz reports them), so they are not part of these times.
+alike. Both builds' sources are compiled to bytecode first, as an install
+compiles them (pip does; so does ``make run``). Models and the demo's ingest
+load in the background after start-up (/healthz reports them), so they are not
+part of these times.
 
 Writes bench/results/startup.json and prints a section for docs/benchmarks.md.
 """
@@ -19,6 +21,7 @@ Writes bench/results/startup.json and prints a section for docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
 import statistics
 import subprocess
@@ -54,8 +57,9 @@ def one(tmp: Path, src: Path | None) -> tuple[float, float, float]:
 def imports_s(src: Path | None) -> float:
     """Seconds to import what `tollway serve` imports (the CLI and the app), in a fresh process."""
     env = {"PYTHONPATH": str(src)} if src else {}
-    code = "import time; t = time.perf_counter(); import tollway.cli.main, tollway.api.app; "
-    code += "print(time.perf_counter() - t)"
+    code = "import gc, time; t = time.perf_counter(); import tollway.cli as c; "
+    code += "hasattr(c, 'run') and gc.disable(); "  # as its console script loads (tollway.cli.run)
+    code += "import tollway.cli.main, tollway.api.app; print(time.perf_counter() - t)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     return float(out.stdout.strip())
 
@@ -67,6 +71,8 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=RESULTS)
     a = p.parse_args()
     builds: dict[str, Path | None] = {"now": None, **({"before": a.before} if a.before else {})}
+    for src in builds.values():  # bytecode, as an install compiles it (pip; `make run`)
+        compileall.compile_dir(src or HERE.parent / "src", quiet=1)
     samples: dict[str, dict[str, list[float]]] = {
         b: {"first_start_s": [], "restart_s": [], "init_then_serve_s": [], "imports_s": []} for b in builds
     }
