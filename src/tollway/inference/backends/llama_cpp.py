@@ -119,6 +119,26 @@ class LlamaInstance:
         stops = [r.stop] if isinstance(r.stop, str) else list(r.stop or [])
         return tokens, stops
 
+    def _prime(self, tokens: list[int]) -> None:
+        """Evaluate the prompt up to its last token, so that the last token is always
+        evaluated alone on the cache.
+
+        llama.cpp keeps the previous prompt's cache and evaluates only what differs.
+        A prompt evaluated in one batch gives its last token logits a few bits off
+        those of the same token evaluated alone on the cached prefix, and a seeded
+        request at a high temperature turns that into another answer: the same
+        seed and prompt answered differently the second time. Split this way,
+        the same prompt gets the same logits, cached or not."""
+        import numpy as np
+
+        llm = self.llm
+        m = min(llm.n_tokens, len(tokens))
+        same = llm.input_ids[:m] == np.asarray(tokens[:m])
+        cached = m if bool(same.all()) else int(same.argmin())
+        if cached < len(tokens) - 1:
+            llm.n_tokens = cached  # eval drops the cache past it
+            llm.eval(tokens[cached:-1])
+
     def generate(self, params: ChatParams, cancel: Cancel, progress: Progress) -> Iterator[ChatEvent]:
         """Blocking generator: yields Deltas then exactly one Finish."""
         from llama_cpp import llama_vocab_is_eog
@@ -140,6 +160,7 @@ class LlamaInstance:
         # Every call sets the seed: llama.cpp keeps it on the shared model, so a
         # seed left by one request would fix the sampling of every later one.
         self.llm.set_seed(_RANDOM_SEED if params.seed is None else params.seed % _RANDOM_SEED)
+        self._prime(tokens)
         temperature = _DEFAULT_TEMPERATURE if params.temperature is None else params.temperature
         gen = self.llm.generate(
             tokens,
