@@ -122,7 +122,8 @@ def create_app(settings: Settings | None = None, *, rt: Runtime | None = None) -
             return asyncio.create_task(_after(delay, work))
 
         sweeper = later(rt.ledger.run_expiry(rt.settings.ledger.expiry_interval_seconds))
-        recovery = [later(rt.recovery.run())] if rt.settings.ledger.progress_seconds else []
+        # Not later: long calls' progress is checkpointed from the first request on.
+        recovery = [asyncio.create_task(rt.recovery.run())] if rt.settings.ledger.progress_seconds else []
         await rt.paywall.refresh()
         rules = later(rt.paywall.watch())
         billing_tick = later(rt.billing.run(rt.settings.billing.tick_seconds))
