@@ -25,6 +25,7 @@ LAZY = (
     "numpy",
     "usearch",
     "jinja2",  # the console's templates: on its first page
+    "rich",  # the CLI's tables and messages: when one is printed
 )
 
 PROBE = """

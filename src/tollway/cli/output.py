@@ -5,19 +5,38 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Sequence
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from tollway.core.config import ConfigError
 from tollway.core.errors import TollwayError
 from tollway.core.money import format_usd
 
-# Pipes get wide lines rather than ids folded over several rows.
-out = Console() if sys.stdout.isatty() else Console(width=200)
-err = Console(stderr=True) if sys.stderr.isatty() else Console(stderr=True, width=200)
+if TYPE_CHECKING:
+    from rich.console import Console
+
+
+class _LazyConsole:
+    """A rich ``Console`` made on first use: `tollway serve` prints nothing with
+    it when all is well, and importing rich is ~3% of its start-up."""
+
+    def __init__(self, stderr: bool) -> None:
+        self._stderr = stderr
+        self._console: Console | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._console is None:
+            from rich.console import Console
+
+            tty = (sys.stderr if self._stderr else sys.stdout).isatty()
+            # Pipes get wide lines rather than ids folded over several rows.
+            self._console = Console(stderr=self._stderr, width=None if tty else 200)
+        return getattr(self._console, name)
+
+
+out = cast("Console", _LazyConsole(stderr=False))
+err = cast("Console", _LazyConsole(stderr=True))
 
 
 def emit_json(data: Any) -> None:
@@ -25,6 +44,8 @@ def emit_json(data: Any) -> None:
 
 
 def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    from rich.table import Table
+
     t = Table(title=title, title_justify="left")
     for c in columns:
         t.add_column(c, justify="right" if c in MONEY_COLUMNS else "left", overflow="fold")
