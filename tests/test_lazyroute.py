@@ -107,6 +107,20 @@ def test_a_route_that_cannot_be_built_fails_on_every_use() -> None:
         _ = good.no_such_attribute
 
 
+async def test_warm_says_when_a_route_cannot_be_built() -> None:
+    router = APIRouter(route_class=LazyRoute)
+
+    @router.post("/broken")
+    async def broken(x: NotAModel) -> None:
+        return None
+
+    app = FastAPI()
+    app.include_router(router)
+    status: dict[str, str] = {}
+    await lazyroute.warm(app, status)
+    assert status == {"routes": "failed: FastAPIError"}
+
+
 async def test_the_server_builds_its_routes_after_start_up(tmp_path: Path) -> None:
     import asyncio
 

@@ -16,11 +16,14 @@ between routers, so requests do not wait for it.
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 from fastapi import FastAPI
 from fastapi.routing import APIRoute, iter_route_contexts
 from starlette.routing import compile_path, get_name
+
+log = logging.getLogger("tollway")
 
 
 class LazyRoute(APIRoute):
@@ -54,11 +57,16 @@ class LazyRoute(APIRoute):
 async def warm(app: FastAPI, status: dict[str, str]) -> None:
     """Build every route of ``app`` (its own and FastAPI's routing copies),
     a router at a time, letting requests run in between; ``status["routes"]``
-    says how far it is (``/healthz`` shows it)."""
+    says how far it is, or that a route could not be built (``/healthz`` shows it)."""
     status["routes"] = "building"
-    for context in iter_route_contexts(app.router.routes):
-        route = context.original_route
-        if isinstance(route, LazyRoute):
-            route.build()
-        await asyncio.sleep(0)
+    try:
+        for context in iter_route_contexts(app.router.routes):
+            route = context.original_route
+            if isinstance(route, LazyRoute):
+                route.build()
+            await asyncio.sleep(0)
+    except Exception as e:  # a route FastAPI refuses: its requests fail; say which, once
+        log.exception("a route could not be built")
+        status["routes"] = f"failed: {type(e).__name__}"
+        return
     status["routes"] = "built"
