@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -24,6 +25,7 @@ from tollway.core.storage import writer
 from tollway.provision.config import ProvisionConfig
 from tollway.provision.domains import YEAR_US
 from tollway.provision.metering import owed
+from tollway.runtime import Runtime
 
 PRICE = {"hosting_price_per_worker_second": 7, "grace_hours": 72, "reclaim_after_hours": 168}
 
@@ -340,3 +342,61 @@ async def test_a_resumed_charge_whose_hold_expired_is_owed_again(db_url: str, tm
         w.next_interval()
         assert [c["amount"] for c in (await w.rt.provision.tick())["charged"]] == [70]
         assert await w.available() == 1_000_000 - 70
+
+
+async def test_a_process_finding_the_term_renewed_under_its_key_leaves_the_capture(
+    db_url: str, tmp_path: Path
+) -> None:
+    """Two processes renewing one term use one key, so one authorization. The one
+    whose work finds the term renewed (under that authorization) must leave it to
+    the renewer: its void released the renewer's hold, whose capture then failed,
+    and the domain was renewed unpaid (seen in the four-process test)."""
+    async with world(db_url, tmp_path, renew_days_before=30) as w:
+        await w.wallet(10_000_000)
+        dom = await w.domain("race.test", 10, renew=1_000_000)
+        other = Runtime.build(w.rt.settings, clock=w.clock)  # a second process on the database
+        try:
+            async with w.rt.engine.connect() as conn:
+                row = (await conn.execute(select(D).where(D.c.id == dom))).one()  # both read it due
+            interval = w.rt.provision.recurring.interval()
+            seen: list[dict[str, Any]] = []
+            renew = w.rt.provision.provider.renew
+
+            async def renew_while_the_other_ticks(name: str, years: int) -> None:
+                report: dict[str, Any] = {"renewed": [], "failed": []}
+                await other.provision.recurring._renew(row, interval, report)  # between work and capture
+                seen.append(report)
+                await renew(name, years)
+
+            w.rt.provision.provider.renew = renew_while_the_other_ticks  # type: ignore[method-assign]
+            report: dict[str, Any] = {"renewed": [], "failed": []}
+            await w.rt.provision.recurring._renew(row, interval, report)
+            assert seen == [{"renewed": [], "failed": []}]  # the other found it done, and did nothing
+            assert [r["amount"] for r in report["renewed"]] == [1_000_000]
+            auths = await w.authorizations("domains")
+            assert [(a.status, a.captured) for a in auths] == [("captured", 1_000_000)]
+            assert await w.available() == 9_000_000
+        finally:
+            await other.close()
+
+
+async def test_a_term_renewed_by_hand_meanwhile_voids_the_ticks_charge(db_url: str, tmp_path: Path) -> None:
+    """The other side of it: renewed under another authorization (by hand), the
+    tick's own hold is released at once, not left until it expires."""
+    async with world(db_url, tmp_path, renew_days_before=30) as w:
+        await w.wallet(10_000_000)
+        dom = await w.domain("hand.test", 10, renew=1_000_000)
+        async with w.rt.engine.connect() as conn:
+            row = (await conn.execute(select(D).where(D.c.id == dom))).one()
+        async with writer(w.rt.engine).begin() as conn:  # renewed by hand, under its own authorization
+            await conn.execute(
+                update(D)
+                .where(D.c.id == dom)
+                .values(expires_at_us=row.expires_at_us + YEAR_US, authorization_id="x")
+            )
+        report: dict[str, Any] = {"renewed": [], "failed": []}
+        await w.rt.provision.recurring._renew(row, w.rt.provision.recurring.interval(), report)
+        assert report == {"renewed": [], "failed": []}
+        auths = await w.authorizations("domains")
+        assert [(a.status, a.captured) for a in auths] == [("voided", 0)]
+        assert await w.available() == 10_000_000

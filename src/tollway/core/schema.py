@@ -481,6 +481,7 @@ provision_domains = Table(
     Column("wallet_id", String(64), nullable=False, index=True),
     Column("status", String(16), nullable=False),  # active | deleted
     Column("renew_price", BigInteger, nullable=False),
+    # The wallet authorization that paid for the current term (registration, then each renewal).
     Column("authorization_id", String(64), nullable=True),
     Column("expires_at_us", BigInteger, nullable=False),
     Column("created_at_us", BigInteger, nullable=False),

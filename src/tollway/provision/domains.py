@@ -265,7 +265,7 @@ class Domains:
                 await conn.execute(
                     update(D)
                     .where(D.c.id == dom.id)
-                    .values(expires_at_us=until, updated_at_us=self.clock.now_us())
+                    .values(expires_at_us=until, authorization_id=d.id, updated_at_us=self.clock.now_us())
                 )
             out = await self.get(dom.name)
             return {**out.to_dict(), "charged": dom.renew_price * y, "authorization_id": d.id}

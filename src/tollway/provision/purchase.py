@@ -20,6 +20,14 @@ from tollway.wallets.authorize import Authorizer, Decision
 T = TypeVar("T")
 
 
+class DoneElsewhere(Exception):
+    """Raised by a recurring charge's ``work`` that finds the work done by a
+    concurrent call with the same key (another process: one key is one
+    authorization everywhere). That call captures the authorization, so this
+    one neither voids nor captures it: a void here would release the doer's
+    hold under it, and the work would go unpaid."""
+
+
 class Pending(Exception):
     """The purchase waits for a human's approval (the same call, with the
     same idempotency key, goes on once approved)."""
@@ -149,6 +157,8 @@ class Purchases:
             raise d.not_open()
         try:
             out = await work(d)
+        except DoneElsewhere:
+            raise
         except BaseException:
             try:
                 await self.authorizer.void(d.id, actor=actor)
@@ -159,7 +169,7 @@ class Purchases:
         try:
             await self.authorizer.capture(d.id, actor=actor)
         except TollwayError as e:
-            if e.code != "authorization_not_open" or (await self.authorizer.get(d.id)).status != "captured":
+            if e.code != "authorization_not_open" or not await self.authorizer.captured(d.id):
                 raise  # else a concurrent call with the key captured it
         await self.authorizer.ledger.riders_committed()  # the record says captured before we answer
         return out

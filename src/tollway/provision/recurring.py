@@ -39,7 +39,7 @@ from tollway.provision.domains import YEAR_US
 from tollway.provision.dues import Dues
 from tollway.provision.metering import owed
 from tollway.provision.providers.base import Provider
-from tollway.provision.purchase import Purchases
+from tollway.provision.purchase import DoneElsewhere, Purchases
 from tollway.wallets.authorize import RECURRING, Decision
 
 log = logging.getLogger("tollway.provision")
@@ -48,7 +48,8 @@ PENDING_LEASE_US = 600_000_000  # a charge left pending this long (its process d
 
 
 class _Renewed(Exception):
-    """The term was renewed meanwhile (by another process): this charge is voided."""
+    """The term was renewed meanwhile under another authorization (a renewal by
+    hand, another interval's key): this charge is voided."""
 
 
 class Recurring:
@@ -224,15 +225,22 @@ class Recurring:
     async def _renew(self, dom: Any, interval: int, report: dict[str, Any]) -> None:
         term = dom.expires_at_us
 
-        async def work(_: Decision) -> None:
+        async def work(d: Decision) -> None:
             async with writer(self.engine).begin() as conn:
                 r = await conn.execute(
                     update(D)
                     .where(D.c.id == dom.id, D.c.expires_at_us == term)
-                    .values(expires_at_us=term + YEAR_US, updated_at_us=self.clock.now_us())
+                    .values(
+                        expires_at_us=term + YEAR_US, authorization_id=d.id, updated_at_us=self.clock.now_us()
+                    )
                 )
+                by = None
+                if r.rowcount != 1:
+                    by = (await conn.execute(select(D.c.authorization_id).where(D.c.id == dom.id))).scalar()
             if r.rowcount != 1:
-                raise _Renewed
+                # One key is one authorization in every process: the process that
+                # renewed under it captures it, and a void here would release its hold.
+                raise DoneElsewhere if by == d.id else _Renewed
             try:
                 await self.provider.renew(dom.name, 1)
             except BaseException:
@@ -249,7 +257,7 @@ class Recurring:
                 dom.wallet_id, amount=dom.renew_price, category="domains", key=key,
                 memo=f"renew domain {dom.id} ({dom.name}) for 1y", work=work,
             )  # fmt: skip
-        except _Renewed:
+        except (_Renewed, DoneElsewhere):
             return
         except TollwayError as e:
             if e.status != 402:

@@ -40,7 +40,7 @@ from tollway.core.errors import TollwayError, conflict, forbidden, invalid
 from tollway.core.ids import new_id
 from tollway.core.ratelimit import Windows
 from tollway.core.schema import wallet_authorizations as A
-from tollway.ledger import Ledger
+from tollway.ledger import Ledger, TransferKind
 from tollway.observe import tracing
 from tollway.wallets.alerts import alerts
 from tollway.wallets.approvals import Approvals
@@ -306,6 +306,18 @@ class Authorizer:
 
     async def get(self, auth_id: str, token_id: str | None = None) -> Decision:
         return await self.records.get(auth_id, token_id)
+
+    async def captured(self, auth_id: str) -> bool:
+        """Whether the authorization was captured, by the ledger's word: another
+        process's capture posts the hold before its record says so (on SQLite the
+        record rides with that process's next ledger batch)."""
+        d = await self.records.get(auth_id)
+        if d.status == "captured":
+            return True
+        if d.status != "approved" or not d.legs:
+            return False
+        r = await self.ledger.resolution_of(d.legs[0][0])
+        return r is not None and r.kind == TransferKind.POST_PENDING
 
     async def capture(
         self, auth_id: str, amount: Any = None, *, token_id: str | None = None, actor: str = "agent"
