@@ -6,6 +6,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
+TEST_WORKERS ?= 2
 
 .PHONY: run test lint typecheck pytest bench venv clean
 
@@ -45,7 +46,9 @@ typecheck: $(STAMP)
 pytest: $(STAMP)
 	@# Bytecode for the servers the tests start (~0.4 s less each, docs/benchmarks.md#start-up).
 	@$(BIN)/python -m compileall -q src >/dev/null
-	$(BIN)/pytest -q
+	@# Two workers (pytest-xdist, work stealing): most tests wait on servers,
+	@# processes and disks, not on the CPU (TEST_WORKERS=1 runs them in one process).
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist worksteal
 
 test: lint typecheck pytest
 
