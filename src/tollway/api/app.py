@@ -93,6 +93,14 @@ async def _after(delay: float, work: Coroutine[Any, Any, Any]) -> None:
     await work
 
 
+async def _warm(app: FastAPI) -> None:
+    """Build the routes (:func:`lazyroute.warm`), then freeze what they made out
+    of the cyclic collector, as start-up's objects are: they live as long as the
+    process, and left in its generations every full pass walked them again."""
+    await lazyroute.warm(app, app.state.startup)
+    gc.freeze()
+
+
 async def _demo_ingest(rt: Runtime, startup: dict[str, str]) -> None:
     """The demo agent's knowledge base (it loads the embeddings model): after start-up."""
     startup["demo_ingest"] = "running"
@@ -145,7 +153,7 @@ def create_app(settings: Settings | None = None, *, rt: Runtime | None = None) -
             background.append(later(_demo_ingest(rt, app.state.startup)))
         # The routes FastAPI has not built yet (tollway.core.lazyroute), between requests.
         app.state.startup["routes"] = "waiting"
-        background.append(later(lazyroute.warm(app, app.state.startup)))
+        background.append(later(_warm(app)))
         if console is not None:  # the console's rollups (tollway.console.rollups)
             background.append(later(console.run()))
         if rt.stripe is not None:  # usage to Stripe's meter (stopped by rt.close)
