@@ -400,3 +400,40 @@ async def test_a_term_renewed_by_hand_meanwhile_voids_the_ticks_charge(db_url: s
         auths = await w.authorizations("domains")
         assert [(a.status, a.captured) for a in auths] == [("voided", 0)]
         assert await w.available() == 10_000_000
+
+
+async def test_a_capture_the_ledger_holds_is_a_capture_whatever_the_record_says(
+    db_url: str, tmp_path: Path
+) -> None:
+    """A process captured under the key (the ledger posted the hold) and its record
+    never said so (the process died first; on SQLite the record also lags, riding
+    with that process's next batch). Another call with the key then finds the hold
+    resolved: that is the capture it asked for, not an error."""
+    async with world(db_url, tmp_path) as w:
+        wallet = await w.wallet(10_000_000)
+        other = Runtime.build(w.rt.settings, clock=w.clock)
+        try:
+
+            async def nothing(_: object) -> None:
+                return None
+
+            async def lost(*_: object, **__: object) -> None:  # the record dies with its process
+                return None
+
+            args: dict[str, Any] = {
+                "amount": 2_500,
+                "category": "hosting",
+                "key": "k1",
+                "memo": "m",
+                "work": nothing,
+            }
+            other.provision.recurring.purchases.authorizer.records.finish = lost  # type: ignore[method-assign]
+            d = await other.provision.recurring.purchases.recurring(wallet, **args)  # posted, unrecorded
+            mine = w.rt.provision.recurring.purchases.authorizer
+            assert (await mine.get(d.id)).status == "approved"  # the record never caught up
+            assert await mine.captured(d.id)  # the ledger's word: what a capture conflict reads
+            again = await w.rt.provision.recurring.purchases.recurring(wallet, **args)  # the key again
+            assert again.id == d.id and again.status == "captured"  # the ledger replays the post
+            assert await w.available() == 10_000_000 - 2_500  # charged once
+        finally:
+            await other.close()

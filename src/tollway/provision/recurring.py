@@ -234,13 +234,11 @@ class Recurring:
                         expires_at_us=term + YEAR_US, authorization_id=d.id, updated_at_us=self.clock.now_us()
                     )
                 )
-                by = None
                 if r.rowcount != 1:
                     by = (await conn.execute(select(D.c.authorization_id).where(D.c.id == dom.id))).scalar()
-            if r.rowcount != 1:
-                # One key is one authorization in every process: the process that
-                # renewed under it captures it, and a void here would release its hold.
-                raise DoneElsewhere if by == d.id else _Renewed
+                    # One key is one authorization in every process: the process that
+                    # renewed under it captures it, and a void here would release its hold.
+                    raise DoneElsewhere if by == d.id else _Renewed
             try:
                 await self.provider.renew(dom.name, 1)
             except BaseException:
