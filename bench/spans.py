@@ -38,7 +38,6 @@ RESULTS = Path(__file__).resolve().parent / "results" / "spans.json"
 SERVER = {
     "http.request.method": "POST",
     "url.path": "/v1/chat/completions",
-    "tollway.request_id": "req_" + "a" * 24,
 }
 CALL = {"gen_ai.operation.name": "chat", "gen_ai.provider.name": "openai", "gen_ai.request.model": "mock"}
 END = {
@@ -52,9 +51,9 @@ END = {
 }
 
 
-def request(start: Any) -> None:
-    """One chat request's two spans, as the server makes them."""
-    s = start("POST", SpanKind.SERVER, SERVER)
+def request(start: Any, i: int) -> None:
+    """One chat request's two spans, as the server makes them (each request its own id)."""
+    s = start("POST", SpanKind.SERVER, {**SERVER, "tollway.request_id": f"req_{i:024x}"})
     with use_span(s, end_on_exit=False):
         g = start("chat mock", SpanKind.CLIENT, CALL)
         g.set_attributes(END)
@@ -106,8 +105,8 @@ def main() -> None:
     for _ in range(a.repeat):  # the two sides alternate
         records.clear()
         kept.spans.clear()
-        got["spans_lean"].append(timed(lambda: [request(lean_start) for _ in range(n)], n))
-        got["spans_sdk"].append(timed(lambda: [request(sdk_start) for _ in range(n)], n))
+        got["spans_lean"].append(timed(lambda: [request(lean_start, i) for i in range(n)], n))
+        got["spans_sdk"].append(timed(lambda: [request(sdk_start, i) for i in range(n)], n))
         got["encode_lean"].append(timed(lambda: otlp_encode.request(records, res_pb, scope_pb), len(records)))
         got["encode_sdk"].append(
             timed(

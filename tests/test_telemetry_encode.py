@@ -94,3 +94,27 @@ def test_varints_round_trip_through_protobuf(n: int) -> None:
     parsed = ExportTraceServiceRequest()
     parsed.ParseFromString(otlp_encode.request([rec], b"", b""))
     assert parsed.resource_spans[0].scope_spans[0].spans[0].attributes[0].value.int_value == n
+
+
+def test_repeated_values_are_encoded_from_the_cache_exactly(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Values equal in Python but not on the wire (True, 1, 1.0, "1"; 0.0 and -0.0)
+    stay distinct; a cache emptied when full (here after 3 entries) encodes the same
+    bytes cold and warm."""
+    monkeypatch.setattr(otlp_encode, "_KV_MAX", 3)
+    monkeypatch.setattr(otlp_encode, "_KV", {})
+    values = [True, 1, 1.0, "1", 0.0, -0.0, ("stop",), ("stop", "length"), 2**70, "req_" + "a" * 24]
+    recs = [
+        ("s", 1, 1, i + 1, 0, False, "", 1, 2, {"v": v, "w": "same"}, 0, None, [])
+        for i, v in enumerate(values)
+    ]
+    cold = otlp_encode.request(recs, b"", b"")
+    assert otlp_encode.request(recs, b"", b"") == cold  # warm
+    parsed = ExportTraceServiceRequest()
+    parsed.ParseFromString(cold)
+    res, sc = span_export.resource("svc"), span_export.scope()
+    official = _official(recs, res, sc).resource_spans[0].scope_spans[0].spans
+    mine = parsed.resource_spans[0].scope_spans[0].spans
+    assert [list(s.attributes) for s in mine] == [list(s.attributes) for s in official]
+    kinds = [s.attributes[0].value.WhichOneof("value") for s in mine[:4]]
+    assert kinds == ["bool_value", "int_value", "double_value", "string_value"]
+    assert str(mine[5].attributes[0].value.double_value) == "-0.0"

@@ -107,10 +107,11 @@ class TelemetryMiddleware:
         )
         assert s is not None
         ctx = s.get_span_context()
+        tid = f"{ctx.trace_id:032x}".encode()
         extra = [
             (b"x-request-id", rid.encode()),
-            (b"traceparent", f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{ctx.trace_flags:02x}".encode()),
-            (b"x-trace-id", f"{ctx.trace_id:032x}".encode()),
+            (b"traceparent", b"00-%s-%016x-%02x" % (tid, ctx.span_id, ctx.trace_flags)),
+            (b"x-trace-id", tid),
         ]
 
         try:

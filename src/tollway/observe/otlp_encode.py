@@ -86,6 +86,14 @@ def _value(v: Any) -> bytes | None:
 
 
 _KEYS: dict[str, bytes] = {}  # attribute keys (names in the code), encoded once
+# Whole KeyValues (length-prefixed) of the values that repeat (a model's name, a route,
+# a status, token counts): most of a span's attributes, encoded once. Keyed by the
+# value's type too (True and 1 are equal in Python, not on the wire); floats are not
+# kept (-0.0 equals 0.0). Emptied when full: unique values (request ids) then only
+# cost the refill.
+_KV: dict[tuple[str, Any, type], bytes] = {}
+_KV_MAX = 4096
+_CACHED = (str, int, bool)
 
 
 def _key(k: str) -> bytes:
@@ -97,40 +105,79 @@ def _key(k: str) -> bytes:
     return b
 
 
+def _kv(k: str, v: Any) -> bytes:
+    """A KeyValue with its length prefix (b"" if the SDK would drop the value)."""
+    p = _value(v)
+    if p is None:
+        return b""
+    kv = _key(k) + b"\x12" + _varint(len(p)) + p
+    return _varint(len(kv)) + kv
+
+
 def attributes(tag: bytes, attrs: dict[str, Any]) -> bytes:
     """Repeated KeyValue fields (``tag``: the field's)."""
     out = []
+    cache = _KV
     for k, v in attrs.items():
-        p = _value(v)
-        if p is not None:
-            kv = _key(k) + b"\x12" + _varint(len(p)) + p
-            out.append(tag + _varint(len(kv)) + kv)
+        t = type(v)
+        if t in _CACHED or (t is tuple and all(type(x) is str for x in v)):
+            ck = (k, v, t)
+            kv = cache.get(ck)
+            if kv is None:
+                kv = _kv(k, v)
+                if len(cache) >= _KV_MAX:
+                    cache.clear()
+                cache[ck] = kv
+        else:
+            kv = _kv(k, v)
+        if kv:
+            out.append(tag + kv)
     return b"".join(out)
+
+
+_NAMES: dict[str, bytes] = {}  # span names (field 5, length-prefixed), encoded once
+_KIND = [b"\x30" + bytes((k + 1,)) for k in range(5)]  # 6 kind (the SDK's INTERNAL is 0, OTLP's 1)
+_TIMES = struct.Struct("<BQBQ")  # 7 start_time_unix_nano, 8 end_time_unix_nano
+_OK = b"\x7a\x00"  # 15 status, unset and without a message
+_FLAGS = {
+    remote: b"\x85\x01" + _I.pack(_HAS_IS_REMOTE | (_IS_REMOTE if remote else 0)) for remote in (False, True)
+}
+
+
+def _name(name: str) -> bytes:
+    b = _NAMES.get(name)
+    if b is None:
+        b = _ld(b"\x2a", _utf8(name))
+        if len(_NAMES) >= 4096:
+            _NAMES.clear()
+        _NAMES[name] = b
+    return b
 
 
 def span(rec: Sequence[Any]) -> bytes:
     """One ``Span`` message."""
     name, kind, tid, sid, pid, remote, state, start, end, attrs, code, desc, events = rec
     out = [
-        b"\x0a\x10" + tid.to_bytes(16, "big"),  # 1 trace_id
-        b"\x12\x08" + sid.to_bytes(8, "big"),  # 2 span_id
-    ]
+        b"\x0a\x10" + tid.to_bytes(16, "big") + b"\x12\x08" + sid.to_bytes(8, "big")
+    ]  # 1 trace_id, 2 span_id
     if state:
         out.append(_ld(b"\x1a", _utf8(state)))  # 3 trace_state
     if pid:
         out.append(b"\x22\x08" + pid.to_bytes(8, "big"))  # 4 parent_span_id
     if name:
-        out.append(_ld(b"\x2a", _utf8(name)))  # 5 name
-    out.append(b"\x30" + _varint(kind + 1))  # 6 kind (the SDK's INTERNAL is 0, OTLP's 1)
-    out.append(b"\x39" + _Q.pack(start))  # 7 start_time_unix_nano
-    out.append(b"\x41" + _Q.pack(end))  # 8 end_time_unix_nano
+        out.append(_name(name))  # 5 name
+    out.append(_KIND[kind] if 0 <= kind < 5 else b"\x30" + _varint(kind + 1))
+    out.append(_TIMES.pack(0x39, start, 0x41, end))  # 7, 8
     out.append(attributes(b"\x4a", attrs))  # 9 attributes
     for ename, ts, eattrs in events:  # 11 events: time (1), name (2), attributes (3)
         body = b"\x09" + _Q.pack(ts) + (_ld(b"\x12", _utf8(ename)) if ename else b"")
         out.append(_ld(b"\x5a", body + attributes(b"\x1a", eattrs)))
-    status = (_ld(b"\x12", _utf8(desc)) if desc else b"") + (b"\x18" + _varint(code) if code else b"")
-    out.append(_ld(b"\x7a", status))  # 15 status: message (2), code (3)
-    out.append(b"\x85\x01" + _I.pack(_HAS_IS_REMOTE | (_IS_REMOTE if pid and remote else 0)))  # 16 flags
+    if code or desc:
+        status = (_ld(b"\x12", _utf8(desc)) if desc else b"") + (b"\x18" + _varint(code) if code else b"")
+        out.append(_ld(b"\x7a", status))  # 15 status: message (2), code (3)
+    else:
+        out.append(_OK)
+    out.append(_FLAGS[bool(pid and remote)])  # 16 flags
     return b"".join(out)
 
 

@@ -24,9 +24,11 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from opentelemetry import context as context_api
 from opentelemetry import trace as trace_api
 from opentelemetry.context import Context
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
+from opentelemetry.trace.propagation import _SPAN_KEY
 from opentelemetry.util import types
 
 # A finished span, as the sinks receive it (and as it crosses to the exporter process):
@@ -40,6 +42,7 @@ _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _NOT_SAMPLED = TraceFlags(TraceFlags.DEFAULT)
 _EMPTY_STATE = TraceState()
 _KINDS = {k.name.lower(): k for k in SpanKind}
+_KIND_VALUES = {k.name.lower(): k.value for k in SpanKind}
 
 
 def _new_id(bits: int) -> int:
@@ -72,7 +75,7 @@ class Span(trace_api.Span):
     def __init__(
         self,
         name: str,
-        kind: SpanKind,
+        kind: int,
         trace_id: int,
         parent_id: int,
         remote: bool,
@@ -81,7 +84,7 @@ class Span(trace_api.Span):
         sink: Sink,
     ) -> None:
         self._name = name
-        self._kind = kind
+        self._kind = kind  # SpanKind's value
         self._trace_id = trace_id
         self._span_id = _new_id(64)
         self._parent = parent_id
@@ -153,10 +156,11 @@ class Span(trace_api.Span):
         if sink is None:
             return
         self._sink = None
+        state = self._state
         sink(
             (
-                self._name, self._kind.value, self._trace_id, self._span_id, self._parent,
-                self._remote, self._state.to_header() if self._state else "", self._start,
+                self._name, self._kind, self._trace_id, self._span_id, self._parent, self._remote,
+                "" if state is _EMPTY_STATE or not state else state.to_header(), self._start,
                 end_time or time.time_ns(), self._attrs, self._status, self._desc, self._events,
             )
         )  # fmt: skip
@@ -168,6 +172,7 @@ class Recorder:
     def __init__(self, sampler: Any, sink: Sink) -> None:
         self.sampler = sampler
         self.sink = sink
+        self._root = root_decision(sampler)
 
     def start(
         self,
@@ -178,18 +183,25 @@ class Recorder:
         root: bool = False,
     ) -> trace_api.Span:
         """A span, child of ``parent`` (a context; the current one if None) unless ``root``."""
-        k = _KINDS[kind]
+        kv = _KIND_VALUES[kind]
         p = None if root else trace_api.get_current_span(parent).get_span_context()
         if p is not None and p.is_valid and not p.is_remote:  # a local parent: its decision
             if not p.trace_flags.sampled:
                 return trace_api.NonRecordingSpan(
                     SpanContext(p.trace_id, _new_id(64), False, _NOT_SAMPLED, p.trace_state)
                 )
-            return Span(name, k, p.trace_id, p.span_id, False, p.trace_state, attributes, self.sink)
+            return Span(name, kv, p.trace_id, p.span_id, False, p.trace_state, attributes, self.sink)
         remote = p is not None and p.is_valid
+        if not remote and self._root is not None:  # a root, and a built-in sampler: its rule, inline
+            trace_id = _new_id(128)
+            if not self._root(trace_id):
+                return trace_api.NonRecordingSpan(
+                    SpanContext(trace_id, _new_id(64), False, _NOT_SAMPLED, _EMPTY_STATE)
+                )
+            return Span(name, kv, trace_id, 0, False, _EMPTY_STATE, attributes, self.sink)
         trace_id = p.trace_id if remote and p is not None else _new_id(128)
         ctx = parent if remote else Context()
-        r = self.sampler.should_sample(ctx, trace_id, name, k, attributes)
+        r = self.sampler.should_sample(ctx, trace_id, name, _KINDS[kind], attributes)
         state = r.trace_state
         if state is None:
             state = p.trace_state if remote and p is not None else _EMPTY_STATE
@@ -198,7 +210,28 @@ class Recorder:
         if r.attributes:
             attributes = {**(attributes or {}), **r.attributes}
         parent_id = p.span_id if remote and p is not None else 0
-        return Span(name, k, trace_id, parent_id, remote, state, attributes, self.sink)
+        return Span(name, kv, trace_id, parent_id, remote, state, attributes, self.sink)
+
+
+def root_decision(sampler: Any) -> Callable[[int], bool] | None:
+    """The decision the SDK's built-in samplers make for a new trace (no parent),
+    as a function of its trace id: ``ParentBased`` (the default) delegates a root
+    to its root sampler; ``TraceIdRatioBased`` samples a trace id whose low 64 bits
+    are under its bound; ``ALWAYS_ON``/``ALWAYS_OFF`` always decide the same. Their
+    ``should_sample`` builds a result object per span (~1 µs); this is the same
+    rule without it. None for any other sampler (then ``should_sample`` decides)."""
+    from opentelemetry.sdk.trace import sampling
+
+    if type(sampler).should_sample is sampling.ParentBased.should_sample:
+        sampler = getattr(sampler, "_root", None)
+    kind = type(sampler).should_sample
+    if kind is sampling.TraceIdRatioBased.should_sample:
+        limit, bound = sampling.TraceIdRatioBased.TRACE_ID_LIMIT, sampler.bound
+        return lambda trace_id: trace_id & limit < bound
+    if kind is sampling.StaticSampler.should_sample:
+        sampled = sampler._decision.is_sampled()
+        return lambda trace_id: sampled
+    return None
 
 
 def readable(rec: Sequence[Any], resource: Any, scope: Any) -> Any:
@@ -221,3 +254,33 @@ def readable(rec: Sequence[Any], resource: Any, scope: Any) -> Any:
         end_time=end,
         instrumentation_scope=scope,
     )
+
+
+class Using:
+    """``span`` current in a block: what OpenTelemetry's ``use_span`` does, as a
+    class rather than a generator (about half its cost). With ``end`` (``use_span``'s
+    ``end_on_exit``, ``record_exception``) the block's exception is recorded on the
+    span and the span ends; either way an ``Exception`` sets its status to ERROR."""
+
+    __slots__ = ("_end", "_span", "_token")
+
+    def __init__(self, span: trace_api.Span, end: bool) -> None:
+        self._span = span
+        self._end = end
+
+    def __enter__(self) -> trace_api.Span:
+        self._token = context_api.attach(context_api.set_value(_SPAN_KEY, self._span))
+        return self._span
+
+    def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
+        span = self._span
+        try:
+            context_api.detach(self._token)
+            # As use_span: only an Exception (not GeneratorExit, a cancellation) fails the span.
+            if isinstance(exc, Exception) and span.is_recording():
+                if self._end:
+                    span.record_exception(exc)
+                span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+        finally:
+            if self._end:
+                span.end()

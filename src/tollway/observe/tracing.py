@@ -41,6 +41,10 @@ METRICS_ENABLED = False  # the OTLP GenAI metrics on
 _meter_provider: Any = None
 _genai: tuple[Any, Any] | None = None  # (token usage, operation duration) histograms
 _NOOP: contextlib.nullcontext[None] = contextlib.nullcontext()
+# Bound when traces first turn on (observe.spans imports the OpenTelemetry API's
+# context, which a server with traces off never loads): what the hot path calls.
+_using: Any = None  # spans.Using
+_current_span: Any = None  # opentelemetry.trace.get_current_span
 _TRACEPARENT = re.compile(rb"^[0-9a-f]{2}-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$")
 _ZERO_TRACE = "0" * 32
 
@@ -103,8 +107,12 @@ def enable(processor: SpanProcessor, *, sampler: Any = None, resource: Any = Non
 
 
 def _turn_on(sink: ProcessorSink | ChildSink, sampler: Any) -> None:
-    global ENABLED, _recorder, _sink
-    from tollway.observe.spans import Recorder
+    global ENABLED, _recorder, _sink, _using, _current_span
+    from opentelemetry.trace import get_current_span
+
+    from tollway.observe.spans import Recorder, Using
+
+    _using, _current_span = Using, get_current_span
 
     old, _sink = _sink, sink
     _recorder = Recorder(sampler, sink)
@@ -145,11 +153,9 @@ def span(name: str, *, kind: str = "internal") -> contextlib.AbstractContextMana
 
 
 def _span(name: str, kind: str) -> contextlib.AbstractContextManager[Span]:
-    from opentelemetry.trace import use_span
-
     assert _recorder is not None
     # current inside the block, ended after it; an exception escaping it is recorded and fails it
-    return use_span(_recorder.start(name, kind), end_on_exit=True)
+    return _using(_recorder.start(name, kind), True)  # type: ignore[no-any-return]
 
 
 def start(
@@ -173,9 +179,7 @@ def use(s: Span | None) -> contextlib.AbstractContextManager[Any]:
     """Make ``s`` the current span in a block (without ending it)."""
     if s is None:
         return _NOOP
-    from opentelemetry.trace import use_span
-
-    return use_span(s, end_on_exit=False, record_exception=False)
+    return _using(s, False)  # type: ignore[no-any-return]
 
 
 def fail(s: Span | None, err: BaseException) -> None:
@@ -209,9 +213,7 @@ def traceparent() -> str | None:
     format written directly (the propagator's inject costs several times more)."""
     if not ENABLED:
         return None
-    from opentelemetry.trace import get_current_span
-
-    ctx = get_current_span().get_span_context()
+    ctx = _current_span().get_span_context()
     if not ctx.is_valid:
         return None
     return f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{ctx.trace_flags:02x}"
@@ -235,9 +237,7 @@ def current_ids() -> tuple[str, str] | None:
     """(trace id, span id) of the current span, hex, or None."""
     if not ENABLED:
         return None
-    from opentelemetry.trace import get_current_span
-
-    ctx = get_current_span().get_span_context()
+    ctx = _current_span().get_span_context()
     if not ctx.is_valid:
         return None
     return f"{ctx.trace_id:032x}", f"{ctx.span_id:016x}"
