@@ -5,11 +5,14 @@ Schemas. Each is a 400 in the one error shape, through the one parser
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from fastapi.routing import APIRoute
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conftest import ADMIN, err
 from test_inference import CHAT, EMBED, Env, make_env
@@ -68,6 +71,26 @@ async def test_the_limits_themselves_are_accepted() -> None:
     assert jsonparse.loads(b"[" * 64 + b"]" * 64) is not None
     assert jsonparse.loads(b"[9223372036854775807, -9223372036854775808]") == [2**63 - 1, -(2**63)]
     assert jsonparse.loads('{"s": "a 12345678901234567890 digit run in a string"}')["s"].startswith("a 1")
+
+
+_PIECES = ["1", "9", "0", "x", " ", "\u0661", "\ud800", "\u00e9"]  # with an Arabic-Indic digit, a surrogate
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.one_of(
+        st.binary(max_size=60),
+        st.text(max_size=60),
+        st.lists(st.sampled_from(_PIECES), max_size=60).map("".join),
+    ).map(lambda v: v + "1" * 18 if isinstance(v, str) and v.endswith("1") else v)
+)
+def test_the_digit_run_check_finds_what_the_regex_would(raw: bytes | str) -> None:
+    """A run of 19 ASCII digits (an integer that may not fit 64 bits) is found as
+    re's [0-9]{19} finds it, in bytes and in text (other scripts' digits are not)."""
+    rx = re.compile(rb"[0-9]{19}") if isinstance(raw, bytes) else re.compile(r"[0-9]{19}")
+    assert jsonparse._long(raw) == (rx.search(raw) is not None)  # type: ignore[arg-type]
+    if isinstance(raw, bytes):
+        assert jsonparse._long(bytearray(raw)) == (rx.search(raw) is not None)
 
 
 async def test_a_websocket_message_uses_the_same_parser(env: Env) -> None:

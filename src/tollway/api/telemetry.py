@@ -18,10 +18,10 @@ One layer does all of it: it reads the status once and times the request once.
 from __future__ import annotations
 
 import re
-import secrets
 import time
 from typing import Any
 
+from tollway.core import ids
 from tollway.observe import context, metrics, tracing
 from tollway.observe.config import TelemetryConfig
 from tollway.observe.logs import ACCESS, log_format
@@ -68,7 +68,7 @@ class TelemetryMiddleware:
             elif k == b"traceparent":
                 incoming = v
         if rid is None:
-            rid = "req_" + secrets.token_hex(12)
+            rid = "req_" + ids.random_hex(96)  # as token_hex(12) wrote it; not a secret
         scope[_SEEN] = rid
         rid_token = context.REQUEST_ID.set(rid)
         t0 = time.perf_counter()

@@ -268,7 +268,7 @@ class Hold:
             results, commits = await self.ledger.chain(ops), []
         for (src, _), r in zip(chain, results, strict=True):
             if isinstance(r, TollwayError) and r.code != "linked_event_failed":
-                metrics.CHARGES.labels("refused").inc()
+                metrics.CHARGES_REFUSED.inc()
                 if isinstance(src, Cap) and r.code == "insufficient_funds":
                     # The budget or quota, not the balance, is what ran out.
                     raise src.refusal(self.max_amount) from None
@@ -334,7 +334,7 @@ class Hold:
             return
         self.legs = []
         self._forget()
-        metrics.CHARGES.labels("refused").inc()
+        metrics.CHARGES_REFUSED.inc()
         err = next((r for r in bad if r.code != "linked_event_failed"), bad[0])
         self._refused = err
         raise self._refused
@@ -420,7 +420,7 @@ class Hold:
                     )
                 )
         transfers = await _all(ops)
-        metrics.CHARGES.labels("posted" if actual else "free").inc()
+        (metrics.CHARGES_POSTED if actual else metrics.CHARGES_FREE).inc()
         metrics.CHARGED_MICROS.inc(actual)
         self.receipt = Receipt(self.max_amount, actual, self._hold_id, transfers[0].id)
         return self.receipt
@@ -445,7 +445,7 @@ class Hold:
                 for i, leg in enumerate(self.legs)
             )
         )
-        metrics.CHARGES.labels("voided").inc()
+        metrics.CHARGES_VOIDED.inc()
         self.receipt = Receipt(self.max_amount, 0, self._hold_id, None)
         return self.receipt
 

@@ -42,3 +42,8 @@ def new_id(prefix: str) -> str:
             ms, rand = _last_ms + 1, _rng.getrandbits(79)
         _last_ms, _last_rand = ms, rand
     return f"{prefix}_{ms:011x}{rand:020x}"
+
+
+def random_hex(bits: int) -> str:
+    """``bits`` random bits as hex (a request id's): seeded as ids are, no system call."""
+    return f"{_rng.getrandbits(bits):0{(bits + 3) // 4}x}"

