@@ -397,8 +397,10 @@ async def test_a_view_refreshes_stale_rollups_once(http: httpx.AsyncClient, seed
     try:
         assert (await http.get("/console/overview.json?range=24h")).json()["totals"]["requests"] == before
         assert calls == 0  # refreshed by the fixture a moment ago: read as they are
-        console.cfg.refresh_seconds = 0.05
-        await asyncio.sleep(0.1)
+        # Stale from now on, and not stale again while the views below run (a refresh
+        # slower than the threshold would make a later view refresh a second time).
+        console.cfg.refresh_seconds = 1.0
+        await asyncio.sleep(1.1)
         got = await asyncio.gather(*(http.get("/console/overview.json?range=24h") for _ in range(4)))
         assert calls == 1 and {r.json()["totals"]["requests"] for r in got} == {before + 1}
     finally:

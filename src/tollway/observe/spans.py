@@ -224,7 +224,7 @@ def root_decision(sampler: Any) -> Callable[[int], bool] | None:
 
     if type(sampler).should_sample is sampling.ParentBased.should_sample:
         sampler = getattr(sampler, "_root", None)
-    kind = type(sampler).should_sample
+    kind = getattr(type(sampler), "should_sample", None)
     if kind is sampling.TraceIdRatioBased.should_sample:
         limit, bound = sampling.TraceIdRatioBased.TRACE_ID_LIMIT, sampler.bound
         return lambda trace_id: trace_id & limit < bound
