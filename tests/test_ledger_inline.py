@@ -17,6 +17,7 @@ import pytest
 import tollway.ledger.ledger as ledger_module
 from conftest import settings_for
 from ledger_support import reserve_early
+from tollway.core import inflight
 from tollway.core.errors import TollwayError
 from tollway.gateway.requestlog import RequestLog
 from tollway.ledger import Ledger
@@ -57,10 +58,11 @@ async def test_batches_of_any_size_are_decided_on_the_loop_and_commit_where_the_
     rt: Runtime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """300 concurrent reservations and settles: every batch is decided on the
-    loop (none runs whole on the writer thread); a COMMIT that fsyncs (FULL)
-    runs on the writer thread, one that does not (NORMAL, or a batch of early
-    reservations only, committed lazily) on the loop; and every micro-dollar
-    is where it should be."""
+    loop (none runs whole on the writer thread); while HTTP requests are in
+    flight (two, here) a COMMIT that fsyncs (FULL) runs on the writer thread,
+    one that does not (NORMAL, or a batch of early reservations only, committed
+    lazily) on the loop; and every micro-dollar is where it should be."""
+    monkeypatch.setattr(inflight, "_n", 2)
     ledger = rt.ledger
     accounts = [await _funded(ledger, 10_000) for _ in range(5)]
     commits_on: list[bool] = []  # True: on the event loop's thread
@@ -102,6 +104,38 @@ async def test_batches_of_any_size_are_decided_on_the_loop_and_commit_where_the_
         a = await ledger.get_account(acct)
         assert a.debits_pending == 0 and a.balance == 10_000 - a.debits_posted
     assert sum(a.credits_posted - a.debits_posted for a in await ledger.accounts()) == 0
+
+
+@pytest.mark.parametrize("in_flight", [0, 1, 2])
+async def test_with_no_other_request_in_flight_a_durable_commit_runs_on_the_loop(
+    rt: Runtime, monkeypatch: pytest.MonkeyPatch, in_flight: int
+) -> None:
+    """One request at a time (the settle's own request in flight, or none): the
+    loop has nothing else to serve during the fsync, so the COMMIT runs there
+    (no thread round trip), and still fsyncs under FULL; with another request
+    in flight it goes to the writer thread. The money is exact either way."""
+    monkeypatch.setattr(inflight, "_n", in_flight)
+    ledger = rt.ledger
+    acct = await _funded(ledger, 1_000)
+    seen: list[tuple[bool, bool]] = []  # per commit: (on the loop, fsynced)
+    real_commit = ledger._commit_sqlite
+
+    def commit() -> None:
+        seen.append((threading.current_thread() is threading.main_thread(), (ledger._sync_now or 0) >= 2))
+        real_commit()
+
+    monkeypatch.setattr(ledger, "_commit_sqlite", commit)
+    for take in (10, 20, 30):
+        t, committed = await reserve_early(ledger, acct, "sys_revenue", 50)
+        await committed
+        await ledger.post(t.id, take)
+    durable = [on_loop for on_loop, fsynced in seen if fsynced]
+    if rt.settings.database.sqlite_synchronous == "NORMAL":
+        assert durable == [] and all(on_loop for on_loop, _ in seen)
+    else:
+        assert len(durable) == 3 and all(on_loop == (in_flight <= 1) for on_loop in durable)
+    a = await ledger.get_account(acct)
+    assert a.debits_posted == 60 and a.debits_pending == 0 and a.balance == 940
 
 
 async def test_a_write_that_fails_after_the_decision_rolls_back_and_the_op_commits_once(

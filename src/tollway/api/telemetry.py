@@ -21,7 +21,7 @@ import re
 import time
 from typing import Any
 
-from tollway.core import ids
+from tollway.core import ids, inflight
 from tollway.observe import context, metrics, tracing
 from tollway.observe.config import TelemetryConfig
 from tollway.observe.logs import ACCESS, log_format
@@ -60,6 +60,13 @@ class TelemetryMiddleware:
         if scope["type"] != "http" or _SEEN in scope:
             await self.app(scope, receive, send)
             return
+        inflight.enter()
+        try:
+            await self._serve(scope, receive, send)
+        finally:
+            inflight.leave()
+
+    async def _serve(self, scope: Any, receive: Any, send: Any) -> None:
         rid: str | None = None
         incoming: bytes | None = None
         for k, v in scope["headers"]:

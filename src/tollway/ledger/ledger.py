@@ -30,6 +30,7 @@ from sqlalchemy import and_, insert, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from tollway.core import inflight
 from tollway.core.clock import Clock, SystemClock
 from tollway.core.errors import ErrorType, TollwayError, invalid
 from tollway.core.ids import new_id
@@ -653,7 +654,10 @@ class Ledger:
         concurrency 1 and the next request's reservation queued behind it. A
         COMMIT holds the GIL only to start and to end (SQLite releases it for
         the WAL write and the fsync). Where a commit does not fsync
-        (``synchronous`` NORMAL or OFF: a WAL append), it runs here too."""
+        (``synchronous`` NORMAL or OFF: a WAL append), it runs here too, and so
+        does one that fsyncs while no other HTTP request is in flight and no
+        batch waits (:mod:`tollway.core.inflight`): the loop has nothing to do
+        during that fsync, and the thread round trip (~70 µs) is saved."""
         assert self._wexec is not None
         conn = self._wconn
         assert conn is not None
@@ -669,7 +673,7 @@ class Ledger:
                 try:
                     run_inline(write_batch(inline_tx(conn), state, written))
                     self._write_riders(conn, riders)
-                    if self._commit_fsyncs and not lazy:
+                    if self._commit_fsyncs and not lazy and (inflight.count() > 1 or self._queue):
                         job = loop.run_in_executor(self._wexec, self._commit_sqlite)
                     else:
                         self._commit_sqlite()
