@@ -181,3 +181,25 @@ def write_results(path: Path, name: str, results: dict[str, Any]) -> None:
     path.parent.mkdir(exist_ok=True)
     path.write_text(json.dumps(out, indent=2) + "\n")
     print(f"wrote {path}")
+
+
+def run_in_tmp(prefix: str, run: Callable[[Path], dict[str, Any]], out: Path) -> dict[str, Any]:
+    """``run`` in a temporary directory (if it fails, the tails of the logs its
+    servers wrote there are printed), its result written to ``out`` as JSON."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix=prefix) as d:
+        try:
+            res = run(Path(d))
+        except BaseException:
+            for log in sorted(Path(d).glob("**/*.log")):
+                print(f"--- {log} (tail) ---\n{log.read_text()[-3000:]}", file=sys.stderr)
+            raise
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=2) + "\n")
+    return res
+
+
+def print_targets(targets: list[dict[str, Any]]) -> None:
+    for t in targets:
+        print(f"[{'PASS' if t['pass'] else 'MISS'}] {t['name']}: {t['measured']} (target {t['target']})")

@@ -21,7 +21,6 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -31,7 +30,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from common import admin_token, cpu_seconds, machine, serve
+from common import admin_token, cpu_seconds, machine, print_targets, run_in_tmp, serve
 from gateway import check, free_port, gateway_config, lua, setup_customer, spawn, tollway_toml, wrk
 
 HERE = Path(__file__).resolve().parent
@@ -209,22 +208,13 @@ def main() -> None:
     a.before = {rev: Path(src) for rev, _, src in (b.partition("=") for b in a.before)}
     if a.quick:
         a.duration, a.warmup, a.settle, a.rounds = 2, 1, 0.2, 1
-    with tempfile.TemporaryDirectory(prefix="tollway-bench-telemetry-") as d:
-        try:
-            res = run(a, Path(d))
-        except BaseException:
-            for log in sorted(Path(d).glob("**/*.log")):
-                print(f"--- {log} (tail) ---\n{log.read_text()[-3000:]}", file=sys.stderr)
-            raise
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(res, indent=2) + "\n")
+    res = run_in_tmp("tollway-bench-telemetry-", lambda tmp: run(a, tmp), a.out)
     for s, v in res["best_rps"].items():
         print(f"{s:<16} req/s: " + ", ".join(f"c={c} {x:,.1f}" for c, x in v.items()))
     for c, rs in res["ratios"].items():
         for label, r in rs.items():
             print(f"c={c} {label}: " + ", ".join(f"{k} {v}" for k, v in r.items()))
-    for t in res["targets"]:
-        print(f"[{'PASS' if t['pass'] else 'MISS'}] {t['name']}: {t['measured']} (target {t['target']})")
+    print_targets(res["targets"])
     print(f"collector: {res['setup']['collector']}; JSON log lines: {res['setup']['json_log_lines']}")
     print(f"wrote {a.out}")
 

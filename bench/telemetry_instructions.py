@@ -23,12 +23,10 @@ telemetry off within 1% of the ``--before`` revision; traces on at most 15% lowe
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from contextlib import ExitStack
 from datetime import UTC, datetime
@@ -36,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import common
-from common import admin_token, machine, serve
+from common import admin_token, machine, print_targets, run_in_tmp, serve
 from gateway import check, free_port, gateway_config, lua, setup_customer, spawn, tollway_toml, wrk
 from telemetry import Collector, edits
 
@@ -191,19 +189,10 @@ def main() -> None:
     p.add_argument("--before", action="append", default=[], metavar="REV=SRC")
     a = p.parse_args()
     a.before = {rev: Path(src) for rev, _, src in (b.partition("=") for b in a.before)}
-    with tempfile.TemporaryDirectory(prefix="tollway-bench-instructions-") as d:
-        try:
-            res = run(a, Path(d))
-        except BaseException:
-            for log in sorted(Path(d).glob("**/*.log")):
-                print(f"--- {log} (tail) ---\n{log.read_text()[-3000:]}", file=sys.stderr)
-            raise
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(res, indent=2) + "\n")
+    res = run_in_tmp("tollway-bench-instructions-", lambda tmp: run(a, tmp), a.out)
     for s, v in res["median_kinstructions_per_request"].items():
         print(f"{s:<16} {v:>8,.1f} k instructions a request (median)")
-    for t in res["targets"]:
-        print(f"[{'PASS' if t['pass'] else 'MISS'}] {t['name']}: {t['measured']} (target {t['target']})")
+    print_targets(res["targets"])
     print(f"wrote {a.out}")
 
 
