@@ -147,6 +147,29 @@ async def test_a_domain_near_expiry_is_renewed_once(db_url: str, tmp_path: Path)
         assert exp[far] == w.clock.now_us() - HOUR * 1_000_000 + 200 * DAY_US
 
 
+async def test_a_tick_that_replays_a_renewal_done_beside_it_does_not_report_it(
+    db_url: str, tmp_path: Path
+) -> None:
+    """Ticks running together share the renewal's key: one that finds the key's
+    authorization already captured (another tick renewed meanwhile) replays it,
+    takes nothing and does not report the renewal as its own (the CI run of
+    2026-12-07 saw three concurrent ticks report it twice)."""
+    async with world(db_url, tmp_path, renew_days_before=30) as w:
+        await w.wallet(10_000_000)
+        near = await w.domain("near.test", 10, renew=1_000_000)
+        async with w.rt.engine.connect() as conn:
+            before = (await conn.execute(select(D).where(D.c.id == near))).one()
+        first = await w.rt.provision.tick()
+        assert [r["domain_id"] for r in first["renewed"]] == [near]
+        recurring = w.rt.provision.recurring
+        late: dict[str, Any] = {"renewed": [], "failed": []}
+        await recurring._renew(before, first["interval"], late)  # the row as a slower tick read it
+        assert late == {"renewed": [], "failed": []}
+        auths = await w.authorizations("domains")
+        assert [(a.status, a.captured) for a in auths] == [("captured", 1_000_000)]
+        assert await w.available() == 9_000_000
+
+
 # ------------------------------------------------------------- unpaid charges
 
 

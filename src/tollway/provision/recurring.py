@@ -224,6 +224,7 @@ class Recurring:
 
     async def _renew(self, dom: Any, interval: int, report: dict[str, Any]) -> None:
         term = dom.expires_at_us
+        renewed: list[bool] = []  # by this call (not a replay of the key's captured decision)
 
         async def work(d: Decision) -> None:
             async with writer(self.engine).begin() as conn:
@@ -248,6 +249,7 @@ class Recurring:
                         .values(expires_at_us=term)
                     )  # fmt: skip
                 raise
+            renewed.append(True)
 
         key = f"renew:{dom.id}:{term}:{interval}"
         try:
@@ -262,6 +264,8 @@ class Recurring:
                 raise
             due = await self.dues.failed("domain", dom.id, dom.wallet_id, dom.name, dom.renew_price, e.code)
             report["failed"].append({**due.to_dict(), "key": key})
+            return
+        if not renewed:  # a tick running beside this one renewed and captured: it reports it
             return
         report["renewed"].append({"domain_id": dom.id, "name": dom.name, "amount": d.captured,
                                   "expires_at_us": term + YEAR_US, "authorization_id": d.id})  # fmt: skip
