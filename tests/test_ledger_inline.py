@@ -138,6 +138,45 @@ async def test_with_no_other_request_in_flight_a_durable_commit_runs_on_the_loop
     assert a.debits_posted == 60 and a.debits_pending == 0 and a.balance == 940
 
 
+async def test_the_telemetry_layer_counts_the_requests_in_flight_and_always_uncounts_them() -> None:
+    """What the ledger reads (core/inflight): every HTTP request the one telemetry
+    layer serves is counted while it runs, a failing one uncounted too, a scope
+    it has already seen (a paid route coming back in) counted once."""
+    from tollway.api.telemetry import TelemetryMiddleware
+
+    seen: list[int] = []
+    all_in, release = asyncio.Event(), asyncio.Event()
+
+    async def inner(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(inflight.count())
+        if len(seen) == 3:
+            all_in.set()
+        await release.wait()
+        if scope["path"] == "/boom":
+            raise RuntimeError("boom")
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    mw = TelemetryMiddleware(inner)
+    again = TelemetryMiddleware(mw)  # the same request through a second layer
+
+    async def sent(_: Any) -> None:
+        return None
+
+    def scope(path: str) -> dict[str, Any]:
+        return {"type": "http", "method": "GET", "path": path, "headers": []}
+
+    start = inflight.count()
+    routes = ((mw, "/a"), (again, "/b"), (mw, "/boom"))
+    calls = [asyncio.ensure_future(app(scope(p), None, sent)) for app, p in routes]
+    await all_in.wait()
+    assert inflight.count() == start + 3 and sorted(seen) == [start + 1, start + 2, start + 3]
+    release.set()
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    assert [type(r) for r in results] == [type(None), type(None), RuntimeError]
+    assert inflight.count() == start
+
+
 async def test_a_write_that_fails_after_the_decision_rolls_back_and_the_op_commits_once(
     rt: Runtime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
