@@ -111,6 +111,37 @@ async def test_a_tick_bills_once_per_interval(db_url: str, tmp_path: Path) -> No
         assert [a.captured for a in await w.authorizations("hosting")] == [70, 70]
 
 
+async def test_a_tick_beside_this_process_s_flush_bills_what_it_is_writing(
+    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The background flush takes the runner's use, then writes it; a tick run meanwhile
+    (the demo's last one) waits for it and bills that use, not nothing. Seen in CI:
+    the demo's P&L showed no metered hosting."""
+    async with world(db_url, tmp_path, **PRICE) as w:
+        await w.wallet(100_000_000)
+        dep = await w.deployment("shop")
+        w.rt.provision.runner.worker_us[dep] = 10_000_000  # 10 live worker-seconds, not yet flushed
+        recurring = w.rt.provision.recurring
+        record, taken, go = recurring.record, asyncio.Event(), asyncio.Event()
+
+        async def slow_first(usage: dict[str, tuple[int, int]]) -> None:
+            if not taken.is_set():
+                taken.set()
+                await go.wait()
+            await record(usage)
+
+        monkeypatch.setattr(recurring, "record", slow_first)
+        w.next_interval()
+        flushing = asyncio.create_task(w.rt.provision.flush())
+        await taken.wait()
+        ticking = asyncio.create_task(w.rt.provision.tick())
+        await asyncio.sleep(0.3)
+        assert not ticking.done()  # it waits for the flush in progress
+        go.set()
+        report, _ = await asyncio.gather(ticking, flushing)
+        assert [c["amount"] for c in report["charged"]] == [70]
+
+
 async def test_requests_are_metered_too(db_url: str, tmp_path: Path) -> None:
     async with world(db_url, tmp_path, hosting_price_per_request="0.5") as w:
         await w.wallet(100_000_000)

@@ -20,7 +20,7 @@ from fake_upstream import FakeUpstream
 from test_inference import ADMIN, Env
 from tollway.cli.main import app
 from tollway.cli.requests import since_us
-from tollway.gateway.requestlog import COLUMNS
+from tollway.gateway.requestlog import COLUMNS, RequestLog
 from tollway.runtime import Runtime
 from upstream_env import uenv, up  # noqa: F401  (fixtures)
 
@@ -87,6 +87,34 @@ async def test_bad_filters_are_a_clear_400(uenv: Env, params: dict[str, Any]) ->
         err = r.json()["error"]
         assert set(err) == {"type", "code", "message", "param"} and err["type"] == "invalid_request_error"
     assert (await uenv.http.get("/admin/requests", headers=ADMIN)).status_code == 200  # still answers
+
+
+async def test_a_listing_waits_for_rows_being_written(uenv: Env, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    """GET /admin/requests flushes the log first; a row the background writer has taken
+    but not yet committed is waited for, not missed (seen under load on PostgreSQL: a
+    streamed request's row absent from the listing right after its last chunk)."""
+    rt = uenv.rt
+    log = RequestLog(rt.engine, rt.clock, 60_000, 0)  # no ledger to ride with: PostgreSQL's way
+    write, taken, go = log._write, asyncio.Event(), asyncio.Event()
+
+    async def slow(rows: Any) -> None:
+        taken.set()
+        await go.wait()
+        await write(rows)
+
+    monkeypatch.setattr(log, "_write", slow)
+    e = log.start("chat.completions")
+    e.status, e.model = 200, "m"
+    log.record(e)
+    background = asyncio.create_task(log.flush())  # the writer takes the row...
+    await taken.wait()
+    listing = asyncio.create_task(log.flush())  # ...and the listing's flush finds none buffered
+    await asyncio.sleep(0.2)
+    assert not listing.done()  # it waits for the write in progress
+    go.set()
+    await asyncio.gather(background, listing)
+    assert [r["id"] for r in await log.query(limit=5)] == [e.id]
+    await log.close()
 
 
 async def test_export_jsonl_and_csv(uenv: Env, up: FakeUpstream) -> None:  # noqa: F811

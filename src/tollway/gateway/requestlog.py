@@ -97,6 +97,9 @@ class RequestLog:
         self._hand: asyncio.TimerHandle | None = None  # when they go
         self._task: asyncio.Task[None] | None = None
         self._last_prune: float | None = None  # never yet (monotonic time may start near 0)
+        # One flush at a time: a flush that finds the buffer empty while another is still
+        # writing the rows it took waits for them (GET /admin/requests lists what was served).
+        self._flushing = asyncio.Lock()
         cols = ", ".join(COLUMNS)
         self._insert: Statement[tuple[Any, ...]] = Statement(
             f"INSERT INTO request_log ({cols}) VALUES ({', '.join('?' * len(COLUMNS))})"
@@ -169,20 +172,22 @@ class RequestLog:
         # idle: the task ends and record() starts a new one
 
     async def flush(self) -> None:
-        """Write what is buffered (and wait for rows riding with the ledger)."""
-        self._hand_over()
-        rows, self._buf = self._buf, []
-        if rows:
-            try:
-                await self._write(rows)
-            except BaseException:
-                self._buf[:0] = rows
-                raise
-        if self.ledger is not None:
-            await self.ledger.riders_committed()
-        if self.retention_days and self._prune_due():
-            self._last_prune = time.monotonic()
-            await self.prune()
+        """Write what is buffered (and wait for rows riding with the ledger, and for
+        a flush in progress)."""
+        async with self._flushing:
+            self._hand_over()
+            rows, self._buf = self._buf, []
+            if rows:
+                try:
+                    await self._write(rows)
+                except BaseException:
+                    self._buf[:0] = rows
+                    raise
+            if self.ledger is not None:
+                await self.ledger.riders_committed()
+            if self.retention_days and self._prune_due():
+                self._last_prune = time.monotonic()
+                await self.prune()
 
     async def _write(self, rows: list[Entry]) -> None:
         data = [self._row(e) for e in rows]

@@ -81,6 +81,10 @@ class Provisioner:
         self.edge_port: int | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._flushed: dict[str, float] = {}  # monotonic last request already written, per deployment
+        # One flush or tick at a time in this process: a flush takes the runner's use before
+        # it writes it, so a tick beside it would bill without that use (or find the charge
+        # of the tick beside it still pending) and report nothing.
+        self._ticking = asyncio.Lock()
 
     async def target(self, host: str) -> tuple[str, str] | None:
         """The edge's paywall's origin for ``host``: (its worker's URL, the wallet
@@ -141,8 +145,13 @@ class Provisioner:
     async def tick(self) -> dict[str, Any]:
         """The billing tick (idempotent per interval across processes): charge
         hosting and renewals, suspend what stayed unpaid past its grace, reclaim
-        what stayed suspended (provision/recurring.py, dues.py)."""
-        await self.flush()
+        what stayed suspended (provision/recurring.py, dues.py). Waits for a flush or
+        tick of this process in progress."""
+        async with self._ticking:
+            await self._flush()
+            return await self._tick()
+
+    async def _tick(self) -> dict[str, Any]:
         report = await self.recurring.tick()
         suspended = await self.dues.suspend_overdue()
         for due in suspended:
@@ -157,6 +166,10 @@ class Provisioner:
     async def flush(self) -> None:
         """Write each deployment's last request time (seen by the edge, or by its
         worker) and its metered use."""
+        async with self._ticking:
+            await self._flush()
+
+    async def _flush(self) -> None:
         await self.recurring.record(self.runner.usage())
         r = self.runner
         seen = {d: r.last_seen.get(d, 0.0) for d in r.touched}
