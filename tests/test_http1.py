@@ -213,6 +213,53 @@ async def test_read_timeout_connect_refusal_and_garbage_are_transport_errors() -
         await pool.request("POST", "/x", b"{}")
 
 
+async def test_the_read_timeout_is_per_wait_mid_body_too() -> None:
+    """The timeout is the longest wait for the next bytes: a body that keeps coming, a
+    chunk every 0.05 s for 0.6 s, outlasts a 0.2 s timeout many times over (the one
+    lazy timer sets itself again); a body that stops for longer fails, mid-body."""
+
+    async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head, _ = await read_request(reader)
+        pause = 0.6 if b"/stall" in head else 0.05
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for i in range(12):
+            await asyncio.sleep(pause if i == 3 else 0.05)
+            writer.write(b"1\r\n%d\r\n" % (i % 10))
+            await writer.drain()
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+        await reader.read()
+
+    async with server(trickle) as (url, _):
+        pool = Http1Pool(url, read_timeout=0.2)
+        async with await pool.request("GET", "/steady") as r:
+            assert await r.read() == b"012345678901"
+        async with await pool.request("GET", "/stall") as r:
+            with pytest.raises(TransportError, match=r"within 0\.2 s"):
+                await r.read()
+        await pool.aclose()
+
+
+async def test_a_pooled_connection_is_closed_after_keepalive_s() -> None:
+    async with server(echo_forever) as (url, conns):
+        pool = Http1Pool(url, keepalive_s=0.2, read_timeout=30)
+        for _ in range(2):
+            async with await pool.request("POST", "/x", b"{}") as r:
+                await r.read()
+        assert len(conns) == 1 and len(pool._idle) == 1
+        await asyncio.sleep(0.1)
+        async with await pool.request("POST", "/x", b"{}") as r:  # used again: its keep-alive restarts
+            await r.read()
+        await asyncio.sleep(0.15)
+        assert len(pool._idle) == 1 and len(conns) == 1  # 0.25 s since it was first pooled
+        await asyncio.sleep(0.25)
+        assert pool._idle == [] and not pool._all  # idle 0.4 s: closed
+        async with await pool.request("POST", "/x", b"{}") as r:
+            await r.read()
+        assert len(conns) == 2
+        await pool.aclose()
+
+
 @pytest.mark.parametrize("encoding", ["gzip", "deflate"])
 async def test_compressed_answers_are_decompressed(encoding: str) -> None:
     data = b'{"choices": []}' * 50
@@ -271,6 +318,8 @@ UVLOOP_CASES = [
     test_a_reused_connection_that_dies_mid_request_is_retried_once_on_a_new_one,
     test_a_connection_dropped_mid_body_is_an_error_not_a_short_answer,
     test_read_timeout_connect_refusal_and_garbage_are_transport_errors,
+    test_the_read_timeout_is_per_wait_mid_body_too,
+    test_a_pooled_connection_is_closed_after_keepalive_s,
     functools.partial(test_compressed_answers_are_decompressed, "gzip"),
     test_a_large_body_is_streamed_with_back_pressure,
 ]

@@ -46,7 +46,15 @@ class _Conn(asyncio.Protocol):
         self.parser = httptools.HttpResponseParser(self)
         self.response: Response | None = None
         self.closed = False
-        self.idle_timer: asyncio.TimerHandle | None = None
+        self.loop = asyncio.get_running_loop()
+        # The read deadline (while a response is awaited) and the keep-alive (while
+        # pooled) share one lazy timer: a later deadline leaves it be, and when it fires
+        # it acts on what is due or sets itself for what is next. A timer made and
+        # cancelled for each wait and each stay in the pool cost ~10 us a request.
+        self.read_deadline: float | None = None
+        self.idle_until: float | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
         self._header_name = b""
 
     # -- asyncio.Protocol
@@ -107,6 +115,32 @@ class _Conn(asyncio.Protocol):
         if len(body) >= 65536:
             self.transport.write(body)
 
+    def due(self, at: float) -> None:
+        """Be checked at loop time ``at`` (a timer set sooner stays: it sets itself again)."""
+        t = self._timer
+        if t is not None:
+            if self._timer_at <= at:
+                return
+            t.cancel()
+        self._timer_at = at
+        self._timer = self.loop.call_at(at, self._check)
+
+    def _check(self) -> None:
+        self._timer = None
+        if self.closed:
+            return
+        now = self.loop.time()
+        if self.idle_until is not None and now >= self.idle_until:
+            self.close()  # pooled and unused for keepalive_s
+            return
+        r = self.response
+        if self.read_deadline is not None and r is not None and now >= self.read_deadline:
+            r.timed_out()
+            return
+        later = [t for t in (self.idle_until, self.read_deadline) if t is not None]
+        if later:
+            self.due(min(later))
+
     def resume(self) -> None:
         if self.transport is not None and not self.closed:
             self.transport.resume_reading()
@@ -117,6 +151,9 @@ class _Conn(asyncio.Protocol):
         self.close()
 
     def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if not self.closed:
             self.closed = True
             self.pool.forget(self)
@@ -167,6 +204,11 @@ class Response:
             self._error = err
         self._wake()
 
+    def timed_out(self) -> None:
+        """No bytes within ``read_timeout`` of the wait for them: the connection is closed."""
+        self.fail(TransportError(f"no answer from the upstream within {self.read_timeout:g} s"))
+        self.conn.close()
+
     def _wake(self) -> None:
         w = self._waiter
         if w is not None and not w.done():
@@ -175,18 +217,16 @@ class Response:
     async def _wait(self) -> None:
         if self._error is not None:
             raise self._error
-        w = self._waiter = asyncio.get_running_loop().create_future()
+        conn = self.conn
+        w = self._waiter = conn.loop.create_future()
+        if self.read_timeout is not None:
+            conn.read_deadline = at = conn.loop.time() + self.read_timeout
+            conn.due(at)
         try:
-            if self.read_timeout is None:
-                await w
-            else:
-                async with asyncio.timeout(self.read_timeout):
-                    await w
-        except TimeoutError:
-            self.conn.close()
-            raise TransportError(f"no answer from the upstream within {self.read_timeout:g} s") from None
+            await w
         finally:
             self._waiter = None
+            conn.read_deadline = None
         if self._error is not None:
             raise self._error
 
@@ -313,9 +353,7 @@ class Http1Pool:
         )
         while self._idle:
             conn = self._idle.pop()
-            if conn.idle_timer is not None:
-                conn.idle_timer.cancel()
-                conn.idle_timer = None
+            conn.idle_until = None
             if conn.closed or conn.transport is None or conn.transport.is_closing():
                 conn.close()
                 continue
@@ -360,13 +398,12 @@ class Http1Pool:
 
     def put(self, conn: _Conn) -> None:
         self._idle.append(conn)
-        conn.idle_timer = asyncio.get_running_loop().call_later(self.keepalive_s, conn.close)
+        conn.idle_until = at = conn.loop.time() + self.keepalive_s
+        conn.due(at)
 
     def forget(self, conn: _Conn) -> None:
         self._all.discard(conn)
-        if conn.idle_timer is not None:
-            conn.idle_timer.cancel()
-            conn.idle_timer = None
+        conn.idle_until = None
         try:
             self._idle.remove(conn)
         except ValueError:
