@@ -12,11 +12,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
 
 from fake_upstream import FakeUpstream
 from test_inference import ADMIN, Env
-from tollway.observe import metrics, tracing
+from tollway.observe import metrics, plainseries, tracing
 from upstream_env import uenv, up  # noqa: F401  (fixtures)
 
 HI = [{"role": "user", "content": "hi"}]
@@ -204,6 +204,49 @@ def test_the_ai_series_expose_what_the_librarys_own_series_would(rows: list[Any]
     assert mine.keys() == want.keys()
     for key, v in want.items():
         assert mine[key] == pytest.approx(v, rel=1e-9, abs=1e-9), key
+
+
+_BOUNDS = (0.0005, 0.001, 0.0025, 0.01, 1, 2.5, 10)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["GET", "POST"]),
+            st.sampled_from(["/a", "/b/{id}", 'q"\\\n']),  # label values the exposition escapes
+            st.sampled_from(["200", "404"]),
+            st.one_of(st.sampled_from(_BOUNDS), st.floats(0, 30, allow_nan=False)),  # on the bounds too
+            st.integers(0, 10**12),
+        ),
+        max_size=40,
+    )
+)
+def test_plain_series_expose_exactly_what_the_librarys_own_would(obs: list[Any]) -> None:
+    """observe/plainseries.py's counters and histograms (the HTTP, ledger and charge
+    series): the same exposition text as prometheus_client's, byte for byte."""
+    ours, theirs = CollectorRegistry(), CollectorRegistry()
+    lab = ["method", "route", "status"]
+    counts = plainseries.Counters("t_requests_total", "Requests", lab, registry=ours)
+    spread = plainseries.Histograms("t_seconds", "Latency", lab[:2], buckets=_BOUNDS, registry=ours)
+    total = plainseries.Counters("t_micro_total", "Micro-USD", registry=ours).labels()
+    one = plainseries.Histograms("t_batch", "Batch", buckets=(1, 2, 4), registry=ours).labels()
+    ref_counts = Counter("t_requests_total", "Requests", lab, registry=theirs)
+    ref_spread = Histogram("t_seconds", "Latency", lab[:2], buckets=_BOUNDS, registry=theirs)
+    ref_total = Counter("t_micro_total", "Micro-USD", registry=theirs)
+    ref_one = Histogram("t_batch", "Batch", buckets=(1, 2, 4), registry=theirs)
+    for method, route, status, seconds, micros in obs:
+        counts.labels(method, route, status).inc()
+        ref_counts.labels(method, route, status).inc()
+        spread.labels(method, route).observe(seconds)
+        ref_spread.labels(method, route).observe(seconds)
+        total.inc(micros)
+        ref_total.inc(micros)
+        one.observe(micros % 7)
+        ref_one.observe(micros % 7)
+    assert generate_latest(ours) == generate_latest(theirs)
+    with pytest.raises(ValueError):
+        counts.labels("GET")
 
 
 @pytest.fixture
