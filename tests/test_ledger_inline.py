@@ -177,6 +177,36 @@ async def test_the_telemetry_layer_counts_the_requests_in_flight_and_always_unco
     assert inflight.count() == start
 
 
+async def test_another_process_s_write_lock_is_waited_for_on_the_thread_not_the_loop(rt: Runtime) -> None:
+    """The writer's connection has no busy timeout, so the loop's BEGIN never waits; a
+    batch that meets another process's write lock goes to the writer thread, which
+    waits for it (with backoff) while the loop goes on serving, then commits once."""
+    ledger = rt.ledger
+    acct = await _funded(ledger, 1_000)
+    assert ledger._wconn is not None and ledger._wconn.execute("PRAGMA busy_timeout").fetchone()[0] == 0
+    other = sqlite3.connect(rt.settings.database.url.removeprefix("sqlite:///"), isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another process's write lock
+    ticks = 0
+
+    async def tick() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    ticker = asyncio.create_task(tick())
+    try:
+        transfer = asyncio.create_task(ledger.transfer(acct, "sys_revenue", 7))
+        await asyncio.sleep(0.3)
+        assert not transfer.done() and ticks >= 10  # waiting, and not on the loop
+        other.execute("COMMIT")
+        assert (await asyncio.wait_for(transfer, 10)).amount == 7
+    finally:
+        ticker.cancel()
+        other.close()
+    assert (await ledger.get_account(acct)).balance == 993
+
+
 async def test_a_write_that_fails_after_the_decision_rolls_back_and_the_op_commits_once(
     rt: Runtime, monkeypatch: pytest.MonkeyPatch
 ) -> None:

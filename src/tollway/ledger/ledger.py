@@ -728,9 +728,7 @@ class Ledger:
         waited for it). If the database's write lock is held (another process),
         nothing waits here: None, and the batch takes the writer thread, which
         waits for the lock."""
-        if self._wconn is None:
-            self._wconn = sqlite_connect(self.engine, shared=True)
-        conn = self._wconn
+        conn = self._writer_conn()
         self._sync_for(conn, lazy)
         if not _begin_now(conn):
             return None
@@ -773,11 +771,9 @@ class Ledger:
         lazy: bool = False,
     ) -> list[Result]:
         """One batch on the writer thread: BEGIN IMMEDIATE, load, apply, write, COMMIT."""
-        if self._wconn is None:
-            self._wconn = sqlite_connect(self.engine, shared=True)
-        conn = self._wconn
+        conn = self._writer_conn()
         self._sync_for(conn, lazy)
-        conn.execute("BEGIN IMMEDIATE")
+        _begin_waiting(conn)
         results: list[Result] = []
         try:
             if ops:
@@ -833,19 +829,25 @@ class Ledger:
         than the write, and the writer stays free for the next batch to be decided
         inline (:meth:`_decide_inline`). None if another process holds the write
         lock: nothing waits here, the thread does."""
-        if self._wconn is None:
-            self._wconn = sqlite_connect(self.engine, shared=True)
-        conn = self._wconn
+        conn = self._writer_conn()
         self._sync_for(conn, True)
         return _rows_committed(conn, writes) if _begin_now(conn) else None
 
     def _write_aside(self, writes: _Writes, lazy: bool = False) -> list[int]:
+        conn = self._writer_conn()
+        self._sync_for(conn, lazy)
+        _begin_waiting(conn)
+        return _rows_committed(conn, writes)
+
+    def _writer_conn(self) -> sqlite3.Connection:
+        """The writer's connection, with no busy timeout: the loop's BEGIN IMMEDIATE
+        must not wait for another process's write lock (:func:`_begin_now`), and the
+        writer thread waits in :func:`_begin_waiting`. (Setting the timeout to 0 and back
+        around each loop BEGIN cost two PRAGMAs a batch, ~10 us.)"""
         if self._wconn is None:
             self._wconn = sqlite_connect(self.engine, shared=True)
-        conn = self._wconn
-        self._sync_for(conn, lazy)
-        conn.execute("BEGIN IMMEDIATE")
-        return _rows_committed(conn, writes)
+            self._wconn.execute("PRAGMA busy_timeout=0")
+        return self._wconn
 
     def _close_wconn(self) -> None:
         self._sync_level = self._sync_now = None
@@ -855,15 +857,29 @@ class Ledger:
 
 
 def _begin_now(conn: sqlite3.Connection) -> bool:
-    """BEGIN IMMEDIATE without waiting: False if another connection (process) holds the write lock."""
-    conn.execute("PRAGMA busy_timeout=0")
+    """BEGIN IMMEDIATE without waiting (the writer's connection has no busy timeout):
+    False if another connection (process) holds the write lock."""
     try:
         conn.execute("BEGIN IMMEDIATE")
     except sqlite3.OperationalError:
         return False
-    finally:
-        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     return True
+
+
+def _begin_waiting(conn: sqlite3.Connection) -> None:
+    """BEGIN IMMEDIATE on the writer thread, waiting up to ``BUSY_TIMEOUT_MS`` for
+    another process's write lock, with backoff (as SQLite's own busy handler)."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    pause = 0.001
+    while True:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            return
+        except sqlite3.OperationalError as e:
+            if e.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY or time.monotonic() >= deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.025)
 
 
 def _rows_committed(conn: sqlite3.Connection, writes: _Writes) -> list[int]:
