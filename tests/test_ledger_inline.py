@@ -6,6 +6,7 @@ gateway's latency depends on, and that money stays exact on every path."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import sqlite3
 import threading
 from collections.abc import AsyncIterator
@@ -175,6 +176,42 @@ async def test_the_telemetry_layer_counts_the_requests_in_flight_and_always_unco
     results = await asyncio.gather(*calls, return_exceptions=True)
     assert [type(r) for r in results] == [type(None), type(None), RuntimeError]
     assert inflight.count() == start
+
+
+def _pragmas_into(seen: list[str], sql: str) -> None:
+    if sql.startswith("PRAGMA synchronous"):
+        seen.append(sql)
+
+
+async def test_the_synchronous_level_is_set_ahead_of_the_batch_that_needs_it(tmp_path: Path) -> None:
+    """One request at a time under FULL: a reservation commits lazily (NORMAL), a
+    settle durably (FULL). Each level is set while nothing waits for it (after the
+    reservation's commit, while its caller is at the upstream; once the last response
+    is out, for the next reservation), so neither batch runs a PRAGMA on its path."""
+    async for rt in _runtime(tmp_path, "FULL"):
+        ledger = rt.ledger
+        acct = await _funded(ledger, 1_000)
+        conn = ledger._wconn
+        assert conn is not None
+        pragmas: list[str] = []
+        conn.set_trace_callback(functools.partial(_pragmas_into, pragmas))
+        for take in (10, 20, 30):
+            inflight.enter()  # the request the gateway serves
+            try:
+                pragmas.clear()
+                t, committed = await reserve_early(ledger, acct, "sys_revenue", 50)
+                assert pragmas == [] or take == 10  # the first finds the level the funding left
+                await committed
+                assert ledger._sync_now == 2  # set for the settle, after the reservation's commit
+                pragmas.clear()
+                await ledger.post(t.id, take)
+                assert pragmas == []  # the settle's path: no PRAGMA
+            finally:
+                inflight.leave()
+            await asyncio.sleep(0)  # the idle hook runs once the response is out
+            assert ledger._sync_now == 1
+        a = await ledger.get_account(acct)
+        assert a.debits_posted == 60 and a.balance == 940
 
 
 async def test_another_process_s_write_lock_is_waited_for_on_the_thread_not_the_loop(rt: Runtime) -> None:

@@ -188,6 +188,7 @@ class Ledger:
                 await self._task
             self._task = None
         self.reads.close()
+        inflight.not_when_idle(self._when_idle)
         if self._wexec is not None:
             self._wexec.submit(self._close_wconn).result()
             self._wexec.shutdown()
@@ -677,6 +678,10 @@ class Ledger:
                         job = loop.run_in_executor(self._wexec, self._commit_sqlite)
                     else:
                         self._commit_sqlite()
+                        if lazy and self._commit_fsyncs and inflight.count() <= 1:
+                            # A reservation's caller is at its upstream call now, and its
+                            # settle will fsync: set the level for it here, not on its path.
+                            self._sync_for(conn, False)
                 except BaseException:  # nothing was handed to the thread
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
@@ -847,7 +852,18 @@ class Ledger:
         if self._wconn is None:
             self._wconn = sqlite_connect(self.engine, shared=True)
             self._wconn.execute("PRAGMA busy_timeout=0")
+            inflight.when_idle(self._when_idle)
         return self._wconn
+
+    def _when_idle(self) -> None:
+        """The last response is out (no HTTP request in flight): set the writer's
+        connection to the lazy level now, for the next request's reservation, rather
+        than on that request's path (:meth:`_sync_for` still checks at every batch)."""
+        conn = self._wconn
+        if conn is None or self._wjobs or self._open_inline is not None or self._queue:
+            return
+        if not conn.in_transaction and self._commit_fsyncs:
+            self._sync_for(conn, True)
 
     def _close_wconn(self) -> None:
         self._sync_level = self._sync_now = None
