@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Iterator, Sequence
+from typing import Generic, TypeVar
 
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
@@ -50,31 +51,42 @@ class Spread:
         self.counts[bisect_left(self.bounds, value)] += 1  # the first bound >= value: "le"
 
 
-class _Family(Collector):
+C = TypeVar("C", "Count", "Spread")
+
+
+class _Family(Collector, Generic[C]):
+    """A metric family: its children by label values, each made once."""
+
     def __init__(self, name: str, doc: str, labels: Sequence[str], registry: CollectorRegistry) -> None:
         self.name, self.doc, self.label_names = name, doc, list(labels)
+        self._children: dict[tuple[str, ...], C] = {}
         registry.register(self)
 
     def describe(self) -> list[Metric]:
         return []  # no clash checks against series made later; collect() says it all
 
+    def labels(self, *values: str) -> C:
+        child = self._children.get(values)
+        if child is None:
+            if len(values) != len(self.label_names):
+                raise ValueError(f"{self.name}: expected labels {self.label_names}, got {values}")
+            child = self._children[values] = self._child()
+        return child
 
-class Counters(_Family):
+    def _child(self) -> C:
+        raise NotImplementedError
+
+
+class Counters(_Family[Count]):
     """A counter family, as ``prometheus_client.Counter(name, doc, labels)``."""
 
     def __init__(
         self, name: str, doc: str, labels: Sequence[str] = (), registry: CollectorRegistry = REGISTRY
     ) -> None:
         super().__init__(name.removesuffix("_total"), doc, labels, registry)
-        self._children: dict[tuple[str, ...], Count] = {}
 
-    def labels(self, *values: str) -> Count:
-        c = self._children.get(values)
-        if c is None:
-            if len(values) != len(self.label_names):
-                raise ValueError(f"{self.name}: expected labels {self.label_names}, got {values}")
-            c = self._children[values] = Count()
-        return c
+    def _child(self) -> Count:
+        return Count()
 
     def collect(self) -> Iterator[Metric]:
         fam = CounterMetricFamily(self.name, self.doc, labels=self.label_names)
@@ -83,7 +95,7 @@ class Counters(_Family):
         yield fam
 
 
-class Histograms(_Family):
+class Histograms(_Family[Spread]):
     """A histogram family, as ``prometheus_client.Histogram(name, doc, labels, buckets=...)``."""
 
     def __init__(
@@ -95,17 +107,11 @@ class Histograms(_Family):
         buckets: Sequence[float],
         registry: CollectorRegistry = REGISTRY,
     ) -> None:
-        super().__init__(name, doc, labels, registry)
         self.bounds = tuple(float(b) for b in buckets if b != INF)
-        self._children: dict[tuple[str, ...], Spread] = {}
+        super().__init__(name, doc, labels, registry)
 
-    def labels(self, *values: str) -> Spread:
-        s = self._children.get(values)
-        if s is None:
-            if len(values) != len(self.label_names):
-                raise ValueError(f"{self.name}: expected labels {self.label_names}, got {values}")
-            s = self._children[values] = Spread(self.bounds)
-        return s
+    def _child(self) -> Spread:
+        return Spread(self.bounds)
 
     def collect(self) -> Iterator[Metric]:
         fam = HistogramMetricFamily(self.name, self.doc, labels=self.label_names)
