@@ -214,6 +214,44 @@ async def test_the_synchronous_level_is_set_ahead_of_the_batch_that_needs_it(tmp
         assert a.debits_posted == 60 and a.balance == 940
 
 
+async def test_an_idle_hook_runs_on_its_own_loop_only() -> None:
+    """inflight.when_idle: the hook runs on the loop that registered it, once the count
+    drops to zero there; a server on another thread's loop (as tests run them) dropping
+    to zero does not call it across threads."""
+    ran: list[str] = []
+
+    def hook() -> None:
+        ran.append(threading.current_thread().name)
+
+    inflight.when_idle(hook)
+    try:
+
+        async def elsewhere() -> None:
+            inflight.enter()
+            inflight.leave()
+            await asyncio.sleep(0)
+
+        t = threading.Thread(target=asyncio.run, args=(elsewhere(),), name="other-loop")
+        t.start()
+        t.join()
+        await asyncio.sleep(0)
+        assert ran == []
+        inflight.enter()
+        inflight.enter()
+        inflight.leave()
+        await asyncio.sleep(0)
+        assert ran == []  # one still in flight
+        inflight.leave()
+        await asyncio.sleep(0)
+        assert ran == [threading.current_thread().name]
+    finally:
+        inflight.not_when_idle(hook)
+    inflight.enter()
+    inflight.leave()
+    await asyncio.sleep(0)
+    assert len(ran) == 1  # unregistered
+
+
 async def test_another_process_s_write_lock_is_waited_for_on_the_thread_not_the_loop(rt: Runtime) -> None:
     """The writer's connection has no busy timeout, so the loop's BEGIN never waits; a
     batch that meets another process's write lock goes to the writer thread, which

@@ -15,7 +15,7 @@ import asyncio
 from collections.abc import Callable
 
 _n = 0
-_idle: list[Callable[[], None]] = []
+_idle: list[tuple[asyncio.AbstractEventLoop, Callable[[], None]]] = []
 
 
 def enter() -> None:
@@ -28,17 +28,18 @@ def leave() -> None:
     _n -= 1
     if _n == 0 and _idle:
         loop = asyncio.get_running_loop()
-        for fn in _idle:
-            loop.call_soon(fn)
+        for on, fn in _idle:
+            if on is loop:  # (tests run servers on other threads' loops)
+                loop.call_soon(fn)
 
 
 def when_idle(fn: Callable[[], None]) -> None:
-    _idle.append(fn)
+    """Run ``fn`` on this event loop whenever the count drops to zero."""
+    _idle.append((asyncio.get_running_loop(), fn))
 
 
 def not_when_idle(fn: Callable[[], None]) -> None:
-    if fn in _idle:
-        _idle.remove(fn)
+    _idle[:] = [(on, f) for on, f in _idle if f != fn]
 
 
 def count() -> int:

@@ -590,8 +590,7 @@ class Ledger:
         the disk (see :meth:`_sync_for`)."""
         loop = asyncio.get_running_loop()
         if self._sqlite and sqlite_path(self.engine):
-            if self._wexec is None:
-                self._wexec = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tollway-ledger")
+            self._start_writer_thread()
             tell: _Decided | None = None
             if decided is not None:
                 hear = decided
@@ -824,8 +823,7 @@ class Ledger:
             done = self._write_aside_inline(plain)
             if done is not None:
                 return done
-        if self._wexec is None:
-            self._wexec = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tollway-ledger")
+        self._start_writer_thread()
         return await self._on_writer(self._write_aside, plain, lazy)
 
     def _write_aside_inline(self, writes: _Writes) -> list[int] | None:
@@ -844,6 +842,12 @@ class Ledger:
         _begin_waiting(conn)
         return _rows_committed(conn, writes)
 
+    def _start_writer_thread(self) -> None:
+        """The SQLite writer thread, made on first use (on the event loop)."""
+        if self._wexec is None:
+            self._wexec = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tollway-ledger")
+            inflight.when_idle(self._when_idle)
+
     def _writer_conn(self) -> sqlite3.Connection:
         """The writer's connection, with no busy timeout: the loop's BEGIN IMMEDIATE
         must not wait for another process's write lock (:func:`_begin_now`), and the
@@ -852,7 +856,6 @@ class Ledger:
         if self._wconn is None:
             self._wconn = sqlite_connect(self.engine, shared=True)
             self._wconn.execute("PRAGMA busy_timeout=0")
-            inflight.when_idle(self._when_idle)
         return self._wconn
 
     def _when_idle(self) -> None:
