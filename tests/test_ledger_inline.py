@@ -282,6 +282,34 @@ async def test_another_process_s_write_lock_is_waited_for_on_the_thread_not_the_
     assert (await ledger.get_account(acct)).balance == 993
 
 
+async def test_a_busy_database_before_begin_sends_the_batch_to_the_thread_which_waits(
+    rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without a busy timeout, a PRAGMA that finds the database busy (a WAL recovery in
+    another process) fails at once: on the loop the batch goes to the writer thread
+    instead, which retries until it is not busy; the op commits once."""
+    ledger = rt.ledger
+    acct = await _funded(ledger, 1_000)
+    real = ledger._sync_for
+    calls: list[str] = []
+
+    def busy_twice(conn: sqlite3.Connection, lazy: bool) -> None:
+        calls.append(threading.current_thread().name)
+        if len(calls) <= 2:
+            e = sqlite3.OperationalError("database is locked")
+            e.sqlite_errorcode = sqlite3.SQLITE_BUSY
+            raise e
+        real(conn, lazy)
+
+    monkeypatch.setattr(ledger, "_sync_for", busy_twice)
+    assert (await ledger.transfer(acct, "sys_revenue", 7)).amount == 7
+    main = threading.main_thread().name
+    assert calls[0] == main and calls[1] != main and calls[2] == calls[1]  # loop, then thread, retried
+    monkeypatch.setattr(ledger, "_sync_for", real)
+    assert (await ledger.get_account(acct)).balance == 993
+    assert len([t for t in await ledger.history(acct) if t.amount == 7]) == 1
+
+
 async def test_a_write_that_fails_after_the_decision_rolls_back_and_the_op_commits_once(
     rt: Runtime, monkeypatch: pytest.MonkeyPatch
 ) -> None:

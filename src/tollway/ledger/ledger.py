@@ -680,7 +680,8 @@ class Ledger:
                         if lazy and self._commit_fsyncs and inflight.count() <= 1:
                             # A reservation's caller is at its upstream call now, and its
                             # settle will fsync: set the level for it here, not on its path.
-                            self._sync_for(conn, False)
+                            with contextlib.suppress(sqlite3.OperationalError):  # busy: later
+                                self._sync_for(conn, False)
                 except BaseException:  # nothing was handed to the thread
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
@@ -733,8 +734,7 @@ class Ledger:
         nothing waits here: None, and the batch takes the writer thread, which
         waits for the lock."""
         conn = self._writer_conn()
-        self._sync_for(conn, lazy)
-        if not _begin_now(conn):
+        if not _not_busy(self._sync_for, conn, lazy) or not _begin_now(conn):
             return None
         try:
             st = run_inline(load_batch(inline_tx(conn), ops, now_us, self.default_timeout_s))
@@ -776,8 +776,8 @@ class Ledger:
     ) -> list[Result]:
         """One batch on the writer thread: BEGIN IMMEDIATE, load, apply, write, COMMIT."""
         conn = self._writer_conn()
-        self._sync_for(conn, lazy)
-        _begin_waiting(conn)
+        _waiting(self._sync_for, conn, lazy)
+        _waiting(conn.execute, "BEGIN IMMEDIATE")
         results: list[Result] = []
         try:
             if ops:
@@ -833,13 +833,14 @@ class Ledger:
         inline (:meth:`_decide_inline`). None if another process holds the write
         lock: nothing waits here, the thread does."""
         conn = self._writer_conn()
-        self._sync_for(conn, True)
-        return _rows_committed(conn, writes) if _begin_now(conn) else None
+        if not _not_busy(self._sync_for, conn, True) or not _begin_now(conn):
+            return None
+        return _rows_committed(conn, writes)
 
     def _write_aside(self, writes: _Writes, lazy: bool = False) -> list[int]:
         conn = self._writer_conn()
-        self._sync_for(conn, lazy)
-        _begin_waiting(conn)
+        _waiting(self._sync_for, conn, lazy)
+        _waiting(conn.execute, "BEGIN IMMEDIATE")
         return _rows_committed(conn, writes)
 
     def _start_writer_thread(self) -> None:
@@ -849,10 +850,11 @@ class Ledger:
             inflight.when_idle(self._when_idle)
 
     def _writer_conn(self) -> sqlite3.Connection:
-        """The writer's connection, with no busy timeout: the loop's BEGIN IMMEDIATE
-        must not wait for another process's write lock (:func:`_begin_now`), and the
-        writer thread waits in :func:`_begin_waiting`. (Setting the timeout to 0 and back
-        around each loop BEGIN cost two PRAGMAs a batch, ~10 us.)"""
+        """The writer's connection, with no busy timeout: on the loop, a statement that
+        finds the database busy (another process's write lock; a WAL recovery) must
+        not wait (:func:`_not_busy`, :func:`_begin_now`: the batch goes to the thread),
+        and the writer thread waits itself (:func:`_waiting`). (Setting the timeout to
+        0 and back around each loop BEGIN cost two PRAGMAs a batch, ~10 us.)"""
         if self._wconn is None:
             self._wconn = sqlite_connect(self.engine, shared=True)
             self._wconn.execute("PRAGMA busy_timeout=0")
@@ -865,8 +867,8 @@ class Ledger:
         conn = self._wconn
         if conn is None or self._wjobs or self._open_inline is not None or self._queue:
             return
-        if not conn.in_transaction and self._commit_fsyncs:
-            self._sync_for(conn, True)
+        if not conn.in_transaction:
+            _not_busy(self._sync_for, conn, True)
 
     def _close_wconn(self) -> None:
         self._sync_level = self._sync_now = None
@@ -885,17 +887,32 @@ def _begin_now(conn: sqlite3.Connection) -> bool:
     return True
 
 
-def _begin_waiting(conn: sqlite3.Connection) -> None:
-    """BEGIN IMMEDIATE on the writer thread, waiting up to ``BUSY_TIMEOUT_MS`` for
-    another process's write lock, with backoff (as SQLite's own busy handler)."""
+def _busy(e: sqlite3.OperationalError) -> bool:
+    return e.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY
+
+
+def _not_busy(fn: Callable[..., object], *args: Any) -> bool:
+    """On the loop: ``fn(*args)``, or False if the database is busy (nothing waits)."""
+    try:
+        fn(*args)
+    except sqlite3.OperationalError as e:
+        if not _busy(e):
+            raise
+        return False
+    return True
+
+
+def _waiting(fn: Callable[..., T_], *args: Any) -> T_:
+    """On the writer thread: ``fn(*args)``, waiting up to ``BUSY_TIMEOUT_MS`` while the
+    database is busy (another process's write lock), with back-off as SQLite's own
+    busy handler."""
     deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
     pause = 0.001
     while True:
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            return
+            return fn(*args)
         except sqlite3.OperationalError as e:
-            if e.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY or time.monotonic() >= deadline:
+            if not _busy(e) or time.monotonic() >= deadline:
                 raise
         time.sleep(pause)
         pause = min(pause * 2, 0.025)
