@@ -734,7 +734,7 @@ class Ledger:
         nothing waits here: None, and the batch takes the writer thread, which
         waits for the lock."""
         conn = self._writer_conn()
-        if not _not_busy(self._sync_for, conn, lazy) or not _begin_now(conn):
+        if not _not_busy(self._sync_for, conn, lazy) or not _not_busy(conn.execute, "BEGIN IMMEDIATE"):
             return None
         try:
             st = run_inline(load_batch(inline_tx(conn), ops, now_us, self.default_timeout_s))
@@ -833,7 +833,7 @@ class Ledger:
         inline (:meth:`_decide_inline`). None if another process holds the write
         lock: nothing waits here, the thread does."""
         conn = self._writer_conn()
-        if not _not_busy(self._sync_for, conn, True) or not _begin_now(conn):
+        if not _not_busy(self._sync_for, conn, True) or not _not_busy(conn.execute, "BEGIN IMMEDIATE"):
             return None
         return _rows_committed(conn, writes)
 
@@ -852,7 +852,7 @@ class Ledger:
     def _writer_conn(self) -> sqlite3.Connection:
         """The writer's connection, with no busy timeout: on the loop, a statement that
         finds the database busy (another process's write lock; a WAL recovery) must
-        not wait (:func:`_not_busy`, :func:`_begin_now`: the batch goes to the thread),
+        not wait (:func:`_not_busy`: the batch goes to the thread),
         and the writer thread waits itself (:func:`_waiting`). (Setting the timeout to
         0 and back around each loop BEGIN cost two PRAGMAs a batch, ~10 us.)"""
         if self._wconn is None:
@@ -875,16 +875,6 @@ class Ledger:
         if self._wconn is not None:
             self._wconn.close()
             self._wconn = None
-
-
-def _begin_now(conn: sqlite3.Connection) -> bool:
-    """BEGIN IMMEDIATE without waiting (the writer's connection has no busy timeout):
-    False if another connection (process) holds the write lock."""
-    try:
-        conn.execute("BEGIN IMMEDIATE")
-    except sqlite3.OperationalError:
-        return False
-    return True
 
 
 def _busy(e: sqlite3.OperationalError) -> bool:
