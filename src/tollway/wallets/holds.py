@@ -109,9 +109,25 @@ class Holds:
         """Capture ``take`` (None: void) in one ledger batch: every leg of the hold
         is posted or voided in the same transaction, so a concurrent capture or
         void (in any process) finds them all resolved and changes nothing. The
-        record follows the ledger (and is recovered from it after a crash)."""
+        record follows the ledger (and is recovered from it after a crash).
+
+        In this process one resolution runs at a time, claimed here with no
+        await before the claim: :meth:`opened`'s check comes before the caller's
+        own awaits (the token's state), so two captures, or a capture and a void,
+        could both pass it; the second would then share the first's hold and its
+        outcome, and record an amount the ledger never took."""
+        if d.id in self.resolving:
+            raise conflict(
+                "authorization_not_open", f"authorization {d.id} is being resolved", "authorization_id"
+            )
         self.resolving.add(d.id)
         try:
+            if self.open.get(d.id) is not d:  # read before another resolution here ended: read it again
+                now = await self.records.get(d.id)
+                if now.status != "approved":
+                    raise conflict(
+                        "authorization_not_open", f"authorization {d.id} is {now.status}", "authorization_id"
+                    )
             hold = self._holds.get(d.id) or await self._attach(d)
             try:
                 if take is None:
@@ -134,7 +150,8 @@ class Holds:
                     raise conflict(
                         "authorization_expired", f"authorization {d.id} expired before capture", None
                     ) from None
-                if e.code.startswith("pending_transfer_already"):
+                if e.code.startswith("pending_transfer_already") or e.code == "idempotency_key_reused":
+                    # (the key of a leg is the authorization's: another resolution of it used it)
                     raise conflict(
                         "authorization_not_open",
                         f"authorization {d.id} was resolved meanwhile",
