@@ -169,7 +169,7 @@ class Inference:
 
     async def _reserve(self, caller: Caller, hold: Hold, *, early: bool) -> None:
         try:
-            await hold.reserve(early=early)
+            await hold.reserve(early=early, settles_soon=early)  # a call's settle follows its end
         except TollwayError as e:
             if caller.standing is None:  # a payer of its own (an agent token's wallet): its words
                 raise
