@@ -291,3 +291,24 @@ async def test_close_commits_what_is_kept(tmp_path: Path, monkeypatch: pytest.Mo
         row = db.execute("SELECT debits_pending FROM ledger_accounts WHERE id = ?", (acct,)).fetchone()
         assert row == (50,)
         assert db.execute("SELECT count(*) FROM ledger_pending").fetchone() == (1,)
+
+
+async def test_a_settle_joining_the_kept_transaction_reads_no_row_again(rt: Runtime) -> None:
+    """The accounts and the pending the reservation loaded and changed are what the
+    open transaction holds: the settle's batch takes them from it, not from SELECTs."""
+    ledger = rt.ledger
+    ledger.keep_open_s = 60
+    acct = await _funded(ledger, 1_000)
+    hold = await _hold(ledger, acct)
+    conn = ledger._wconn
+    assert conn is not None
+    sql: list[str] = []
+    conn.set_trace_callback(sql.append)
+    try:
+        await hold.settle(9)
+    finally:
+        conn.set_trace_callback(None)
+    assert not [s for s in sql if s.lstrip().upper().startswith("SELECT")], sql
+    assert any(s.startswith("UPDATE ledger_accounts") for s in sql)
+    assert await _balance(ledger, acct) == (0, 9)
+    await _zero_sum(ledger)

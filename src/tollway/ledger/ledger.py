@@ -41,7 +41,7 @@ from tollway.core.schema import ledger_pending as P
 from tollway.core.schema import ledger_transfers as T
 from tollway.core.storage import is_sqlite, sqlite_connect, sqlite_path, writer
 from tollway.ledger import errors
-from tollway.ledger.apply import Result, apply_batch
+from tollway.ledger.apply import BatchState, Result, apply_batch
 from tollway.ledger.ops import CreateTransfer, Op, ResolvePending, Usage
 from tollway.ledger.rawsql import DRIVER_ERRORS, inline_tx, raw_transaction, run_inline
 from tollway.ledger.riders import Row, Statement
@@ -177,6 +177,7 @@ class Ledger:
         self._kept_timer: asyncio.TimerHandle | None = None
         self._kept_due = False  # the window is over: the writer commits what is kept
         self._kept_job: asyncio.Future[None] | None = None  # that COMMIT, on the writer thread
+        self._kept_state: BatchState | None = None  # the accounts and pendings as they stand in it
         self._keep_after = 0.0  # monotonic time before which nothing is kept (another process wrote)
         self._sync_level: int | None = None  # the writer connection's PRAGMA synchronous, as configured
         self._sync_now: int | None = None  # and as set now (see _sync_for)
@@ -713,6 +714,7 @@ class Ledger:
                         and all(isinstance(r, Transfer) for r in inline)
                     ):
                         keep = self._keeping = True
+                        self._keep_state(state)
                         if self._kept_timer is None:
                             self._kept_timer = loop.call_later(self.keep_open_s, self._kept_over)
                     elif fsyncs and (inflight.count() > 1 or self._queue):
@@ -823,7 +825,18 @@ class Ledger:
         if not gate.done():
             gate.set_result(None)
 
+    def _keep_state(self, st: BatchState) -> None:
+        """What a kept batch loaded and changed, for the batches that join its
+        transaction (:func:`load_batch`'s ``known``): no row is read twice."""
+        k = self._kept_state
+        if k is None:
+            self._kept_state = st
+        elif k is not st:
+            k.accounts.update(st.accounts)
+            k.pendings.update(st.pendings)
+
     def _end_window(self) -> list[tuple[list[_Item], list[Result]]]:
+        self._kept_state = None
         kept, self._kept = self._kept, []
         self._kept_due = False
         if self._kept_timer is not None:
@@ -902,7 +915,8 @@ class Ledger:
                 self._keep_after = time.monotonic() + 0.05  # another writer: keep nothing open a while
                 return None
         try:
-            st = run_inline(load_batch(inline_tx(conn), ops, now_us, self.default_timeout_s))
+            known = self._kept_state if self._kept else None
+            st = run_inline(load_batch(inline_tx(conn), ops, now_us, self.default_timeout_s, known))
             results, writes = apply_batch(ops, st)
         except BaseException as e:
             conn.execute("ROLLBACK")
