@@ -50,6 +50,14 @@ async def _funded(ledger: Ledger, amount: int) -> str:
     return acct.id
 
 
+async def _ledger(rt: Runtime, window_s: float = 60) -> tuple[Ledger, str]:
+    """The runtime's ledger with a window of ``window_s`` (long: it stays open for
+    the test unless something ends it), and a customer account funded with 1,000."""
+    ledger = rt.ledger
+    ledger.keep_open_s = window_s
+    return ledger, await _funded(ledger, 1_000)
+
+
 def _commits(ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> list[tuple[bool, int]]:
     """Each COMMIT on the writer's connection: (on the event loop's thread, its synchronous level)."""
     seen: list[tuple[bool, int]] = []
@@ -83,8 +91,7 @@ async def _zero_sum(ledger: Ledger) -> None:
 async def test_a_settle_commits_its_reservation_with_one_fsync(
     rt: Runtime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    ledger = rt.ledger
-    acct = await _funded(ledger, 1_000)
+    ledger, acct = await _ledger(rt)
     commits = _commits(ledger, monkeypatch)
     for take in (10, 20, 30):
         commits.clear()
@@ -102,9 +109,7 @@ async def test_a_settle_commits_its_reservation_with_one_fsync(
 
 async def test_nothing_is_visible_to_other_connections_before_the_commit(rt: Runtime) -> None:
     """Other readers (and processes) see the reservation only once it commits."""
-    ledger = rt.ledger
-    ledger.keep_open_s = 60  # the window stays open for the test
-    acct = await _funded(ledger, 1_000)
+    ledger, acct = await _ledger(rt)
     hold = await _hold(ledger, acct)
     path = str(Path(ledger.engine.url.database or ""))
     with sqlite3.connect(path) as other:
@@ -121,8 +126,7 @@ async def test_nothing_is_visible_to_other_connections_before_the_commit(rt: Run
 async def test_when_the_window_runs_out_the_writer_thread_commits_it(
     rt: Runtime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    ledger = rt.ledger
-    acct = await _funded(ledger, 1_000)
+    ledger, acct = await _ledger(rt, window_s=0.001)
     commits = _commits(ledger, monkeypatch)
     hold = await _hold(ledger, acct)
     [committed] = hold._committing
@@ -141,9 +145,7 @@ async def test_a_settle_that_fails_in_the_window_leaves_nothing_and_says_why(
     """The settle's batch fails in the kept transaction: the ROLLBACK takes the
     reservation with it. The settle reports the database, not a missing
     transfer; no money moved, nothing is left held, and the next call works."""
-    ledger = rt.ledger
-    ledger.keep_open_s = 60
-    acct = await _funded(ledger, 1_000)
+    ledger, acct = await _ledger(rt)
     hold = await _hold(ledger, acct)
     real = store.write_batch
     failures: list[int] = []
@@ -172,9 +174,7 @@ async def test_a_settle_that_fails_in_the_window_leaves_nothing_and_says_why(
 async def test_a_release_in_the_window_voids_with_the_same_commit(
     rt: Runtime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    ledger = rt.ledger
-    ledger.keep_open_s = 60
-    acct = await _funded(ledger, 1_000)
+    ledger, acct = await _ledger(rt)
     commits = _commits(ledger, monkeypatch)
     hold = await _hold(ledger, acct)
     await hold.release()
@@ -188,9 +188,7 @@ async def test_only_soon_settled_reservations_with_one_request_in_flight_are_kep
 ) -> None:
     """A plain early reservation (a wallet's authorization answers once it has
     committed), or any with another request in flight, commits on its own."""
-    ledger = rt.ledger
-    ledger.keep_open_s = 60
-    acct = await _funded(ledger, 1_000)
+    ledger, acct = await _ledger(rt)
     t, committed = await reserve_early(ledger, acct, "sys_revenue", 50)
     assert not ledger.kept([committed])
     assert not isinstance(await asyncio.wait_for(committed, 5), TollwayError)
@@ -207,9 +205,7 @@ async def test_writes_aside_and_riders_wait_for_the_kept_commit(rt: Runtime) -> 
     """Other users of the writer's connection never start a transaction inside the
     kept one: one waiting ends the window, and runs once it has committed (the
     settle then commits on its own)."""
-    ledger = rt.ledger
-    ledger.keep_open_s = 60
-    acct = await _funded(ledger, 1_000)
+    ledger, acct = await _ledger(rt)
     hold = await _hold(ledger, acct)
     [committed] = hold._committing
     assert await asyncio.wait_for(ledger.write_aside(_NOOP, [("none",)]), 5) == 0
@@ -230,9 +226,7 @@ async def test_writes_aside_and_riders_wait_for_the_kept_commit(rt: Runtime) -> 
 async def test_after_another_writer_held_the_lock_nothing_is_kept_for_a_while(rt: Runtime) -> None:
     """Another process writing (its write lock found busy) would wait for the
     window: nothing is kept open for a while after."""
-    ledger = rt.ledger
-    ledger.keep_open_s = 60
-    acct = await _funded(ledger, 1_000)
+    ledger, acct = await _ledger(rt)
     other = sqlite3.connect(str(ledger.engine.url.database), isolation_level=None, check_same_thread=False)
     try:
         other.execute("BEGIN IMMEDIATE")
@@ -253,9 +247,7 @@ async def test_after_another_writer_held_the_lock_nothing_is_kept_for_a_while(rt
 async def test_a_batch_that_fails_to_load_in_the_window_drops_the_reservation(
     rt: Runtime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    ledger = rt.ledger
-    ledger.keep_open_s = 60
-    acct = await _funded(ledger, 1_000)
+    ledger, acct = await _ledger(rt)
     hold = await _hold(ledger, acct)
     real = store.load_batch
     failures: list[int] = []
@@ -280,9 +272,7 @@ async def test_close_commits_what_is_kept(tmp_path: Path, monkeypatch: pytest.Mo
     rt = Runtime.build(settings_for(url, database={"url": url, "sqlite_synchronous": "FULL"}))
     await rt.migrate()
     monkeypatch.setattr(inflight, "_n", 1)
-    ledger = rt.ledger
-    ledger.keep_open_s = 60
-    acct = await _funded(ledger, 1_000)
+    ledger, acct = await _ledger(rt)
     hold = await _hold(ledger, acct)
     await rt.close()
     [committed] = hold._committing
@@ -296,9 +286,7 @@ async def test_close_commits_what_is_kept(tmp_path: Path, monkeypatch: pytest.Mo
 async def test_a_settle_joining_the_kept_transaction_reads_no_row_again(rt: Runtime) -> None:
     """The accounts and the pending the reservation loaded and changed are what the
     open transaction holds: the settle's batch takes them from it, not from SELECTs."""
-    ledger = rt.ledger
-    ledger.keep_open_s = 60
-    acct = await _funded(ledger, 1_000)
+    ledger, acct = await _ledger(rt)
     hold = await _hold(ledger, acct)
     conn = ledger._wconn
     assert conn is not None
