@@ -300,3 +300,21 @@ async def test_a_settle_joining_the_kept_transaction_reads_no_row_again(rt: Runt
     assert any(s.startswith("UPDATE ledger_accounts") for s in sql)
     assert await _balance(ledger, acct) == (0, 9)
     await _zero_sum(ledger)
+
+
+@pytest.mark.parametrize("fast", [False, True])
+async def test_an_ai_calls_hold_settles_soon_unless_its_settle_lingers(
+    rt: Runtime, monkeypatch: pytest.MonkeyPatch, fast: bool
+) -> None:
+    """With ``acknowledge = "fast"`` the settle rides a later batch (up to
+    ``linger_s``): keeping its reservation open for it would only add a commit."""
+    seen: list[dict[str, Any]] = []
+
+    async def reserve(self: Hold, **kw: Any) -> None:
+        seen.append(kw)
+
+    monkeypatch.setattr(Hold, "reserve", reserve)
+    monkeypatch.setattr(rt.inference, "linger", fast)
+    hold = Charger(rt.ledger).hold(Payer("sys_funding"), 5, meter="test")
+    await rt.inference._reserve(None, hold, early=True)  # type: ignore[arg-type]
+    assert seen == [{"early": True, "settles_soon": not fast}]
