@@ -33,6 +33,7 @@ import re
 import shlex
 import socket
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -401,6 +402,16 @@ def run(a: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                     f"p99 {res['p99_ms']:.3f} ms",
                     flush=True,
                 )
+        # More rounds at concurrency 1, the setups in turn (reversed every other round): the
+        # machine's speed drifts 10-30% within minutes, so a single point per setup is noisy.
+        rounds: dict[str, list[float]] = {}
+        if 1 in a.levels:
+            rounds = {s: [points[s]["1"]["p50_ms"]] for s in SETUPS}
+        for i in range(1, a.rounds if rounds else 1):
+            for s in SETUPS if i % 2 == 0 else SETUPS[::-1]:
+                time.sleep(a.settle)
+                rounds[s].append(wrk(targets[s][0], scripts[s], 1, 1, a.duration)["p50_ms"])
+            print(f"c=1 round {i + 1}: " + "  ".join(f"{s} {rounds[s][-1]:.3f}" for s in SETUPS), flush=True)
         rss = {"mock": rss_mb(mock_pid), **{n: rss_mb(srvs[n].pid) for n in TOLLWAYS}}
         rss["litellm"] = rss_mb(litellm_pid)
         sent = {n: sum(p["requests"] for p in points[n].values()) for n in TOLLWAYS}
@@ -410,7 +421,8 @@ def run(a: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         "command": "python bench/gateway.py"
         + (" --quick" if a.quick else "")
         + "".join(f" --before {rev}={src}" for rev, src in a.before.items())
-        + (" --no-variants" if a.no_variants else ""),
+        + (" --no-variants" if a.no_variants else "")
+        + (f" --rounds {a.rounds}" if a.rounds != 1 else ""),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine(wrk=wrk_version, wrk_threads=a.threads, load_avg_before=load_before),
         "setup": {
@@ -436,6 +448,7 @@ def run(a: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         },
         "rss_mb": rss,
         "points": points,
+        "rounds_c1_p50_ms": rounds,
     }
 
 
@@ -483,6 +496,16 @@ def summarize(r: dict[str, Any]) -> None:
             best_t = max(p[n][c]["rps"] for c in levels)
             best_l = max(p["litellm"][c]["rps"] for c in levels)
             rows.append((f"tollway ({sync}) max RPS / LiteLLM max RPS", round(best_t / best_l, 2), 12, True))
+    rounds = r.get("rounds_c1_p50_ms") or {}
+    if len(rounds.get("direct", ())) > 1:
+        # Each round's added p50 (the setup's p50 minus the direct one's in that round), the median.
+        r["added_p50_ms_rounds"] = {
+            n: round(statistics.median(t - d for t, d in zip(rounds[n], rounds["direct"], strict=True)), 3)
+            for n in TOLLWAYS
+        }
+        for n, med in r["added_p50_ms_rounds"].items():
+            k = len(rounds[n])
+            rows.append((f"{n} added latency p50 at concurrency 1, median of {k} rounds (ms)", med, 1, False))
     r["targets"] = [
         {"name": n, "measured": m, "target": t, "pass": m >= t if hi else m <= t} for n, m, t, hi in rows
     ]
@@ -585,6 +608,9 @@ def main() -> None:
         "adds a tollway@REV setup on its defaults, interleaved with the others (an A/B); repeatable",
     )
     p.add_argument("--no-variants", action="store_true", help="skip tollway_fast and tollway_normal")
+    p.add_argument(
+        "--rounds", type=int, default=1, help="rounds at concurrency 1, setups interleaved (median reported)"
+    )
     a = p.parse_args()
     global SETUPS, TOLLWAYS
     a.before = {rev: Path(src) for rev, _, src in (b.partition("=") for b in a.before)}
