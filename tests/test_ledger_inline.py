@@ -190,7 +190,6 @@ async def test_the_synchronous_level_is_set_ahead_of_the_batch_that_needs_it(tmp
     is out, for the next reservation), so neither batch runs a PRAGMA on its path."""
     async for rt in _runtime(tmp_path, "FULL"):
         ledger = rt.ledger
-        ledger.keep_open_s = 0  # reservations commit on their own here (see the kept-open tests)
         acct = await _funded(ledger, 1_000)
         conn = ledger._wconn
         assert conn is not None

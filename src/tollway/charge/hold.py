@@ -242,7 +242,7 @@ class Hold:
 
     # ------------------------------------------------------------------ reserve
 
-    async def reserve(self, *, early: bool = False, settles_soon: bool = False) -> None:
+    async def reserve(self, *, early: bool = False) -> None:
         """Reserve the maximum: every source leg and every cap leg in one linked
         chain, so they all stand or none does. ``early``: return once the ledger
         has *decided* the reservation, before its commit, so the work can start
@@ -253,16 +253,9 @@ class Hold:
         maximum between them in order, on the balances it reads under the write
         lock, so concurrent requests that drain an earlier source never get a
         payer who can pay refused. A refusal names its leg: a cap's own error,
-        or ``insufficient_funds`` for the balance.
-
-        ``settles_soon`` (with ``early``): the caller settles or releases as soon
-        as its work ends; the settle then needs not wait for the reservation's
-        own commit, and the ledger may commit both at once (``Ledger.kept``)."""
+        or ``insufficient_funds`` for the balance."""
         chain = self._chain()
         ops = [op for _, op in chain]
-        if settles_soon:
-            for op in ops:
-                op.settles_soon = True
         results: list[Result]
         if early:  # queued together, decided in one batch: no task per leg
             queued = self.ledger.queue_chain(ops)
@@ -384,30 +377,10 @@ class Hold:
             return None
         return await asyncio.shield(self._settling)
 
-    async def _joined(self) -> bool:
-        """Before a settle or a release: join the reservation's commit, unless its
-        transaction is still open (``Ledger.kept``), in which case what follows
-        commits with it, or fails if it never does. True if that was so: the
-        caller joins it after its own ops (see :meth:`_fails_with_reservation`)."""
-        if self._committing and self.ledger.kept(self._committing):
-            return True
-        await self.confirm()
-        return False
-
-    async def _fails_with_reservation(self, joining: bool, e: TollwayError) -> TollwayError:
-        """A settle's or release's ops failed: if the reservation's own commit
-        failed (its transaction rolled back), that is the error to report."""
-        if joining:
-            try:
-                await self.confirm()
-            except TollwayError as refused:
-                return refused
-        return e
-
     async def _settle(
         self, actual: int, quantity: int | None, metadata: dict[str, Any], *, linger: bool = False
     ) -> Receipt:
-        joining = await self._joined()
+        await self.confirm()
         usage = Usage(
             self.meter,
             actual if quantity is None else quantity,
@@ -446,12 +419,7 @@ class Hold:
                         leg.pending.id, idempotency_key=self._key("void", i), usage=u, linger=linger
                     )
                 )
-        try:
-            transfers = await _all(ops)
-        except TollwayError as e:
-            raise await self._fails_with_reservation(joining, e) from None
-        if joining:
-            await self.confirm()  # told by now: the COMMIT that took these ops took it (or one before)
+        transfers = await _all(ops)
         (metrics.CHARGES_POSTED if actual else metrics.CHARGES_FREE).inc()
         metrics.CHARGED_MICROS.inc(actual)
         self.receipt = Receipt(self.max_amount, actual, self._hold_id, transfers[0].id)
@@ -468,24 +436,15 @@ class Hold:
 
     async def _release(self) -> Receipt:
         try:
-            joining = await self._joined()
+            await self.confirm()
         except TollwayError:  # the reservation never stood: nothing to release
             return Receipt(self.max_amount, 0, self._hold_id, None)
-        voids = await asyncio.gather(
+        await asyncio.gather(
             *(
                 self.ledger.void(leg.pending.id, idempotency_key=self._key("void", i))
                 for i, leg in enumerate(self.legs)
-            ),
-            return_exceptions=joining,
+            )
         )
-        if joining:
-            try:
-                await self.confirm()
-            except TollwayError:  # its transaction rolled back: nothing stood, nothing to release
-                return Receipt(self.max_amount, 0, self._hold_id, None)
-            failed = next((v for v in voids if isinstance(v, BaseException)), None)
-            if failed is not None:
-                raise failed
         metrics.CHARGES_VOIDED.inc()
         self.receipt = Receipt(self.max_amount, 0, self._hold_id, None)
         return self.receipt

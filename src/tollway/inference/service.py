@@ -169,8 +169,7 @@ class Inference:
 
     async def _reserve(self, caller: Caller, hold: Hold, *, early: bool) -> None:
         try:
-            # A call's settle follows its end (unless it lingers: acknowledge = "fast").
-            await hold.reserve(early=early, settles_soon=early and not self.linger)
+            await hold.reserve(early=early)
         except TollwayError as e:
             if caller.standing is None:  # a payer of its own (an agent token's wallet): its words
                 raise

@@ -41,7 +41,7 @@ from tollway.core.schema import ledger_pending as P
 from tollway.core.schema import ledger_transfers as T
 from tollway.core.storage import is_sqlite, sqlite_connect, sqlite_path, writer
 from tollway.ledger import errors
-from tollway.ledger.apply import BatchState, Result, apply_batch
+from tollway.ledger.apply import Result, apply_batch
 from tollway.ledger.ops import CreateTransfer, Op, ResolvePending, Usage
 from tollway.ledger.rawsql import DRIVER_ERRORS, inline_tx, raw_transaction, run_inline
 from tollway.ledger.riders import Row, Statement
@@ -136,7 +136,6 @@ class Ledger:
         batch_max: int = 2048,
         linger_s: float = 0.002,
         default_timeout_s: int = 300,
-        keep_open_s: float = 0.001,
     ) -> None:
         self.engine = engine
         self.clock = clock or SystemClock()
@@ -167,18 +166,6 @@ class Ledger:
         # connection and its commit not yet handed to the writer thread: other
         # jobs wait for it, so they reach the thread after that commit.
         self._open_inline: asyncio.Future[None] | None = None
-        # SQLite, one request in flight: an early reservation's transaction stays
-        # open (its COMMIT not yet run) for up to keep_open_s, so that the settle
-        # that follows commits both with its one fsync (see _keeps). These are the
-        # batches applied in it; their commit futures wait for that COMMIT.
-        self.keep_open_s = keep_open_s
-        self._kept: list[tuple[list[_Item], list[Result]]] = []
-        self._keeping = False  # set by _finish_after_callers for _commit_batch: this batch was kept
-        self._kept_timer: asyncio.TimerHandle | None = None
-        self._kept_due = False  # the window is over: the writer commits what is kept
-        self._kept_job: asyncio.Future[None] | None = None  # that COMMIT, on the writer thread
-        self._kept_state: BatchState | None = None  # the accounts and pendings as they stand in it
-        self._keep_after = 0.0  # monotonic time before which nothing is kept (another process wrote)
         self._sync_level: int | None = None  # the writer connection's PRAGMA synchronous, as configured
         self._sync_now: int | None = None  # and as set now (see _sync_for)
         cols = ", ".join(c.name for c in ACCOUNT_COLUMNS)
@@ -196,7 +183,6 @@ class Ledger:
         if self._task is not None:
             if self._queue:  # let queued requests commit before stopping
                 await asyncio.gather(*(f for _, f, _ in self._queue), return_exceptions=True)
-            await self._commit_kept()
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
@@ -533,8 +519,6 @@ class Ledger:
                     for w in waiters:
                         if not w.done():
                             w.set_result(None)
-            if self._kept_due:
-                await self._commit_kept()
 
     async def _commit_batch(self, batch: list[_Item], riders: _Riders = ()) -> None:
         ops = [op for op, _, _ in batch]
@@ -556,10 +540,6 @@ class Ledger:
                 tracing.end(sp, e)
                 raise
             tracing.end(sp)
-            if self._keeping:  # applied, not yet committed: told with the COMMIT that takes it
-                self._keeping = False
-                self._kept.append((batch, results))
-                return
         except DRIVER_ERRORS as e:
             if riders:
                 log.warning("dropping %d rider rows with a failed ledger batch: %s", len(riders), e)
@@ -620,13 +600,11 @@ class Ledger:
 
             now = self.clock.now_us()
             if decided is not None and ops and self._wjobs == 0:
-                keepable = lazy and self._keepable(ops)
-                started = self._decide_inline(ops, now, lazy and not keepable)
+                started = self._decide_inline(ops, now, lazy)
                 if started is not None:
                     inline, state, written = started
-                    await self._finish_after_callers(decided, inline, state, written, riders, lazy, keepable)
+                    await self._finish_after_callers(decided, inline, state, written, riders, lazy)
                     return inline
-            await self._commit_kept()
             return await self._on_writer(self._apply_sqlite, ops, now, tell, riders, lazy)
         results: list[Result] = []
         async with raw_transaction(self.engine) as tx:
@@ -652,8 +630,6 @@ class Ledger:
         self._wjobs += 1
         try:
             while self._open_inline is not None:  # behind the open inline batch's commit
-                if self._kept:  # a transaction kept open: someone waits, the window ends now
-                    self._kept_over()
                 await asyncio.wait([self._open_inline])
             return await asyncio.get_running_loop().run_in_executor(self._wexec, fn, *args)
         finally:
@@ -667,7 +643,6 @@ class Ledger:
         written: Any,
         riders: _Riders,
         lazy: bool = False,
-        keepable: bool = False,
     ) -> None:
         """Tell the callers an inline batch's decisions and let them run first
         (one loop turn: they go on to their own I/O), then write the batch and
@@ -687,188 +662,37 @@ class Ledger:
         conn = self._wconn
         assert conn is not None
         loop = asyncio.get_running_loop()
-        gate = self._open_inline
-        if gate is None:  # (else the transaction was kept open: the same gate stands)
-            gate = self._open_inline = loop.create_future()
+        gate = self._open_inline = loop.create_future()
         self._wjobs += 1
-        keep = interrupted = False
         try:
             job: asyncio.Future[None] | None = None
             try:
                 decided(inline)
-                if lazy:  # early reservations: their callers go on to their own I/O first
-                    await asyncio.sleep(0)
-            except BaseException:
-                interrupted = True  # (cancelled: commit now, keep nothing open)
-                raise
+                await asyncio.sleep(0)
             finally:  # cancelled or not, the open transaction goes on to its COMMIT
                 try:
                     run_inline(write_batch(inline_tx(conn), state, written))
                     self._write_riders(conn, riders)
-                    fsyncs = self._commit_fsyncs and self._sync_now == self._sync_level
-                    if (
-                        keepable
-                        and fsyncs
-                        and not interrupted
-                        and self._keeps()
-                        and all(isinstance(r, Transfer) for r in inline)
-                    ):
-                        keep = self._keeping = True
-                        self._keep_state(state)
-                        if self._kept_timer is None:
-                            self._kept_timer = loop.call_later(self.keep_open_s, self._kept_over)
-                    elif fsyncs and (inflight.count() > 1 or self._queue):
+                    if self._commit_fsyncs and not lazy and (inflight.count() > 1 or self._queue):
                         job = loop.run_in_executor(self._wexec, self._commit_sqlite)
                     else:
                         self._commit_sqlite()
-                        self._release_kept()
                         if lazy and self._commit_fsyncs and inflight.count() <= 1:
                             # A reservation's caller is at its upstream call now, and its
                             # settle will fsync: set the level for it here, not on its path.
                             with contextlib.suppress(sqlite3.OperationalError):  # busy: later
                                 self._sync_for(conn, False)
-                except BaseException as e:  # nothing was handed to the thread
+                except BaseException:  # nothing was handed to the thread
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
-                    self._drop_kept(e)
                     raise
                 finally:
-                    if not keep:
-                        self._gate_open(gate)
+                    self._open_inline = None
+                    gate.set_result(None)
             if job is not None:
-                try:
-                    await job
-                except BaseException as e:
-                    self._drop_kept(e)
-                    raise
-                self._release_kept()
-        finally:
-            self._wjobs -= 1
-
-    def _keepable(self, ops: list[Op]) -> bool:
-        """Early reservations whose callers settle them as soon as their work ends
-        (``CreateTransfer.settles_soon``), when :meth:`_keeps` allows."""
-        return self._keeps() and all(isinstance(op, CreateTransfer) and op.settles_soon for op in ops)
-
-    def kept(self, commits: Sequence[asyncio.Future[Result]]) -> bool:
-        """Whether these commit futures (of :meth:`queue_chain`) belong to batches
-        applied in the transaction kept open now: they commit with whatever this
-        ledger applies next, or not at all, and are told at that COMMIT. A settle
-        queued now needs not wait for them (see ``Hold.settle``)."""
-        if not self._kept or not commits:
-            return False
-        open_ = {id(fut) for batch, _ in self._kept for _, fut, _ in batch}
-        return all(id(c) in open_ for c in commits)
-
-    def _keeps(self) -> bool:
-        """Whether an early reservation's transaction may stay open for its settle:
-        one COMMIT and one fsync for the pair instead of two commits, when the
-        upstream answers within ``keep_open_s``. Only with the commit fsyncing
-        (``synchronous`` FULL), one HTTP request in flight and nothing queued (with
-        more, batches group on their own), and not for a while after another
-        process held the write lock (it would wait for the window)."""
-        return (
-            self.keep_open_s > 0
-            and self._commit_fsyncs
-            and inflight.count() <= 1
-            and not self._queue
-            and time.monotonic() >= self._keep_after
-        )
-
-    def _kept_over(self) -> None:
-        """The window is over: the writer commits what is kept (on its thread)."""
-        if self._kept_timer is not None:
-            self._kept_timer.cancel()
-        self._kept_timer = None
-        self._kept_due = True
-        if self._wake is not None:
-            self._wake.set()
-
-    async def _commit_kept(self) -> None:
-        """COMMIT the transaction kept open, on the writer thread (the fsync leaves
-        the loop free for the upstream's answer), and tell its batches. Called
-        again while that runs (the writer, and close), it waits for the same one."""
-        if self._kept_job is not None:
-            await asyncio.shield(self._kept_job)
-            return
-        if not self._kept:
-            return
-        assert self._wexec is not None
-        gate = self._open_inline
-        self._wjobs += 1
-        job = self._kept_job = asyncio.get_running_loop().run_in_executor(self._wexec, self._commit_sqlite)
-        try:
-            await asyncio.shield(job)
-        except asyncio.CancelledError:
-            with contextlib.suppress(Exception):  # the thread commits it all the same
                 await job
-            raise
-        except Exception as e:
-            self._drop_kept(e)
-        else:
-            self._release_kept()
         finally:
             self._wjobs -= 1
-            self._kept_job = None
-            if self._kept:  # cancelled: tell them as the job ended
-                if job.done() and job.exception() is None:
-                    self._release_kept()
-                else:
-                    self._drop_kept(RuntimeError("ledger closed"))
-            if gate is not None:
-                self._gate_open(gate)
-
-    def _gate_open(self, gate: asyncio.Future[None]) -> None:
-        """The writer's connection is free again (no transaction open on the loop)."""
-        if self._open_inline is gate:
-            self._open_inline = None
-        if not gate.done():
-            gate.set_result(None)
-
-    def _keep_state(self, st: BatchState) -> None:
-        """What a kept batch loaded and changed, for the batches that join its
-        transaction (:func:`load_batch`'s ``known``): no row is read twice."""
-        k = self._kept_state
-        if k is None:
-            self._kept_state = st
-        elif k is not st:
-            k.accounts.update(st.accounts)
-            k.pendings.update(st.pendings)
-
-    def _end_window(self) -> list[tuple[list[_Item], list[Result]]]:
-        self._kept_state = None
-        kept, self._kept = self._kept, []
-        self._kept_due = False
-        if self._kept_timer is not None:
-            self._kept_timer.cancel()
-            self._kept_timer = None
-        return kept
-
-    def _release_kept(self) -> None:
-        """The COMMIT that took the kept batches is done: tell their callers."""
-        for batch, results in self._end_window():
-            for (_, fut, early), r in zip(batch, results, strict=True):
-                if not fut.done():
-                    fut.set_result(r)
-                if early is not None and not early.done():
-                    early.set_result(r)
-            metrics.LEDGER_OPS_OK.inc(sum(isinstance(r, Transfer) for r in results))
-
-    def _drop_kept(self, e: BaseException) -> None:
-        """The transaction with the kept batches rolled back: nothing of theirs
-        stands. Their callers (early reservations, at their upstream calls) hear
-        it when they join the commit, before anything is charged or reported."""
-        err = _db_unavailable(e if isinstance(e, Exception) else RuntimeError(str(e)))
-        kept = self._end_window()
-        for batch, _ in kept:
-            for _, fut, early in batch:
-                if not fut.done():
-                    fut.set_result(err)
-                if early is not None and not early.done():
-                    early.set_result(err)
-        gate = self._open_inline
-        if kept and gate is not None and self._kept_job is None:  # their transaction is gone
-            self._gate_open(gate)
 
     @property
     def _commit_fsyncs(self) -> bool:
@@ -879,8 +703,8 @@ class Ledger:
     def _configured_sync(self) -> int:
         """The connection's ``PRAGMA synchronous`` as configured (read once)."""
         if self._sync_level is None:
-            conn = self._writer_conn()
-            self._sync_level = self._sync_now = int(conn.execute("PRAGMA synchronous").fetchone()[0])
+            assert self._wconn is not None
+            self._sync_level = self._sync_now = int(self._wconn.execute("PRAGMA synchronous").fetchone()[0])
         return self._sync_level
 
     def _sync_for(self, conn: sqlite3.Connection, lazy: bool) -> None:
@@ -910,17 +734,13 @@ class Ledger:
         nothing waits here: None, and the batch takes the writer thread, which
         waits for the lock."""
         conn = self._writer_conn()
-        if not self._kept:  # (else this batch joins the transaction kept open)
-            if not (_not_busy(self._sync_for, conn, lazy) and _not_busy(conn.execute, "BEGIN IMMEDIATE")):
-                self._keep_after = time.monotonic() + 0.05  # another writer: keep nothing open a while
-                return None
+        if not _not_busy(self._sync_for, conn, lazy) or not _not_busy(conn.execute, "BEGIN IMMEDIATE"):
+            return None
         try:
-            known = self._kept_state if self._kept else None
-            st = run_inline(load_batch(inline_tx(conn), ops, now_us, self.default_timeout_s, known))
+            st = run_inline(load_batch(inline_tx(conn), ops, now_us, self.default_timeout_s))
             results, writes = apply_batch(ops, st)
-        except BaseException as e:
+        except BaseException:
             conn.execute("ROLLBACK")
-            self._drop_kept(e)
             raise
         return results, st, writes
 
@@ -1047,8 +867,8 @@ class Ledger:
         conn = self._wconn
         if conn is None or self._wjobs or self._open_inline is not None or self._queue:
             return
-        if not conn.in_transaction:  # (the next reservation is kept for its settle: at the commit's level)
-            _not_busy(self._sync_for, conn, not self._keeps())
+        if not conn.in_transaction:
+            _not_busy(self._sync_for, conn, True)
 
     def _close_wconn(self) -> None:
         self._sync_level = self._sync_now = None

@@ -37,10 +37,6 @@ class CreateTransfer:
     # as its debit account has available of what is still needed, the last
     # one all of the rest (see tollway.ledger.apply).
     split: bool = False
-    # An early reservation its caller settles as soon as its work ends, without
-    # waiting for the reservation's own commit: the ledger may keep its
-    # transaction open for the settle (see Ledger.keep_open_s). Not part of the request.
-    settles_soon: bool = False
 
     def request_hash(self) -> str:
         parts: tuple[Any, ...] = (

@@ -48,18 +48,10 @@ def account_from_row(r: Sequence[Any]) -> Account:
     return Account._make(r)
 
 
-async def load_batch(
-    tx: RawTx, ops: list[Op], now_us: int, default_timeout_s: int, known: BatchState | None = None
-) -> BatchState:
-    """The rows ``ops`` touch, locked. ``known``: the state of the batches applied
-    earlier in this same open transaction (``Ledger.keep_open_s``); its accounts
-    and pendings are what the database holds now, so they are not read again."""
+async def load_batch(tx: RawTx, ops: list[Op], now_us: int, default_timeout_s: int) -> BatchState:
     lock = "" if tx.sqlite else " FOR UPDATE"
     pending_ids = sorted({op.pending_id for op in ops if not isinstance(op, CreateTransfer)})
     pendings: dict[str, PendingState] = {}
-    if known is not None and pending_ids:
-        pendings = {i: known.pendings[i] for i in pending_ids if i in known.pendings}
-        pending_ids = [i for i in pending_ids if i not in pendings]
     if pending_ids:
         # Open reservations: everything a resolution needs is in ledger_pending.
         cond, args = tx.in_clause("transfer_id", pending_ids)
@@ -87,9 +79,6 @@ async def load_batch(
         account_ids.add(ps.transfer.debit_account_id)
         account_ids.add(ps.transfer.credit_account_id)
     accounts: dict[str, AccountState] = {}
-    if known is not None:
-        accounts = {i: known.accounts[i] for i in account_ids if i in known.accounts}
-        account_ids.difference_update(accounts)
     if account_ids:
         cond, args = tx.in_clause("id", sorted(account_ids))
         q = (
