@@ -734,7 +734,7 @@ class Ledger:
         nothing waits here: None, and the batch takes the writer thread, which
         waits for the lock."""
         conn = self._writer_conn()
-        if not _not_busy(self._sync_for, conn, lazy) or not _not_busy(conn.execute, "BEGIN IMMEDIATE"):
+        if not self._begin_now(conn, lazy):
             return None
         try:
             st = run_inline(load_batch(inline_tx(conn), ops, now_us, self.default_timeout_s))
@@ -776,8 +776,7 @@ class Ledger:
     ) -> list[Result]:
         """One batch on the writer thread: BEGIN IMMEDIATE, load, apply, write, COMMIT."""
         conn = self._writer_conn()
-        _waiting(self._sync_for, conn, lazy)
-        _waiting(conn.execute, "BEGIN IMMEDIATE")
+        self._begin_waiting(conn, lazy)
         results: list[Result] = []
         try:
             if ops:
@@ -833,15 +832,25 @@ class Ledger:
         inline (:meth:`_decide_inline`). None if another process holds the write
         lock: nothing waits here, the thread does."""
         conn = self._writer_conn()
-        if not _not_busy(self._sync_for, conn, True) or not _not_busy(conn.execute, "BEGIN IMMEDIATE"):
+        if not self._begin_now(conn, True):
             return None
         return _rows_committed(conn, writes)
 
     def _write_aside(self, writes: _Writes, lazy: bool = False) -> list[int]:
         conn = self._writer_conn()
+        self._begin_waiting(conn, lazy)
+        return _rows_committed(conn, writes)
+
+    def _begin_now(self, conn: sqlite3.Connection, lazy: bool) -> bool:
+        """On the loop: the level for the batch (:meth:`_sync_for`), then BEGIN
+        IMMEDIATE; False, with nothing begun, if the database is busy (another
+        process's write lock): the batch goes to the writer thread."""
+        return _not_busy(self._sync_for, conn, lazy) and _not_busy(conn.execute, "BEGIN IMMEDIATE")
+
+    def _begin_waiting(self, conn: sqlite3.Connection, lazy: bool) -> None:
+        """On the writer thread: the same, waiting while the database is busy."""
         _waiting(self._sync_for, conn, lazy)
         _waiting(conn.execute, "BEGIN IMMEDIATE")
-        return _rows_committed(conn, writes)
 
     def _start_writer_thread(self) -> None:
         """The SQLite writer thread, made on first use (on the event loop)."""
