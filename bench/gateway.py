@@ -452,6 +452,13 @@ def run(a: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     }
 
 
+def _label(n: str) -> str:
+    """How the targets table names a tollway setup."""
+    return {"tollway": "FULL", "tollway_fast": "FULL, fast", "tollway_normal": "NORMAL"}.get(
+        n, f"FULL, at {n.removeprefix('tollway@')}"
+    )
+
+
 def summarize(r: dict[str, Any]) -> None:
     p = r["points"]
     lat: dict[str, Any] = {}
@@ -474,9 +481,7 @@ def summarize(r: dict[str, Any]) -> None:
     }
     rows: list[tuple[str, float, float, bool]] = []
     for n in TOLLWAYS:
-        sync = {"tollway": "FULL", "tollway_fast": "FULL, fast", "tollway_normal": "NORMAL"}.get(
-            n, f"FULL, at {n.removeprefix('tollway@')}"
-        )
+        sync = _label(n)
         if n in lat:
             rows += [
                 (
@@ -504,8 +509,8 @@ def summarize(r: dict[str, Any]) -> None:
             for n in TOLLWAYS
         }
         for n, med in r["added_p50_ms_rounds"].items():
-            k = len(rounds[n])
-            rows.append((f"{n} added latency p50 at concurrency 1, median of {k} rounds (ms)", med, 1, False))
+            name = f"tollway ({_label(n)}) added latency p50 at c=1, median of {len(rounds[n])} rounds (ms)"
+            rows.append((name, med, 1, False))
     r["targets"] = [
         {"name": n, "measured": m, "target": t, "pass": m >= t if hi else m <= t} for n, m, t, hi in rows
     ]
