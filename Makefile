@@ -7,8 +7,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 TEST_WORKERS ?= 2
+FUZZ_SCALE ?= 20
 
-.PHONY: run test lint typecheck pytest bench venv clean
+.PHONY: run test lint typecheck pytest fuzz bench venv clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "tollway needs Python 3.11 or newer")'
@@ -51,6 +52,10 @@ pytest: $(STAMP)
 	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist worksteal
 
 test: lint typecheck pytest
+
+fuzz: $(STAMP)
+	@# The schema fuzzing of tests/test_schemathesis.py with FUZZ_SCALE times its examples.
+	TOLLWAY_FUZZ_SCALE=$(FUZZ_SCALE) $(BIN)/pytest -q -n $(TEST_WORKERS) --dist worksteal tests/test_schemathesis.py
 
 bench: $(STAMP)
 	$(BIN)/python bench/ledger.py

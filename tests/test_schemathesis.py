@@ -7,13 +7,15 @@ Every operation runs with each kind of credential (the admin token, an API
 key, an agent token), and a second test puts hostile values into what the
 schema generates: lone surrogates, any unicode, integers past 64 bits, JSON
 nested past the limit (in bodies and query strings). The example counts keep
-the file to about a minute."""
+the file to about a minute; ``TOLLWAY_FUZZ_SCALE=20`` multiplies them for a
+deeper hunt (``make fuzz``)."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
 import json
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,7 @@ from conftest import ADMIN, settings_for
 from tollway.api.app import create_app
 from tollway.runtime import Runtime
 
+SCALE = max(1, int(os.environ.get("TOLLWAY_FUZZ_SCALE", "1")))
 _DB = Path(tempfile.mkdtemp(prefix="tollway-st-")) / "tollway.db"
 _SETTINGS = settings_for(f"sqlite:///{_DB}")
 
@@ -111,7 +114,7 @@ def _shape(response: Any) -> None:
 
 
 @schema.parametrize()
-@settings(max_examples=10, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=10 * SCALE, deadline=None, suppress_health_check=list(HealthCheck))
 def test_api_conforms(case: schemathesis.Case) -> None:
     case.headers = {**(case.headers or {}), **CREDENTIALS[next(_TURN)]}  # each kind in turn
     response = case.call()
@@ -121,7 +124,9 @@ def test_api_conforms(case: schemathesis.Case) -> None:
 
 @schema.parametrize()
 @schema.given(who=WHO, hostile=HOSTILE, pick=st.integers(min_value=0, max_value=10_000))
-@settings(max_examples=5, deadline=None, suppress_health_check=list(HealthCheck), phases=[Phase.generate])
+@settings(
+    max_examples=5 * SCALE, deadline=None, suppress_health_check=list(HealthCheck), phases=[Phase.generate]
+)
 def test_hostile_values_are_refused_never_a_500(
     case: schemathesis.Case, who: str, hostile: Any, pick: int
 ) -> None:
