@@ -52,8 +52,21 @@ class RawTx:
         await self.driver.executemany(sql, rows)
 
     def insert_sql(self, table: Table) -> str:
-        cols = [c.name for c in table.columns]
-        return f"INSERT INTO {table.name} ({', '.join(cols)}) VALUES ({', '.join(self.ph(len(cols)))})"
+        """``INSERT INTO table (every column) VALUES (...)`` in the driver's style:
+        built once per table and dialect (it is on every ledger batch)."""
+        key = (table, self.sqlite)
+        sql = _INSERTS.get(key)
+        if sql is None:
+            cols = [c.name for c in table.columns]
+            sql = _INSERTS[key] = (
+                f"INSERT INTO {table.name} ({', '.join(cols)}) VALUES ({', '.join(self.ph(len(cols)))})"
+            )
+        return sql
+
+
+# insert_sql's statements, by (table, SQLite or not): the schema's tables live as
+# long as the process.
+_INSERTS: dict[tuple[Table, bool], str] = {}
 
 
 class _InlineSqlite:
