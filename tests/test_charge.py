@@ -143,13 +143,13 @@ async def test_post_failure_surfaces_and_hold_expires(settings: Settings) -> Non
     try:
         p = await payer(rt)
 
-        async def broken_post(*a: object, **k: object) -> object:
+        def broken_queue(*a: object, **k: object) -> object:  # how a settle's legs reach the ledger
             raise TollwayError("api_error", "database_unavailable", "injected", status=503)
 
         with pytest.raises(TollwayError, match="injected"):
             async with rt.charger.hold(p, 300, meter="tokens", timeout_s=5) as h:
                 h.post(100)
-                rt.ledger.post = broken_post  # type: ignore[method-assign]
+                rt.ledger.queue = broken_queue  # type: ignore[method-assign]
         assert await state(rt, p) == (1_000, 300, 0)
         clock.advance(seconds=5)
         await rt.ledger.expire_due()

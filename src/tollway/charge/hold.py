@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -33,23 +33,10 @@ from tollway.core.errors import ErrorType, TollwayError, invalid
 from tollway.core.money import check_amount
 from tollway.ledger import Ledger, Transfer
 from tollway.ledger.apply import Result
-from tollway.ledger.ops import CreateTransfer, Usage
+from tollway.ledger.ops import CreateTransfer, ResolvePending, Usage
 from tollway.observe import metrics
 
 log = logging.getLogger("tollway.charge")
-
-
-async def _all(aws: Sequence[Awaitable[Any]], *, return_exceptions: bool = False) -> list[Any]:
-    """``asyncio.gather``, without its task and gathering future for the usual
-    single leg (this is on every charge)."""
-    if len(aws) != 1:
-        return list(await asyncio.gather(*aws, return_exceptions=return_exceptions))
-    try:
-        return [await aws[0]]
-    except Exception as e:
-        if not return_exceptions:
-            raise
-        return [e]
 
 
 def budget_exceeded(label: str, amount: int) -> TollwayError:
@@ -325,7 +312,7 @@ class Hold:
         futs, self._committing = self._committing, []
         if not futs:
             return
-        results: list[Result] = await _all(futs)
+        results: list[Result] = [await f for f in futs]  # one batch commits them all
         bad = [r for r in results if isinstance(r, TollwayError)]
         if not bad:
             self._taken(
@@ -389,7 +376,7 @@ class Hold:
             amount=actual,
         )
         remaining = actual
-        ops = []
+        ops: list[ResolvePending] = []
         takes = []
         for leg in self.legs:
             if isinstance(leg.source, Cap):
@@ -407,23 +394,26 @@ class Hold:
             )
         for i, (leg, take) in enumerate(zip(self.legs, takes, strict=True)):
             u = usage if i == 0 else None
-            if take:
-                ops.append(
-                    self.ledger.post(
-                        leg.pending.id, take, idempotency_key=self._key("post", i), usage=u, linger=linger
-                    )
-                )
-            else:
-                ops.append(
-                    self.ledger.void(
-                        leg.pending.id, idempotency_key=self._key("void", i), usage=u, linger=linger
-                    )
-                )
-        transfers = await _all(ops)
+            key = self._key("post" if take else "void", i)
+            ops.append(ResolvePending(leg.pending.id, bool(take), take or None, False, key, u))
+        transfers = await self._resolve(ops, linger=linger)
         (metrics.CHARGES_POSTED if actual else metrics.CHARGES_FREE).inc()
         metrics.CHARGED_MICROS.inc(actual)
         self.receipt = Receipt(self.max_amount, actual, self._hold_id, transfers[0].id)
         return self.receipt
+
+    async def _resolve(self, ops: list[ResolvePending], *, linger: bool = False) -> list[Transfer]:
+        """Post or void the legs: every op queued before any is awaited, so one
+        batch commits them, and no leg needs a task of its own. A refused leg
+        raises (the others still commit or are refused on their own)."""
+        futs = [self.ledger.queue(op, linger=linger) for op in ops]
+        transfers: list[Transfer] = []
+        for f in futs:
+            r = await f
+            if isinstance(r, TollwayError):
+                raise r
+            transfers.append(r)
+        return transfers
 
     async def release(self) -> None:
         """Void every leg: nothing is taken, no usage recorded (a no-op once settled)."""
@@ -439,11 +429,11 @@ class Hold:
             await self.confirm()
         except TollwayError:  # the reservation never stood: nothing to release
             return Receipt(self.max_amount, 0, self._hold_id, None)
-        await asyncio.gather(
-            *(
-                self.ledger.void(leg.pending.id, idempotency_key=self._key("void", i))
+        await self._resolve(
+            [
+                ResolvePending(leg.pending.id, False, None, False, self._key("void", i))
                 for i, leg in enumerate(self.legs)
-            )
+            ]
         )
         metrics.CHARGES_VOIDED.inc()
         self.receipt = Receipt(self.max_amount, 0, self._hold_id, None)

@@ -316,6 +316,15 @@ class Ledger:
             self._poke(loop, False)
         return out
 
+    def queue(self, op: Op, *, linger: bool = False) -> asyncio.Future[Result]:
+        """Queue one op for the next batch and return its commit's future: the
+        :class:`Transfer`, or the :class:`TollwayError` refusing it. No task is
+        made: a caller with several ops (a settle's legs) queues them all, so
+        they share a batch, then awaits each. Bad input raises here, before
+        anything is queued. ``linger``: see :meth:`_enqueue`."""
+        check_op(op)
+        return self._enqueue(op, linger=linger)
+
     async def post(
         self,
         pending_id: str,
