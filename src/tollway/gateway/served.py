@@ -137,18 +137,23 @@ class Ending:
 
     async def collect_unless_gone(self, receive: Callable[[], Awaitable[Any]]) -> tuple[str, Metered]:
         """Collect a whole generation, but stop (charging only what was produced)
-        if the client disconnects first: Starlette does not cancel handlers itself."""
-        work = asyncio.ensure_future(self._collect())
+        if the client disconnects first: Starlette does not cancel handlers
+        itself, so a watcher cancels this task. The generation runs here, in
+        the request's own task; the watcher is the one task a call adds. It
+        cannot cancel anything after the generation: it is cancelled as soon
+        as the generation ends, before this task awaits anything else."""
+        task = asyncio.current_task()
+        assert task is not None
 
         async def watch() -> None:
             while True:
                 if (await receive())["type"] == "http.disconnect":
-                    work.cancel()
+                    task.cancel()
                     return
 
         watcher = asyncio.ensure_future(watch())
         try:
-            return await work
+            return await self._collect()
         finally:
             watcher.cancel()
 
