@@ -139,6 +139,54 @@ async def test_with_no_other_request_in_flight_a_durable_commit_runs_on_the_loop
     assert a.debits_posted == 60 and a.debits_pending == 0 and a.balance == 940
 
 
+async def test_only_a_batch_that_woke_early_callers_gives_them_a_turn_before_its_commit(
+    rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An early reservation's batch lets its woken caller run (to its upstream
+    call) before the batch is written and committed; a settle's batch woke no
+    one, so it goes from its decision to its COMMIT without a loop turn."""
+    monkeypatch.setattr(inflight, "_n", 1)
+    ledger = rt.ledger
+    acct = await _funded(ledger, 1_000)
+    turns = 0
+
+    async def ticker() -> None:  # counts the event loop's turns
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0)
+
+    decided_at: list[int] = []
+    committed_at: list[int] = []
+    real_decide, real_commit = ledger._decide_inline, ledger._commit_sqlite
+
+    def decide(*a: Any, **k: Any) -> Any:
+        out = real_decide(*a, **k)
+        decided_at.append(turns)
+        return out
+
+    def commit() -> None:
+        committed_at.append(turns)
+        real_commit()
+
+    monkeypatch.setattr(ledger, "_decide_inline", decide)
+    monkeypatch.setattr(ledger, "_commit_sqlite", commit)
+    tick = asyncio.ensure_future(ticker())
+    try:
+        await asyncio.sleep(0)
+        t, committed = await reserve_early(ledger, acct, "sys_revenue", 50)
+        await committed
+        await ledger.post(t.id, 20)
+    finally:
+        tick.cancel()
+    assert len(decided_at) == len(committed_at) == 2
+    (reserve_decided, settle_decided), (reserve_committed, settle_committed) = decided_at, committed_at
+    assert reserve_committed > reserve_decided  # its caller ran first
+    assert settle_committed == settle_decided  # nobody to wake: straight to the COMMIT
+    a = await ledger.get_account(acct)
+    assert a.debits_posted == 20 and a.debits_pending == 0 and a.balance == 980
+
+
 async def test_the_telemetry_layer_counts_the_requests_in_flight_and_always_uncounts_them() -> None:
     """What the ledger reads (core/inflight): every HTTP request the one telemetry
     layer serves is counted while it runs, a failing one uncounted too, a scope

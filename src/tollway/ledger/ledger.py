@@ -102,16 +102,22 @@ def check_op(op: Op) -> None:
 
 # A queued request: the op, its commit's future, and (queue_chain) its decision's.
 _Item = tuple[Op, "asyncio.Future[Result]", "asyncio.Future[Result] | None"]
-_Decided = Callable[[list[Result]], None]
+# Hears a batch's results once applied, before its commit; says whether it woke
+# a caller (one that now runs before the commit: see _finish_after_callers).
+_Decided = Callable[[list[Result]], bool | None]
 _Riders = list[tuple[Statement[Any], list[Any]]] | tuple[()]
 
 
-def _decided(batch: list[_Item], results: list[Result]) -> None:
+def _decided(batch: list[_Item], results: list[Result]) -> bool:
     """Wake the early waiters whose reservation the batch accepted (a refusal
-    waits for the commit, so a refused caller never leaves a hold behind)."""
+    waits for the commit, so a refused caller never leaves a hold behind).
+    Whether any was woken."""
+    woke = False
     for (_, _, early), r in zip(batch, results, strict=True):
         if early is not None and not early.done() and isinstance(r, Transfer):
             early.set_result(r)
+            woke = True
+    return woke
 
 
 def _chains(batch: list[_Item]) -> list[list[_Item]]:
@@ -653,8 +659,9 @@ class Ledger:
         riders: _Riders,
         lazy: bool = False,
     ) -> None:
-        """Tell the callers an inline batch's decisions and let them run first
-        (one loop turn: they go on to their own I/O), then write the batch and
+        """Tell the callers an inline batch's decisions and let any it woke run
+        first (one loop turn: they go on to their own I/O; a batch that woke
+        no one, a settle's, goes straight on), then write the batch and
         its riders here, on the event loop, and hand only the COMMIT to the
         writer thread, ahead of any job submitted meanwhile.
 
@@ -676,8 +683,8 @@ class Ledger:
         try:
             job: asyncio.Future[None] | None = None
             try:
-                decided(inline)
-                await asyncio.sleep(0)
+                if decided(inline):
+                    await asyncio.sleep(0)
             finally:  # cancelled or not, the open transaction goes on to its COMMIT
                 try:
                     run_inline(write_batch(inline_tx(conn), state, written))
