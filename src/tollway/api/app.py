@@ -93,6 +93,11 @@ async def _after(delay: float, work: Coroutine[Any, Any, Any]) -> None:
     await work
 
 
+# Net allocations between two collections of the cyclic collector's youngest
+# generation (CPython's default: 700). See the lifespan below.
+GC_YOUNG_THRESHOLD = 10_000
+
+
 async def _warm(app: FastAPI) -> None:
     """Build the routes (:func:`lazyroute.warm`), then freeze what they made out
     of the cyclic collector, as start-up's objects are: they live as long as the
@@ -163,6 +168,12 @@ def create_app(settings: Settings | None = None, *, rt: Runtime | None = None) -
         # (No gc.collect() first: a full pass costs ~150 ms of start-up to free
         # a little start-up garbage, which the freeze then keeps.)
         gc.freeze()
+        # The youngest generation is collected every GC_YOUNG_THRESHOLD net
+        # allocations, not CPython's 700: under load (64 requests in flight) a
+        # collection every 700 walked the requests' live objects every ~10
+        # requests and took 6.6% of the event loop's time; every 10,000, 0.6%
+        # (docs/benchmarks.md, "AI gateway overhead", tenth session).
+        gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
         gc.enable()  # `tollway serve` starts with it off (tollway.cli.run)
         try:
             yield
