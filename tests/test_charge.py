@@ -205,6 +205,36 @@ async def test_sources_are_drawn_in_order(rt: Runtime) -> None:
     assert (u["amount"], u["quantity"]) == (150, 7)
 
 
+async def test_a_settle_and_a_release_of_two_legs_make_one_task_each(rt: Runtime) -> None:
+    """The legs are queued on the ledger together and awaited in turn: the only
+    task a settle (or a release) makes is its own, the one that finishes it if
+    its caller goes away. Not one per leg, nor a gather."""
+    p = await two_sources(rt, free=100, prepaid=1_000)
+    loop = asyncio.get_running_loop()
+    made: list[str] = []
+
+    def factory(lp: asyncio.AbstractEventLoop, coro: object, **kw: object) -> asyncio.Task[object]:
+        made.append(getattr(coro, "__qualname__", repr(coro)))
+        return asyncio.Task(coro, loop=lp, **kw)  # type: ignore[arg-type]
+
+    loop.set_task_factory(factory)  # type: ignore[arg-type]
+    try:
+        async with rt.charger.hold(p, 300, meter="neurons") as h:
+            assert len(h.legs) == 2
+            h.post(50)  # from the free allowance: 50 of it stays for the next hold's first leg
+        settled, made[:] = list(made), []
+        with pytest.raises(RuntimeError):
+            async with rt.charger.hold(p, 300, meter="neurons") as h:
+                assert len(h.legs) == 2
+                raise RuntimeError("the work failed")
+        released = list(made)
+    finally:
+        loop.set_task_factory(None)
+    assert settled == ["Hold._settle"]
+    assert released == ["Hold._release"]
+    assert (await rt.ledger.get_account(p.account_id)).debits_pending == 0
+
+
 async def test_small_charge_only_touches_the_first_source(rt: Runtime) -> None:
     p = await two_sources(rt, free=100, prepaid=1_000)
     async with rt.charger.hold(p, 80, meter="neurons") as h:
