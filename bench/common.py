@@ -167,6 +167,57 @@ def machine(**extra: Any) -> dict[str, Any]:
     }
 
 
+def _python_work() -> int:
+    """A fixed piece of interpreter work (calls, dict and str operations), like a request's."""
+    d: dict[str, int] = {}
+    for i in range(100_000):
+        k = str(i & 255)
+        d[k] = d.get(k, 0) + i
+    return len(d)
+
+
+def speed_probe(directory: Path, commits: int = 200) -> dict[str, float]:
+    """How fast this machine is right now, so one run's milliseconds can be read beside
+    another day's: the same code on the same machine type has run 3x slower on some days.
+
+    - ``python_ms``: :func:`_python_work`, best of 5 (the interpreter's speed);
+    - ``pwrite_us``: a 4 KiB ``pwrite`` into a file already written, the p50 over commits of
+      the mean of a commit's 16 (SQLite writes each WAL frame with two; a chat request
+      writes about 25 frames in two commits);
+    - ``fdatasync_us``: then ``fdatasync`` of those 64 KiB, p50: the disk's flush, the floor
+      of a durable commit. Commits paced 1 ms apart, like requests at concurrency 1, in
+      ``directory`` (put it on the disk the databases use)."""
+    runs = []
+    for _ in range(5):
+        t = time.perf_counter()
+        _python_work()
+        runs.append(time.perf_counter() - t)
+    path = directory / "speed-probe.bin"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        size, page = 4 << 20, os.urandom(4096)
+        os.write(fd, bytes(size))  # written, not sparse: no block is allocated while timing
+        os.fsync(fd)
+        wr, sync = [], []
+        for i in range(commits):
+            t0 = time.perf_counter_ns()
+            for j in range(16):
+                os.pwrite(fd, page, ((i * 16 + j) * 4096) % size)
+            t1 = time.perf_counter_ns()
+            os.fdatasync(fd)
+            wr.append((t1 - t0) // 16)
+            sync.append(time.perf_counter_ns() - t1)
+            time.sleep(0.001)
+    finally:
+        os.close(fd)
+        path.unlink()
+    return {
+        "python_ms": round(min(runs) * 1000, 2),
+        "pwrite_us": dist(wr, 1000)["p50"],
+        "fdatasync_us": dist(sync, 1000)["p50"],
+    }
+
+
 def write_results(path: Path, name: str, results: dict[str, Any]) -> None:
     """``bench/results/<name>.json``: the command, the date, the machine and the results."""
     from datetime import UTC, datetime

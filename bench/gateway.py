@@ -47,7 +47,7 @@ from typing import Any
 
 import httpx
 
-from common import admin_token, machine, rss_mb, serve
+from common import admin_token, machine, rss_mb, serve, speed_probe
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "gateway.json"
@@ -334,6 +334,7 @@ def check(name: str, url: str, headers: dict[str, str]) -> None:
 
 def run(a: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     load_before = [round(x, 2) for x in os.getloadavg()]  # other work on the machine shows here
+    speed = {"start": speed_probe(tmp)}  # and the machine's own speed today (see speed_probe)
     wrk_version = " ".join(subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.split()[:2])
     litellm_version = ensure_litellm(a.litellm_version)
     mock_port, litellm_port = free_port(), free_port()
@@ -412,6 +413,7 @@ def run(a: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                 time.sleep(a.settle)
                 rounds[s].append(wrk(targets[s][0], scripts[s], 1, 1, a.duration)["p50_ms"])
             print(f"c=1 round {i + 1}: " + "  ".join(f"{s} {rounds[s][-1]:.3f}" for s in SETUPS), flush=True)
+        speed["end"] = speed_probe(tmp)
         rss = {"mock": rss_mb(mock_pid), **{n: rss_mb(srvs[n].pid) for n in TOLLWAYS}}
         rss["litellm"] = rss_mb(litellm_pid)
         sent = {n: sum(p["requests"] for p in points[n].values()) for n in TOLLWAYS}
@@ -425,6 +427,7 @@ def run(a: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         + (f" --rounds {a.rounds}" if a.rounds != 1 else ""),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine(wrk=wrk_version, wrk_threads=a.threads, load_avg_before=load_before),
+        "machine_speed": speed,
         "setup": {
             "duration_s": a.duration,
             "warmup_s": a.warmup,
@@ -516,6 +519,18 @@ def summarize(r: dict[str, Any]) -> None:
     ]
 
 
+def speed_line(speed: dict[str, dict[str, float]]) -> str:
+    """The machine's speed at the run's start and end (``common.speed_probe``), in words."""
+
+    def at(v: dict[str, float]) -> str:
+        return (
+            f"Python work {v['python_ms']:g} ms, a 4 KiB `pwrite` {v['pwrite_us']:g} µs, "
+            f"`fdatasync` of 64 KiB {v['fdatasync_us']:g} µs"
+        )
+
+    return f"Machine speed (`speed_probe`): at the start {at(speed['start'])}; at the end {at(speed['end'])}."
+
+
 def markdown(r: dict[str, Any]) -> str:
     p, m, lat = r["points"], r["machine"], r["latency_c1"]
     levels = list(p["direct"])
@@ -554,6 +569,8 @@ def markdown(r: dict[str, Any]) -> str:
         f"{m['cpu']}, **{m['cores']} cores**, Python {m['python']}, {m['wrk']} with "
         f"{threads}, {r['setup']['duration_s']:g} s per point.",
         "wrk, the mock upstream and the gateway under test share the cores.",
+        "",
+        speed_line(r["machine_speed"]),
     ]
     if r["setup"]["tollway"]["gateway_toml_set"]:
         out += [
@@ -643,6 +660,7 @@ def main() -> None:
     for s, v in res["max_rps"].items():
         print(f"{s:<8} req/s: " + ", ".join(f"c={c} {x:,.1f}" for c, x in v.items()))
     print(f"tollway / litellm req/s: {res['tollway_over_litellm_rps']}")
+    print(speed_line(res["machine_speed"]))
     t = res["setup"]["tollway"]
     for name in TOLLWAYS:
         n, sent = t["usage_events"][name], t["completed_requests_measured"][name]
