@@ -1,0 +1,75 @@
+"""bench/'s measuring tools: the speed probe every gateway run records, and the WAL
+reader bench/wal_frames.py counts a request's frames with."""
+
+from __future__ import annotations
+
+import importlib.util
+import sqlite3
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import ModuleType
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+@contextmanager
+def _bench_modules(*names: str) -> Iterator[list[ModuleType]]:
+    """bench/ modules by path, with their bench/ siblings (``common``, ``gateway``)
+    importable while they load and gone from sys.modules after: bench/ is never left
+    on sys.path, where its x402.py would shadow the official SDK."""
+    saved = {n: sys.modules.pop(n) for n in ("common", "gateway") if n in sys.modules}
+    sys.path.insert(0, str(BENCH))
+    try:
+        mods = []
+        for name in names:
+            spec = importlib.util.spec_from_file_location(f"tollway_bench_{name}", BENCH / f"{name}.py")
+            assert spec is not None and spec.loader is not None
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[spec.name] = module  # its dataclasses look their module up
+            spec.loader.exec_module(module)
+            mods.append(module)
+        yield mods
+    finally:
+        sys.path.remove(str(BENCH))
+        for n in ("common", "gateway"):
+            sys.modules.pop(n, None)
+        sys.modules.update(saved)
+
+
+def test_speed_probe_measures_python_writes_and_flushes_and_leaves_nothing(tmp_path: Path) -> None:
+    with _bench_modules("common") as (common,):
+        speed = common.speed_probe(tmp_path, commits=5)
+    assert set(speed) == {"python_ms", "pwrite_us", "fdatasync_us"}
+    assert all(isinstance(v, float) and v > 0 for v in speed.values())
+    assert list(tmp_path.iterdir()) == []  # its file is removed
+
+
+def test_wal_reader_finds_each_commit_and_names_its_pages(tmp_path: Path) -> None:
+    db = tmp_path / "t.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA wal_autocheckpoint=0")  # every commit stays in the WAL
+    conn.execute("CREATE TABLE a (id INTEGER PRIMARY KEY, v TEXT)")
+    conn.execute("CREATE TABLE b (k TEXT PRIMARY KEY, v TEXT)")  # a rowid table and its key's index
+    for i in range(3):
+        conn.execute("BEGIN")
+        conn.execute("INSERT INTO a (v) VALUES (?)", (f"row {i}",))
+        conn.execute("INSERT INTO b VALUES (?, ?)", (f"k{i}", "x"))
+        conn.execute("COMMIT")
+    wal = (tmp_path / "t.db-wal").read_bytes()
+    with _bench_modules("wal_frames") as (wf,):
+        commits = wf.wal_commits(wal)
+        names = wf.page_names(db)
+        # A frame whose bytes changed fails its checksum: the reading stops there.
+        torn = bytearray(wal)
+        torn[-100] ^= 0xFF
+        assert len(wf.wal_commits(bytes(torn))) == len(commits) - 1
+        summary = wf.summarize(commits[-3:], names)
+    conn.close()
+    assert len(commits) == 5  # two CREATE TABLEs, then the three inserts
+    for c in commits[-3:]:
+        assert sorted(names[p] for p in c) == ["a", "b", "sqlite_autoindex_b_1"]
+    assert summary["frames_per_commit"] == {3: 3}
+    assert summary["frames_per_commit_by_btree"] == {"a": 1.0, "b": 1.0, "sqlite_autoindex_b_1": 1.0}
