@@ -21,18 +21,16 @@ is ``full`` (the default, durable), ``normal`` (SQLite ``NORMAL``) or ``fast``
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
 import tempfile
 import time
 from contextlib import ExitStack
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from common import admin_token, cpu_seconds, machine, serve, speed_probe
+from common import admin_token, cpu_seconds, serve, speed_probe, write_results
 from gateway import (
     HERE,
     check,
@@ -43,6 +41,7 @@ from gateway import (
     normal_config,
     setup_customer,
     spawn,
+    speed_line,
     tollway_toml,
     wrk,
 )
@@ -111,9 +110,6 @@ def run(a: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         per = rounds(targets, a.rounds, a.concurrency, a.duration, a.pause)
         speed["end"] = speed_probe(tmp)
     return {
-        "command": "python bench/gateway_ab.py " + " ".join(sys.argv[1:]),
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": machine(),
         "machine_speed": speed,
         "setup": {"concurrency": a.concurrency, "rounds": a.rounds, "duration_s": a.duration},
         "builds": {n: {"src": str(s) if s else "this checkout", "config": c} for n, s, c in a.build},
@@ -136,11 +132,10 @@ def main() -> None:
         p.error("each build needs its own name")
     with tempfile.TemporaryDirectory(prefix="tollway-ab-") as d:
         res = run(a, Path(d))
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(res, indent=2) + "\n")
     for b, m in res["median"].items():
         print(f"{b:<16} p50 {m['p50_ms']:.3f} ms  {m['rps']:,.0f} req/s  CPU {m['cpu_us']:,.0f} µs a request")
-    print(f"wrote {a.out}")
+    print(speed_line(res["machine_speed"]))
+    write_results(a.out, "gateway_ab", res)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import os
 import shutil
 import signal
@@ -25,11 +24,11 @@ import sqlite3
 import struct
 import sys
 import tempfile
-from datetime import UTC, datetime
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
-from common import admin_token, machine, serve
+from common import admin_token, serve, write_results
 from gateway import HERE, free_port, gateway_config, lua, setup_customer, spawn, tollway_toml, wrk
 
 RESULTS = HERE / "results" / "wal_frames.json"
@@ -79,7 +78,7 @@ def wal_commits(wal: bytes) -> list[list[int]]:
 
 def page_names(db: Path) -> dict[int, str]:
     """Each page of ``db`` (with its WAL beside it) → the table or index it belongs to."""
-    with sqlite3.connect(db) as conn:
+    with closing(sqlite3.connect(db)) as conn:
         return {int(p): str(n) for n, p in conn.execute("SELECT name, pageno FROM dbstat")}
 
 
@@ -124,33 +123,35 @@ def run(a: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     names = page_names(snap / "tollway.db")  # opening it recovers the WAL
     last = commits[-a.last :]
     return {
-        "command": "python bench/wal_frames.py " + " ".join(sys.argv[1:]),
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": machine(),
         "load": {"concurrency": a.concurrency, "seconds": a.seconds, "requests": load["requests"]},
         "last_commits": summarize(last, names),
         "last_commits_pages": [[names.get(p, "(freed since)") for p in c] for c in last[-6:]],
     }
 
 
+def _positive(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"a count of at least 1, not {text}")
+    return n
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seconds", type=float, default=5, help="seconds of wrk")
     p.add_argument("--concurrency", type=int, default=1)
-    p.add_argument("--last", type=int, default=200, help="commits to count, from the WAL's end")
+    p.add_argument("--last", type=_positive, default=200, help="commits to count, from the WAL's end")
     p.add_argument("--out", type=Path, default=RESULTS)
     a = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="tollway-wal-") as d:
         res = run(a, Path(d))
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(res, indent=2) + "\n")
     s = res["last_commits"]
     print(f"{s['commits']} commits, {s['frames']} frames; frames a commit: {s['frames_per_commit']}")
     per = s["frames_per_settled_commit"]
     print(f"{per} frames for each commit that settled (concurrency {a.concurrency})")
     for name, per in s["frames_per_commit_by_btree"].items():
         print(f"  {per:6.2f}  {name}")
-    print(f"wrote {a.out}")
+    write_results(a.out, "wal_frames", res)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ reader bench/wal_frames.py counts a request's frames with."""
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import sqlite3
 import sys
@@ -10,6 +11,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
+
+import pytest
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
@@ -73,3 +76,15 @@ def test_wal_reader_finds_each_commit_and_names_its_pages(tmp_path: Path) -> Non
         assert sorted(names[p] for p in c) == ["a", "b", "sqlite_autoindex_b_1"]
     assert summary["frames_per_commit"] == {3: 3}
     assert summary["frames_per_commit_by_btree"] == {"a": 1.0, "b": 1.0, "sqlite_autoindex_b_1": 1.0}
+
+
+def test_an_ab_build_is_a_name_a_source_and_a_config_and_anything_else_is_refused(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    (src / "tollway").mkdir(parents=True)
+    with _bench_modules("gateway_ab") as (ab,):
+        assert ab.parse_build("head") == ("head", None, "full")
+        assert ab.parse_build("n=:normal") == ("n", None, "normal")
+        assert ab.parse_build(f"before={src}:fast") == ("before", src, "fast")
+        for bad in ("", "=x", "x:slow", f"x={tmp_path}"):  # no name; no config of that name; no tollway/
+            with pytest.raises(argparse.ArgumentTypeError):
+                ab.parse_build(bad)
