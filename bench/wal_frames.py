@@ -110,7 +110,7 @@ def run(a: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     home = tmp / "tollway"
     home.mkdir()
     with spawn("mock upstream", mock, f"{upstream}/models", tmp / "mock.log", dict(os.environ), 30):
-        with serve(home, tollway_toml(upstream), edit=gateway_config) as srv:
+        with serve(home, tollway_toml(upstream), edit=gateway_config, src=a.src) as srv:
             headers = {"Authorization": f"Bearer {setup_customer(srv.url, admin_token(home))}"}
             script = lua(tmp / "chat.lua", headers)
             load = wrk(f"{srv.url}/v1/chat/completions", script, a.concurrency, 1, a.seconds)
@@ -124,6 +124,7 @@ def run(a: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     last = commits[-a.last :]
     return {
         "load": {"concurrency": a.concurrency, "seconds": a.seconds, "requests": load["requests"]},
+        "src": str(a.src) if a.src else "this checkout",
         "last_commits": summarize(last, names),
         "last_commits_pages": [[names.get(p, "(freed since)") for p in c] for c in last[-6:]],
     }
@@ -141,8 +142,11 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=5, help="seconds of wrk")
     p.add_argument("--concurrency", type=int, default=1)
     p.add_argument("--last", type=_positive, default=200, help="commits to count, from the WAL's end")
+    p.add_argument("--src", type=Path, default=None, help="another revision's src/ (default: this checkout)")
     p.add_argument("--out", type=Path, default=RESULTS)
     a = p.parse_args()
+    if a.src is not None and not (a.src / "tollway").is_dir():
+        p.error(f"{a.src} holds no tollway package (want a src/ directory)")
     with tempfile.TemporaryDirectory(prefix="tollway-wal-") as d:
         res = run(a, Path(d))
     s = res["last_commits"]
