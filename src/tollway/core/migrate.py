@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 # The newest migration. tests/test_migrations.py checks it against Alembic's
 # script directory, so a new migration must update it.
-HEAD = "0024"
+HEAD = "0025"
 
 
 def _config() -> Config:
@@ -56,14 +56,22 @@ async def upgrade(engine: AsyncEngine, target: str = "head") -> tuple[str | None
     """Apply migrations up to ``target``; return (revision before, revision after)."""
     if target == "head" and await current_revision(engine) == HEAD:
         return HEAD, HEAD
+    return await _run(engine, "upgrade", target)
 
+
+async def downgrade(engine: AsyncEngine, target: str) -> tuple[str | None, str | None]:
+    """Undo migrations down to ``target``; return (revision before, revision after)."""
+    return await _run(engine, "downgrade", target)
+
+
+async def _run(engine: AsyncEngine, direction: str, target: str) -> tuple[str | None, str | None]:
     def run(conn: Connection) -> tuple[str | None, str | None]:
         from alembic import command
 
         cfg = _config()
         before = _current(conn)
         cfg.attributes["connection"] = conn
-        command.upgrade(cfg, target)
+        getattr(command, direction)(cfg, target)
         return before, _current(conn)
 
     # Serialize concurrent starters: SQLite takes the write lock up front,

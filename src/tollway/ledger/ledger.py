@@ -390,7 +390,9 @@ class Ledger:
             return [transfer_from_row(r) for r in await conn.execute(q)]
 
     async def expire_due(self, limit: int = 1000) -> int:
-        """Void every pending transfer whose timeout has passed. Returns how many."""
+        """Void every pending transfer whose timeout has passed. Returns how many.
+        (A scan: ``ledger_pending`` holds only what is open, and has no expiry
+        index to keep its rows to one page write each; see migration 0025.)"""
         now = self.clock.now_us()
         q = select(P.c.transfer_id).where(P.c.expires_at_us <= now).order_by(P.c.expires_at_us).limit(limit)
         async with self.engine.connect() as conn:
