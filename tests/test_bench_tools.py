@@ -88,3 +88,13 @@ def test_an_ab_build_is_a_name_a_source_and_a_config_and_anything_else_is_refuse
         for bad in ("", "=x", "x:slow", f"x={tmp_path}"):  # no name; no config of that name; no tollway/
             with pytest.raises(argparse.ArgumentTypeError):
                 ab.parse_build(bad)
+
+
+async def test_ledger_bench_runs_two_phase_and_reads_the_writer_counters(tmp_path: Path) -> None:
+    """bench/ledger.py's workload, small: it reads the ledger's own batch counters
+    (once broken by a change of the metrics' types, unnoticed until a run)."""
+    with _bench_modules("ledger") as (ledger,):
+        res = await ledger.two_phase(None, tmp_path, workers=8, count=40, batch_max=64, reads=20)
+    assert res["two_phase_transfers"] == 40 and res["two_phase_per_s"] > 0
+    assert res["mean_batch_size"] >= 1 and 0 < res["writer_busy_fraction"]
+    assert res["balance_read_us"]["reads"] == 20
