@@ -1,7 +1,7 @@
 """AI-gateway overhead benchmark: the same chat completion sent directly to a mock
 OpenAI upstream, through tollway and through the LiteLLM proxy, in one run.
 
-    .venv/bin/python bench/gateway.py [--quick]
+    .venv/bin/python bench/gateway.py [--quick] [--rounds 5] [--load-rounds 3]
 
 All three servers are up at once and share one mock upstream
 (bench/mock_upstream.py: raw ASGI under uvicorn, a fixed answer). wrk drives
@@ -413,10 +413,27 @@ def run(a: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                 time.sleep(a.settle)
                 rounds[s].append(wrk(targets[s][0], scripts[s], 1, 1, a.duration)["p50_ms"])
             print(f"c=1 round {i + 1}: " + "  ".join(f"{s} {rounds[s][-1]:.3f}" for s in SETUPS), flush=True)
+        # The same under load (--load-rounds): more rounds at each level above 1, the setups in
+        # turn (reversed every other round), so the requests/s ratio has a median too; a single
+        # point per setup once put durable 37% under NORMAL where an A/B minutes later had them level.
+        load: dict[str, dict[str, list[float]]] = {}
+        extra = dict.fromkeys(SETUPS, 0)
+        high = [str(c) for c in a.levels if c != 1]
+        if a.load_rounds > 1 and high:
+            load = {s: {c: [points[s][c]["rps"]] for c in high} for s in SETUPS}
+        for i in range(1, a.load_rounds if load else 1):
+            for c in high:
+                for s in SETUPS if i % 2 == 0 else SETUPS[::-1]:
+                    time.sleep(a.settle)
+                    res = wrk(targets[s][0], scripts[s], int(c), a.threads, a.duration)
+                    load[s][c].append(res["rps"])
+                    extra[s] += res["requests"]
+                line = "  ".join(f"{s} {load[s][c][-1]:,.0f}" for s in SETUPS)
+                print(f"c={c} round {i + 1} (req/s): {line}", flush=True)
         speed["end"] = speed_probe(tmp)
         rss = {"mock": rss_mb(mock_pid), **{n: rss_mb(srvs[n].pid) for n in TOLLWAYS}}
         rss["litellm"] = rss_mb(litellm_pid)
-        sent = {n: sum(p["requests"] for p in points[n].values()) for n in TOLLWAYS}
+        sent = {n: sum(p["requests"] for p in points[n].values()) + extra[n] for n in TOLLWAYS}
         metered = {n: usage_events(tmp / n) for n in TOLLWAYS}
 
     return {
@@ -424,7 +441,8 @@ def run(a: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         + (" --quick" if a.quick else "")
         + "".join(f" --before {rev}={src}" for rev, src in a.before.items())
         + (" --no-variants" if a.no_variants else "")
-        + (f" --rounds {a.rounds}" if a.rounds != 1 else ""),
+        + (f" --rounds {a.rounds}" if a.rounds != 1 else "")
+        + (f" --load-rounds {a.load_rounds}" if a.load_rounds != 1 else ""),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine(wrk=wrk_version, wrk_threads=a.threads, load_avg_before=load_before),
         "machine_speed": speed,
@@ -452,6 +470,7 @@ def run(a: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         "rss_mb": rss,
         "points": points,
         "rounds_c1_p50_ms": rounds,
+        "rounds_load_rps": load,
     }
 
 
@@ -514,6 +533,18 @@ def summarize(r: dict[str, Any]) -> None:
         for n, med in r["added_p50_ms_rounds"].items():
             name = f"tollway ({_label(n)}) added latency p50 at c=1, median of {len(rounds[n])} rounds (ms)"
             rows.append((name, med, 1, False))
+    load = r.get("rounds_load_rps") or {}
+    k = len(next(iter(load.get("litellm", {}).values()), ()))
+    if k > 1:
+        # Each round's ratio (the setup's best level over LiteLLM's best level in that round), the median.
+        def best(s: str, i: int) -> float:
+            return max(v[i] for v in load[s].values())
+
+        ratios = {n: [best(n, i) / best("litellm", i) for i in range(k)] for n in TOLLWAYS}
+        r["rps_ratio_rounds"] = {n: round(statistics.median(v), 2) for n, v in ratios.items()}
+        for n, med in r["rps_ratio_rounds"].items():
+            name = f"tollway ({_label(n)}) max RPS / LiteLLM max RPS, median of {k} rounds"
+            rows.append((name, med, 12, True))
     r["targets"] = [
         {"name": n, "measured": m, "target": t, "pass": m >= t if hi else m <= t} for n, m, t, hi in rows
     ]
@@ -632,6 +663,12 @@ def main() -> None:
     p.add_argument("--no-variants", action="store_true", help="skip tollway_fast and tollway_normal")
     p.add_argument(
         "--rounds", type=int, default=1, help="rounds at concurrency 1, setups interleaved (median reported)"
+    )
+    p.add_argument(
+        "--load-rounds",
+        type=int,
+        default=1,
+        help="rounds at each concurrency above 1, setups interleaved (median requests/s ratio reported)",
     )
     a = p.parse_args()
     global SETUPS, TOLLWAYS
