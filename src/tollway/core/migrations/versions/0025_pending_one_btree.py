@@ -27,7 +27,8 @@ _COLUMNS = "transfer_id, debit_account_id, credit_account_id, amount, descriptio
 
 def _rebuild(with_rowid: bool) -> None:
     """SQLite cannot change a table's rowid: copy it into a new table (same
-    columns, same foreign key) in this migration's transaction."""
+    columns, same foreign key) in this migration's transaction. The columns are
+    0001's, repeated here on purpose: a migration must not follow schema.py."""
     op.create_table(
         "ledger_pending_new",
         sa.Column("transfer_id", sa.String(64), sa.ForeignKey("ledger_transfers.id"), primary_key=True),
