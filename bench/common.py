@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -17,6 +18,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+
+def positive(text: str) -> int:
+    """An argparse type: a count of at least 1 (a round or a commit count of 0 would
+    silently measure nothing)."""
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"a count of at least 1, not {text}")
+    return n
 
 
 def dist(ns: list[int], unit: float) -> dict[str, float]:

@@ -47,7 +47,7 @@ from typing import Any
 
 import httpx
 
-from common import admin_token, machine, rss_mb, serve, speed_probe
+from common import admin_token, machine, positive, rss_mb, serve, speed_probe
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "gateway.json"
@@ -662,11 +662,14 @@ def main() -> None:
     )
     p.add_argument("--no-variants", action="store_true", help="skip tollway_fast and tollway_normal")
     p.add_argument(
-        "--rounds", type=int, default=1, help="rounds at concurrency 1, setups interleaved (median reported)"
+        "--rounds",
+        type=positive,
+        default=1,
+        help="rounds at concurrency 1, setups interleaved (median reported)",
     )
     p.add_argument(
         "--load-rounds",
-        type=int,
+        type=positive,
         default=1,
         help="rounds at each concurrency above 1, setups interleaved (median requests/s ratio reported)",
     )

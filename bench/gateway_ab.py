@@ -30,7 +30,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from common import admin_token, cpu_seconds, serve, speed_probe, write_results
+from common import admin_token, cpu_seconds, positive, serve, speed_probe, write_results
 from gateway import (
     HERE,
     check,
@@ -122,7 +122,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--build", type=parse_build, action="append", required=True, help="NAME[=SRC][:CONFIG]")
     p.add_argument("--concurrency", type=int, default=1)
-    p.add_argument("--rounds", type=int, default=6)
+    p.add_argument("--rounds", type=positive, default=6)
     p.add_argument("--duration", type=float, default=5, help="seconds of wrk per build per round")
     p.add_argument("--warmup", type=float, default=3)
     p.add_argument("--pause", type=float, default=0.5, help="seconds before each point")

@@ -28,7 +28,7 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
-from common import admin_token, serve, write_results
+from common import admin_token, positive, serve, write_results
 from gateway import HERE, free_port, gateway_config, lua, setup_customer, spawn, tollway_toml, wrk
 
 RESULTS = HERE / "results" / "wal_frames.json"
@@ -130,18 +130,11 @@ def run(a: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     }
 
 
-def _positive(text: str) -> int:
-    n = int(text)
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"a count of at least 1, not {text}")
-    return n
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seconds", type=float, default=5, help="seconds of wrk")
     p.add_argument("--concurrency", type=int, default=1)
-    p.add_argument("--last", type=_positive, default=200, help="commits to count, from the WAL's end")
+    p.add_argument("--last", type=positive, default=200, help="commits to count, from the WAL's end")
     p.add_argument("--src", type=Path, default=None, help="another revision's src/ (default: this checkout)")
     p.add_argument("--out", type=Path, default=RESULTS)
     a = p.parse_args()

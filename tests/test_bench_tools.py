@@ -132,3 +132,15 @@ def test_gateway_summary_without_load_rounds_has_no_median_row() -> None:
         gw.summarize(r)
     assert "rps_ratio_rounds" not in r
     assert not any("median of" in t["name"] for t in r["targets"])
+
+
+def test_round_and_commit_counts_below_one_are_refused() -> None:
+    """--rounds, --load-rounds (gateway.py, gateway_ab.py) and --last (wal_frames.py):
+    0 or a negative count would silently measure nothing."""
+    with _bench_modules("common") as (common,):
+        assert common.positive("3") == 3
+        for bad in ("0", "-1"):
+            with pytest.raises(argparse.ArgumentTypeError):
+                common.positive(bad)
+        with pytest.raises(ValueError):
+            common.positive("many")
